@@ -1,0 +1,34 @@
+"""convscope: see what a convolutional network has learned."""
+
+from convscope.errors import (
+    AmbiguousLayerError,
+    ConvscopeError,
+    LayerNotFoundError,
+    WeightsUnavailableError,
+)
+from convscope.layers import LayerInfo, LayerTable
+from convscope.preprocess import Preprocess
+from convscope.receptive import ReceptiveField
+from convscope.recorder import Recorder, ablate
+from convscope.subject import Subject
+from convscope.units import Direction, Unit
+from convscope.zoo import load
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AmbiguousLayerError",
+    "ConvscopeError",
+    "Direction",
+    "LayerInfo",
+    "LayerNotFoundError",
+    "LayerTable",
+    "Preprocess",
+    "ReceptiveField",
+    "Recorder",
+    "Subject",
+    "Unit",
+    "WeightsUnavailableError",
+    "ablate",
+    "load",
+]

@@ -1,0 +1,280 @@
+"""Image sources: folders, file lists and tar archives, decoded robustly and batched.
+
+Every source lists its images in a deterministic order (sorted paths). Files that cannot be
+decoded are skipped, never fatal: each batch says which indices it skipped and why, and
+:class:`Batches` adds them up into a :class:`SkipReport` for the end-of-run summary.
+Labels follow ImageFolder: when every image lies in a sub-folder below the images' common
+folder, the first sub-folder name is its class.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from fnmatch import fnmatch
+from pathlib import Path, PurePosixPath
+
+import torch
+from PIL import Image, ImageOps
+
+from convscope.errors import DataError
+
+Transform = Callable[[Image.Image], torch.Tensor]
+_TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+
+
+def read_image(source: str | os.PathLike | bytes) -> Image.Image:
+    """Decode a file path or bytes to an RGB PIL image: EXIF orientation applied, alpha composited
+    onto white, grayscale and palette images expanded. Raises on unreadable data."""
+    fp = io.BytesIO(source) if isinstance(source, bytes) else source
+    with Image.open(fp) as img:
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(canvas, rgba).convert("RGB")
+        return img.convert("RGB")
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image of a source: position, name (path relative to the source) and class index."""
+
+    index: int
+    name: str
+    label: int | None = None
+
+
+@dataclass
+class SkipReport:
+    """Files that could not be used, with the reason for each."""
+
+    items: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, name: str, reason: str) -> None:
+        self.items.append((name, reason))
+
+    @property
+    def count(self) -> int:
+        return len(self.items)
+
+    def summary(self, limit: int = 5) -> str:
+        """One line, e.g. ``"skipped 2 files: a.jpg (truncated), notes.txt (not an image)"``."""
+        if not self.items:
+            return "skipped 0 files"
+        shown = ", ".join(f"{n} ({r})" for n, r in self.items[:limit])
+        more = f", +{self.count - limit} more" if self.count > limit else ""
+        return f"skipped {self.count} file{'s' * (self.count != 1)}: {shown}{more}"
+
+
+class ImageSource(torch.utils.data.Dataset):
+    """A map-style dataset of images; item ``i`` is ``(tensor | None, i, error | None)``.
+
+    Use :func:`open_images` to build one. ``transform`` turns a PIL image into a tensor
+    (typically ``subject.transform``); without one, items hold the PIL image.
+    """
+
+    def __init__(self, records: Sequence[ImageRecord], classes: Sequence[str], reader,
+                 description: str, transform: Transform | None = None):
+        self.records = list(records)
+        self.classes = list(classes)
+        self._reader = reader
+        self.description = description
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def read(self, i: int) -> Image.Image:
+        """Decoded RGB image ``i`` (raises if it cannot be decoded)."""
+        return read_image(self._reader(self.records[i].name))
+
+    def __getitem__(self, i: int):
+        try:
+            img = self.read(i)
+            return (self.transform(img) if self.transform else img), i, None
+        except Exception as e:  # a bad file must never end a run
+            return None, i, _reason(e)
+
+    def with_transform(self, transform: Transform | None) -> ImageSource:
+        return ImageSource(self.records, self.classes, self._reader, self.description, transform)
+
+    def subset(self, indices: Sequence[int]) -> ImageSource:
+        """The images at ``indices``, renumbered from 0 in that order."""
+        recs = [ImageRecord(j, self.records[i].name, self.records[i].label)
+                for j, i in enumerate(indices)]
+        return ImageSource(recs, self.classes, self._reader, self.description, self.transform)
+
+    def __repr__(self) -> str:
+        return f"ImageSource({self.description!r}, {len(self)} images, {len(self.classes)} classes)"
+
+
+def _reason(e: Exception) -> str:
+    from PIL import UnidentifiedImageError
+
+    if isinstance(e, UnidentifiedImageError):
+        return "not an image"
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}".rstrip(": ")
+
+
+def open_images(
+    source: str | os.PathLike | Sequence[str | os.PathLike],
+    transform: Transform | None = None,
+    pattern: str | None = None,
+) -> ImageSource:
+    """Open a folder (recursive), a tar archive, a text file listing paths, or a list of paths.
+
+    ``pattern`` keeps only images whose relative name matches the glob (e.g. ``"test/*"`` in an
+    archive of ``train/`` and ``test/``). Hidden files are ignored; every other file is tried.
+    """
+    if not isinstance(source, (str, os.PathLike)):
+        paths = [Path(p) for p in source]
+        return _from_paths(paths, None, f"{len(paths)} files", transform, pattern)
+    path = Path(source)
+    if not path.exists():
+        raise DataError(f"image source {os.fspath(path)!r} does not exist")
+    if path.is_dir():
+        files = [p for p in path.rglob("*") if p.is_file()
+                 and not any(part.startswith(".") for part in p.relative_to(path).parts)]
+        return _from_paths(files, path, os.fspath(path), transform, pattern)
+    if path.name.endswith(_TAR_SUFFIXES) or tarfile.is_tarfile(path):
+        return _from_tar(path, transform, pattern)
+    if path.suffix in (".txt", ".lst"):
+        base = path.parent
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+        paths = [Path(ln) if Path(ln).is_absolute() else base / ln for ln in lines
+                 if ln and not ln.startswith("#")]
+        return _from_paths(paths, None, os.fspath(path), transform, pattern)
+    return _from_paths([path], None, os.fspath(path), transform, pattern)
+
+
+def _from_paths(paths, root, description, transform, pattern) -> ImageSource:
+    if root is None:
+        names = [os.fspath(p) for p in paths]
+    else:
+        names = [p.relative_to(root).as_posix() for p in paths]
+    if pattern:
+        names = [n for n in names if fnmatch(n, pattern)]
+    names.sort()
+    base = Path(root) if root is not None else None
+
+    def reader(name: str) -> bytes:
+        return (base / name if base is not None else Path(name)).read_bytes()
+
+    return _make(names, reader, description, transform, labels_from_dirs=root is not None)
+
+
+def _from_tar(path: Path, transform, pattern) -> ImageSource:
+    try:
+        with tarfile.open(path) as tf:
+            members = [m.name for m in tf.getmembers() if m.isfile()
+                       and not any(p.startswith(".") for p in PurePosixPath(m.name).parts)]
+    except (tarfile.TarError, OSError) as e:
+        raise DataError(f"cannot read archive {path}: {e}") from e
+    if pattern:
+        members = [n for n in members if fnmatch(n, pattern)]
+    members.sort()
+    return _make(members, _TarReader(path), os.fspath(path), transform, labels_from_dirs=True)
+
+
+class _TarReader:
+    """Reads members by name; each process (DataLoader worker) opens its own handle."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._pid = None
+        self._tar = None
+        self._members = None
+
+    def __call__(self, name: str) -> bytes:
+        if self._pid != os.getpid():
+            self._tar = tarfile.open(self.path)
+            self._members = {m.name: m for m in self._tar.getmembers()}
+            self._pid = os.getpid()
+        f = self._tar.extractfile(self._members[name])
+        return f.read()
+
+    def __getstate__(self):
+        return {"path": self.path, "_pid": None, "_tar": None, "_members": None}
+
+
+def _make(names, reader, description, transform, labels_from_dirs) -> ImageSource:
+    classes: list[str] = []
+    labels: list[int | None] = [None] * len(names)
+    if labels_from_dirs and names:
+        parts = [PurePosixPath(n).parts for n in names]
+        common = 0
+        while all(len(p) > common + 1 for p in parts) and len({p[common] for p in parts}) == 1:
+            common += 1
+        if all(len(p) > common + 1 for p in parts):
+            classes = sorted({p[common] for p in parts})
+            index = {c: i for i, c in enumerate(classes)}
+            labels = [index[p[common]] for p in parts]
+    records = [ImageRecord(i, n, lab) for i, (n, lab) in enumerate(zip(names, labels))]
+    return ImageSource(records, classes, reader, description, transform)
+
+
+# --- batching ------------------------------------------------------------------------------
+
+@dataclass
+class ImageBatch:
+    """A batch: ``images`` (B, 3, H, W), their source ``indices`` (B,), and what was skipped."""
+
+    images: torch.Tensor
+    indices: torch.Tensor
+    skipped: list[tuple[int, str]]
+
+
+def collate(items) -> ImageBatch:
+    """DataLoader collate that drops undecodable items and keeps their reasons."""
+    good = [(t, i) for t, i, err in items if err is None]
+    skipped = [(i, err) for t, i, err in items if err is not None]
+    if good:
+        images = torch.stack([t for t, _ in good])
+        indices = torch.tensor([i for _, i in good], dtype=torch.long)
+    else:
+        images = torch.empty(0)
+        indices = torch.empty(0, dtype=torch.long)
+    return ImageBatch(images, indices, skipped)
+
+
+class Batches:
+    """Iterate a source in batches through a DataLoader (``workers`` processes decode).
+
+    ``report`` collects every skipped file; ``indices`` (optional) restricts and orders the
+    images read (resuming a scan reads only what is left).
+    """
+
+    def __init__(self, source: ImageSource, batch_size: int = 32, workers: int = 0,
+                 indices: Sequence[int] | None = None, pin_memory: bool = False):
+        if source.transform is None:
+            raise DataError("the image source needs a transform (e.g. subject.transform)")
+        self.source = source
+        self.batch_size = batch_size
+        self.workers = workers
+        self.indices = list(indices) if indices is not None else None
+        self.pin_memory = pin_memory
+        self.report = SkipReport()
+
+    def __len__(self) -> int:
+        n = len(self.indices) if self.indices is not None else len(self.source)
+        return (n + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self) -> Iterator[ImageBatch]:
+        dataset = self.source
+        if self.indices is not None:
+            dataset = torch.utils.data.Subset(self.source, self.indices)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.workers,
+            collate_fn=collate, pin_memory=self.pin_memory,
+            persistent_workers=False, prefetch_factor=4 if self.workers else None,
+        )
+        for batch in loader:
+            for i, reason in batch.skipped:
+                self.report.add(self.source.records[i].name, reason)
+            if len(batch.indices):
+                yield batch

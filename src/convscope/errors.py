@@ -1,0 +1,68 @@
+"""The errors convscope raises. Each one is a mistake a user can fix, said in one line."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class ConvscopeError(Exception):
+    """Base class of convscope's user-facing errors; the CLI prints these in one line."""
+
+    exit_code = 1
+
+
+class UserInputError(ConvscopeError, ValueError):
+    """A name, path or option the user gave is not valid."""
+
+    exit_code = 2
+
+
+class LayerNotFoundError(UserInputError, KeyError):
+    """A layer address matches no layer of the model."""
+
+    def __init__(self, name: str, candidates: Iterable[str], what: str = "layer"):
+        self.name = name
+        self.close = close_matches(name, candidates)
+        hint = f"; did you mean {', '.join(self.close)}?" if self.close else ""
+        super().__init__(f"unknown {what} {name!r}{hint}")
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return self.args[0]
+
+
+class AmbiguousLayerError(UserInputError, KeyError):
+    """A module ran several times in one forward pass and the address did not say which call."""
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class WeightsUnavailableError(ConvscopeError):
+    """Pretrained weights could not be found or downloaded."""
+
+
+class ModelLoadError(ConvscopeError):
+    """A model, checkpoint or architecture could not be built or loaded."""
+
+
+class RecordingError(ConvscopeError):
+    """A layer's output cannot be recorded as asked (tuple outputs, scripted modules...)."""
+
+
+class DataError(UserInputError):
+    """An image source cannot be opened at all (individual bad files are skipped instead)."""
+
+
+def close_matches(name: str, candidates: Iterable[str], n: int = 5) -> list[str]:
+    """The candidates closest to ``name``: difflib matches first, then names sharing its prefix."""
+    candidates = list(candidates)
+    found = difflib.get_close_matches(name, candidates, n=n, cutoff=0.6)
+    if len(found) < n:
+        stem = name.rsplit(".", 1)[0]
+        for c in candidates:
+            if len(found) >= n:
+                break
+            if stem and c.startswith(stem) and c not in found:
+                found.append(c)
+    return found

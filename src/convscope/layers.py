@@ -1,0 +1,206 @@
+"""Layer addressing: every layer by its dotted ``named_modules()`` path, with a table of facts.
+
+An address is a module path (``"features.10"``, ``"layer4.1.conv2"``). A module that runs
+several times in one forward pass (torchvision's ResNet blocks reuse one ReLU) has one address
+per call, ``"layer1.0.relu#0"``, ``"layer1.0.relu#1"``; its bare path means "every call".
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+from torch import nn
+
+from convscope.errors import AmbiguousLayerError, LayerNotFoundError, UserInputError
+from convscope.receptive import ReceptiveField
+
+LayerSpec = str | Iterable[str]
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_POOL = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.LPPool2d)
+
+
+def parse_address(address: str) -> tuple[str, int | None]:
+    """``"layer1.0.relu#1"`` -> ``("layer1.0.relu", 1)``; ``"features.3"`` -> ``("features.3", None)``."""
+    module, sep, call = address.partition("#")
+    if not sep:
+        return module, None
+    try:
+        return module, int(call)
+    except ValueError:
+        raise UserInputError(f"bad layer address {address!r}: the part after '#' must be a call number") from None
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One addressable layer: where it is, what it is, what it outputs for one input image.
+
+    ``shape`` excludes the batch dimension (``(C, H, W)`` for maps) and is None for modules that
+    did not run or returned no single tensor; ``units`` is the channel count (the last dimension
+    for non-map outputs); ``order`` is the position in which the layer finished during forward.
+    ``mutated`` says a later in-place operation overwrites this output (so recordings copy it).
+    """
+
+    name: str
+    module: str
+    call: int | None
+    type: str
+    shape: tuple[int, ...] | None
+    rf: ReceptiveField | None
+    mutated: bool = False
+    order: int = -1
+
+    @property
+    def units(self) -> int | None:
+        if not self.shape:
+            return None
+        return self.shape[0] if len(self.shape) == 3 else self.shape[-1]
+
+    @property
+    def is_map(self) -> bool:
+        """Whether the output is a spatial map (C, H, W)."""
+        return self.shape is not None and len(self.shape) == 3
+
+
+class LayerTable(Sequence[LayerInfo]):
+    """All addressable layers of a model, in module order, with aliases and glob selection."""
+
+    def __init__(self, infos: Iterable[LayerInfo], module_types: dict[str, type] | None = None):
+        self._infos = list(infos)
+        self._by_name = {i.name: i for i in self._infos}
+        self._calls: dict[str, list[LayerInfo]] = {}
+        for info in self._infos:
+            self._calls.setdefault(info.module, []).append(info)
+        self.aliases = _make_aliases(self._infos, module_types or {})
+
+    def __len__(self) -> int:
+        return len(self._infos)
+
+    def __iter__(self) -> Iterator[LayerInfo]:
+        return iter(self._infos)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and (name in self._by_name or name in self._calls
+                                          or name in self.aliases)
+
+    def __getitem__(self, key):  # type: ignore[override]
+        if isinstance(key, (int, slice)):
+            return self._infos[key]
+        return self.get(key)
+
+    def names(self) -> list[str]:
+        return [i.name for i in self._infos]
+
+    def get(self, name: str) -> LayerInfo:
+        """The layer at ``name`` (an address or an alias such as ``conv5``)."""
+        name = self.aliases.get(name, name)
+        if name in self._by_name:
+            return self._by_name[name]
+        calls = self._calls.get(name)
+        if calls:
+            raise AmbiguousLayerError(
+                f"{name!r} runs {len(calls)} times per forward pass; say which call: "
+                + ", ".join(c.name for c in calls)
+            )
+        raise LayerNotFoundError(name, list(self._by_name) + list(self.aliases))
+
+    def resolve(self, spec: LayerSpec) -> list[str]:
+        """Addresses named by ``spec``: addresses, aliases, globs (``"blocks.5.*"``), or a list.
+
+        A bare module path of a module that runs several times stays as is (it means every
+        call). Order and duplicates follow the spec. Raises ``LayerNotFoundError`` with the
+        closest names for anything that matches nothing.
+        """
+        out: list[str] = []
+        for item in _split(spec):
+            item = self.aliases.get(item, item)
+            if item in self._by_name or item in self._calls:
+                found = [item]
+            elif any(ch in item for ch in "*?["):
+                found = [n for n in self._by_name if fnmatch.fnmatchcase(n, item)]
+            else:
+                found = []
+            if not found:
+                raise LayerNotFoundError(item, list(self._by_name) + list(self.aliases))
+            out.extend(f for f in found if f not in out)
+        return out
+
+    def format(self) -> str:
+        """A plain-text table: name, type, output shape, units, receptive field size, stride."""
+        rows = [("name", "type", "output", "units", "rf", "stride")]
+        for i in self._infos:
+            rows.append(layer_row(i))
+        widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+        return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)
+
+    def __repr__(self) -> str:
+        return f"LayerTable({len(self)} layers)"
+
+
+def layer_row(info: LayerInfo) -> tuple[str, str, str, str, str, str]:
+    """One table row of strings for ``info``."""
+    shape = "x".join(str(s) for s in info.shape) if info.shape else "-"
+    units = str(info.units) if info.units is not None else "-"
+    rf = info.rf
+    if rf is None:
+        size = stride = "?"
+    elif rf.is_global:
+        size, stride = "global", "-"
+    else:
+        text = str(rf)
+        size = text.split(" px")[0] + ("+g" if rf.global_context else "")
+        stride = text.split("stride ")[1].split(" ")[0]
+    return info.name, info.type, shape, units, size, stride
+
+
+def resolve_module_names(model: nn.Module, spec: LayerSpec) -> list[str]:
+    """Addresses for a bare ``nn.Module`` (no layer table): module paths, ``#call`` and globs."""
+    names = [n for n, _ in model.named_modules() if n]
+    known = set(names)
+    out: list[str] = []
+    for item in _split(spec):
+        module, _ = parse_address(item)
+        if module in known:
+            found = [item]
+        elif any(ch in item for ch in "*?["):
+            found = [n for n in names if fnmatch.fnmatchcase(n, item)]
+        else:
+            found = []
+        if not found:
+            raise LayerNotFoundError(item, names)
+        out.extend(f for f in found if f not in out)
+    return out
+
+
+def _split(spec: LayerSpec) -> list[str]:
+    if isinstance(spec, str):
+        items = [s.strip() for s in spec.split(",")]
+    else:
+        items = [str(s).strip() for s in spec]
+    items = [s for s in items if s]
+    if not items:
+        raise UserInputError("no layer given")
+    return items
+
+
+def _make_aliases(infos: list[LayerInfo], types: dict[str, type]) -> dict[str, str]:
+    """Caffe-style short names: ``conv{n}``/``fc{n}`` number convolutions then linear layers in
+    execution order (AlexNet: conv1..conv5, fc6..fc8); ``pool{n}`` is the pooling after ``conv{n}``."""
+    aliases: dict[str, str] = {}
+    n, last_conv = 0, None
+    for info in sorted((i for i in infos if i.shape is not None), key=lambda i: i.order):
+        cls = types.get(info.module)
+        if cls is None:
+            continue
+        if issubclass(cls, _CONV):
+            n += 1
+            aliases[f"conv{n}"] = info.name
+            last_conv = n
+        elif issubclass(cls, nn.Linear):
+            n += 1
+            aliases[f"fc{n}"] = info.name
+        elif issubclass(cls, _POOL) and last_conv is not None and f"pool{last_conv}" not in aliases:
+            aliases[f"pool{last_conv}"] = info.name
+    return {a: t for a, t in aliases.items() if a not in {i.name for i in infos}}

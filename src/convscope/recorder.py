@@ -1,0 +1,309 @@
+"""Recorder: the one place in convscope that puts hooks on a model.
+
+Hooks are global state on the modules: a hook left behind silently changes every later
+forward pass. A Recorder adds its hooks on ``__enter__`` and removes them all on ``__exit__``,
+also when the body raises. Recorders nest; each sees its own layers.
+
+    with subject.record(["features.3", "features.8"]) as rec:
+        subject(x)
+    rec["features.3"]            # Tensor (N, C, H, W), detached, safe from in-place ops
+
+Recorded values are copies where needed: a later in-place operation (``ReLU(inplace=True)``,
+``out += identity``) would otherwise change what was recorded. A module that runs several
+times per forward pass is recorded per call (``rec["layer1.0.relu#1"]``), never mixed.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from torch import nn
+
+from convscope.errors import AmbiguousLayerError, LayerNotFoundError, RecordingError
+from convscope.layers import LayerSpec, parse_address, resolve_module_names
+
+if TYPE_CHECKING:
+    from convscope.subject import Subject
+
+Selector = int | str | Callable[[Any], torch.Tensor]
+Edit = Callable[[torch.Tensor], torch.Tensor]
+
+
+class StopForward(Exception):
+    """Raised inside a forward pass once every requested layer is recorded (``stop=True``)."""
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """How a transformer's token sequence (B, N, C) maps onto an image grid.
+
+    Rule: the first ``prefix`` tokens (class, distillation, register tokens) are dropped and the
+    remaining ``height * width`` patch tokens, in row-major order, become a map (B, C, H, W).
+    A sequence of exactly ``height * width`` tokens (no prefix yet) is reshaped the same way.
+    """
+
+    prefix: int
+    height: int
+    width: int
+
+    def to_map(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) tokens -> (B, C, height, width); other shapes are returned unchanged."""
+        if t.dim() != 3:
+            return t
+        n = self.height * self.width
+        if t.shape[1] == n + self.prefix:
+            t = t[:, self.prefix:]
+        elif t.shape[1] != n:
+            return t
+        return t.transpose(1, 2).reshape(t.shape[0], t.shape[2], self.height, self.width)
+
+
+def ablate(channels: int | Sequence[int] | None = None) -> Edit:
+    """An edit that zeroes the given channels (dim 1) of a layer's output, or all of it."""
+
+    def edit(t: torch.Tensor) -> torch.Tensor:
+        if channels is None:
+            return torch.zeros_like(t)
+        out = t.clone()
+        out[:, list(channels) if not isinstance(channels, int) else [channels]] = 0
+        return out
+
+    return edit
+
+
+class Recorder:
+    """Capture (and optionally edit) the outputs of named layers during forward passes.
+
+    Args:
+        target: a :class:`~convscope.Subject` (layer names may be aliases, globs) or any ``nn.Module``.
+        layers: addresses to record (``"features.3"``, ``"layer1.0.relu#1"``, ``"blocks.5.*"``).
+        stop: end the forward pass (raise :class:`StopForward`) once all layers are recorded;
+            ``Subject.__call__`` turns that into a ``None`` result, and the ``with`` block too.
+        detach: store detached tensors (False keeps the autograd graph, for gradient methods).
+        clone: ``"auto"`` copies outputs that a later in-place operation would overwrite (known
+            from the subject's layer table; always for bare modules), True/False forces it.
+        edits: ``{address: fn}``; ``fn(output) -> new output`` replaces what flows onward (and
+            what is recorded). :func:`ablate` builds the common one.
+        select: ``{address: int | str | fn}`` picks the tensor from tuple, dict or
+            ``ModelOutput`` outputs; a single tensor inside a container is picked automatically.
+        tokens: turn (B, N, C) token outputs into maps by the subject's :class:`TokenLayout`.
+        keep: store values (False with ``callback`` to stream them instead).
+        callback: ``fn(address, call_index, raw_output)`` called for every recorded call.
+
+    Values come from the most recent forward pass of the model.
+    """
+
+    def __init__(
+        self,
+        target: Subject | nn.Module,
+        layers: LayerSpec,
+        *,
+        stop: bool = False,
+        detach: bool = True,
+        clone: bool | Literal["auto"] = "auto",
+        edits: Mapping[str, Edit] | None = None,
+        select: Mapping[str, Selector] | None = None,
+        tokens: bool = True,
+        keep: bool = True,
+        callback: Callable[[str, int, Any], None] | None = None,
+    ):
+        from convscope.subject import Subject  # late: subject.py builds Recorders itself
+
+        if isinstance(target, Subject):
+            self.model = target.model
+            self._table = target.layers
+            self._layout = target.token_layout if tokens else None
+            self.addresses = self._table.resolve(layers)
+            resolve = self._table.resolve
+        elif isinstance(target, nn.Module):
+            self.model = target
+            self._table = None
+            self._layout = None
+            self.addresses = resolve_module_names(target, layers)
+            resolve = lambda spec: resolve_module_names(target, spec)  # noqa: E731
+        else:
+            raise TypeError(f"Recorder needs a Subject or nn.Module, not {type(target).__name__}")
+        if isinstance(self.model, torch.jit.ScriptModule):
+            raise RecordingError(
+                "TorchScript models cannot take Python hooks, so their layers cannot be recorded; "
+                "load the checkpoint with its architecture (arch=...) instead"
+            )
+        self.stop, self.detach, self.clone, self.keep = stop, detach, clone, keep
+        self.callback = callback
+        self._edits = {a: fn for spec, fn in (edits or {}).items() for a in resolve(spec)}
+        self._select = {a: s for spec, s in (select or {}).items() for a in resolve(spec)}
+        # module path -> requested call indices (None = every call)
+        self._wanted: dict[str, set[int] | None] = {}
+        for address in self.addresses:
+            module, call = parse_address(address)
+            if call is None:
+                self._wanted[module] = None
+            elif self._wanted.get(module, set()) is not None:
+                self._wanted.setdefault(module, set()).add(call)
+        for address in self._edits:
+            self._wanted.setdefault(parse_address(address)[0], None)
+        modules = dict(self.model.named_modules())
+        self._modules = {name: modules[name] for name in self._wanted}
+        self._handles: list[Any] = []
+        self._counts: dict[str, int] = defaultdict(int)
+        self._values: dict[str, dict[int, torch.Tensor]] = defaultdict(dict)
+        self._pending: set[tuple[str, int]] = set()
+
+    # -- context -----------------------------------------------------------------------------
+    def __enter__(self) -> Recorder:
+        self._pending = self._required_calls()
+        try:
+            self._handles.append(self.model.register_forward_pre_hook(self._reset))
+            for name, module in self._modules.items():
+                self._handles.append(module.register_forward_hook(self._make_hook(name)))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self.remove()
+        return exc_type is not None and issubclass(exc_type, StopForward)
+
+    def remove(self) -> None:
+        """Remove every hook this recorder added (idempotent)."""
+        while self._handles:
+            self._handles.pop().remove()
+
+    # -- hooks -------------------------------------------------------------------------------
+    def _reset(self, module, args) -> None:
+        self._counts.clear()
+        self._values.clear()
+        self._pending = self._required_calls()
+
+    def _required_calls(self) -> set[tuple[str, int]]:
+        needed = set()
+        for module, calls in self._wanted.items():
+            if calls is None:
+                n = len(self._table._calls.get(module, [])) if self._table is not None else 1
+                calls = range(max(n, 1))
+            needed.update((module, c) for c in calls)
+        return needed
+
+    def _make_hook(self, name: str):
+        def hook(module, inputs, output):
+            call = self._counts[name]
+            self._counts[name] += 1
+            wanted = self._wanted[name]
+            if wanted is not None and call not in wanted:
+                return None
+            address = name if wanted is None else f"{name}#{call}"
+            replaced = None
+            edit = self._edits.get(address) or self._edits.get(name)
+            if edit is not None:
+                replaced = _replace(output, edit(self._pick(address, name, output)))
+                output = replaced
+            if self.callback is not None:
+                self.callback(address, call, output)
+            if self.keep:
+                self._values[name][call] = self._store(address, name, self._pick(address, name, output))
+            self._pending.discard((name, call))
+            if self.stop and not self._pending:
+                raise StopForward
+            return replaced
+
+        return hook
+
+    def _pick(self, address: str, name: str, output) -> torch.Tensor:
+        sel = self._select.get(address, self._select.get(name))
+        return select_tensor(output, sel, name)
+
+    def _store(self, address: str, name: str, t: torch.Tensor) -> torch.Tensor:
+        if self.detach:
+            t = t.detach()
+        if self.clone is True or (self.clone == "auto" and self._overwritten_later(address, name)):
+            t = t.clone()
+        if self._layout is not None:
+            t = self._layout.to_map(t)
+        return t
+
+    def _overwritten_later(self, address: str, name: str) -> bool:
+        if self._table is None:
+            return True
+        try:
+            infos = [self._table.get(address)] if "#" in address else self._table._calls[name]
+        except (KeyError, LayerNotFoundError):
+            return True
+        return any(i.mutated for i in infos)
+
+    # -- access ------------------------------------------------------------------------------
+    def __getitem__(self, address: str) -> torch.Tensor:
+        """The recorded output at ``address`` from the latest forward pass."""
+        if self._table is not None and address in self._table.aliases:
+            address = self._table.aliases[address]
+        module, call = parse_address(address)
+        calls = self._values.get(module)
+        if not calls:
+            if module not in self._wanted:
+                raise LayerNotFoundError(address, self.addresses, what="recorded layer")
+            raise KeyError(f"{address!r} has not run since recording started")
+        if call is None:
+            if len(calls) > 1:
+                raise AmbiguousLayerError(
+                    f"{module!r} ran {len(calls)} times in one forward pass; use one of "
+                    + ", ".join(f"{module}#{c}" for c in sorted(calls))
+                )
+            return next(iter(calls.values()))
+        if call not in calls:
+            raise KeyError(f"{address!r} was not recorded (recorded calls: {sorted(calls)})")
+        return calls[call]
+
+    def calls(self, module: str) -> list[torch.Tensor]:
+        """Every recorded call of ``module`` in the latest forward pass, in call order."""
+        return [v for _, v in sorted(self._values.get(module, {}).items())]
+
+    def keys(self) -> list[str]:
+        out = []
+        for module, calls in self._values.items():
+            if self._wanted.get(module) is None and len(calls) == 1:
+                out.append(module)
+            else:
+                out.extend(f"{module}#{c}" for c in sorted(calls))
+        return out
+
+    def items(self):
+        return [(k, self[k]) for k in self.keys()]
+
+    def __contains__(self, address: str) -> bool:
+        return address in self.keys()
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}: {tuple(v.shape)}" for k, v in self.items())
+        return f"Recorder({inner or ', '.join(self.addresses)})"
+
+
+def select_tensor(output: Any, selector: Selector | None, name: str = "layer") -> torch.Tensor:
+    """The tensor within a layer output: itself, ``output[selector]``, or the only tensor inside."""
+    if callable(selector) and not isinstance(selector, (int, str)):
+        return selector(output)
+    if selector is not None:
+        return output[selector]
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, Mapping):
+        tensors = {k: v for k, v in output.items() if isinstance(v, torch.Tensor)}
+    elif isinstance(output, (tuple, list)):
+        tensors = {i: v for i, v in enumerate(output) if isinstance(v, torch.Tensor)}
+    else:
+        raise RecordingError(f"output of {name!r} is a {type(output).__name__}, not a tensor")
+    if len(tensors) == 1:
+        return next(iter(tensors.values()))
+    raise RecordingError(
+        f"output of {name!r} is a {type(output).__name__} holding {len(tensors)} tensors "
+        f"({', '.join(map(str, tensors))}); pick one with select={{{name!r}: KEY}}"
+    )
+
+
+def _replace(output: Any, new: torch.Tensor) -> Any:
+    if isinstance(output, torch.Tensor):
+        return new
+    raise RecordingError("edits are supported on layers whose output is a single tensor")

@@ -1,0 +1,192 @@
+"""Subject: a model in eval mode with its exact preprocessing, class names and layer table."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from convscope.layers import LayerInfo, LayerSpec, LayerTable
+from convscope.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from convscope.recorder import Recorder, StopForward, TokenLayout
+
+ImageLike = str | os.PathLike | Image.Image | np.ndarray
+
+
+class Subject:
+    """What convscope studies: ``model`` (eval mode), ``preprocess``, ``labels``, ``layers``.
+
+    Build one with :func:`convscope.load` or :meth:`Subject.wrap`. Calling a subject runs the
+    model on an already preprocessed batch (N, 3, H, W) and returns its output.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        preprocess: Preprocess,
+        labels: Sequence[str] | None = None,
+        name: str = "model",
+        token_layout: TokenLayout | None = None,
+        transform: Callable[[Image.Image], torch.Tensor] | None = None,
+    ):
+        self.model = model.eval()
+        self.preprocess = preprocess
+        self.transform = transform or preprocess
+        self.labels = list(labels) if labels is not None else None
+        self.name = name
+        self.token_layout = token_layout if token_layout is not None else detect_token_layout(
+            model, preprocess.size
+        )
+
+    @classmethod
+    def wrap(
+        cls,
+        model: nn.Module,
+        transform: Preprocess | Callable[[Image.Image], torch.Tensor] | None = None,
+        labels: Sequence[str] | None = None,
+        *,
+        input_size: int | tuple[int, int] = 224,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        name: str | None = None,
+    ) -> Subject:
+        """Wrap any ``nn.Module``. ``transform`` is a :class:`Preprocess` or any PIL -> tensor
+        callable; with a plain callable, ``input_size``, ``mean`` and ``std`` describe what it
+        does (synthesis methods need them to map images in and out of model space)."""
+        size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+        if isinstance(transform, Preprocess):
+            preprocess, custom = transform, None
+        else:
+            preprocess = Preprocess(size=size, resize=None, mode="squash",
+                                    mean=tuple(mean), std=tuple(std))
+            custom = transform
+        return cls(model, preprocess, labels, name or type(model).__name__, transform=custom)
+
+    # -- running ------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        for p in self.model.parameters():
+            return p.device
+        for b in self.model.buffers():
+            return b.device
+        return torch.device("cpu")
+
+    def to(self, device: str | torch.device) -> Subject:
+        """Move the model to ``device`` (in place) and return the subject."""
+        self.model.to(device)
+        return self
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Model output for a preprocessed batch; None if a ``stop=True`` recorder ended it early."""
+        try:
+            return self.model(x)
+        except StopForward:
+            return None
+
+    def record(self, layers: LayerSpec, **options) -> Recorder:
+        """A :class:`Recorder` on this subject (see its options)."""
+        return Recorder(self, layers, **options)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(H, W) in pixels of the model input."""
+        return self.preprocess.size
+
+    # -- layers -------------------------------------------------------------------------------
+    @cached_property
+    def layers(self) -> LayerTable:
+        """Every addressable layer, from one probe forward pass (computed once, on first use)."""
+        from convscope.trace import trace_layers
+
+        return trace_layers(self.model, self.input_size, self.device, self.token_layout)
+
+    def layer(self, name: str) -> LayerInfo:
+        """The layer at address or alias ``name``; unknown names list the closest ones."""
+        return self.layers.get(name)
+
+    # -- images -------------------------------------------------------------------------------
+    def load_images(self, images: ImageLike | Sequence[ImageLike]) -> torch.Tensor:
+        """Preprocess paths, PIL images or uint8 arrays (H, W, 3) into a batch (N, 3, H, W)."""
+        from convscope.data import read_image
+
+        if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
+            images = [images]
+        tensors = []
+        for img in images:
+            if isinstance(img, (str, os.PathLike)):
+                img = read_image(Path(img))
+            elif isinstance(img, np.ndarray):
+                img = Image.fromarray(img)
+            tensors.append(self.transform(img.convert("RGB")))
+        return torch.stack(tensors).to(self.device)
+
+    def predict(self, images: ImageLike | Sequence[ImageLike] | torch.Tensor, k: int = 5) -> Predictions:
+        """Top-``k`` classes with softmax probabilities for each image."""
+        x = images if isinstance(images, torch.Tensor) else self.load_images(images)
+        with torch.no_grad():
+            logits = self.model(x.to(self.device))
+        if not isinstance(logits, torch.Tensor):
+            from convscope.recorder import select_tensor
+
+            logits = select_tensor(logits, "logits" if isinstance(logits, dict) else None, "output")
+        probs = logits.float().softmax(-1)
+        top = probs.topk(min(k, probs.shape[-1]), dim=-1)
+        return Predictions(top.indices.cpu().numpy(), top.values.cpu().numpy(), self.labels)
+
+    def label(self, index: int) -> str:
+        """Class name of output ``index`` (the index itself as text when names are unknown)."""
+        if self.labels is not None and 0 <= index < len(self.labels):
+            return self.labels[index]
+        return str(index)
+
+    def __repr__(self) -> str:
+        h, w = self.input_size
+        n = len(self.labels) if self.labels else "?"
+        return f"Subject({self.name!r}, input {h}x{w}, {n} classes, device={self.device})"
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Top-k predictions: ``indices`` and ``probs`` are (N, k); ``labels`` names the classes."""
+
+    indices: np.ndarray
+    probs: np.ndarray
+    labels: list[str] | None = None
+
+    def names(self, i: int) -> list[str]:
+        """Class names of image ``i``'s top-k."""
+        return [self.labels[j] if self.labels else str(j) for j in self.indices[i]]
+
+    def to_records(self, image_names: Sequence[str] | None = None) -> list[dict]:
+        """JSON-ready list: one dict per image with its top-k (index, label, prob)."""
+        out = []
+        for i in range(len(self.indices)):
+            top = [
+                {"index": int(j), "label": name, "prob": float(p)}
+                for j, name, p in zip(self.indices[i], self.names(i), self.probs[i])
+            ]
+            out.append({"image": image_names[i] if image_names else i, "top": top})
+        return out
+
+
+def detect_token_layout(model: nn.Module, input_size: tuple[int, int]) -> TokenLayout | None:
+    """Token layout of timm and torchvision vision transformers (None for other models)."""
+    patch = getattr(model, "patch_embed", None)
+    if patch is not None and hasattr(model, "num_prefix_tokens"):
+        grid = getattr(patch, "grid_size", None)
+        if grid is None and hasattr(patch, "patch_size"):
+            ps = patch.patch_size if isinstance(patch.patch_size, tuple) else (patch.patch_size,) * 2
+            grid = (input_size[0] // ps[0], input_size[1] // ps[1])
+        if grid is not None:
+            return TokenLayout(int(model.num_prefix_tokens), int(grid[0]), int(grid[1]))
+    if hasattr(model, "class_token") and hasattr(model, "patch_size"):  # torchvision ViT
+        ps = model.patch_size
+        return TokenLayout(1, input_size[0] // ps, input_size[1] // ps)
+    return None

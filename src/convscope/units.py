@@ -1,0 +1,61 @@
+"""What a study is about: a unit (channel, optionally at one position) or a direction in a layer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from convscope.errors import UserInputError
+
+
+@dataclass(frozen=True)
+class Unit:
+    """Channel ``channel`` of layer ``layer``; with ``y, x`` set, the single neuron at that map position."""
+
+    layer: str
+    channel: int
+    y: int | None = None
+    x: int | None = None
+
+    @classmethod
+    def parse(cls, text: str | Unit) -> Unit:
+        """Parse ``"layer:channel"`` or ``"layer:channel@y,x"`` (e.g. ``"blocks.5.2:17@3,4"``)."""
+        if isinstance(text, Unit):
+            return text
+        layer, sep, rest = str(text).rpartition(":")
+        if not sep or not layer:
+            raise UserInputError(f"unit {text!r} is not of the form 'layer:channel[@y,x]'")
+        chan, _, pos = rest.partition("@")
+        try:
+            channel = int(chan)
+            y, x = (int(v) for v in pos.split(",")) if pos else (None, None)
+        except ValueError:
+            raise UserInputError(
+                f"unit {text!r} is not of the form 'layer:channel[@y,x]'"
+            ) from None
+        return cls(layer, channel, y, x)
+
+    def __str__(self) -> str:
+        pos = f"@{self.y},{self.x}" if self.y is not None else ""
+        return f"{self.layer}:{self.channel}{pos}"
+
+
+@dataclass(frozen=True, eq=False)
+class Direction:
+    """A direction in a layer's channel space: activation score = sum_c vector[c] * act[c]."""
+
+    layer: str
+    vector: torch.Tensor  # (C,)
+    name: str = ""
+
+    @classmethod
+    def random(cls, layer: str, channels: int, n: int, seed: int = 0) -> list[Direction]:
+        """``n`` random unit-norm directions (Gaussian, normalised), reproducible from ``seed``."""
+        gen = torch.Generator().manual_seed(seed)
+        vecs = torch.randn(n, channels, generator=gen)
+        vecs = vecs / vecs.norm(dim=1, keepdim=True)
+        return [cls(layer, v, name=f"random{i}") for i, v in enumerate(vecs)]
+
+    def __str__(self) -> str:
+        return f"{self.layer}:{self.name or 'direction'}"
