@@ -192,7 +192,7 @@ class _TarReader:
 
     def __call__(self, name: str) -> bytes:
         if self._pid != os.getpid():
-            self._tar = tarfile.open(self.path)
+            self._tar = tarfile.open(self.path)  # noqa: SIM115 - kept open for the process
             self._members = {m.name: m for m in self._tar.getmembers()}
             self._pid = os.getpid()
         f = self._tar.extractfile(self._members[name])

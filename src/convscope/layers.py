@@ -30,7 +30,9 @@ def parse_address(address: str) -> tuple[str, int | None]:
     try:
         return module, int(call)
     except ValueError:
-        raise UserInputError(f"bad layer address {address!r}: the part after '#' must be a call number") from None
+        raise UserInputError(
+            f"bad layer address {address!r}: the part after '#' must be a call number"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,8 @@ class LayerTable(Sequence[LayerInfo]):
         raise LayerNotFoundError(name, list(self._by_name) + list(self.aliases))
 
     def resolve(self, spec: LayerSpec) -> list[str]:
-        """Addresses named by ``spec``: addresses, aliases, globs (``"blocks.5.*"``), or a list.
+        """Addresses named by ``spec``: addresses, aliases, globs (``"blocks.5.*"``, ``"conv*"``
+        over addresses and aliases), or a comma-separated string or list of those.
 
         A bare module path of a module that runs several times stays as is (it means every
         call). Order and duplicates follow the spec. Raises ``LayerNotFoundError`` with the
@@ -120,6 +123,7 @@ class LayerTable(Sequence[LayerInfo]):
                 found = [item]
             elif any(ch in item for ch in "*?["):
                 found = [n for n in self._by_name if fnmatch.fnmatchcase(n, item)]
+                found += [t for a, t in self.aliases.items() if fnmatch.fnmatchcase(a, item)]
             else:
                 found = []
             if not found:

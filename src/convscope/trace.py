@@ -19,7 +19,8 @@ def trace_layers(
     token_layout: TokenLayout | None = None,
 ) -> LayerTable:
     """Build the layer table of ``model`` from one forward pass of a (1, 3, H, W) zero image."""
-    x = torch.zeros(1, 3, *input_size, device=device)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    x = torch.zeros(1, 3, *input_size, device=device, dtype=dtype)
     modules = [n for n, _ in model.named_modules() if n]
     types = {n: type(m) for n, m in model.named_modules() if n}
     mode = ReceptiveFieldMode(x)

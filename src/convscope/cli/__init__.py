@@ -1,0 +1,1 @@
+"""The ``convscope`` command line; each command only parses options and calls the library."""

@@ -1,0 +1,41 @@
+"""``convscope demo --out DIR``: the main job on the offline default model and bundled images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from convscope.cli.common import ArchOpt, DeviceOpt, ModelArg, SeedOpt, WeightsOpt, load_subject
+
+
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="folder for the results")] = Path("demo-out"),
+    model: Annotated[str, typer.Option("--model", help=ModelArg.__metadata__[0].help)]
+    = "efficientnet_lite0",
+    weights: WeightsOpt = "default",
+    arch: ArchOpt = None,
+    device: DeviceOpt = "cpu",
+    seed: SeedOpt = 0,
+) -> None:
+    """Run everything convscope does so far and write the results (PNG, JSON, text) to --out."""
+    from convscope.demo import run_demo
+
+    console = Console(stderr=True)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("loading model", total=None)
+        subject = load_subject(model, weights, arch, device)
+        result = run_demo(subject, out, seed=seed,
+                          progress=lambda msg: bar.update(task, description=msg))
+    out_console = Console()
+    out_console.print(f"[bold]{subject.name}[/bold] on {len(result.predictions)} bundled images")
+    for rec in result.predictions:
+        best = rec["top"][0]
+        out_console.print(f"  {rec['image']:<22} {best['label']} ({best['prob']:.2f})")
+    out_console.print(f"wrote to {out}/:")
+    for what, path in result.files.items():
+        out_console.print(f"  {path.name:<26} {what}")

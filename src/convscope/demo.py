@@ -1,0 +1,93 @@
+"""``convscope demo``: everything convscope can do so far, on the offline default model and the
+bundled images, written into one folder."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from convscope.fileio import save_image, write_text
+from convscope.layers import layer_row
+from convscope.render import (
+    figure_to_image,
+    filters_to_images,
+    image_grid,
+    predictions_figure,
+    receptive_fields_figure,
+)
+from convscope.samples import sample_images
+from convscope.subject import Subject
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class DemoResult:
+    """What the demo wrote: ``files`` maps a short description to its path."""
+
+    out: Path
+    files: dict[str, Path] = field(default_factory=dict)
+    predictions: list[dict] = field(default_factory=list)
+
+
+def first_conv_weight(subject: Subject) -> tuple[str, torch.Tensor]:
+    """Name and weight (C_out, 3, kh, kw) of the first convolution that reads the RGB input."""
+    modules = dict(subject.model.named_modules())
+    for info in sorted((i for i in subject.layers if i.shape is not None), key=lambda i: i.order):
+        m = modules[info.module]
+        if isinstance(m, torch.nn.Conv2d) and m.in_channels == 3:
+            return info.name, m.weight
+    raise ValueError("the model has no convolution on the RGB input")
+
+
+def run_demo(subject: Subject, out: str | Path, seed: int = 0,
+             progress: Progress | None = None) -> DemoResult:
+    """Write the layer table, first-layer filters, receptive fields and top-5 predictions."""
+    torch.manual_seed(seed)
+    step = progress or (lambda _msg: None)
+    out = Path(out)
+    result = DemoResult(out)
+
+    step("layer table")
+    table = subject.layers
+    result.files["layer table"] = write_text(out / "layers.txt", table.format() + "\n")
+    rows = [dict(zip(("name", "type", "output", "units", "rf", "stride"), layer_row(i)))
+            for i in table]
+    result.files["layer table (json)"] = write_text(out / "layers.json", json.dumps(rows, indent=1))
+
+    step("first-layer filters")
+    name, weight = first_conv_weight(subject)
+    grid = image_grid(filters_to_images(weight), cell=48, pad=3)
+    result.files[f"first-layer filters ({name})"] = save_image(grid, out / "filters_first_layer.png")
+
+    step("predictions")
+    samples = sample_images()
+    names = [n for n, _ in samples]
+    x = subject.load_images([img for _, img in samples])
+    preds = subject.predict(x, k=5)
+    result.predictions = preds.to_records(names)
+    result.files["top-5 predictions (json)"] = write_text(
+        out / "predictions.json", json.dumps(result.predictions, indent=1))
+    seen = [np.asarray(subject.preprocess.resize_only(img)) for _, img in samples]
+    fig = predictions_figure(seen, names, [preds.names(i) for i in range(len(names))],
+                             preds.probs.tolist())
+    result.files["top-5 predictions"] = save_image(figure_to_image(fig, dpi=80),
+                                                   out / "predictions.png")
+
+    step("receptive fields")
+    # The deepest shallow layer (module depth <= 1) at each stride: one box per stage.
+    maps = [i for i in table if i.is_map and i.rf is not None and not i.rf.is_global
+            and i.module.count(".") <= 1 and i.shape[1] > 1]
+    by_stride = {}
+    for info in sorted(maps, key=lambda i: i.order):
+        by_stride[info.rf.jump] = info
+    picked = list(by_stride.values())
+    fields = [(i.name, i.rf, i.shape[1:]) for i in picked[-6:]]
+    fig = receptive_fields_figure(seen[0], fields)
+    result.files["receptive fields"] = save_image(figure_to_image(fig), out / "receptive_fields.png")
+    return result

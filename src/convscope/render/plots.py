@@ -1,0 +1,84 @@
+"""Matplotlib figures for predictions and receptive fields."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+from convscope.receptive import ReceptiveField
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def figure_to_image(fig, dpi: int = 100) -> Image.Image:
+    """Render a matplotlib figure to a PIL image and close it."""
+    plt = _plt()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    buf.seek(0)
+    return Image.open(buf).convert("RGB")
+
+
+def predictions_figure(images: Sequence[np.ndarray], names: Sequence[str],
+                       top_labels: Sequence[Sequence[str]], top_probs: Sequence[Sequence[float]]):
+    """One row per image: the image as the model sees it, and a bar chart of its top-k."""
+    plt = _plt()
+    n = len(images)
+    fig, axes = plt.subplots(n, 2, figsize=(8, 2.2 * n), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 1.6]})
+    for i in range(n):
+        ax_img, ax_bar = axes[i]
+        ax_img.imshow(images[i])
+        ax_img.set_title(names[i], fontsize=9)
+        ax_img.axis("off")
+        k = len(top_labels[i])
+        ax_bar.barh(range(k)[::-1], top_probs[i], color="tab:blue")
+        ax_bar.set_yticks(range(k)[::-1])
+        ax_bar.set_yticklabels(top_labels[i], fontsize=8)
+        ax_bar.set_xlim(0, 1)
+        ax_bar.set_xlabel("probability", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def receptive_fields_figure(image: np.ndarray, fields: Sequence[tuple[str, ReceptiveField,
+                                                                      tuple[int, int]]]):
+    """The image with, per layer, the receptive-field box of its centre unit and the unit grid.
+
+    ``fields`` holds ``(layer name, receptive field, (map height, map width))``.
+    """
+    plt = _plt()
+    from matplotlib.patches import Rectangle
+
+    fig, ax = plt.subplots(figsize=(6, 6))
+    ax.imshow(image)
+    h, w = image.shape[:2]
+    colors = plt.cm.viridis(np.linspace(0, 0.9, max(len(fields), 1)))
+    lo_y, lo_x, hi_y, hi_x = 0, 0, h, w
+    for (name, rf, (mh, mw)), color in zip(fields, colors):
+        if rf is None or rf.is_global:
+            continue
+        box = rf.box(mh // 2, mw // 2)
+        lo_y, lo_x = min(lo_y, box.y0), min(lo_x, box.x0)
+        hi_y, hi_x = max(hi_y, box.y1), max(hi_x, box.x1)
+        ax.add_patch(Rectangle((box.x0 - 0.5, box.y0 - 0.5), box.width, box.height, fill=False,
+                               lw=2, ec=color, label=f"{name}: {rf}"))
+        cy, cx = rf.center(mh // 2, mw // 2)
+        ax.plot([cx], [cy], "o", color=color, ms=3)
+    margin = 0.05 * max(hi_y - lo_y, hi_x - lo_x)
+    ax.set_xlim(lo_x - margin, hi_x + margin)
+    ax.set_ylim(hi_y + margin, lo_y - margin)
+    ax.legend(loc="lower center", fontsize=7, bbox_to_anchor=(0.5, -0.35))
+    ax.set_title("receptive field of the centre unit per layer")
+    return fig

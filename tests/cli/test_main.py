@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import json
+
+from PIL import Image
+
+from convscope import __version__
+from convscope.cli.main import main
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"convscope {__version__}"
+
+
+def test_help(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "layers" in out and "demo" in out
+
+
+def test_layers_alexnet_table(capsys):
+    assert main(["layers", "torchvision:alexnet", "--weights", "none"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.strip().startswith("features.12 "))
+    assert row.split()[1:] == ["MaxPool2d", "256x6x6", "256", "195", "32"]
+
+
+def test_layers_json_and_filter(capsys):
+    assert main(["layers", "torchvision:alexnet", "--weights", "none", "--format", "json",
+                 "--filter", "conv*"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == ["features.0", "features.3", "features.6",
+                                         "features.8", "features.10"]
+    assert rows[0]["rf"] == "11" and rows[0]["stride"] == "4"
+
+
+def test_bad_input_exits_2_in_one_line(capsys):
+    assert main(["layers", "torchvision:alexnet", "--weights", "none", "--filter", "feature.3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown layer 'feature.3'") and "features.3" in err
+    assert len(err.splitlines()) == 1
+    assert main(["layers", "no_such_model"]) == 2
+    assert main(["layers", "--format", "xml"]) == 2
+    assert main(["no-such-command"]) == 2
+
+
+def test_demo_writes_results(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--seed", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "Egyptian cat" in text and "espresso" in text
+    preds = json.loads((out / "predictions.json").read_text())
+    by_name = {p["image"]: p["top"] for p in preds}
+    assert by_name["chelsea"][0]["index"] == 285 and len(by_name["chelsea"]) == 5
+    assert by_name["coffee"][0]["index"] == 967
+    table = (out / "layers.txt").read_text()
+    assert "conv_stem" in table and "blocks.6" in table
+    for png in ("filters_first_layer.png", "predictions.png", "receptive_fields.png"):
+        img = Image.open(out / png)
+        assert img.width > 100 and img.height > 100
+    # 32 filters of 3x3, shown as 48 px cells: a 6 x 6 grid.
+    assert Image.open(out / "filters_first_layer.png").size == (6 * 51 + 3, 6 * 51 + 3)
+    assert not list(out.glob(".*.tmp"))

@@ -1,0 +1,72 @@
+"""Shared fixtures: models are built once per session; data is extracted into temp folders."""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+import convscope
+from convscope.testing import tiny_subject
+
+SHARED = Path(os.environ.get("CONVSCOPE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+CIFAR_TAR = SHARED / "data" / "cifar10-jpg.tar.gz"
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def default_subject():
+    return convscope.load()
+
+
+@pytest.fixture(scope="session")
+def alexnet():
+    return convscope.load("torchvision:alexnet", weights=None)
+
+
+@pytest.fixture(scope="session")
+def resnet18():
+    torch.manual_seed(0)
+    return convscope.load("torchvision:resnet18", weights=None)
+
+
+@pytest.fixture()
+def tiny():
+    return tiny_subject()
+
+
+@pytest.fixture(scope="session")
+def cifar_dir(tmp_path_factory) -> Path:
+    """A labelled folder of 5 CIFAR-10 test images per class (50 JPEGs), read from shared data."""
+    if not CIFAR_TAR.exists():
+        pytest.skip(f"{CIFAR_TAR} not found")
+    out = tmp_path_factory.mktemp("cifar")
+    per_class: dict[str, int] = {}
+    with tarfile.open(CIFAR_TAR) as tf:
+        for m in tf:
+            parts = m.name.split("/")
+            if not m.isfile() or len(parts) < 3 or parts[-3] != "test":
+                continue
+            cls = parts[-2]
+            if per_class.get(cls, 0) >= 5:
+                if len(per_class) == 10 and all(v >= 5 for v in per_class.values()):
+                    break
+                continue
+            per_class[cls] = per_class.get(cls, 0) + 1
+            dest = out / cls / parts[-1]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(tf.extractfile(m).read())
+    return out
+
+
+def hook_count(model: torch.nn.Module) -> int:
+    """Hooks of every kind left on any module of ``model``."""
+    return sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+        + len(getattr(m, "_backward_pre_hooks", {}))
+        for m in model.modules()
+    )

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import pytest
+
+from convscope.errors import AmbiguousLayerError, LayerNotFoundError, UserInputError
+from convscope.layers import parse_address
+
+
+def test_alexnet_table_shapes(alexnet):
+    t = alexnet.layers
+    assert t["features.0"].shape == (64, 55, 55)
+    assert t["features.12"].shape == (256, 6, 6)
+    assert t["classifier.6"].shape == (1000,)
+    assert t["features.10"].units == 256
+    assert t["features.0"].type == "Conv2d"
+
+
+def test_unknown_layer_lists_close_names(alexnet):
+    with pytest.raises(LayerNotFoundError) as err:
+        alexnet.layer("features.13")
+    assert "features.12" in str(err.value)
+    assert "features.12" in err.value.close
+
+
+def test_aliases(alexnet):
+    t = alexnet.layers
+    assert t.aliases["conv1"] == "features.0"
+    assert t.aliases["conv5"] == "features.10"
+    assert t.aliases["pool5"] == "features.12"
+    assert t.aliases["fc6"] == "classifier.1"
+    assert t.aliases["fc8"] == "classifier.6"
+    assert alexnet.layer("conv5").name == "features.10"
+
+
+def test_resolve_globs_and_lists(alexnet):
+    t = alexnet.layers
+    assert t.resolve("features.1?") == ["features.10", "features.11", "features.12"]
+    assert t.resolve("conv1,features.3") == ["features.0", "features.3"]
+    assert t.resolve(["pool5", "features.12"]) == ["features.12"]
+    with pytest.raises(LayerNotFoundError):
+        t.resolve("nothing.*")
+    with pytest.raises(UserInputError):
+        t.resolve("")
+
+
+def test_reused_module_gets_one_address_per_call(resnet18):
+    t = resnet18.layers
+    assert "layer1.0.relu#0" in t and "layer1.0.relu#1" in t
+    with pytest.raises(AmbiguousLayerError, match="layer1.0.relu#1"):
+        t.get("layer1.0.relu")
+    assert t.resolve("layer1.0.relu") == ["layer1.0.relu"]  # a bare path means every call
+
+
+def test_in_place_overwrites_are_known(resnet18):
+    t = resnet18.layers
+    assert t["layer1.0.bn2"].mutated  # out += identity overwrites it
+    assert t["bn1"].mutated  # ReLU(inplace=True) overwrites it
+    assert not t["layer1.0.conv1"].mutated
+
+
+def test_parse_address():
+    assert parse_address("a.b#2") == ("a.b", 2)
+    assert parse_address("a.b") == ("a.b", None)
+    with pytest.raises(UserInputError):
+        parse_address("a#x")
+
+
+def test_table_format_has_every_layer(default_subject):
+    text = default_subject.layers.format()
+    lines = text.splitlines()
+    assert len(lines) == len(default_subject.layers) + 1
+    assert lines[0].split() == ["name", "type", "output", "units", "rf", "stride"]
+    row = next(r for r in lines if r.startswith("conv_stem "))
+    assert row.split()[1:] == ["Conv2d", "32x112x112", "32", "3", "2"]
