@@ -41,7 +41,7 @@ def tiny():
 
 @pytest.fixture(scope="session")
 def cifar_dir(tmp_path_factory) -> Path:
-    """A labelled folder of 5 CIFAR-10 test images per class (50 JPEGs), read from shared data."""
+    """A labelled folder of 10 CIFAR-10 test images per class (100 JPEGs), from shared data."""
     if not CIFAR_TAR.exists():
         pytest.skip(f"{CIFAR_TAR} not found")
     out = tmp_path_factory.mktemp("cifar")
@@ -52,8 +52,8 @@ def cifar_dir(tmp_path_factory) -> Path:
             if not m.isfile() or len(parts) < 3 or parts[-3] != "test":
                 continue
             cls = parts[-2]
-            if per_class.get(cls, 0) >= 5:
-                if len(per_class) == 10 and all(v >= 5 for v in per_class.values()):
+            if per_class.get(cls, 0) >= 10:
+                if len(per_class) == 10 and all(v >= 10 for v in per_class.values()):
                     break
                 continue
             per_class[cls] = per_class.get(cls, 0) + 1

@@ -107,10 +107,10 @@ def test_tar_archives(tmp_path, mode):
 
 def test_cifar_folder(cifar_dir):
     src = open_images(cifar_dir, transform=PRE)
-    assert len(src) == 50
+    assert len(src) == 100
     assert src.classes[:3] == ["airplane", "automobile", "bird"]
     labels = np.array([r.label for r in src.records])
-    assert np.bincount(labels).tolist() == [5] * 10
+    assert np.bincount(labels).tolist() == [10] * 10
 
 
 def test_file_list_and_missing_source(tmp_path, messy_folder):

@@ -26,9 +26,11 @@ Transform = Callable[[Image.Image], torch.Tensor]
 _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 
 
-def read_image(source: str | os.PathLike | bytes) -> Image.Image:
+def read_image(source: str | os.PathLike | bytes | Image.Image) -> Image.Image:
     """Decode a file path or bytes to an RGB PIL image: EXIF orientation applied, alpha composited
     onto white, grayscale and palette images expanded. Raises on unreadable data."""
+    if isinstance(source, Image.Image):
+        return source.convert("RGB")
     fp = io.BytesIO(source) if isinstance(source, bytes) else source
     with Image.open(fp) as img:
         img.load()
@@ -85,6 +87,8 @@ class ImageSource(torch.utils.data.Dataset):
         self._reader = reader
         self.description = description
         self.transform = transform
+        # How to open this source again (set by open_images).
+        self.spec: dict = {"description": description}
 
     def __len__(self) -> int:
         return len(self.records)
@@ -101,7 +105,9 @@ class ImageSource(torch.utils.data.Dataset):
             return None, i, _reason(e)
 
     def with_transform(self, transform: Transform | None) -> ImageSource:
-        return ImageSource(self.records, self.classes, self._reader, self.description, transform)
+        out = ImageSource(self.records, self.classes, self._reader, self.description, transform)
+        out.spec = self.spec
+        return out
 
     def subset(self, indices: Sequence[int]) -> ImageSource:
         """The images at ``indices``, renumbered from 0 in that order."""
@@ -126,11 +132,27 @@ def open_images(
     transform: Transform | None = None,
     pattern: str | None = None,
 ) -> ImageSource:
-    """Open a folder (recursive), a tar archive, a text file listing paths, or a list of paths.
+    """Open a folder (recursive), a tar archive, a text file listing paths, a list of paths, or
+    ``"convscope:samples"`` (the bundled scikit-image photos and five crops of each, labelled by
+    photo).
 
     ``pattern`` keeps only images whose relative name matches the glob (e.g. ``"test/*"`` in an
     archive of ``train/`` and ``test/``). Hidden files are ignored; every other file is tried.
     """
+    src = _open(source, transform, pattern)
+    if isinstance(source, (str, os.PathLike)):
+        where = source if source == "convscope:samples" else str(Path(source).resolve())
+        src.spec = {"description": src.description, "source": where, "pattern": pattern,
+                    "images": len(src)}
+    else:
+        src.spec = {"description": src.description, "files": [str(p) for p in source],
+                    "pattern": pattern, "images": len(src)}
+    return src
+
+
+def _open(source, transform, pattern) -> ImageSource:
+    if isinstance(source, str) and source == "convscope:samples":
+        return _from_samples(transform, pattern)
     if not isinstance(source, (str, os.PathLike)):
         paths = [Path(p) for p in source]
         return _from_paths(paths, None, f"{len(paths)} files", transform, pattern)
@@ -179,6 +201,18 @@ def _from_tar(path: Path, transform, pattern) -> ImageSource:
         members = [n for n in members if fnmatch(n, pattern)]
     members.sort()
     return _make(members, _TarReader(path), os.fspath(path), transform, labels_from_dirs=True)
+
+
+def _from_samples(transform, pattern) -> ImageSource:
+    from convscope.samples import sample_view, sample_view_names
+
+    names = sample_view_names()
+    if pattern:
+        names = [n for n in names if fnmatch(n, pattern)]
+    classes = sorted({n.split("/")[0] for n in names})
+    index = {c: i for i, c in enumerate(classes)}
+    records = [ImageRecord(i, n, index[n.split("/")[0]]) for i, n in enumerate(names)]
+    return ImageSource(records, classes, sample_view, "convscope:samples", transform)
 
 
 class _TarReader:
@@ -245,8 +279,9 @@ def collate(items) -> ImageBatch:
 class Batches:
     """Iterate a source in batches through a DataLoader (``workers`` processes decode).
 
-    ``report`` collects every skipped file; ``indices`` (optional) restricts and orders the
-    images read (resuming a scan reads only what is left).
+    Batch ``j`` holds positions ``j * batch_size ...`` of the read order, minus the files that
+    could not be decoded (so a batch may be empty). ``report`` collects every skipped file;
+    ``indices`` (optional) restricts and orders the images read.
     """
 
     def __init__(self, source: ImageSource, batch_size: int = 32, workers: int = 0,
@@ -276,5 +311,4 @@ class Batches:
         for batch in loader:
             for i, reason in batch.skipped:
                 self.report.add(self.source.records[i].name, reason)
-            if len(batch.indices):
-                yield batch
+            yield batch

@@ -80,13 +80,7 @@ def run_demo(subject: Subject, out: str | Path, seed: int = 0,
                                                    out / "predictions.png")
 
     step("receptive fields")
-    # The deepest shallow layer (module depth <= 1) at each stride: one box per stage.
-    maps = [i for i in table if i.is_map and i.rf is not None and not i.rf.is_global
-            and i.module.count(".") <= 1 and i.shape[1] > 1]
-    by_stride = {}
-    for info in sorted(maps, key=lambda i: i.order):
-        by_stride[info.rf.jump] = info
-    picked = list(by_stride.values())
+    picked = table.stages()
     fields = [(i.name, i.rf, i.shape[1:]) for i in picked[-6:]]
     fig = receptive_fields_figure(seen[0], fields)
     result.files["receptive fields"] = save_image(figure_to_image(fig), out / "receptive_fields.png")

@@ -75,7 +75,8 @@ class LayerTable(Sequence[LayerInfo]):
         self._calls: dict[str, list[LayerInfo]] = {}
         for info in self._infos:
             self._calls.setdefault(info.module, []).append(info)
-        self.aliases = _make_aliases(self._infos, module_types or {})
+        self._types = module_types or {}
+        self.aliases = _make_aliases(self._infos, self._types)
 
     def __len__(self) -> int:
         return len(self._infos)
@@ -130,6 +131,22 @@ class LayerTable(Sequence[LayerInfo]):
                 raise LayerNotFoundError(item, list(self._by_name) + list(self.aliases))
             out.extend(f for f in found if f not in out)
         return out
+
+    def convolutions(self) -> list[LayerInfo]:
+        """Every convolution that ran, in forward order."""
+        convs = [i for i in self._infos if i.shape is not None
+                 and issubclass(self._types.get(i.module, object), _CONV)]
+        return sorted(convs, key=lambda i: i.order)
+
+    def stages(self) -> list[LayerInfo]:
+        """The last shallow layer (module depth <= 1) of each resolution stage, in forward order:
+        one representative map per stride (e.g. ResNet's layer1..layer4)."""
+        maps = [i for i in self._infos if i.is_map and i.rf is not None and not i.rf.is_global
+                and i.module.count(".") <= 1 and i.shape[1] > 1]
+        by_stride: dict = {}
+        for info in sorted(maps, key=lambda i: i.order):
+            by_stride[info.rf.jump] = info
+        return list(by_stride.values())
 
     def format(self) -> str:
         """A plain-text table: name, type, output shape, units, receptive field size, stride."""

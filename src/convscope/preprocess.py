@@ -66,6 +66,25 @@ class Preprocess:
         img = TF.resize(img, self.resize or min(self.size), interpolation=interp, antialias=True)
         return TF.center_crop(img, list(self.size))
 
+    def input_to_original(self, box: tuple[float, float, float, float],
+                          original_size: tuple[int, int]) -> tuple[float, float, float, float]:
+        """Map a box given by pixel *edges* ``(top, left, bottom, right)`` in model-input
+        coordinates to the same edges in the original image of size ``(width, height)``."""
+        ow, oh = original_size
+        h, w = self.size
+        top, left, bottom, right = box
+        if self.mode == "squash":
+            sy, sx = oh / h, ow / w
+            return top * sy, left * sx, bottom * sy, right * sx
+        short = self.resize or min(self.size)
+        if ow <= oh:  # torchvision keeps the short side exact and rounds the long one down
+            rw, rh = short, int(short * oh / ow)
+        else:
+            rh, rw = short, int(short * ow / oh)
+        oy, ox = int(round((rh - h) / 2.0)), int(round((rw - w) / 2.0))
+        sy, sx = oh / rh, ow / rw
+        return (top + oy) * sy, (left + ox) * sx, (bottom + oy) * sy, (right + ox) * sx
+
     def __call__(self, img: Image.Image | np.ndarray) -> torch.Tensor:
         if isinstance(img, np.ndarray):
             img = Image.fromarray(img)

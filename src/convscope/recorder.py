@@ -213,6 +213,12 @@ class Recorder:
 
         return hook
 
+    def extract(self, address: str, output: Any) -> torch.Tensor:
+        """The recorded form of a raw layer output (as a ``callback`` receives it): the selected
+        tensor, token outputs turned into maps; not detached or copied."""
+        t = self._pick(address, parse_address(address)[0], output)
+        return self._layout.to_map(t) if self._layout is not None else t
+
     def _pick(self, address: str, name: str, output) -> torch.Tensor:
         sel = self._select.get(address, self._select.get(name))
         return select_tensor(output, sel, name)

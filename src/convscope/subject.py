@@ -44,6 +44,8 @@ class Subject:
         self.token_layout = token_layout if token_layout is not None else detect_token_layout(
             model, preprocess.size
         )
+        # How to load this subject again (set by convscope.load; None for wrapped modules).
+        self.spec: dict | None = None
 
     @classmethod
     def wrap(

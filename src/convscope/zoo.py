@@ -64,6 +64,11 @@ def load(
             "or a checkpoint path (with arch=...)"
             + _suggest(text)
         )
+    subject.spec = {
+        "name": subject.name, "model": text,
+        "weights": weights if weights in (None, "default") else str(Path(weights).resolve()),
+        "arch": arch,
+    }
     if device is not None:
         subject.to(device)
     return subject
@@ -202,6 +207,7 @@ def _load_file(path: Path, arch: str | None) -> Subject:
             f"{path} is a checkpoint; say which architecture it holds, e.g. "
             "arch='torchvision:resnet18' (--arch on the command line)"
         )
+    path = path.resolve()
     if not (arch.startswith("torchvision:") or arch.startswith("timm:")
             or arch == DEFAULT_MODEL):
         raise UserInputError(f"arch must be 'torchvision:NAME', 'timm:NAME' or {DEFAULT_MODEL!r}")

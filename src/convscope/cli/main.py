@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from convscope.cli import demo, layers
+from convscope.cli import demo, layers, scan, topk
 from convscope.cli.common import debug
 
 app = typer.Typer(
@@ -20,6 +20,8 @@ app = typer.Typer(
 )
 app.command("layers")(layers.layers)
 app.command("demo")(demo.demo)
+app.command("scan")(scan.scan)
+app.command("topk")(topk.topk)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,6 @@
+"""The atlas: one directory per (model, dataset) holding scan results in SQLite plus renders."""
+
+from convscope.atlas.build import render_units, reopen, scan_to_atlas
+from convscope.atlas.store import SCHEMA_VERSION, Atlas, AtlasConflictError
+
+__all__ = ["SCHEMA_VERSION", "Atlas", "AtlasConflictError", "render_units", "reopen", "scan_to_atlas"]

@@ -1,0 +1,73 @@
+"""Scan a dataset into an atlas, render unit pictures, and reopen an atlas's model and data."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from convscope.atlas.store import Atlas
+from convscope.data import ImageSource, open_images
+from convscope.errors import ConvscopeError
+from convscope.fileio import save_image
+from convscope.scan import ScanResult, scan
+from convscope.scan.patches import render_topk
+from convscope.subject import Subject
+
+
+def model_spec(subject: Subject) -> dict:
+    """What the atlas records about the model (enough to load it again, when it came from load)."""
+    return dict(subject.spec) if subject.spec else {"name": subject.name}
+
+
+def scan_to_atlas(subject: Subject, source: ImageSource, out: str | Path, layers, *,
+                  resume: bool = False, overwrite: bool = False, **options) -> tuple[Atlas, ScanResult]:
+    """Run :func:`convscope.scan.scan` with its checkpoint inside the atlas at ``out`` and store
+    the result there. ``options`` are ``scan``'s keyword arguments."""
+    atlas = Atlas.create(out, model_spec(subject), source.spec, overwrite=overwrite, resume=resume)
+    started = time.time()
+    result = scan(subject, source, layers, checkpoint=atlas.checkpoint_path, resume=resume, **options)
+    atlas.write_scan(result, subject, started)
+    return atlas, result
+
+
+def render_units(atlas: Atlas, subject: Subject, source: ImageSource, layer: str,
+                 units: Sequence[int], criteria: Sequence[str] | None = None,
+                 direction: bool = False) -> list[Path]:
+    """Write one top-K grid PNG per unit and criterion under ``atlas/render/LAYER/``."""
+    criteria = criteria or atlas.run()["config"]["criteria"]
+    paths = []
+    for unit in units:
+        vec = atlas.direction(layer, unit) if direction else None
+        for crit in criteria:
+            top = atlas.topk(layer, unit, crit, direction=direction)
+            if not len(top):
+                continue
+            kind = "direction" if direction else "unit"
+            path = atlas.render_dir / layer / f"{kind}{unit:04d}_{crit}.png"
+            paths.append(save_image(render_topk(subject, source, top, direction=vec), path))
+    return paths
+
+
+def reopen(atlas: Atlas, subject: Subject | None = None,
+           source: ImageSource | None = None) -> tuple[Subject, ImageSource]:
+    """The subject and image source an atlas was made from (loaded again from its specs)."""
+    if subject is None:
+        spec = atlas.model_spec
+        if "model" not in spec:
+            raise ConvscopeError(
+                f"the atlas was made from a wrapped model ({spec.get('name')}); pass the subject")
+        from convscope.zoo import load
+
+        subject = load(spec["model"], weights=spec["weights"] or "none", arch=spec["arch"])
+    if source is None:
+        spec = atlas.source_spec
+        where = spec.get("source") or spec.get("files")
+        if where is None:
+            raise ConvscopeError("the atlas does not say where its images are; pass the source")
+        source = open_images(where, transform=subject.transform, pattern=spec.get("pattern"))
+        if len(source) != spec.get("images", len(source)):
+            raise ConvscopeError(
+                f"{spec['description']} now has {len(source)} images, the atlas was made from "
+                f"{spec['images']}; rescan it")
+    return subject, source

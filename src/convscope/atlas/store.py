@@ -1,0 +1,279 @@
+"""Atlas storage: ``atlas.db`` (SQLite, WAL mode so readers can look while a scan runs), the
+scan checkpoint ``scan.ckpt``, and rendered images under ``render/``.
+
+The atlas knows which model and which dataset it describes from the moment it is created; a
+scan of another model or dataset into it is refused unless the user asks to overwrite.
+Results are written in a single transaction: a reader sees the old scan or the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from convscope.errors import ConvscopeError, LayerNotFoundError, UserInputError
+from convscope.scan.result import ScanResult, UnitStats, UnitTopK
+from convscope.subject import Subject
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE runs(
+    id INTEGER PRIMARY KEY, started REAL, finished REAL, status TEXT, config TEXT,
+    n_images INTEGER, processed INTEGER, skipped INTEGER, seconds REAL);
+CREATE TABLE classes(idx INTEGER PRIMARY KEY, name TEXT NOT NULL);
+CREATE TABLE images(
+    idx INTEGER PRIMARY KEY, name TEXT NOT NULL, label INTEGER, status TEXT NOT NULL, reason TEXT);
+CREATE TABLE layers(
+    name TEXT PRIMARY KEY, position INTEGER, type TEXT, channels INTEGER, directions INTEGER,
+    height INTEGER, width INTEGER, rf_size_y REAL, rf_size_x REAL, rf_jump_y REAL,
+    rf_jump_x REAL, rf_start_y REAL, rf_start_x REAL, rf_global INTEGER);
+CREATE TABLE units(
+    layer TEXT, kind TEXT, unit INTEGER, mean REAL, std REAL, max REAL, frac_pos REAL,
+    threshold REAL, PRIMARY KEY(layer, kind, unit));
+CREATE TABLE topk(
+    layer TEXT, kind TEXT, unit INTEGER, criterion TEXT, rank INTEGER, image INTEGER,
+    score REAL, y INTEGER, x INTEGER, PRIMARY KEY(layer, kind, unit, criterion, rank));
+CREATE TABLE directions(layer TEXT, idx INTEGER, vector BLOB, PRIMARY KEY(layer, idx));
+"""
+
+
+class AtlasConflictError(UserInputError):
+    """The atlas directory already describes another model or dataset, or holds a scan."""
+
+
+class Atlas:
+    """An atlas directory. Use :meth:`create` before a scan and :meth:`open` to read one."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.db_path = self.path / "atlas.db"
+        self.checkpoint_path = self.path / "scan.ckpt"
+        self.render_dir = self.path / "render"
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | Path, model: dict, source: dict, *, overwrite: bool = False,
+               resume: bool = False) -> Atlas:
+        """Prepare ``path`` for a scan of ``model`` over ``source`` (both JSON-able specs).
+
+        An existing atlas of another model or dataset is refused (``AtlasConflictError``)
+        unless ``overwrite``; one of the same is refused unless ``resume`` or ``overwrite``.
+        """
+        atlas = cls(path)
+        if atlas.db_path.exists() and not overwrite:
+            old = atlas._identity()
+            if old != {"model": model, "source": source}:
+                raise AtlasConflictError(
+                    f"{atlas.path} is an atlas of {old['model'].get('name')} on "
+                    f"{old['source'].get('description')}; choose another --out or pass --overwrite"
+                )
+            if not resume:
+                raise AtlasConflictError(
+                    f"{atlas.path} already holds a scan of this model and dataset; "
+                    "pass --resume to continue it or --overwrite to start again"
+                )
+            return atlas
+        if overwrite:
+            for p in (atlas.db_path, atlas.checkpoint_path):
+                for q in (p, p.with_name(p.name + "-wal"), p.with_name(p.name + "-shm")):
+                    q.unlink(missing_ok=True)
+            shutil.rmtree(atlas.render_dir, ignore_errors=True)
+        atlas.path.mkdir(parents=True, exist_ok=True)
+        tmp = atlas.path / ".atlas.db.tmp"
+        tmp.unlink(missing_ok=True)
+        con = sqlite3.connect(tmp)
+        try:
+            con.executescript(_SCHEMA)
+            con.executemany("INSERT INTO meta VALUES (?, ?)", [
+                ("schema_version", str(SCHEMA_VERSION)),
+                ("model", json.dumps(model, sort_keys=True)),
+                ("source", json.dumps(source, sort_keys=True)),
+                ("created", str(time.time())),
+            ])
+            con.commit()
+        finally:
+            con.close()
+        tmp.replace(atlas.db_path)  # the atlas appears whole or not at all
+        return atlas
+
+    @classmethod
+    def open(cls, path: str | Path) -> Atlas:
+        """Open an existing atlas for reading (schema version checked)."""
+        atlas = cls(path)
+        if not atlas.db_path.exists():
+            raise UserInputError(f"{atlas.path} is not an atlas (no atlas.db)")
+        version = int(atlas._meta("schema_version"))
+        if version > SCHEMA_VERSION:
+            raise ConvscopeError(
+                f"{atlas.path} has atlas schema {version}; this convscope reads up to {SCHEMA_VERSION}"
+            )
+        return atlas
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        con = sqlite3.connect(self.db_path, timeout=30)
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
+            yield con
+        finally:
+            con.close()
+
+    def _meta(self, key: str) -> str:
+        with self._connect() as con:
+            row = con.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            raise ConvscopeError(f"{self.db_path} has no {key!r}; it is not a convscope atlas")
+        return row[0]
+
+    def _identity(self) -> dict:
+        return {"model": json.loads(self._meta("model")), "source": json.loads(self._meta("source"))}
+
+    @property
+    def model_spec(self) -> dict:
+        return json.loads(self._meta("model"))
+
+    @property
+    def source_spec(self) -> dict:
+        return json.loads(self._meta("source"))
+
+    # -- writing ------------------------------------------------------------------------------
+    def write_scan(self, result: ScanResult, subject: Subject, started: float) -> None:
+        """Store a finished scan, replacing any earlier one, in one transaction."""
+        skipped = dict(result.skipped)
+        with self._connect() as con:
+            con.execute("BEGIN IMMEDIATE")
+            for table in ("runs", "classes", "images", "layers", "units", "topk", "directions"):
+                con.execute(f"DELETE FROM {table}")
+            con.execute(
+                "INSERT INTO runs(started, finished, status, config, n_images, processed, skipped,"
+                " seconds) VALUES (?, ?, 'done', ?, ?, ?, ?, ?)",
+                (started, time.time(), json.dumps(result.config), len(result.image_names),
+                 result.processed, len(skipped), result.seconds),
+            )
+            con.executemany("INSERT INTO classes VALUES (?, ?)", enumerate(result.classes))
+            con.executemany("INSERT INTO images VALUES (?, ?, ?, ?, ?)", [
+                (i, name, label, "skipped" if i in skipped else "ok", skipped.get(i))
+                for i, (name, label) in enumerate(zip(result.image_names, result.image_labels))
+            ])
+            for pos, name in enumerate(result.layers):
+                info = subject.layers.get(name)
+                rf = info.rf
+                ndir = len(result.directions.get(name, ()))
+                state = result.states[name]
+                con.execute(
+                    "INSERT INTO layers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (name, pos, info.type, result.channels[name], ndir, *state.map_size,
+                     *(rf.size if rf else (None, None)), *(rf.jump if rf else (None, None)),
+                     *(rf.start if rf else (None, None)), int(bool(rf and rf.is_global))),
+                )
+                c = result.channels[name]
+                mean, std = state.mean().cpu().numpy(), state.std().cpu().numpy()
+                peak, pos = state.max.cpu().numpy(), state.fraction_positive().cpu().numpy()
+                thr = (state.thresholds.cpu().numpy() if state.thresholds is not None
+                       else [None] * state.units)
+                con.executemany("INSERT INTO units VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [
+                    (name, "channel" if u < c else "direction", u if u < c else u - c,
+                     float(mean[u]), float(std[u]), float(peak[u]), float(pos[u]),
+                     None if thr[u] is None else float(thr[u]))
+                    for u in range(state.units)
+                ])
+                w = state.map_size[1]
+                rows = []
+                for crit, top in state.topk.items():
+                    images = top.valid_images().cpu().numpy()
+                    scores = top.scores.cpu().numpy()
+                    positions = top.positions.cpu().numpy()
+                    for u in range(state.units):
+                        kind, unit = ("channel", u) if u < c else ("direction", u - c)
+                        for rank in range(images.shape[1]):
+                            if images[u, rank] < 0:
+                                break
+                            p = int(positions[u, rank])
+                            rows.append((name, kind, unit, crit, rank, int(images[u, rank]),
+                                         float(scores[u, rank]), p // w, p % w))
+                con.executemany("INSERT INTO topk VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                for i, vec in enumerate(result.directions.get(name, [])):
+                    con.execute("INSERT INTO directions VALUES (?, ?, ?)",
+                                (name, i, vec.numpy().astype(np.float32).tobytes()))
+            con.commit()
+
+    # -- reading ------------------------------------------------------------------------------
+    def run(self) -> dict:
+        """The stored scan's settings and counts (empty dict before a scan finished)."""
+        with self._connect() as con:
+            row = con.execute("SELECT started, finished, status, config, n_images, processed, "
+                              "skipped, seconds FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+        if row is None:
+            return {}
+        keys = ("started", "finished", "status", "config", "n_images", "processed", "skipped",
+                "seconds")
+        out = dict(zip(keys, row))
+        out["config"] = json.loads(out["config"])
+        return out
+
+    def layers(self) -> list[dict]:
+        with self._connect() as con:
+            con.row_factory = sqlite3.Row
+            rows = con.execute("SELECT * FROM layers ORDER BY position").fetchall()
+        return [dict(r) for r in rows]
+
+    def layer(self, name: str) -> dict:
+        found = {r["name"]: r for r in self.layers()}
+        if name not in found:
+            raise LayerNotFoundError(name, list(found), what="scanned layer")
+        return found[name]
+
+    def topk(self, layer: str, unit: int, criterion: str = "max",
+             direction: bool = False) -> UnitTopK:
+        """Top-K of one unit (or random direction), best first."""
+        info = self.layer(layer)
+        kind = "direction" if direction else "channel"
+        n = info["directions"] if direction else info["channels"]
+        if not 0 <= unit < n:
+            raise UserInputError(f"{layer} has no {kind} {unit} (0..{n - 1})")
+        with self._connect() as con:
+            rows = con.execute(
+                "SELECT t.image, i.name, t.score, t.y, t.x FROM topk t JOIN images i "
+                "ON i.idx = t.image WHERE t.layer = ? AND t.kind = ? AND t.unit = ? "
+                "AND t.criterion = ? ORDER BY t.rank", (layer, kind, unit, criterion)).fetchall()
+        if not rows:
+            crits = self.run().get("config", {}).get("criteria", [])
+            if criterion not in crits:
+                raise UserInputError(f"criterion {criterion!r} was not scanned (have {', '.join(crits)})")
+        cols = list(zip(*rows)) if rows else [[], [], [], [], []]
+        return UnitTopK(layer, unit, criterion, direction, np.array(cols[0], dtype=np.int64),
+                        list(cols[1]), np.array(cols[2], dtype=np.float32),
+                        np.array(cols[3], dtype=np.int64), np.array(cols[4], dtype=np.int64))
+
+    def stats(self, layer: str, direction: bool = False) -> UnitStats:
+        self.layer(layer)
+        with self._connect() as con:
+            rows = con.execute(
+                "SELECT mean, std, max, frac_pos, threshold FROM units WHERE layer = ? AND kind = ?"
+                " ORDER BY unit", (layer, "direction" if direction else "channel")).fetchall()
+        cols = [np.array(c, dtype=np.float64) if c else np.zeros(0) for c in zip(*rows)] if rows \
+            else [np.zeros(0)] * 5
+        thr = None if rows and rows[0][4] is None else cols[4]
+        return UnitStats(cols[0], cols[1], cols[2], cols[3], thr)
+
+    def direction(self, layer: str, idx: int) -> np.ndarray:
+        with self._connect() as con:
+            row = con.execute("SELECT vector FROM directions WHERE layer = ? AND idx = ?",
+                              (layer, idx)).fetchone()
+        if row is None:
+            raise UserInputError(f"{layer} has no random direction {idx}")
+        return np.frombuffer(row[0], dtype=np.float32).copy()
+
+    def skipped(self) -> list[tuple[str, str]]:
+        with self._connect() as con:
+            return con.execute("SELECT name, reason FROM images WHERE status = 'skipped' "
+                               "ORDER BY idx").fetchall()

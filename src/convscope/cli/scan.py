@@ -1,0 +1,101 @@
+"""``convscope scan MODEL --data DIR --layers ... --out ATLAS``: top-K images per unit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+from convscope.cli.common import ArchOpt, DeviceOpt, ModelArg, SeedOpt, WeightsOpt, load_subject
+
+
+class _Rate(ProgressColumn):
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:6.1f} img/s" if speed else "   ... img/s")
+
+
+def scan(
+    model: ModelArg = "efficientnet_lite0",
+    data: Annotated[str, typer.Option(
+        "--data", help="image folder, .tar(.gz), list.txt, or convscope:samples")] = "convscope:samples",
+    layers: Annotated[str, typer.Option(
+        "--layers", help="comma-separated layers, globs, 'stages' or 'all-conv'")] = "stages",
+    out: Annotated[Path, typer.Option("--out", help="atlas folder")] = Path("atlas"),
+    k: Annotated[int, typer.Option("--k", min=1, help="images kept per unit")] = 16,
+    criteria: Annotated[str, typer.Option("--criteria", help="any of max,mean,area")] = "max,mean,area",
+    directions: Annotated[int, typer.Option(
+        "--directions", min=0, help="random directions per layer, scanned like units")] = 0,
+    pattern: Annotated[str | None, typer.Option("--pattern", help="only images matching")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted scan")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing atlas")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="image decoding processes")] = 0,
+    threshold_sample: Annotated[int, typer.Option(
+        "--threshold-sample", min=1, help="images sampled for the `area` thresholds")] = 256,
+    checkpoint_every: Annotated[float, typer.Option(
+        "--checkpoint-every", help="seconds between checkpoints")] = 30.0,
+    render: Annotated[int, typer.Option(
+        "--render", min=0, help="write top-K grids for the first N units of each layer")] = 0,
+    amp: Annotated[bool, typer.Option("--amp", help="bfloat16 autocast (CUDA)")] = False,
+    weights: WeightsOpt = "default",
+    arch: ArchOpt = None,
+    device: DeviceOpt = "cpu",
+    seed: SeedOpt = 0,
+) -> None:
+    """Scan a dataset: the top-K images and patches of every unit, into an atlas folder."""
+    from convscope.atlas import render_units, scan_to_atlas
+    from convscope.data import open_images
+
+    console = Console(stderr=True)
+    subject = load_subject(model, weights, arch, device)
+    source = open_images(data, transform=subject.transform, pattern=pattern)
+    crits = [c.strip() for c in criteria.split(",") if c.strip()]
+    bar = Progress(TextColumn("scanning"), BarColumn(), MofNCompleteColumn(), _Rate(),
+                   TimeRemainingColumn(), console=console)
+    task = bar.add_task("scan", total=len(source))
+
+    def progress(done: int, total: int) -> None:
+        if not bar.live.is_started:  # only once the checks have passed and work begins
+            bar.start()
+        bar.update(task, completed=done, total=total)
+
+    with bar:
+        try:
+            atlas, result = scan_to_atlas(
+                subject, source, out, layers, resume=resume, overwrite=overwrite, k=k,
+                criteria=crits, directions=directions, seed=seed, batch_size=batch_size,
+                workers=workers, threshold_sample=threshold_sample,
+                checkpoint_every=checkpoint_every, amp=amp,
+                progress=progress,
+            )
+        except KeyboardInterrupt:
+            console.print(f"interrupted; continue with the same command and --resume (atlas {out})")
+            raise typer.Exit(130) from None
+    rendered = []
+    for name in result.layers if render else []:
+        units = range(min(render, result.channels[name]))
+        rendered += render_units(atlas, subject, source, name, units)
+    o = Console()
+    o.print(f"scanned {result.processed} images of {source.description} through "
+            f"{subject.name}: {', '.join(result.layers)}")
+    o.print(f"{result.images_per_second:.1f} images/s; {_skips(result)}")
+    o.print(f"atlas: {out}/atlas.db" + (f"; {len(rendered)} grids in {out}/render/" if rendered else ""))
+
+
+def _skips(result) -> str:
+    from convscope.data import SkipReport
+
+    report = SkipReport([(result.image_names[i], r) for i, r in result.skipped])
+    return report.summary()

@@ -1,0 +1,86 @@
+"""Pieces of top-K pictures: patches with marked borders, heat-map overlays, the grid."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+from convscope.preprocess import Preprocess
+from convscope.receptive import Box
+
+_CLIP_COLOR = (220, 30, 30)
+_PAD_COLOR = (128, 128, 128)
+
+
+def patch_from_original(img: Image.Image, preprocess: Preprocess, box: Box) -> Image.Image:
+    """Cut the receptive-field ``box`` (model-input pixels) out of the original image.
+
+    The part outside the image is grey and each side where the box was clipped is marked by a
+    red line, so a patch at the border is never mistaken for a whole one."""
+    top, left, bottom, right = preprocess.input_to_original(
+        (box.y0, box.x0, box.y1 + 1, box.x1 + 1), img.size)
+    top, left, bottom, right = (int(round(v)) for v in (top, left, bottom, right))
+    w, h = max(right - left, 1), max(bottom - top, 1)
+    canvas = Image.new("RGB", (w, h), _PAD_COLOR)
+    src = (max(left, 0), max(top, 0), min(right, img.width), min(bottom, img.height))
+    if src[2] > src[0] and src[3] > src[1]:
+        canvas.paste(img.crop(src), (src[0] - left, src[1] - top))
+    draw = ImageDraw.Draw(canvas)
+    lw = max(1, round(max(w, h) / 60))
+    if left < 0:
+        draw.line([(src[0] - left, 0), (src[0] - left, h)], fill=_CLIP_COLOR, width=lw)
+    if top < 0:
+        draw.line([(0, src[1] - top), (w, src[1] - top)], fill=_CLIP_COLOR, width=lw)
+    if right > img.width:
+        draw.line([(src[2] - left, 0), (src[2] - left, h)], fill=_CLIP_COLOR, width=lw)
+    if bottom > img.height:
+        draw.line([(0, src[3] - top), (w, src[3] - top)], fill=_CLIP_COLOR, width=lw)
+    return canvas
+
+
+def heat_overlay(image: np.ndarray, amap: np.ndarray, vmax: float | None = None,
+                 alpha: float = 0.5) -> Image.Image:
+    """Blend an activation map (h, w), upsampled bilinearly, over ``image`` (H, W, 3) uint8.
+
+    Values are scaled by ``vmax`` (default: the map's own max) and clipped at 0, so maps of
+    several images drawn with one ``vmax`` are comparable."""
+    import matplotlib
+
+    H, W = image.shape[:2]
+    t = torch.as_tensor(np.asarray(amap, dtype=np.float32))[None, None]
+    up = F.interpolate(t, size=(H, W), mode="bilinear", align_corners=False)[0, 0].numpy()
+    top = vmax if vmax is not None else float(up.max())
+    norm = np.clip(up / top, 0.0, 1.0) if top > 0 else np.zeros_like(up)
+    heat = matplotlib.colormaps["inferno"](norm)[..., :3]
+    out = (1 - alpha) * image.astype(np.float32) / 255.0 + alpha * heat
+    return Image.fromarray((np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8))
+
+
+def topk_grid(patches: Sequence[Image.Image], overlays: Sequence[Image.Image],
+              captions: Sequence[str], title: str, cell: int = 112) -> Image.Image:
+    """Two rows (patches, overlays) of ``cell`` px tiles, scores under the patches, a title."""
+    n = len(patches)
+    pad, cap, head = 4, 14, 18
+    grid = Image.new("RGB", (n * (cell + pad) + pad, head + 2 * (cell + pad) + cap + pad), "white")
+    draw = ImageDraw.Draw(grid)
+    draw.text((pad, 3), title, fill=(0, 0, 0))
+    for i, (p, o) in enumerate(zip(patches, overlays)):
+        x = pad + i * (cell + pad)
+        grid.paste(_fit(p, cell), (x, head))
+        draw.text((x, head + cell + 1), captions[i], fill=(0, 0, 0))
+        grid.paste(_fit(o, cell), (x, head + cell + cap))
+    return grid
+
+
+def _fit(img: Image.Image, cell: int) -> Image.Image:
+    """Resize to fit in ``cell x cell`` keeping the aspect ratio, centred on white."""
+    w, h = img.size
+    s = cell / max(w, h)
+    small = img.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BICUBIC)
+    out = Image.new("RGB", (cell, cell), "white")
+    out.paste(small, ((cell - small.width) // 2, (cell - small.height) // 2))
+    return out

@@ -1,0 +1,124 @@
+"""What a scan returns: per-layer states plus the facts needed to read and render them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from convscope.errors import LayerNotFoundError, UserInputError
+from convscope.scan.state import LayerState, ScanMismatchError
+
+
+@dataclass(frozen=True)
+class UnitTopK:
+    """Top-K images of one unit under one criterion (best first; empty slots removed).
+
+    ``images`` are source indices, ``names`` their names, ``scores`` the criterion values,
+    ``ys``/``xs`` the map position of the unit's maximum in each image.
+    """
+
+    layer: str
+    unit: int
+    criterion: str
+    direction: bool
+    images: np.ndarray
+    names: list[str]
+    scores: np.ndarray
+    ys: np.ndarray
+    xs: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+@dataclass(frozen=True)
+class UnitStats:
+    """Per-unit statistics of one layer over the whole scan, arrays of shape (U,)."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    max: np.ndarray
+    fraction_positive: np.ndarray
+    threshold: np.ndarray | None
+
+
+@dataclass
+class ScanResult:
+    """Scan of ``layers``: ``states[layer]`` holds channels then ``directions[layer]`` (N, C)."""
+
+    layers: list[str]
+    channels: dict[str, int]
+    directions: dict[str, torch.Tensor]
+    states: dict[str, LayerState]
+    k: int
+    criteria: tuple[str, ...]
+    image_names: list[str]
+    image_labels: list[int | None]
+    classes: list[str]
+    skipped: list[tuple[int, str]] = field(default_factory=list)  # (index, reason)
+    processed: int = 0
+    seconds: float = 0.0
+    config: dict = field(default_factory=dict)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.processed / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def thresholds(self) -> dict[str, torch.Tensor]:
+        """Per-layer `area` thresholds (U,), to scan further parts of a dataset consistently."""
+        return {n: s.thresholds for n, s in self.states.items() if s.thresholds is not None}
+
+    def _state(self, layer: str) -> LayerState:
+        if layer not in self.states:
+            raise LayerNotFoundError(layer, self.layers, what="scanned layer")
+        return self.states[layer]
+
+    def topk(self, layer: str, unit: int, criterion: str = "max", direction: bool = False) -> UnitTopK:
+        """Top-K of channel ``unit`` of ``layer`` (or of random direction ``unit``)."""
+        state = self._state(layer)
+        if criterion not in state.topk:
+            raise UserInputError(f"criterion {criterion!r} was not scanned (have {', '.join(state.topk)})")
+        n = self.channels[layer] if not direction else len(self.directions.get(layer, ()))
+        if not 0 <= unit < n:
+            kind = "direction" if direction else "unit"
+            raise UserInputError(f"{layer} has no {kind} {unit} (0..{n - 1})")
+        row = unit + (self.channels[layer] if direction else 0)
+        top = state.topk[criterion]
+        images = top.valid_images()[row].cpu().numpy()
+        keep = images >= 0
+        pos = top.positions[row].cpu().numpy()[keep]
+        w = state.map_size[1]
+        return UnitTopK(
+            layer, unit, criterion, direction, images[keep],
+            [self.image_names[i] for i in images[keep]],
+            top.scores[row].cpu().numpy()[keep], pos // w, pos % w,
+        )
+
+    def stats(self, layer: str, direction: bool = False) -> UnitStats:
+        """Statistics of the channels of ``layer`` (or of its random directions)."""
+        s = self._state(layer)
+        c = self.channels[layer]
+        part = slice(c, None) if direction else slice(0, c)
+        return UnitStats(
+            s.mean()[part].cpu().numpy(), s.std()[part].cpu().numpy(), s.max[part].cpu().numpy(),
+            s.fraction_positive()[part].cpu().numpy(),
+            s.thresholds[part].cpu().numpy() if s.thresholds is not None else None,
+        )
+
+    def merge(self, other: ScanResult) -> ScanResult:
+        """Combine scans of disjoint parts of one dataset (same layers, K, criteria, directions
+        and thresholds) into the scan of their union. ``self`` is updated and returned."""
+        if (self.layers, self.k, self.criteria) != (other.layers, other.k, other.criteria):
+            raise ScanMismatchError("scans differ in layers, K or criteria")
+        for name in self.layers:
+            a, b = self.directions.get(name), other.directions.get(name)
+            if (a is None) != (b is None) or (a is not None and not torch.equal(a, b)):
+                raise ScanMismatchError(f"scans used different random directions in {name}")
+            self.states[name].merge(other.states[name])
+        self.skipped = sorted(set(self.skipped) | set(other.skipped))
+        self.processed += other.processed
+        self.seconds += other.seconds
+        return self

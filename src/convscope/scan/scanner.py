@@ -1,0 +1,334 @@
+"""The scan driver: one pass over a dataset, top-K images per unit, streaming statistics.
+
+Order of work (deterministic for a given seed and batch size):
+
+1. Thresholds for `area` (a unit's top-0.5% activation value): unless given, they are the
+   exact 0.995 quantile of each unit's values over a seeded random *calibration sample* of
+   ``threshold_sample`` images (rounded up to whole batches), which the scan reads first.
+   Only the top 0.5% of values are kept while reading them (O(units x sample x positions /
+   200) memory), and the sample's activations are reused for the scan when they fit in
+   ``buffer_bytes`` (else the sample is read again). On datasets no larger than the sample the
+   threshold is the exact quantile over the whole dataset; see docs/scan.md for its accuracy.
+2. The remaining images in index order. Every batch is folded into a mergeable
+   :class:`~convscope.scan.state.LayerState`; reductions stay on the device.
+3. With ``checkpoint`` set, the state is saved atomically every ``checkpoint_every`` seconds
+   at a batch boundary; ``resume=True`` continues from it and ends with the same result as an
+   uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from convscope.data import Batches, ImageSource
+from convscope.errors import ConvscopeError, UserInputError
+from convscope.fileio import atomic_path
+from convscope.recorder import Recorder
+from convscope.scan.result import ScanResult
+from convscope.scan.state import CRITERIA, QUANTILE, LayerState, quantile_thresholds
+from convscope.subject import Subject
+from convscope.units import Direction
+
+Progress = Callable[[int, int], None]
+CHECKPOINT_VERSION = 1
+
+
+def scan(
+    subject: Subject,
+    data: ImageSource,
+    layers: str | Sequence[str],
+    *,
+    k: int = 16,
+    criteria: Sequence[str] = CRITERIA,
+    directions: int = 0,
+    seed: int = 0,
+    batch_size: int = 32,
+    workers: int = 0,
+    threshold_sample: int = 256,
+    thresholds: dict[str, torch.Tensor] | None = None,
+    indices: Sequence[int] | None = None,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: float = 30.0,
+    resume: bool = False,
+    amp: bool = False,
+    buffer_bytes: int = 1 << 30,
+    progress: Progress | None = None,
+) -> ScanResult:
+    """Scan ``data`` through ``subject``: the top-``k`` images of every unit of ``layers`` under
+    each criterion (``max``, ``mean``, ``area``), plus ``directions`` seeded random unit-norm
+    directions per layer scanned like units, and per-unit statistics.
+
+    ``indices`` restricts the scan to part of ``data`` (e.g. one machine's share); pass the
+    ``thresholds`` of a previous scan to make parts mergeable with :meth:`ScanResult.merge`.
+    ``amp`` runs the forward pass under bfloat16 autocast (CUDA). Returns a :class:`ScanResult`.
+    """
+    criteria = tuple(dict.fromkeys(criteria))
+    unknown = [c for c in criteria if c not in CRITERIA]
+    if unknown or not criteria:
+        raise UserInputError(f"unknown criteria {unknown}; choose from {', '.join(CRITERIA)}")
+    if k < 1 or batch_size < 1 or directions < 0:
+        raise UserInputError("k and batch size must be >= 1 and directions >= 0")
+    infos = [subject.layers.get(a) for a in resolve_scan_layers(subject, layers)]
+    for info in infos:
+        if info.shape is None:
+            raise UserInputError(f"layer {info.name} produces no single tensor and cannot be scanned")
+    names = [i.name for i in infos]
+    device = subject.device
+    if data.transform is None:
+        data = data.with_transform(subject.transform)
+
+    channels = {i.name: i.units for i in infos}
+    dirs = {
+        i.name: torch.stack([d.vector for d in Direction.random(
+            i.name, i.units, directions, seed=_layer_seed(seed, i.name))]).to(device)
+        for i in infos if directions
+    }
+    total_units = {n: channels[n] + (directions if directions else 0) for n in names}
+    map_sizes = {i.name: tuple(i.shape[1:]) if len(i.shape) == 3 else (1, 1) for i in infos}
+    states = {n: LayerState.empty(total_units[n], map_sizes[n], k, criteria, device) for n in names}
+
+    all_indices = list(range(len(data))) if indices is None else [int(i) for i in indices]
+    need_thresholds = "area" in criteria and thresholds is None
+    if "area" in criteria and thresholds is not None:
+        for n in names:
+            if n not in thresholds or thresholds[n].numel() != total_units[n]:
+                raise UserInputError(f"thresholds do not cover every unit of {n}")
+            states[n].thresholds = thresholds[n].to(device).float()
+    n_cal = 0
+    if need_thresholds:
+        n_cal = min(len(all_indices), math.ceil(threshold_sample / batch_size) * batch_size)
+    order = _read_order(all_indices, n_cal, seed)
+
+    config = {
+        "model": subject.name, "source": data.description, "n_source": len(data),
+        "layers": names, "k": k, "criteria": list(criteria), "directions": directions,
+        "seed": seed, "batch_size": batch_size, "threshold_sample": n_cal,
+        "indices": hashlib.sha1(json.dumps(all_indices).encode()).hexdigest(),
+        "given_thresholds": thresholds is not None,
+    }
+    position, processed, seconds = 0, 0, 0.0
+    skipped: dict[int, str] = {}
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    if resume and ckpt is not None and ckpt.exists():
+        saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+        if saved.get("version") != CHECKPOINT_VERSION or saved["config"] != config:
+            raise ConvscopeError(
+                f"the checkpoint {ckpt} belongs to a scan with other settings; "
+                "start a new scan instead of resuming"
+            )
+        states = {n: LayerState.from_dict(saved["states"][n], device) for n in names}
+        position, processed, seconds = saved["position"], saved["processed"], saved["seconds"]
+        skipped = {int(i): r for i, r in saved["skipped"]}
+
+    def save_checkpoint() -> None:
+        if ckpt is None:
+            return
+        blob = {"version": CHECKPOINT_VERSION, "config": config, "position": position,
+                "processed": processed, "seconds": seconds,
+                "skipped": [[i, r] for i, r in sorted(skipped.items())],
+                "states": {n: s.to_dict() for n, s in states.items()}}
+        with atomic_path(ckpt) as tmp:
+            torch.save(blob, tmp)
+
+    report = progress or (lambda done, total: None)
+    report(position, len(order))
+
+    def run_batches(start: int, stop: int):
+        batches = Batches(data, batch_size, workers, indices=order[start:stop],
+                          pin_memory=device.type == "cuda")
+        for batch in batches:
+            skipped.update(batch.skipped)
+            yield batch
+
+    with _Engine(subject, names, dirs, amp) as engine:
+        # 1. calibration sample: `area` thresholds from the top values of each unit
+        if position < n_cal:
+            t0 = time.perf_counter()
+            tops = _TopValues(n_cal, map_sizes)
+            buffered: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []
+            used, done = 0, 0
+            for batch in run_batches(0, n_cal):
+                done = min(done + batch_size, n_cal)
+                report(done, len(order))
+                if not len(batch.indices):
+                    continue
+                acts = engine.forward(batch.images)
+                tops.add(acts)
+                used += sum(a.numel() * a.element_size() for a in acts.values())
+                if used <= buffer_bytes:
+                    buffered.append((batch.indices, acts))
+            for n in names:
+                states[n].thresholds = tops.thresholds(n).to(device)
+            if used <= buffer_bytes:
+                for idx, acts in buffered:
+                    for n in names:
+                        states[n].update(acts[n], idx)
+                    processed += len(idx)
+            else:  # the sample's activations did not fit in memory: read it again
+                buffered.clear()
+                for batch in run_batches(0, n_cal):
+                    if len(batch.indices):
+                        engine.scan(batch.images, batch.indices, states)
+                        processed += len(batch.indices)
+            buffered.clear()
+            position = n_cal
+            seconds += time.perf_counter() - t0
+            save_checkpoint()
+
+        # 2. everything else
+        t0 = time.perf_counter()
+        last_save = time.monotonic()
+        for batch in run_batches(position, len(order)):
+            if len(batch.indices):
+                engine.scan(batch.images, batch.indices, states)
+            processed += len(batch.indices)
+            position = min(position + batch_size, len(order))
+            if ckpt is not None and time.monotonic() - last_save >= checkpoint_every:
+                seconds += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                save_checkpoint()
+                last_save = time.monotonic()
+            report(position, len(order))
+        seconds += time.perf_counter() - t0
+    save_checkpoint()
+
+    return ScanResult(
+        layers=names, channels=channels, directions={n: d.cpu() for n, d in dirs.items()},
+        states=states, k=k, criteria=criteria,
+        image_names=[r.name for r in data.records], image_labels=[r.label for r in data.records],
+        classes=list(data.classes), skipped=sorted(skipped.items()), processed=processed,
+        seconds=seconds, config=config,
+    )
+
+
+def resolve_scan_layers(subject: Subject, spec: str | Sequence[str]) -> list[str]:
+    """Layer addresses for a scan; besides names and globs, ``"all-conv"`` selects every
+    convolution and ``"stages"`` the last layer of each resolution stage."""
+    items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
+    out: list[str] = []
+    for item in items:
+        if item == "all-conv":
+            found = [i.name for i in subject.layers.convolutions()]
+        elif item == "stages":
+            found = [i.name for i in subject.layers.stages()]
+        else:
+            found = subject.layers.resolve(item)
+        out.extend(f for f in found if f not in out)
+    if not out:
+        raise UserInputError("no layers selected")
+    return out
+
+
+def _layer_seed(seed: int, layer: str) -> int:
+    return (seed * 1_000_003 + zlib.crc32(layer.encode())) % (2**31)
+
+
+def _read_order(indices: list[int], n_cal: int, seed: int) -> list[int]:
+    if n_cal == 0:
+        return list(indices)
+    rng = np.random.default_rng(seed)
+    pick = sorted(int(i) for i in rng.choice(indices, size=n_cal, replace=False))
+    chosen = set(pick)
+    return pick + [i for i in indices if i not in chosen]
+
+
+class _Engine:
+    """Runs truncated forward passes and folds each recorded layer into the scan state.
+
+    One Recorder stays attached for the whole scan (its hooks go when the engine exits)."""
+
+    def __init__(self, subject: Subject, layers: list[str], dirs: dict[str, torch.Tensor], amp: bool):
+        self.subject = subject
+        self.dirs = dirs
+        self.device = subject.device
+        self.amp = amp and self.device.type == "cuda"
+        self._sink: Callable[[str, torch.Tensor], None] = lambda name, t: None
+        self._rec = Recorder(subject, layers, stop=True, keep=False, callback=self._callback)
+
+    def __enter__(self) -> _Engine:
+        self._rec.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._rec.remove()
+
+    def _units(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        if t.dim() == 2:
+            t = t[:, :, None, None]
+        t = t.float()
+        if name in self.dirs:
+            t = torch.cat([t, torch.einsum("bchw,nc->bnhw", t, self.dirs[name])], dim=1)
+        return t
+
+    def _callback(self, address: str, call: int, output) -> None:
+        # Reduce inside the hook, before any later in-place op can overwrite the output.
+        self._sink(address, self._units(address, self._rec.extract(address, output)))
+
+    def _run(self, images: torch.Tensor) -> None:
+        x = images.to(self.device, non_blocking=True)
+        with torch.inference_mode(), torch.autocast(
+                self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            self.subject(x)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Recorded unit activations (B, U, H, W) per layer (copies)."""
+        out: dict[str, torch.Tensor] = {}
+        self._sink = lambda name, t: out.__setitem__(name, t.clone())
+        self._run(images)
+        return out
+
+    def scan(self, images: torch.Tensor, indices: torch.Tensor, states: dict[str, LayerState]) -> None:
+        idx = indices.to(self.device)
+        self._sink = lambda name, t: states[name].update(t, idx)
+        self._run(images)
+
+
+class _TopValues:
+    """Per-unit largest values over the calibration sample: enough for the exact 0.995 quantile."""
+
+    def __init__(self, n_images: int, map_sizes: dict):
+        self.n = {name: n_images * hw[0] * hw[1] for name, hw in map_sizes.items()}
+        self.keep = {name: self._needed(n) for name, n in self.n.items()}
+        self.values: dict[str, torch.Tensor] = {}
+        self.seen = dict.fromkeys(map_sizes, 0)
+
+    @staticmethod
+    def _needed(n: int) -> int:
+        # Ranks (from the top) of the two order statistics the interpolated quantile uses.
+        lo = int((n - 1) * QUANTILE)
+        return n - lo
+
+    def add(self, acts: dict[str, torch.Tensor]) -> None:
+        for name, a in acts.items():
+            flat = a.transpose(0, 1).reshape(a.shape[1], -1)
+            self.seen[name] += flat.shape[1]
+            cur = self.values.get(name)
+            both = flat if cur is None else torch.cat([cur, flat], dim=1)
+            m = min(self.keep[name], both.shape[1])
+            self.values[name] = both.topk(m, dim=1).values if both.shape[1] > m else both
+
+    def thresholds(self, name: str) -> torch.Tensor:
+        n = self.seen[name]
+        if n == 0:
+            raise ConvscopeError("no image of the calibration sample could be read")
+        vals = self.values[name]
+        # The kept values are the top of the full sample: rebuild the quantile from ranks.
+        pos = (n - 1) * QUANTILE
+        lo = int(pos)
+        hi = min(lo + 1, n - 1)
+        srt = vals.sort(dim=1, descending=True).values
+        v_lo = srt[:, n - 1 - lo]
+        v_hi = srt[:, n - 1 - hi]
+        return v_lo + (pos - lo) * (v_hi - v_lo)
+
+
+__all__ = ["quantile_thresholds", "resolve_scan_layers", "scan"]

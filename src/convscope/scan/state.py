@@ -1,0 +1,174 @@
+"""Mergeable scan state: per layer, the top-K images of every unit under each criterion, and
+streaming per-unit statistics. Memory is O(units x K), whatever the dataset size.
+
+Every operation is order-invariant: candidates are ranked by score, ties by the smaller image
+index, so updating batch by batch, resuming after a crash, or merging the states of disjoint
+parts of a dataset all give the same top-K (up to the float rounding of the forward pass).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import torch
+
+from convscope.errors import ConvscopeError
+
+CRITERIA = ("max", "mean", "area")
+QUANTILE = 0.995  # the "high activation" threshold of `area`: top 0.5% of a unit's values
+_NO_IMAGE = torch.iinfo(torch.int64).max
+
+
+class ScanMismatchError(ConvscopeError):
+    """Two scan states cannot be combined (different layers, units, K or thresholds)."""
+
+
+@dataclass
+class TopK:
+    """Best ``k`` images of each unit: ``scores``/``images``/``positions`` are (U, K); positions
+    are flat indices ``y * W + x`` into the layer's map; empty slots have image -1."""
+
+    scores: torch.Tensor
+    images: torch.Tensor
+    positions: torch.Tensor
+
+    @classmethod
+    def empty(cls, units: int, k: int, device=None) -> TopK:
+        return cls(
+            torch.full((units, k), -torch.inf, device=device),
+            torch.full((units, k), _NO_IMAGE, dtype=torch.long, device=device),
+            torch.zeros((units, k), dtype=torch.long, device=device),
+        )
+
+    def merge(self, scores: torch.Tensor, images: torch.Tensor, positions: torch.Tensor) -> None:
+        """Fold in candidates (U, M) and keep the best K per unit (score desc, image asc)."""
+        k = self.scores.shape[1]
+        s = torch.cat([self.scores, scores], dim=1)
+        i = torch.cat([self.images, images], dim=1)
+        p = torch.cat([self.positions, positions], dim=1)
+        order = i.argsort(dim=1, stable=True)
+        s, i, p = s.gather(1, order), i.gather(1, order), p.gather(1, order)
+        order = s.argsort(dim=1, descending=True, stable=True)[:, :k]
+        self.scores, self.images, self.positions = s.gather(1, order), i.gather(1, order), p.gather(1, order)
+
+    def valid_images(self) -> torch.Tensor:
+        """``images`` with empty slots as -1."""
+        return torch.where(self.images == _NO_IMAGE, -1, self.images)
+
+
+@dataclass
+class LayerState:
+    """Scan state of one layer: ``units`` = channels followed by random directions."""
+
+    units: int
+    map_size: tuple[int, int]
+    topk: dict[str, TopK]
+    thresholds: torch.Tensor | None  # (U,), for `area`
+    count: int = 0  # number of values seen per unit (images x positions)
+    sum: torch.Tensor | None = None  # (U,) float64
+    sumsq: torch.Tensor | None = None
+    max: torch.Tensor | None = None
+    positive: torch.Tensor | None = None  # (U,) int64, values > 0
+
+    @classmethod
+    def empty(cls, units: int, map_size: tuple[int, int], k: int, criteria: Iterable[str],
+              device=None) -> LayerState:
+        return cls(
+            units, tuple(map_size), {c: TopK.empty(units, k, device) for c in criteria}, None, 0,
+            torch.zeros(units, dtype=torch.float64, device=device),
+            torch.zeros(units, dtype=torch.float64, device=device),
+            torch.full((units,), -torch.inf, device=device),
+            torch.zeros(units, dtype=torch.long, device=device),
+        )
+
+    def update(self, acts: torch.Tensor, images: torch.Tensor) -> None:
+        """Fold in one batch: ``acts`` (B, U, H, W) for source images ``images`` (B,)."""
+        acts = acts.float()
+        flat = acts.flatten(2)  # (B, U, P)
+        peak, where = flat.max(dim=2)
+        scores = {"max": peak}
+        if "mean" in self.topk:
+            scores["mean"] = flat.mean(dim=2)
+        if "area" in self.topk:
+            if self.thresholds is None:
+                raise ConvscopeError("the `area` criterion needs thresholds before the scan")
+            scores["area"] = (flat > self.thresholds.view(1, -1, 1)).float().mean(dim=2)
+        cand = images.to(acts.device).view(1, -1).expand(self.units, -1)
+        where_t = where.T
+        for name, top in self.topk.items():
+            top.merge(scores[name].T, cand, where_t)
+        self.count += flat.shape[0] * flat.shape[2]
+        self.sum += flat.sum(dim=(0, 2), dtype=torch.float64)
+        self.sumsq += flat.square().sum(dim=(0, 2), dtype=torch.float64)
+        self.max = torch.maximum(self.max, peak.max(dim=0).values)
+        self.positive += (flat > 0).sum(dim=(0, 2))
+
+    def merge(self, other: LayerState) -> None:
+        if (other.units, other.map_size, set(other.topk)) != (self.units, self.map_size, set(self.topk)):
+            raise ScanMismatchError("layer states differ in units, map size or criteria")
+        if (self.thresholds is None) != (other.thresholds is None) or (
+            self.thresholds is not None and not torch.equal(self.thresholds, other.thresholds)
+        ):
+            raise ScanMismatchError(
+                "scans used different `area` thresholds; scan every part with the same thresholds "
+                "(scan(..., thresholds=first.thresholds)) to merge them"
+            )
+        for name, top in self.topk.items():
+            o = other.topk[name]
+            top.merge(o.scores, o.images, o.positions)
+        self.count += other.count
+        self.sum += other.sum
+        self.sumsq += other.sumsq
+        self.max = torch.maximum(self.max, other.max)
+        self.positive += other.positive
+
+    # -- derived statistics ---------------------------------------------------------------
+    def mean(self) -> torch.Tensor:
+        return self.sum / max(self.count, 1)
+
+    def std(self) -> torch.Tensor:
+        m = self.mean()
+        return (self.sumsq / max(self.count, 1) - m * m).clamp_min(0).sqrt()
+
+    def fraction_positive(self) -> torch.Tensor:
+        return self.positive.double() / max(self.count, 1)
+
+    # -- (de)serialisation as plain tensors (torch.save / weights_only load) --------------
+    def to_dict(self) -> dict:
+        d = {
+            "units": self.units, "map_size": list(self.map_size), "count": self.count,
+            "sum": self.sum.cpu(), "sumsq": self.sumsq.cpu(), "max": self.max.cpu(),
+            "positive": self.positive.cpu(),
+            "thresholds": self.thresholds.cpu() if self.thresholds is not None else None,
+        }
+        for name, top in self.topk.items():
+            d[f"topk.{name}"] = {"scores": top.scores.cpu(), "images": top.images.cpu(),
+                                 "positions": top.positions.cpu()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping, device=None) -> LayerState:
+        topk = {k.split(".", 1)[1]: TopK(**{n: t.to(device) for n, t in v.items()})
+                for k, v in d.items() if k.startswith("topk.")}
+        thr = d["thresholds"]
+        return cls(
+            int(d["units"]), tuple(d["map_size"]), topk,
+            thr.to(device) if thr is not None else None, int(d["count"]),
+            d["sum"].to(device), d["sumsq"].to(device), d["max"].to(device), d["positive"].to(device),
+        )
+
+
+def quantile_thresholds(values: torch.Tensor, q: float = QUANTILE) -> torch.Tensor:
+    """Per-unit ``q`` quantile of ``values`` (U, N), linear interpolation as ``numpy.quantile``.
+
+    Exact (two ``kthvalue`` selections per unit), so it has no size limit of ``torch.quantile``.
+    """
+    values = values.float()
+    n = values.shape[1]
+    pos = (n - 1) * q
+    lo = int(pos)
+    hi = min(lo + 1, n - 1)
+    v_lo = values.kthvalue(lo + 1, dim=1).values
+    v_hi = values.kthvalue(hi + 1, dim=1).values if hi != lo else v_lo
+    return v_lo + (pos - lo) * (v_hi - v_lo)

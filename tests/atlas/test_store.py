@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from convscope.atlas import Atlas, AtlasConflictError, render_units, reopen, scan_to_atlas
+from convscope.data import open_images
+from convscope.errors import LayerNotFoundError, UserInputError
+from convscope.testing import tiny_subject
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("imgs")
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        (root / f"c{i % 2}").mkdir(exist_ok=True)
+        Image.fromarray((rng.random((36, 36, 3)) * 255).astype(np.uint8)).save(root / f"c{i % 2}/{i}.png")
+    (root / "c0" / "broken.png").write_bytes(b"nope")
+    subject = tiny_subject()
+    source = open_images(root, transform=subject.transform)
+    out = tmp_path_factory.mktemp("atlas") / "a"
+    atlas, result = scan_to_atlas(subject, source, out, ["block", "conv2"], k=3, directions=2,
+                                  batch_size=8, threshold_sample=8)
+    return subject, source, atlas, result
+
+
+def test_roundtrip(setup):
+    subject, source, atlas, result = setup
+    again = Atlas.open(atlas.path)
+    for layer in ("block", "conv2"):
+        for crit in ("max", "mean", "area"):
+            for unit in (0, 3):
+                a, b = again.topk(layer, unit, crit), result.topk(layer, unit, crit)
+                assert a.images.tolist() == b.images.tolist()
+                assert a.names == b.names
+                assert np.allclose(a.scores, b.scores)
+                assert a.ys.tolist() == b.ys.tolist() and a.xs.tolist() == b.xs.tolist()
+        d = again.topk(layer, 1, "max", direction=True)
+        assert d.images.tolist() == result.topk(layer, 1, "max", direction=True).images.tolist()
+        assert np.allclose(again.direction(layer, 1), result.directions[layer][1].numpy())
+        s, r = again.stats(layer), result.stats(layer)
+        assert np.allclose(s.mean, r.mean) and np.allclose(s.threshold, r.threshold)
+    run = again.run()
+    assert run["processed"] == 24 and run["skipped"] == 1 and run["config"]["k"] == 3
+    assert again.skipped()[0][0] == "c0/broken.png"
+    layers = {r["name"]: r for r in again.layers()}
+    assert layers["block"]["rf_size_y"] == subject.layer("block").rf.size[0]
+    assert layers["conv2"]["directions"] == 2
+    with sqlite3.connect(atlas.db_path) as con:
+        assert con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("1",)
+
+
+def test_bad_queries(setup):
+    _, _, atlas, _ = setup
+    with pytest.raises(LayerNotFoundError, match="block"):
+        atlas.topk("blok", 0)
+    with pytest.raises(UserInputError):
+        atlas.topk("block", 99)
+    with pytest.raises(UserInputError, match="criterion"):
+        atlas.topk("block", 0, "median")
+    with pytest.raises(UserInputError, match="not an atlas"):
+        Atlas.open(atlas.path.parent / "nothing")
+
+
+def test_never_silently_overwritten(setup, tmp_path):
+    subject, source, atlas, _ = setup
+    with pytest.raises(AtlasConflictError, match="--resume"):
+        scan_to_atlas(subject, source, atlas.path, ["block"])
+    other = tiny_subject(seed=1)
+    other.name = "another"
+    with pytest.raises(AtlasConflictError, match="another --out"):
+        scan_to_atlas(other, source, atlas.path, ["block"])
+    fresh = tmp_path / "copy"
+    scan_to_atlas(subject, source, fresh, ["block"], k=2, criteria=["max"])
+    atlas2, res = scan_to_atlas(other, source, fresh, ["conv2"], k=2, criteria=["max"], overwrite=True)
+    assert [r["name"] for r in atlas2.layers()] == ["conv2"] and atlas2.model_spec["name"] == "another"
+
+
+def test_render_grids(setup):
+    subject, source, atlas, _ = setup
+    paths = render_units(atlas, subject, source, "block", [0, 1], criteria=["max", "area"])
+    assert [p.name for p in paths] == ["unit0000_max.png", "unit0000_area.png",
+                                       "unit0001_max.png", "unit0001_area.png"]
+    img = Image.open(paths[0])
+    assert img.width == 3 * (112 + 4) + 4
+    paths = render_units(atlas, subject, source, "conv2", [1], criteria=["mean"], direction=True)
+    assert paths[0].name == "direction0001_mean.png"
+
+
+def test_reopen_needs_a_loadable_model(setup):
+    _, source, atlas, _ = setup
+    with pytest.raises(Exception, match="wrapped model"):
+        reopen(atlas)
+    subject, src = reopen(atlas, subject=tiny_subject())
+    assert len(src) == len(source)
