@@ -10,7 +10,7 @@ from convscope.atlas.store import Atlas
 from convscope.data import ImageSource, open_images
 from convscope.errors import ConvscopeError
 from convscope.fileio import save_image
-from convscope.scan import ScanResult, scan
+from convscope.scan import ScanResult, resolve_scan_layers, scan
 from convscope.scan.patches import render_topk
 from convscope.subject import Subject
 
@@ -24,6 +24,8 @@ def scan_to_atlas(subject: Subject, source: ImageSource, out: str | Path, layers
                   resume: bool = False, overwrite: bool = False, **options) -> tuple[Atlas, ScanResult]:
     """Run :func:`convscope.scan.scan` with its checkpoint inside the atlas at ``out`` and store
     the result there. ``options`` are ``scan``'s keyword arguments."""
+    for name in resolve_scan_layers(subject, layers):  # bad names fail before the atlas exists
+        subject.layers.get(name)
     atlas = Atlas.create(out, model_spec(subject), source.spec, overwrite=overwrite, resume=resume)
     started = time.time()
     result = scan(subject, source, layers, checkpoint=atlas.checkpoint_path, resume=resume, **options)

@@ -76,7 +76,7 @@ class Atlas:
                     f"{atlas.path} is an atlas of {old['model'].get('name')} on "
                     f"{old['source'].get('description')}; choose another --out or pass --overwrite"
                 )
-            if not resume:
+            if not resume and (atlas.run() or atlas.checkpoint_path.exists()):
                 raise AtlasConflictError(
                     f"{atlas.path} already holds a scan of this model and dataset; "
                     "pass --resume to continue it or --overwrite to start again"

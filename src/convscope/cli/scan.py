@@ -71,18 +71,19 @@ def scan(
             bar.start()
         bar.update(task, completed=done, total=total)
 
-    with bar:
-        try:
-            atlas, result = scan_to_atlas(
-                subject, source, out, layers, resume=resume, overwrite=overwrite, k=k,
-                criteria=crits, directions=directions, seed=seed, batch_size=batch_size,
-                workers=workers, threshold_sample=threshold_sample,
-                checkpoint_every=checkpoint_every, amp=amp,
-                progress=progress,
-            )
-        except KeyboardInterrupt:
-            console.print(f"interrupted; continue with the same command and --resume (atlas {out})")
-            raise typer.Exit(130) from None
+    try:
+        atlas, result = scan_to_atlas(
+            subject, source, out, layers, resume=resume, overwrite=overwrite, k=k,
+            criteria=crits, directions=directions, seed=seed, batch_size=batch_size,
+            workers=workers, threshold_sample=threshold_sample,
+            checkpoint_every=checkpoint_every, amp=amp, progress=progress,
+        )
+    except KeyboardInterrupt:
+        bar.stop()
+        console.print(f"interrupted; continue with the same command and --resume (atlas {out})")
+        raise typer.Exit(130) from None
+    finally:
+        bar.stop()
     rendered = []
     for name in result.layers if render else []:
         units = range(min(render, result.channels[name]))

@@ -2,7 +2,15 @@
 
 from convscope.scan.result import ScanResult, UnitStats, UnitTopK
 from convscope.scan.scanner import resolve_scan_layers, scan
-from convscope.scan.state import CRITERIA, QUANTILE, LayerState, ScanMismatchError, TopK, quantile_thresholds
+from convscope.scan.state import (
+    CRITERIA,
+    QUANTILE,
+    LayerState,
+    ScanMismatchError,
+    TopK,
+    quantile_thresholds,
+    saturation_rule,
+)
 
 __all__ = [
     "CRITERIA",
@@ -15,5 +23,6 @@ __all__ = [
     "UnitTopK",
     "quantile_thresholds",
     "resolve_scan_layers",
+    "saturation_rule",
     "scan",
 ]

@@ -9,6 +9,8 @@ Order of work (deterministic for a given seed and batch size):
    200) memory), and the sample's activations are reused for the scan when they fit in
    ``buffer_bytes`` (else the sample is read again). On datasets no larger than the sample the
    threshold is the exact quantile over the whole dataset; see docs/scan.md for its accuracy.
+   A saturating unit whose threshold equals its maximum gets it lowered by one float step
+   (:func:`~convscope.scan.state.saturation_rule`), so `area` counts its saturated positions.
 2. The remaining images in index order. Every batch is folded into a mergeable
    :class:`~convscope.scan.state.LayerState`; reductions stay on the device.
 3. With ``checkpoint`` set, the state is saved atomically every ``checkpoint_every`` seconds
@@ -34,7 +36,7 @@ from convscope.errors import ConvscopeError, UserInputError
 from convscope.fileio import atomic_path
 from convscope.recorder import Recorder
 from convscope.scan.result import ScanResult
-from convscope.scan.state import CRITERIA, QUANTILE, LayerState, quantile_thresholds
+from convscope.scan.state import CRITERIA, QUANTILE, LayerState, quantile_thresholds, saturation_rule
 from convscope.subject import Subject
 from convscope.units import Direction
 
@@ -328,7 +330,7 @@ class _TopValues:
         srt = vals.sort(dim=1, descending=True).values
         v_lo = srt[:, n - 1 - lo]
         v_hi = srt[:, n - 1 - hi]
-        return v_lo + (pos - lo) * (v_hi - v_lo)
+        return saturation_rule(v_lo + (pos - lo) * (v_hi - v_lo), srt[:, 0])
 
 
 __all__ = ["quantile_thresholds", "resolve_scan_layers", "scan"]

@@ -84,23 +84,24 @@ class LayerState:
 
     def update(self, acts: torch.Tensor, images: torch.Tensor) -> None:
         """Fold in one batch: ``acts`` (B, U, H, W) for source images ``images`` (B,)."""
-        acts = acts.float()
-        flat = acts.flatten(2)  # (B, U, P)
+        flat = acts.float().flatten(2)  # (B, U, P)
+        n_pos = flat.shape[2]
+        # Each reduction reads the activations once; none makes a full-size float copy.
         peak, where = flat.max(dim=2)
-        scores = {"max": peak}
-        if "mean" in self.topk:
-            scores["mean"] = flat.mean(dim=2)
+        total = flat.sum(dim=2)  # (B, U)
+        scores = {"max": peak, "mean": total / n_pos}
         if "area" in self.topk:
             if self.thresholds is None:
                 raise ConvscopeError("the `area` criterion needs thresholds before the scan")
-            scores["area"] = (flat > self.thresholds.view(1, -1, 1)).float().mean(dim=2)
+            above = (flat > self.thresholds.view(1, -1, 1)).sum(dim=2, dtype=torch.float32)
+            scores["area"] = above / n_pos
         cand = images.to(acts.device).view(1, -1).expand(self.units, -1)
         where_t = where.T
         for name, top in self.topk.items():
             top.merge(scores[name].T, cand, where_t)
-        self.count += flat.shape[0] * flat.shape[2]
-        self.sum += flat.sum(dim=(0, 2), dtype=torch.float64)
-        self.sumsq += flat.square().sum(dim=(0, 2), dtype=torch.float64)
+        self.count += flat.shape[0] * n_pos
+        self.sum += total.sum(dim=0, dtype=torch.float64)
+        self.sumsq += torch.linalg.vector_norm(flat, dim=2).double().square().sum(dim=0)
         self.max = torch.maximum(self.max, peak.max(dim=0).values)
         self.positive += (flat > 0).sum(dim=(0, 2))
 
@@ -157,6 +158,14 @@ class LayerState:
             thr.to(device) if thr is not None else None, int(d["count"]),
             d["sum"].to(device), d["sumsq"].to(device), d["max"].to(device), d["positive"].to(device),
         )
+
+
+def saturation_rule(thresholds: torch.Tensor, maxima: torch.Tensor) -> torch.Tensor:
+    """Where a unit's threshold equals its largest value (a saturating unit such as ReLU6 at
+    6.0 with >0.5% of its values there), lower it by one float step so `area` counts the
+    saturated positions (``> t`` then means ``>= max``) instead of none."""
+    lower = torch.nextafter(thresholds, torch.full_like(thresholds, -torch.inf))
+    return torch.where(thresholds >= maxima, lower, thresholds)
 
 
 def quantile_thresholds(values: torch.Tensor, q: float = QUANTILE) -> torch.Tensor:
