@@ -33,6 +33,7 @@ class DemoResult:
     out: Path
     files: dict[str, Path] = field(default_factory=dict)
     predictions: list[dict] = field(default_factory=list)
+    scan: object = None  # the ScanResult of the bundled images
 
 
 def first_conv_weight(subject: Subject) -> tuple[str, torch.Tensor]:
@@ -47,7 +48,8 @@ def first_conv_weight(subject: Subject) -> tuple[str, torch.Tensor]:
 
 def run_demo(subject: Subject, out: str | Path, seed: int = 0,
              progress: Progress | None = None) -> DemoResult:
-    """Write the layer table, first-layer filters, receptive fields and top-5 predictions."""
+    """Write the layer table, first-layer filters, receptive fields, top-5 predictions, and an
+    atlas of the bundled images with top-K grids of a few units."""
     torch.manual_seed(seed)
     step = progress or (lambda _msg: None)
     out = Path(out)
@@ -84,4 +86,37 @@ def run_demo(subject: Subject, out: str | Path, seed: int = 0,
     fields = [(i.name, i.rf, i.shape[1:]) for i in picked[-6:]]
     fig = receptive_fields_figure(seen[0], fields)
     result.files["receptive fields"] = save_image(figure_to_image(fig), out / "receptive_fields.png")
+
+    step("scan of the bundled images")
+    result.scan = _demo_scan(subject, out / "atlas", seed, result, step)
     return result
+
+
+def _demo_scan(subject: Subject, where: Path, seed: int, result: DemoResult, step: Progress):
+    """Scan the bundled photos and their crops; render a few units, the cat and espresso logits
+    and two random directions."""
+    from convscope.atlas import Atlas, render_units, scan_to_atlas
+    from convscope.atlas.build import model_spec
+    from convscope.data import open_images
+
+    source = open_images("convscope:samples", transform=subject.transform)
+    stages = [i.name for i in subject.layers.stages()]
+    layers = stages[-3:-1] + ([subject.layers[-1].name] if subject.layers[-1].units else [])
+    # The demo may replace its own earlier atlas of this model, never another model's.
+    again = (where / "atlas.db").exists() and Atlas.open(where).model_spec == model_spec(subject) \
+        and Atlas.open(where).source_spec == source.spec
+    atlas, scanned = scan_to_atlas(subject, source, where, layers, overwrite=again, k=8,
+                                   directions=4, seed=seed, batch_size=16, threshold_sample=32)
+    result.files["atlas (top-8 images per unit)"] = atlas.db_path
+    step("top-K grids")
+    for layer in layers[:-1]:
+        for path in render_units(atlas, subject, source, layer, [0, 1, 2], ["max"]):
+            result.files[f"top images, {layer} {path.stem}"] = path
+        for path in render_units(atlas, subject, source, layer, [0, 1], ["max"], direction=True):
+            result.files[f"top images, {layer} {path.stem}"] = path
+    logits = layers[-1]
+    if subject.labels is not None and len(subject.labels) == 1000:
+        for unit in (285, 967):  # Egyptian cat, espresso
+            for path in render_units(atlas, subject, source, logits, [unit], ["max"]):
+                result.files[f"top images, {subject.label(unit)} logit"] = path
+    return scanned

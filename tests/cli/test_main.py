@@ -62,3 +62,13 @@ def test_demo_writes_results(tmp_path, capsys):
     # 32 filters of 3x3, shown as 48 px cells: a 6 x 6 grid.
     assert Image.open(out / "filters_first_layer.png").size == (6 * 51 + 3, 6 * 51 + 3)
     assert not list(out.glob(".*.tmp"))
+    # the scan of the bundled photos and crops
+    from convscope.atlas import Atlas
+
+    atlas = Atlas.open(out / "atlas")
+    assert atlas.run()["processed"] == 108
+    assert atlas.topk("classifier", 285).names[0].startswith("chelsea")
+    assert atlas.topk("classifier", 967).names[0].startswith("coffee")
+    assert (out / "atlas" / "render" / "classifier" / "unit0285_max.png").exists()
+    assert len(list((out / "atlas" / "render").rglob("direction*_max.png"))) == 4
+    assert main(["demo", "--out", str(out)]) == 0  # the demo may redo its own atlas

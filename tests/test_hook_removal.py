@@ -1,0 +1,94 @@
+"""Every method that touches a model leaves no hook behind, also when it fails midway
+(after Captum's tests/attr/test_hook_removal.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from convscope.data import open_images
+from convscope.scan import scan
+from convscope.scan.patches import render_topk, unit_maps
+from convscope.testing import tiny_subject
+from convscope.trace import trace_layers
+
+from .conftest import hook_count
+
+
+class _Boom(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    root = tmp_path_factory.mktemp("few")
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray((rng.random((32, 32, 3)) * 255).astype(np.uint8)).save(root / f"{i}.png")
+    return root
+
+
+def _scan(subject, images, fail):
+    def progress(done, total):
+        if fail and done > 0:
+            raise _Boom
+
+    scan(subject, open_images(images), ["block", "fc"], k=2, batch_size=2, threshold_sample=2,
+         progress=progress)
+
+
+def _record(subject, images, fail):
+    with subject.record(["conv1", "block.relu"], stop=True, edits={"conv2": lambda t: t}):
+        subject(torch.randn(2, 3, 32, 32))
+        if fail:
+            raise _Boom
+
+
+def _trace(subject, images, fail):
+    if fail:
+        subject.model.conv2.register_forward_pre_hook(_raise)
+        try:
+            trace_layers(subject.model, (32, 32))
+        finally:
+            subject.model.conv2._forward_pre_hooks.clear()
+    else:
+        trace_layers(subject.model, (32, 32))
+
+
+def _raise(*args):
+    raise _Boom
+
+
+def _predict(subject, images, fail):
+    x = torch.randn(2, 3, 32, 32) if not fail else torch.randn(2, 4, 32, 32)
+    subject.predict(x)
+
+
+def _render(subject, images, fail):
+    src = open_images(images, transform=subject.transform)
+    res = scan(subject, src, ["block"], k=2, criteria=["max"])
+    top = res.topk("block", 0)
+    if fail:
+        unit_maps(subject, torch.randn(1, 5, 32, 32), "block", 0)
+    render_topk(subject, src, top)
+
+
+METHODS = {"record": _record, "trace": _trace, "predict": _predict, "scan": _scan,
+           "render_topk": _render}
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["ok", "error"])
+@pytest.mark.parametrize("method", list(METHODS))
+def test_no_hooks_left(method, fail, images):
+    subject = tiny_subject()
+    assert len(subject.layers)  # the probe pass itself must leave nothing either
+    assert hook_count(subject.model) == 0
+    if fail:
+        with pytest.raises((_Boom, RuntimeError)):
+            METHODS[method](subject, images, fail)
+    else:
+        METHODS[method](subject, images, fail)
+    assert hook_count(subject.model) == 0
+    assert torch.is_grad_enabled()  # grad mode restored
