@@ -96,6 +96,10 @@ class LayerTable(Sequence[LayerInfo]):
     def names(self) -> list[str]:
         return [i.name for i in self._infos]
 
+    def calls(self, module: str) -> list[LayerInfo]:
+        """One entry per call of ``module`` in a forward pass (empty if it never ran or is unknown)."""
+        return list(self._calls.get(module, []))
+
     def get(self, name: str) -> LayerInfo:
         """The layer at ``name`` (an address or an alias such as ``conv5``)."""
         name = self.aliases.get(name, name)

@@ -184,7 +184,7 @@ class Recorder:
         needed = set()
         for module, calls in self._wanted.items():
             if calls is None:
-                n = len(self._table._calls.get(module, [])) if self._table is not None else 1
+                n = len(self._table.calls(module)) if self._table is not None else 1
                 calls = range(max(n, 1))
             needed.update((module, c) for c in calls)
         return needed
@@ -236,10 +236,10 @@ class Recorder:
         if self._table is None:
             return True
         try:
-            infos = [self._table.get(address)] if "#" in address else self._table._calls[name]
+            infos = [self._table.get(address)] if "#" in address else self._table.calls(name)
         except (KeyError, LayerNotFoundError):
             return True
-        return any(i.mutated for i in infos)
+        return not infos or any(i.mutated for i in infos)
 
     # -- access ------------------------------------------------------------------------------
     def __getitem__(self, address: str) -> torch.Tensor:
