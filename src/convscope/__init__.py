@@ -1,5 +1,6 @@
 """convscope: see what a convolutional network has learned."""
 
+from convscope.attribution import AttributionMap, explain
 from convscope.errors import (
     AmbiguousLayerError,
     ConvscopeError,
@@ -18,6 +19,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AmbiguousLayerError",
+    "AttributionMap",
     "ConvscopeError",
     "Direction",
     "LayerInfo",
@@ -30,5 +32,6 @@ __all__ = [
     "Unit",
     "WeightsUnavailableError",
     "ablate",
+    "explain",
     "load",
 ]

@@ -83,7 +83,9 @@ class Recorder:
         layers: addresses to record (``"features.3"``, ``"layer1.0.relu#1"``, ``"blocks.5.*"``).
         stop: end the forward pass (raise :class:`StopForward`) once all layers are recorded;
             ``Subject.__call__`` turns that into a ``None`` result, and the ``with`` block too.
-        detach: store detached tensors (False keeps the autograd graph, for gradient methods).
+        detach: store detached tensors. False keeps the autograd graph (gradient methods): an
+            output that a later in-place op would overwrite is then stored as is and a copy
+            flows onward, so ``autograd.grad(score, rec[layer])`` is the gradient of that layer.
         clone: ``"auto"`` copies outputs that a later in-place operation would overwrite (known
             from the subject's layer table; always for bare modules), True/False forces it.
         edits: ``{address: fn}``; ``fn(output) -> new output`` replaces what flows onward (and
@@ -205,7 +207,16 @@ class Recorder:
             if self.callback is not None:
                 self.callback(address, call, output)
             if self.keep:
-                self._values[name][call] = self._store(address, name, self._pick(address, name, output))
+                value = self._pick(address, name, output)
+                if (not self.detach and replaced is None and isinstance(output, torch.Tensor)
+                        and self.clone is not False and self._overwritten_later(address, name)):
+                    # Keep the graph node itself and send a copy onward: the later in-place op
+                    # then changes the copy, and gradients with respect to `value` stay those
+                    # of this layer's output.
+                    replaced = output.clone()
+                    self._values[name][call] = self._layout.to_map(value) if self._layout else value
+                else:
+                    self._values[name][call] = self._store(address, name, value)
             self._pending.discard((name, call))
             if self.stop and not self._pending:
                 raise StopForward

@@ -82,3 +82,35 @@ def receptive_fields_figure(image: np.ndarray, fields: Sequence[tuple[str, Recep
     ax.legend(loc="lower center", fontsize=7, bbox_to_anchor=(0.5, -0.35))
     ax.set_title("receptive field of the centre unit per layer")
     return fig
+
+
+def sanity_figure(method: str, layers, corr, corr_abs):
+    """Rank correlation with the trained model's map as layers are randomised from the top."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(5, 0.35 * len(layers) + 2), 3.5))
+    xs = np.arange(len(layers))
+    ax.plot(xs, corr, "o-", label="Spearman (signed)")
+    ax.plot(xs, corr_abs, "s--", label="Spearman (|map|)")
+    ax.set_xticks(xs)
+    ax.set_xticklabels(layers, rotation=70, fontsize=7)
+    ax.set_ylim(-0.1, 1.05)
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set_ylabel("rank correlation")
+    ax.set_title(f"sanity check{': ' + method if method else ''} (randomised up to layer)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def curves_figure(deletion, insertion, title: str = ""):
+    """Deletion and insertion curves (mean over images) with their AUCs."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for c in (deletion, insertion):
+        ax.plot(c.fractions, c.scores.mean(0), label=f"{c.kind} (AUC {c.auc.mean():.3f})")
+    ax.set_xlabel("fraction of pixels")
+    ax.set_ylabel("target probability")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,68 @@
+"""``convscope.explain``: one function in front of every attribution method."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from convscope.attribution.base import METHODS
+from convscope.attribution.result import AttributionMap
+from convscope.attribution.targets import Target, resolve_target
+from convscope.errors import UserInputError
+from convscope.subject import ImageLike, Subject
+
+ALIASES = {"gradient": "saliency", "guided_backprop": "guided", "deconv": "deconvnet",
+           "ig": "integrated_gradients", "gradcampp": "gradcam++", "zf": "zeiler_fergus",
+           "inputxgradient": "input_x_gradient"}
+
+
+def method_names() -> list[str]:
+    """Every method ``explain`` accepts."""
+    return sorted(METHODS)
+
+
+def get_method(name: str):
+    key = ALIASES.get(name.lower(), name.lower())
+    if key not in METHODS:
+        from convscope.errors import LayerNotFoundError
+
+        raise LayerNotFoundError(name, list(METHODS) + list(ALIASES), what="attribution method")
+    return METHODS[key]
+
+
+def explain(subject: Subject, images: ImageLike | Sequence[ImageLike] | torch.Tensor,
+            method: str = "saliency", target="top", **options) -> AttributionMap:
+    """Attribution maps of ``target`` for each image.
+
+    ``images`` are paths, PIL images, uint8 arrays or a preprocessed batch (N, 3, H, W);
+    ``target`` is ``"top"``, ``"class:285"``, ``"prob:285"``, ``"layer:channel[@y,x]"``, an int,
+    a :class:`~convscope.Unit` or a :class:`~convscope.Direction`; ``options`` go to the method
+    (see each method's docstring; CAMs take ``layer=``). The target is checked before any work.
+    """
+    cls = get_method(method)
+    x = images if isinstance(images, torch.Tensor) else subject.load_images(images)
+    x = x.to(subject.device)
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise UserInputError(f"expected images (N, 3, H, W), got {tuple(x.shape)}")
+    tgt = resolve_target(subject, target, x)
+    impl = cls(subject, **options)
+    maps, raw = impl.attribute(x, tgt)
+    seen = subject.preprocess.denormalize(x.detach()).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+    return AttributionMap(
+        method=cls.name,
+        maps=maps.detach().float().cpu().numpy(),
+        images=seen,
+        targets=[tgt.describe(i, subject) for i in range(x.shape[0])],
+        raw=raw.detach().float().cpu().numpy() if raw is not None else None,
+        signed=cls.signed,
+        options=dict(options),
+    )
+
+
+def target_of(subject: Subject, target, x: torch.Tensor) -> Target:
+    """The resolved target (``top`` decided by the model) for a batch."""
+    return resolve_target(subject, target, x)
+
+
+__all__ = ["explain", "get_method", "method_names", "target_of"]

@@ -1,0 +1,55 @@
+"""The attribution method protocol and registry, and the input gradient they share."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from convscope.attribution.relu_rules import ReluRule, Rule
+from convscope.attribution.targets import Target
+from convscope.subject import Subject
+
+
+class Method:
+    """An attribution method: the constructor stores options, :meth:`attribute` does the work.
+
+    ``attribute(x, target)`` takes a preprocessed batch (N, 3, H, W) and a resolved
+    :class:`Target` and returns ``(maps (N, H, W), raw (N, 3, H, W) or None)`` as tensors.
+    """
+
+    name = "method"
+    signed = False
+
+    def __init__(self, subject: Subject, **options):
+        self.subject = subject
+        self.options = options
+
+    def attribute(self, x: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor | None]:
+        raise NotImplementedError
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    METHODS[cls.name] = cls
+    return cls
+
+
+def input_gradient(subject: Subject, x: torch.Tensor, target: Target,
+                   rule: Rule | None = None, on_rule: Callable[[ReluRule], None] | None = None
+                   ) -> torch.Tensor:
+    """d target / d x for a batch (N, 3, H, W); with ``rule``, rectifiers use that backward rule."""
+    x = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        if rule is None:
+            score = target.score(subject, x)
+        else:
+            mode = ReluRule(rule)
+            with mode:
+                score = target.score(subject, x)
+            if on_rule is not None:
+                on_rule(mode)
+        (grad,) = torch.autograd.grad(score.sum(), x)
+    return grad

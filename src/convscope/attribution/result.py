@@ -1,0 +1,66 @@
+"""AttributionMap: per-pixel importance for a batch of images, with its rendering."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from convscope.fileio import atomic_path, save_image
+
+
+@dataclass
+class AttributionMap:
+    """Result of :func:`convscope.explain`.
+
+    ``maps`` (N, H, W) is the per-pixel importance at model-input resolution (higher = more
+    important; signed for methods whose output is signed); ``raw`` (N, 3, H, W) holds the
+    per-channel attribution where the method has one (gradients, deconvnet, occlusion);
+    ``images`` (N, H, W, 3) in [0, 1] are the inputs as the model saw them; ``targets`` name
+    what was explained for each image.
+    """
+
+    method: str
+    maps: np.ndarray
+    images: np.ndarray
+    targets: list[str]
+    raw: np.ndarray | None = None
+    signed: bool = False
+    options: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.maps)
+
+    def normalized(self, i: int, percentile: float = 99.5) -> np.ndarray:
+        """Map ``i`` scaled for display to [0, 1] ([-1, 1] if signed) by its ``percentile`` of
+        |values| and clipped, so that a few extreme gradients do not wash out the rest."""
+        m = self.maps[i].astype(np.float64)
+        if not self.signed:
+            m = np.clip(m, 0, None)
+        top = np.percentile(np.abs(m), percentile)
+        if top <= 0:
+            top = np.abs(m).max()
+        if top <= 0:
+            return np.zeros_like(m)
+        return np.clip(m / top, -1 if self.signed else 0, 1)
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``maps`` (and ``raw``, images, targets) to an ``.npz`` file atomically."""
+        path = Path(path)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, maps=self.maps, images=self.images,
+                                raw=self.raw if self.raw is not None else np.zeros(0),
+                                targets=np.array(self.targets), method=np.array(self.method))
+        return path
+
+    def to_image(self, i: int = 0) -> Image.Image:
+        """Image, map and overlay side by side for image ``i``."""
+        from convscope.render.attribution import attribution_panel
+
+        return attribution_panel(self.images[i], self.normalized(i), self.signed,
+                                 f"{self.method}: {self.targets[i]}")
+
+    def to_png(self, path: str | Path, i: int = 0) -> Path:
+        return save_image(self.to_image(i), path)
