@@ -79,7 +79,7 @@ def test_relu_rules_on_relu6_efficientnet(default_subject):
     plain = plain.numpy()
     twin = copy.deepcopy(default_subject.model)
     n = 0
-    for name, mod in list(twin.named_modules()):
+    for _, mod in list(twin.named_modules()):
         for child_name, child in list(mod.named_children()):
             if isinstance(child, nn.ReLU6):
                 setattr(mod, child_name, _CaptumReLU6())

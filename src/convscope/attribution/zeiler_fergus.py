@@ -2,8 +2,10 @@
 
 Starting from the chosen layer with every other channel set to zero, each layer of the forward
 chain is undone in reverse: max-pooling by max-unpooling with the forward pass's *switches*
-(argmax positions), ReLU by ReLU, convolution by the transposed convolution with the same
-filters. It is defined for plain chains of convolutions, rectifiers and max-pooling (AlexNet,
+(argmax positions; where overlapping windows share a switch their values add), ReLU by ReLU,
+convolution by the transposed convolution with the same filters (biases are not used). The
+result equals the input gradient of <s, f(x)> under the deconvnet rectifier rule, with s the
+kept part of the unit's map (tested). It is defined for plain chains of convolutions, rectifiers and max-pooling (AlexNet,
 VGG, ZFNet); other architectures get a clear error.
 
 Strided transposed convolutions overlap unevenly and paint a checkerboard on the result (seed
@@ -99,7 +101,12 @@ def _undo(m: nn.Module, s: torch.Tensor, in_shape, idx, even: bool) -> torch.Ten
     if isinstance(m, nn.ReLU):
         return F.relu(s)
     if isinstance(m, nn.MaxPool2d):
-        return F.max_unpool2d(s, idx, m.kernel_size, m.stride, m.padding, output_size=in_shape[2:])
+        # Unpool with the switches. Overlapping windows (AlexNet's 3x3, stride 2) can share a
+        # switch; their contributions add up (max_unpool2d would keep only one of them).
+        out = torch.zeros(s.shape[0], s.shape[1], in_shape[2] * in_shape[3], dtype=s.dtype,
+                          device=s.device)
+        out.scatter_add_(2, idx.flatten(2), s.flatten(2))
+        return out.view(s.shape[0], s.shape[1], in_shape[2], in_shape[3])
     if isinstance(m, nn.BatchNorm2d):
         scale = m.weight / torch.sqrt(m.running_var + m.eps) if m.affine else \
             1 / torch.sqrt(m.running_var + m.eps)
