@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from convscope.data import open_images
+from convscope.errors import UserInputError
 from convscope.scan import scan
 from convscope.scan.patches import render_topk, unit_maps
 from convscope.testing import tiny_subject
@@ -75,8 +76,40 @@ def _render(subject, images, fail):
     render_topk(subject, src, top)
 
 
+def _explain(name):
+    def run(subject, images, fail):
+        import convscope
+
+        x = torch.randn(1, 3, 32, 32)
+        opts = {"samples": 2} if name == "smoothgrad" else {"steps": 3} if name == "ig" else {}
+        if fail:  # a forward that breaks halfway through the method
+            subject.model.conv2.register_forward_pre_hook(_raise)
+        try:
+            convscope.explain(subject, x, name, target=3, **opts)
+        finally:
+            subject.model.conv2._forward_pre_hooks.clear()
+
+    return run
+
+
+def _zf(subject, images, fail):
+    import convscope
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(2))
+    s = convscope.Subject.wrap(model, input_size=16)
+    try:
+        convscope.explain(s, torch.randn(1, 3, 16, 16), "zeiler_fergus",
+                          target="2:9" if fail else "2:1")
+    finally:
+        assert hook_count(model) == 0
+
+
 METHODS = {"record": _record, "trace": _trace, "predict": _predict, "scan": _scan,
            "render_topk": _render}
+for _name in ("saliency", "input_x_gradient", "smoothgrad", "ig", "guided", "deconvnet",
+              "gradcam", "gradcam++", "scorecam", "guided_gradcam", "occlusion"):
+    METHODS[f"explain:{_name}"] = _explain(_name)
+METHODS["explain:zeiler_fergus"] = _zf
 
 
 @pytest.mark.parametrize("fail", [False, True], ids=["ok", "error"])
@@ -86,7 +119,7 @@ def test_no_hooks_left(method, fail, images):
     assert len(subject.layers)  # the probe pass itself must leave nothing either
     assert hook_count(subject.model) == 0
     if fail:
-        with pytest.raises((_Boom, RuntimeError)):
+        with pytest.raises((_Boom, RuntimeError, UserInputError)):
             METHODS[method](subject, images, fail)
     else:
         METHODS[method](subject, images, fail)

@@ -10,11 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from convscope.fileio import save_image, write_text
 from convscope.layers import layer_row
 from convscope.render import (
     figure_to_image,
+    to_uint8,
     filters_to_images,
     image_grid,
     predictions_figure,
@@ -87,9 +89,49 @@ def run_demo(subject: Subject, out: str | Path, seed: int = 0,
     fig = receptive_fields_figure(seen[0], fields)
     result.files["receptive fields"] = save_image(figure_to_image(fig), out / "receptive_fields.png")
 
+    step("attribution maps")
+    _demo_explain(subject, out / "explain", samples, result)
+
     step("scan of the bundled images")
     result.scan = _demo_scan(subject, out / "atlas", seed, result, step)
     return result
+
+
+def _demo_explain(subject: Subject, where: Path, samples, result: DemoResult) -> None:
+    """Saliency, guided backprop, Grad-CAM and occlusion for the first two photos (top class),
+    and the Zeiler-Fergus projection's checkerboard on AlexNet, with and without the fix."""
+    from convscope.attribution import explain
+
+    x = subject.load_images([img for _, img in samples[:2]])
+    options = {"occlusion": {"window": 56, "stride": 28}}
+    for method in ("saliency", "guided", "gradcam", "occlusion"):
+        amap = explain(subject, x, method, target="top", **options.get(method, {}))
+        for i, (name, _) in enumerate(samples[:2]):
+            result.files[f"{method}, {name}"] = amap.to_png(where / f"{name}_{method}.png", i)
+    from convscope.zoo import load
+
+    torch.manual_seed(0)
+    alexnet = load("torchvision:alexnet", weights=None)
+    ax = alexnet.load_images([samples[0][1]])
+    # The same projection through one 11 x 11, stride-4 filter of ones (AlexNet's conv1 shape):
+    # each pixel is painted by 2 or 3 overlapping kernels, which shows the pattern plainly.
+    conv = torch.nn.Conv2d(3, 1, 11, stride=4, bias=False)
+    torch.nn.init.constant_(conv.weight, 1.0)
+    flat = Subject.wrap(torch.nn.Sequential(conv, torch.nn.ReLU()), input_size=99)
+    tiles, captions = [], []
+    for even in (False, True):
+        amap = explain(alexnet, ax, "zeiler_fergus", target="features.3:5", even_overlap=even)
+        rgb = amap.raw[0].transpose(1, 2, 0)
+        tiles.append(0.5 + 0.5 * rgb / max(float(np.abs(rgb).max()), 1e-12))
+        one = explain(flat, torch.ones(1, 3, 99, 99), "zeiler_fergus", target="1:0",
+                      even_overlap=even).maps[0][20:68, 20:68]
+        big = Image.fromarray(to_uint8(one / one.max())).resize((224, 224), Image.NEAREST)
+        tiles.append(big)
+        label = "even overlap" if even else "plain"
+        captions += [f"AlexNet features.3:5, {label}", f"stride-4 filter of ones, {label}"]
+    canvas = image_grid(tiles, ncols=2, pad=4, captions=captions)
+    result.files["Zeiler-Fergus projection, checkerboard (top) and even-overlap fix (bottom)"] = \
+        save_image(canvas, where / "zeiler_fergus_checkerboard.png")
 
 
 def _demo_scan(subject: Subject, where: Path, seed: int, result: DemoResult, step: Progress):

@@ -71,4 +71,6 @@ def test_demo_writes_results(tmp_path, capsys):
     assert atlas.topk("classifier", 967).names[0].startswith("coffee")
     assert (out / "atlas" / "render" / "classifier" / "unit0285_max.png").exists()
     assert len(list((out / "atlas" / "render").rglob("direction*_max.png"))) == 4
+    for name in ("chelsea_saliency", "coffee_gradcam", "chelsea_occlusion", "zeiler_fergus_checkerboard"):
+        assert Image.open(out / "explain" / f"{name}.png").width > 400
     assert main(["demo", "--out", str(out)]) == 0  # the demo may redo its own atlas

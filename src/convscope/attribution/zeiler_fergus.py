@@ -5,8 +5,8 @@ chain is undone in reverse: max-pooling by max-unpooling with the forward pass's
 (argmax positions; where overlapping windows share a switch their values add), ReLU by ReLU,
 convolution by the transposed convolution with the same filters (biases are not used). The
 result equals the input gradient of <s, f(x)> under the deconvnet rectifier rule, with s the
-kept part of the unit's map (tested). It is defined for plain chains of convolutions, rectifiers and max-pooling (AlexNet,
-VGG, ZFNet); other architectures get a clear error.
+kept part of the unit's map (tested). It is defined for plain chains of convolutions,
+rectifiers and max-pooling (AlexNet, VGG, ZFNet); other architectures get a clear error.
 
 Strided transposed convolutions overlap unevenly and paint a checkerboard on the result (seed
 003, "Checkerboard effect"). ``even_overlap=True`` divides each transposed convolution's output

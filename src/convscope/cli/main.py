@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from convscope.cli import demo, layers, scan, topk
+from convscope.cli import demo, explain, layers, scan, topk
 from convscope.cli.common import debug
 
 app = typer.Typer(
@@ -22,6 +22,7 @@ app.command("layers")(layers.layers)
 app.command("demo")(demo.demo)
 app.command("scan")(scan.scan)
 app.command("topk")(topk.topk)
+app.command("explain")(explain.explain)
 
 
 def _version(value: bool) -> None:

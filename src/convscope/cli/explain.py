@@ -1,0 +1,119 @@
+"""``convscope explain MODEL IMAGE... --method ... --target ...``: attribution maps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import Progress
+
+from convscope.cli.common import ArchOpt, DeviceOpt, ModelArg, SeedOpt, WeightsOpt, load_subject
+
+
+def _images(items: list[str]):
+    """Paths, or ``sample:NAME`` for a bundled image (``sample:chelsea``)."""
+    from convscope.data import read_image
+    from convscope.errors import UserInputError
+    from convscope.samples import SAMPLE_NAMES, sample_view
+
+    out = []
+    for item in items:
+        if item.startswith("sample:"):
+            name = item.split(":", 1)[1]
+            if name.split("/")[0] not in SAMPLE_NAMES:
+                raise UserInputError(f"unknown sample {name!r}; have {', '.join(SAMPLE_NAMES)}")
+            out.append((name.replace("/", "_"), sample_view(name)))
+        else:
+            path = Path(item)
+            if not path.exists():
+                raise UserInputError(f"image {item!r} does not exist")
+            try:
+                out.append((path.stem, read_image(path)))
+            except Exception as e:
+                raise UserInputError(f"cannot read {item}: {e}") from None
+    return out
+
+
+def explain(
+    model: ModelArg,
+    images: Annotated[list[str], typer.Argument(help="image files, or sample:NAME (bundled)")],
+    method: Annotated[str, typer.Option(
+        "--method", help="comma-separated: saliency, input_x_gradient, smoothgrad, "
+        "integrated_gradients, guided, deconvnet, gradcam, gradcam++, scorecam, guided_gradcam, "
+        "occlusion, zeiler_fergus")] = "saliency,guided,gradcam,occlusion",
+    target: Annotated[str, typer.Option(
+        "--target", help="top | class:N | prob:N | LAYER:UNIT[@y,x]")] = "top",
+    out: Annotated[Path, typer.Option("--out", help="output folder")] = Path("explain-out"),
+    layer: Annotated[str | None, typer.Option("--layer", help="layer for CAM methods")] = None,
+    window: Annotated[int, typer.Option("--window", help="occlusion window, px")] = 32,
+    stride: Annotated[int, typer.Option("--stride", help="occlusion stride, px")] = 16,
+    fill: Annotated[str, typer.Option("--fill", help="occluder: gray zero mean blur noise")] = "gray",
+    samples: Annotated[int, typer.Option("--samples", help="SmoothGrad samples")] = 50,
+    steps: Annotated[int, typer.Option("--steps", help="integrated-gradients steps")] = 50,
+    even_overlap: Annotated[bool, typer.Option(
+        "--even-overlap", help="Zeiler-Fergus: remove the checkerboard of strided layers")] = False,
+    trust: Annotated[bool, typer.Option(
+        "--trust", help="also write deletion/insertion curves for each map")] = False,
+    weights: WeightsOpt = "default",
+    arch: ArchOpt = None,
+    device: DeviceOpt = "cpu",
+    seed: SeedOpt = 0,
+) -> None:
+    """Explain images: one PNG per method and image (image | map | overlay) and its arrays."""
+    import torch
+
+    from convscope.attribution import deletion_insertion, explain, get_method, resolve_target
+    from convscope.fileio import save_image, write_text
+    from convscope.render.plots import curves_figure, figure_to_image
+
+    torch.manual_seed(seed)
+    methods = [get_method(m.strip()).name for m in method.split(",") if m.strip()]
+    subject = load_subject(model, weights, arch, device)
+    pics = _images(images)
+    x = subject.load_images([img for _, img in pics])
+    tgt = resolve_target(subject, target, x)  # checked before any work
+    options = {
+        "gradcam": {"layer": layer}, "gradcam++": {"layer": layer}, "scorecam": {"layer": layer},
+        "guided_gradcam": {"layer": layer},
+        "occlusion": {"window": window, "stride": stride, "fill": fill, "seed": seed},
+        "smoothgrad": {"samples": samples, "seed": seed},
+        "integrated_gradients": {"steps": steps},
+        "zeiler_fergus": {"even_overlap": even_overlap},
+    }
+    written, summary = [], []
+    console = Console(stderr=True)
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("explaining", total=len(methods))
+        for name in methods:
+            bar.update(task, description=name)
+            amap = explain(subject, x, name, target=tgt, **options.get(name, {}))
+            for i, (stem, _) in enumerate(pics):
+                written.append(amap.to_png(out / f"{stem}_{name}.png", i))
+                entry = {"image": stem, "method": name, "target": amap.targets[i]}
+                if trust:
+                    one = resolve_target(subject, _one(tgt, i), x[i:i + 1])
+                    dele, ins = deletion_insertion(subject, x[i:i + 1], amap.maps[i:i + 1], one)
+                    fig = curves_figure(dele, ins, f"{stem}, {name}")
+                    written.append(save_image(figure_to_image(fig), out / f"{stem}_{name}_curves.png"))
+                    entry.update(deletion_auc=float(dele.auc[0]), insertion_auc=float(ins.auc[0]))
+                summary.append(entry)
+            written.append(amap.save(out / f"{name}.npz"))
+            bar.advance(task)
+    write_text(out / "explain.json", json.dumps(summary, indent=1))
+    o = Console()
+    for e in summary:
+        extra = (f"  deletion AUC {e['deletion_auc']:.3f}, insertion AUC {e['insertion_auc']:.3f}"
+                 if trust else "")
+        o.print(f"{e['image']:<20} {e['method']:<22} {e['target']}{extra}", soft_wrap=True)
+    o.print(f"wrote {len(written)} files to {out}/")
+
+
+def _one(target, i):
+    from convscope.attribution.targets import Target
+
+    if target.kind in ("class", "prob") and len(target.classes) > 1:
+        return Target(target.kind, (target.classes[i],), top=target.top)
+    return target
