@@ -69,18 +69,19 @@ def main() -> None:
             m(inp)
         return rec["layer2.1"][:, 5, 14, 14]
 
-    for n in [int(b) for b in args.batches.split(",")]:
-        x = torch.randn(n, 3, args.size, args.size, generator=gen)
+    def make_pairs(x, n):
         t = [3] * n
         pairs = {
             "saliency": (lambda: convscope.explain(subject, x, "saliency", target=3),
                          lambda: ca.Saliency(m).attribute(x.clone().requires_grad_(), target=t, abs=True)),
-            "input_x_gradient": (lambda: convscope.explain(subject, x, "input_x_gradient", target=3),
-                                 lambda: ca.InputXGradient(m).attribute(x.clone().requires_grad_(), target=t)),
+            "input_x_gradient": (
+                lambda: convscope.explain(subject, x, "input_x_gradient", target=3),
+                lambda: ca.InputXGradient(m).attribute(x.clone().requires_grad_(), target=t)),
             "integrated_gradients (16 steps)": (
-                lambda: convscope.explain(subject, x, "ig", target=3, steps=16, baseline="zero", batch=16),
-                lambda: ca.IntegratedGradients(m).attribute(x, target=t, n_steps=16, internal_batch_size=16,
-                                                            method="riemann_trapezoid")),
+                lambda: convscope.explain(subject, x, "ig", target=3, steps=16, baseline="zero",
+                                          batch=16),
+                lambda: ca.IntegratedGradients(m).attribute(
+                    x, target=t, n_steps=16, internal_batch_size=16, method="riemann_trapezoid")),
             "guided": (lambda: convscope.explain(subject, x, "guided", target=3),
                        lambda: ca.GuidedBackprop(m).attribute(x.clone().requires_grad_(), target=t)),
             "deconvnet": (lambda: convscope.explain(subject, x, "deconvnet", target=3),
@@ -109,6 +110,11 @@ def main() -> None:
                 lambda: ca.Occlusion(unit_forward).attribute(
                     x, sliding_window_shapes=(3, 32, 32), strides=(3, 16, 16), baselines=0,
                     perturbations_per_eval=32))
+        return pairs
+
+    for n in [int(b) for b in args.batches.split(",")]:
+        x = torch.randn(n, 3, args.size, args.size, generator=gen)
+        pairs = make_pairs(x, n)
         for name, (ours, theirs) in pairs.items():
             if args.only not in name:
                 continue

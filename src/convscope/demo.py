@@ -16,11 +16,11 @@ from convscope.fileio import save_image, write_text
 from convscope.layers import layer_row
 from convscope.render import (
     figure_to_image,
-    to_uint8,
     filters_to_images,
     image_grid,
     predictions_figure,
     receptive_fields_figure,
+    to_uint8,
 )
 from convscope.samples import sample_images
 from convscope.subject import Subject

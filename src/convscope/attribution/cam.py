@@ -52,7 +52,7 @@ class _CamMethod(Method):
             if target.layer is not None:
                 score = target.from_activation(rec[target.layer])
             else:
-                score = _class_score(out, target)
+                score = target.from_logits(out)
             acts = rec[layer]
             (grads,) = torch.autograd.grad(score.sum(), acts)
         return acts.detach(), grads.detach()
@@ -60,15 +60,6 @@ class _CamMethod(Method):
     def upsample(self, cam: torch.Tensor, size) -> torch.Tensor:
         return F.interpolate(cam[:, None], size=tuple(size), mode="bilinear",
                              align_corners=False)[:, 0]
-
-
-def _class_score(out: torch.Tensor, target: Target) -> torch.Tensor:
-    if target.kind == "prob":
-        out = out.softmax(-1)
-    idx = torch.as_tensor(target.classes, device=out.device)
-    if idx.numel() == 1:
-        idx = idx.expand(out.shape[0])
-    return out.gather(1, idx.view(-1, 1))[:, 0]
 
 
 @register
@@ -126,13 +117,13 @@ class ScoreCAM(_CamMethod):
         masks = torch.where(hi > lo, (up - lo) / (hi - lo), torch.zeros_like(up))
         weights = torch.zeros(acts.shape[:2], device=x.device)
         for i in range(x.shape[0]):
-            t = _single(target, i)
+            t = target.for_image(i)
             for s in range(0, acts.shape[1], batch):
                 m = masks[i, s:s + batch, None]  # (b, 1, H, W)
                 with torch.no_grad():
                     if t.layer is None:
                         probs = logits(self.subject, x[i:i + 1] * m).softmax(-1)
-                        score = _class_score(probs, Target("class", t.classes))
+                        score = Target("class", t.classes).from_logits(probs)
                     else:
                         score = t.score(self.subject, x[i:i + 1] * m)
                 weights[i, s:s + batch] = score
@@ -152,9 +143,3 @@ class GuidedGradCAM(_CamMethod):
         guided = input_gradient(self.subject, x, target, rule="guided")
         raw = guided * cam[:, None]
         return raw.abs().amax(dim=1), raw
-
-
-def _single(target: Target, i: int) -> Target:
-    if target.kind in ("class", "prob") and len(target.classes) > 1:
-        return Target(target.kind, (target.classes[i],), top=target.top)
-    return target

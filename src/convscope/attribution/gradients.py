@@ -9,7 +9,6 @@ import torch
 
 from convscope.attribution.base import Method, input_gradient, register
 from convscope.attribution.relu_rules import ReluRule
-from convscope.attribution.targets import Target
 
 
 @register
@@ -99,17 +98,11 @@ class IntegratedGradients(Method):
         for s in range(0, steps, per):
             a = alphas[s:s + per]
             path = baseline[None] + a.view(-1, 1, 1, 1, 1) * (x - baseline)[None]  # (k, N, ...)
-            t = _repeat_target(target, len(a))
+            t = target.repeated(len(a))
             g = input_gradient(self.subject, path.flatten(0, 1), t).view(len(a), *x.shape)
             total += (g * weights[s:s + per].view(-1, 1, 1, 1, 1)).sum(0)
         raw = (x - baseline) * total
         return raw.sum(dim=1), raw
-
-
-def _repeat_target(target: Target, k: int) -> Target:
-    if target.kind in ("class", "prob") and len(target.classes) > 1:
-        return Target(target.kind, tuple(target.classes) * k, top=target.top)
-    return target
 
 
 class _RuleMethod(Method):

@@ -57,7 +57,7 @@ class Occlusion(Method):
         boxes = [(y0, x0) for y0 in ys for x0 in xs]
         for i in range(n):
             xi = x[i:i + 1]
-            t = _single(target, i)
+            t = target.for_image(i)
             keep = self._relevant(boxes, (wh, ww), t)
             filler = self._filler(xi)
             with torch.inference_mode():
@@ -122,9 +122,3 @@ def _pair(v) -> tuple[int, int]:
     if isinstance(v, (tuple, list)):
         return int(v[0]), int(v[1])
     return int(v), int(v)
-
-
-def _single(target: Target, i: int) -> Target:
-    if target.kind in ("class", "prob") and len(target.classes) > 1:
-        return Target(target.kind, (target.classes[i],), top=target.top)
-    return target

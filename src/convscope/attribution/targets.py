@@ -48,18 +48,33 @@ class Target:
             return f"unit {self.unit}"
         return f"direction {self.direction}"
 
+    def for_image(self, i: int) -> Target:
+        """The target of image ``i`` alone (differs from ``self`` for per-image classes)."""
+        if self.kind in ("class", "prob") and len(self.classes) > 1:
+            return Target(self.kind, (self.classes[i],), top=self.top)
+        return self
+
+    def repeated(self, k: int) -> Target:
+        """The target for a batch that repeats the images ``k`` times (k-major)."""
+        if self.kind in ("class", "prob") and len(self.classes) > 1:
+            return Target(self.kind, tuple(self.classes) * k, top=self.top)
+        return self
+
+    def from_logits(self, out: torch.Tensor) -> torch.Tensor:
+        """Class score per image (N,) from the model's output (N, classes)."""
+        if self.kind == "prob":
+            out = out.softmax(-1)
+        idx = torch.as_tensor(self.classes, device=out.device)
+        if idx.numel() == 1:
+            idx = idx.expand(out.shape[0])
+        return out.gather(1, idx.view(-1, 1))[:, 0]
+
     def score(self, subject: Subject, x: torch.Tensor) -> torch.Tensor:
         """Target score per image (N,), differentiable with respect to ``x``.
 
         Unit and direction targets stop the forward pass after their layer."""
         if self.kind in ("class", "prob"):
-            out = logits(subject, x)
-            if self.kind == "prob":
-                out = out.softmax(-1)
-            idx = torch.as_tensor(self.classes, device=out.device)
-            if idx.numel() == 1:
-                idx = idx.expand(out.shape[0])
-            return out.gather(1, idx.view(-1, 1))[:, 0]
+            return self.from_logits(logits(subject, x))
         layer = self.layer
         with Recorder(subject, [layer], stop=True, detach=False, clone=False) as rec:
             subject(x)

@@ -104,7 +104,7 @@ def deletion_insertion(subject: Subject, x: torch.Tensor, maps: np.ndarray, targ
         rank = torch.empty(H * W, dtype=torch.long, device=x.device)
         rank[order] = torch.arange(H * W, device=x.device)
         rank = rank.view(1, 1, H, W)
-        t = _single(prob, i)
+        t = prob.for_image(i)
         cuts = [int(round(f * H * W)) for f in fractions]
         for s in range(0, len(cuts), batch):
             c = torch.tensor(cuts[s:s + batch], device=x.device).view(-1, 1, 1, 1)
@@ -115,9 +115,3 @@ def deletion_insertion(subject: Subject, x: torch.Tensor, maps: np.ndarray, targ
                 dele[i, s:s + batch] = t.score(subject, d).cpu().numpy()
                 ins[i, s:s + batch] = t.score(subject, a).cpu().numpy()
     return Curve("deletion", fractions, dele), Curve("insertion", fractions, ins)
-
-
-def _single(target: Target, i: int) -> Target:
-    if target.kind in ("class", "prob") and len(target.classes) > 1:
-        return Target(target.kind, (target.classes[i],), top=target.top)
-    return target

@@ -94,7 +94,7 @@ def explain(
                 written.append(amap.to_png(out / f"{stem}_{name}.png", i))
                 entry = {"image": stem, "method": name, "target": amap.targets[i]}
                 if trust:
-                    one = resolve_target(subject, _one(tgt, i), x[i:i + 1])
+                    one = tgt.for_image(i)
                     dele, ins = deletion_insertion(subject, x[i:i + 1], amap.maps[i:i + 1], one)
                     fig = curves_figure(dele, ins, f"{stem}, {name}")
                     written.append(save_image(figure_to_image(fig), out / f"{stem}_{name}_curves.png"))
@@ -109,11 +109,3 @@ def explain(
                  if trust else "")
         o.print(f"{e['image']:<20} {e['method']:<22} {e['target']}{extra}", soft_wrap=True)
     o.print(f"wrote {len(written)} files to {out}/")
-
-
-def _one(target, i):
-    from convscope.attribution.targets import Target
-
-    if target.kind in ("class", "prob") and len(target.classes) > 1:
-        return Target(target.kind, (target.classes[i],), top=target.top)
-    return target
