@@ -1,0 +1,142 @@
+"""The optimisation loop shared by every synthesis method (and adversarial examples later)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from convscope.errors import UserInputError
+from convscope.fileio import save_image
+from convscope.recorder import Recorder
+from convscope.subject import Subject
+from convscope.synthesis.objectives import Context, Objective
+from convscope.synthesis.param import make_param
+from convscope.synthesis.transforms import Transform, standard
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class Synthesis:
+    """Optimised images (N, H, W, 3) in [0, 1], the objective's final score for each (on the
+    untransformed image), the mean score per step, and frames (K, N, H, W, 3) if asked."""
+
+    images: np.ndarray
+    scores: np.ndarray
+    history: np.ndarray
+    labels: list[str]
+    frames: np.ndarray | None = None
+    info: dict = field(default_factory=dict)
+
+    def to_image(self, ncols: int | None = None, cell: int | None = None):
+        from convscope.render.grid import image_grid
+
+        caps = [f"{lab} {s:.3g}" for lab, s in zip(self.labels, self.scores)]
+        return image_grid(list(self.images), ncols=ncols, cell=cell, pad=3, captions=caps)
+
+    def to_png(self, path: str | Path, ncols: int | None = None, cell: int | None = None) -> Path:
+        return save_image(self.to_image(ncols, cell), path)
+
+    def save(self, path: str | Path) -> Path:
+        from convscope.fileio import atomic_path
+
+        path = Path(path)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, images=self.images, scores=self.scores, history=self.history,
+                                labels=np.array(self.labels))
+        return path
+
+
+def evaluate(subject: Subject, objective: Objective, images: torch.Tensor,
+             transform: Transform | None = None, gen: torch.Generator | None = None,
+             grad: bool = False) -> torch.Tensor:
+    """Objective scores (N,) of images (N, 3, H, W) in [0, 1], optionally transformed first."""
+    layers = list(objective.layers)
+    stop = bool(layers) and not objective.needs_output
+    x = transform(images, gen) if transform is not None else images
+    x = subject.preprocess.normalize(x)
+    ctx_grad = torch.enable_grad() if grad else torch.no_grad()
+    with ctx_grad:
+        if layers:
+            with Recorder(subject, layers, detach=not grad, stop=stop) as rec:
+                out = subject(x)
+            acts = rec.__getitem__
+        else:
+            out, acts = subject(x), None
+        return objective(Context(acts, out, images))
+
+
+def render(
+    subject: Subject,
+    objective: Objective,
+    *,
+    batch: int = 1,
+    size: int | tuple[int, int] = 128,
+    param: str = "fft",
+    decorrelate: bool = True,
+    steps: int = 256,
+    lr: float = 0.05,
+    transform: Transform | None = None,
+    seed: int = 0,
+    frames: Sequence[int] = (),
+    labels: Sequence[str] | None = None,
+    init=None,
+    progress: Progress | None = None,
+) -> Synthesis:
+    """Optimise ``batch`` images for ``objective`` (maximised) with Adam.
+
+    ``param`` is ``"fft"`` (default) or ``"pixel"``; ``transform`` defaults to the standard
+    jitter/scale/rotate set (``transforms.none()`` for none); ``frames`` lists the steps whose
+    images are kept; ``init`` is ``(params, image_fn)`` from :mod:`convscope.synthesis.param`
+    to start elsewhere. Model weights are never changed and get no gradients.
+    """
+    if steps < 1 or batch < 1:
+        raise UserInputError("steps and batch must be >= 1")
+    h, w = (size, size) if isinstance(size, int) else size
+    gen = torch.Generator().manual_seed(seed)
+    device = subject.device
+    params, image_fn = init if init is not None else make_param(
+        param, (batch, 3, h, w), generator=gen, device=device, decorrelate=decorrelate)
+    transform = standard() if transform is None else transform
+    opt = torch.optim.Adam(params, lr=lr)
+    layers = list(objective.layers)
+    stop = bool(layers) and not objective.needs_output
+    history, kept = [], []
+    report = progress or (lambda done, total: None)
+    with Recorder(subject, layers, detach=False, stop=stop) if layers else _nullrec() as rec:
+        for step in range(steps):
+            img = image_fn()
+            x = subject.preprocess.normalize(transform(img, gen))
+            with torch.enable_grad():
+                out = subject(x)
+                score = objective(Context(rec.__getitem__ if layers else None, out, img))
+                grads = torch.autograd.grad(-score.sum(), params)
+            for p, g in zip(params, grads):
+                p.grad = g
+            opt.step()
+            history.append(float(score.detach().mean()))
+            if step + 1 in frames:
+                kept.append(image_fn().detach().permute(0, 2, 3, 1).cpu().numpy())
+            report(step + 1, steps)
+    final = image_fn().detach()
+    scores = evaluate(subject, objective, final)
+    return Synthesis(
+        images=final.permute(0, 2, 3, 1).cpu().numpy(),
+        scores=scores.detach().cpu().numpy(),
+        history=np.array(history),
+        labels=list(labels) if labels is not None else [objective.name] * batch,
+        frames=np.stack(kept) if kept else None,
+        info={"steps": steps, "param": param, "size": (h, w), "lr": lr, "seed": seed},
+    )
+
+
+class _nullrec:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
