@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -27,3 +28,47 @@ def load_subject(model: str, weights: str = "default", arch: str | None = None,
 def debug() -> bool:
     """Show full tracebacks (CONVSCOPE_DEBUG=1)."""
     return os.environ.get("CONVSCOPE_DEBUG", "") not in ("", "0")
+
+
+def read_images(items: list[str]):
+    """Paths, or ``sample:NAME`` for a bundled image (``sample:chelsea``)."""
+    from convscope.data import read_image
+    from convscope.errors import UserInputError
+    from convscope.samples import SAMPLE_NAMES, sample_view
+
+    out = []
+    for item in items:
+        if item.startswith("sample:"):
+            name = item.split(":", 1)[1]
+            if name.split("/")[0] not in SAMPLE_NAMES:
+                raise UserInputError(f"unknown sample {name!r}; have {', '.join(SAMPLE_NAMES)}")
+            out.append((name.replace("/", "_"), sample_view(name)))
+        else:
+            path = Path(item)
+            if not path.exists():
+                raise UserInputError(f"image {item!r} does not exist")
+            try:
+                out.append((path.stem, read_image(path)))
+            except Exception as e:
+                raise UserInputError(f"cannot read {item}: {e}") from None
+    return out
+
+
+def parse_range(text: str) -> list[int]:
+    """``"0-7,12,20-23"`` -> [0, ..., 7, 12, 20, ..., 23]."""
+    from convscope.errors import UserInputError
+
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part:
+                a, b = part.split("-", 1)
+                out.extend(range(int(a), int(b) + 1))
+            elif part:
+                out.append(int(part))
+    except ValueError:
+        raise UserInputError(f"{text!r} is not a list of numbers and ranges like 0-7,12") from None
+    if not out:
+        raise UserInputError("no numbers given")
+    return out

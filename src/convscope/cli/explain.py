@@ -10,31 +10,15 @@ import typer
 from rich.console import Console
 from rich.progress import Progress
 
-from convscope.cli.common import ArchOpt, DeviceOpt, ModelArg, SeedOpt, WeightsOpt, load_subject
-
-
-def _images(items: list[str]):
-    """Paths, or ``sample:NAME`` for a bundled image (``sample:chelsea``)."""
-    from convscope.data import read_image
-    from convscope.errors import UserInputError
-    from convscope.samples import SAMPLE_NAMES, sample_view
-
-    out = []
-    for item in items:
-        if item.startswith("sample:"):
-            name = item.split(":", 1)[1]
-            if name.split("/")[0] not in SAMPLE_NAMES:
-                raise UserInputError(f"unknown sample {name!r}; have {', '.join(SAMPLE_NAMES)}")
-            out.append((name.replace("/", "_"), sample_view(name)))
-        else:
-            path = Path(item)
-            if not path.exists():
-                raise UserInputError(f"image {item!r} does not exist")
-            try:
-                out.append((path.stem, read_image(path)))
-            except Exception as e:
-                raise UserInputError(f"cannot read {item}: {e}") from None
-    return out
+from convscope.cli.common import (
+    ArchOpt,
+    DeviceOpt,
+    ModelArg,
+    SeedOpt,
+    WeightsOpt,
+    load_subject,
+    read_images,
+)
 
 
 def explain(
@@ -72,7 +56,7 @@ def explain(
     torch.manual_seed(seed)
     methods = [get_method(m.strip()).name for m in method.split(",") if m.strip()]
     subject = load_subject(model, weights, arch, device)
-    pics = _images(images)
+    pics = read_images(images)
     x = subject.load_images([img for _, img in pics])
     tgt = resolve_target(subject, target, x)  # checked before any work
     options = {

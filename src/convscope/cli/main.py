@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from convscope.cli import demo, explain, layers, scan, topk
+from convscope.cli import demo, explain, layers, scan, synthesis, topk
 from convscope.cli.common import debug
 
 app = typer.Typer(
@@ -23,6 +23,10 @@ app.command("demo")(demo.demo)
 app.command("scan")(scan.scan)
 app.command("topk")(topk.topk)
 app.command("explain")(explain.explain)
+app.command("visualize")(synthesis.visualize)
+app.command("classviz")(synthesis.classviz)
+app.command("invert")(synthesis.invert)
+app.command("dream")(synthesis.dream)
 
 
 def _version(value: bool) -> None:

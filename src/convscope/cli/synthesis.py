@@ -1,0 +1,175 @@
+"""``convscope visualize | classviz | invert | dream``: images made by optimising the input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from convscope.cli.common import (
+    ArchOpt,
+    DeviceOpt,
+    ModelArg,
+    SeedOpt,
+    WeightsOpt,
+    load_subject,
+    parse_range,
+    read_images,
+)
+
+StepsOpt = Annotated[int, typer.Option("--steps", min=1, help="optimisation steps")]
+SizeOpt = Annotated[int, typer.Option("--size", min=8, help="image size, px")]
+ParamOpt = Annotated[str, typer.Option("--param", help="fft or pixel")]
+OutOpt = Annotated[Path, typer.Option("--out", help="output folder")]
+
+
+def _bar(what: str) -> Progress:
+    return Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=Console(stderr=True), transient=True)
+
+
+def visualize(
+    model: ModelArg,
+    layer: Annotated[str, typer.Option("--layer", help="layer to visualise")],
+    units: Annotated[str, typer.Option("--units", help="units, e.g. 0-31 or 3,7,9")] = "0-7",
+    direction: Annotated[str | None, typer.Option(
+        "--direction", help="random:N for N random directions instead of units")] = None,
+    neuron: Annotated[bool, typer.Option("--neuron", help="centre neuron, not the channel")] = False,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="units optimised together")] = 32,
+    steps: StepsOpt = 256, size: SizeOpt = 128, param: ParamOpt = "fft",
+    out: OutOpt = Path("visualize-out"),
+    weights: WeightsOpt = "default", arch: ArchOpt = None, device: DeviceOpt = "cpu",
+    seed: SeedOpt = 0,
+) -> None:
+    """Feature visualisation: one image per unit (or random direction) of a layer."""
+    from convscope.errors import UserInputError
+    from convscope.synthesis import visualize_directions, visualize_units
+    from convscope.units import Direction
+
+    subject = load_subject(model, weights, arch, device)
+    info = subject.layer(layer)
+    with _bar(f"visualising {info.name}") as bar:
+        task = bar.add_task("", total=steps)
+        opts = dict(steps=steps, size=size, param=param, seed=seed,
+                    progress=lambda d, t: bar.update(task, completed=d, total=t))
+        if direction:
+            kind, _, n = direction.partition(":")
+            if kind != "random" or not n.isdigit():
+                raise UserInputError("--direction takes random:N")
+            dirs = Direction.random(info.name, info.units, int(n), seed=seed)
+            syn = visualize_directions(subject, dirs, **opts)
+        else:
+            syn = visualize_units(subject, info.name, parse_range(units), batch=batch,
+                                  neuron=neuron, **opts)
+    stem = f"{info.name}_{'directions' if direction else 'units'}"
+    png = syn.to_png(out / f"{stem}.png", ncols=min(8, len(syn.labels)))
+    syn.save(out / f"{stem}.npz")
+    _report(syn, png)
+
+
+def classviz(
+    model: ModelArg,
+    classes: Annotated[str, typer.Option("--classes", help="class indices, e.g. 285,967")] = "285",
+    l2: Annotated[float, typer.Option("--l2", help="weight of the L2 image prior")] = 0.0,
+    plain: Annotated[bool, typer.Option(
+        "--plain", help="Simonyan et al.'s version: pixels, no transforms (use --l2)")] = False,
+    steps: StepsOpt = 256, size: SizeOpt = 224, param: ParamOpt = "fft",
+    out: OutOpt = Path("classviz-out"),
+    weights: WeightsOpt = "default", arch: ArchOpt = None, device: DeviceOpt = "cpu",
+    seed: SeedOpt = 0,
+) -> None:
+    """Class model visualisation: the image that maximises each class score."""
+    from convscope.synthesis import class_model
+
+    subject = load_subject(model, weights, arch, device)
+    cls = parse_range(classes)
+    with _bar("class models") as bar:
+        task = bar.add_task("", total=steps)
+        opts = dict(steps=steps, size=size, seed=seed,
+                    progress=lambda d, t: bar.update(task, completed=d, total=t))
+        if not plain:
+            opts["param"] = param
+        syn = class_model(subject, cls, l2=l2, regularized=not plain, **opts)
+    png = syn.to_png(out / "classes.png", ncols=min(6, len(cls)))
+    syn.save(out / "classes.npz")
+    preds = subject.predict(subject.load_images([_pil(i) for i in syn.images]), k=1)
+    o = Console()
+    for i, (c, label) in enumerate(zip(cls, syn.labels)):
+        o.print(f"class {c} ({label}): the image is classified as {preds.names(i)[0]} "
+                f"(p = {preds.probs[i, 0]:.3f})")
+    o.print(f"wrote {png}")
+
+
+def invert(
+    model: ModelArg,
+    image: Annotated[str, typer.Argument(help="image file, or sample:NAME")],
+    layers: Annotated[str, typer.Option("--layers", help="comma-separated layers")] = "blocks.1",
+    restarts: Annotated[int, typer.Option("--restarts", min=1)] = 2,
+    tv: Annotated[float, typer.Option("--tv", help="weight of the TV^beta prior")] = 0.005,
+    beta: Annotated[float, typer.Option("--beta", help="TV exponent")] = 2.0,
+    steps: StepsOpt = 200,
+    out: OutOpt = Path("invert-out"),
+    weights: WeightsOpt = "default", arch: ArchOpt = None, device: DeviceOpt = "cpu",
+    seed: SeedOpt = 0,
+) -> None:
+    """Invert an image's representation at each layer (Mahendran & Vedaldi)."""
+    from convscope.synthesis import invert as run
+
+    subject = load_subject(model, weights, arch, device)
+    (name, img), = read_images([image])
+    names = subject.layers.resolve(layers)
+    with _bar("inverting") as bar:
+        task = bar.add_task("", total=steps)
+        inv = run(subject, img, names, restarts=restarts, tv=tv, beta=beta, steps=steps, seed=seed,
+                  progress=lambda d, t: bar.update(task, completed=d, total=t))
+    png = inv.to_png(out / f"{name}_inversion.png")
+    o = Console()
+    for n, e in zip(inv.layers, inv.errors):
+        o.print(f"{n:<24} normalised feature error {e:.4f}")
+    o.print(f"wrote {png}")
+
+
+def dream(
+    model: ModelArg,
+    image: Annotated[str, typer.Argument(help="image file, or sample:NAME")],
+    layer: Annotated[str, typer.Option("--layer", help="layer to amplify")],
+    octaves: Annotated[int, typer.Option("--octaves", min=1)] = 4,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="steps per octave")] = 10,
+    frames: Annotated[int, typer.Option("--frames", min=0, help="zoom-in frames (GIF)")] = 0,
+    zoom: Annotated[float, typer.Option("--zoom", help="zoom per frame")] = 1.05,
+    out: OutOpt = Path("dream-out"),
+    weights: WeightsOpt = "default", arch: ArchOpt = None, device: DeviceOpt = "cpu",
+    seed: SeedOpt = 0,
+) -> None:
+    """DeepDream: amplify what a layer sees in an image, over octaves; --frames makes a zoom."""
+    from convscope.synthesis import dream as run
+    from convscope.synthesis import dream_zoom
+
+    subject = load_subject(model, weights, arch, device)
+    (name, img), = read_images([image])
+    if frames:
+        d = dream_zoom(subject, img, layer, frames=frames, zoom=zoom, octaves=octaves,
+                       steps=steps, seed=seed)
+        gif = d.to_gif(out / f"{name}_dream.gif")
+        Console().print(f"wrote {gif} ({frames} frames)")
+    else:
+        d = run(subject, img, layer, octaves=octaves, steps=steps, seed=seed)
+    Console().print(f"wrote {d.to_png(out / f'{name}_dream.png')}")
+
+
+def _pil(arr):
+    from PIL import Image
+
+    from convscope.render.grid import to_uint8
+
+    return Image.fromarray(to_uint8(arr))
+
+
+def _report(syn, png) -> None:
+    o = Console()
+    for label, s in zip(syn.labels, syn.scores):
+        o.print(f"{label:<28} objective {s:.4g}")
+    o.print(f"wrote {png}")
