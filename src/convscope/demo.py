@@ -92,9 +92,31 @@ def run_demo(subject: Subject, out: str | Path, seed: int = 0,
     step("attribution maps")
     _demo_explain(subject, out / "explain", samples, result)
 
+    step("synthesis")
+    _demo_synthesis(subject, out / "synthesis", samples, seed, result)
+
     step("scan of the bundled images")
     result.scan = _demo_scan(subject, out / "atlas", seed, result, step)
     return result
+
+
+def _demo_synthesis(subject: Subject, where: Path, samples, seed: int, result: DemoResult) -> None:
+    """A few units of one stage, two class models, an inversion and a dream (short on CPU)."""
+    from convscope.synthesis import class_model, dream, invert, visualize_units
+
+    stages = subject.layers.stages()
+    layer = stages[len(stages) // 2].name
+    units = visualize_units(subject, layer, range(6), steps=48, size=96, seed=seed)
+    result.files[f"feature visualisation, {layer} units 0-5"] = units.to_png(
+        where / "units.png", ncols=6)
+    if subject.labels is not None and len(subject.labels) == 1000:
+        classes = class_model(subject, [285, 967], steps=48, size=160, seed=seed)
+        result.files["class models: Egyptian cat, espresso"] = classes.to_png(where / "classes.png")
+    inv = invert(subject, samples[0][1], [stages[0].name, stages[1].name], restarts=1, steps=60,
+                 seed=seed)
+    result.files["inversion from two layers"] = inv.to_png(where / "inversion.png")
+    dreamed = dream(subject, samples[1][1], layer, octaves=3, steps=6, seed=seed)
+    result.files[f"DeepDream at {layer}"] = dreamed.to_png(where / "dream.png")
 
 
 def _demo_explain(subject: Subject, where: Path, samples, result: DemoResult) -> None:

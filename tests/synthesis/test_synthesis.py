@@ -28,6 +28,7 @@ from ..conftest import hook_count
 
 def test_unit_visualisations_beat_the_best_dataset_image(default_subject):
     units = [0, 1, 2, 3]
+    default_subject.model.zero_grad(set_to_none=True)  # peers' tests call .backward() on it
     syn = visualize_units(default_subject, "blocks.4", units, steps=40, size=112, seed=0)
     assert syn.images.shape == (4, 112, 112, 3) and syn.labels[0] == "blocks.4:0"
     src = open_images("convscope:samples", transform=default_subject.transform)
