@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from convscope.cli import demo, explain, layers, scan, synthesis, topk
+from convscope.cli import adversarial, demo, explain, layers, scan, synthesis, topk
 from convscope.cli.common import debug
 
 app = typer.Typer(
@@ -27,6 +27,8 @@ app.command("visualize")(synthesis.visualize)
 app.command("classviz")(synthesis.classviz)
 app.command("invert")(synthesis.invert)
 app.command("dream")(synthesis.dream)
+app.command("attack")(adversarial.attack)
+app.command("fool")(adversarial.fool)
 
 
 def _version(value: bool) -> None:

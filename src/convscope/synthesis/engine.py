@@ -85,6 +85,8 @@ def render(
     frames: Sequence[int] = (),
     labels: Sequence[str] | None = None,
     init=None,
+    optimizer: Callable[[list[torch.Tensor]], torch.optim.Optimizer] | None = None,
+    project: Callable[[], None] | None = None,
     progress: Progress | None = None,
 ) -> Synthesis:
     """Optimise ``batch`` images for ``objective`` (maximised) with Adam.
@@ -92,7 +94,9 @@ def render(
     ``param`` is ``"fft"`` (default) or ``"pixel"``; ``transform`` defaults to the standard
     jitter/scale/rotate set (``transforms.none()`` for none); ``frames`` lists the steps whose
     images are kept; ``init`` is ``(params, image_fn)`` from :mod:`convscope.synthesis.param`
-    to start elsewhere. Model weights are never changed and get no gradients.
+    to start elsewhere; ``optimizer`` builds the optimiser from the parameters (default Adam
+    with ``lr``; adversarial attacks pass sign-gradient steps); ``project`` runs after every
+    step (e.g. back onto an epsilon-ball). Model weights are never changed and get no gradients.
     """
     if steps < 1 or batch < 1:
         raise UserInputError("steps and batch must be >= 1")
@@ -102,7 +106,7 @@ def render(
     params, image_fn = init if init is not None else make_param(
         param, (batch, 3, h, w), generator=gen, device=device, decorrelate=decorrelate)
     transform = standard() if transform is None else transform
-    opt = torch.optim.Adam(params, lr=lr)
+    opt = optimizer(params) if optimizer is not None else torch.optim.Adam(params, lr=lr)
     layers = list(objective.layers)
     stop = bool(layers) and not objective.needs_output
     history, kept = [], []
@@ -118,6 +122,9 @@ def render(
             for p, g in zip(params, grads):
                 p.grad = g
             opt.step()
+            if project is not None:
+                with torch.no_grad():
+                    project()
             history.append(float(score.detach().mean()))
             if step + 1 in frames:
                 kept.append(image_fn().detach().permute(0, 2, 3, 1).cpu().numpy())

@@ -134,6 +134,27 @@ def class_logit(cls: int | Sequence[int]) -> Objective:
     return Objective(fn, needs_output=True, name=f"logit({_fmt(cls)})")
 
 
+def class_log_prob(cls: int | Sequence[int]) -> Objective:
+    """log softmax probability of class ``cls`` (or ``cls[i]`` in image i): unlike the logit, it
+    can only grow by beating every other class (fooling images, targeted attacks)."""
+    def fn(c: Context):
+        logp = c.output.log_softmax(-1)
+        idx = _per_image(cls, logp.shape[0], "class_log_prob")
+        if idx is None:
+            return logp[:, cls]
+        return logp[torch.arange(logp.shape[0]), idx.to(logp.device)]
+    return Objective(fn, needs_output=True, name=f"logp({_fmt(cls)})")
+
+
+def cross_entropy(labels: Sequence[int]) -> Objective:
+    """Cross-entropy of the model's output against ``labels[i]`` for image i (the loss an
+    untargeted attack increases)."""
+    def fn(c: Context):
+        idx = torch.as_tensor(list(labels), device=c.output.device)
+        return torch.nn.functional.cross_entropy(c.output, idx, reduction="none")
+    return Objective(fn, needs_output=True, name="cross-entropy")
+
+
 def layer_norm(layer: str) -> Objective:
     """Mean squared activation of a whole layer, the DeepDream objective ||Phi(x)||^2."""
     return Objective(lambda c: c.act(layer).pow(2).mean(dim=(1, 2, 3)), [layer],
