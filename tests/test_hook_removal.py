@@ -112,6 +112,33 @@ for _name in ("saliency", "input_x_gradient", "smoothgrad", "ig", "guided", "dec
 METHODS["explain:zeiler_fergus"] = _zf
 
 
+def _synthesis(name):
+    def run(subject, images, fail):
+        from convscope.adversarial import fool, pgd
+        from convscope.synthesis import invert, visualize_units
+
+        if fail:  # a forward that breaks inside the optimisation
+            subject.model.block.conv1.register_forward_pre_hook(_raise)
+        try:
+            x = torch.rand(1, 3, 32, 32)
+            if name == "visualize":
+                visualize_units(subject, "block", [0, 1], steps=2, size=32)
+            elif name == "invert":
+                invert(subject, subject.preprocess.normalize(x), ["block"], steps=2, restarts=1)
+            elif name == "pgd":
+                pgd(subject, x, steps=2)
+            else:
+                fool(subject, 3, "cppn", generations=2, population=4, elite=1, size=32)
+        finally:
+            subject.model.block.conv1._forward_pre_hooks.clear()
+
+    return run
+
+
+for _name in ("visualize", "invert", "pgd", "fool"):
+    METHODS[f"synthesis:{_name}"] = _synthesis(_name)
+
+
 @pytest.mark.parametrize("fail", [False, True], ids=["ok", "error"])
 @pytest.mark.parametrize("method", list(METHODS))
 def test_no_hooks_left(method, fail, images):

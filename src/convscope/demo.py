@@ -95,9 +95,27 @@ def run_demo(subject: Subject, out: str | Path, seed: int = 0,
     step("synthesis")
     _demo_synthesis(subject, out / "synthesis", samples, seed, result)
 
+    step("adversarial and fooling images")
+    _demo_adversarial(subject, out / "adversarial", samples, seed, result)
+
     step("scan of the bundled images")
     result.scan = _demo_scan(subject, out / "atlas", seed, result, step)
     return result
+
+
+def _demo_adversarial(subject: Subject, where: Path, samples, seed: int, result: DemoResult) -> None:
+    """PGD at 2/255 on two photos, and a gradient and a CPPN fooling image (short budgets)."""
+    from convscope.adversarial import fool, pgd
+
+    adv = pgd(subject, [img for _, img in samples[:2]], eps=2 / 255, steps=10, seed=seed)
+    for i, (name, _) in enumerate(samples[:2]):
+        result.files[f"PGD 2/255 on {name}"] = adv.to_png(where / f"{name}_pgd.png", i)
+    if subject.labels is not None and len(subject.labels) == 1000:
+        grad = fool(subject, 285, "gradient", steps=30, seed=seed)
+        result.files["fooling image (gradient), Egyptian cat"] = grad.to_png(where / "fool_gradient.png")
+        cppn = fool(subject, 392, "cppn", generations=30, population=12, elite=3, sigma=0.5,
+                    rate=0.2, seed=seed)
+        result.files["fooling image (CPPN), rock beauty"] = cppn.to_png(where / "fool_cppn.png")
 
 
 def _demo_synthesis(subject: Subject, where: Path, samples, seed: int, result: DemoResult) -> None:

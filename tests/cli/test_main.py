@@ -73,6 +73,8 @@ def test_demo_writes_results(tmp_path, capsys):
     assert len(list((out / "atlas" / "render").rglob("direction*_max.png"))) == 4
     for name in ("chelsea_saliency", "coffee_gradcam", "chelsea_occlusion", "zeiler_fergus_checkerboard"):
         assert Image.open(out / "explain" / f"{name}.png").width > 400
+    for name in ("chelsea_pgd", "coffee_pgd", "fool_gradient", "fool_cppn"):
+        assert Image.open(out / "adversarial" / f"{name}.png").width > 100
     for name in ("units", "classes", "inversion", "dream"):
         assert Image.open(out / "synthesis" / f"{name}.png").width > 100
     assert main(["demo", "--out", str(out)]) == 0  # the demo may redo its own atlas

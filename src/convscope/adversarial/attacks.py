@@ -112,7 +112,7 @@ def pgd(subject: Subject, images: ImageLike | Sequence[ImageLike] | torch.Tensor
 
     render(subject, obj, batch=n, size=tuple(x0.shape[2:]), steps=steps, transform=none(),
            init=([adv], lambda: adv), optimizer=lambda p: SignStep(p, alpha, norm),
-           project=project, seed=seed)
+           project=project, seed=seed, final_scores=False)
     name = f"pgd-{norm}" if steps > 1 or random_start else "fgsm"
     return summarize(name, subject, x0, adv.detach(), tgt)
 

@@ -87,6 +87,7 @@ def render(
     init=None,
     optimizer: Callable[[list[torch.Tensor]], torch.optim.Optimizer] | None = None,
     project: Callable[[], None] | None = None,
+    final_scores: bool = True,
     progress: Progress | None = None,
 ) -> Synthesis:
     """Optimise ``batch`` images for ``objective`` (maximised) with Adam.
@@ -96,7 +97,9 @@ def render(
     images are kept; ``init`` is ``(params, image_fn)`` from :mod:`convscope.synthesis.param`
     to start elsewhere; ``optimizer`` builds the optimiser from the parameters (default Adam
     with ``lr``; adversarial attacks pass sign-gradient steps); ``project`` runs after every
-    step (e.g. back onto an epsilon-ball). Model weights are never changed and get no gradients.
+    step (e.g. back onto an epsilon-ball); ``final_scores=False`` skips scoring the final
+    images (one forward pass; ``scores`` is then NaN). Model weights are never changed and get
+    no gradients.
     """
     if steps < 1 or batch < 1:
         raise UserInputError("steps and batch must be >= 1")
@@ -130,7 +133,10 @@ def render(
                 kept.append(image_fn().detach().permute(0, 2, 3, 1).cpu().numpy())
             report(step + 1, steps)
     final = image_fn().detach()
-    scores = evaluate(subject, objective, final)
+    if final_scores:
+        scores = evaluate(subject, objective, final)
+    else:
+        scores = torch.full((final.shape[0],), float("nan"))
     return Synthesis(
         images=final.permute(0, 2, 3, 1).cpu().numpy(),
         scores=scores.detach().cpu().numpy(),
