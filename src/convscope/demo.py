@@ -201,4 +201,29 @@ def _demo_scan(subject: Subject, where: Path, seed: int, result: DemoResult, ste
         for unit in (285, 967):  # Egyptian cat, espresso
             for path in render_units(atlas, subject, source, logits, [unit], ["max"]):
                 result.files[f"top images, {subject.label(unit)} logit"] = path
+    step("empirical receptive fields")
+    _demo_rf(subject, atlas, source, layers[0], result)
     return scanned
+
+
+def _demo_rf(subject: Subject, atlas, source, layer: str, result: DemoResult) -> None:
+    """Empirical receptive fields of two units of the first scanned layer (2 top images each,
+    11 px random occluder, stride 6) and one unit's manufactured-stimulus test."""
+    from convscope.empirical import empirical_rf, stimuli
+    from convscope.render.receptive import empirical_rf_panel
+
+    for unit in (0, 1):
+        top = atlas.topk(layer, unit, "max")
+        x = torch.stack([source[int(i)][0] for i in top.images[:2]])
+        rf = empirical_rf(subject, x, layer, unit, stride=6)
+        atlas.write_empirical_rf(rf, 11, 6)
+        result.files[f"empirical receptive field, {layer}:{unit} "
+                      f"({rf.size:.0f} px vs theoretical {rf.theoretical:.0f})"] = save_image(
+            empirical_rf_panel(subject, x, rf), atlas.render_dir / layer / f"unit{unit:04d}_rf.png")
+    info = subject.layer(layer)
+    top = atlas.topk(layer, 0, "max")
+    seen = np.asarray(subject.preprocess.resize_only(source.read(int(top.images[0])))) / 255.0
+    b = info.rf.box(int(top.ys[0]), int(top.xs[0])).clip(*subject.input_size)
+    st = stimuli(subject, seen[b.y0:b.y1 + 1, b.x0:b.x1 + 1], layer, 0, stride=16, n=4)
+    result.files[f"stimuli, {layer}:0"] = save_image(
+        st.to_image(), atlas.render_dir / layer / "unit0000_stimuli.png")

@@ -51,7 +51,7 @@ def test_roundtrip(setup):
     assert layers["block"]["rf_size_y"] == subject.layer("block").rf.size[0]
     assert layers["conv2"]["directions"] == 2
     with sqlite3.connect(atlas.db_path) as con:
-        assert con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("1",)
+        assert con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("2",)
 
 
 def test_bad_queries(setup):

@@ -73,6 +73,9 @@ def test_demo_writes_results(tmp_path, capsys):
     assert len(list((out / "atlas" / "render").rglob("direction*_max.png"))) == 4
     for name in ("chelsea_saliency", "coffee_gradcam", "chelsea_occlusion", "zeiler_fergus_checkerboard"):
         assert Image.open(out / "explain" / f"{name}.png").width > 400
+    assert (out / "atlas" / "render" / "blocks.2" / "unit0001_rf.png").exists()
+    assert (out / "atlas" / "render" / "blocks.2" / "unit0000_stimuli.png").exists()
+    assert [r["unit"] for r in atlas.empirical_rfs("blocks.2")] == [0, 1]
     for name in ("chelsea_pgd", "coffee_pgd", "fool_gradient", "fool_cppn"):
         assert Image.open(out / "adversarial" / f"{name}.png").width > 100
     for name in ("units", "classes", "inversion", "dream"):

@@ -87,3 +87,19 @@ def test_killed_scan_resumes_to_the_same_atlas(reference, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "scanned 108 images" in done.stdout
     assert _rows(out) == _rows(reference)
+
+
+def test_rf_and_stimuli_commands(reference, capsys):
+    from convscope.atlas import Atlas
+
+    assert main(["rf", str(reference), "--layer", "blocks.2", "--units", "0-1", "--top", "2",
+                 "--stride", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "theoretical 67 px" in out
+    rows = Atlas.open(reference).empirical_rfs("blocks.2")
+    assert [r["unit"] for r in rows] == [0, 1] and rows[0]["average"].ndim == 2
+    assert 0 < rows[0]["size"] < 67
+    assert (reference / "render" / "blocks.2" / "unit0001_rf.png").exists()
+    assert (reference / "render" / "rf_sizes.png").exists()
+    assert main(["stimuli", str(reference), "--layer", "blocks.2", "--unit", "1", "--stride", "16"]) == 0
+    assert (reference / "render" / "blocks.2" / "unit0001_stimuli.png").exists()

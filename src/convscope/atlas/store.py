@@ -22,7 +22,7 @@ from convscope.errors import ConvscopeError, LayerNotFoundError, UserInputError
 from convscope.scan.result import ScanResult, UnitStats, UnitTopK
 from convscope.subject import Subject
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: empirical receptive fields
 
 _SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -43,6 +43,14 @@ CREATE TABLE topk(
     layer TEXT, kind TEXT, unit INTEGER, criterion TEXT, rank INTEGER, image INTEGER,
     score REAL, y INTEGER, x INTEGER, PRIMARY KEY(layer, kind, unit, criterion, rank));
 CREATE TABLE directions(layer TEXT, idx INTEGER, vector BLOB, PRIMARY KEY(layer, idx));
+""" + "\n"
+
+# Tables added after version 1; created on demand in older atlases too.
+_EMPIRICAL = """
+CREATE TABLE IF NOT EXISTS empirical_rf(
+    layer TEXT, unit INTEGER, size REAL, height INTEGER, width INTEGER, theoretical REAL,
+    threshold REAL, occluder INTEGER, stride INTEGER, images INTEGER, side INTEGER,
+    average BLOB, PRIMARY KEY(layer, unit));
 """
 
 
@@ -92,7 +100,7 @@ class Atlas:
         tmp.unlink(missing_ok=True)
         con = sqlite3.connect(tmp)
         try:
-            con.executescript(_SCHEMA)
+            con.executescript(_SCHEMA + _EMPIRICAL)
             con.executemany("INSERT INTO meta VALUES (?, ?)", [
                 ("schema_version", str(SCHEMA_VERSION)),
                 ("model", json.dumps(model, sort_keys=True)),
@@ -272,6 +280,31 @@ class Atlas:
         if row is None:
             raise UserInputError(f"{layer} has no random direction {idx}")
         return np.frombuffer(row[0], dtype=np.float32).copy()
+
+    def write_empirical_rf(self, rf, occluder: int, stride: int) -> None:
+        """Store (or replace) one unit's empirical receptive field."""
+        with self._connect() as con:
+            con.executescript(_EMPIRICAL)
+            con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version' AND value < ?",
+                        (str(SCHEMA_VERSION), str(SCHEMA_VERSION)))
+            con.execute(
+                "INSERT OR REPLACE INTO empirical_rf VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (rf.unit.layer, rf.unit.channel, rf.size, rf.height, rf.width, rf.theoretical,
+                 rf.threshold, occluder, stride, len(rf.maps), rf.average.shape[0],
+                 rf.average.astype(np.float32).tobytes()))
+            con.commit()
+
+    def empirical_rfs(self, layer: str | None = None) -> list[dict]:
+        """Stored empirical receptive fields (with ``average`` as an array), by layer and unit."""
+        with self._connect() as con:
+            con.executescript(_EMPIRICAL)
+            con.row_factory = sqlite3.Row
+            q = "SELECT * FROM empirical_rf" + (" WHERE layer = ?" if layer else "") + \
+                " ORDER BY layer, unit"
+            rows = [dict(r) for r in con.execute(q, (layer,) if layer else ())]
+        for r in rows:
+            r["average"] = np.frombuffer(r["average"], dtype=np.float32).reshape(r["side"], r["side"]).copy()
+        return rows
 
     def skipped(self) -> list[tuple[str, str]]:
         with self._connect() as con:

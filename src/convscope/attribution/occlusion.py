@@ -58,32 +58,12 @@ class Occlusion(Method):
         for i in range(n):
             xi = x[i:i + 1]
             t = target.for_image(i)
-            keep = self._relevant(boxes, (wh, ww), t)
-            filler = self._filler(xi)
-            with torch.inference_mode():
-                clean = t.score(self.subject, xi)
-                for s in range(0, len(keep), batch):
-                    chunk = keep[s:s + batch]
-                    occluded = xi.repeat(len(chunk), 1, 1, 1)
-                    for j, (y0, x0) in enumerate(chunk):
-                        occluded[j, :, y0:y0 + wh, x0:x0 + ww] = filler[0, :, y0:y0 + wh, x0:x0 + ww]
-                    drop = clean - t.score(self.subject, occluded)
-                    for j, (y0, x0) in enumerate(chunk):
-                        maps[i, y0:y0 + wh, x0:x0 + ww] += drop[j]
+            keep = relevant_boxes(self.subject, boxes, (wh, ww), t)
+            drops = score_drops(self.subject, xi, t, keep, (wh, ww), self._filler(xi), batch)
+            for (y0, x0), d in zip(keep, drops):
+                maps[i, y0:y0 + wh, x0:x0 + ww] += d
         maps = torch.where(counts > 0, maps / counts.clamp_min(1), torch.zeros_like(maps))
         return maps, maps[:, None].expand(-1, x.shape[1], -1, -1)
-
-    def _relevant(self, boxes, window, target: Target):
-        unit = target.unit
-        if unit is None or unit.y is None:
-            return boxes
-        rf = self.subject.layer(unit.layer).rf
-        if rf is None or rf.is_global or rf.global_context:
-            return boxes
-        b = rf.box(unit.y, unit.x)
-        wh, ww = window
-        return [(y0, x0) for y0, x0 in boxes
-                if y0 <= b.y1 and y0 + wh - 1 >= b.y0 and x0 <= b.x1 and x0 + ww - 1 >= b.x0]
 
     def _filler(self, xi: torch.Tensor) -> torch.Tensor:
         fill = self.options.get("fill", "gray")
@@ -99,6 +79,42 @@ class Occlusion(Method):
             return pre.normalize(torch.rand(xi.shape, generator=gen, device=xi.device))
         sigma = max(_pair(self.options.get("window", 32))) / 4
         return gaussian_blur(xi, sigma)
+
+
+def relevant_boxes(subject, boxes, window, target: Target):
+    """The window positions (top-left corners) that can change ``target``: all of them, except
+    for a single neuron, where only windows overlapping its receptive field can (others leave it
+    exactly unchanged), unless its layer has global context."""
+    unit = target.unit
+    if unit is None or unit.y is None:
+        return list(boxes)
+    rf = subject.layer(unit.layer).rf
+    if rf is None or rf.is_global or rf.global_context:
+        return list(boxes)
+    b = rf.box(unit.y, unit.x)
+    wh, ww = window
+    return [(y0, x0) for y0, x0 in boxes
+            if y0 <= b.y1 and y0 + wh - 1 >= b.y0 and x0 <= b.x1 and x0 + ww - 1 >= b.x0]
+
+
+def score_drops(subject, xi: torch.Tensor, target: Target, boxes, window, filler: torch.Tensor,
+                batch: int = 32) -> torch.Tensor:
+    """score(xi) - score(xi with the window at each box replaced by ``filler``), (len(boxes),),
+    evaluating ``batch`` occluded copies per forward pass (stopped at a unit's layer). Windows
+    may reach past the image's edges; only their part inside is occluded."""
+    wh, ww = window
+    H, W = xi.shape[2:]
+    out = torch.zeros(len(boxes), device=xi.device)
+    with torch.inference_mode():
+        clean = target.score(subject, xi)
+        for s in range(0, len(boxes), batch):
+            chunk = boxes[s:s + batch]
+            occluded = xi.repeat(len(chunk), 1, 1, 1)
+            for j, (y0, x0) in enumerate(chunk):
+                ya, yb, xa, xb = max(y0, 0), min(y0 + wh, H), max(x0, 0), min(x0 + ww, W)
+                occluded[j, :, ya:yb, xa:xb] = filler[0, :, ya:yb, xa:xb]
+            out[s:s + len(chunk)] = clean - target.score(subject, occluded)
+    return out
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from convscope.cli import adversarial, demo, explain, layers, scan, synthesis, topk
+from convscope.cli import adversarial, demo, empirical, explain, layers, scan, synthesis, topk
 from convscope.cli.common import debug
 
 app = typer.Typer(
@@ -29,6 +29,8 @@ app.command("invert")(synthesis.invert)
 app.command("dream")(synthesis.dream)
 app.command("attack")(adversarial.attack)
 app.command("fool")(adversarial.fool)
+app.command("rf")(empirical.rf)
+app.command("stimuli")(empirical.stimuli)
 
 
 def _version(value: bool) -> None:

@@ -114,3 +114,38 @@ def curves_figure(deletion, insertion, title: str = ""):
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def stimuli_figure(st):
+    """Position tuning (centre unit, anywhere) and the intact / shuffled / scrambled bars."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+    for ax, data, title in ((axes[0], st.centre, "centre unit (localisation)"),
+                            (axes[1], st.anywhere, "max over the map (identification)")):
+        im = ax.imshow(data, cmap="inferno")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(f"patch x / {st.stride} px", fontsize=8)
+        ax.set_ylabel(f"patch y / {st.stride} px", fontsize=8)
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    axes[2].bar(["intact", "pixels shuffled", "blocks scrambled"],
+                [st.intact, st.shuffled, st.scrambled], color=["tab:green", "tab:red", "tab:orange"])
+    axes[2].set_title(f"{st.layer}:{st.channel} response", fontsize=9)
+    axes[2].tick_params(axis="x", labelsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def rf_sizes_figure(rows):
+    """Empirical vs theoretical receptive-field size per layer (rows of layer summaries)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(rows) + 2), 3.5))
+    xs = np.arange(len(rows))
+    ax.plot(xs, [r["theoretical"] for r in rows], "s--", label="theoretical")
+    ax.errorbar(xs, [r["empirical_mean"] for r in rows], yerr=[r["empirical_std"] for r in rows],
+                fmt="o-", capsize=3, label="empirical (mean +- std over units)")
+    ax.set_xticks(xs)
+    ax.set_xticklabels([r["layer"] for r in rows], rotation=30, fontsize=8)
+    ax.set_ylabel("receptive field size, px")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

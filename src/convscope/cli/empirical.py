@@ -1,0 +1,97 @@
+"""``convscope rf ATLAS --layer L`` and ``convscope stimuli ATLAS --layer L --unit U``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from convscope.cli.common import DeviceOpt, parse_range
+
+
+def rf(
+    atlas: Annotated[Path, typer.Argument(help="atlas folder written by `convscope scan`")],
+    layer: Annotated[str, typer.Option("--layer", help="scanned layer")],
+    units: Annotated[str, typer.Option("--units", help="units, e.g. 0-63")] = "0-7",
+    top: Annotated[int, typer.Option("--top", min=1, help="top images per unit")] = 4,
+    occluder: Annotated[int, typer.Option("--occluder", min=1, help="occluder side, px")] = 11,
+    stride: Annotated[int, typer.Option("--stride", min=1, help="occluder stride, px")] = 3,
+    fill: Annotated[str, typer.Option("--fill", help="noise, gray, zero or mean")] = "noise",
+    criterion: Annotated[str, typer.Option("--criterion", help="which top-K list")] = "max",
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Empirical receptive fields from discrepancy maps of each unit's top images, stored in the
+    atlas and drawn per unit, with the layer's empirical-vs-theoretical size plot."""
+    import torch
+
+    from convscope.atlas import Atlas, reopen
+    from convscope.empirical import empirical_rf, layer_summary
+    from convscope.fileio import save_image, write_text
+    from convscope.render.plots import figure_to_image, rf_sizes_figure
+    from convscope.render.receptive import empirical_rf_panel
+
+    store = Atlas.open(atlas)
+    subject, source = reopen(store)
+    subject.to(device)
+    name = store.layer(layer)["name"]
+    o = Console()
+    done = []
+    for u in parse_range(units):
+        tk = store.topk(name, u, criterion)
+        if not len(tk):
+            continue
+        x = torch.stack([source[int(i)][0] for i in tk.images[:top]])
+        result = empirical_rf(subject, x, name, u, patch=occluder, stride=stride, fill=fill)
+        store.write_empirical_rf(result, occluder, stride)
+        png = save_image(empirical_rf_panel(subject, x, result),
+                         store.render_dir / name / f"unit{u:04d}_rf.png")
+        done.append(result)
+        o.print(f"{name}:{u:<5} empirical {result.size:6.1f} px ({result.height}x{result.width}), "
+                f"theoretical {result.theoretical:.0f} px   {png}")
+    rows = []
+    for lay in dict.fromkeys(r["layer"] for r in store.empirical_rfs()):
+        stored = store.empirical_rfs(lay)
+        sizes = [r["size"] for r in stored]
+        rows.append({"layer": lay, "units": len(stored), "empirical_mean": float(sum(sizes) / len(sizes)),
+                     "empirical_std": float(torch.tensor(sizes).std(unbiased=False)),
+                     "theoretical": stored[0]["theoretical"]})
+    write_text(store.render_dir / "rf_sizes.json", json.dumps(rows, indent=1))
+    png = save_image(figure_to_image(rf_sizes_figure(rows)), store.render_dir / "rf_sizes.png")
+    if done:
+        s = layer_summary(done)
+        o.print(f"{name}: mean empirical RF {s['empirical_mean']:.1f} px vs theoretical "
+                f"{s['theoretical']:.0f} px over {s['units']} units; plot {png}")
+
+
+def stimuli(
+    atlas: Annotated[Path, typer.Argument(help="atlas folder written by `convscope scan`")],
+    layer: Annotated[str, typer.Option("--layer", help="scanned layer")],
+    unit: Annotated[int, typer.Option("--unit", help="channel")],
+    stride: Annotated[int, typer.Option("--stride", min=1, help="patch placement stride, px")] = 8,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Position tuning and scrambling tests with the unit's best patch (from its top image)."""
+    import numpy as np
+
+    from convscope.atlas import Atlas, reopen
+    from convscope.empirical import stimuli as run
+    from convscope.fileio import save_image
+
+    store = Atlas.open(atlas)
+    subject, source = reopen(store)
+    subject.to(device)
+    info = subject.layer(store.layer(layer)["name"])
+    tk = store.topk(info.name, unit, "max")
+    seen = np.asarray(subject.preprocess.resize_only(source.read(int(tk.images[0])))) / 255.0
+    if info.rf is not None and not info.rf.is_global and info.is_map:
+        b = info.rf.box(int(tk.ys[0]), int(tk.xs[0])).clip(*subject.input_size)
+        patch = seen[b.y0:b.y1 + 1, b.x0:b.x1 + 1]
+    else:
+        patch = seen
+    st = run(subject, patch, info.name, unit, stride=stride)
+    png = save_image(st.to_image(), store.render_dir / info.name / f"unit{unit:04d}_stimuli.png")
+    Console().print(f"{info.name}:{unit} intact {st.intact:.3g}, pixels shuffled {st.shuffled:.3g}, "
+                    f"blocks scrambled {st.scrambled:.3g}; wrote {png}")
