@@ -19,22 +19,10 @@ import warnings
 from pathlib import Path
 
 import torch
-from torch import nn
 
 import convscope
+from convscope.adversarial import PixelModel
 from convscope.synthesis import visualize_units
-
-
-class PixelModel(nn.Module):
-    """[0, 1] pixels in, the subject's normalisation, then the model."""
-
-    def __init__(self, subject):
-        super().__init__()
-        self.net = subject.model
-        self.pre = subject.preprocess
-
-    def forward(self, x):
-        return self.net(self.pre.normalize(x))
 
 
 def main() -> None:

@@ -109,6 +109,12 @@ class Subject:
 
         return trace_layers(self.model, self.input_size, self.device, self.token_layout)
 
+    @property
+    def num_outputs(self) -> int:
+        """Size of the model's output (the number of classes for a classifier)."""
+        last = max((i for i in self.layers if i.shape is not None), key=lambda i: i.order)
+        return last.units or 0
+
     def layer(self, name: str) -> LayerInfo:
         """The layer at address or alias ``name``; unknown names list the closest ones."""
         return self.layers.get(name)

@@ -129,7 +129,7 @@ def resolve_target(subject: Subject, spec, x: torch.Tensor | None = None) -> Tar
             c = int(rest)
         except ValueError:
             raise UserInputError(f"target {text!r}: expected {head}:INDEX") from None
-        n = _num_classes(subject)
+        n = subject.num_outputs
         if not 0 <= c < n:
             raise UserInputError(f"class {c} is out of range: the model has {n} classes (0..{n - 1})")
         return Target("prob" if head == "prob" else "class", (c,))
@@ -147,9 +147,3 @@ def _unit_target(subject: Subject, unit: Unit) -> Target:
         if not (0 <= unit.y < h and 0 <= unit.x < w):
             raise UserInputError(f"position ({unit.y}, {unit.x}) is outside {unit.layer}'s {h}x{w} map")
     return Target("unit", unit=Unit(info.name, unit.channel, unit.y, unit.x))
-
-
-def _num_classes(subject: Subject) -> int:
-    last = [i for i in subject.layers if i.shape is not None]
-    out = max(last, key=lambda i: i.order)
-    return out.units or 0

@@ -54,7 +54,7 @@ def class_model(subject: Subject, classes: Sequence[int], *, l2: float = 0.0,
     image per class in one batch. ``regularized=False`` is the paper's plain version (pixel
     parametrisation, no transforms, ``l2`` > 0 advised); the default adds the Fourier
     parametrisation, decorrelated colour and random transforms, which give recognisable images."""
-    n = _num_classes(subject)
+    n = subject.num_outputs
     classes = list(classes)
     bad = [c for c in classes if not 0 <= c < n]
     if bad or not classes:
@@ -68,11 +68,6 @@ def class_model(subject: Subject, classes: Sequence[int], *, l2: float = 0.0,
         options.setdefault("decorrelate", False)
     return render(subject, obj, batch=len(classes), labels=[subject.label(c) for c in classes],
                   **options)
-
-
-def _num_classes(subject: Subject) -> int:
-    last = max((i for i in subject.layers if i.shape is not None), key=lambda i: i.order)
-    return last.units or 0
 
 
 def _concat(parts: list[Synthesis]) -> Synthesis:
