@@ -82,7 +82,7 @@ class Subject:
 
     def to(self, device: str | torch.device) -> Subject:
         """Move the model to ``device`` (in place) and return the subject."""
-        self.model.to(device)
+        self.model.to(check_device(device))
         return self
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor | None:
@@ -182,6 +182,23 @@ class Predictions:
             ]
             out.append({"image": image_names[i] if image_names else i, "top": top})
         return out
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device, or a one-line error if this machine does not have it."""
+    from convscope.errors import UserInputError
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise UserInputError(f"unknown device {device!r}: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserInputError(f"device {device!r}: CUDA is not available on this machine; use cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserInputError(f"device {device!r}: this machine has {torch.cuda.device_count()} GPUs")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UserInputError(f"device {device!r}: MPS is not available on this machine; use cpu")
+    return dev
 
 
 def detect_token_layout(model: nn.Module, input_size: tuple[int, int]) -> TokenLayout | None:

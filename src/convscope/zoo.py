@@ -49,6 +49,10 @@ def load(
     - a path to a TorchScript file (prediction only: scripted modules take no hooks).
     """
     weights = _normalise_weights(weights)
+    if device is not None:
+        from convscope.subject import check_device
+
+        device = check_device(device)  # fail before building the model
     text = os.fspath(spec)
     if text in (DEFAULT_MODEL, f"convscope:{DEFAULT_MODEL}"):
         subject = _load_default(weights)

@@ -43,6 +43,10 @@ def test_bad_input_exits_2_in_one_line(capsys):
     assert main(["layers", "no_such_model"]) == 2
     assert main(["layers", "--format", "xml"]) == 2
     assert main(["no-such-command"]) == 2
+    capsys.readouterr()
+    if not __import__("torch").cuda.is_available():
+        assert main(["layers", "--device", "cuda"]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
 
 
 def test_demo_writes_results(tmp_path, capsys):
