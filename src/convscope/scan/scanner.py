@@ -36,7 +36,7 @@ from convscope.errors import ConvscopeError, UserInputError
 from convscope.fileio import atomic_path
 from convscope.recorder import Recorder
 from convscope.scan.result import ScanResult
-from convscope.scan.state import CRITERIA, QUANTILE, LayerState, quantile_thresholds, saturation_rule
+from convscope.scan.state import CRITERIA, LayerState, TopValues, quantile_thresholds
 from convscope.subject import Subject
 from convscope.units import Direction
 
@@ -155,7 +155,7 @@ def scan(
         # 1. calibration sample: `area` thresholds from the top values of each unit
         if position < n_cal:
             t0 = time.perf_counter()
-            tops = _TopValues(n_cal, map_sizes)
+            tops = TopValues(n_cal, map_sizes)
             buffered: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []
             used, done = 0, 0
             for batch in run_batches(0, n_cal):
@@ -292,45 +292,6 @@ class _Engine:
         idx = indices.to(self.device)
         self._sink = lambda name, t: states[name].update(t, idx)
         self._run(images)
-
-
-class _TopValues:
-    """Per-unit largest values over the calibration sample: enough for the exact 0.995 quantile."""
-
-    def __init__(self, n_images: int, map_sizes: dict):
-        self.n = {name: n_images * hw[0] * hw[1] for name, hw in map_sizes.items()}
-        self.keep = {name: self._needed(n) for name, n in self.n.items()}
-        self.values: dict[str, torch.Tensor] = {}
-        self.seen = dict.fromkeys(map_sizes, 0)
-
-    @staticmethod
-    def _needed(n: int) -> int:
-        # Ranks (from the top) of the two order statistics the interpolated quantile uses.
-        lo = int((n - 1) * QUANTILE)
-        return n - lo
-
-    def add(self, acts: dict[str, torch.Tensor]) -> None:
-        for name, a in acts.items():
-            flat = a.transpose(0, 1).reshape(a.shape[1], -1)
-            self.seen[name] += flat.shape[1]
-            cur = self.values.get(name)
-            both = flat if cur is None else torch.cat([cur, flat], dim=1)
-            m = min(self.keep[name], both.shape[1])
-            self.values[name] = both.topk(m, dim=1).values if both.shape[1] > m else both
-
-    def thresholds(self, name: str) -> torch.Tensor:
-        n = self.seen[name]
-        if n == 0:
-            raise ConvscopeError("no image of the calibration sample could be read")
-        vals = self.values[name]
-        # The kept values are the top of the full sample: rebuild the quantile from ranks.
-        pos = (n - 1) * QUANTILE
-        lo = int(pos)
-        hi = min(lo + 1, n - 1)
-        srt = vals.sort(dim=1, descending=True).values
-        v_lo = srt[:, n - 1 - lo]
-        v_hi = srt[:, n - 1 - hi]
-        return saturation_rule(v_lo + (pos - lo) * (v_hi - v_lo), srt[:, 0])
 
 
 __all__ = ["quantile_thresholds", "resolve_scan_layers", "scan"]

@@ -181,3 +181,44 @@ def quantile_thresholds(values: torch.Tensor, q: float = QUANTILE) -> torch.Tens
     v_lo = values.kthvalue(lo + 1, dim=1).values
     v_hi = values.kthvalue(hi + 1, dim=1).values if hi != lo else v_lo
     return v_lo + (pos - lo) * (v_hi - v_lo)
+
+
+class TopValues:
+    """Per-unit largest values over a set of images: enough for their exact 0.995 quantile
+    (with the saturation rule), in O(units x values / 200) memory. ``add`` takes
+    ``{layer: activations (B, U, H, W)}``; ``n_images`` bounds how many images will be added."""
+
+    def __init__(self, n_images: int, map_sizes: dict):
+        self.n = {name: n_images * hw[0] * hw[1] for name, hw in map_sizes.items()}
+        self.keep = {name: self._needed(n) for name, n in self.n.items()}
+        self.values: dict[str, torch.Tensor] = {}
+        self.seen = dict.fromkeys(map_sizes, 0)
+
+    @staticmethod
+    def _needed(n: int) -> int:
+        # Ranks (from the top) of the two order statistics the interpolated quantile uses.
+        lo = int((n - 1) * QUANTILE)
+        return n - lo
+
+    def add(self, acts: dict[str, torch.Tensor]) -> None:
+        for name, a in acts.items():
+            flat = a.transpose(0, 1).reshape(a.shape[1], -1)
+            self.seen[name] += flat.shape[1]
+            cur = self.values.get(name)
+            both = flat if cur is None else torch.cat([cur, flat], dim=1)
+            m = min(self.keep[name], both.shape[1])
+            self.values[name] = both.topk(m, dim=1).values if both.shape[1] > m else both
+
+    def thresholds(self, name: str) -> torch.Tensor:
+        n = self.seen[name]
+        if n == 0:
+            raise ConvscopeError("no image could be read to compute the thresholds")
+        vals = self.values[name]
+        # The kept values are the top of the full sample: rebuild the quantile from ranks.
+        pos = (n - 1) * QUANTILE
+        lo = int(pos)
+        hi = min(lo + 1, n - 1)
+        srt = vals.sort(dim=1, descending=True).values
+        v_lo = srt[:, n - 1 - lo]
+        v_hi = srt[:, n - 1 - hi]
+        return saturation_rule(v_lo + (pos - lo) * (v_hi - v_lo), srt[:, 0])
