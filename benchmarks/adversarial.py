@@ -33,7 +33,7 @@ def main() -> None:
 
     subject = convscope.load()
     imgs = [img for _, img in sample_images()][: args.batch]
-    x = subject.preprocess.denormalize(subject.load_images(imgs)).clamp(0, 1)
+    x = subject.load_pixels(imgs)
     with torch.no_grad():
         labels = subject.model(subject.preprocess.normalize(x)).argmax(-1)
     eps = 2 / 255

@@ -209,7 +209,7 @@ def _demo_scan(subject: Subject, where: Path, seed: int, result: DemoResult, ste
 def _demo_rf(subject: Subject, atlas, source, layer: str, result: DemoResult) -> None:
     """Empirical receptive fields of two units of the first scanned layer (2 top images each,
     11 px random occluder, stride 6) and one unit's manufactured-stimulus test."""
-    from convscope.empirical import empirical_rf, stimuli
+    from convscope.empirical import best_patch, empirical_rf, stimuli
     from convscope.render.receptive import empirical_rf_panel
 
     for unit in (0, 1):
@@ -220,10 +220,9 @@ def _demo_rf(subject: Subject, atlas, source, layer: str, result: DemoResult) ->
         result.files[f"empirical receptive field, {layer}:{unit} "
                       f"({rf.size:.0f} px vs theoretical {rf.theoretical:.0f})"] = save_image(
             empirical_rf_panel(subject, x, rf), atlas.render_dir / layer / f"unit{unit:04d}_rf.png")
-    info = subject.layer(layer)
     top = atlas.topk(layer, 0, "max")
-    seen = np.asarray(subject.preprocess.resize_only(source.read(int(top.images[0])))) / 255.0
-    b = info.rf.box(int(top.ys[0]), int(top.xs[0])).clip(*subject.input_size)
-    st = stimuli(subject, seen[b.y0:b.y1 + 1, b.x0:b.x1 + 1], layer, 0, stride=16, n=4)
+    patch = best_patch(subject, source.read(int(top.images[0])), layer, int(top.ys[0]),
+                       int(top.xs[0]))
+    st = stimuli(subject, patch, layer, 0, stride=16, n=4)
     result.files[f"stimuli, {layer}:0"] = save_image(
         st.to_image(), atlas.render_dir / layer / "unit0000_stimuli.png")

@@ -20,11 +20,9 @@ def sample_image(name: str) -> Image.Image:
     arr = np.asarray(getattr(skimage.data, name)())
     if arr.dtype == bool:
         arr = arr.astype(np.uint8) * 255
-    img = Image.fromarray(arr)
-    if img.mode == "RGBA":
-        canvas = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(canvas, img)
-    return img.convert("RGB")
+    from convscope.data import to_rgb
+
+    return to_rgb(Image.fromarray(arr))
 
 
 def sample_images(names: tuple[str, ...] = SAMPLE_NAMES) -> list[tuple[str, Image.Image]]:

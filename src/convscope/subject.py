@@ -135,6 +135,10 @@ class Subject:
             tensors.append(self.transform(img.convert("RGB")))
         return torch.stack(tensors).to(self.device)
 
+    def load_pixels(self, images: ImageLike | Sequence[ImageLike]) -> torch.Tensor:
+        """Like :meth:`load_images`, but in [0, 1] pixel space (before normalisation)."""
+        return self.preprocess.denormalize(self.load_images(images)).clamp(0, 1)
+
     def predict(self, images: ImageLike | Sequence[ImageLike] | torch.Tensor, k: int = 5) -> Predictions:
         """Top-``k`` classes with softmax probabilities for each image."""
         x = images if isinstance(images, torch.Tensor) else self.load_images(images)

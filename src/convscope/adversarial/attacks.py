@@ -58,8 +58,7 @@ class SignStep(torch.optim.Optimizer):
 def _pixels(subject: Subject, images) -> torch.Tensor:
     if isinstance(images, torch.Tensor):
         return images.to(subject.device).float()
-    x = subject.load_images(images if isinstance(images, (list, tuple)) else [images])
-    return subject.preprocess.denormalize(x).clamp(0, 1)
+    return subject.load_pixels(images if isinstance(images, (list, tuple)) else [images])
 
 
 def _labels(subject: Subject, x: torch.Tensor, labels) -> list[int]:

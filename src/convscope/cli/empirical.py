@@ -74,9 +74,9 @@ def stimuli(
     device: DeviceOpt = "cpu",
 ) -> None:
     """Position tuning and scrambling tests with the unit's best patch (from its top image)."""
-    import numpy as np
 
     from convscope.atlas import Atlas, reopen
+    from convscope.empirical import best_patch
     from convscope.empirical import stimuli as run
     from convscope.fileio import save_image
 
@@ -85,12 +85,8 @@ def stimuli(
     subject.to(device)
     info = subject.layer(store.layer(layer)["name"])
     tk = store.topk(info.name, unit, "max")
-    seen = np.asarray(subject.preprocess.resize_only(source.read(int(tk.images[0])))) / 255.0
-    if info.rf is not None and not info.rf.is_global and info.is_map:
-        b = info.rf.box(int(tk.ys[0]), int(tk.xs[0])).clip(*subject.input_size)
-        patch = seen[b.y0:b.y1 + 1, b.x0:b.x1 + 1]
-    else:
-        patch = seen
+    patch = best_patch(subject, source.read(int(tk.images[0])), info.name, int(tk.ys[0]),
+                       int(tk.xs[0]))
     st = run(subject, patch, info.name, unit, stride=stride)
     png = save_image(st.to_image(), store.render_dir / info.name / f"unit{unit:04d}_stimuli.png")
     Console().print(f"{info.name}:{unit} intact {st.intact:.3g}, pixels shuffled {st.shuffled:.3g}, "

@@ -8,12 +8,13 @@ from convscope.empirical.discrepancy import (
     layer_summary,
     peak_position,
 )
-from convscope.empirical.stimuli import Stimuli, stimuli
+from convscope.empirical.stimuli import Stimuli, best_patch, stimuli
 
 __all__ = [
     "DiscrepancyMap",
     "EmpiricalRF",
     "Stimuli",
+    "best_patch",
     "discrepancy_map",
     "empirical_rf",
     "layer_summary",

@@ -37,6 +37,17 @@ class Stimuli:
         return figure_to_image(stimuli_figure(self))
 
 
+def best_patch(subject: Subject, image, layer: str, y: int, x: int) -> np.ndarray:
+    """The receptive-field crop (h, w, 3) in [0, 1] around map position (y, x) of ``layer`` in
+    ``image`` (PIL) as the model sees it; the whole image for layers without a spatial map."""
+    seen = np.asarray(subject.preprocess.resize_only(image)) / 255.0
+    info = subject.layer(layer)
+    if info.rf is None or info.rf.is_global or not info.is_map:
+        return seen
+    b = info.rf.box(y, x).clip(*subject.input_size)
+    return seen[b.y0:b.y1 + 1, b.x0:b.x1 + 1]
+
+
 def _responses(subject: Subject, images: torch.Tensor, layer: str, channel: int, batch: int):
     centre, anywhere = [], []
     for s in range(0, images.shape[0], batch):

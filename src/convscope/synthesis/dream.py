@@ -97,5 +97,4 @@ def dream_zoom(subject: Subject, image, layer: str, *, frames: int = 30, zoom: f
 def _as_unit_image(subject: Subject, image) -> torch.Tensor:
     if isinstance(image, torch.Tensor):
         return image.to(subject.device)
-    x = subject.load_images([image])
-    return subject.preprocess.denormalize(x).clamp(0, 1)
+    return subject.load_pixels([image])
