@@ -100,7 +100,43 @@ def run_demo(subject: Subject, out: str | Path, seed: int = 0,
 
     step("scan of the bundled images")
     result.scan = _demo_scan(subject, out / "atlas", seed, result, step)
+
+    step("network dissection")
+    _demo_dissect(subject, out / "atlas", seed, result)
     return result
+
+
+def _demo_dissect(subject: Subject, where: Path, seed: int, result: DemoResult) -> None:
+    """Dissect two stages against 64 synthetic Broden-format images (colours, shapes, textures)
+    and one stage against the colour names of the bundled photos; stored in the demo atlas."""
+    from convscope.atlas import Atlas
+    from convscope.dissect import BrodenDataset, ColorConcepts, dissect, make_synthetic_broden
+    from convscope.render.dissect import concepts_figure, detectors_figure, unit_figure
+
+    atlas = Atlas.open(where)
+    size = subject.input_size[0]
+    root = make_synthetic_broden(where / "concepts" / "synthetic", n=64, size=size,
+                                 seg=size // 2, seed=seed)
+    stages = [i.name for i in subject.layers.stages()]
+    layers = [stages[1], stages[-1]]
+    out = atlas.render_dir / "dissect"
+    for set_name, data, names in (
+            ("synthetic", BrodenDataset(root), layers),
+            ("auto-color", ColorConcepts("convscope:samples", seg=size // 2), layers[:1])):
+        d = dissect(subject, data, names, batch_size=16)
+        atlas.write_dissection(d, set_name)
+        fig = detectors_figure([d.summary(n) for n in names],
+                               title=f"unique detectors per category ({set_name})")
+        result.files[f"dissection ({set_name}): unique detectors per layer"] = save_image(
+            figure_to_image(fig), out / set_name / "layers.png")
+        for name in names:
+            result.files[f"dissection ({set_name}): detectors of {name} per concept"] = save_image(
+                figure_to_image(concepts_figure(d, name)), out / set_name / f"{name}_concepts.png")
+            for lab in sorted(d.labels(name), key=lambda lab: -lab.iou)[:2]:
+                result.files[f"dissection ({set_name}): {name}:{lab.unit} = {lab.name} "
+                              f"(IoU {lab.iou:.2f})"] = save_image(
+                    unit_figure(subject, data, d, name, lab.unit),
+                    out / set_name / name / f"unit{lab.unit:04d}.png")
 
 
 def _demo_adversarial(subject: Subject, where: Path, samples, seed: int, result: DemoResult) -> None:

@@ -51,7 +51,7 @@ def test_roundtrip(setup):
     assert layers["block"]["rf_size_y"] == subject.layer("block").rf.size[0]
     assert layers["conv2"]["directions"] == 2
     with sqlite3.connect(atlas.db_path) as con:
-        assert con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("2",)
+        assert con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("3",)
 
 
 def test_bad_queries(setup):
@@ -97,3 +97,39 @@ def test_reopen_needs_a_loadable_model(setup):
         reopen(atlas)
     subject, src = reopen(atlas, subject=tiny_subject())
     assert len(src) == len(source)
+
+
+def test_dissection_round_trip(setup, tmp_path):
+    from convscope.dissect import BrodenDataset, dissect, make_synthetic_broden
+
+    subject, _, atlas, _ = setup
+    data = BrodenDataset(make_synthetic_broden(tmp_path / "b", n=12, size=32, seg=16))
+    d = dissect(subject, data, ["block", "conv2"], batch_size=4)
+    # an atlas written by schema 2 gains the tables on the first write
+    with sqlite3.connect(atlas.db_path) as con:
+        con.execute("DROP TABLE IF EXISTS dissections")
+        con.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    atlas.write_dissection(d, "synthetic")
+    again = Atlas.open(atlas.path).dissection()
+    assert again.concepts == d.concepts and again.categories == d.categories
+    for name in ("block", "conv2"):
+        a, b = again.layers[name], d.layers[name]
+        assert np.allclose(a.iou, b.iou, atol=1e-6) and np.allclose(a.thresholds, b.thresholds)
+        assert (a.top_images == b.top_images).all() and np.allclose(a.coverage, b.coverage)
+        assert [lab.name for lab in again.labels(name)] == [lab.name for lab in d.labels(name)]
+    rows = atlas.unit_labels("conv2")
+    assert len(rows) == d.layers["conv2"].units and rows[0]["name"] == d.label("conv2", 0).name
+    assert atlas.concept_sets() == ["synthetic"]
+    with pytest.raises(UserInputError, match="auto-color"):
+        atlas.dissection("auto-color")
+    with sqlite3.connect(atlas.db_path) as con:
+        assert con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("3",)
+
+
+def test_for_model_refuses_another_model(setup, tmp_path):
+    _, _, atlas, _ = setup
+    assert Atlas.for_model(atlas.path, atlas.model_spec, {"description": "x"}).path == atlas.path
+    with pytest.raises(AtlasConflictError, match="another --out"):
+        Atlas.for_model(atlas.path, {"name": "other"}, {"description": "x"})
+    fresh = Atlas.for_model(tmp_path / "new", {"name": "m"}, {"description": "concepts"})
+    assert fresh.source_spec == {"description": "concepts"}

@@ -1,20 +1,49 @@
 from __future__ import annotations
 
+import csv
+import shutil
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.functional as TF
 from torch import nn
 
 import convscope
 from convscope.dissect import BrodenDataset, dissect, make_synthetic_broden
+from convscope.dissect.reference import reference_dissect
 from convscope.errors import DataError
 from convscope.scan.state import quantile_thresholds, saturation_rule
+from convscope.testing import TinyCNN
 
 
 @pytest.fixture(scope="module")
 def broden(tmp_path_factory):
     return make_synthetic_broden(tmp_path_factory.mktemp("broden"), n=24, size=112, seg=56)
+
+
+@pytest.fixture(scope="module")
+def partial(broden, tmp_path_factory):
+    """The same data with every third image's ``object`` annotation missing and one image
+    broken: unions must skip unannotated images, the broken one is skipped and counted."""
+    root = tmp_path_factory.mktemp("partial") / "broden"
+    shutil.copytree(broden, root)
+    with open(root / "index.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for i, r in enumerate(rows):
+        if i % 3 == 0:
+            r["object"] = ""
+    with open(root / "index.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    (root / "images" / rows[5]["image"]).write_bytes(b"not a jpeg")
+    return root
+
+
+def _wrap(model, size=112):
+    return convscope.Subject.wrap(model, input_size=size, mean=(0, 0, 0), std=(1, 1, 1))
 
 
 @pytest.fixture(scope="module")
@@ -28,47 +57,120 @@ def red_net():
         conv.bias[0] = -4.0
         conv.weight[1, :, 0, 0] = 1 / 3
         conv.bias[1] = 0.0
-    return convscope.Subject.wrap(nn.Sequential(conv, nn.Hardtanh(0, 1)), input_size=112,
-                                  mean=(0, 0, 0), std=(1, 1, 1))
+    return _wrap(nn.Sequential(conv, nn.Hardtanh(0, 1)))
 
 
 def test_red_indicator_is_labelled_red(red_net, broden):
     result = dissect(red_net, BrodenDataset(broden), ["1"], batch_size=8)
-    name, category, iou = result.label("1", 0)
-    assert (name, category) == ("red", "color") and iou > 0.9
+    lab = result.label("1", 0)
+    assert (lab.name, lab.category) == ("red", "color") and lab.iou > 0.9 and lab.detector
     assert 0 in result.detectors("1")["red"]
+    assert result.summary("1").detectors["color"] >= 1
+    assert result.images == 24 and not result.skipped
 
 
-def test_equals_a_numpy_reference(red_net, broden):
-    data = BrodenDataset(broden, transform=red_net.transform)
-    result = dissect(red_net, data, ["1"], batch_size=5)
-    # reference: all activations on the host, exact quantile, per-image counting
-    acts = []
+def _numpy_reference(subject, data, layer_module, quantile=0.005):
+    """All activations on the host, exact quantile, per-image counting; a unit's area counts
+    for a category only on images annotated in it."""
+    acts, items = [], []
     for i in range(len(data)):
-        x, _, _, _ = data[i]
-        with torch.no_grad():
-            acts.append(red_net.model(x[None])[0])
+        it = data[i]
+        if it.error is None:
+            with torch.no_grad():
+                acts.append(layer_module(it.x[None])[0])
+            items.append(it)
     a = torch.stack(acts)
-    thr = saturation_rule(quantile_thresholds(a.transpose(0, 1).reshape(2, -1)),
-                          a.transpose(0, 1).reshape(2, -1).max(1).values)
-    concepts = sorted(c for c in data.concepts if c > 0)
-    inter = np.zeros((2, len(concepts)))
-    union = np.zeros((2, len(concepts)))
-    for i in range(len(data)):
-        planes, image_level = data.labels(i)
-        up = F.interpolate(a[i:i + 1], size=planes.shape[-2:], mode="bilinear",
+    u = a.shape[1]
+    flat = a.transpose(0, 1).reshape(u, -1)
+    thr = saturation_rule(quantile_thresholds(flat, 1 - quantile), flat.max(1).values)
+    concepts = sorted(data.concepts)
+    inter = np.zeros((u, len(concepts)))
+    union = np.zeros((u, len(concepts)))
+    for i, it in enumerate(items):
+        planes = it.planes.numpy()
+        up = F.interpolate(a[i:i + 1], size=data.seg_size, mode="bilinear",
                            align_corners=False)[0].numpy()
-        for u in range(2):
-            m = up[u] > thr[u].item()
+        for k in range(u):
+            m = up[k] > thr[k].item()
             for j, c in enumerate(concepts):
-                lab = np.zeros(planes.shape[-2:], bool) | (c in image_level)
+                lab = np.zeros(data.seg_size, bool) | (c in it.image_level)
                 for p in planes:
                     lab |= p == c
-                inter[u, j] += (m & lab).sum()
-                union[u, j] += (m | lab).sum()
-    ref = np.where(union > 0, inter / np.maximum(union, 1), 0)
-    assert np.allclose(result.layers["1"].iou, ref, atol=1e-9)
-    assert np.allclose(result.layers["1"].thresholds, thr.numpy())
+                inter[k, j] += (m & lab).sum()
+                annotated = data.concepts[c].category in it.annotated
+                union[k, j] += ((m if annotated else np.zeros_like(m)) | lab).sum()
+    return thr.numpy(), np.where(union > 0, inter / np.maximum(union, 1), 0)
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_equals_numpy_references(partial, cache):
+    torch.manual_seed(0)
+    net = TinyCNN().eval()
+    subject = _wrap(net, 64)
+    data = BrodenDataset(partial)
+    result = dissect(subject, data, ["conv2"], batch_size=5, cache_bytes=1 << 30 if cache else 0)
+    assert result.images == 23 and result.skipped[0][0] == data.name(5)
+    upto_conv2 = nn.Sequential(net.conv1, nn.ReLU(), net.pool, net.block, net.conv2)
+    thr, iou = _numpy_reference(subject, data, upto_conv2)
+    d = result.layers["conv2"]
+    assert np.allclose(d.thresholds, thr)
+    assert np.abs(d.iou - iou).max() < 1e-6
+    assert d.iou.max() > 0.01  # not trivially zero
+    thr2, iou2 = reference_dissect(subject, BrodenDataset(partial), "conv2")
+    assert np.abs(d.iou - iou2).max() < 1e-3 and (d.iou.argmax(1) == iou2.argmax(1)).all()
+    # the top images are the ones with the largest maxima, best first
+    assert (np.diff(d.top_values, axis=1) <= 0).all()
+
+
+class Saturation(nn.Module):
+    """Colourfulness of a 5 x 5-blurred image: high on the synthetic shapes, near 0 on the grey
+    striped or noisy backgrounds (the blur averages out their channel noise)."""
+
+    def forward(self, x):
+        b = F.avg_pool2d(x, 5, 1, 2, count_include_pad=False)
+        return b.amax(1, keepdim=True) - b.amin(1, keepdim=True)
+
+
+def test_planted_shape_detector_is_found(tmp_path):
+    """A unit trained to segment squares (from colour-blind input, so it must use shape) among
+    two random units is labelled 'square' on fresh images."""
+    size = 40
+    train = BrodenDataset(make_synthetic_broden(tmp_path / "train", n=32, size=size, seg=size, seed=1))
+    square = next(c for c, k in train.concepts.items() if k.name == "square")
+    x = torch.stack([TF.pil_to_tensor(train.image(i)).float() / 255 for i in range(len(train))])
+    y = torch.stack([torch.from_numpy((train.labels(i)[0] == square).any(0)) for i in range(len(train))])
+    torch.manual_seed(0)
+    body = nn.Sequential(*[m for i, o, d in ((1, 8, 1), (8, 8, 2), (8, 8, 4), (8, 8, 4))
+                           for m in (nn.Conv2d(i, o, 3, padding=d, dilation=d), nn.ReLU())])
+    head = nn.Conv2d(8, 1, 1)
+    with torch.no_grad():
+        sat = Saturation()(x).contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.Adam([*body.parameters(), *head.parameters()], 1e-2)
+    for _ in range(200):
+        loss = F.binary_cross_entropy_with_logits(head(body(sat)), y[:, None].float())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    units = nn.Conv2d(8, 3, 1)  # unit 1 is the trained detector, units 0 and 2 random
+    with torch.no_grad():
+        units.weight[1], units.bias[1] = head.weight[0], head.bias[0]
+    subject = _wrap(nn.Sequential(Saturation(), body, units, nn.Hardtanh(0, 1)), size)
+    test = BrodenDataset(make_synthetic_broden(tmp_path / "test", n=32, size=size, seg=size, seed=2))
+    result = dissect(subject, test, ["3"])
+    lab = result.label("3", 1)
+    assert lab.name == "square" and lab.detector and lab.iou > 0.25
+    assert 1 in result.detectors("3")["square"]
+
+
+def test_saturating_unit_is_not_a_detector(broden):
+    """A unit at its ceiling everywhere has a region of all pixels: labelled, never a detector."""
+    conv = nn.Conv2d(3, 1, 1)
+    with torch.no_grad():
+        conv.weight.fill_(0.0)
+        conv.bias.fill_(5.0)
+    result = dissect(_wrap(nn.Sequential(conv, nn.Hardtanh(0, 1))), BrodenDataset(broden), ["1"])
+    lab = result.label("1", 0)
+    assert lab.coverage == 1.0 and lab.too_broad and not lab.detector
 
 
 def test_not_a_broden_directory(tmp_path):

@@ -22,7 +22,7 @@ from convscope.errors import ConvscopeError, LayerNotFoundError, UserInputError
 from convscope.scan.result import ScanResult, UnitStats, UnitTopK
 from convscope.subject import Subject
 
-SCHEMA_VERSION = 2  # 2: empirical receptive fields
+SCHEMA_VERSION = 3  # 2: empirical receptive fields; 3: dissections
 
 _SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -51,6 +51,20 @@ CREATE TABLE IF NOT EXISTS empirical_rf(
     layer TEXT, unit INTEGER, size REAL, height INTEGER, width INTEGER, theoretical REAL,
     threshold REAL, occluder INTEGER, stride INTEGER, images INTEGER, side INTEGER,
     average BLOB, PRIMARY KEY(layer, unit));
+"""
+
+
+_DISSECTION = """
+CREATE TABLE IF NOT EXISTS concepts(
+    dataset TEXT, number INTEGER, name TEXT, category TEXT, PRIMARY KEY(dataset, number));
+CREATE TABLE IF NOT EXISTS dissections(
+    dataset TEXT, layer TEXT, spec TEXT, categories TEXT, units INTEGER, concepts INTEGER,
+    images INTEGER, quantile REAL, iou_threshold REAL, max_coverage REAL, finished REAL,
+    top INTEGER, iou BLOB, thresholds BLOB, top_images BLOB, top_values BLOB, coverage BLOB,
+    PRIMARY KEY(dataset, layer));
+CREATE TABLE IF NOT EXISTS unit_labels(
+    dataset TEXT, layer TEXT, unit INTEGER, concept INTEGER, name TEXT, category TEXT, iou REAL,
+    detector INTEGER, coverage REAL, PRIMARY KEY(dataset, layer, unit));
 """
 
 
@@ -100,7 +114,7 @@ class Atlas:
         tmp.unlink(missing_ok=True)
         con = sqlite3.connect(tmp)
         try:
-            con.executescript(_SCHEMA + _EMPIRICAL)
+            con.executescript(_SCHEMA + _EMPIRICAL + _DISSECTION)
             con.executemany("INSERT INTO meta VALUES (?, ?)", [
                 ("schema_version", str(SCHEMA_VERSION)),
                 ("model", json.dumps(model, sort_keys=True)),
@@ -125,6 +139,20 @@ class Atlas:
                 f"{atlas.path} has atlas schema {version}; this convscope reads up to {SCHEMA_VERSION}"
             )
         return atlas
+
+    @classmethod
+    def for_model(cls, path: str | Path, model: dict, source: dict) -> Atlas:
+        """An existing atlas of ``model`` (whatever dataset it was scanned on), or a new one of
+        ``model`` described by ``source``; an atlas of another model is refused."""
+        atlas = cls(path)
+        if atlas.db_path.exists():
+            atlas = cls.open(path)
+            if atlas.model_spec != model:
+                raise AtlasConflictError(
+                    f"{atlas.path} is an atlas of {atlas.model_spec.get('name')}, not of "
+                    f"{model.get('name')}; choose another --out")
+            return atlas
+        return cls.create(path, model, source)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -284,9 +312,7 @@ class Atlas:
     def write_empirical_rf(self, rf, occluder: int, stride: int) -> None:
         """Store (or replace) one unit's empirical receptive field."""
         with self._connect() as con:
-            con.executescript(_EMPIRICAL)
-            con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version' AND value < ?",
-                        (str(SCHEMA_VERSION), str(SCHEMA_VERSION)))
+            self._upgrade(con, _EMPIRICAL)
             con.execute(
                 "INSERT OR REPLACE INTO empirical_rf VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (rf.unit.layer, rf.unit.channel, rf.size, rf.height, rf.width, rf.theoretical,
@@ -310,3 +336,85 @@ class Atlas:
         with self._connect() as con:
             return con.execute("SELECT name, reason FROM images WHERE status = 'skipped' "
                                "ORDER BY idx").fetchall()
+
+    # -- dissection ---------------------------------------------------------------------------
+    def _upgrade(self, con: sqlite3.Connection, script: str) -> None:
+        con.executescript(script)
+        con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version' AND CAST(value AS "
+                    "INTEGER) < ?", (str(SCHEMA_VERSION), SCHEMA_VERSION))
+
+    def write_dissection(self, dissection, dataset: str) -> None:
+        """Store (or replace) every layer of ``dissection`` under the concept set ``dataset``."""
+        with self._connect() as con:
+            self._upgrade(con, _DISSECTION)
+            con.execute("DELETE FROM concepts WHERE dataset = ?", (dataset,))
+            con.executemany("INSERT INTO concepts VALUES (?, ?, ?, ?)",
+                            [(dataset, c.number, c.name, c.category)
+                             for c in dissection.concepts.values()])
+            for name, d in dissection.layers.items():
+                con.execute("INSERT OR REPLACE INTO dissections VALUES "
+                            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (
+                                dataset, name, json.dumps(dissection.dataset, sort_keys=True),
+                                json.dumps(dissection.categories), d.units, len(d.concepts),
+                                dissection.images, dissection.quantile, dissection.iou_threshold,
+                                dissection.max_coverage, time.time(), d.top_images.shape[1],
+                                d.iou.astype(np.float32).tobytes(),
+                                d.thresholds.astype(np.float32).tobytes(),
+                                d.top_images.astype(np.int64).tobytes(),
+                                d.top_values.astype(np.float32).tobytes(),
+                                d.coverage.astype(np.float64).tobytes()))
+                con.execute("DELETE FROM unit_labels WHERE dataset = ? AND layer = ?", (dataset, name))
+                con.executemany("INSERT INTO unit_labels VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [
+                    (dataset, name, lab.unit, lab.concept, lab.name, lab.category, lab.iou,
+                     int(lab.detector), lab.coverage) for lab in dissection.labels(name)])
+            con.commit()
+
+    def concept_sets(self) -> list[str]:
+        """Names of the concept datasets this atlas holds dissections for."""
+        with self._connect() as con:
+            con.executescript(_DISSECTION)
+            return [r[0] for r in con.execute("SELECT DISTINCT dataset FROM dissections ORDER BY dataset")]
+
+    def dissection(self, dataset: str | None = None):
+        """The stored :class:`~convscope.dissect.Dissection` of ``dataset`` (the only one when
+        omitted), with every dissected layer."""
+        from convscope.dissect.broden import Concept
+        from convscope.dissect.result import Dissection, LayerDissection
+
+        sets = self.concept_sets()
+        if dataset is None:
+            if len(sets) != 1:
+                raise UserInputError(f"{self.path} holds dissections on {sets or 'no'} concept sets; "
+                                     "name one")
+            dataset = sets[0]
+        if dataset not in sets:
+            raise UserInputError(f"{self.path} has no dissection on {dataset!r}; it has {sets}")
+        with self._connect() as con:
+            con.row_factory = sqlite3.Row
+            concepts = {r["number"]: Concept(r["number"], r["name"], r["category"]) for r in
+                        con.execute("SELECT * FROM concepts WHERE dataset = ?", (dataset,))}
+            rows = [dict(r) for r in con.execute(
+                "SELECT * FROM dissections WHERE dataset = ? ORDER BY finished", (dataset,))]
+        numbers = sorted(concepts)
+        layers = {}
+        for r in rows:
+            u, c, k = r["units"], r["concepts"], r["top"]
+            layers[r["layer"]] = LayerDissection(
+                r["layer"], np.frombuffer(r["thresholds"], np.float32).copy(), numbers,
+                np.frombuffer(r["iou"], np.float32).reshape(u, c).astype(np.float64),
+                np.frombuffer(r["top_images"], np.int64).reshape(u, k).copy(),
+                np.frombuffer(r["top_values"], np.float32).reshape(u, k).copy(),
+                np.frombuffer(r["coverage"], np.float64).copy())
+        last = rows[-1]
+        return Dissection(layers, concepts, json.loads(last["categories"]), last["iou_threshold"],
+                          last["quantile"], last["max_coverage"], last["images"], [],
+                          json.loads(last["spec"]), self.model_spec.get("name", "model"))
+
+    def unit_labels(self, layer: str, dataset: str | None = None) -> list[dict]:
+        """Stored labels of a layer's units (``unit``, ``name``, ``category``, ``iou``, ...)."""
+        with self._connect() as con:
+            con.executescript(_DISSECTION)
+            con.row_factory = sqlite3.Row
+            q = "SELECT * FROM unit_labels WHERE layer = ?" + (" AND dataset = ?" if dataset else "")
+            return [dict(r) for r in con.execute(q + " ORDER BY dataset, unit",
+                                                 (layer, dataset) if dataset else (layer,))]

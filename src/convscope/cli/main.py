@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from convscope.cli import adversarial, demo, empirical, explain, layers, scan, synthesis, topk
+from convscope.cli import adversarial, demo, dissect, empirical, explain, layers, scan, synthesis, topk
 from convscope.cli.common import debug
 
 app = typer.Typer(
@@ -31,6 +31,8 @@ app.command("attack")(adversarial.attack)
 app.command("fool")(adversarial.fool)
 app.command("rf")(empirical.rf)
 app.command("stimuli")(empirical.stimuli)
+app.command("dissect")(dissect.dissect)
+app.command("dissect-compare")(dissect.dissect_compare)
 
 
 def _version(value: bool) -> None:

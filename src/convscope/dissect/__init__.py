@@ -1,12 +1,16 @@
 """Network dissection: units labelled by the concepts their activations segment.
 
-Work in progress (issue 8): Broden reader, synthetic Broden-format data and the IoU engine
-exist; automatic colour concepts, the report, the atlas storage, the CLI and the benchmark do
-not yet."""
+Concept data: :class:`BrodenDataset` (Broden format), :class:`ColorConcepts` (automatic colour
+names for any image folder), :func:`make_synthetic_broden` (planted shapes, colours, textures).
+:func:`dissect` scores every unit against every concept; :class:`Dissection` holds the result.
+"""
 
-from convscope.dissect.broden import BrodenDataset, Concept, decode_segmentation
-from convscope.dissect.dissection import Dissection, LayerDissection, dissect
+from convscope.dissect.broden import BrodenDataset, Concept, ConceptItem, decode_segmentation
+from convscope.dissect.colors import COLOR_NAMES, ColorConcepts, ColorNamer
+from convscope.dissect.dissection import dissect, dissection_transform
+from convscope.dissect.result import Dissection, LayerDissection, LayerSummary, UnitLabel
 from convscope.dissect.synthetic import make_synthetic_broden
 
-__all__ = ["BrodenDataset", "Concept", "Dissection", "LayerDissection", "decode_segmentation",
-           "dissect", "make_synthetic_broden"]
+__all__ = ["COLOR_NAMES", "BrodenDataset", "ColorConcepts", "ColorNamer", "Concept", "ConceptItem",
+           "Dissection", "LayerDissection", "LayerSummary", "UnitLabel", "decode_segmentation",
+           "dissect", "dissection_transform", "make_synthetic_broden"]

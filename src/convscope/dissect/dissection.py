@@ -1,80 +1,66 @@
 """Network dissection (Bau, Zhou et al. 2017): every unit against every concept.
 
 Two passes over a concept dataset. Pass 1: each unit's threshold T_k, the exact top-0.5%
-quantile of all its activations (with the saturation rule of the scan). Pass 2: each unit's
-map, upsampled bilinearly to the segmentation resolution, thresholded at T_k, and compared with
-every concept's pixels; intersections and the two areas are summed over the dataset on the
-device (one matrix product per batch), and IoU_{k,c} = sum |M_k & L_c| / sum |M_k | L_c|.
+quantile of all its activations over the dataset (with the scan's saturation rule). Pass 2: each
+unit's map, upsampled bilinearly to the segmentation resolution and thresholded at T_k, is
+counted against the concept labels on the device: per image, one ``index_add`` of the (pixels x
+units) mask by the label of each pixel, so the cost does not grow with the number of concepts.
+As in NetDissect, a unit's area is counted per category over the images annotated in that
+category, and
+
+    IoU_{k,c} = sum |M_k & L_c| / (sum_{images annotated in cat(c)} |M_k| + sum |L_c| - sum |M_k & L_c|).
+
 Image-level concepts (scene, texture) cover their whole image. A unit detects its best concept
 when that IoU exceeds ``iou_threshold`` (0.04, the paper's value).
-
-All pixels of all images count in the unions (NetDissect restricts a concept's union to the
-images where its category is annotated; with the synthetic and auto-colour data every image is
-annotated in every category, so both agree there).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from convscope.dissect.broden import BrodenDataset
+from convscope.data import SkipReport
+from convscope.dissect.broden import ConceptItem
+from convscope.dissect.result import Dissection, LayerDissection
+from convscope.preprocess import Preprocess
 from convscope.recorder import Recorder
 from convscope.scan.state import TopValues
 from convscope.subject import Subject
 
-
-@dataclass
-class LayerDissection:
-    """``iou`` (U, C) over concept numbers ``concepts``; per unit the best concept and its IoU."""
-
-    layer: str
-    thresholds: np.ndarray
-    concepts: list[int]
-    iou: np.ndarray
-
-    def best(self, unit: int) -> tuple[int, float]:
-        j = int(self.iou[unit].argmax())
-        return self.concepts[j], float(self.iou[unit, j])
+# Elements of one (images x units x pixels) block in pass 2; bounds its memory.
+_BLOCK = 1 << 23  # also keeps float32 counts per block exact (< 2**24)
 
 
-@dataclass
-class Dissection:
-    layers: dict[str, LayerDissection]
-    names: dict[int, str]
-    categories: dict[int, str]
-    iou_threshold: float
-
-    def label(self, layer: str, unit: int) -> tuple[str, str, float]:
-        """(concept name, category, IoU) of the unit's best concept."""
-        c, v = self.layers[layer].best(unit)
-        return self.names[c], self.categories[c], v
-
-    def detectors(self, layer: str) -> dict[str, list[int]]:
-        """Units whose best IoU exceeds the threshold, grouped by their concept's name."""
-        out: dict[str, list[int]] = {}
-        d = self.layers[layer]
-        for u in range(d.iou.shape[0]):
-            c, v = d.best(u)
-            if v > self.iou_threshold:
-                out.setdefault(self.names[c], []).append(u)
-        return out
+def dissection_transform(subject: Subject) -> Preprocess:
+    """The subject's normalisation after resizing the *whole* image to its input size, so that
+    every pixel of the segmentation has a place in the activation map (no crop)."""
+    p = subject.preprocess
+    return Preprocess(size=p.size, resize=None, mode="squash", mean=p.mean, std=p.std,
+                      interpolation=p.interpolation)
 
 
-def _loader(data: BrodenDataset, batch_size: int):
-    def collate(items):
-        xs = torch.stack([it[0] for it in items])
-        return xs, [it[1] for it in items], [it[2] for it in items]
-
-    return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False,
-                                       collate_fn=collate)
+def _collate(items: list[ConceptItem]):
+    good = [it for it in items if it.error is None]
+    bad = [it for it in items if it.error is not None]
+    x = torch.stack([it.x for it in good]) if good else torch.empty(0)
+    return x, good, bad
 
 
-def _acts(subject, rec, names, x):
+def _batches(data, batch_size: int, workers: int, report: SkipReport | None):
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False,
+                                         num_workers=workers, collate_fn=_collate)
+    for x, good, bad in loader:
+        if report is not None:
+            for it in bad:
+                report.add(data.name(it.index), it.error)
+        yield x, good
+
+
+def _acts(subject: Subject, rec: Recorder, names, x) -> dict[str, torch.Tensor]:
     with torch.inference_mode():
         subject(x.to(subject.device))
     out = {}
@@ -84,67 +70,173 @@ def _acts(subject, rec, names, x):
     return out
 
 
-def dissect(subject: Subject, data: BrodenDataset, layers: Sequence[str], *,
-            iou_threshold: float = 0.04, batch_size: int = 16, progress=None) -> Dissection:
-    """Dissect ``layers`` of ``subject`` against the concepts of ``data``."""
+def dissect(subject: Subject, data, layers: Sequence[str], *, quantile: float = 0.005,
+            iou_threshold: float = 0.04, max_coverage: float = 0.2, batch_size: int | None = None,
+            workers: int = 0, top: int = 8, cache_bytes: int = 2 << 30,
+            progress: Callable[[int, int], None] | None = None) -> Dissection:
+    """Dissect ``layers`` of ``subject`` against the concepts of ``data`` (a
+    :class:`BrodenDataset` or :class:`ColorConcepts`). ``quantile``: fraction of each unit's
+    activations above its threshold. ``top``: images kept per unit (by maximum activation) for
+    the report. A unit whose region covers more than ``max_coverage`` of all pixels (one that
+    saturates on most of the data, where the top-quantile threshold falls at its ceiling) is
+    labelled but not counted as a detector. When the activations and labels fit in
+    ``cache_bytes``, they are kept from the first pass on the device and the dataset is read
+    once; otherwise it is read twice.
+    ``batch_size`` defaults to 4 on a CPU (where small batches stay in cache and run fastest)
+    and 64 on an accelerator. Unreadable images are skipped and listed in the result."""
+    if batch_size is None:
+        batch_size = 4 if subject.device.type == "cpu" else 64
     if data.transform is None:
-        data.transform = subject.transform
+        data.transform = dissection_transform(subject)
     infos = [subject.layer(n) for n in layers]
     names = [i.name for i in infos]
     maps = {i.name: tuple(i.shape[1:]) if len(i.shape) == 3 else (1, 1) for i in infos}
-    concepts = sorted(c for c in data.concepts if c > 0)
-    col = {c: j for j, c in enumerate(concepts)}
+    numbers = sorted(data.concepts)
+    n_c = len(numbers)
+    device = subject.device
+    lut = torch.full((max(numbers) + 1,), n_c, dtype=torch.long)  # label -> column; n_c = none
+    lut[numbers] = torch.arange(n_c)
+    lut = lut.to(device)
+    cats = list(data.categories)
+    cat_of = torch.tensor([cats.index(data.concepts[c].category)
+                           if data.concepts[c].category in cats else 0 for c in numbers], device=device)
+    sh, sw = data.seg_size
+    s = sh * sw
+    per_image = sum(infos[k].units * maps[n][0] * maps[n][1] * 4 for k, n in enumerate(names)) \
+        + 4 * s * 2
+    cache = len(data) * per_image <= cache_bytes
     report = progress or (lambda d, t: None)
-    total = 2 * len(data)
-    tops = TopValues(len(data), maps)
+    skipped = SkipReport()
+    total = len(data) * (1 if cache else 2)
+    tops = TopValues(len(data), maps, quantile=1 - quantile)
+    stored: list = []
+    done = 0
+    t0 = time.perf_counter()
     with Recorder(subject, names, stop=True) as rec:
-        done = 0
-        for x, _, _ in _loader(data, batch_size):  # pass 1: thresholds
-            tops.add(_acts(subject, rec, names, x))
-            done += len(x)
-            report(done, total)
+        for x, good in _batches(data, batch_size, workers, skipped):  # pass 1: thresholds
+            if len(good):
+                acts = _acts(subject, rec, names, x)
+                tops.add(acts)
+                if cache:
+                    stored.append((acts, _labels(good, lut, cats, n_c, s, device)))
+            done += batch_size
+            report(min(done, len(data)), total)
         thr = {n: tops.thresholds(n) for n in names}
-        inter = {n: torch.zeros(thr[n].numel(), len(concepts), device=subject.device,
-                                dtype=torch.float64) for n in names}
-        area_m = {n: torch.zeros(thr[n].numel(), device=subject.device, dtype=torch.float64)
-                  for n in names}
-        area_l = torch.zeros(len(concepts), device=subject.device, dtype=torch.float64)
-        for x, planes, image_level in _loader(data, batch_size):  # pass 2: IoU counts
-            acts = _acts(subject, rec, names, x)
-            onehot = _onehot(planes, image_level, col, subject.device)  # (B, C, S)
-            sh, sw = planes[0].shape[-2:]
-            area_l += onehot.sum(dim=(0, 2), dtype=torch.float64)
-            flat_l = onehot.permute(0, 2, 1).reshape(-1, len(concepts)).float()
-            for n in names:
-                up = F.interpolate(acts[n], size=(sh, sw), mode="bilinear", align_corners=False)
-                mask = (up > thr[n].view(1, -1, 1, 1)).flatten(2)  # (B, U, S)
-                area_m[n] += mask.sum(dim=(0, 2), dtype=torch.float64)
-                m = mask.permute(1, 0, 2).reshape(mask.shape[1], -1).float()
-                inter[n] += (m @ flat_l).double()
-            done += len(x)
-            report(done, total)
+        t1 = time.perf_counter()
+        counts = {n: _Counts(thr[n], n_c, len(cats), top, (sh, sw), device) for n in names}
+
+        def batches():
+            if cache:
+                yield from stored
+                return
+            for x, good in _batches(data, batch_size, workers, None):  # pass 2
+                if len(good):
+                    yield _acts(subject, rec, names, x), _labels(good, lut, cats, n_c, s, device)
+                else:
+                    yield None, None
+
+        for acts, labels in batches():
+            if acts is not None:
+                for n in names:
+                    counts[n].add(acts[n], labels)
+            if not cache:
+                done += batch_size
+                report(min(done, total), total)
+    seconds = {"pass1": t1 - t0, "pass2": time.perf_counter() - t1}
     result = {}
     for n in names:
-        union = area_m[n][:, None] + area_l[None, :] - inter[n]
-        iou = torch.where(union > 0, inter[n] / union.clamp_min(1), torch.zeros_like(union))
-        result[n] = LayerDissection(n, thr[n].cpu().numpy(), concepts, iou.cpu().numpy())
-    return Dissection(result, {c: data.concepts[c].name for c in concepts},
-                      {c: data.concepts[c].category for c in concepts}, iou_threshold)
+        c = counts[n]
+        both = c.inter[:, :n_c]
+        union = c.area_m[:, cat_of] + c.area_l[None, :n_c] - both
+        iou = torch.where(union > 0, both / union.clamp_min(1), torch.zeros_like(union))
+        result[n] = LayerDissection(n, thr[n].cpu().numpy(), numbers, iou.cpu().numpy(),
+                                    c.best_i.cpu().numpy(), c.best_v.cpu().numpy(),
+                                    (c.area / max(1, c.pixels)).cpu().numpy())
+    return Dissection(result, dict(data.concepts), cats, iou_threshold, quantile, max_coverage,
+                      len(data) - skipped.count, skipped.items, dict(getattr(data, "spec", {})),
+                      subject.name, seconds)
 
 
-def _onehot(planes, image_level, col, device) -> torch.Tensor:
-    """(B, C, S) bool: concept present at each segmentation pixel."""
-    b = len(planes)
-    sh, sw = planes[0].shape[-2:]
-    out = torch.zeros(b, len(col), sh * sw, dtype=torch.bool, device=device)
-    for i in range(b):
-        p = planes[i].to(device).flatten(1)  # (L, S)
-        for plane in p:
-            ids = torch.unique(plane)
-            for c in ids.tolist():
-                if c in col:
-                    out[i, col[c]] |= plane == c
-        for c in image_level[i]:
-            if c in col:
-                out[i, col[c]] = True
-    return out
+@dataclass
+class _Labels:
+    """One batch's labels: ``cols`` (B, L, S) concept columns (``n_c`` = none; a concept repeated
+    at a pixel by a second plane counts once), ``image_cols`` (B, n_c + 1) image-level concepts
+    as 0/1, ``annotated`` (B, K) categories, ``index`` (B,) dataset indices, ``area`` (n_c + 1,)
+    label pixels."""
+
+    cols: torch.Tensor
+    image_cols: torch.Tensor
+    annotated: torch.Tensor
+    index: torch.Tensor
+    area: torch.Tensor
+
+
+def _labels(items: list[ConceptItem], lut, cats, n_c, s, device) -> _Labels:
+    depth = max(1, max(it.planes.shape[0] for it in items))
+    dtype = torch.int16 if n_c < 2 ** 15 - 1 else torch.int32
+    cols = torch.full((len(items), depth, s), n_c, dtype=torch.long, device=device)
+    annotated = torch.zeros(len(items), len(cats), device=device)
+    image_cols = torch.zeros(len(items), n_c + 1, device=device)
+    for b, it in enumerate(items):
+        if it.planes.shape[0]:
+            p = it.planes.to(device).flatten(1).clamp_(0, len(lut) - 1)
+            cols[b, :p.shape[0]] = lut[p]
+        for lvl in range(1, depth):
+            dup = (cols[b, :lvl] == cols[b, lvl]).any(0)
+            cols[b, lvl][dup] = n_c
+        for c in it.image_level:
+            if 0 <= c < len(lut):
+                image_cols[b, lut[c]] = 1
+        for c in it.annotated:
+            if c in cats:
+                annotated[b, cats.index(c)] = 1
+    image_cols[:, n_c] = 0
+    area = torch.bincount(cols.flatten(), minlength=n_c + 1).double() + s * image_cols.sum(0).double()
+    index = torch.tensor([it.index for it in items], device=device)
+    return _Labels(cols.to(dtype), image_cols, annotated, index, area)
+
+
+class _Counts:
+    """One layer's running sums: ``inter`` (U, C + 1), ``area_m`` (U, K) unit pixels over the
+    images annotated in each category, ``area_l`` (C + 1,) label pixels, and the top images."""
+
+    def __init__(self, thr, n_c, n_cats, top, seg, device):
+        u = thr.numel()
+        self.thr, self.n_c, self.top, self.seg = thr, n_c, top, seg
+        self.inter = torch.zeros(u, n_c + 1, device=device, dtype=torch.float64)
+        self.area_m = torch.zeros(u, n_cats, device=device, dtype=torch.float64)
+        self.area_l = torch.zeros(n_c + 1, device=device, dtype=torch.float64)
+        self.area = torch.zeros(u, device=device, dtype=torch.float64)
+        self.pixels = 0
+        self.best_v = torch.full((u, 0), -torch.inf, device=device)
+        self.best_i = torch.zeros((u, 0), dtype=torch.long, device=device)
+
+    def add(self, a: torch.Tensor, lab: _Labels) -> None:
+        """Count one batch of activations ``a`` (B, U, h, w)."""
+        b, u = a.shape[:2]
+        self.area_l += lab.area
+        self.pixels += b * self.seg[0] * self.seg[1]
+        peak = a.flatten(2).amax(2)  # (B, U)
+        v = torch.cat([self.best_v, peak.T], 1)
+        i = torch.cat([self.best_i, lab.index.expand(u, -1)], 1)
+        self.best_v, pos = v.topk(min(self.top, v.shape[1]), dim=1)
+        self.best_i = i.gather(1, pos)
+        # Bilinear upsampling never exceeds a map's maximum: only (image, unit) pairs whose
+        # peak passes the threshold can have mask pixels (NetDissect's shortcut, vectorised).
+        bi, ui = (peak > self.thr).nonzero(as_tuple=True)
+        s = self.seg[0] * self.seg[1]
+        width = self.n_c + 1
+        step = max(1, _BLOCK // s)
+        for lo in range(0, len(bi), step):
+            pb, pu = bi[lo:lo + step], ui[lo:lo + step]
+            up = F.interpolate(a[pb, pu][:, None], size=self.seg, mode="bilinear",
+                               align_corners=False)
+            mask = (up[:, 0] > self.thr[pu, None, None]).flatten(1)  # (P, S)
+            rows, pix = mask.nonzero(as_tuple=True)
+            area = torch.bincount(rows, minlength=len(pu)).double()
+            self.area.index_add_(0, pu, area)
+            self.area_m.index_add_(0, pu, area[:, None] * lab.annotated[pb].double())
+            self.inter.index_add_(0, pu, area[:, None] * lab.image_cols[pb].double())
+            for lvl in range(lab.cols.shape[1]):
+                keys = pu[rows] * width + lab.cols[pb[rows], lvl, pix].long()
+                self.inter += torch.bincount(keys, minlength=self.inter.numel()).view_as(self.inter)

@@ -184,20 +184,20 @@ def quantile_thresholds(values: torch.Tensor, q: float = QUANTILE) -> torch.Tens
 
 
 class TopValues:
-    """Per-unit largest values over a set of images: enough for their exact 0.995 quantile
+    """Per-unit largest values over a set of images: enough for their exact ``quantile`` (0.995)
     (with the saturation rule), in O(units x values / 200) memory. ``add`` takes
     ``{layer: activations (B, U, H, W)}``; ``n_images`` bounds how many images will be added."""
 
-    def __init__(self, n_images: int, map_sizes: dict):
+    def __init__(self, n_images: int, map_sizes: dict, quantile: float = QUANTILE):
+        self.quantile = quantile
         self.n = {name: n_images * hw[0] * hw[1] for name, hw in map_sizes.items()}
         self.keep = {name: self._needed(n) for name, n in self.n.items()}
         self.values: dict[str, torch.Tensor] = {}
         self.seen = dict.fromkeys(map_sizes, 0)
 
-    @staticmethod
-    def _needed(n: int) -> int:
+    def _needed(self, n: int) -> int:
         # Ranks (from the top) of the two order statistics the interpolated quantile uses.
-        lo = int((n - 1) * QUANTILE)
+        lo = int((n - 1) * self.quantile)
         return n - lo
 
     def add(self, acts: dict[str, torch.Tensor]) -> None:
@@ -215,7 +215,7 @@ class TopValues:
             raise ConvscopeError("no image could be read to compute the thresholds")
         vals = self.values[name]
         # The kept values are the top of the full sample: rebuild the quantile from ranks.
-        pos = (n - 1) * QUANTILE
+        pos = (n - 1) * self.quantile
         lo = int(pos)
         hi = min(lo + 1, n - 1)
         srt = vals.sort(dim=1, descending=True).values

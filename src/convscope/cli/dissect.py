@@ -1,0 +1,194 @@
+"""``convscope dissect MODEL --concepts DIR|auto-color|synthetic --layers ... --out ATLAS`` and
+``convscope dissect-compare ATLAS[:LAYER] ... --out PNG``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from convscope.cli.common import ArchOpt, DeviceOpt, ModelArg, SeedOpt, WeightsOpt, load_subject
+
+
+def open_concepts(concepts: str, subject, out: Path, images: str, color_table: Path | None,
+                  synthetic_images: int, seed: int, limit: int | None):
+    """The concept dataset named on the command line, and its short name in the atlas."""
+    from convscope.dissect import BrodenDataset, ColorConcepts, ColorNamer, make_synthetic_broden
+    from convscope.errors import UserInputError
+
+    size = subject.input_size[0]
+    if concepts == "synthetic":
+        root = out / "concepts" / f"synthetic-{synthetic_images}-{size}-{seed}"
+        if not (root / "index.csv").exists():
+            make_synthetic_broden(root, n=synthetic_images, size=size, seg=size // 2, seed=seed)
+        return BrodenDataset(root, limit=limit), "synthetic"
+    if concepts == "auto-color":
+        from convscope.data import open_images
+
+        namer = ColorNamer.from_file(color_table) if color_table else ColorNamer.prototypes()
+        source = open_images(images)
+        if limit is not None:
+            source = source.subset(range(min(limit, len(source))))
+        return ColorConcepts(source, seg=size // 2, namer=namer), "auto-color"
+    path = Path(concepts)
+    if not path.is_dir():
+        raise UserInputError(f"--concepts {concepts!r} is not a Broden directory, 'auto-color' "
+                             "or 'synthetic'")
+    return BrodenDataset(path, limit=limit), path.resolve().name
+
+
+def dissect(
+    model: ModelArg = "efficientnet_lite0",
+    concepts: Annotated[str, typer.Option(
+        "--concepts", help="a Broden-format directory, 'auto-color' (colour names of --images) "
+                           "or 'synthetic' (generated shapes, colours, textures)")] = "synthetic",
+    layers: Annotated[str, typer.Option(
+        "--layers", help="comma-separated layers, globs, 'stages' or 'all-conv'")] = "stages",
+    out: Annotated[Path, typer.Option("--out", help="atlas folder (created or added to)")] = Path("atlas"),
+    images: Annotated[str, typer.Option(
+        "--images", help="images for auto-color: folder, .tar(.gz), list.txt or convscope:samples")
+    ] = "convscope:samples",
+    color_table: Annotated[Path | None, typer.Option(
+        "--color-table", help="van de Weijer w2c table (32768 rows) for auto-color")] = None,
+    iou: Annotated[float, typer.Option("--iou", help="IoU above which a unit detects a concept")] = 0.04,
+    quantile: Annotated[float, typer.Option(
+        "--quantile", help="fraction of each unit's activations above its threshold")] = 0.005,
+    max_coverage: Annotated[float, typer.Option(
+        "--max-coverage", help="units whose region covers more of all pixels are not detectors "
+                               "(saturating units)")] = 0.2,
+    synthetic_images: Annotated[int, typer.Option(
+        "--synthetic-images", min=8, help="images generated for --concepts synthetic")] = 256,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="use the first N images")] = None,
+    show: Annotated[int, typer.Option("--show", min=0, help="unit figures per layer (best IoU first)")] = 12,
+    batch_size: Annotated[int | None, typer.Option(
+        "--batch-size", min=1, help="default: 4 on a CPU, 64 on a GPU")] = None,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="image decoding processes")] = 0,
+    weights: WeightsOpt = "default",
+    arch: ArchOpt = None,
+    device: DeviceOpt = "cpu",
+    seed: SeedOpt = 0,
+) -> None:
+    """Network dissection: label every unit by the concept its top-activation region segments
+    best (IoU), store it in the atlas and draw the report."""
+    from convscope.atlas import Atlas
+    from convscope.dissect import dissect as run
+    from convscope.errors import UserInputError
+    from convscope.fileio import save_image, write_text
+    from convscope.render.dissect import concepts_figure, detectors_figure, unit_figure
+    from convscope.render.plots import figure_to_image
+    from convscope.scan.scanner import resolve_scan_layers
+
+    if not 0 < quantile < 1:
+        raise UserInputError("--quantile must lie between 0 and 1")
+    console = Console(stderr=True)
+    subject = load_subject(model, weights, arch, device)
+    names = resolve_scan_layers(subject, layers)
+    data, set_name = open_concepts(concepts, subject, out, images, color_table, synthetic_images,
+                                   seed, limit)
+    store = Atlas.for_model(out, subject.spec or {"name": subject.name},
+                            {"description": f"concepts: {set_name}", **data.spec})
+    bar = Progress(TextColumn("dissecting"), BarColumn(), MofNCompleteColumn(),
+                   TimeRemainingColumn(), console=console)
+    task = bar.add_task("dissect", total=len(data))
+
+    def progress(done: int, total: int) -> None:
+        if not bar.live.is_started:
+            bar.start()
+        bar.update(task, completed=done, total=total)
+
+    try:
+        result = run(subject, data, names, quantile=quantile, iou_threshold=iou,
+                     max_coverage=max_coverage, batch_size=batch_size, workers=workers, progress=progress)
+    finally:
+        bar.stop()
+    store.write_dissection(result, set_name)
+    where = store.render_dir / "dissect" / set_name
+    table = Table(title=f"{subject.name} on {set_name} concepts ({result.images} images)")
+    for col in ("layer", "units", "detectors", "unique", "best units"):
+        table.add_column(col)
+    summaries = []
+    for name in names:
+        s = result.summary(name)
+        summaries.append(s)
+        labels = sorted(result.labels(name), key=lambda lab: -lab.iou)
+        best = ", ".join(f"{lab.unit}:{lab.name} {lab.iou:.2f}" for lab in labels[:3])
+        table.add_row(name, str(s.units), str(s.total_detectors), str(s.total_unique), best)
+        records = result.to_records(name)
+        write_text(where / f"{_safe(name)}_units.json", json.dumps(records, indent=1))
+        write_text(where / f"{_safe(name)}_units.csv", _csv(records))
+        save_image(figure_to_image(concepts_figure(result, name)), where / f"{_safe(name)}_concepts.png")
+        for lab in labels[:show]:
+            save_image(unit_figure(subject, data, result, name, lab.unit),
+                       where / _safe(name) / f"unit{lab.unit:04d}.png")
+    save_image(figure_to_image(detectors_figure(summaries, title=f"{subject.name}: unique detectors "
+                                                f"per category ({set_name})")), where / "layers.png")
+    write_text(where / "summary.json", json.dumps(
+        {"model": subject.name, "concepts": set_name, "images": result.images,
+         "iou_threshold": iou, "quantile": quantile, "max_coverage": max_coverage, "seconds": result.seconds,
+         "skipped": result.skipped,
+         "layers": [{"layer": s.layer, "units": s.units, "detectors": s.detectors,
+                     "unique": s.unique} for s in summaries]}, indent=1))
+    o = Console()
+    o.print(table)
+    if result.skipped:
+        from convscope.data import SkipReport
+
+        o.print(SkipReport(list(result.skipped)).summary())
+    o.print(f"atlas: {out}/atlas.db; report in {where}/")
+
+
+def dissect_compare(
+    atlases: Annotated[list[str], typer.Argument(
+        help="ATLAS or ATLAS:LAYER (default: the last layer dissected), one per model")],
+    out: Annotated[Path, typer.Option("--out", help="PNG to write")] = Path("dissect_compare.png"),
+    concepts: Annotated[str | None, typer.Option(
+        "--concepts", help="concept set name in the atlases (when they hold several)")] = None,
+    all_detectors: Annotated[bool, typer.Option(
+        "--all-detectors", help="count every detector unit, not unique concepts")] = False,
+) -> None:
+    """Compare dissected layers of several atlases (models) or of one: unique detectors per
+    category, as Bau et al.'s comparison of last convolutional layers."""
+    from convscope.atlas import Atlas
+    from convscope.errors import UserInputError
+    from convscope.fileio import save_image, write_text
+    from convscope.render.dissect import detectors_figure
+    from convscope.render.plots import figure_to_image
+
+    summaries, names = [], []
+    for item in atlases:
+        path, _, layer = item.partition(":") if not Path(item).exists() else (item, "", "")
+        d = Atlas.open(path).dissection(concepts)
+        layer = layer or list(d.layers)[-1]
+        if layer not in d.layers:
+            raise UserInputError(f"{path} has no dissection of {layer!r}; it has {list(d.layers)}")
+        summaries.append(d.summary(layer))
+        names.append(f"{d.model}\n{layer}")
+    save_image(figure_to_image(detectors_figure(summaries, names, unique=not all_detectors)), out)
+    rows = [{"model": n.replace("\n", " "), "units": s.units, "detectors": s.detectors,
+             "unique": s.unique} for n, s in zip(names, summaries)]
+    write_text(out.with_suffix(".json"), json.dumps(rows, indent=1))
+    for r in rows:
+        Console().print(f"{r['model']}: {sum(r['unique'].values())} unique concepts, "
+                        f"{sum(r['detectors'].values())} detectors of {r['units']} units")
+    Console().print(f"wrote {out}")
+
+
+def _safe(name: str) -> str:
+    return name.replace("/", "_").replace("#", "@")
+
+
+def _csv(records: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["layer", "unit", "label", "category", "iou", "detector", "threshold"])
+    for r in records:
+        w.writerow([r["layer"], r["unit"], r["label"], r["category"], r["iou"], int(r["detector"]),
+                    r["threshold"]])
+    return buf.getvalue()
