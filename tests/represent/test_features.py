@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from convscope.data import open_images
+from convscope.represent import FeatureSet, extract_features, linear_probe, pool, project
+from convscope.testing import tiny_subject
+
+
+def test_poolings():
+    a = torch.tensor([[[[1.0, 3.0], [0.0, 4.0]]]])
+    assert pool(a, "gap").item() == 2.0
+    assert pool(a, "mac").item() == 4.0
+    assert pool(a, "spoc").item() == 8.0
+    gem = pool(a, "gem", p=3.0).item()
+    assert gem == pytest.approx(((1 + 27 + 0 + 64) / 4) ** (1 / 3), rel=1e-5)
+    assert pool(a, "gem", p=1.0).item() == pytest.approx(2.0, rel=1e-5)
+    v = torch.randn(2, 5)
+    assert pool(v, "mac") is v
+
+
+@pytest.fixture()
+def folder(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(21):
+        (tmp_path / f"c{i % 3}").mkdir(exist_ok=True)
+        Image.fromarray((rng.random((32, 32, 3)) * 255).astype(np.uint8)).save(tmp_path / f"c{i % 3}/{i}.png")
+    (tmp_path / "c0" / "bad.png").write_bytes(b"x")
+    return tmp_path
+
+
+def test_extract_to_disk_equals_memory_and_resumes(folder, tmp_path):
+    subject = tiny_subject()
+    source = open_images(folder, transform=subject.transform)
+    mem = extract_features(subject, source, ["block", "conv2"], pooling="gem", batch_size=4)
+    assert mem.valid.sum() == 21 and mem.skipped[0][0].endswith("bad.png")
+    out = tmp_path / "feats"
+    disk = extract_features(subject, source, ["block", "conv2"], pooling="gem", batch_size=4, out=out)
+    loaded = FeatureSet.load(out)
+    for layer in ("block", "conv2"):
+        assert np.array_equal(mem.get(layer), loaded.get(layer))
+    assert loaded.classes == ["c0", "c1", "c2"] and (loaded.valid_labels() >= 0).all()
+    # a run killed after 3 of 6 batches: later rows never written; resuming completes them
+    meta = json.loads((out / "meta.json").read_text())
+    meta["done"] = 3
+    (out / "meta.json").write_text(json.dumps(meta))
+    f = np.load(out / "001.npy", mmap_mode="r+")
+    f[12:] = 0
+    f.flush()
+    with pytest.raises(Exception, match="resume"):
+        FeatureSet.load(out)
+    calls = []
+    extract_features(subject, source, ["block", "conv2"], pooling="gem", batch_size=4, out=out,
+                     progress=lambda d, t: calls.append(d))
+    assert calls[0] == 16  # started at batch 3
+    assert np.array_equal(FeatureSet.load(out).get("conv2"), disk.get("conv2"))
+    with pytest.raises(Exception, match="another configuration"):
+        extract_features(subject, source, ["block"], pooling="mac", out=out)
+
+
+def test_probe_on_cifar(default_subject, cifar_dir):
+    """Lite0 features of 100 CIFAR-10 images: the probe beats chance by a wide margin and the
+    deepest layer beats the stem."""
+    source = open_images(cifar_dir, transform=default_subject.transform)
+    fs = extract_features(default_subject, source, ["bn1", "blocks.3", "bn2"], batch_size=20)
+    result = linear_probe({n: fs.get(n) for n in fs.layers}, fs.valid_labels(), test_fraction=0.4)
+    acc = {r.layer: r.test_accuracy for r in result.rows}
+    assert result.chance <= 0.15
+    # 60 training images (6 per class): chance is 0.1; the pooled last stage reaches ~0.5
+    assert acc["bn2"] >= 0.4 and acc["bn2"] > acc["bn1"] + 0.15
+    xy = project(fs.get("bn2"), "pca")
+    assert xy.shape == (100, 2)
