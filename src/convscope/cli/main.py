@@ -8,7 +8,18 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from convscope.cli import adversarial, demo, dissect, empirical, explain, layers, scan, synthesis, topk
+from convscope.cli import (
+    adversarial,
+    demo,
+    dissect,
+    empirical,
+    explain,
+    layers,
+    represent,
+    scan,
+    synthesis,
+    topk,
+)
 from convscope.cli.common import debug
 
 app = typer.Typer(
@@ -33,6 +44,11 @@ app.command("rf")(empirical.rf)
 app.command("stimuli")(empirical.stimuli)
 app.command("dissect")(dissect.dissect)
 app.command("dissect-compare")(dissect.dissect_compare)
+app.command("features")(represent.features)
+app.command("neighbors")(represent.neighbors)
+app.command("probe")(represent.probe)
+app.command("project")(represent.project)
+app.command("compare")(represent.compare)
 
 
 def _version(value: bool) -> None:

@@ -12,8 +12,13 @@ from convscope.render.plots import _plt
 from convscope.render.topk import _fit
 
 
-def neighbors_grid(query: Image.Image, neighbors: Sequence[Image.Image], captions: Sequence[str],
-                   title: str = "", cell: int = 112) -> Image.Image:
+def neighbors_grid(
+    query: Image.Image,
+    neighbors: Sequence[Image.Image],
+    captions: Sequence[str],
+    title: str = "",
+    cell: int = 112,
+) -> Image.Image:
     """The query (outlined) followed by its neighbours, nearest first, with a caption each."""
     pad, cap, head = 4, 14, 16 if title else 0
     n = len(neighbors) + 1
@@ -25,7 +30,9 @@ def neighbors_grid(query: Image.Image, neighbors: Sequence[Image.Image], caption
         x = pad + k * (cell + pad)
         out.paste(_fit(img, cell), (x, head + pad))
         draw.text((x, head + pad + cell + 1), text[: cell // 6], fill=(0, 0, 0))
-    draw.rectangle([pad - 2, head + pad - 2, pad + cell + 1, head + pad + cell + 1], outline=(220, 30, 30), width=2)
+    draw.rectangle(
+        [pad - 2, head + pad - 2, pad + cell + 1, head + pad + cell + 1], outline=(220, 30, 30), width=2
+    )
     return out
 
 
@@ -38,7 +45,9 @@ def probe_figure(result, title: str = ""):
     ax.plot(pos, [r.test_accuracy for r in result.rows], "o-", label="test")
     ax.plot(pos, [r.train_accuracy for r in result.rows], "s--", alpha=0.6, label="train")
     ax.axhline(result.chance, color="grey", lw=1, ls=":", label="chance")
-    ax.set_xticks(pos, names, rotation=30 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center")
+    ax.set_xticks(
+        pos, names, rotation=30 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center"
+    )
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("accuracy")
     ax.set_title(title or f"Linear probe ({result.classifier}): which layer transfers best")
@@ -64,20 +73,29 @@ def scatter_figure(xy: np.ndarray, labels: np.ndarray, classes: Sequence[str], t
     return fig
 
 
-def thumbnail_map(xy: np.ndarray, images: Sequence[Image.Image], size: int = 1200,
-                  thumb: int = 40) -> Image.Image:
+def thumbnail_map(
+    xy: np.ndarray, images: Sequence[Image.Image], size: int = 1200, thumb: int = 40
+) -> Image.Image:
     """Images pasted at their 2-D positions on a ``size`` px canvas (later ones on top)."""
     canvas = Image.new("RGB", (size, size), "white")
     lo, hi = xy.min(0), xy.max(0)
     span = np.maximum(hi - lo, 1e-12)
     pos = (xy - lo) / span * (size - thumb)
     for (x, y), img in zip(pos, images):
-        canvas.paste(img.convert("RGB").resize((thumb, thumb), Image.BILINEAR), (int(x), int(size - thumb - y)))
+        canvas.paste(
+            img.convert("RGB").resize((thumb, thumb), Image.BILINEAR), (int(x), int(size - thumb - y))
+        )
     return canvas
 
 
-def similarity_figure(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str],
-                      title: str = "", xlabel: str = "", ylabel: str = ""):
+def similarity_figure(
+    matrix: np.ndarray,
+    rows: Sequence[str],
+    cols: Sequence[str],
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+):
     """A heat map of layer-by-layer similarities (CKA or RSA), values written in the cells."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(cols) + 2.5), max(3.5, 0.5 * len(rows) + 2)))
@@ -87,8 +105,15 @@ def similarity_figure(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[st
     if matrix.size <= 144:
         for i in range(matrix.shape[0]):
             for j in range(matrix.shape[1]):
-                ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if matrix[i, j] < 0.6 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{matrix[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if matrix[i, j] < 0.6 else "black",
+                )
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)

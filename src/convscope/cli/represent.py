@@ -1,0 +1,324 @@
+"""``convscope features | neighbors | probe | project | compare``: representations of a dataset."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from convscope.cli.common import ArchOpt, DeviceOpt, ModelArg, SeedOpt, WeightsOpt, load_subject
+
+AtlasArg = Annotated[Path, typer.Argument(help="atlas folder written by `convscope features`")]
+PoolingOpt = Annotated[str, typer.Option("--pooling", help="gap, mac, spoc or gem")]
+
+
+def _features_dir(atlas: Path, pooling: str) -> Path:
+    return atlas / "features" / pooling
+
+
+def _load(atlas: Path, pooling: str):
+    from convscope.represent import FeatureSet
+
+    return FeatureSet.load(_features_dir(atlas, pooling))
+
+
+def _source(fs, transform=None):
+    from convscope.data import open_images
+    from convscope.errors import UserInputError
+
+    where = fs.source.get("source") or fs.source.get("files")
+    if where is None:
+        raise UserInputError("the features do not say where their images are")
+    return open_images(where, transform=transform, pattern=fs.source.get("pattern"))
+
+
+def _layers(fs, spec: str | None) -> list[str]:
+    from convscope.errors import UserInputError
+
+    if not spec or spec == "all":
+        return fs.layers
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    for n in names:
+        if n not in fs.features:
+            raise UserInputError(f"no features of {n!r}; have {', '.join(fs.layers)}")
+    return names
+
+
+def features(
+    model: ModelArg = "efficientnet_lite0",
+    data: Annotated[
+        str, typer.Option("--data", help="image folder, .tar(.gz), list.txt, or convscope:samples")
+    ] = "convscope:samples",
+    layers: Annotated[
+        str, typer.Option("--layers", help="comma-separated layers, globs, 'stages' or 'all-conv'")
+    ] = "stages",
+    pooling: PoolingOpt = "gap",
+    gem_p: Annotated[float, typer.Option("--gem-p", help="GeM exponent")] = 3.0,
+    out: Annotated[Path, typer.Option("--out", help="atlas folder")] = Path("atlas"),
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="image decoding processes")] = 0,
+    resume: Annotated[bool, typer.Option("--resume/--restart", help="continue a killed run")] = True,
+    weights: WeightsOpt = "default",
+    arch: ArchOpt = None,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Pool layers over a dataset into memory-mapped feature files in the atlas."""
+    from convscope.atlas import Atlas
+    from convscope.atlas.build import model_spec
+    from convscope.data import SkipReport, open_images
+    from convscope.represent import extract_features
+    from convscope.scan.scanner import resolve_scan_layers
+
+    console = Console(stderr=True)
+    subject = load_subject(model, weights, arch, device)
+    names = resolve_scan_layers(subject, layers)
+    source = open_images(data, transform=subject.transform)
+    Atlas.for_model(out, model_spec(subject), source.spec)
+    bar = Progress(
+        TextColumn("features"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
+    )
+    task = bar.add_task("features", total=len(source))
+
+    def progress(done, total):
+        if not bar.live.is_started:
+            bar.start()
+        bar.update(task, completed=done, total=total)
+
+    try:
+        fs = extract_features(
+            subject,
+            source,
+            names,
+            pooling=pooling,
+            p=gem_p,
+            out=_features_dir(out, pooling),
+            batch_size=batch_size,
+            workers=workers,
+            resume=resume,
+            progress=progress,
+        )
+    except KeyboardInterrupt:
+        bar.stop()
+        console.print(f"interrupted; run the same command again to continue ({out})")
+        raise typer.Exit(130) from None
+    finally:
+        bar.stop()
+    o = Console()
+    for n in fs.layers:
+        o.print(f"{n}: {fs.features[n].shape[1]}-d {pooling} features of {int(fs.valid.sum())} images")
+    o.print(SkipReport(list(fs.skipped)).summary())
+    o.print(f"features in {fs.path}/")
+
+
+def neighbors(
+    atlas: AtlasArg,
+    layer: Annotated[str, typer.Option("--layer", help="layer with features")],
+    query: Annotated[
+        list[str],
+        typer.Option("--query", help="database image index, image path or sample:NAME (repeatable)"),
+    ] = ["0"],  # noqa: B006
+    k: Annotated[int, typer.Option("--k", min=1, help="neighbours per query")] = 8,
+    metric: Annotated[str, typer.Option("--metric", help="l2 or cosine")] = "cosine",
+    index: Annotated[str, typer.Option("--index", help="exact, ivf or hnsw")] = "exact",
+    post: Annotated[
+        str, typer.Option("--post", help="post-processing fitted on the database, e.g. l2,pca:128,whiten,l2")
+    ] = "",
+    evaluate: Annotated[bool, typer.Option("--eval", help="mAP and precision@k with class labels")] = False,
+    gt: Annotated[Path | None, typer.Option("--gt", help="Oxford/Paris ground-truth folder")] = None,
+    pooling: PoolingOpt = "gap",
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Nearest neighbours of query images in a layer's feature space, as picture grids."""
+    from convscope.atlas import Atlas, reopen
+    from convscope.cli.common import read_images
+    from convscope.fileio import save_image, write_text
+    from convscope.render.represent import neighbors_grid
+    from convscope.represent import (
+        NeighborIndex,
+        PostProcess,
+        evaluate_labels,
+        evaluate_oxford,
+        load_oxford_gt,
+        pool,
+    )
+
+    fs = _load(atlas, pooling)
+    x = fs.get(layer, valid_only=False)
+    rows = fs.valid_indices()
+    pp = PostProcess.parse(post).fit(x[rows]) if post else None
+    db = pp.transform(x[rows]) if pp else x[rows]
+    idx = NeighborIndex(db, metric, index)
+    source = _source(fs)
+    subject = None
+    out_dir = atlas / "render" / "neighbors" / layer
+    records = []
+    for q in query:
+        if q.isdigit():
+            qi = int(q)
+            vec, img, label = x[qi : qi + 1], source.read(qi), fs.names[qi]
+        else:
+            if subject is None:
+                subject, _ = reopen(Atlas.open(atlas), source=source)
+                subject.to(device)
+            label, img = read_images([q])[0]
+            with subject.record([layer], stop=True) as rec:
+                import torch
+
+                with torch.inference_mode():
+                    subject(subject.load_images([img]))
+            vec = pool(rec[layer].float(), pooling, 3.0).cpu().numpy()
+        vec = pp.transform(vec) if pp else vec
+        scores, found = idx.search(vec, k + 1)
+        hits = [
+            (int(rows[j]), float(s))
+            for j, s in zip(found[0], scores[0])
+            if j >= 0 and not (q.isdigit() and int(rows[j]) == int(q))
+        ][:k]
+        grid = neighbors_grid(
+            img,
+            [source.read(i) for i, _ in hits],
+            [f"{s:.3f} {fs.names[i].split('/')[0]}" for i, s in hits],
+            title=f"{layer} ({pooling}, {metric}): neighbours of {label}",
+        )
+        png = save_image(grid, out_dir / f"{Path(label.replace('/', '_')).stem}.png")
+        records.append(
+            {
+                "query": label,
+                "neighbors": [{"image": fs.names[i], "score": s} for i, s in hits],
+                "png": str(png),
+            }
+        )
+        Console().print(f"{label}: {', '.join(fs.names[i] for i, _ in hits[:5])} ... -> {png}")
+    result = {
+        "layer": layer,
+        "pooling": pooling,
+        "metric": metric,
+        "index": index,
+        "post": post,
+        "queries": records,
+    }
+    if evaluate:
+        scores = evaluate_labels(db, fs.labels[rows], metric)
+        result["map"], result["precision"] = scores.map, scores.precision
+        Console().print(
+            f"mAP {scores.map:.3f}; " + ", ".join(f"P@{kk} {v:.3f}" for kk, v in scores.precision.items())
+        )
+    if gt is not None:
+        scores = evaluate_oxford(db, [fs.names[i] for i in rows], load_oxford_gt(gt), metric=metric)
+        result["oxford_map"] = scores.map
+        Console().print(f"Oxford-protocol mAP {scores.map:.3f} over {len(scores.ap)} queries")
+    write_text(out_dir / "neighbors.json", json.dumps(result, indent=1, default=float))
+
+
+def probe(
+    atlas: AtlasArg,
+    layers: Annotated[str, typer.Option("--layers", help="comma-separated, or 'all'")] = "all",
+    classifier: Annotated[str, typer.Option("--classifier", help="logistic or svm")] = "logistic",
+    c: Annotated[float, typer.Option("--c", help="inverse regularisation strength")] = 1.0,
+    test_fraction: Annotated[float, typer.Option("--test-fraction")] = 0.3,
+    pooling: PoolingOpt = "gap",
+    seed: SeedOpt = 0,
+) -> None:
+    """Linear probe per layer (one stratified split); accuracy plot and CSV."""
+    from convscope.fileio import save_image, write_text
+    from convscope.render.plots import figure_to_image
+    from convscope.render.represent import probe_figure
+    from convscope.represent import linear_probe
+
+    fs = _load(atlas, pooling)
+    names = _layers(fs, layers)
+    result = linear_probe(
+        {n: fs.get(n) for n in names},
+        fs.valid_labels(),
+        classifier=classifier,
+        c=c,
+        test_fraction=test_fraction,
+        seed=seed,
+    )
+    where = atlas / "render" / "probe"
+    png = save_image(figure_to_image(probe_figure(result)), where / f"probe_{pooling}_{classifier}.png")
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["layer", "dims", "train_accuracy", "test_accuracy", "chance"])
+    for r in result.rows:
+        w.writerow(
+            [r.layer, r.dims, f"{r.train_accuracy:.4f}", f"{r.test_accuracy:.4f}", f"{result.chance:.4f}"]
+        )
+        Console().print(
+            f"{r.layer:>20} {r.dims:6d}-d  test {r.test_accuracy:.3f}  train {r.train_accuracy:.3f}"
+        )
+    write_text(png.with_suffix(".csv"), buf.getvalue())
+    Console().print(f"chance {result.chance:.3f}; best {result.best().layer}; {png}")
+
+
+def project(
+    atlas: AtlasArg,
+    layer: Annotated[str, typer.Option("--layer", help="layer with features")],
+    method: Annotated[str, typer.Option("--method", help="pca, tsne or umap")] = "tsne",
+    thumbnails: Annotated[int, typer.Option("--thumbnails", min=0, help="images on the map (0: none)")] = 400,
+    pooling: PoolingOpt = "gap",
+    seed: SeedOpt = 0,
+) -> None:
+    """2-D map of a layer's features: scatter by class and an image-thumbnail map."""
+    import numpy as np
+
+    from convscope.fileio import save_image, write_text
+    from convscope.render.plots import figure_to_image
+    from convscope.render.represent import scatter_figure, thumbnail_map
+    from convscope.represent import project as run
+
+    fs = _load(atlas, pooling)
+    xy = run(fs.get(layer), method, seed=seed)
+    rows = fs.valid_indices()
+    where = atlas / "render" / "project" / layer
+    fig = scatter_figure(xy, fs.labels[rows], fs.classes, f"{layer} ({pooling}), {method}")
+    png = save_image(figure_to_image(fig), where / f"{method}.png")
+    lines = ["image,label,x,y"] + [
+        f"{fs.names[i]},{fs.labels[i]},{a:.5f},{b:.5f}" for i, (a, b) in zip(rows, xy)
+    ]
+    write_text(where / f"{method}.csv", "\n".join(lines) + "\n")
+    Console().print(f"scatter {png}")
+    if thumbnails:
+        pick = np.random.default_rng(seed).permutation(len(rows))[:thumbnails]
+        source = _source(fs)
+        thumbs = save_image(
+            thumbnail_map(xy[pick], [source.read(int(rows[j])) for j in pick]),
+            where / f"{method}_thumbnails.png",
+        )
+        Console().print(f"thumbnails {thumbs}")
+
+
+def compare(
+    atlas: AtlasArg,
+    other: Annotated[Path | None, typer.Argument(help="a second atlas (same images), optional")] = None,
+    measure: Annotated[str, typer.Option("--measure", help="cka or rsa")] = "cka",
+    layers: Annotated[str, typer.Option("--layers", help="comma-separated, or 'all'")] = "all",
+    out: Annotated[Path | None, typer.Option("--out", help="PNG (default: in the atlas)")] = None,
+    pooling: PoolingOpt = "gap",
+) -> None:
+    """Similarity of representations (linear CKA or RSA) between every pair of layers of one
+    model, or of two models on the same images, as a heat map."""
+    from convscope.errors import UserInputError
+    from convscope.fileio import save_image, write_text
+    from convscope.render.plots import figure_to_image
+    from convscope.render.represent import similarity_figure
+    from convscope.represent import similarity_matrix
+
+    a = _load(atlas, pooling)
+    b = _load(other, pooling) if other else a
+    if a.names != b.names or not (a.valid == b.valid).all():
+        raise UserInputError("the two feature sets are not over the same images")
+    la, lb = _layers(a, layers), _layers(b, layers if other is None else "all")
+    m = similarity_matrix({n: a.get(n) for n in la}, {n: b.get(n) for n in lb}, measure)
+    title = f"{measure.upper()}: {a.model}" + (f" vs {b.model}" if other else "")
+    png = out or atlas / "render" / "compare" / f"{measure}{'_' + other.name if other else ''}.png"
+    save_image(figure_to_image(similarity_figure(m, la, lb, title, b.model, a.model)), png)
+    lines = ["," + ",".join(lb)] + [n + "," + ",".join(f"{v:.4f}" for v in row) for n, row in zip(la, m)]
+    write_text(Path(png).with_suffix(".csv"), "\n".join(lines) + "\n")
+    Console().print(f"{title}: {len(la)} x {len(lb)} layers -> {png}")
