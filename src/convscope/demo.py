@@ -103,7 +103,51 @@ def run_demo(subject: Subject, out: str | Path, seed: int = 0,
 
     step("network dissection")
     _demo_dissect(subject, out / "atlas", seed, result)
+
+    step("representations")
+    _demo_represent(subject, out / "atlas", seed, result)
     return result
+
+
+def _demo_represent(subject: Subject, where: Path, seed: int, result: DemoResult) -> None:
+    """GAP features of three stages over the bundled photos and their crops: neighbours of two
+    images, a t-SNE map (scatter and thumbnails) and the CKA between the stages."""
+    from convscope.data import open_images
+    from convscope.render.represent import (
+        neighbors_grid,
+        scatter_figure,
+        similarity_figure,
+        thumbnail_map,
+    )
+    from convscope.represent import NeighborIndex, extract_features, project, similarity_matrix
+
+    source = open_images("convscope:samples", transform=subject.transform)
+    layers = [i.name for i in subject.layers.stages()][-3:]
+    fs = extract_features(subject, source, layers, out=where / "features" / "gap", resume=False,
+                          batch_size=16)
+    out = where / "render"
+    last = layers[-1]
+    x = fs.get(last)
+    index = NeighborIndex(x, "cosine")
+    for q in (0, len(x) // 2):
+        scores, found = index.search(x[q:q + 1], 7)
+        hits = [(int(j), float(v)) for j, v in zip(found[0], scores[0]) if j != q][:6]
+        grid = neighbors_grid(source.read(q), [source.read(j) for j, _ in hits],
+                              [f"{v:.2f} {fs.names[j].split('/')[0]}" for j, v in hits],
+                              title=f"{last} (GAP, cosine): neighbours of {fs.names[q]}")
+        result.files[f"nearest neighbours of {fs.names[q]}"] = save_image(
+            grid, out / "neighbors" / last / f"{fs.names[q].replace('/', '_')}.png")
+    xy = project(x, "tsne", seed=seed)
+    fig = scatter_figure(xy, fs.valid_labels(), fs.classes, f"{last} (GAP), t-SNE")
+    result.files[f"t-SNE of {last}, by photo"] = save_image(
+        figure_to_image(fig), out / "project" / last / "tsne.png")
+    result.files[f"t-SNE of {last}, thumbnails"] = save_image(
+        thumbnail_map(xy, [source.read(i) for i in range(len(source))], size=900, thumb=48),
+        out / "project" / last / "tsne_thumbnails.png")
+    m = similarity_matrix({n: fs.get(n) for n in layers}, {n: fs.get(n) for n in layers}, "cka")
+    result.files["linear CKA between stages"] = save_image(
+        figure_to_image(similarity_figure(m, layers, layers, "linear CKA")),
+        out / "compare" / "cka.png")
 
 
 def _demo_dissect(subject: Subject, where: Path, seed: int, result: DemoResult) -> None:

@@ -66,7 +66,7 @@ def scatter_figure(xy: np.ndarray, labels: np.ndarray, classes: Sequence[str], t
         name = classes[c] if 0 <= c < len(classes) else "unlabelled"
         ax.scatter(xy[m, 0], xy[m, 1], s=10, color=cmap(int(c) % cmap.N), label=name)
     if len(classes) <= 20:
-        ax.legend(frameon=False, fontsize=7, markerscale=1.5, loc="best")
+        ax.legend(frameon=False, fontsize=7, markerscale=1.5, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title)
