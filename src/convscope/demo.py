@@ -106,7 +106,45 @@ def run_demo(subject: Subject, out: str | Path, seed: int = 0,
 
     step("representations")
     _demo_represent(subject, out / "atlas", seed, result)
+
+    step("a tiny training run")
+    _demo_train(out / "training", seed, result)
     return result
+
+
+def _demo_train(where: Path, seed: int, result: DemoResult) -> None:
+    """Four epochs of a small CNN on scikit-learn's handwritten digits (8 x 8 px, upscaled to
+    16), from scratch: curves, filter evolution, confusion matrix."""
+    from sklearn.datasets import load_digits
+
+    from convscope.render.training import confusion_figure, curves_figure, filter_evolution_figure
+    from convscope.train import SmallCNN, TensorImages, TrainConfig, confusion_matrix, evaluate, train
+    from convscope.train.loop import load_weights
+
+    digits = load_digits()
+    x = torch.from_numpy((digits.images / 16.0 * 255).astype(np.uint8))[:, None]
+    x = x.repeat_interleave(2, 2).repeat_interleave(2, 3).expand(-1, 3, -1, -1).contiguous()
+    y = torch.from_numpy(digits.target).long()
+    classes = [str(i) for i in range(10)]
+    tr, te = TensorImages(x[:1400], y[:1400], classes), TensorImages(x[1400:], y[1400:], classes)
+    torch.manual_seed(seed)
+    model = SmallCNN(10, widths=(16, 32), input_size=16)
+    config = TrainConfig(epochs=4, batch_size=64, lr=0.05, augment=False, seed=seed,
+                         mean=(0.3,) * 3, std=(0.4,) * 3)
+    for old in where.glob("epoch_*.pt"):  # the demo starts its run afresh
+        old.unlink()
+    (where / "metrics.jsonl").unlink(missing_ok=True)
+    run = train(model, tr, te, config, where)
+    result.files[f"training curves (digits, test accuracy {run.final.test_accuracy:.2f})"] = save_image(
+        figure_to_image(curves_figure(run.history, "SmallCNN on digits")), where / "curves.png")
+    snaps = [load_weights(p)[0] for p in run.checkpoints]
+    fig = filter_evolution_figure(snaps, list(range(len(snaps))),
+                                  ["features.0.0.weight", "features.1.0.weight"], n=8)
+    result.files["filter evolution over epochs"] = save_image(fig, where / "filters_evolution.png")
+    _, _, pred = evaluate(model, te, config)
+    m = confusion_matrix(te.labels.numpy(), pred, 10)
+    result.files["confusion matrix (digits)"] = save_image(
+        figure_to_image(confusion_figure(m, classes)), where / "confusion.png")
 
 
 def _demo_represent(subject: Subject, where: Path, seed: int, result: DemoResult) -> None:

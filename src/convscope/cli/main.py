@@ -19,6 +19,7 @@ from convscope.cli import (
     scan,
     synthesis,
     topk,
+    train,
 )
 from convscope.cli.common import debug
 
@@ -49,6 +50,10 @@ app.command("neighbors")(represent.neighbors)
 app.command("probe")(represent.probe)
 app.command("project")(represent.project)
 app.command("compare")(represent.compare)
+app.command("train")(train.train)
+app.command("finetune")(train.finetune)
+app.command("filters")(train.filters)
+app.command("compare-scans")(train.compare_scans)
 
 
 def _version(value: bool) -> None:

@@ -21,7 +21,7 @@ def _faiss():
     try:
         import faiss
     except ImportError:  # pragma: no cover - depends on the installation
-        raise UserInputError("nearest neighbours need FAISS: pip install 'convscope[retrieval]'") from None
+        raise UserInputError("nearest neighbours need FAISS: pip install faiss-cpu") from None
     return faiss
 
 

@@ -1,0 +1,404 @@
+"""``convscope train | finetune | filters | compare-scans``: the training lab."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from convscope.cli.common import ArchOpt, DeviceOpt, ModelArg, SeedOpt, WeightsOpt, load_subject
+
+DataArg = Annotated[str, typer.Argument(help="ImageFolder folder or archive (train/ and test/ inside)")]
+
+
+def _bar(label: str):
+    console = Console(stderr=True)
+    bar = Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.description}"),
+        console=console,
+    )
+    task = bar.add_task("", total=1)
+
+    def progress(done, total, metrics):
+        if not bar.live.is_started:
+            bar.start()
+        desc = (
+            (f"epoch {metrics.epoch}: loss {metrics.train_loss:.3f}, test acc {metrics.test_accuracy:.3f}")
+            if metrics
+            else None
+        )
+        bar.update(task, completed=done, total=total, **({"description": desc} if desc else {}))
+
+    return bar, progress
+
+
+def _split(data: str, size: int, train_pattern: str, test_pattern: str, limit: int | None, cache: Path):
+    from convscope.train import load_tensor_images
+
+    tr = load_tensor_images(data, size, train_pattern, cache=cache, limit_per_class=limit)
+    te = load_tensor_images(
+        data, size, test_pattern, cache=cache, limit_per_class=None if limit is None else max(1, limit // 5)
+    )
+    return tr, te
+
+
+def _report(out: Path, model, result, test, config, classes, title: str) -> None:
+    from convscope.fileio import save_image, write_text
+    from convscope.render.plots import figure_to_image
+    from convscope.render.training import confusion_figure, curves_figure
+    from convscope.train import confusion_matrix, evaluate
+    from convscope.train.finetune import confusion_csv
+
+    lines = ["epoch,train_loss,train_accuracy,test_loss,test_accuracy,seconds"]
+    lines += [
+        f"{h.epoch},{h.train_loss:.5f},{h.train_accuracy:.5f},{h.test_loss:.5f},"
+        f"{h.test_accuracy:.5f},{h.seconds:.2f}"
+        for h in result.history
+    ]
+    write_text(out / "metrics.csv", "\n".join(lines) + "\n")
+    save_image(figure_to_image(curves_figure(result.history, title)), out / "curves.png")
+    _, acc, pred = evaluate(model, test, config)
+    m = confusion_matrix(test.labels.numpy(), pred, len(classes))
+    write_text(out / "confusion.csv", confusion_csv(m, classes))
+    save_image(
+        figure_to_image(confusion_figure(m, classes, f"{title}: test accuracy {acc:.3f}")),
+        out / "confusion.png",
+    )
+
+
+def train(
+    data: DataArg = "../shared/data/cifar10-jpg.tar.gz",
+    arch: Annotated[str, typer.Option("--arch", help="small or resnet9")] = "small",
+    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 10,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 128,
+    lr: Annotated[float, typer.Option("--lr")] = 0.1,
+    weight_decay: Annotated[float, typer.Option("--weight-decay")] = 5e-4,
+    label_smoothing: Annotated[float, typer.Option("--label-smoothing")] = 0.0,
+    batchnorm: Annotated[bool, typer.Option("--batchnorm/--no-batchnorm")] = True,
+    padding: Annotated[str, typer.Option("--padding", help="same or valid")] = "same",
+    width: Annotated[float, typer.Option("--width", help="resnet9 width factor")] = 1.0,
+    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="flips and 4 px shifts")] = True,
+    random_labels: Annotated[bool, typer.Option("--random-labels", help="train on shuffled labels")] = False,
+    size: Annotated[int, typer.Option("--size", help="image side, px")] = 32,
+    train_pattern: Annotated[str, typer.Option("--train-pattern")] = "train/*",
+    test_pattern: Annotated[str, typer.Option("--test-pattern")] = "test/*",
+    limit: Annotated[int | None, typer.Option("--limit", help="training images per class")] = None,
+    out: Annotated[Path, typer.Option("--out", help="run folder (resumed if it exists)")] = Path("run"),
+    device: DeviceOpt = "cpu",
+    seed: SeedOpt = 0,
+) -> None:
+    """Train a small CNN from scratch: per-epoch checkpoints, metrics, curves, filter evolution
+    and the confusion matrix. Run again with the same --out to resume."""
+    import torch
+
+    from convscope.fileio import save_image
+    from convscope.render.training import filter_evolution_figure
+    from convscope.train import TrainConfig, build
+    from convscope.train import train as run
+
+    tr, te = _split(data, size, train_pattern, test_pattern, limit, out / "cache")
+    torch.manual_seed(seed)
+    options = (
+        {"widths": (32, 64, 128), "batchnorm": batchnorm, "padding": padding, "input_size": size}
+        if arch == "small"
+        else {"width": width}
+    )
+    model = build(arch, len(tr.classes), **options)
+    config = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        label_smoothing=label_smoothing,
+        augment=augment,
+        random_labels=random_labels,
+        seed=seed,
+    )
+    meta = {
+        "arch": arch,
+        "options": {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()},
+        "classes": tr.classes,
+        "data": str(data),
+        "size": size,
+    }
+    bar, progress = _bar("training")
+    try:
+        result = run(model, tr, te, config, out, device=device, progress=progress, meta=meta)
+    except KeyboardInterrupt:
+        bar.stop()
+        Console(stderr=True).print(f"interrupted; run the same command to resume ({out})")
+        raise typer.Exit(130) from None
+    finally:
+        bar.stop()
+    title = f"{arch}{' (random labels)' if random_labels else ''}"
+    _report(out, model, result, te, config, tr.classes, title)
+    snaps, epochs_seen = _snapshots(out)
+    convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    layers = [convs[0], convs[len(convs) // 2], convs[-1]] if len(convs) > 2 else convs
+    save_image(
+        filter_evolution_figure(snaps, epochs_seen, [f"{n}.weight" for n in layers]),
+        out / "filters_evolution.png",
+    )
+    f = result.final
+    Console().print(
+        f"{len(tr)} train / {len(te)} test images, {epochs} epochs: test accuracy "
+        f"{f.test_accuracy:.4f} (train {f.train_accuracy:.4f}); "
+        f"{sum(h.seconds for h in result.history):.0f} s of training; {out}/"
+    )
+
+
+def _snapshots(out: Path, every: int = 1):
+    from convscope.train import load_weights
+
+    paths = sorted(out.glob("epoch_*.pt"))
+    keep = paths[::every] if paths[-1] in paths[::every] else paths[::every] + [paths[-1]]
+    if len(keep) > 8:  # at most 8 columns
+        idx = [round(i * (len(paths) - 1) / 7) for i in range(8)]
+        keep = [paths[i] for i in idx]
+    return [load_weights(p)[0] for p in keep], [int(p.stem.split("_")[1]) for p in keep]
+
+
+def finetune(
+    model: ModelArg = "efficientnet_lite0",
+    data: Annotated[
+        str, typer.Option("--data", help="ImageFolder folder or archive")
+    ] = "../shared/data/cifar10-jpg.tar.gz",
+    train_pattern: Annotated[str, typer.Option("--train-pattern")] = "train/*",
+    test_pattern: Annotated[str, typer.Option("--test-pattern")] = "test/*",
+    limit: Annotated[int | None, typer.Option("--limit", help="training images per class")] = 50,
+    freeze_blocks: Annotated[
+        str, typer.Option("--freeze", help="blocks to freeze from the input side: k, or a sweep '0,2,4'")
+    ] = "0",
+    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 3,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+    lr: Annotated[float, typer.Option("--lr")] = 0.01,
+    scan_layer: Annotated[
+        str | None, typer.Option("--scan-layer", help="scan this layer on the test images before and after")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out")] = Path("finetune"),
+    weights: WeightsOpt = "default",
+    arch: ArchOpt = None,
+    device: DeviceOpt = "cpu",
+    seed: SeedOpt = 0,
+) -> None:
+    """Fine-tune a pretrained model on an image folder: new head, first k blocks frozen;
+    accuracy, confusion matrix, and a transferability sweep over k."""
+    import copy
+
+    import torch
+
+    from convscope.cli.common import parse_range
+    from convscope.fileio import save_image, write_text
+    from convscope.render.plots import figure_to_image
+    from convscope.render.training import transfer_figure
+    from convscope.train import TrainConfig, blocks, freeze, replace_head
+    from convscope.train import train as run
+
+    subject = load_subject(model, weights, arch, "cpu")
+    size = subject.input_size[0]
+    tr, te = _split(data, size, train_pattern, test_pattern, limit, out / "cache")
+    pre = subject.preprocess
+    config = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=1e-4,
+        seed=seed,
+        mean=tuple(pre.mean),
+        std=tuple(pre.std),
+    )
+    names = blocks(subject.model)
+    ks = parse_range(freeze_blocks)
+    base = subject.model
+    if scan_layer:
+        _scan(subject, te, out / "scan_before", scan_layer, device)
+    rows = []
+    for k in ks:
+        torch.manual_seed(seed)
+        m = copy.deepcopy(base)
+        replace_head(m, len(tr.classes))
+        frozen = freeze(m, k)
+        where = out / f"freeze_{k}"
+        bar, progress = _bar(f"freeze {k}")
+        try:
+            result = run(
+                m,
+                tr,
+                te,
+                config,
+                where,
+                device=device,
+                progress=progress,
+                meta={"model": model, "freeze": k, "classes": tr.classes},
+            )
+        finally:
+            bar.stop()
+        _report(where, m, result, te, config, tr.classes, f"{subject.name}, {k} blocks frozen")
+        rows.append({"freeze": k, "frozen": frozen, "test_accuracy": result.final.test_accuracy})
+        Console().print(
+            f"freeze {k} ({frozen[-1] if frozen else 'none'}): test accuracy "
+            f"{result.final.test_accuracy:.4f}; {where}/confusion.png"
+        )
+        if scan_layer and k == ks[-1]:
+            from convscope.subject import Subject
+
+            after = Subject(m.cpu().eval(), subject.preprocess, tr.classes, name=f"{subject.name}-finetuned")
+            _scan(after, te, out / "scan_after", scan_layer, device)
+    write_text(out / "transfer.json", json.dumps({"blocks": names, "rows": rows}, indent=1))
+    if len(ks) > 1:
+        png = save_image(
+            figure_to_image(transfer_figure(ks, [r["test_accuracy"] for r in rows], names)),
+            out / "transfer.png",
+        )
+        Console().print(f"transferability sweep: {png}")
+
+
+def _scan(subject, data, where: Path, layer: str, device: str) -> None:
+    """Scan ``data`` (uint8 tensors) through ``subject`` into an atlas at ``where``."""
+    from convscope.atlas import scan_to_atlas
+    from convscope.fileio import save_image
+
+    img_dir = where.parent / "scan_images"
+    if not img_dir.exists():
+        from PIL import Image
+
+        for i, (x, y) in enumerate(zip(data.images, data.labels)):
+            p = img_dir / data.classes[int(y)] / f"{i:05d}.png"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            save_image(Image.fromarray(x.permute(1, 2, 0).numpy()), p)
+    from convscope.data import open_images
+
+    source = open_images(img_dir, transform=subject.transform)
+    subject.to(device)
+    scan_to_atlas(subject, source, where, [layer], overwrite=True, k=8, batch_size=16, threshold_sample=32)
+
+
+def filters(
+    target: Annotated[str, typer.Argument(help="a `convscope train` run folder, or a model")],
+    layers: Annotated[
+        str | None, typer.Option("--layers", help="conv layers (default: first, middle, last)")
+    ] = None,
+    n: Annotated[int, typer.Option("--n", min=1, help="filters per layer")] = 16,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data", help="with a model: rank each layer's filters by mean activation on these images"
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="PNG")] = Path("filters.png"),
+    weights: WeightsOpt = "default",
+    arch: ArchOpt = None,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Filters: their evolution over a training run's epochs, a model's first-layer filters as
+    RGB, or each layer's most activated filters on a dataset."""
+    import torch
+
+    from convscope.fileio import save_image
+    from convscope.render.grid import image_grid
+    from convscope.render.training import filter_evolution_figure, filter_tiles
+
+    path = Path(target)
+    if path.is_dir() and list(path.glob("epoch_*.pt")):
+        snaps, epochs = _snapshots(path)
+        convs = [k for k, v in snaps[-1].items() if k.endswith(".weight") and v.dim() == 4]
+        names = (
+            [f"{s.strip()}.weight" for s in layers.split(",")]
+            if layers
+            else [convs[0], convs[len(convs) // 2], convs[-1]]
+        )
+        save_image(filter_evolution_figure(snaps, epochs, names, n=min(n, 8)), out)
+        Console().print(f"{len(names)} layers x {len(epochs)} epochs -> {out}")
+        return
+    subject = load_subject(target, weights, arch, device)
+    modules = dict(subject.model.named_modules())
+    convs = [
+        i.name
+        for i in subject.layers
+        if i.shape is not None and isinstance(modules.get(i.module), torch.nn.Conv2d)
+    ]
+    names = [s.strip() for s in layers.split(",")] if layers else [convs[0]]
+    tiles, captions = [], []
+    if data is None:
+        for name in names:
+            w = modules[subject.layer(name).module].weight
+            t = filter_tiles(w, n, 48)
+            tiles += t
+            captions += [f"{name}:{i}" for i in range(len(t))]
+        save_image(image_grid(tiles, ncols=min(n, 16), pad=3, captions=captions), out)
+        Console().print(f"{len(tiles)} filters -> {out}")
+        return
+    from convscope.data import Batches, open_images
+
+    source = open_images(data, transform=subject.transform)
+    sums = {nm: 0.0 for nm in names}
+    count = 0
+    with subject.record(names, stop=True) as rec:
+        for batch in Batches(source, batch_size=16):
+            if not len(batch.indices):
+                continue
+            with torch.inference_mode():
+                subject(batch.images.to(subject.device))
+            for nm in names:
+                sums[nm] = sums[nm] + rec[nm].float().mean(dim=(2, 3)).sum(0)
+            count += len(batch.indices)
+    for nm in names:
+        mean = sums[nm] / max(count, 1)
+        top = mean.argsort(descending=True)[:n]
+        w = modules[subject.layer(nm).module].weight[top]
+        t = filter_tiles(w, n, 48)
+        tiles += t
+        captions += [f"{nm}:{int(u)} {float(mean[u]):.2f}" for u in top]
+        Console().print(f"{nm}: most activated filters {', '.join(str(int(u)) for u in top[:8])} ...")
+    save_image(image_grid(tiles, ncols=min(n, 16), pad=3, captions=captions), out)
+    Console().print(f"-> {out}")
+
+
+def compare_scans(
+    before: Annotated[Path, typer.Argument(help="atlas before (e.g. finetune/scan_before)")],
+    after: Annotated[Path, typer.Argument(help="atlas after (e.g. finetune/scan_after)")],
+    layer: Annotated[str, typer.Option("--layer")],
+    units: Annotated[str, typer.Option("--units", help="e.g. 0-3")] = "0-3",
+    k: Annotated[int, typer.Option("--k", min=1, help="top images per side")] = 6,
+    out: Annotated[Path, typer.Option("--out", help="folder for the PNGs")] = Path("compare_scans"),
+) -> None:
+    """A unit's top images before and after (e.g. fine-tuning), side by side."""
+    from PIL import Image, ImageDraw
+
+    from convscope.atlas import Atlas
+    from convscope.cli.common import parse_range
+    from convscope.fileio import save_image
+    from convscope.render.topk import _fit
+
+    a, b = Atlas.open(before), Atlas.open(after)
+    src_a, src_b = _source_only(a), _source_only(b)
+    name = a.layer(layer)["name"]
+    cell, pad = 72, 3
+    for u in parse_range(units):
+        ta, tb = a.topk(name, u), b.topk(name, u)
+        canvas = Image.new("RGB", (2 * k * (cell + pad) + 20, cell + 20), "white")
+        draw = ImageDraw.Draw(canvas)
+        draw.text((2, 2), f"{name}:{u} before", fill=(0, 0, 0))
+        draw.text((k * (cell + pad) + 20, 2), "after", fill=(0, 0, 0))
+        for j, i in enumerate(ta.images[:k]):
+            canvas.paste(_fit(src_a.read(int(i)), cell), (j * (cell + pad), 16))
+        for j, i in enumerate(tb.images[:k]):
+            canvas.paste(_fit(src_b.read(int(i)), cell), (k * (cell + pad) + 20 + j * (cell + pad), 16))
+        png = save_image(canvas, out / f"{name}_unit{u:04d}.png")
+        Console().print(f"{name}:{u} -> {png}")
+
+
+def _source_only(atlas):
+    """The atlas's images, untransformed (for pictures)."""
+    from convscope.data import open_images
+
+    spec = atlas.source_spec
+    return open_images(spec.get("source") or spec.get("files"), pattern=spec.get("pattern"))

@@ -1,0 +1,127 @@
+"""Whole datasets of small images as uint8 tensors in memory (CIFAR-10: 50,000 x 3 x 32 x 32 =
+150 MB), decoded once and cached, with batched augmentation on the device."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.transforms import functional as TF
+
+from convscope.data import open_images
+from convscope.errors import DataError
+
+
+@dataclass
+class TensorImages:
+    """``images`` (N, 3, H, W) uint8, ``labels`` (N,) int64, ``classes``; ``skipped`` files."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+    skipped: int = 0
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, idx) -> TensorImages:
+        idx = torch.as_tensor(idx)
+        return TensorImages(self.images[idx], self.labels[idx], self.classes)
+
+
+class _Resize:
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, img):
+        if img.size != (self.size, self.size):
+            img = img.resize((self.size, self.size))
+        return TF.pil_to_tensor(img)
+
+
+def load_tensor_images(
+    source: str | os.PathLike,
+    size: int = 32,
+    pattern: str | None = None,
+    cache: str | os.PathLike | None = None,
+    limit_per_class: int | None = None,
+    workers: int = 0,
+) -> TensorImages:
+    """Decode an ImageFolder-style folder or archive (``pattern`` e.g. ``"train/*"``) to
+    ``size`` px uint8 tensors. ``cache``: a folder where the decoded arrays are kept, keyed by
+    the source, so later runs load them in a second."""
+    src = open_images(source, transform=_Resize(size), pattern=pattern)
+    if not src.classes:
+        raise DataError(f"{src.description} has no class sub-folders (need ImageFolder layout)")
+    keep = list(range(len(src)))
+    if limit_per_class is not None:
+        seen: dict[int, int] = {}
+        keep = []
+        for r in src.records:
+            if seen.get(r.label, 0) < limit_per_class:
+                seen[r.label] = seen.get(r.label, 0) + 1
+                keep.append(r.index)
+        src = src.subset(keep)
+    key = hashlib.sha1(
+        json.dumps([str(src.spec), size, pattern, limit_per_class, len(src)]).encode()
+    ).hexdigest()[:12]
+    if cache is not None:
+        f = Path(cache) / f"images-{key}.npz"
+        if f.exists():
+            z = np.load(f)
+            return TensorImages(
+                torch.from_numpy(z["images"]),
+                torch.from_numpy(z["labels"]),
+                list(z["classes"]),
+                int(z["skipped"]),
+            )
+    loader = torch.utils.data.DataLoader(
+        src, batch_size=256, num_workers=workers, collate_fn=lambda items: items
+    )
+    images, labels, skipped = [], [], 0
+    for items in loader:
+        for t, i, err in items:
+            if err is not None:
+                skipped += 1
+                continue
+            images.append(t)
+            labels.append(src.records[i].label)
+    out = TensorImages(torch.stack(images), torch.tensor(labels, dtype=torch.long), src.classes, skipped)
+    if cache is not None:
+        Path(cache).mkdir(parents=True, exist_ok=True)
+        tmp = Path(cache) / f".images-{key}.tmp.npz"
+        np.savez(
+            tmp,
+            images=out.images.numpy(),
+            labels=out.labels.numpy(),
+            classes=np.array(out.classes),
+            skipped=skipped,
+        )
+        os.replace(tmp, f)
+    return out
+
+
+def augment(
+    x: torch.Tensor, pad: int = 4, flip: bool = True, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Random translation by up to ``pad`` px (reflect-padded crop) and horizontal flip of a
+    batch (B, C, H, W), one draw per image."""
+    b, _, h, w = x.shape
+    if pad:
+        xp = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
+        dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
+        dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
+        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+        bi = torch.arange(b, device=x.device)[:, None, None, None]
+        ci = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+        x = xp[bi, ci, rows, cols]
+    if flip:
+        m = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+        x = torch.where(m[:, None, None, None], x.flip(3), x)
+    return x
