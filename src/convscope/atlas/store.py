@@ -187,6 +187,8 @@ class Atlas:
         skipped = dict(result.skipped)
         with self._connect() as con:
             con.execute("BEGIN IMMEDIATE")
+            # the viewer's image page asks which units list an image
+            con.execute("CREATE INDEX IF NOT EXISTS topk_image ON topk(image)")
             for table in ("runs", "classes", "images", "layers", "units", "topk", "directions"):
                 con.execute(f"DELETE FROM {table}")
             con.execute(

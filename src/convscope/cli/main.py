@@ -20,6 +20,7 @@ from convscope.cli import (
     synthesis,
     topk,
     train,
+    viewer,
 )
 from convscope.cli.common import debug
 
@@ -54,6 +55,8 @@ app.command("train")(train.train)
 app.command("finetune")(train.finetune)
 app.command("filters")(train.filters)
 app.command("compare-scans")(train.compare_scans)
+app.command("serve")(viewer.serve)
+app.command("export")(viewer.export)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,59 @@
+"""``convscope serve ATLAS`` and ``convscope export ATLAS --html OUT``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from convscope.cli.common import DeviceOpt
+
+
+def serve(
+    atlas: Annotated[Path, typer.Argument(help="atlas folder")],
+    host: Annotated[
+        str, typer.Option("--host", help="interface to bind (127.0.0.1: this machine only)")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 8000,
+    upload_mb: Annotated[int, typer.Option("--upload-mb", min=1, help="largest upload")] = 8,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Browse an atlas: model, layer, unit and image pages (FastAPI; pip install 'convscope[web]')."""
+    from convscope.errors import UserInputError
+
+    try:
+        import uvicorn
+
+        from convscope.viewer.app import create_app
+    except ImportError:
+        raise UserInputError("the viewer needs the web extra: pip install 'convscope[web]'") from None
+    app = create_app(atlas, device=device, upload_limit=upload_mb << 20)
+    Console(stderr=True).print(f"convscope viewer on http://{host}:{port}/ (Ctrl-C to stop)")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def export(
+    atlas: Annotated[Path, typer.Argument(help="atlas folder")],
+    html: Annotated[Path, typer.Option("--html", help="output folder for the static site")],
+    units: Annotated[int, typer.Option("--units", min=1, help="unit pages per layer")] = 64,
+) -> None:
+    """Write the viewer's pages as a static site to share (no server needed)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from convscope.viewer.export import export_html
+
+    bar = Progress(TextColumn("exporting"), BarColumn(), MofNCompleteColumn(), console=Console(stderr=True))
+    task = bar.add_task("export", total=1)
+
+    def progress(done, total):
+        if not bar.live.is_started:
+            bar.start()
+        bar.update(task, completed=done, total=total)
+
+    try:
+        index = export_html(atlas, html, units_per_layer=units, progress=progress)
+    finally:
+        bar.stop()
+    Console().print(f"static site: {index}")

@@ -1,0 +1,110 @@
+"""``convscope export ATLAS --html OUT``: the viewer's pages as a static site (no server)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from pathlib import Path
+
+from PIL import Image
+
+from convscope.fileio import save_image, write_text
+from convscope.viewer import pages
+from convscope.viewer.store import AtlasReader
+
+
+def _jpeg(img: Image.Image, path: Path, size: int) -> None:
+    img = img.convert("RGB")
+    img.thumbnail((size, size))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=88)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buf.getvalue())
+
+
+def export_html(
+    atlas: str | Path,
+    out: str | Path,
+    units_per_layer: int = 64,
+    per_page: int = 100,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Write ``index.html``, paginated layer pages, unit pages for the first
+    ``units_per_layer`` units of each layer (with their patches and top-K grids), and a page for
+    every image those units show. Returns ``out/index.html``."""
+    from convscope.atlas import Atlas, reopen
+    from convscope.render.topk import heat_overlay, patch_from_original
+    from convscope.scan.patches import render_topk
+
+    out = Path(out)
+    reader = AtlasReader(atlas)
+    meta = reader.meta()
+    links = pages.StaticLinks()
+    subject, source = reopen(Atlas.open(atlas))
+    layers = reader.layers()
+    write_text(
+        out / links.home(),
+        pages.model_page(
+            meta, layers, reader.dissection_summary(), reader.empirical_summary(), reader.n_images(), links
+        ),
+    )
+    images: set[int] = set()
+    total = sum(min(units_per_layer, r["channels"]) for r in layers)
+    done = 0
+    report = progress or (lambda d, t: None)
+    for lay in layers:
+        name = lay["name"]
+        info = subject.layer(name)
+        shown = min(units_per_layer, lay["channels"])
+        n_pages = (shown + per_page - 1) // per_page
+        for p in range(n_pages):
+            rows, _ = reader.units(name, p, per_page)
+            rows = [r for r in rows if r["unit"] < shown]
+            write_text(
+                out / links.layer(name, page=p),
+                pages.layer_page(meta, lay, rows, shown, p, per_page, "unit", None, links),
+            )
+        crits = reader.criteria(name)
+        for u in range(shown):
+            row = reader.unit(name, u)
+            tops = {c: reader.topk(name, u, c) for c in crits}
+            if tops.get("max"):
+                t0 = tops["max"][0]
+                img = source.read(t0["image"])
+                if info.rf is not None and not info.rf.is_global and info.is_map:
+                    img = patch_from_original(img, subject.preprocess, info.rf.box(t0["y"], t0["x"]))
+                _jpeg(img, out / links.patch(name, u), 112)
+            for c, rows in tops.items():
+                images.update(r["image"] for r in rows)
+                if rows:
+                    save_image(
+                        render_topk(subject, source, Atlas(atlas).topk(name, u, c), cell=96),
+                        out / links.topk(name, u, c),
+                    )
+            rf = reader.empirical_rf(name, u)
+            if rf is not None:
+                import numpy as np
+
+                avg = rf["average"] / max(float(rf["average"].max()), 1e-12)
+                grey = np.full((*avg.shape, 3), 128, np.uint8)
+                save_image(
+                    heat_overlay(grey, avg, alpha=1.0).resize((160, 160), Image.NEAREST),
+                    out / links.rf(name, u),
+                )
+            write_text(
+                out / links.unit(name, u),
+                pages.unit_page(meta, lay, row, crits, tops, reader.concepts(name, u), rf, links),
+            )
+            done += 1
+            report(done, total)
+    for idx in sorted(images):
+        row = reader.image(idx)
+        img = source.read(idx)
+        _jpeg(img, out / links.source_image(idx), 112)
+        _jpeg(img, out / links.source_image(idx, 448), 448)
+        units = [r for r in reader.image_units(idx) if r["unit"] < units_per_layer]
+        write_text(
+            out / links.image(idx),
+            pages.image_page(meta, row["name"], links.source_image(idx, 448), None, None, units, links),
+        )
+    return out / links.home()

@@ -1,0 +1,287 @@
+"""HTML of the viewer's pages, shared by the server and the static export. Every value is
+escaped; links come from a :class:`Links` object (server URLs or relative file names)."""
+
+from __future__ import annotations
+
+from html import escape
+from urllib.parse import quote
+
+CSS = """
+body{font:14px/1.45 system-ui,sans-serif;margin:0;color:#222;background:#fafafa}
+header{background:#20232a;color:#fff;padding:8px 16px}header a{color:#9cf;margin-right:14px}
+main{padding:12px 16px}table{border-collapse:collapse}
+td,th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:left}
+.grid{display:flex;flex-wrap:wrap;gap:8px}
+.cell{background:#fff;border:1px solid #ddd;padding:4px;width:112px;font-size:12px}
+.cell img{width:112px;height:112px;object-fit:contain;background:#eee}.tag{color:#555}
+.det{color:#0a7d2c;font-weight:600}nav.pages a{margin-right:8px}form.inline{display:inline}
+img.big{max-width:460px}h2{margin:14px 0 6px}
+"""
+
+
+class Links:
+    """Server URLs."""
+
+    static = False
+
+    def home(self) -> str:
+        return "/"
+
+    def layer(self, layer: str, **query) -> str:
+        q = "&".join(f"{k}={quote(str(v))}" for k, v in query.items() if v not in (None, ""))
+        return f"/layer/{quote(layer, safe='')}" + (f"?{q}" if q else "")
+
+    def unit(self, layer: str, unit: int) -> str:
+        return f"/unit/{quote(layer, safe='')}/{unit}"
+
+    def image(self, idx: int) -> str:
+        return f"/image/{idx}"
+
+    def source_image(self, idx: int, size: int = 112) -> str:
+        return f"/img/source/{idx}?size={size}"
+
+    def patch(self, layer: str, unit: int) -> str:
+        return f"/img/patch/{quote(layer, safe='')}/{unit}"
+
+    def topk(self, layer: str, unit: int, criterion: str) -> str:
+        return f"/img/topk/{quote(layer, safe='')}/{unit}/{criterion}"
+
+    def rf(self, layer: str, unit: int) -> str:
+        return f"/img/rf/{quote(layer, safe='')}/{unit}"
+
+
+def safe_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
+
+
+class StaticLinks(Links):
+    """Relative file names of the exported site (pages at the top level, images under img/)."""
+
+    static = True
+
+    def home(self) -> str:
+        return "index.html"
+
+    def layer(self, layer: str, page: int = 0, **query) -> str:
+        return f"layer_{safe_name(layer)}_{page}.html"
+
+    def unit(self, layer: str, unit: int) -> str:
+        return f"unit_{safe_name(layer)}_{unit}.html"
+
+    def image(self, idx: int) -> str:
+        return f"image_{idx}.html"
+
+    def source_image(self, idx: int, size: int = 112) -> str:
+        return f"img/source_{idx}_{size}.jpg"
+
+    def patch(self, layer: str, unit: int) -> str:
+        return f"img/patch_{safe_name(layer)}_{unit}.jpg"
+
+    def topk(self, layer: str, unit: int, criterion: str) -> str:
+        return f"img/topk_{safe_name(layer)}_{unit}_{criterion}.png"
+
+    def rf(self, layer: str, unit: int) -> str:
+        return f"img/rf_{safe_name(layer)}_{unit}.png"
+
+
+def page(title: str, body: str, links: Links, model: str = "") -> str:
+    upload = (
+        ""
+        if links.static
+        else (
+            '<form class="inline" action="/upload" method="post" enctype="multipart/form-data">'
+            '<input type="file" name="file" accept="image/*" id="upload"> '
+            "<button>look at my image</button></form>"
+        )
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)} - convscope"
+        f"</title><style>{CSS}</style></head><body><header><a href='{links.home()}'>"
+        f"convscope</a> <span>{escape(model)}</span> {upload}</header><main><h1>{escape(title)}"
+        f"</h1>{body}</main></body></html>"
+    )
+
+
+def _rf(row: dict) -> str:
+    if row.get("rf_global"):
+        return "global"
+    if row.get("rf_size_y") is None:
+        return "-"
+    return f"{row['rf_size_y']:.0f}×{row['rf_size_x']:.0f} px / {row['rf_jump_y']:.0f}"
+
+
+def model_page(
+    meta: dict, layers: list[dict], dissection: dict, empirical: dict, n_images: int, links: Links
+) -> str:
+    rows = []
+    for r in layers:
+        d = dissection.get(r["name"], {})
+        dtext = (
+            "; ".join(
+                f"{escape(k)}: {v['detectors']} detectors, {v['unique']} concepts" for k, v in d.items()
+            )
+            or "-"
+        )
+        e = empirical.get(r["name"])
+        etext = f"{e['mean']:.0f} px ({e['units']} units)" if e else "-"
+        rows.append(
+            f"<tr><td><a href='{links.layer(r['name'])}'>{escape(r['name'])}</a></td>"
+            f"<td>{escape(str(r['type']))}</td><td>{r['channels']}</td>"
+            f"<td>{r['height']}×{r['width']}</td><td>{_rf(r)}</td><td>{etext}</td><td>{dtext}</td></tr>"
+        )
+    src = meta["source"].get("description", "")
+    body = (
+        f"<p>{n_images} images of {escape(str(src))}; {len(layers)} scanned layers.</p>"
+        "<table><tr><th>layer</th><th>type</th><th>units</th><th>map</th><th>theoretical RF</th>"
+        "<th>empirical RF</th><th>dissection</th></tr>" + "".join(rows) + "</table>"
+    )
+    return page(meta["model"].get("name", "model"), body, links, meta["model"].get("name", ""))
+
+
+def layer_page(
+    meta: dict,
+    layer: dict,
+    units: list[dict],
+    total: int,
+    page_no: int,
+    per_page: int,
+    sort: str,
+    label: str | None,
+    links: Links,
+) -> str:
+    cells = []
+    for u in units:
+        lab = ""
+        if u.get("label"):
+            cls = "det" if u.get("detector") else "tag"
+            lab = f"<br><span class='{cls}'>{escape(u['label'])} {u['iou']:.2f}</span>"
+        img = (
+            f"<img loading='lazy' src='{links.patch(layer['name'], u['unit'])}' alt=''>"
+            if u.get("image") is not None
+            else "<div style='height:112px'></div>"
+        )
+        cells.append(
+            f"<div class='cell'><a href='{links.unit(layer['name'], u['unit'])}'>{img}"
+            f"<br>unit {u['unit']}</a><br><span class='tag'>max {u['max']:.3g}</span>{lab}</div>"
+        )
+    pages = (total + per_page - 1) // per_page
+    nav = ""
+    if pages > 1:
+        around = sorted({0, pages - 1, *range(max(0, page_no - 3), min(pages, page_no + 4))})
+        nav = (
+            "<nav class='pages'>"
+            + "".join(
+                f"<a href='{links.layer(layer['name'], page=p, sort=sort, label=label)}'>"
+                f"{'<b>' if p == page_no else ''}{p + 1}{'</b>' if p == page_no else ''}</a>"
+                for p in around
+            )
+            + "</nav>"
+        )
+    controls = (
+        ""
+        if links.static
+        else (
+            "<form method='get'>sort <select name='sort'>"
+            + "".join(
+                f"<option{' selected' if s == sort else ''}>{s}</option>"
+                for s in ("unit", "max", "iou", "label")
+            )
+            + f"</select> label <input name='label' value='{escape(label or '')}' size='10'> "
+            "<button>apply</button></form>"
+        )
+    )
+    body = (
+        f"<p>{escape(str(layer['type']))}, {layer['channels']} units, map {layer['height']}×"
+        f"{layer['width']}, receptive field {_rf(layer)}; {total} units shown</p>{controls}{nav}"
+        f"<div class='grid'>{''.join(cells)}</div>{nav}"
+    )
+    return page(f"layer {layer['name']}", body, links, meta["model"].get("name", ""))
+
+
+def unit_page(
+    meta: dict,
+    layer: dict,
+    unit: dict,
+    criteria: list[str],
+    tops: dict[str, list[dict]],
+    concepts: list[dict],
+    rf: dict | None,
+    links: Links,
+) -> str:
+    name, u = layer["name"], unit["unit"]
+    parts = [
+        f"<p>max {unit['max']:.4g}, mean {unit['mean']:.4g}, std {unit['std']:.4g}, fraction "
+        f"positive {unit['frac_pos']:.3f}"
+        + (f", threshold {unit['threshold']:.4g}" if unit.get("threshold") is not None else "")
+        + "</p>"
+    ]
+    nav = []
+    if u > 0:
+        nav.append(f"<a href='{links.unit(name, u - 1)}'>← unit {u - 1}</a>")
+    if u + 1 < layer["channels"]:
+        nav.append(f"<a href='{links.unit(name, u + 1)}'>unit {u + 1} →</a>")
+    nav.append(f"<a href='{links.layer(name)}'>all units of {escape(name)}</a>")
+    parts.append("<p>" + " · ".join(nav) + "</p>")
+    for crit in criteria:
+        rows = tops.get(crit, [])
+        parts.append(
+            f"<h2>top images by {escape(crit)}</h2><img class='big' src='{links.topk(name, u, crit)}' "
+            f"alt='top-k grid'><div class='grid'>"
+            + "".join(
+                f"<div class='cell'><a href='{links.image(r['image'])}'><img loading='lazy' "
+                f"src='{links.source_image(r['image'])}' alt=''><br>{escape(r['name'][-18:])}</a>"
+                f"<br><span class='tag'>{r['score']:.3g} at ({r['y']}, {r['x']})</span></div>"
+                for r in rows
+            )
+            + "</div>"
+        )
+    if concepts:
+        parts.append(
+            "<h2>dissection</h2><table><tr><th>concepts</th><th>concept</th><th>category</th>"
+            "<th>IoU</th></tr>"
+            + "".join(
+                f"<tr><td>{escape(c['dataset'])}</td><td class='{'det' if c['detector'] else ''}'>"
+                f"{escape(c['concept'])}</td><td>{escape(c['category'])}</td><td>{c['iou']:.3f}</td></tr>"
+                for c in concepts
+            )
+            + "</table>"
+        )
+    if rf:
+        parts.append(
+            f"<h2>empirical receptive field</h2><p>{rf['size']:.1f} px "
+            f"({rf['height']}×{rf['width']}) vs theoretical {rf['theoretical']:.0f} px, from "
+            f"{rf['images']} images</p><img src='{links.rf(name, u)}' width='160' alt='average discrepancy'>"
+        )
+    return page(f"{name} unit {u}", "".join(parts), links, meta["model"].get("name", ""))
+
+
+def image_page(
+    meta: dict,
+    title: str,
+    image_url: str,
+    predictions: list[dict] | None,
+    attribution_url: str | None,
+    units: list[dict],
+    links: Links,
+) -> str:
+    parts = [f"<img class='big' src='{image_url}' alt='image' id='the-image'>"]
+    if attribution_url:
+        parts.append(f" <img class='big' src='{attribution_url}' alt='Grad-CAM' id='attribution'>")
+    if predictions:
+        parts.append(
+            "<h2>predictions</h2><table id='predictions'>"
+            + "".join(f"<tr><td>{escape(p['label'])}</td><td>{p['prob']:.3f}</td></tr>" for p in predictions)
+            + "</table>"
+        )
+    if units:
+        parts.append(
+            "<h2>units that respond most</h2><table><tr><th>unit</th><th>activation</th>"
+            "<th>of its dataset max</th></tr>"
+            + "".join(
+                f"<tr><td><a href='{links.unit(r['layer'], r['unit'])}'>{escape(r['layer'])}:{r['unit']}"
+                f"</a></td><td>{r['score']:.3g}</td><td>{r.get('relative', float('nan')):.2f}</td></tr>"
+                for r in units
+            )
+            + "</table>"
+        )
+    return page(title, "".join(parts), links, meta["model"].get("name", ""))

@@ -1,0 +1,225 @@
+"""Read-only, paginated queries on an atlas database for the viewer (the SQLite file is opened
+with ``mode=ro``: the viewer can never change an atlas)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from convscope.errors import UserInputError
+
+SORTS = ("unit", "max", "iou", "label")
+
+
+class AtlasReader:
+    """Queries for the pages; one connection per thread."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.db = self.path / "atlas.db"
+        if not self.db.exists():
+            raise UserInputError(f"{self.path} is not an atlas (no atlas.db)")
+        self._local = threading.local()
+
+    def con(self) -> sqlite3.Connection:
+        c = getattr(self._local, "con", None)
+        if c is None:
+            c = sqlite3.connect(f"{self.db.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+            c.row_factory = sqlite3.Row
+            self._local.con = c
+        return c
+
+    def _has(self, table: str) -> bool:
+        return (
+            self.con()
+            .execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,))
+            .fetchone()
+            is not None
+        )
+
+    def meta(self) -> dict:
+        rows = {r["key"]: r["value"] for r in self.con().execute("SELECT key, value FROM meta")}
+        return {
+            "model": json.loads(rows.get("model", "{}")),
+            "source": json.loads(rows.get("source", "{}")),
+            "schema": rows.get("schema_version"),
+        }
+
+    def n_images(self) -> int:
+        return self.con().execute("SELECT COUNT(*) FROM images").fetchone()[0]
+
+    def layers(self) -> list[dict]:
+        return [dict(r) for r in self.con().execute("SELECT * FROM layers ORDER BY position")]
+
+    def layer(self, name: str) -> dict:
+        r = self.con().execute("SELECT * FROM layers WHERE name = ?", (name,)).fetchone()
+        if r is None:
+            raise KeyError(name)
+        return dict(r)
+
+    def dissection_summary(self) -> dict[str, dict]:
+        """Per layer: concept set, detectors and unique concepts."""
+        if not self._has("unit_labels"):
+            return {}
+        out: dict[str, dict] = {}
+        for r in self.con().execute(
+            "SELECT layer, dataset, SUM(detector) AS det, COUNT(DISTINCT CASE WHEN detector "
+            "THEN concept END) AS uniq FROM unit_labels GROUP BY layer, dataset"
+        ):
+            out.setdefault(r["layer"], {})[r["dataset"]] = {"detectors": r["det"], "unique": r["uniq"]}
+        return out
+
+    def empirical_summary(self) -> dict[str, dict]:
+        if not self._has("empirical_rf"):
+            return {}
+        return {
+            r["layer"]: {"units": r["n"], "mean": r["m"]}
+            for r in self.con().execute(
+                "SELECT layer, COUNT(*) AS n, AVG(size) AS m FROM empirical_rf GROUP BY layer"
+            )
+        }
+
+    def units(
+        self, layer: str, page: int = 0, per_page: int = 100, sort: str = "unit", label: str | None = None
+    ) -> tuple[list[dict], int]:
+        """One page of a layer's units: unit, max, mean, top image and position, concept label
+        and IoU (first concept set) — and the total count after filtering."""
+        if sort not in SORTS:
+            raise UserInputError(f"sort by one of {', '.join(SORTS)}")
+        labels = self._has("unit_labels")
+        join = (
+            (
+                "LEFT JOIN (SELECT layer, unit, name, category, iou, detector FROM unit_labels "
+                "WHERE dataset = (SELECT MIN(dataset) FROM unit_labels)) l "
+                "ON l.layer = u.layer AND l.unit = u.unit"
+            )
+            if labels
+            else ""
+        )
+        cols = (
+            ", l.name AS label, l.category, l.iou, l.detector"
+            if labels
+            else ", NULL AS label, NULL AS category, NULL AS iou, NULL AS detector"
+        )
+        where = "u.layer = ? AND u.kind = 'channel'"
+        args: list = [layer]
+        if label and labels:
+            where += " AND l.name LIKE ?"
+            args.append(f"%{label}%")
+        order = {
+            "unit": "u.unit",
+            "max": "u.max DESC",
+            "iou": "l.iou DESC" if labels else "u.unit",
+            "label": "l.name, l.iou DESC" if labels else "u.unit",
+        }[sort]
+        total = self.con().execute(f"SELECT COUNT(*) FROM units u {join} WHERE {where}", args).fetchone()[0]
+        rows = self.con().execute(
+            f"SELECT u.unit, u.max, u.mean, t.image, t.score, t.y, t.x{cols} FROM units u {join} "
+            "LEFT JOIN topk t ON t.layer = u.layer AND t.kind = 'channel' AND t.unit = u.unit "
+            "AND t.criterion = 'max' AND t.rank = 0 "
+            f"WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?",
+            [*args, per_page, page * per_page],
+        )
+        return [dict(r) for r in rows], total
+
+    def unit(self, layer: str, unit: int) -> dict | None:
+        r = (
+            self.con()
+            .execute("SELECT * FROM units WHERE layer = ? AND kind = 'channel' AND unit = ?", (layer, unit))
+            .fetchone()
+        )
+        return dict(r) if r else None
+
+    def topk(self, layer: str, unit: int, criterion: str = "max", kind: str = "channel") -> list[dict]:
+        return [
+            dict(r)
+            for r in self.con().execute(
+                "SELECT t.rank, t.image, t.score, t.y, t.x, i.name FROM topk t JOIN images i ON "
+                "i.idx = t.image WHERE t.layer = ? AND t.kind = ? AND t.unit = ? AND t.criterion = ? "
+                "ORDER BY t.rank",
+                (layer, kind, unit, criterion),
+            )
+        ]
+
+    def criteria(self, layer: str) -> list[str]:
+        """The layer's top-K criteria, ``max`` first."""
+        found = [
+            r[0]
+            for r in self.con().execute(
+                "SELECT DISTINCT criterion FROM topk WHERE layer = ? AND kind = 'channel' AND unit = 0",
+                (layer,),
+            )
+        ]
+        return sorted(found, key=lambda c: (c != "max", c))
+
+    def concepts(self, layer: str, unit: int, n: int = 5) -> list[dict]:
+        """The unit's best concepts per concept set, from the stored IoU matrices."""
+        if not self._has("dissections"):
+            return []
+        out = []
+        for r in self.con().execute(
+            "SELECT dataset, units, concepts, iou, iou_threshold FROM dissections WHERE layer = ?", (layer,)
+        ):
+            if unit >= r["units"]:
+                continue
+            iou = np.frombuffer(r["iou"], np.float32).reshape(r["units"], r["concepts"])[unit]
+            numbers = [
+                x[0]
+                for x in self.con().execute(
+                    "SELECT number FROM concepts WHERE dataset = ? ORDER BY number", (r["dataset"],)
+                )
+            ]
+            names = {
+                x[0]: (x[1], x[2])
+                for x in self.con().execute(
+                    "SELECT number, name, category FROM concepts WHERE dataset = ?", (r["dataset"],)
+                )
+            }
+            for j in np.argsort(-iou)[:n]:
+                nm, cat = names[numbers[j]]
+                out.append(
+                    {
+                        "dataset": r["dataset"],
+                        "concept": nm,
+                        "category": cat,
+                        "iou": float(iou[j]),
+                        "detector": bool(iou[j] > r["iou_threshold"]),
+                    }
+                )
+        return out
+
+    def empirical_rf(self, layer: str, unit: int) -> dict | None:
+        if not self._has("empirical_rf"):
+            return None
+        r = (
+            self.con()
+            .execute("SELECT * FROM empirical_rf WHERE layer = ? AND unit = ?", (layer, unit))
+            .fetchone()
+        )
+        if r is None:
+            return None
+        d = dict(r)
+        d["average"] = np.frombuffer(d["average"], np.float32).reshape(d["side"], d["side"])
+        return d
+
+    def image(self, idx: int) -> dict | None:
+        r = self.con().execute("SELECT * FROM images WHERE idx = ?", (idx,)).fetchone()
+        return dict(r) if r else None
+
+    def classes(self) -> list[str]:
+        return [r[0] for r in self.con().execute("SELECT name FROM classes ORDER BY idx")]
+
+    def image_units(self, idx: int, limit: int = 24) -> list[dict]:
+        """Units that list this image in their top-K (best rank first)."""
+        return [
+            dict(r)
+            for r in self.con().execute(
+                "SELECT layer, unit, criterion, rank, score FROM topk WHERE image = ? AND kind = 'channel' "
+                "ORDER BY rank, score DESC LIMIT ?",
+                (idx, limit),
+            )
+        ]

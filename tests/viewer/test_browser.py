@@ -1,0 +1,91 @@
+"""End-to-end: a real Chromium (Debian's, driven by Playwright) walks model -> layer -> unit ->
+image and uploads an image. Screenshots go to test-artifacts/viewer/."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "viewer"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def server(viewer_atlas):
+    uvicorn = pytest.importorskip("uvicorn", reason="the viewer needs the web extra")
+    from convscope.viewer.app import create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(
+        uvicorn.Config(create_app(viewer_atlas), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium); browser tests skipped")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+def test_navigate_and_upload(server, browser, tmp_path):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(server + "/")
+    assert "efficientnet_lite0" in page.title()
+    page.screenshot(path=str(ARTIFACTS / "1_model.png"), full_page=True)
+
+    page.click("text=blocks.2")
+    page.wait_for_load_state("networkidle")
+    assert "layer blocks.2" in page.title()
+    cells = page.locator(".cell img")
+    assert cells.count() == 40
+    assert page.evaluate("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+    page.screenshot(path=str(ARTIFACTS / "2_layer.png"), full_page=True)
+
+    page.click("text=unit 3")
+    page.wait_for_load_state("networkidle")
+    assert "blocks.2 unit 3" in page.title()
+    assert page.locator("h2", has_text="top images by max").count() == 1
+    page.wait_for_function("Array.from(document.images).every(i => i.complete)", timeout=60000)
+    assert page.evaluate("Array.from(document.images).every(i => i.naturalWidth > 0)")
+    page.screenshot(path=str(ARTIFACTS / "3_unit.png"), full_page=True)
+
+    page.locator(".cell a").first.click()
+    page.wait_for_load_state("networkidle")
+    assert page.locator("#predictions tr").count() == 5
+    assert page.evaluate("document.getElementById('attribution').naturalWidth") > 0
+    page.screenshot(path=str(ARTIFACTS / "4_image.png"), full_page=True)
+
+    upload = tmp_path / "mine.png"
+    Image.new("RGB", (96, 96), (200, 40, 40)).save(upload)
+    page.set_input_files("#upload", str(upload))
+    page.click("text=look at my image")
+    page.wait_for_load_state("networkidle")
+    assert "your image" in page.title()
+    assert page.locator("#predictions tr").count() == 5
+    page.screenshot(path=str(ARTIFACTS / "5_upload.png"), full_page=True)
+    page.click("table a >> nth=0")
+    page.wait_for_load_state("networkidle")
+    assert " unit " in page.title()
