@@ -73,7 +73,7 @@ class ViewerState:
         self.upload_limit = upload_limit
         self.uploads = Path(tempfile.mkdtemp(prefix="convscope-uploads-"))
         self.cache = _Cache()
-        self._subject = self._source = None
+        self._subject = self._source = self._images = None
         self._lock = threading.Lock()
         # One model, hooked by one Recorder at a time: on-demand work is serialised.
         self.compute = threading.Lock()
@@ -90,13 +90,17 @@ class ViewerState:
             return self._subject, self._source
 
     def source_only(self):
-        """The images without loading the model."""
+        """The images without loading the model (opened once)."""
         if self._source is not None:
             return self._source
-        from convscope.data import open_images
+        with self._lock:
+            if self._images is None:
+                from convscope.data import open_images
 
-        spec = self.meta["source"]
-        return open_images(spec.get("source") or spec.get("files"), pattern=spec.get("pattern"))
+                spec = self.meta["source"]
+                self._images = open_images(spec.get("source") or spec.get("files"),
+                                           pattern=spec.get("pattern"))
+            return self._images
 
     def upload_path(self, token: str) -> Path:
         if len(token) != 32 or not all(c in "0123456789abcdef" for c in token):
