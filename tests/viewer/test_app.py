@@ -33,12 +33,24 @@ def test_pages(client):
     unit = client.get("/unit/blocks.2/0")
     assert unit.status_code == 200 and "top images by max" in unit.text
     assert "dissection" in unit.text and "empirical receptive field" in unit.text
+    assert "neighbours in weight space" in unit.text and "/unit/blocks.2/" in unit.text
     assert client.get("/unit/blocks.2/999").status_code == 404
     assert client.get("/layer/nope").status_code == 404
     image = client.get("/image/0")
     assert (
         image.status_code == 200 and "predictions" in image.text and "units that respond most" in image.text
     )
+
+
+def test_random_directions_and_feature_visualization(client):
+    layer = client.get("/layer/blocks.2")
+    assert "?direction=1" in layer.text
+    d = client.get("/unit/blocks.2/1?direction=1")
+    assert d.status_code == 200 and "direction 1" in d.text
+    assert client.get("/img/topk/blocks.2/1/max?direction=1").status_code == 200
+    assert client.get("/unit/blocks.2/9?direction=1").status_code == 404
+    fv = client.get("/img/fv/blocks.2/0")
+    assert fv.status_code == 200 and Image.open(io.BytesIO(fv.content)).width >= 128
 
 
 def test_pictures(client):

@@ -98,8 +98,9 @@ class ViewerState:
                 from convscope.data import open_images
 
                 spec = self.meta["source"]
-                self._images = open_images(spec.get("source") or spec.get("files"),
-                                           pattern=spec.get("pattern"))
+                self._images = open_images(
+                    spec.get("source") or spec.get("files"), pattern=spec.get("pattern")
+                )
             return self._images
 
     def upload_path(self, token: str) -> Path:
@@ -150,12 +151,26 @@ def create_app(atlas: str | Path, device: str = "cpu", upload_limit: int = 8 << 
         units, total = st.reader.units(layer, max(page, 0), per_page, sort, label)
         return pages.layer_page(st.meta, info, units, total, max(page, 0), per_page, sort, label, links)
 
+    def weight_neighbors(layer: str, unit: int) -> list[tuple[int, float]]:
+        from convscope.viewer.weights import weight_neighbors as find
+
+        try:
+            subject, _ = st.model_and_images()
+            return st.cache.get(("nn", layer, unit), lambda: find(subject, layer, unit))
+        except Exception:  # a model that cannot be loaded again: the page shows without them
+            return []
+
     @app.get("/unit/{layer}/{unit}", response_class=HTMLResponse)
-    def unit(layer: str, unit: int):
+    def unit(layer: str, unit: int, direction: bool = False):
         info = layer_or_404(layer)
-        row = unit_or_404(layer, unit)
+        kind = "direction" if direction else "channel"
+        row = st.reader.unit(layer, unit, kind)
+        if row is None:
+            raise HTTPException(404, f"{layer} has no {kind} {unit}")
         crits = st.reader.criteria(layer)
-        tops = {c: st.reader.topk(layer, unit, c) for c in crits}
+        tops = {c: st.reader.topk(layer, unit, c, kind) for c in crits}
+        if direction:
+            return pages.unit_page(st.meta, info, row, crits, tops, [], None, links, direction=True)
         return pages.unit_page(
             st.meta,
             info,
@@ -165,6 +180,7 @@ def create_app(atlas: str | Path, device: str = "cpu", upload_limit: int = 8 << 
             st.reader.concepts(layer, unit),
             st.reader.empirical_rf(layer, unit),
             links,
+            weight_neighbors(layer, unit),
         )
 
     def analyse(img: Image.Image) -> tuple[list[dict], list[dict]]:
@@ -288,21 +304,40 @@ def create_app(atlas: str | Path, device: str = "cpu", upload_limit: int = 8 << 
         return image_response(st.cache.get(("patch", layer, unit), make), "image/jpeg")
 
     @app.get("/img/topk/{layer}/{unit}/{criterion}")
-    def topk(layer: str, unit: int, criterion: str):
+    def topk(layer: str, unit: int, criterion: str, direction: bool = False):
         layer_or_404(layer)
         if criterion not in st.reader.criteria(layer):
             raise HTTPException(404, "no such criterion")
+        if st.reader.unit(layer, unit, "direction" if direction else "channel") is None:
+            raise HTTPException(404, "no such unit")
 
         def make():
             from convscope.atlas import Atlas
             from convscope.scan.patches import render_topk
 
             subject, source = st.model_and_images()
-            top = Atlas(st.path).topk(layer, unit, criterion)
+            store = Atlas(st.path)
+            top = store.topk(layer, unit, criterion, direction=direction)
+            vec = store.direction(layer, unit) if direction else None
             with st.compute:
-                return _png(render_topk(subject, source, top, cell=96))
+                return _png(render_topk(subject, source, top, direction=vec, cell=96))
 
-        return image_response(st.cache.get(("topk", layer, unit, criterion), make))
+        return image_response(st.cache.get(("topk", layer, unit, criterion, direction), make))
+
+    @app.get("/img/fv/{layer}/{unit}")
+    def feature_visualization(layer: str, unit: int):
+        layer_or_404(layer)
+        unit_or_404(layer, unit)
+
+        def make():
+            from convscope.synthesis import visualize_units
+
+            subject, _ = st.model_and_images()
+            with st.compute:
+                result = visualize_units(subject, layer, [unit], steps=64, size=128, seed=0)
+            return _png(result.to_image())
+
+        return image_response(st.cache.get(("fv", layer, unit), make))
 
     @app.get("/img/rf/{layer}/{unit}")
     def rf(layer: str, unit: int):

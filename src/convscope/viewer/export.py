@@ -11,6 +11,7 @@ from PIL import Image
 from convscope.fileio import save_image, write_text
 from convscope.viewer import pages
 from convscope.viewer.store import AtlasReader
+from convscope.viewer.weights import weight_neighbors
 
 
 def _jpeg(img: Image.Image, path: Path, size: int) -> None:
@@ -93,7 +94,17 @@ def export_html(
                 )
             write_text(
                 out / links.unit(name, u),
-                pages.unit_page(meta, lay, row, crits, tops, reader.concepts(name, u), rf, links),
+                pages.unit_page(
+                    meta,
+                    lay,
+                    row,
+                    crits,
+                    tops,
+                    reader.concepts(name, u),
+                    rf,
+                    links,
+                    weight_neighbors(subject, name, u),
+                ),
             )
             done += 1
             report(done, total)

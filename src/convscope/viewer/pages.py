@@ -34,6 +34,12 @@ class Links:
     def unit(self, layer: str, unit: int) -> str:
         return f"/unit/{quote(layer, safe='')}/{unit}"
 
+    def direction(self, layer: str, idx: int) -> str | None:
+        return f"/unit/{quote(layer, safe='')}/{idx}?direction=1"
+
+    def visualization(self, layer: str, unit: int) -> str | None:
+        return f"/img/fv/{quote(layer, safe='')}/{unit}"
+
     def image(self, idx: int) -> str:
         return f"/image/{idx}"
 
@@ -43,8 +49,8 @@ class Links:
     def patch(self, layer: str, unit: int) -> str:
         return f"/img/patch/{quote(layer, safe='')}/{unit}"
 
-    def topk(self, layer: str, unit: int, criterion: str) -> str:
-        return f"/img/topk/{quote(layer, safe='')}/{unit}/{criterion}"
+    def topk(self, layer: str, unit: int, criterion: str, direction: bool = False) -> str:
+        return f"/img/topk/{quote(layer, safe='')}/{unit}/{criterion}" + ("?direction=1" if direction else "")
 
     def rf(self, layer: str, unit: int) -> str:
         return f"/img/rf/{quote(layer, safe='')}/{unit}"
@@ -68,6 +74,12 @@ class StaticLinks(Links):
     def unit(self, layer: str, unit: int) -> str:
         return f"unit_{safe_name(layer)}_{unit}.html"
 
+    def direction(self, layer: str, idx: int) -> str | None:
+        return None
+
+    def visualization(self, layer: str, unit: int) -> str | None:
+        return None
+
     def image(self, idx: int) -> str:
         return f"image_{idx}.html"
 
@@ -77,7 +89,7 @@ class StaticLinks(Links):
     def patch(self, layer: str, unit: int) -> str:
         return f"img/patch_{safe_name(layer)}_{unit}.jpg"
 
-    def topk(self, layer: str, unit: int, criterion: str) -> str:
+    def topk(self, layer: str, unit: int, criterion: str, direction: bool = False) -> str:
         return f"img/topk_{safe_name(layer)}_{unit}_{criterion}.png"
 
     def rf(self, layer: str, unit: int) -> str:
@@ -190,7 +202,16 @@ def layer_page(
             "<button>apply</button></form>"
         )
     )
-    body = (
+    dirs = ""
+    if layer.get("directions") and links.direction(layer["name"], 0):
+        dirs = (
+            "<p>random directions: "
+            + " ".join(
+                f"<a href='{links.direction(layer['name'], d)}'>d{d}</a>" for d in range(layer["directions"])
+            )
+            + "</p>"
+        )
+    body = dirs + (
         f"<p>{escape(str(layer['type']))}, {layer['channels']} units, map {layer['height']}×"
         f"{layer['width']}, receptive field {_rf(layer)}; {total} units shown</p>{controls}{nav}"
         f"<div class='grid'>{''.join(cells)}</div>{nav}"
@@ -207,8 +228,11 @@ def unit_page(
     concepts: list[dict],
     rf: dict | None,
     links: Links,
+    neighbors: list[tuple[int, float]] | None = None,
+    direction: bool = False,
 ) -> str:
     name, u = layer["name"], unit["unit"]
+    what = f"direction {u}" if direction else f"unit {u}"
     parts = [
         f"<p>max {unit['max']:.4g}, mean {unit['mean']:.4g}, std {unit['std']:.4g}, fraction "
         f"positive {unit['frac_pos']:.3f}"
@@ -216,16 +240,20 @@ def unit_page(
         + "</p>"
     ]
     nav = []
-    if u > 0:
+    if not direction and u > 0:
         nav.append(f"<a href='{links.unit(name, u - 1)}'>← unit {u - 1}</a>")
-    if u + 1 < layer["channels"]:
+    if not direction and u + 1 < layer["channels"]:
         nav.append(f"<a href='{links.unit(name, u + 1)}'>unit {u + 1} →</a>")
     nav.append(f"<a href='{links.layer(name)}'>all units of {escape(name)}</a>")
+    fv = links.visualization(name, u) if not direction else None
+    if fv:
+        nav.append(f"<a href='{fv}' id='fv'>feature visualization (rendered on request, ~10 s on a CPU)</a>")
     parts.append("<p>" + " · ".join(nav) + "</p>")
     for crit in criteria:
         rows = tops.get(crit, [])
         parts.append(
-            f"<h2>top images by {escape(crit)}</h2><img class='big' src='{links.topk(name, u, crit)}' "
+            f"<h2>top images by {escape(crit)}</h2>"
+            f"<img class='big' src='{links.topk(name, u, crit, direction)}' "
             f"alt='top-k grid'><div class='grid'>"
             + "".join(
                 f"<div class='cell'><a href='{links.image(r['image'])}'><img loading='lazy' "
@@ -234,6 +262,12 @@ def unit_page(
                 for r in rows
             )
             + "</div>"
+        )
+    if neighbors:
+        parts.append(
+            "<h2>neighbours in weight space</h2><p>"
+            + " · ".join(f"<a href='{links.unit(name, j)}'>unit {j}</a> ({c:.2f})" for j, c in neighbors)
+            + "</p><p class='tag'>cosine similarity of the units' incoming weights</p>"
         )
     if concepts:
         parts.append(
@@ -252,7 +286,7 @@ def unit_page(
             f"({rf['height']}×{rf['width']}) vs theoretical {rf['theoretical']:.0f} px, from "
             f"{rf['images']} images</p><img src='{links.rf(name, u)}' width='160' alt='average discrepancy'>"
         )
-    return page(f"{name} unit {u}", "".join(parts), links, meta["model"].get("name", ""))
+    return page(f"{name} {what}", "".join(parts), links, meta["model"].get("name", ""))
 
 
 def image_page(

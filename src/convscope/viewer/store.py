@@ -126,15 +126,14 @@ class AtlasReader:
         )
         return [dict(r) for r in rows], total
 
-    def unit(self, layer: str, unit: int) -> dict | None:
-        r = (
-            self.con()
-            .execute("SELECT * FROM units WHERE layer = ? AND kind = 'channel' AND unit = ?", (layer, unit))
-            .fetchone()
-        )
+    def unit(self, layer: str, unit: int, kind: str = "channel") -> dict | None:
+        """Statistics of a unit (``kind="direction"``: of a random direction)."""
+        sql = "SELECT * FROM units WHERE layer = ? AND kind = ? AND unit = ?"
+        r = self.con().execute(sql, (layer, kind, unit)).fetchone()
         return dict(r) if r else None
 
     def topk(self, layer: str, unit: int, criterion: str = "max", kind: str = "channel") -> list[dict]:
+        """Top-K rows of a unit (``kind="direction"``: of a random direction) with image names."""
         return [
             dict(r)
             for r in self.con().execute(
@@ -144,6 +143,10 @@ class AtlasReader:
                 (layer, kind, unit, criterion),
             )
         ]
+
+    def directions(self, layer: str) -> int:
+        r = self.con().execute("SELECT directions FROM layers WHERE name = ?", (layer,)).fetchone()
+        return int(r[0] or 0) if r else 0
 
     def criteria(self, layer: str) -> list[str]:
         """The layer's top-K criteria, ``max`` first."""
