@@ -64,6 +64,9 @@ def features(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
     workers: Annotated[int, typer.Option("--workers", min=0, help="image decoding processes")] = 0,
     resume: Annotated[bool, typer.Option("--resume/--restart", help="continue a killed run")] = True,
+    engine: Annotated[str, typer.Option("--engine", help="local, or ray (shards over Ray actors)")] = "local",
+    address: Annotated[str | None, typer.Option("--address", help="Ray cluster address, e.g. auto")] = None,
+    ray_workers: Annotated[int, typer.Option("--ray-workers", min=1, help="Ray actors")] = 2,
     weights: WeightsOpt = "default",
     arch: ArchOpt = None,
     device: DeviceOpt = "cpu",
@@ -91,18 +94,16 @@ def features(
         bar.update(task, completed=done, total=total)
 
     try:
-        fs = extract_features(
-            subject,
-            source,
-            names,
-            pooling=pooling,
-            p=gem_p,
-            out=_features_dir(out, pooling),
-            batch_size=batch_size,
-            workers=workers,
-            resume=resume,
-            progress=progress,
-        )
+        if engine == "ray":
+            from convscope.scale import ray_features
+
+            fs = ray_features(subject, source, names, out=_features_dir(out, pooling), workers=ray_workers,
+                              address=address, device=device, pooling=pooling, p=gem_p,
+                              batch_size=batch_size, progress=progress)
+        else:
+            fs = extract_features(subject, source, names, pooling=pooling, p=gem_p,
+                                  out=_features_dir(out, pooling), batch_size=batch_size,
+                                  workers=workers, resume=resume, progress=progress)
     except KeyboardInterrupt:
         bar.stop()
         console.print(f"interrupted; run the same command again to continue ({out})")

@@ -49,6 +49,9 @@ def scan(
     render: Annotated[int, typer.Option(
         "--render", min=0, help="write top-K grids for the first N units of each layer")] = 0,
     amp: Annotated[bool, typer.Option("--amp", help="bfloat16 autocast (CUDA)")] = False,
+    engine: Annotated[str, typer.Option("--engine", help="local, or ray (shards over Ray actors)")] = "local",
+    address: Annotated[str | None, typer.Option("--address", help="Ray cluster address, e.g. auto")] = None,
+    ray_workers: Annotated[int, typer.Option("--ray-workers", min=1, help="Ray actors")] = 2,
     weights: WeightsOpt = "default",
     arch: ArchOpt = None,
     device: DeviceOpt = "cpu",
@@ -71,13 +74,22 @@ def scan(
             bar.start()
         bar.update(task, completed=done, total=total)
 
+    if engine not in ("local", "ray"):
+        from convscope.errors import UserInputError
+
+        raise UserInputError("--engine must be local or ray")
     try:
-        atlas, result = scan_to_atlas(
+        if engine == "ray":
+            atlas, result = _ray_scan(subject, source, out, layers, resume, overwrite, progress, address,
+                                      ray_workers, device, k=k, criteria=crits, directions=directions,
+                                      seed=seed, batch_size=batch_size, threshold_sample=threshold_sample)
+        else:
+            atlas, result = scan_to_atlas(
             subject, source, out, layers, resume=resume, overwrite=overwrite, k=k,
             criteria=crits, directions=directions, seed=seed, batch_size=batch_size,
             workers=workers, threshold_sample=threshold_sample,
             checkpoint_every=checkpoint_every, amp=amp, progress=progress,
-        )
+            )
     except KeyboardInterrupt:
         bar.stop()
         console.print(f"interrupted; continue with the same command and --resume (atlas {out})")
@@ -93,6 +105,28 @@ def scan(
             f"{subject.name}: {', '.join(result.layers)}")
     o.print(f"{result.images_per_second:.1f} images/s; {_skips(result)}")
     o.print(f"atlas: {out}/atlas.db" + (f"; {len(rendered)} grids in {out}/render/" if rendered else ""))
+
+
+def _ray_scan(subject, source, out, layers, resume, overwrite, progress, address, workers, device, **options):
+    """The scan sharded over Ray actors; finished shards are kept in ``ATLAS/ray_shards`` so that
+    the same command with --resume continues a killed job."""
+    import shutil
+    import time
+
+    from convscope.atlas import Atlas
+    from convscope.atlas.build import model_spec
+    from convscope.scale import ray_scan
+
+    atlas = Atlas.create(out, model_spec(subject), source.spec, overwrite=overwrite, resume=resume)
+    state = atlas.path / "ray_shards"
+    if not resume:
+        shutil.rmtree(state, ignore_errors=True)
+    started = time.time()
+    result = ray_scan(subject, source, layers, workers=workers, address=address, device=device,
+                      state_dir=state, progress=progress, **options)
+    atlas.write_scan(result, subject, started)
+    shutil.rmtree(state, ignore_errors=True)
+    return atlas, result
 
 
 def _skips(result) -> str:

@@ -1,0 +1,349 @@
+"""Scans and feature extraction on a Ray cluster.
+
+The driver splits the image list into contiguous shards; each Ray actor loads the model and the
+images again from their specs (what an atlas records), runs the ordinary single-process code on
+its shard, and returns a mergeable state: a :class:`~convscope.scan.result.ScanResult` (top-K
+per unit and statistics) or pooled feature rows. The `area` thresholds are computed first from
+the same calibration sample a single-process scan uses, so the merged scan equals it (top-K
+images exactly; statistics up to float summation order).
+
+Failures: actors are restarted and their task retried by Ray (``retries``); every finished
+shard is written to ``state_dir`` (tensors only, loaded with ``weights_only=True``), so a killed
+job run again with the same ``state_dir`` only computes the missing shards.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from convscope.data import ImageSource
+from convscope.errors import UserInputError
+from convscope.fileio import atomic_path
+from convscope.scan.result import ScanResult
+from convscope.scan.scanner import CRITERIA, _read_order, scan
+from convscope.scan.state import LayerState
+from convscope.subject import Subject
+
+
+def shards(n: int, parts: int) -> list[list[int]]:
+    """``range(n)`` cut into ``parts`` contiguous, nearly equal pieces (none empty)."""
+    parts = max(1, min(parts, n))
+    bounds = [round(i * n / parts) for i in range(parts + 1)]
+    return [list(range(bounds[i], bounds[i + 1])) for i in range(parts)]
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise UserInputError("--engine ray needs Ray: pip install 'convscope[ray]'") from None
+    return ray
+
+
+def _init(address: str | None, workers: int):
+    ray = _ray()
+    if not ray.is_initialized():
+        _POOL.clear()
+        kwargs = {"address": address} if address else {"num_cpus": workers}
+        ray.init(
+            include_dashboard=False,
+            log_to_driver=False,
+            ignore_reinit_error=True,
+            runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
+            **kwargs,
+        )
+    return ray
+
+
+def _specs(subject: Subject, source: ImageSource) -> tuple[dict, dict]:
+    if not subject.spec or "model" not in subject.spec:
+        raise UserInputError(
+            "--engine ray needs a model loaded by name or file (convscope.load), "
+            "so that workers can load it again"
+        )
+    if subject.spec.get("weights") in (None, "none"):
+        raise UserInputError(
+            "--engine ray cannot use random weights (each worker would draw its own); "
+            "save them to a file and pass --weights FILE"
+        )
+    if not (source.spec.get("source") or source.spec.get("files")):
+        raise UserInputError("--engine ray needs images opened from a path (open_images)")
+    return dict(subject.spec), dict(source.spec)
+
+
+class _Worker:
+    """Body of the Ray actor: the model and images loaded again from their specs."""
+
+    def __init__(self, model_spec: dict, source_spec: dict, device: str, threads: int):
+        from convscope.atlas import reopen
+
+        torch.set_num_threads(threads)
+        shim = type("Specs", (), {"model_spec": model_spec, "source_spec": source_spec})
+        self.subject, self.source = reopen(shim())
+        self.subject.to(device)
+
+    def scan(self, indices: list[int], layers: list[str], options: dict, fail_marker: str | None = None):
+        if fail_marker and not os.path.exists(fail_marker):  # for tests: die once, mid-task
+            Path(fail_marker).write_text("failed once")
+            os._exit(1)
+        r = scan(self.subject, self.source, layers, indices=indices, **options)
+        return {
+            "states": {n: s.to_dict() for n, s in r.states.items()},
+            "skipped": r.skipped,
+            "processed": r.processed,
+            "seconds": r.seconds,
+        }
+
+    def features(self, indices: list[int], layers: list[str], options: dict):
+        from convscope.represent.features import extract_features
+
+        fs = extract_features(self.subject, self.source.subset(indices), layers, **options)
+        return {
+            "features": {n: np.asarray(fs.features[n]) for n in layers},
+            "valid": fs.valid,
+            "skipped": fs.skipped,
+        }
+
+
+_POOL: dict[str, list] = {}
+
+
+def _actors(ray, n: int, model_spec, source_spec, device: str, retries: int):
+    """``n`` workers for this model, images and device; started once per Ray session and kept,
+    since starting one (a Python process importing torch and loading the model) takes seconds."""
+    import json
+
+    key = json.dumps([model_spec, source_spec, device, retries], sort_keys=True, default=str)
+    pool = _POOL.setdefault(key, [])
+    gpus = 1 if device.startswith("cuda") else 0
+    cls = ray.remote(num_cpus=1, num_gpus=gpus, max_restarts=retries, max_task_retries=retries)(_Worker)
+    while len(pool) < n:
+        pool.append(cls.remote(model_spec, source_spec, device, 1))
+    return pool[:n]
+
+
+def shutdown_workers() -> None:
+    """Stop the kept workers (they also go with ``ray.shutdown()``)."""
+    ray = _ray()
+    for pool in _POOL.values():
+        for a in pool:
+            ray.kill(a)
+    _POOL.clear()
+
+
+def _run(ray, actors, tasks: list[tuple[int, Callable]], done: Callable[[int, object], None]) -> None:
+    """Run ``tasks`` (shard, submit(actor) -> ref) on the actors, at most one each at a time."""
+    pending = list(tasks)
+    running = {}
+    free = list(actors)
+    while pending or running:
+        while pending and free:
+            i, submit = pending.pop(0)
+            actor = free.pop(0)
+            running[submit(actor)] = (i, actor)
+        ready, _ = ray.wait(list(running), num_returns=1)
+        i, actor = running.pop(ready[0])
+        done(i, ray.get(ready[0]))
+        free.append(actor)
+
+
+def ray_scan(
+    subject: Subject,
+    source: ImageSource,
+    layers: str | Sequence[str],
+    *,
+    workers: int = 2,
+    address: str | None = None,
+    n_shards: int | None = None,
+    device: str = "cpu",
+    state_dir: str | os.PathLike | None = None,
+    retries: int = 3,
+    progress: Callable[[int, int], None] | None = None,
+    fail_once: str | None = None,
+    **options,
+) -> ScanResult:
+    """:func:`convscope.scan.scan` of ``source`` split over ``workers`` Ray actors (``n_shards``
+    pieces, default 4 per worker) and merged. ``options`` are ``scan``'s keyword arguments."""
+    from convscope.scan.scanner import resolve_scan_layers
+
+    ray = _init(address, workers)
+    model_spec, source_spec = _specs(subject, source)
+    names = resolve_scan_layers(subject, layers)
+    criteria = tuple(options.get("criteria", CRITERIA))
+    batch_size = options.get("batch_size", 32)
+    seed = options.get("seed", 0)
+    n = len(source)
+    # The calibration sample of the single-process scan gives the same `area` thresholds.
+    cal_opts = {k: v for k, v in options.items() if k not in ("checkpoint", "resume", "indices", "progress")}
+    thresholds = options.pop("thresholds", None)
+    cal = None
+    if "area" in criteria and thresholds is None:
+        n_cal = min(n, math.ceil(options.get("threshold_sample", 256) / batch_size) * batch_size)
+        sample = _read_order(list(range(n)), n_cal, seed)[:n_cal]
+        cal = scan(subject, source, names, indices=sample, **{**cal_opts, "threshold_sample": n_cal})
+        thresholds = cal.thresholds
+    opts = {k: v for k, v in cal_opts.items() if k != "thresholds"}
+    opts["thresholds"] = {k: v.cpu() for k, v in thresholds.items()} if thresholds else None
+    parts = shards(n, n_shards or 4 * workers)
+    state = Path(state_dir) if state_dir is not None else None
+    results: dict[int, dict] = {}
+    if state is not None:
+        state.mkdir(parents=True, exist_ok=True)
+        for i in range(len(parts)):
+            f = state / f"scan_shard_{i:04d}_of_{len(parts):04d}.pt"
+            if f.exists():
+                results[i] = torch.load(f, weights_only=True)
+    report = progress or (lambda d, t: None)
+    report(sum(len(parts[i]) for i in results), n)
+
+    def finished(i, value):
+        results[i] = value
+        if state is not None:
+            with atomic_path(state / f"scan_shard_{i:04d}_of_{len(parts):04d}.pt") as tmp:
+                torch.save(value, tmp)
+        report(sum(len(parts[j]) for j in results), n)
+
+    todo = [i for i in range(len(parts)) if i not in results]
+    if todo:
+        actors = _actors(ray, min(workers, len(todo)), model_spec, source_spec, device, retries)
+        tasks = [
+            (i, lambda a, i=i: a.scan.remote(parts[i], names, opts, fail_once if i == todo[0] else None))
+            for i in todo
+        ]
+        _run(ray, actors, tasks, finished)
+    template = cal or scan(subject, source, names, indices=[], **opts)
+    merged = None
+    for i in range(len(parts)):
+        r = results[i]
+        part = ScanResult(
+            layers=template.layers,
+            channels=template.channels,
+            directions=template.directions,
+            states={nm: LayerState.from_dict(r["states"][nm]) for nm in template.layers},
+            k=template.k,
+            criteria=template.criteria,
+            image_names=template.image_names,
+            image_labels=template.image_labels,
+            classes=template.classes,
+            skipped=[(int(a), str(b)) for a, b in r["skipped"]],
+            processed=int(r["processed"]),
+            seconds=float(r["seconds"]),
+            config={**template.config, "engine": "ray", "shards": len(parts)},
+        )
+        merged = part if merged is None else merged.merge(part)
+    return merged
+
+
+def ray_features(
+    subject: Subject,
+    source: ImageSource,
+    layers: Sequence[str],
+    *,
+    out,
+    workers: int = 2,
+    address: str | None = None,
+    n_shards: int | None = None,
+    device: str = "cpu",
+    retries: int = 3,
+    progress: Callable[[int, int], None] | None = None,
+    **options,
+):
+    """:func:`convscope.represent.extract_features` over Ray actors; rows go into the same
+    memory-mapped files as a single-process run, and finished shards are recorded so that a
+    killed job continues where it stopped."""
+    import json
+
+    from convscope.fileio import write_text
+    from convscope.represent.features import FeatureSet
+
+    ray = _init(address, workers)
+    model_spec, source_spec = _specs(subject, source)
+    infos = [subject.layer(nm) for nm in layers]
+    names = [i.name for i in infos]
+    dims = [int(i.shape[0]) for i in infos]
+    n = len(source)
+    parts = shards(n, n_shards or 4 * workers)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    pooling = options.get("pooling", "gap")
+    config = {
+        "layers": names,
+        "dims": dims,
+        "pooling": pooling,
+        "p": options.get("p", 3.0),
+        "images": n,
+        "engine": "ray",
+        "shards": len(parts),
+        "model": subject.name,
+        "source": source.spec,
+    }
+    meta_file = out / "meta.json"
+    old = json.loads(meta_file.read_text()) if meta_file.exists() else None
+    if old is not None and {k: old.get(k) for k in config} != config:
+        raise UserInputError(f"{out} holds features of another configuration; choose another folder")
+    done_shards = set(old.get("done_shards", [])) if old else set()
+    mode = "r+" if done_shards else "w+"
+    feats = {
+        nm: np.lib.format.open_memmap(
+            out / f"{i:03d}.npy", mode=mode, dtype=np.float32, shape=None if done_shards else (n, d)
+        )
+        for i, (nm, d) in enumerate(zip(names, dims))
+    }
+    valid = np.load(out / "valid.npy") if done_shards else np.zeros(n, bool)
+    labels = np.array([r.label if r.label is not None else -1 for r in source.records], np.int64)
+    np.save(out / "labels.npy", labels)
+    skipped: list = []
+
+    def checkpoint(finished: bool) -> None:
+        for f in feats.values():
+            f.flush()
+        np.save(out / ".valid.tmp.npy", valid)
+        os.replace(out / ".valid.tmp.npy", out / "valid.npy")
+        write_text(
+            meta_file,
+            json.dumps(
+                {
+                    **config,
+                    "done_shards": sorted(done_shards),
+                    "done": 1 if finished else 0,
+                    "batches": 1,
+                    "names": [r.name for r in source.records],
+                    "classes": source.classes,
+                },
+                indent=1,
+            ),
+        )
+
+    checkpoint(False)
+    report = progress or (lambda d, t: None)
+
+    def finished(i, value):
+        idx = np.array(parts[i])
+        for nm in names:
+            feats[nm][idx] = value["features"][nm]
+        valid[idx] = value["valid"]
+        skipped.extend(value["skipped"])
+        done_shards.add(i)
+        checkpoint(False)
+        report(sum(len(parts[j]) for j in done_shards), n)
+
+    todo = [i for i in range(len(parts)) if i not in done_shards]
+    if todo:
+        actors = _actors(ray, min(workers, len(todo)), model_spec, source_spec, device, retries)
+        opts = {k: v for k, v in options.items() if k in ("pooling", "p", "batch_size")}
+        _run(
+            ray,
+            actors,
+            [(i, lambda a, i=i: a.features.remote(parts[i], names, opts)) for i in todo],
+            finished,
+        )
+    checkpoint(True)
+    result = FeatureSet.load(out)
+    result.skipped = skipped
+    return result

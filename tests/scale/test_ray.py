@@ -1,0 +1,154 @@
+"""Scans and features on a local Ray cluster of 2 CPU workers equal single-process runs; a worker
+that dies is restarted and its shard retried; a killed job resumes from its finished shards."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from convscope.data import open_images
+from convscope.represent import extract_features
+from convscope.scan import scan
+
+ray = pytest.importorskip("ray", reason="pip install 'convscope[ray]'")
+
+from convscope.scale import ray_features, ray_scan, shards, shutdown_workers  # noqa: E402
+
+OPTIONS = {"k": 4, "threshold_sample": 16, "batch_size": 8, "directions": 2}
+LAYERS = ["features.4", "features.8"]
+
+
+@pytest.fixture(scope="module")
+def subject(tmp_path_factory):
+    """A random SqueezeNet 1.1 saved to a file, so that every worker loads the same weights."""
+    import convscope
+
+    torch.manual_seed(0)
+    random = convscope.load("torchvision:squeezenet1_1", weights=None)
+    path = tmp_path_factory.mktemp("weights") / "squeezenet.pth"
+    torch.save(random.model.state_dict(), path)
+    with pytest.raises(Exception, match="random weights"):
+        ray_scan(random, open_images("convscope:samples"), LAYERS)
+    return convscope.load("torchvision:squeezenet1_1", weights=str(path))
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
+    )
+    yield
+    shutdown_workers()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def images():
+    return open_images("convscope:samples", pattern="co*")
+
+
+def test_shards():
+    assert shards(10, 3) == [[0, 1, 2], [3, 4, 5, 6], [7, 8, 9]]
+    assert shards(2, 5) == [[0], [1]]
+
+
+def test_ray_scan_equals_one_process(cluster, subject, images, tmp_path):
+    single = scan(subject, images.with_transform(subject.transform), LAYERS, **OPTIONS)
+    marker = tmp_path / "died"
+    seen = []
+    merged = ray_scan(
+        subject,
+        images,
+        LAYERS,
+        workers=2,
+        n_shards=3,
+        state_dir=tmp_path / "state",
+        fail_once=str(marker),
+        progress=lambda d, t: seen.append(d),
+        **OPTIONS,
+    )
+    assert marker.exists()  # one worker died mid-shard; Ray restarted it and the shard was redone
+    assert merged.processed == single.processed == len(images)
+    for layer in LAYERS:
+        for crit in ("max", "mean", "area"):
+            for unit in range(merged.channels[layer]):
+                a, b = merged.topk(layer, unit, crit), single.topk(layer, unit, crit)
+                assert a.images.tolist() == b.images.tolist(), (layer, crit, unit)
+                assert np.allclose(a.scores, b.scores, rtol=1e-5, atol=1e-5)
+            for d in range(2):
+                assert (
+                    merged.topk(layer, d, crit, direction=True).images.tolist()
+                    == single.topk(layer, d, crit, direction=True).images.tolist()
+                )
+        s, m = single.stats(layer), merged.stats(layer)
+        assert np.allclose(s.mean, m.mean, rtol=1e-4, atol=1e-5) and np.array_equal(s.threshold, m.threshold)
+        # workers run one thread each: convolutions round differently in the last bits
+        assert np.allclose(s.max, m.max, rtol=1e-5)
+    # a killed job: two of three shards are on disk; running again computes only the third
+    files = sorted((tmp_path / "state").glob("scan_shard_*"))
+    assert len(files) == 3
+    files[1].unlink()
+    seen.clear()
+    again = ray_scan(
+        subject,
+        images,
+        LAYERS,
+        workers=2,
+        n_shards=3,
+        state_dir=tmp_path / "state",
+        progress=lambda d, t: seen.append(d),
+        **OPTIONS,
+    )
+    assert seen[0] == len(images) - len(shards(len(images), 3)[1])
+    assert (
+        again.topk("features.8", 5, "area").images.tolist()
+        == single.topk("features.8", 5, "area").images.tolist()
+    )
+
+
+def test_ray_features_equal_one_process(cluster, subject, images, tmp_path):
+    single = extract_features(subject, images, LAYERS, pooling="gem", batch_size=8)
+    merged = ray_features(
+        subject, images, LAYERS, out=tmp_path / "f", workers=2, n_shards=3, pooling="gem", batch_size=8
+    )
+    for layer in LAYERS:
+        assert np.allclose(single.get(layer), merged.get(layer), rtol=1e-5, atol=1e-6)
+    assert torch.equal(torch.as_tensor(single.valid), torch.as_tensor(merged.valid))
+
+
+def test_scan_command_with_ray(cluster, subject, tmp_path, capsys):
+    from convscope.atlas import Atlas
+    from convscope.cli.main import main
+
+    spec = subject.spec
+    out = tmp_path / "atlas"
+    args = [
+        "scan",
+        spec["model"],
+        "--weights",
+        spec["weights"],
+        "--data",
+        "convscope:samples",
+        "--pattern",
+        "co*",
+        "--layers",
+        "features.8",
+        "--k",
+        "3",
+        "--threshold-sample",
+        "8",
+        "--engine",
+        "ray",
+        "--ray-workers",
+        "2",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    atlas = Atlas.open(out)
+    assert atlas.run()["processed"] == 18 and atlas.run()["config"]["engine"] == "ray"
+    assert len(atlas.topk("features.8", 0)) == 3 and not (out / "ray_shards").exists()
