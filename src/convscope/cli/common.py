@@ -16,6 +16,9 @@ ArchOpt = Annotated[str | None, typer.Option(
     "--arch", help="architecture of a checkpoint file, e.g. torchvision:resnet18")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, mps ...")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="random seed, for reproducible results")]
+EngineOpt = Annotated[str, typer.Option("--engine", help="local, or ray (shards over Ray actors)")]
+AddressOpt = Annotated[str | None, typer.Option("--address", help="Ray cluster address, e.g. auto")]
+RayWorkersOpt = Annotated[int, typer.Option("--ray-workers", min=1, help="Ray actors")]
 
 
 def load_subject(model: str, weights: str = "default", arch: str | None = None,

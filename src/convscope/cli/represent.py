@@ -12,7 +12,17 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from convscope.cli.common import ArchOpt, DeviceOpt, ModelArg, SeedOpt, WeightsOpt, load_subject
+from convscope.cli.common import (
+    AddressOpt,
+    ArchOpt,
+    DeviceOpt,
+    EngineOpt,
+    ModelArg,
+    RayWorkersOpt,
+    SeedOpt,
+    WeightsOpt,
+    load_subject,
+)
 
 AtlasArg = Annotated[Path, typer.Argument(help="atlas folder written by `convscope features`")]
 PoolingOpt = Annotated[str, typer.Option("--pooling", help="gap, mac, spoc or gem")]
@@ -64,9 +74,9 @@ def features(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
     workers: Annotated[int, typer.Option("--workers", min=0, help="image decoding processes")] = 0,
     resume: Annotated[bool, typer.Option("--resume/--restart", help="continue a killed run")] = True,
-    engine: Annotated[str, typer.Option("--engine", help="local, or ray (shards over Ray actors)")] = "local",
-    address: Annotated[str | None, typer.Option("--address", help="Ray cluster address, e.g. auto")] = None,
-    ray_workers: Annotated[int, typer.Option("--ray-workers", min=1, help="Ray actors")] = 2,
+    engine: EngineOpt = "local",
+    address: AddressOpt = None,
+    ray_workers: RayWorkersOpt = 2,
     weights: WeightsOpt = "default",
     arch: ArchOpt = None,
     device: DeviceOpt = "cpu",
@@ -93,6 +103,10 @@ def features(
             bar.start()
         bar.update(task, completed=done, total=total)
 
+    if engine not in ("local", "ray"):
+        from convscope.errors import UserInputError
+
+        raise UserInputError("--engine must be local or ray")
     try:
         if engine == "ray":
             from convscope.scale import ray_features

@@ -17,7 +17,17 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from convscope.cli.common import ArchOpt, DeviceOpt, ModelArg, SeedOpt, WeightsOpt, load_subject
+from convscope.cli.common import (
+    AddressOpt,
+    ArchOpt,
+    DeviceOpt,
+    EngineOpt,
+    ModelArg,
+    RayWorkersOpt,
+    SeedOpt,
+    WeightsOpt,
+    load_subject,
+)
 
 
 class _Rate(ProgressColumn):
@@ -49,9 +59,9 @@ def scan(
     render: Annotated[int, typer.Option(
         "--render", min=0, help="write top-K grids for the first N units of each layer")] = 0,
     amp: Annotated[bool, typer.Option("--amp", help="bfloat16 autocast (CUDA)")] = False,
-    engine: Annotated[str, typer.Option("--engine", help="local, or ray (shards over Ray actors)")] = "local",
-    address: Annotated[str | None, typer.Option("--address", help="Ray cluster address, e.g. auto")] = None,
-    ray_workers: Annotated[int, typer.Option("--ray-workers", min=1, help="Ray actors")] = 2,
+    engine: EngineOpt = "local",
+    address: AddressOpt = None,
+    ray_workers: RayWorkersOpt = 2,
     weights: WeightsOpt = "default",
     arch: ArchOpt = None,
     device: DeviceOpt = "cpu",
