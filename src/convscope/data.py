@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import tarfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
@@ -220,24 +221,31 @@ def _from_samples(transform, pattern) -> ImageSource:
 
 
 class _TarReader:
-    """Reads members by name; each process (DataLoader worker) opens its own handle."""
+    """Reads members by name; each process (DataLoader worker) opens its own handle, and threads
+    of one process (the viewer's) take turns on it: a tar handle has one file position."""
 
     def __init__(self, path: Path):
         self.path = path
         self._pid = None
         self._tar = None
         self._members = None
+        self._lock = threading.Lock()
 
     def __call__(self, name: str) -> bytes:
-        if self._pid != os.getpid():
-            self._tar = tarfile.open(self.path)  # noqa: SIM115 - kept open for the process
-            self._members = {m.name: m for m in self._tar.getmembers()}
-            self._pid = os.getpid()
-        f = self._tar.extractfile(self._members[name])
-        return f.read()
+        with self._lock:
+            if self._pid != os.getpid():
+                self._tar = tarfile.open(self.path)  # noqa: SIM115 - kept open for the process
+                self._members = {m.name: m for m in self._tar.getmembers()}
+                self._pid = os.getpid()
+            f = self._tar.extractfile(self._members[name])
+            return f.read()
 
     def __getstate__(self):
         return {"path": self.path, "_pid": None, "_tar": None, "_members": None}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
 
 def _make(names, reader, description, transform, labels_from_dirs) -> ImageSource:

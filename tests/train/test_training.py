@@ -65,6 +65,9 @@ def test_loss_falls_and_checkpoints_resume(cifar, tmp_path):
     for k, v in state["model"].items():
         assert torch.equal(v, again["model"][k]), k
     assert [h.epoch for h in resumed.history] == [1, 2, 3]
+    assert len((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()) == 3
+    with pytest.raises(Exception, match="other settings"):
+        train(_small(), tr, te, TrainConfig(epochs=4, batch_size=16, lr=0.05), tmp_path / "b")
 
 
 def test_frozen_blocks_do_not_change(cifar, tmp_path):

@@ -397,6 +397,10 @@ class Atlas:
                         con.execute("SELECT * FROM concepts WHERE dataset = ?", (dataset,))}
             rows = [dict(r) for r in con.execute(
                 "SELECT * FROM dissections WHERE dataset = ? ORDER BY finished", (dataset,))]
+        settings = {(r["iou_threshold"], r["quantile"], r["max_coverage"]) for r in rows}
+        if len(settings) > 1:
+            raise UserInputError(f"the layers of {dataset!r} were dissected with different --iou, "
+                                 "--quantile or --max-coverage; dissect them again with one setting")
         numbers = sorted(concepts)
         layers = {}
         for r in rows:

@@ -113,7 +113,7 @@ def features(
 
             fs = ray_features(subject, source, names, out=_features_dir(out, pooling), workers=ray_workers,
                               address=address, device=device, pooling=pooling, p=gem_p,
-                              batch_size=batch_size, progress=progress)
+                              batch_size=batch_size, progress=progress, resume=resume)
         else:
             fs = extract_features(subject, source, names, pooling=pooling, p=gem_p,
                                   out=_features_dir(out, pooling), batch_size=batch_size,
@@ -176,6 +176,11 @@ def neighbors(
     for q in query:
         if q.isdigit():
             qi = int(q)
+            if qi >= len(fs.names) or not fs.valid[qi]:
+                from convscope.errors import UserInputError
+
+                raise UserInputError(f"--query {qi}: the features hold images 0..{len(fs.names) - 1}, "
+                                     "and this one is missing or was unreadable")
             vec, img, label = x[qi : qi + 1], source.read(qi), fs.names[qi]
         else:
             if subject is None:
@@ -187,7 +192,7 @@ def neighbors(
 
                 with torch.inference_mode():
                     subject(subject.load_images([img]))
-            vec = pool(rec[layer].float(), pooling, 3.0).cpu().numpy()
+            vec = pool(rec[layer].float(), pooling, fs.p).cpu().numpy()
         vec = pp.transform(vec) if pp else vec
         scores, found = idx.search(vec, k + 1)
         hits = [

@@ -350,6 +350,10 @@ def filters(
             for nm in names:
                 sums[nm] = sums[nm] + rec[nm].float().mean(dim=(2, 3)).sum(0)
             count += len(batch.indices)
+    if count == 0:
+        from convscope.errors import DataError
+
+        raise DataError(f"no readable image in {data}")
     for nm in names:
         mean = sums[nm] / max(count, 1)
         top = mean.argsort(descending=True)[:n]

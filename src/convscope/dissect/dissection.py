@@ -179,8 +179,9 @@ def _labels(items: list[ConceptItem], lut, cats, n_c, s, device) -> _Labels:
     image_cols = torch.zeros(len(items), n_c + 1, device=device)
     for b, it in enumerate(items):
         if it.planes.shape[0]:
-            p = it.planes.to(device).flatten(1).clamp_(0, len(lut) - 1)
-            cols[b, :p.shape[0]] = lut[p]
+            p = it.planes.to(device).flatten(1)
+            known = (p >= 0) & (p < len(lut))  # labels missing from label.csv count as none
+            cols[b, :p.shape[0]] = torch.where(known, lut[p.clamp(0, len(lut) - 1)], n_c)
         for lvl in range(1, depth):
             dup = (cols[b, :lvl] == cols[b, lvl]).any(0)
             cols[b, lvl][dup] = n_c

@@ -63,8 +63,8 @@ def reference_dissect(subject, data, layer: str, quantile: float = 0.005,
     sh, sw = data.seg_size
     wy, wx = _bilinear_matrix(sh, feats.shape[2]), _bilinear_matrix(sw, feats.shape[3])
     for a, it in zip(feats, items):
-        planes = np.clip(it.planes.numpy(), 0, size - 1)
-        cols = col[planes]  # (L, sh, sw)
+        raw = it.planes.numpy()
+        cols = np.where((raw >= 0) & (raw < size), col[np.clip(raw, 0, size - 1)], len(numbers))
         for lvl in range(1, len(cols)):  # a concept repeated by a second plane counts once
             cols[lvl][(cols[:lvl] == cols[lvl]).any(0)] = len(numbers)
         scalars = [col[c] for c in it.image_level if 0 <= c < size and col[c] < len(numbers)]

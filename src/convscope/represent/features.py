@@ -57,6 +57,7 @@ class FeatureSet:
     source: dict = field(default_factory=dict)
     path: Path | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)  # of this run, with reasons
+    p: float = 3.0  # the GeM exponent used
 
     @property
     def layers(self) -> list[str]:
@@ -89,7 +90,8 @@ class FeatureSet:
         feats = {name: np.load(path / f"{i:03d}.npy", mmap_mode="r")
                  for i, name in enumerate(meta["layers"])}
         return cls(feats, meta["names"], np.load(path / "labels.npy"), meta["classes"],
-                   np.load(path / "valid.npy"), meta["pooling"], meta["model"], meta["source"], path)
+                   np.load(path / "valid.npy"), meta["pooling"], meta["model"], meta["source"], path,
+                   p=float(meta.get("p", 3.0)))
 
 
 def extract_features(subject: Subject, source: ImageSource, layers: Sequence[str], *,
@@ -166,4 +168,4 @@ def extract_features(subject: Subject, source: ImageSource, layers: Sequence[str
                 last = time.monotonic()
     checkpoint(n_batches)
     return FeatureSet(feats, [r.name for r in source.records], labels, source.classes, valid,
-                      pooling, subject.name, source.spec, out, batches.report.items)
+                      pooling, subject.name, source.spec, out, batches.report.items, p)

@@ -58,7 +58,10 @@ class PostProcess:
                 d = int(arg) if name == "pca" else min(y.shape)
                 self.mean = y.mean(0)
                 _, s, vt = np.linalg.svd(y - self.mean, full_matrices=False)
-                d = min(d, vt.shape[0])
+                # directions without variance in the fitting set (rank <= n - 1) are dropped:
+                # whitening would blow their noise up by 1 / sqrt(eps)
+                rank = int((s > s[0] * 1e-6).sum()) if len(s) and s[0] > 0 else 0
+                d = max(1, min(d, rank, vt.shape[0]))
                 self.components = vt[:d]
                 self.eigenvalues = s[:d] ** 2 / max(1, len(y) - 1)
             y = self._apply(name, arg, y)

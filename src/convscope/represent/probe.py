@@ -41,8 +41,13 @@ def split(labels: np.ndarray, test_fraction: float = 0.3, seed: int = 0) -> tupl
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(labels))
+    _, counts = np.unique(labels, return_counts=True)
+    n_test = int(np.ceil(test_fraction * len(labels)))
+    if n_test < len(counts) or len(labels) - n_test < len(counts):
+        raise UserInputError(f"{len(labels)} images are too few for a stratified split of "
+                             f"{len(counts)} classes at --test-fraction {test_fraction}")
     return tuple(train_test_split(idx, test_size=test_fraction, random_state=seed,
-                                  stratify=labels if np.bincount(labels).min() > 1 else None))
+                                  stratify=labels if counts.min() > 1 else None))
 
 
 def linear_probe(features: Mapping[str, np.ndarray], labels: np.ndarray, *,

@@ -44,7 +44,7 @@ class NeighborIndex:
         if kind == "exact":
             index = faiss.IndexFlatIP(d) if ip else faiss.IndexFlatL2(d)
         elif kind == "ivf":
-            nlist = nlist or max(1, int(4 * np.sqrt(n)))
+            nlist = min(n, nlist or max(1, int(4 * np.sqrt(n))))
             quantizer = faiss.IndexFlatIP(d) if ip else faiss.IndexFlatL2(d)
             index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss_metric)
             index.cp.seed = seed
@@ -94,7 +94,14 @@ def evaluate_labels(x: np.ndarray, labels: np.ndarray, metric: str = "l2",
     """Every image (or ``queries``, indices into ``x``) queries all the others; relevant = same
     class. Exact ranking through :class:`NeighborIndex`."""
     labels = np.asarray(labels)
+    if (labels < 0).any():
+        raise UserInputError("retrieval evaluation needs a class label for every image "
+                             "(an ImageFolder-style dataset)")
     queries = np.arange(len(x)) if queries is None else np.asarray(queries)
+    counts = np.bincount(labels)
+    queries = queries[counts[labels[queries]] > 1]  # a query alone in its class has nothing to find
+    if not len(queries):
+        raise UserInputError("no class has two images: nothing to retrieve")
     index = NeighborIndex(x, metric)
     _, idx = index.search(np.asarray(x)[queries], len(x))
     aps, prec = [], {k: [] for k in ks}

@@ -195,6 +195,9 @@ def ray_scan(
     results: dict[int, dict] = {}
     if state is not None:
         state.mkdir(parents=True, exist_ok=True)
+        _check_manifest(state, {"kind": "scan", "layers": names, "images": n, "shards": len(parts),
+                                "model": model_spec, "source": source_spec,
+                                **{k: v for k, v in opts.items() if k != "thresholds"}})
         for i in range(len(parts)):
             f = state / f"scan_shard_{i:04d}_of_{len(parts):04d}.pt"
             if f.exists():
@@ -240,6 +243,22 @@ def ray_scan(
     return merged
 
 
+def _check_manifest(state: Path, config: dict) -> None:
+    """Shards in ``state`` belong to ``config``; a folder left by other settings is refused."""
+    import json
+
+    from convscope.fileio import write_text
+
+    f = state / "manifest.json"
+    wanted = json.loads(json.dumps(config, sort_keys=True, default=str))
+    if f.exists():
+        if json.loads(f.read_text()) != wanted:
+            raise UserInputError(f"{state} holds shards of a job with other settings; start over "
+                                 "(without --resume) or use another folder")
+    else:
+        write_text(f, json.dumps(wanted, indent=1, sort_keys=True))
+
+
 def ray_features(
     subject: Subject,
     source: ImageSource,
@@ -252,11 +271,12 @@ def ray_features(
     device: str = "cpu",
     retries: int = 3,
     progress: Callable[[int, int], None] | None = None,
+    resume: bool = True,
     **options,
 ):
     """:func:`convscope.represent.extract_features` over Ray actors; rows go into the same
     memory-mapped files as a single-process run, and finished shards are recorded so that a
-    killed job continues where it stopped."""
+    killed job continues where it stopped (``resume=False`` starts over)."""
     import json
 
     from convscope.fileio import write_text
@@ -287,7 +307,7 @@ def ray_features(
     old = json.loads(meta_file.read_text()) if meta_file.exists() else None
     if old is not None and {k: old.get(k) for k in config} != config:
         raise UserInputError(f"{out} holds features of another configuration; choose another folder")
-    done_shards = set(old.get("done_shards", [])) if old else set()
+    done_shards = set(old.get("done_shards", [])) if old and resume else set()
     mode = "r+" if done_shards else "w+"
     feats = {
         nm: np.lib.format.open_memmap(

@@ -91,6 +91,9 @@ def load_tensor_images(
                 continue
             images.append(t)
             labels.append(src.records[i].label)
+    if not images:
+        where = src.description + (f" matching {pattern!r}" if pattern else "")
+        raise DataError(f"no readable image in {where}")
     out = TensorImages(torch.stack(images), torch.tensor(labels, dtype=torch.long), src.classes, skipped)
     if cache is not None:
         Path(cache).mkdir(parents=True, exist_ok=True)

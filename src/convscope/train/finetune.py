@@ -50,8 +50,9 @@ def blocks(model: nn.Module) -> list[str]:
 
 
 def freeze(model: nn.Module, k: int) -> list[str]:
-    """Freeze the parameters of the first ``k`` blocks (and keep their batch-norm statistics
-    fixed: they are put in eval mode by :func:`train_mode`). Returns the frozen blocks."""
+    """Freeze the parameters of the first ``k`` blocks (their batch-norm statistics stay fixed
+    too: :func:`~convscope.train.loop.train` keeps frozen batch norms in eval mode). Returns the
+    frozen blocks."""
     names = blocks(model)
     if not 0 <= k <= len(names):
         raise UserInputError(f"--freeze must lie in 0..{len(names)} (blocks: {', '.join(names)})")

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from convscope.errors import UserInputError
 from convscope.fileio import write_text
 from convscope.train.data import TensorImages, augment
 
@@ -147,7 +148,13 @@ def train(
     gen = torch.Generator().manual_seed(config.seed)
     start = 0
     last = latest_checkpoint(out)
+    wanted = json.loads(json.dumps({"train": asdict(config), **(meta or {})}))
     if last is not None:
+        saved = json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else {}
+        diff = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+        if diff:
+            raise UserInputError(f"{out} holds a run with other settings ({', '.join(diff)}); "
+                                 "choose another --out to start a new run")
         state = torch.load(last, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         if state["epoch"] > 0:
@@ -159,15 +166,16 @@ def train(
         start = state["epoch"]
     else:
         torch.manual_seed(config.seed)
-        write_text(out / "config.json", json.dumps({"train": asdict(config), **(meta or {})}, indent=1))
+        write_text(out / "config.json", json.dumps(wanted, indent=1))
         checkpoints.append(_save(out / "epoch_000.pt", _state(model, opt, 0, gen, history, meta)))
     report = progress or (lambda *a: None)
     for epoch in range(start, config.epochs):
         t0 = time.perf_counter()
         model.train()
         for mod in model.modules():  # frozen batch norms keep their statistics too
-            if isinstance(mod, nn.modules.batchnorm._BatchNorm) and not any(
-                p.requires_grad for p in mod.parameters()
+            params = list(mod.parameters())
+            if isinstance(mod, nn.modules.batchnorm._BatchNorm) and params and not any(
+                p.requires_grad for p in params
             ):
                 mod.eval()
         order = torch.randperm(len(train_data), generator=gen)
@@ -201,11 +209,11 @@ def train(
             opt.param_groups[0]["lr"],
         )
         history.append(m)
-        with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(asdict(m)) + "\n")
         checkpoints.append(
             _save(out / f"epoch_{epoch + 1:03d}.pt", _state(model, opt, epoch + 1, gen, history, meta))
         )
+        # the log follows the checkpoint, rewritten whole: a kill between the two never duplicates
+        write_text(out / "metrics.jsonl", "".join(json.dumps(asdict(h)) + "\n" for h in history))
         report((epoch + 1) * steps_per_epoch, total, m)
     return TrainResult(history, checkpoints)
 

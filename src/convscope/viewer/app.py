@@ -8,7 +8,9 @@ as PNG into a private temporary folder and never written anywhere else.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import shutil
 import tempfile
 import threading
 import uuid
@@ -24,24 +26,38 @@ from convscope.viewer import pages
 from convscope.viewer.store import AtlasReader
 
 ALLOWED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"}
+MAX_PIXELS = 40_000_000  # checked from the header, before decoding
+MAX_UPLOADS = 200  # uploads kept in the private temporary folder (oldest removed first)
 
 
 class _Cache:
-    """A small LRU of rendered bytes."""
+    """An LRU of rendered values bounded in bytes; one computation per key at a time (a second
+    request for a picture being rendered waits for it instead of rendering it again)."""
 
-    def __init__(self, size: int = 4096):
-        self.size, self.data, self.lock = size, OrderedDict(), threading.Lock()
+    def __init__(self, max_bytes: int = 256 << 20):
+        self.max_bytes, self.data, self.lock = max_bytes, OrderedDict(), threading.Lock()
+        self.bytes = 0
+        self.pending: dict = {}
 
     def get(self, key, make):
         with self.lock:
             if key in self.data:
                 self.data.move_to_end(key)
                 return self.data[key]
-        value = make()
-        with self.lock:
-            self.data[key] = value
-            while len(self.data) > self.size:
-                self.data.popitem(last=False)
+            gate = self.pending.setdefault(key, threading.Lock())
+        with gate:
+            with self.lock:
+                if key in self.data:
+                    return self.data[key]
+            value = make()
+            size = len(value) if isinstance(value, (bytes, bytearray)) else 1024
+            with self.lock:
+                self.data[key] = value
+                self.bytes += size
+                while self.bytes > self.max_bytes and len(self.data) > 1:
+                    _, old = self.data.popitem(last=False)
+                    self.bytes -= len(old) if isinstance(old, (bytes, bytearray)) else 1024
+                self.pending.pop(key, None)
         return value
 
 
@@ -82,10 +98,9 @@ class ViewerState:
         """The subject and image source the atlas was made from (loaded on first use)."""
         with self._lock:
             if self._subject is None:
-                from convscope.atlas import reopen
+                from convscope.viewer.store import reopen_from_meta
 
-                shim = type("A", (), {"model_spec": self.meta["model"], "source_spec": self.meta["source"]})
-                self._subject, self._source = reopen(shim())
+                self._subject, self._source = reopen_from_meta(self.meta)
                 self._subject.to(self.device)
             return self._subject, self._source
 
@@ -115,8 +130,22 @@ class ViewerState:
 def create_app(atlas: str | Path, device: str = "cpu", upload_limit: int = 8 << 20):
     """The FastAPI application for ``atlas``."""
     st = ViewerState(atlas, device, upload_limit)
-    app = FastAPI(title="convscope viewer", docs_url=None, redoc_url=None)
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        yield
+        shutil.rmtree(st.uploads, ignore_errors=True)  # uploads never outlive the server
+
+    app = FastAPI(title="convscope viewer", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.viewer = st
+
+    @app.middleware("http")
+    async def limit_body(request, call_next):
+        # refuse oversized bodies before they are read (multipart overhead allowed for)
+        size = request.headers.get("content-length")
+        if size is not None and size.isdigit() and int(size) > st.upload_limit + (64 << 10):
+            return Response(f"images up to {st.upload_limit >> 20} MB", status_code=413)
+        return await call_next(request)
+
     links = pages.Links()
 
     def layer_or_404(name: str) -> dict:
@@ -236,22 +265,23 @@ def create_app(atlas: str | Path, device: str = "cpu", upload_limit: int = 8 << 
         if len(data) > st.upload_limit:
             raise HTTPException(413, f"images up to {st.upload_limit >> 20} MB")
         try:
-            with Image.open(io.BytesIO(data)) as probe:
-                fmt = probe.format
+            with Image.open(io.BytesIO(data)) as probe:  # reads the header only
+                fmt, (w, h) = probe.format, probe.size
+                if fmt not in ALLOWED_FORMATS or w * h > MAX_PIXELS:
+                    raise ValueError(fmt)
                 probe.verify()
-            if fmt not in ALLOWED_FORMATS:
-                raise ValueError(fmt)
             from convscope.data import read_image
 
             img = read_image(data)
-            if img.width * img.height > 40_000_000:
-                raise ValueError("too many pixels")
         except Exception:
             raise HTTPException(
                 415, "not an image convscope can read (JPEG, PNG, WebP, BMP, GIF, TIFF)"
             ) from None
         token = uuid.uuid4().hex
         img.save(st.uploads / f"{token}.png")
+        kept = sorted(st.uploads.glob("*.png"), key=lambda p: p.stat().st_mtime)
+        for old in kept[:-MAX_UPLOADS]:  # the folder never grows past MAX_UPLOADS images
+            old.unlink(missing_ok=True)
         return RedirectResponse(f"/upload/{token}", status_code=303)
 
     @app.get("/upload/{token}", response_class=HTMLResponse)
@@ -273,7 +303,7 @@ def create_app(atlas: str | Path, device: str = "cpu", upload_limit: int = 8 << 
     def source_image(idx: int, size: int = 112):
         if st.reader.image(idx) is None:
             raise HTTPException(404, "no such image")
-        size = min(max(size, 16), 1024)
+        size = min((112, 224, 448, 1024), key=lambda s: abs(s - size))  # few sizes: bounded cache
 
         def make():
             img = st.source_only().read(idx)
@@ -312,13 +342,11 @@ def create_app(atlas: str | Path, device: str = "cpu", upload_limit: int = 8 << 
             raise HTTPException(404, "no such unit")
 
         def make():
-            from convscope.atlas import Atlas
             from convscope.scan.patches import render_topk
 
             subject, source = st.model_and_images()
-            store = Atlas(st.path)
-            top = store.topk(layer, unit, criterion, direction=direction)
-            vec = store.direction(layer, unit) if direction else None
+            top = st.reader.unit_topk(layer, unit, criterion, direction)
+            vec = st.reader.direction_vector(layer, unit) if direction else None
             with st.compute:
                 return _png(render_topk(subject, source, top, direction=vec, cell=96))
 

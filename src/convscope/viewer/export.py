@@ -33,15 +33,15 @@ def export_html(
     """Write ``index.html``, paginated layer pages, unit pages for the first
     ``units_per_layer`` units of each layer (with their patches and top-K grids), and a page for
     every image those units show. Returns ``out/index.html``."""
-    from convscope.atlas import Atlas, reopen
     from convscope.render.topk import heat_overlay, patch_from_original
     from convscope.scan.patches import render_topk
+    from convscope.viewer.store import reopen_from_meta
 
     out = Path(out)
     reader = AtlasReader(atlas)
     meta = reader.meta()
     links = pages.StaticLinks()
-    subject, source = reopen(Atlas.open(atlas))
+    subject, source = reopen_from_meta(meta)
     layers = reader.layers()
     write_text(
         out / links.home(),
@@ -79,7 +79,7 @@ def export_html(
                 images.update(r["image"] for r in rows)
                 if rows:
                     save_image(
-                        render_topk(subject, source, Atlas(atlas).topk(name, u, c), cell=96),
+                        render_topk(subject, source, reader.unit_topk(name, u, c), cell=96),
                         out / links.topk(name, u, c),
                     )
             rf = reader.empirical_rf(name, u)
@@ -104,6 +104,7 @@ def export_html(
                     rf,
                     links,
                     weight_neighbors(subject, name, u),
+                    shown=shown,
                 ),
             )
             done += 1

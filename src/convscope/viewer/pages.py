@@ -230,7 +230,9 @@ def unit_page(
     links: Links,
     neighbors: list[tuple[int, float]] | None = None,
     direction: bool = False,
+    shown: int | None = None,
 ) -> str:
+    """``shown``: units with pages (a static export may hold only the first few)."""
     name, u = layer["name"], unit["unit"]
     what = f"direction {u}" if direction else f"unit {u}"
     parts = [
@@ -242,7 +244,9 @@ def unit_page(
     nav = []
     if not direction and u > 0:
         nav.append(f"<a href='{links.unit(name, u - 1)}'>← unit {u - 1}</a>")
-    if not direction and u + 1 < layer["channels"]:
+    limit = layer["channels"] if shown is None else min(shown, layer["channels"])
+    neighbors = [(j, c) for j, c in (neighbors or []) if j < limit]
+    if not direction and u + 1 < limit:
         nav.append(f"<a href='{links.unit(name, u + 1)}'>unit {u + 1} →</a>")
     nav.append(f"<a href='{links.layer(name)}'>all units of {escape(name)}</a>")
     fv = links.visualization(name, u) if not direction else None

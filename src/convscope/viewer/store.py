@@ -15,6 +15,14 @@ from convscope.errors import UserInputError
 SORTS = ("unit", "max", "iou", "label")
 
 
+def reopen_from_meta(meta: dict):
+    """The subject and image source an atlas was made from, from its (read-only) meta."""
+    from convscope.atlas import reopen
+
+    specs = type("Specs", (), {"model_spec": meta["model"], "source_spec": meta["source"]})
+    return reopen(specs())
+
+
 class AtlasReader:
     """Queries for the pages; one connection per thread."""
 
@@ -143,6 +151,33 @@ class AtlasReader:
                 (layer, kind, unit, criterion),
             )
         ]
+
+    def unit_topk(self, layer: str, unit: int, criterion: str = "max", direction: bool = False):
+        """The same :class:`~convscope.scan.result.UnitTopK` as ``Atlas.topk``, read-only."""
+        from convscope.scan.result import UnitTopK
+
+        rows = self.topk(layer, unit, criterion, "direction" if direction else "channel")
+        return UnitTopK(
+            layer,
+            unit,
+            criterion,
+            direction,
+            np.array([r["image"] for r in rows], np.int64),
+            [r["name"] for r in rows],
+            np.array([r["score"] for r in rows], np.float32),
+            np.array([r["y"] for r in rows], np.int64),
+            np.array([r["x"] for r in rows], np.int64),
+        )
+
+    def direction_vector(self, layer: str, idx: int) -> np.ndarray:
+        row = (
+            self.con()
+            .execute("SELECT vector FROM directions WHERE layer = ? AND idx = ?", (layer, idx))
+            .fetchone()
+        )
+        if row is None:
+            raise KeyError((layer, idx))
+        return np.frombuffer(row[0], dtype=np.float32).copy()
 
     def directions(self, layer: str) -> int:
         r = self.con().execute("SELECT directions FROM layers WHERE name = ?", (layer,)).fetchone()
