@@ -152,3 +152,18 @@ def test_scan_command_with_ray(cluster, subject, tmp_path, capsys):
     atlas = Atlas.open(out)
     assert atlas.run()["processed"] == 18 and atlas.run()["config"]["engine"] == "ray"
     assert len(atlas.topk("features.8", 0)) == 3 and not (out / "ray_shards").exists()
+
+
+def test_ray_dissect_equals_one_process(cluster, subject, tmp_path):
+    from convscope.dissect import BrodenDataset, dissect, make_synthetic_broden
+    from convscope.scale import ray_dissect
+
+    root = make_synthetic_broden(tmp_path / "b", n=12, size=96, seg=48)
+    single = dissect(subject, BrodenDataset(root), LAYERS, batch_size=4)
+    merged = ray_dissect(subject, BrodenDataset(root), LAYERS, workers=2, n_shards=3, batch_size=4)
+    for layer in LAYERS:
+        a, b = single.layers[layer], merged.layers[layer]
+        assert np.allclose(a.thresholds, b.thresholds, rtol=1e-5)
+        assert np.abs(a.iou - b.iou).max() < 2e-3 and (a.iou.argmax(1) == b.iou.argmax(1)).mean() > 0.97
+        assert np.allclose(a.top_values, b.top_values, rtol=1e-4, atol=1e-5)  # image order differs only at ties
+    assert merged.images == single.images == 12

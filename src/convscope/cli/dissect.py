@@ -14,7 +14,17 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from convscope.cli.common import ArchOpt, DeviceOpt, ModelArg, SeedOpt, WeightsOpt, load_subject
+from convscope.cli.common import (
+    AddressOpt,
+    ArchOpt,
+    DeviceOpt,
+    EngineOpt,
+    ModelArg,
+    RayWorkersOpt,
+    SeedOpt,
+    WeightsOpt,
+    load_subject,
+)
 
 
 def open_concepts(concepts: str, subject, out: Path, images: str, color_table: Path | None,
@@ -70,6 +80,9 @@ def dissect(
     batch_size: Annotated[int | None, typer.Option(
         "--batch-size", min=1, help="default: 4 on a CPU, 64 on a GPU")] = None,
     workers: Annotated[int, typer.Option("--workers", min=0, help="image decoding processes")] = 0,
+    engine: EngineOpt = "local",
+    address: AddressOpt = None,
+    ray_workers: RayWorkersOpt = 2,
     weights: WeightsOpt = "default",
     arch: ArchOpt = None,
     device: DeviceOpt = "cpu",
@@ -103,9 +116,19 @@ def dissect(
             bar.start()
         bar.update(task, completed=done, total=total)
 
+    if engine not in ("local", "ray"):
+        raise UserInputError("--engine must be local or ray")
     try:
-        result = run(subject, data, names, quantile=quantile, iou_threshold=iou,
-                     max_coverage=max_coverage, batch_size=batch_size, workers=workers, progress=progress)
+        if engine == "ray":
+            from convscope.scale import ray_dissect
+
+            result = ray_dissect(subject, data, names, workers=ray_workers, address=address, device=device,
+                                 quantile=quantile, iou_threshold=iou, max_coverage=max_coverage,
+                                 batch_size=batch_size, progress=progress)
+        else:
+            result = run(subject, data, names, quantile=quantile, iou_threshold=iou,
+                         max_coverage=max_coverage, batch_size=batch_size, workers=workers,
+                         progress=progress)
     finally:
         bar.stop()
     store.write_dissection(result, set_name)

@@ -128,3 +128,19 @@ class BrodenDataset(torch.utils.data.Dataset):
             return ConceptItem(i, None, torch.zeros(0, *self.seg_size, dtype=torch.long), [], [],
                                _reason(e))
         return ConceptItem(i, x, torch.as_tensor(planes), image_level, annotated)
+
+
+def open_concept_data(spec: dict):
+    """A concept dataset again from its ``spec`` (what ``BrodenDataset.spec`` and
+    ``ColorConcepts.spec`` record), e.g. in another process."""
+    if spec.get("kind") == "broden":
+        return BrodenDataset(spec["source"], split=spec.get("split"), limit=spec.get("images"))
+    if spec.get("kind") == "auto-color":
+        from convscope.data import open_images
+        from convscope.dissect.colors import ColorConcepts, ColorNamer
+
+        src = spec["source"]
+        source = open_images(src.get("source") or src.get("files"), pattern=src.get("pattern"))
+        namer = ColorNamer.from_file(spec["table"]) if spec.get("table") else ColorNamer.prototypes()
+        return ColorConcepts(source, seg=spec["seg"], namer=namer)
+    raise DataError(f"cannot open concept data of kind {spec.get('kind')!r}")

@@ -57,7 +57,8 @@ def _bin_centres() -> np.ndarray:
 class ColorNamer:
     """Pixel colour names: ``name(rgb uint8 (..., 3)) -> (...,) int`` in 0..10 (COLOR_NAMES)."""
 
-    def __init__(self, table: np.ndarray):
+    def __init__(self, table: np.ndarray, path: str | None = None):
+        self.path = path  # the table file, when read from one
         table = np.asarray(table)
         if table.shape != (32768,):
             raise DataError(f"a colour table has 32768 entries, got shape {table.shape}")
@@ -83,7 +84,7 @@ class ColorNamer:
         if arr.ndim != 2 or arr.shape[0] != 32768 or arr.shape[1] not in (11, 14):
             raise DataError(f"{path}: a colour table has 32768 rows of 11 (or 3 + 11) columns, "
                             f"got {arr.shape}")
-        return cls(arr[:, -11:].argmax(1))
+        return cls(arr[:, -11:].argmax(1), str(path.resolve()))
 
     def name(self, rgb: np.ndarray) -> np.ndarray:
         rgb = np.asarray(rgb, dtype=np.int64) // 8
@@ -106,7 +107,8 @@ class ColorConcepts(torch.utils.data.Dataset):
         self.seg_size = (seg, seg)
         self.transform = transform
         self.concepts = {k + 1: Concept(k + 1, n, "color") for k, n in enumerate(COLOR_NAMES)}
-        self.spec = {"kind": "auto-color", "source": self.source.spec, "seg": seg}
+        self.spec = {"kind": "auto-color", "source": self.source.spec, "seg": seg,
+                     "table": self.namer.path, "images": len(self.source)}
 
     def __len__(self) -> int:
         return len(self.source)

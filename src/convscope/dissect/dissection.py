@@ -50,8 +50,9 @@ def _collate(items: list[ConceptItem]):
     return x, good, bad
 
 
-def _batches(data, batch_size: int, workers: int, report: SkipReport | None):
-    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False,
+def _batches(data, batch_size: int, workers: int, report: SkipReport | None, indices=None):
+    dataset = data if indices is None else torch.utils.data.Subset(data, list(indices))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
                                          num_workers=workers, collate_fn=_collate)
     for x, good, bad in loader:
         if report is not None:
@@ -70,6 +71,80 @@ def _acts(subject: Subject, rec: Recorder, names, x) -> dict[str, torch.Tensor]:
     return out
 
 
+class _Plan:
+    """What both passes need: layers, map sizes, the label -> column table, categories."""
+
+    def __init__(self, subject: Subject, data, layers: Sequence[str]):
+        if data.transform is None:
+            data.transform = dissection_transform(subject)
+        self.infos = [subject.layer(n) for n in layers]
+        self.names = [i.name for i in self.infos]
+        self.maps = {i.name: tuple(i.shape[1:]) if len(i.shape) == 3 else (1, 1) for i in self.infos}
+        self.numbers = sorted(data.concepts)
+        self.n_c = len(self.numbers)
+        device = subject.device
+        lut = torch.full((max(self.numbers) + 1,), self.n_c, dtype=torch.long)  # n_c = none
+        lut[self.numbers] = torch.arange(self.n_c)
+        self.lut = lut.to(device)
+        self.cats = list(data.categories)
+        self.cat_of = torch.tensor([self.cats.index(data.concepts[c].category)
+                                    if data.concepts[c].category in self.cats else 0
+                                    for c in self.numbers], device=device)
+        self.seg = tuple(data.seg_size)
+        self.s = self.seg[0] * self.seg[1]
+        self.device = device
+
+    def labels(self, items) -> _Labels:
+        return _labels(items, self.lut, self.cats, self.n_c, self.s, self.device)
+
+    def per_image_bytes(self) -> int:
+        return sum(i.units * self.maps[i.name][0] * self.maps[i.name][1] * 4 for i in self.infos) + 8 * self.s
+
+
+def threshold_state(subject: Subject, data, layers: Sequence[str], *, quantile: float = 0.005,
+                    indices=None, batch_size: int = 4, workers: int = 0):
+    """Pass 1 on part of the data (``indices``): per layer the largest activations needed for
+    the exact quantile over the *whole* dataset, and the images skipped. Merge the states of
+    disjoint parts with :func:`merge_threshold_states`."""
+    plan = _Plan(subject, data, layers)
+    tops = TopValues(len(data), plan.maps, quantile=1 - quantile)
+    skipped = SkipReport()
+    with Recorder(subject, plan.names, stop=True) as rec:
+        for x, good in _batches(data, batch_size, workers, skipped, indices):
+            if len(good):
+                tops.add(_acts(subject, rec, plan.names, x))
+    return {"values": {n: v.cpu() for n, v in tops.values.items()}, "seen": tops.seen,
+            "skipped": skipped.items}
+
+
+def merge_threshold_states(data, maps: dict, quantile: float, states: list[dict]) -> tuple[TopValues, list]:
+    """The :class:`TopValues` of the union of the parts, and every skipped file."""
+    tops = TopValues(len(data), maps, quantile=1 - quantile)
+    skipped = []
+    for st in states:
+        skipped += [tuple(x) for x in st["skipped"]]
+        for n, v in st["values"].items():
+            tops.add_values(n, v, st["seen"][n])
+    return tops, skipped
+
+
+def count_state(subject: Subject, data, layers: Sequence[str], thresholds: dict, *, top: int = 8,
+                indices=None, batch_size: int = 4, workers: int = 0) -> dict:
+    """Pass 2 on part of the data: per layer the IoU counts (mergeable by addition) and the
+    part's top images."""
+    plan = _Plan(subject, data, layers)
+    counts = {n: _Counts(thresholds[n].to(plan.device), plan.n_c, len(plan.cats), top, plan.seg,
+                         plan.device) for n in plan.names}
+    with Recorder(subject, plan.names, stop=True) as rec:
+        for x, good in _batches(data, batch_size, workers, None, indices):
+            if len(good):
+                acts = _acts(subject, rec, plan.names, x)
+                labels = plan.labels(good)
+                for n in plan.names:
+                    counts[n].add(acts[n], labels)
+    return {n: c.to_dict() for n, c in counts.items()}
+
+
 def dissect(subject: Subject, data, layers: Sequence[str], *, quantile: float = 0.005,
             iou_threshold: float = 0.04, max_coverage: float = 0.2, batch_size: int | None = None,
             workers: int = 0, top: int = 8, cache_bytes: int = 2 << 30,
@@ -86,29 +161,13 @@ def dissect(subject: Subject, data, layers: Sequence[str], *, quantile: float = 
     and 64 on an accelerator. Unreadable images are skipped and listed in the result."""
     if batch_size is None:
         batch_size = 4 if subject.device.type == "cpu" else 64
-    if data.transform is None:
-        data.transform = dissection_transform(subject)
-    infos = [subject.layer(n) for n in layers]
-    names = [i.name for i in infos]
-    maps = {i.name: tuple(i.shape[1:]) if len(i.shape) == 3 else (1, 1) for i in infos}
-    numbers = sorted(data.concepts)
-    n_c = len(numbers)
-    device = subject.device
-    lut = torch.full((max(numbers) + 1,), n_c, dtype=torch.long)  # label -> column; n_c = none
-    lut[numbers] = torch.arange(n_c)
-    lut = lut.to(device)
-    cats = list(data.categories)
-    cat_of = torch.tensor([cats.index(data.concepts[c].category)
-                           if data.concepts[c].category in cats else 0 for c in numbers], device=device)
-    sh, sw = data.seg_size
-    s = sh * sw
-    per_image = sum(infos[k].units * maps[n][0] * maps[n][1] * 4 for k, n in enumerate(names)) \
-        + 4 * s * 2
-    cache = len(data) * per_image <= cache_bytes
+    plan = _Plan(subject, data, layers)
+    names = plan.names
+    cache = len(data) * plan.per_image_bytes() <= cache_bytes
     report = progress or (lambda d, t: None)
     skipped = SkipReport()
     total = len(data) * (1 if cache else 2)
-    tops = TopValues(len(data), maps, quantile=1 - quantile)
+    tops = TopValues(len(data), plan.maps, quantile=1 - quantile)
     stored: list = []
     done = 0
     t0 = time.perf_counter()
@@ -118,12 +177,12 @@ def dissect(subject: Subject, data, layers: Sequence[str], *, quantile: float = 
                 acts = _acts(subject, rec, names, x)
                 tops.add(acts)
                 if cache:
-                    stored.append((acts, _labels(good, lut, cats, n_c, s, device)))
+                    stored.append((acts, plan.labels(good)))
             done += batch_size
             report(min(done, len(data)), total)
         thr = {n: tops.thresholds(n) for n in names}
         t1 = time.perf_counter()
-        counts = {n: _Counts(thr[n], n_c, len(cats), top, (sh, sw), device) for n in names}
+        counts = {n: _Counts(thr[n], plan.n_c, len(plan.cats), top, plan.seg, plan.device) for n in names}
 
         def batches():
             if cache:
@@ -131,7 +190,7 @@ def dissect(subject: Subject, data, layers: Sequence[str], *, quantile: float = 
                 return
             for x, good in _batches(data, batch_size, workers, None):  # pass 2
                 if len(good):
-                    yield _acts(subject, rec, names, x), _labels(good, lut, cats, n_c, s, device)
+                    yield _acts(subject, rec, names, x), plan.labels(good)
                 else:
                     yield None, None
 
@@ -143,18 +202,25 @@ def dissect(subject: Subject, data, layers: Sequence[str], *, quantile: float = 
                 done += batch_size
                 report(min(done, total), total)
     seconds = {"pass1": t1 - t0, "pass2": time.perf_counter() - t1}
+    return finish(plan, data, thr, counts, iou_threshold, quantile, max_coverage, skipped.items,
+                  subject.name, seconds)
+
+
+def finish(plan: _Plan, data, thr: dict, counts: dict, iou_threshold: float, quantile: float,
+           max_coverage: float, skipped: list, model: str, seconds: dict | None = None) -> Dissection:
+    """IoU from the summed counts of every layer."""
     result = {}
-    for n in names:
+    for n in plan.names:
         c = counts[n]
-        both = c.inter[:, :n_c]
-        union = c.area_m[:, cat_of] + c.area_l[None, :n_c] - both
+        both = c.inter[:, :plan.n_c]
+        union = c.area_m[:, plan.cat_of] + c.area_l[None, :plan.n_c] - both
         iou = torch.where(union > 0, both / union.clamp_min(1), torch.zeros_like(union))
-        result[n] = LayerDissection(n, thr[n].cpu().numpy(), numbers, iou.cpu().numpy(),
+        result[n] = LayerDissection(n, thr[n].cpu().numpy(), plan.numbers, iou.cpu().numpy(),
                                     c.best_i.cpu().numpy(), c.best_v.cpu().numpy(),
                                     (c.area / max(1, c.pixels)).cpu().numpy())
-    return Dissection(result, dict(data.concepts), cats, iou_threshold, quantile, max_coverage,
-                      len(data) - skipped.count, skipped.items, dict(getattr(data, "spec", {})),
-                      subject.name, seconds)
+    return Dissection(result, dict(data.concepts), plan.cats, iou_threshold, quantile, max_coverage,
+                      len(data) - len(skipped), list(skipped), dict(getattr(data, "spec", {})), model,
+                      seconds or {})
 
 
 @dataclass
@@ -211,6 +277,26 @@ class _Counts:
         self.pixels = 0
         self.best_v = torch.full((u, 0), -torch.inf, device=device)
         self.best_i = torch.zeros((u, 0), dtype=torch.long, device=device)
+
+    _FIELDS = ("inter", "area_m", "area_l", "area")
+
+    def to_dict(self) -> dict:
+        return {**{f: getattr(self, f).cpu() for f in self._FIELDS}, "pixels": self.pixels,
+                "best_v": self.best_v.cpu(), "best_i": self.best_i.cpu()}
+
+    @classmethod
+    def from_dicts(cls, thr, n_c, n_cats, top, seg, device, parts: list[dict]) -> _Counts:
+        """The sum of disjoint parts' counts, and their merged top images."""
+        c = cls(thr.to(device), n_c, n_cats, top, seg, device)
+        for p in parts:
+            for f in cls._FIELDS:
+                getattr(c, f).add_(p[f].to(device))
+            c.pixels += p["pixels"]
+            v = torch.cat([c.best_v, p["best_v"].to(device)], 1)
+            i = torch.cat([c.best_i, p["best_i"].to(device)], 1)
+            c.best_v, pos = v.topk(min(top, v.shape[1]), dim=1)
+            c.best_i = i.gather(1, pos)
+        return c
 
     def add(self, a: torch.Tensor, lab: _Labels) -> None:
         """Count one batch of activations ``a`` (B, U, h, w)."""

@@ -72,6 +72,8 @@ def _specs(subject: Subject, source: ImageSource) -> tuple[dict, dict]:
             "--engine ray cannot use random weights (each worker would draw its own); "
             "save them to a file and pass --weights FILE"
         )
+    if source is None:
+        return dict(subject.spec), None
     if not (source.spec.get("source") or source.spec.get("files")):
         raise UserInputError("--engine ray needs images opened from a path (open_images)")
     return dict(subject.spec), dict(source.spec)
@@ -80,13 +82,60 @@ def _specs(subject: Subject, source: ImageSource) -> tuple[dict, dict]:
 class _Worker:
     """Body of the Ray actor: the model and images loaded again from their specs."""
 
-    def __init__(self, model_spec: dict, source_spec: dict, device: str, threads: int):
-        from convscope.atlas import reopen
+    def __init__(self, model_spec: dict, source_spec: dict | None, device: str, threads: int):
+        from convscope.zoo import load
 
         torch.set_num_threads(threads)
-        shim = type("Specs", (), {"model_spec": model_spec, "source_spec": source_spec})
-        self.subject, self.source = reopen(shim())
+        self.subject = load(
+            model_spec["model"], weights=model_spec["weights"] or "none", arch=model_spec["arch"]
+        )
         self.subject.to(device)
+        self.source = None
+        if source_spec is not None:
+            from convscope.data import open_images
+
+            where = source_spec.get("source") or source_spec.get("files")
+            self.source = open_images(where, pattern=source_spec.get("pattern"))
+        self.concepts: dict[str, object] = {}
+
+    def _concepts(self, spec: dict):
+        import json
+
+        from convscope.dissect.broden import open_concept_data
+
+        key = json.dumps(spec, sort_keys=True, default=str)
+        if key not in self.concepts:
+            self.concepts[key] = open_concept_data(spec)
+        return self.concepts[key]
+
+    def dissect_thresholds(
+        self, spec: dict, indices: list[int], layers: list[str], quantile: float, batch_size: int
+    ):
+        from convscope.dissect.dissection import threshold_state
+
+        return threshold_state(
+            self.subject,
+            self._concepts(spec),
+            layers,
+            quantile=quantile,
+            indices=indices,
+            batch_size=batch_size,
+        )
+
+    def dissect_counts(
+        self, spec: dict, indices: list[int], layers: list[str], thresholds: dict, top: int, batch_size: int
+    ):
+        from convscope.dissect.dissection import count_state
+
+        return count_state(
+            self.subject,
+            self._concepts(spec),
+            layers,
+            thresholds,
+            top=top,
+            indices=indices,
+            batch_size=batch_size,
+        )
 
     def scan(self, indices: list[int], layers: list[str], options: dict, fail_marker: str | None = None):
         if fail_marker and not os.path.exists(fail_marker):  # for tests: die once, mid-task
@@ -195,9 +244,18 @@ def ray_scan(
     results: dict[int, dict] = {}
     if state is not None:
         state.mkdir(parents=True, exist_ok=True)
-        _check_manifest(state, {"kind": "scan", "layers": names, "images": n, "shards": len(parts),
-                                "model": model_spec, "source": source_spec,
-                                **{k: v for k, v in opts.items() if k != "thresholds"}})
+        _check_manifest(
+            state,
+            {
+                "kind": "scan",
+                "layers": names,
+                "images": n,
+                "shards": len(parts),
+                "model": model_spec,
+                "source": source_spec,
+                **{k: v for k, v in opts.items() if k != "thresholds"},
+            },
+        )
         for i in range(len(parts)):
             f = state / f"scan_shard_{i:04d}_of_{len(parts):04d}.pt"
             if f.exists():
@@ -253,8 +311,10 @@ def _check_manifest(state: Path, config: dict) -> None:
     wanted = json.loads(json.dumps(config, sort_keys=True, default=str))
     if f.exists():
         if json.loads(f.read_text()) != wanted:
-            raise UserInputError(f"{state} holds shards of a job with other settings; start over "
-                                 "(without --resume) or use another folder")
+            raise UserInputError(
+                f"{state} holds shards of a job with other settings; start over "
+                "(without --resume) or use another folder"
+            )
     else:
         write_text(f, json.dumps(wanted, indent=1, sort_keys=True))
 
@@ -367,3 +427,84 @@ def ray_features(
     result = FeatureSet.load(out)
     result.skipped = skipped
     return result
+
+
+def ray_dissect(
+    subject: Subject,
+    data,
+    layers: Sequence[str],
+    *,
+    workers: int = 2,
+    address: str | None = None,
+    n_shards: int | None = None,
+    device: str = "cpu",
+    retries: int = 3,
+    quantile: float = 0.005,
+    iou_threshold: float = 0.04,
+    max_coverage: float = 0.2,
+    top: int = 8,
+    batch_size: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+):
+    """:func:`convscope.dissect.dissect` over Ray actors: pass 1 (top activations) on each shard,
+    merged into the exact thresholds; pass 2 (IoU counts) on each shard, summed. The result
+    equals a single-process dissection up to float rounding."""
+    from convscope.dissect.dissection import _Counts, _Plan, finish, merge_threshold_states
+
+    ray = _init(address, workers)
+    model_spec, _ = _specs(subject, None)
+    spec = dict(getattr(data, "spec", {}))
+    if spec.get("kind") not in ("broden", "auto-color"):
+        raise UserInputError("--engine ray needs concept data opened from a path (Broden or auto-color)")
+    plan = _Plan(subject, data, layers)
+    names = plan.names
+    bs = batch_size or (4 if device == "cpu" else 64)
+    parts = shards(len(data), n_shards or 4 * workers)
+    actors = _actors(ray, min(workers, len(parts)), model_spec, None, device, retries)
+    report = progress or (lambda d, t: None)
+    total = 2 * len(data)
+    state1: dict[int, dict] = {}
+
+    def got1(i, value):
+        state1[i] = value
+        report(sum(len(parts[j]) for j in state1), total)
+
+    _run(
+        ray,
+        actors,
+        [
+            (i, lambda a, i=i: a.dissect_thresholds.remote(spec, parts[i], names, quantile, bs))
+            for i in range(len(parts))
+        ],
+        got1,
+    )
+    tops, skipped = merge_threshold_states(data, plan.maps, quantile, [state1[i] for i in range(len(parts))])
+    thr = {n: tops.thresholds(n).cpu() for n in names}
+    state2: dict[int, dict] = {}
+
+    def got2(i, value):
+        state2[i] = value
+        report(len(data) + sum(len(parts[j]) for j in state2), total)
+
+    _run(
+        ray,
+        actors,
+        [
+            (i, lambda a, i=i: a.dissect_counts.remote(spec, parts[i], names, thr, top, bs))
+            for i in range(len(parts))
+        ],
+        got2,
+    )
+    counts = {
+        n: _Counts.from_dicts(
+            thr[n],
+            plan.n_c,
+            len(plan.cats),
+            top,
+            plan.seg,
+            plan.device,
+            [state2[i][n] for i in range(len(parts))],
+        )
+        for n in names
+    }
+    return finish(plan, data, thr, counts, iou_threshold, quantile, max_coverage, skipped, subject.name)

@@ -209,6 +209,15 @@ class TopValues:
             m = min(self.keep[name], both.shape[1])
             self.values[name] = both.topk(m, dim=1).values if both.shape[1] > m else both
 
+    def add_values(self, name: str, values: torch.Tensor, seen: int) -> None:
+        """Fold in another part's kept values (U, m) of ``seen`` activations (for merging the
+        states of disjoint parts of one dataset)."""
+        self.seen[name] += seen
+        cur = self.values.get(name)
+        both = values if cur is None else torch.cat([cur, values.to(cur.device)], dim=1)
+        m = min(self.keep[name], both.shape[1])
+        self.values[name] = both.topk(m, dim=1).values if both.shape[1] > m else both
+
     def thresholds(self, name: str) -> torch.Tensor:
         n = self.seen[name]
         if n == 0:
