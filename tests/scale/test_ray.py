@@ -165,5 +165,6 @@ def test_ray_dissect_equals_one_process(cluster, subject, tmp_path):
         a, b = single.layers[layer], merged.layers[layer]
         assert np.allclose(a.thresholds, b.thresholds, rtol=1e-5)
         assert np.abs(a.iou - b.iou).max() < 2e-3 and (a.iou.argmax(1) == b.iou.argmax(1)).mean() > 0.97
-        assert np.allclose(a.top_values, b.top_values, rtol=1e-4, atol=1e-5)  # image order differs only at ties
+        # image order may differ where maxima tie; the values agree
+        assert np.allclose(a.top_values, b.top_values, rtol=1e-4, atol=1e-5)
     assert merged.images == single.images == 12
