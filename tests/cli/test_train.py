@@ -30,7 +30,10 @@ def test_train_then_filters(split_dir, tmp_path, capsys):
     rows = (out / "confusion.csv").read_text().splitlines()
     assert sum(int(v) for r in rows[1:] for v in r.split(",")[1:]) == 30
     assert "test accuracy" in capsys.readouterr().out
-    assert main(["train", str(split_dir), "--epochs", "2", "--out", str(out)]) == 0  # resumes: done
+    args = ["train", str(split_dir), "--epochs", "2", "--batch-size", "16", "--out", str(out)]
+    assert main(args) == 0  # the same run again: resumes, finds it finished
+    assert main(["train", str(split_dir), "--epochs", "3", "--out", str(out)]) == 2  # other settings
+    assert "other settings" in capsys.readouterr().err
     assert main(["filters", str(out), "--out", str(tmp_path / "evo.png")]) == 0
     assert Image.open(tmp_path / "evo.png").width > 300
     assert main(["filters", "torchvision:alexnet", "--weights", "none", "--n", "8",
