@@ -80,9 +80,10 @@ def _specs(subject: Subject, source: ImageSource) -> tuple[dict, dict]:
 
 
 class _Worker:
-    """Body of the Ray actor: the model and images loaded again from their specs."""
+    """Body of the Ray actor: the model loaded again from its spec; image sources and concept
+    data opened from theirs on first use and kept."""
 
-    def __init__(self, model_spec: dict, source_spec: dict | None, device: str, threads: int):
+    def __init__(self, model_spec: dict, device: str, threads: int):
         from convscope.zoo import load
 
         torch.set_num_threads(threads)
@@ -90,13 +91,19 @@ class _Worker:
             model_spec["model"], weights=model_spec["weights"] or "none", arch=model_spec["arch"]
         )
         self.subject.to(device)
-        self.source = None
-        if source_spec is not None:
-            from convscope.data import open_images
-
-            where = source_spec.get("source") or source_spec.get("files")
-            self.source = open_images(where, pattern=source_spec.get("pattern"))
+        self.sources: dict[str, object] = {}
         self.concepts: dict[str, object] = {}
+
+    def _source(self, spec: dict):
+        import json
+
+        from convscope.data import open_images
+
+        key = json.dumps(spec, sort_keys=True, default=str)
+        if key not in self.sources:
+            where = spec.get("source") or spec.get("files")
+            self.sources[key] = open_images(where, pattern=spec.get("pattern"))
+        return self.sources[key]
 
     def _concepts(self, spec: dict):
         import json
@@ -137,11 +144,18 @@ class _Worker:
             batch_size=batch_size,
         )
 
-    def scan(self, indices: list[int], layers: list[str], options: dict, fail_marker: str | None = None):
+    def scan(
+        self,
+        source_spec: dict,
+        indices: list[int],
+        layers: list[str],
+        options: dict,
+        fail_marker: str | None = None,
+    ):
         if fail_marker and not os.path.exists(fail_marker):  # for tests: die once, mid-task
             Path(fail_marker).write_text("failed once")
             os._exit(1)
-        r = scan(self.subject, self.source, layers, indices=indices, **options)
+        r = scan(self.subject, self._source(source_spec), layers, indices=indices, **options)
         return {
             "states": {n: s.to_dict() for n, s in r.states.items()},
             "skipped": r.skipped,
@@ -149,10 +163,10 @@ class _Worker:
             "seconds": r.seconds,
         }
 
-    def features(self, indices: list[int], layers: list[str], options: dict):
+    def features(self, source_spec: dict, indices: list[int], layers: list[str], options: dict):
         from convscope.represent.features import extract_features
 
-        fs = extract_features(self.subject, self.source.subset(indices), layers, **options)
+        fs = extract_features(self.subject, self._source(source_spec).subset(indices), layers, **options)
         return {
             "features": {n: np.asarray(fs.features[n]) for n in layers},
             "valid": fs.valid,
@@ -163,17 +177,21 @@ class _Worker:
 _POOL: dict[str, list] = {}
 
 
-def _actors(ray, n: int, model_spec, source_spec, device: str, retries: int):
-    """``n`` workers for this model, images and device; started once per Ray session and kept,
-    since starting one (a Python process importing torch and loading the model) takes seconds."""
+def _actors(ray, n: int, model_spec, device: str, retries: int):
+    """``n`` workers for this model and device; started once per Ray session and kept, since
+    starting one (a Python process importing torch and loading the model) takes seconds. Workers
+    of another model are stopped first: each holds a CPU (or GPU) slot of the cluster."""
     import json
 
-    key = json.dumps([model_spec, source_spec, device, retries], sort_keys=True, default=str)
+    key = json.dumps([model_spec, device, retries], sort_keys=True, default=str)
+    for other in [k for k in _POOL if k != key]:
+        for a in _POOL.pop(other):
+            ray.kill(a)
     pool = _POOL.setdefault(key, [])
     gpus = 1 if device.startswith("cuda") else 0
     cls = ray.remote(num_cpus=1, num_gpus=gpus, max_restarts=retries, max_task_retries=retries)(_Worker)
     while len(pool) < n:
-        pool.append(cls.remote(model_spec, source_spec, device, 1))
+        pool.append(cls.remote(model_spec, device, 1))
     return pool[:n]
 
 
@@ -272,9 +290,14 @@ def ray_scan(
 
     todo = [i for i in range(len(parts)) if i not in results]
     if todo:
-        actors = _actors(ray, min(workers, len(todo)), model_spec, source_spec, device, retries)
+        actors = _actors(ray, min(workers, len(todo)), model_spec, device, retries)
         tasks = [
-            (i, lambda a, i=i: a.scan.remote(parts[i], names, opts, fail_once if i == todo[0] else None))
+            (
+                i,
+                lambda a, i=i: a.scan.remote(
+                    source_spec, parts[i], names, opts, fail_once if i == todo[0] else None
+                ),
+            )
             for i in todo
         ]
         _run(ray, actors, tasks, finished)
@@ -415,12 +438,12 @@ def ray_features(
 
     todo = [i for i in range(len(parts)) if i not in done_shards]
     if todo:
-        actors = _actors(ray, min(workers, len(todo)), model_spec, source_spec, device, retries)
+        actors = _actors(ray, min(workers, len(todo)), model_spec, device, retries)
         opts = {k: v for k, v in options.items() if k in ("pooling", "p", "batch_size")}
         _run(
             ray,
             actors,
-            [(i, lambda a, i=i: a.features.remote(parts[i], names, opts)) for i in todo],
+            [(i, lambda a, i=i: a.features.remote(source_spec, parts[i], names, opts)) for i in todo],
             finished,
         )
     checkpoint(True)
@@ -460,7 +483,7 @@ def ray_dissect(
     names = plan.names
     bs = batch_size or (4 if device == "cpu" else 64)
     parts = shards(len(data), n_shards or 4 * workers)
-    actors = _actors(ray, min(workers, len(parts)), model_spec, None, device, retries)
+    actors = _actors(ray, min(workers, len(parts)), model_spec, device, retries)
     report = progress or (lambda d, t: None)
     total = 2 * len(data)
     state1: dict[int, dict] = {}
