@@ -21,6 +21,14 @@ AddressOpt = Annotated[str | None, typer.Option("--address", help="Ray cluster a
 RayWorkersOpt = Annotated[int, typer.Option("--ray-workers", min=1, help="Ray actors")]
 
 
+def check_engine(engine: str) -> None:
+    """``--engine`` is ``local`` or ``ray``."""
+    if engine not in ("local", "ray"):
+        from convscope.errors import UserInputError
+
+        raise UserInputError(f"--engine must be local or ray, not {engine!r}")
+
+
 def load_subject(model: str, weights: str = "default", arch: str | None = None,
                  device: str = "cpu"):
     from convscope.zoo import load

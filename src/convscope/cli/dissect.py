@@ -23,6 +23,7 @@ from convscope.cli.common import (
     RayWorkersOpt,
     SeedOpt,
     WeightsOpt,
+    check_engine,
     load_subject,
 )
 
@@ -116,8 +117,7 @@ def dissect(
             bar.start()
         bar.update(task, completed=done, total=total)
 
-    if engine not in ("local", "ray"):
-        raise UserInputError("--engine must be local or ray")
+    check_engine(engine)
     try:
         if engine == "ray":
             from convscope.scale import ray_dissect

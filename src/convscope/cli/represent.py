@@ -21,6 +21,7 @@ from convscope.cli.common import (
     RayWorkersOpt,
     SeedOpt,
     WeightsOpt,
+    check_engine,
     load_subject,
 )
 
@@ -103,10 +104,7 @@ def features(
             bar.start()
         bar.update(task, completed=done, total=total)
 
-    if engine not in ("local", "ray"):
-        from convscope.errors import UserInputError
-
-        raise UserInputError("--engine must be local or ray")
+    check_engine(engine)
     try:
         if engine == "ray":
             from convscope.scale import ray_features

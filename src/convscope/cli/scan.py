@@ -26,6 +26,7 @@ from convscope.cli.common import (
     RayWorkersOpt,
     SeedOpt,
     WeightsOpt,
+    check_engine,
     load_subject,
 )
 
@@ -84,10 +85,7 @@ def scan(
             bar.start()
         bar.update(task, completed=done, total=total)
 
-    if engine not in ("local", "ray"):
-        from convscope.errors import UserInputError
-
-        raise UserInputError("--engine must be local or ray")
+    check_engine(engine)
     try:
         if engine == "ray":
             atlas, result = _ray_scan(subject, source, out, layers, resume, overwrite, progress, address,
