@@ -155,6 +155,15 @@ def open_images(
     return src
 
 
+def open_spec(spec: dict, transform: Transform | None = None) -> ImageSource:
+    """Open again the images an :attr:`ImageSource.spec` describes (as atlases and feature
+    folders record it)."""
+    where = spec.get("source") or spec.get("files")
+    if where is None:
+        raise DataError(f"{spec.get('description', 'the image source')} does not say where its images are")
+    return open_images(where, transform=transform, pattern=spec.get("pattern"))
+
+
 def _open(source, transform, pattern) -> ImageSource:
     if isinstance(source, str) and source == "convscope:samples":
         return _from_samples(transform, pattern)

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from convscope.errors import ModelLoadError, UserInputError, WeightsUnavailableError
+from convscope.errors import ConvscopeError, ModelLoadError, UserInputError, WeightsUnavailableError
 from convscope.preprocess import Preprocess
 from convscope.subject import Subject
 
@@ -27,6 +27,14 @@ def imagenet_classes() -> tuple[str, ...]:
     """The 1000 ImageNet-1k class names, in index order (bundled; no download)."""
     text = resources.files("convscope.resources").joinpath("imagenet_classes.txt").read_text("utf-8")
     return tuple(line for line in text.splitlines() if line)
+
+
+def load_spec(spec: dict, device: str | torch.device | None = None) -> Subject:
+    """Load again the model a :attr:`Subject.spec` describes (what an atlas records)."""
+    if "model" not in spec:
+        raise ConvscopeError(
+            f"the atlas was made from a wrapped model ({spec.get('name')}); pass the subject")
+    return load(spec["model"], weights=spec["weights"] or "none", arch=spec["arch"], device=device)
 
 
 def load(

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from convscope.atlas.store import Atlas
-from convscope.data import ImageSource, open_images
+from convscope.data import ImageSource, open_spec
 from convscope.errors import ConvscopeError
 from convscope.fileio import save_image
 from convscope.scan import ScanResult, resolve_scan_layers, scan
@@ -55,19 +55,14 @@ def reopen(atlas: Atlas, subject: Subject | None = None,
            source: ImageSource | None = None) -> tuple[Subject, ImageSource]:
     """The subject and image source an atlas was made from (loaded again from its specs)."""
     if subject is None:
-        spec = atlas.model_spec
-        if "model" not in spec:
-            raise ConvscopeError(
-                f"the atlas was made from a wrapped model ({spec.get('name')}); pass the subject")
-        from convscope.zoo import load
+        from convscope.zoo import load_spec
 
-        subject = load(spec["model"], weights=spec["weights"] or "none", arch=spec["arch"])
+        subject = load_spec(atlas.model_spec)
     if source is None:
         spec = atlas.source_spec
-        where = spec.get("source") or spec.get("files")
-        if where is None:
+        if (spec.get("source") or spec.get("files")) is None:
             raise ConvscopeError("the atlas does not say where its images are; pass the source")
-        source = open_images(where, transform=subject.transform, pattern=spec.get("pattern"))
+        source = open_spec(spec, transform=subject.transform)
         if len(source) != spec.get("images", len(source)):
             raise ConvscopeError(
                 f"{spec['description']} now has {len(source)} images, the atlas was made from "

@@ -40,13 +40,12 @@ def _load(atlas: Path, pooling: str):
 
 
 def _source(fs, transform=None):
-    from convscope.data import open_images
+    from convscope.data import open_spec
     from convscope.errors import UserInputError
 
-    where = fs.source.get("source") or fs.source.get("files")
-    if where is None:
+    if (fs.source.get("source") or fs.source.get("files")) is None:
         raise UserInputError("the features do not say where their images are")
-    return open_images(where, transform=transform, pattern=fs.source.get("pattern"))
+    return open_spec(fs.source, transform)
 
 
 def _layers(fs, spec: str | None) -> list[str]:

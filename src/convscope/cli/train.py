@@ -402,7 +402,6 @@ def compare_scans(
 
 def _source_only(atlas):
     """The atlas's images, untransformed (for pictures)."""
-    from convscope.data import open_images
+    from convscope.data import open_spec
 
-    spec = atlas.source_spec
-    return open_images(spec.get("source") or spec.get("files"), pattern=spec.get("pattern"))
+    return open_spec(atlas.source_spec)

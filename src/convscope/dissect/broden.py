@@ -136,11 +136,10 @@ def open_concept_data(spec: dict):
     if spec.get("kind") == "broden":
         return BrodenDataset(spec["source"], split=spec.get("split"), limit=spec.get("images"))
     if spec.get("kind") == "auto-color":
-        from convscope.data import open_images
+        from convscope.data import open_spec
         from convscope.dissect.colors import ColorConcepts, ColorNamer
 
-        src = spec["source"]
-        source = open_images(src.get("source") or src.get("files"), pattern=src.get("pattern"))
+        source = open_spec(spec["source"])
         namer = ColorNamer.from_file(spec["table"]) if spec.get("table") else ColorNamer.prototypes()
         return ColorConcepts(source, seg=spec["seg"], namer=namer)
     raise DataError(f"cannot open concept data of kind {spec.get('kind')!r}")

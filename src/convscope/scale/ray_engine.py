@@ -84,36 +84,23 @@ class _Worker:
     data opened from theirs on first use and kept."""
 
     def __init__(self, model_spec: dict, device: str, threads: int):
-        from convscope.zoo import load
+        from convscope.zoo import load_spec
 
         torch.set_num_threads(threads)
-        self.subject = load(
-            model_spec["model"], weights=model_spec["weights"] or "none", arch=model_spec["arch"]
-        )
-        self.subject.to(device)
-        self.sources: dict[str, object] = {}
-        self.concepts: dict[str, object] = {}
+        self.subject = load_spec(model_spec, device)
+        self.opened: dict[str, object] = {}
 
-    def _source(self, spec: dict):
+    def _open(self, kind: str, spec: dict):
+        """The image source (``kind="images"``) or concept data a spec describes, kept."""
         import json
 
-        from convscope.data import open_images
-
-        key = json.dumps(spec, sort_keys=True, default=str)
-        if key not in self.sources:
-            where = spec.get("source") or spec.get("files")
-            self.sources[key] = open_images(where, pattern=spec.get("pattern"))
-        return self.sources[key]
-
-    def _concepts(self, spec: dict):
-        import json
-
+        from convscope.data import open_spec
         from convscope.dissect.broden import open_concept_data
 
-        key = json.dumps(spec, sort_keys=True, default=str)
-        if key not in self.concepts:
-            self.concepts[key] = open_concept_data(spec)
-        return self.concepts[key]
+        key = json.dumps([kind, spec], sort_keys=True, default=str)
+        if key not in self.opened:
+            self.opened[key] = open_spec(spec) if kind == "images" else open_concept_data(spec)
+        return self.opened[key]
 
     def dissect_thresholds(
         self, spec: dict, indices: list[int], layers: list[str], quantile: float, batch_size: int
@@ -122,7 +109,7 @@ class _Worker:
 
         return threshold_state(
             self.subject,
-            self._concepts(spec),
+            self._open("concepts", spec),
             layers,
             quantile=quantile,
             indices=indices,
@@ -136,7 +123,7 @@ class _Worker:
 
         return count_state(
             self.subject,
-            self._concepts(spec),
+            self._open("concepts", spec),
             layers,
             thresholds,
             top=top,
@@ -155,7 +142,7 @@ class _Worker:
         if fail_marker and not os.path.exists(fail_marker):  # for tests: die once, mid-task
             Path(fail_marker).write_text("failed once")
             os._exit(1)
-        r = scan(self.subject, self._source(source_spec), layers, indices=indices, **options)
+        r = scan(self.subject, self._open("images", source_spec), layers, indices=indices, **options)
         return {
             "states": {n: s.to_dict() for n, s in r.states.items()},
             "skipped": r.skipped,
@@ -166,7 +153,8 @@ class _Worker:
     def features(self, source_spec: dict, indices: list[int], layers: list[str], options: dict):
         from convscope.represent.features import extract_features
 
-        fs = extract_features(self.subject, self._source(source_spec).subset(indices), layers, **options)
+        images = self._open("images", source_spec).subset(indices)
+        fs = extract_features(self.subject, images, layers, **options)
         return {
             "features": {n: np.asarray(fs.features[n]) for n in layers},
             "valid": fs.valid,

@@ -110,12 +110,9 @@ class ViewerState:
             return self._source
         with self._lock:
             if self._images is None:
-                from convscope.data import open_images
+                from convscope.data import open_spec
 
-                spec = self.meta["source"]
-                self._images = open_images(
-                    spec.get("source") or spec.get("files"), pattern=spec.get("pattern")
-                )
+                self._images = open_spec(self.meta["source"])
             return self._images
 
     def upload_path(self, token: str) -> Path:
