@@ -154,13 +154,32 @@ def test_scan_command_with_ray(cluster, subject, tmp_path, capsys):
     assert len(atlas.topk("features.8", 0)) == 3 and not (out / "ray_shards").exists()
 
 
-def test_ray_dissect_equals_one_process(cluster, subject, tmp_path):
+def test_ray_dissect_equals_one_process_and_resumes(cluster, subject, tmp_path):
     from convscope.dissect import BrodenDataset, dissect, make_synthetic_broden
     from convscope.scale import ray_dissect
 
     root = make_synthetic_broden(tmp_path / "b", n=12, size=96, seg=48)
     single = dissect(subject, BrodenDataset(root), LAYERS, batch_size=4)
-    merged = ray_dissect(subject, BrodenDataset(root), LAYERS, workers=2, n_shards=3, batch_size=4)
+    state = tmp_path / "shards"
+
+    class Killed(Exception):
+        pass
+
+    def die_in_pass_two(done, total):
+        if done > 12:  # the first shard of pass 2 has finished
+            raise Killed
+
+    with pytest.raises(Killed):
+        ray_dissect(subject, BrodenDataset(root), LAYERS, workers=2, n_shards=3, batch_size=4,
+                    state_dir=state, progress=die_in_pass_two)
+    kept = sorted(f.name for f in state.glob("pass*.pt"))
+    assert [f for f in kept if f.startswith("pass1")] == [f"pass1_shard_{i:04d}_of_0003.pt" for i in range(3)]
+    assert any(f.startswith("pass2") for f in kept)
+    starts = []
+    merged = ray_dissect(subject, BrodenDataset(root), LAYERS, workers=2, n_shards=3, batch_size=4,
+                         state_dir=state, resume=True, progress=lambda d, t: starts.append(d))
+    assert starts[0] == 12 and starts[1] > 12  # pass 1 came from disk, and part of pass 2
+    assert not state.exists()  # removed once the result is complete
     for layer in LAYERS:
         a, b = single.layers[layer], merged.layers[layer]
         assert np.allclose(a.thresholds, b.thresholds, rtol=1e-5)

@@ -19,6 +19,14 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="random seed, for reproduci
 EngineOpt = Annotated[str, typer.Option("--engine", help="local, or ray (shards over Ray actors)")]
 AddressOpt = Annotated[str | None, typer.Option("--address", help="Ray cluster address, e.g. auto")]
 RayWorkersOpt = Annotated[int, typer.Option("--ray-workers", min=1, help="Ray actors")]
+WorkersOpt = Annotated[int | None, typer.Option(
+    "--workers", min=0, help="image decoding processes [default: sized to the machine]")]
+PrecisionOpt = Annotated[str, typer.Option(
+    "--precision", help="fp32, bf16 or fp16 (autocast; effect on results in docs/scale.md)")]
+ChannelsLastOpt = Annotated[bool | None, typer.Option(
+    "--channels-last/--no-channels-last", help="NHWC memory layout [default: on CUDA only]")]
+DecodeOpt = Annotated[str, typer.Option(
+    "--decode", help="cpu (PIL, in the workers) or device (JPEGs decoded on --device)")]
 
 
 def check_engine(engine: str) -> None:
@@ -27,6 +35,13 @@ def check_engine(engine: str) -> None:
         from convscope.errors import UserInputError
 
         raise UserInputError(f"--engine must be local or ray, not {engine!r}")
+
+
+def make_accel(precision: str = "fp32", channels_last: bool | None = None, decode: str = "cpu"):
+    """The :class:`~convscope.accel.Accel` the speed options describe."""
+    from convscope.accel import Accel
+
+    return Accel(precision=precision, channels_last=channels_last, decode=decode)
 
 
 def load_subject(model: str, weights: str = "default", arch: str | None = None,

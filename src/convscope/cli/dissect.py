@@ -17,14 +17,18 @@ from rich.table import Table
 from convscope.cli.common import (
     AddressOpt,
     ArchOpt,
+    ChannelsLastOpt,
     DeviceOpt,
     EngineOpt,
     ModelArg,
+    PrecisionOpt,
     RayWorkersOpt,
     SeedOpt,
     WeightsOpt,
+    WorkersOpt,
     check_engine,
     load_subject,
+    make_accel,
 )
 
 
@@ -80,7 +84,11 @@ def dissect(
     show: Annotated[int, typer.Option("--show", min=0, help="unit figures per layer (best IoU first)")] = 12,
     batch_size: Annotated[int | None, typer.Option(
         "--batch-size", min=1, help="default: 4 on a CPU, 64 on a GPU")] = None,
-    workers: Annotated[int, typer.Option("--workers", min=0, help="image decoding processes")] = 0,
+    workers: WorkersOpt = None,
+    precision: PrecisionOpt = "fp32",
+    channels_last: ChannelsLastOpt = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="with --engine ray: continue a killed job from its finished shards")] = False,
     engine: EngineOpt = "local",
     address: AddressOpt = None,
     ray_workers: RayWorkersOpt = 2,
@@ -102,6 +110,7 @@ def dissect(
     if not 0 < quantile < 1:
         raise UserInputError("--quantile must lie between 0 and 1")
     console = Console(stderr=True)
+    accel = make_accel(precision, channels_last)
     subject = load_subject(model, weights, arch, device)
     names = resolve_scan_layers(subject, layers)
     data, set_name = open_concepts(concepts, subject, out, images, color_table, synthetic_images,
@@ -124,11 +133,12 @@ def dissect(
 
             result = ray_dissect(subject, data, names, workers=ray_workers, address=address, device=device,
                                  quantile=quantile, iou_threshold=iou, max_coverage=max_coverage,
-                                 batch_size=batch_size, progress=progress)
+                                 batch_size=batch_size, progress=progress, accel=accel,
+                                 state_dir=store.path / "ray_dissect_shards", resume=resume)
         else:
             result = run(subject, data, names, quantile=quantile, iou_threshold=iou,
                          max_coverage=max_coverage, batch_size=batch_size, workers=workers,
-                         progress=progress)
+                         accel=accel, progress=progress)
     finally:
         bar.stop()
     store.write_dissection(result, set_name)

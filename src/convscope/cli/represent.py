@@ -15,14 +15,19 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from convscope.cli.common import (
     AddressOpt,
     ArchOpt,
+    ChannelsLastOpt,
+    DecodeOpt,
     DeviceOpt,
     EngineOpt,
     ModelArg,
+    PrecisionOpt,
     RayWorkersOpt,
     SeedOpt,
     WeightsOpt,
+    WorkersOpt,
     check_engine,
     load_subject,
+    make_accel,
 )
 
 AtlasArg = Annotated[Path, typer.Argument(help="atlas folder written by `convscope features`")]
@@ -72,7 +77,10 @@ def features(
     gem_p: Annotated[float, typer.Option("--gem-p", help="GeM exponent")] = 3.0,
     out: Annotated[Path, typer.Option("--out", help="atlas folder")] = Path("atlas"),
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
-    workers: Annotated[int, typer.Option("--workers", min=0, help="image decoding processes")] = 0,
+    workers: WorkersOpt = None,
+    precision: PrecisionOpt = "fp32",
+    channels_last: ChannelsLastOpt = None,
+    decode: DecodeOpt = "cpu",
     resume: Annotated[bool, typer.Option("--resume/--restart", help="continue a killed run")] = True,
     engine: EngineOpt = "local",
     address: AddressOpt = None,
@@ -89,6 +97,7 @@ def features(
     from convscope.scan.scanner import resolve_scan_layers
 
     console = Console(stderr=True)
+    accel = make_accel(precision, channels_last, decode)
     subject = load_subject(model, weights, arch, device)
     names = resolve_scan_layers(subject, layers)
     source = open_images(data, transform=subject.transform)
@@ -110,11 +119,12 @@ def features(
 
             fs = ray_features(subject, source, names, out=_features_dir(out, pooling), workers=ray_workers,
                               address=address, device=device, pooling=pooling, p=gem_p,
-                              batch_size=batch_size, progress=progress, resume=resume)
+                              batch_size=batch_size, progress=progress, resume=resume,
+                              accel=accel)
         else:
             fs = extract_features(subject, source, names, pooling=pooling, p=gem_p,
                                   out=_features_dir(out, pooling), batch_size=batch_size,
-                                  workers=workers, resume=resume, progress=progress)
+                                  workers=workers, resume=resume, accel=accel, progress=progress)
     except KeyboardInterrupt:
         bar.stop()
         console.print(f"interrupted; run the same command again to continue ({out})")

@@ -20,14 +20,19 @@ from rich.text import Text
 from convscope.cli.common import (
     AddressOpt,
     ArchOpt,
+    ChannelsLastOpt,
+    DecodeOpt,
     DeviceOpt,
     EngineOpt,
     ModelArg,
+    PrecisionOpt,
     RayWorkersOpt,
     SeedOpt,
     WeightsOpt,
+    WorkersOpt,
     check_engine,
     load_subject,
+    make_accel,
 )
 
 
@@ -52,14 +57,16 @@ def scan(
     resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted scan")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing atlas")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
-    workers: Annotated[int, typer.Option("--workers", min=0, help="image decoding processes")] = 0,
+    workers: WorkersOpt = None,
     threshold_sample: Annotated[int, typer.Option(
         "--threshold-sample", min=1, help="images sampled for the `area` thresholds")] = 256,
     checkpoint_every: Annotated[float, typer.Option(
         "--checkpoint-every", help="seconds between checkpoints")] = 30.0,
     render: Annotated[int, typer.Option(
         "--render", min=0, help="write top-K grids for the first N units of each layer")] = 0,
-    amp: Annotated[bool, typer.Option("--amp", help="bfloat16 autocast (CUDA)")] = False,
+    precision: PrecisionOpt = "fp32",
+    channels_last: ChannelsLastOpt = None,
+    decode: DecodeOpt = "cpu",
     engine: EngineOpt = "local",
     address: AddressOpt = None,
     ray_workers: RayWorkersOpt = 2,
@@ -73,6 +80,7 @@ def scan(
     from convscope.data import open_images
 
     console = Console(stderr=True)
+    accel = make_accel(precision, channels_last, decode)
     subject = load_subject(model, weights, arch, device)
     source = open_images(data, transform=subject.transform, pattern=pattern)
     crits = [c.strip() for c in criteria.split(",") if c.strip()]
@@ -90,13 +98,14 @@ def scan(
         if engine == "ray":
             atlas, result = _ray_scan(subject, source, out, layers, resume, overwrite, progress, address,
                                       ray_workers, device, k=k, criteria=crits, directions=directions,
-                                      seed=seed, batch_size=batch_size, threshold_sample=threshold_sample)
+                                      seed=seed, batch_size=batch_size, threshold_sample=threshold_sample,
+                                      accel=accel)
         else:
             atlas, result = scan_to_atlas(
             subject, source, out, layers, resume=resume, overwrite=overwrite, k=k,
             criteria=crits, directions=directions, seed=seed, batch_size=batch_size,
             workers=workers, threshold_sample=threshold_sample,
-            checkpoint_every=checkpoint_every, amp=amp, progress=progress,
+            checkpoint_every=checkpoint_every, accel=accel, progress=progress,
             )
     except KeyboardInterrupt:
         bar.stop()

@@ -11,11 +11,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from convscope.cli.common import (
     ArchOpt,
+    ChannelsLastOpt,
     DeviceOpt,
     ModelArg,
+    PrecisionOpt,
     SeedOpt,
     WeightsOpt,
     load_subject,
+    make_accel,
     parse_range,
     read_images,
 )
@@ -41,6 +44,7 @@ def visualize(
     batch: Annotated[int, typer.Option("--batch", min=1, help="units optimised together")] = 32,
     steps: StepsOpt = 256, size: SizeOpt = 128, param: ParamOpt = "fft",
     out: OutOpt = Path("visualize-out"),
+    precision: PrecisionOpt = "fp32", channels_last: ChannelsLastOpt = None,
     weights: WeightsOpt = "default", arch: ArchOpt = None, device: DeviceOpt = "cpu",
     seed: SeedOpt = 0,
 ) -> None:
@@ -54,6 +58,7 @@ def visualize(
     with _bar(f"visualising {info.name}") as bar:
         task = bar.add_task("", total=steps)
         opts = dict(steps=steps, size=size, param=param, seed=seed,
+                    accel=make_accel(precision, channels_last),
                     progress=lambda d, t: bar.update(task, completed=d, total=t))
         if direction:
             kind, _, n = direction.partition(":")
@@ -78,6 +83,7 @@ def classviz(
         "--plain", help="Simonyan et al.'s version: pixels, no transforms (use --l2)")] = False,
     steps: StepsOpt = 256, size: SizeOpt = 224, param: ParamOpt = "fft",
     out: OutOpt = Path("classviz-out"),
+    precision: PrecisionOpt = "fp32", channels_last: ChannelsLastOpt = None,
     weights: WeightsOpt = "default", arch: ArchOpt = None, device: DeviceOpt = "cpu",
     seed: SeedOpt = 0,
 ) -> None:
@@ -88,7 +94,7 @@ def classviz(
     cls = parse_range(classes)
     with _bar("class models") as bar:
         task = bar.add_task("", total=steps)
-        opts = dict(steps=steps, size=size, seed=seed,
+        opts = dict(steps=steps, size=size, seed=seed, accel=make_accel(precision, channels_last),
                     progress=lambda d, t: bar.update(task, completed=d, total=t))
         if not plain:
             opts["param"] = param

@@ -16,6 +16,7 @@ when that IoU exceeds ``iou_threshold`` (0.04, the paper's value).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from convscope.accel import Accel, prepared, resolve_workers
 from convscope.data import SkipReport
 from convscope.dissect.broden import ConceptItem
 from convscope.dissect.result import Dissection, LayerDissection
@@ -50,25 +52,51 @@ def _collate(items: list[ConceptItem]):
     return x, good, bad
 
 
-def _batches(data, batch_size: int, workers: int, report: SkipReport | None, indices=None):
-    dataset = data if indices is None else torch.utils.data.Subset(data, list(indices))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                                         num_workers=workers, collate_fn=_collate)
-    for x, good, bad in loader:
-        if report is not None:
-            for it in bad:
-                report.add(data.name(it.index), it.error)
-        yield x, good
+class _Forward:
+    """Recorded forward passes over ``names`` with one run's speed settings (model layout for
+    the duration, autocast, pinned batches, decoding workers sized to the machine)."""
 
+    def __init__(self, subject: Subject, names: Sequence[str], accel: Accel | None, workers: int | None):
+        self.subject, self.names = subject, list(names)
+        self.accel = Accel.of(accel)
+        if self.accel.decode != "cpu":
+            from convscope.errors import UserInputError
 
-def _acts(subject: Subject, rec: Recorder, names, x) -> dict[str, torch.Tensor]:
-    with torch.inference_mode():
-        subject(x.to(subject.device))
-    out = {}
-    for n in names:
-        a = rec[n].float()
-        out[n] = a[:, :, None, None] if a.dim() == 2 else a
-    return out
+            raise UserInputError("dissection decodes images with their segmentations on the CPU; "
+                                 "decode='device' is for scans and features")
+        self.device = subject.device
+        self.workers = resolve_workers(workers, self.device)
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> _Forward:
+        self._stack.enter_context(prepared(self.subject.model, self.accel, self.device))
+        self.rec = self._stack.enter_context(Recorder(self.subject, self.names, stop=True))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    def batches(self, data, batch_size: int, report: SkipReport | None, indices=None):
+        """``(x, good items)`` per batch; unreadable items go to ``report``."""
+        dataset = data if indices is None else torch.utils.data.Subset(data, list(indices))
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                             num_workers=self.workers, collate_fn=_collate,
+                                             pin_memory=self.device.type == "cuda")
+        for x, good, bad in loader:
+            if report is not None:
+                for it in bad:
+                    report.add(data.name(it.index), it.error)
+            yield x, good
+
+    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Activations (B, U, h, w) in float32 per layer."""
+        with torch.inference_mode(), self.accel.autocast(self.device):
+            self.subject(self.accel.inputs(x, self.device))
+        out = {}
+        for n in self.names:
+            a = self.rec[n].float()
+            out[n] = a[:, :, None, None] if a.dim() == 2 else a
+        return out
 
 
 class _Plan:
@@ -102,17 +130,18 @@ class _Plan:
 
 
 def threshold_state(subject: Subject, data, layers: Sequence[str], *, quantile: float = 0.005,
-                    indices=None, batch_size: int = 4, workers: int = 0):
+                    indices=None, batch_size: int = 4, workers: int | None = 0,
+                    accel: Accel | None = None):
     """Pass 1 on part of the data (``indices``): per layer the largest activations needed for
     the exact quantile over the *whole* dataset, and the images skipped. Merge the states of
     disjoint parts with :func:`merge_threshold_states`."""
     plan = _Plan(subject, data, layers)
     tops = TopValues(len(data), plan.maps, quantile=1 - quantile)
     skipped = SkipReport()
-    with Recorder(subject, plan.names, stop=True) as rec:
-        for x, good in _batches(data, batch_size, workers, skipped, indices):
+    with _Forward(subject, plan.names, accel, workers) as fwd:
+        for x, good in fwd.batches(data, batch_size, skipped, indices):
             if len(good):
-                tops.add(_acts(subject, rec, plan.names, x))
+                tops.add(fwd(x))
     return {"values": {n: v.cpu() for n, v in tops.values.items()}, "seen": tops.seen,
             "skipped": skipped.items}
 
@@ -129,16 +158,17 @@ def merge_threshold_states(data, maps: dict, quantile: float, states: list[dict]
 
 
 def count_state(subject: Subject, data, layers: Sequence[str], thresholds: dict, *, top: int = 8,
-                indices=None, batch_size: int = 4, workers: int = 0) -> dict:
+                indices=None, batch_size: int = 4, workers: int | None = 0,
+                accel: Accel | None = None) -> dict:
     """Pass 2 on part of the data: per layer the IoU counts (mergeable by addition) and the
     part's top images."""
     plan = _Plan(subject, data, layers)
     counts = {n: _Counts(thresholds[n].to(plan.device), plan.n_c, len(plan.cats), top, plan.seg,
                          plan.device) for n in plan.names}
-    with Recorder(subject, plan.names, stop=True) as rec:
-        for x, good in _batches(data, batch_size, workers, None, indices):
+    with _Forward(subject, plan.names, accel, workers) as fwd:
+        for x, good in fwd.batches(data, batch_size, None, indices):
             if len(good):
-                acts = _acts(subject, rec, plan.names, x)
+                acts = fwd(x)
                 labels = plan.labels(good)
                 for n in plan.names:
                     counts[n].add(acts[n], labels)
@@ -147,7 +177,8 @@ def count_state(subject: Subject, data, layers: Sequence[str], thresholds: dict,
 
 def dissect(subject: Subject, data, layers: Sequence[str], *, quantile: float = 0.005,
             iou_threshold: float = 0.04, max_coverage: float = 0.2, batch_size: int | None = None,
-            workers: int = 0, top: int = 8, cache_bytes: int = 2 << 30,
+            workers: int | None = None, top: int = 8, cache_bytes: int = 2 << 30,
+            accel: Accel | None = None,
             progress: Callable[[int, int], None] | None = None) -> Dissection:
     """Dissect ``layers`` of ``subject`` against the concepts of ``data`` (a
     :class:`BrodenDataset` or :class:`ColorConcepts`). ``quantile``: fraction of each unit's
@@ -171,10 +202,10 @@ def dissect(subject: Subject, data, layers: Sequence[str], *, quantile: float = 
     stored: list = []
     done = 0
     t0 = time.perf_counter()
-    with Recorder(subject, names, stop=True) as rec:
-        for x, good in _batches(data, batch_size, workers, skipped):  # pass 1: thresholds
+    with _Forward(subject, names, accel, workers) as fwd:
+        for x, good in fwd.batches(data, batch_size, skipped):  # pass 1: thresholds
             if len(good):
-                acts = _acts(subject, rec, names, x)
+                acts = fwd(x)
                 tops.add(acts)
                 if cache:
                     stored.append((acts, plan.labels(good)))
@@ -188,9 +219,9 @@ def dissect(subject: Subject, data, layers: Sequence[str], *, quantile: float = 
             if cache:
                 yield from stored
                 return
-            for x, good in _batches(data, batch_size, workers, None):  # pass 2
+            for x, good in fwd.batches(data, batch_size, None):  # pass 2
                 if len(good):
-                    yield _acts(subject, rec, names, x), plan.labels(good)
+                    yield fwd(x), plan.labels(good)
                 else:
                     yield None, None
 

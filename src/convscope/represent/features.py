@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from convscope.accel import Accel, prepared, resolve_workers
 from convscope.data import Batches, ImageSource
 from convscope.errors import UserInputError
 from convscope.fileio import write_text
@@ -96,13 +97,14 @@ class FeatureSet:
 
 def extract_features(subject: Subject, source: ImageSource, layers: Sequence[str], *,
                      pooling: str = "gap", p: float = 3.0, out: str | os.PathLike | None = None,
-                     batch_size: int = 32, workers: int = 0, resume: bool = True,
+                     batch_size: int = 32, workers: int | None = None, resume: bool = True,
+                     accel: Accel | None = None,
                      checkpoint_every: float = 10.0,
                      progress: Callable[[int, int], None] | None = None) -> FeatureSet:
     """Pool ``layers`` of ``subject`` over every image of ``source``. With ``out``, features go
     to memory-mapped files there (``NNN.npy`` per layer, ``meta.json``), checkpointed every
     ``checkpoint_every`` seconds; a folder left by a killed run of the same configuration is
-    continued (``resume``)."""
+    continued (``resume``). ``accel``: precision, layout and decoding (:mod:`convscope.accel`)."""
     if pooling not in POOLINGS:
         raise UserInputError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
     if source.transform is None:
@@ -112,8 +114,11 @@ def extract_features(subject: Subject, source: ImageSource, layers: Sequence[str
     dims = [int(i.shape[0]) for i in infos]
     n = len(source)
     n_batches = (n + batch_size - 1) // batch_size
+    accel = Accel.of(accel)
+    device = subject.device
     config = {"layers": names, "dims": dims, "pooling": pooling, "p": p, "images": n,
-              "batch_size": batch_size, "model": subject.name, "source": source.spec}
+              "batch_size": batch_size, "model": subject.name, "source": source.spec,
+              **accel.config()}
     labels = np.array([r.label if r.label is not None else -1 for r in source.records], np.int64)
     start = 0
     if out is None:
@@ -147,16 +152,17 @@ def extract_features(subject: Subject, source: ImageSource, layers: Sequence[str
             {**config, "done": done, "batches": n_batches,
              "names": [r.name for r in source.records], "classes": source.classes}, indent=1))
 
-    batches = Batches(source, batch_size=batch_size, workers=workers,
-                      indices=range(start * batch_size, n), pin_memory=subject.device.type == "cuda")
+    batches = Batches(source, batch_size=batch_size, workers=resolve_workers(workers, device),
+                      indices=range(start * batch_size, n), pin_memory=device.type == "cuda",
+                      decode=accel.decode, device=device)
     report = progress or (lambda d, t: None)
     last = time.monotonic()
     done = start
-    with Recorder(subject, names, stop=True) as rec:
+    with prepared(subject.model, accel, device), Recorder(subject, names, stop=True) as rec:
         for batch in batches:
             if len(batch.indices):
-                with torch.inference_mode():
-                    subject(batch.images.to(subject.device, non_blocking=True))
+                with torch.inference_mode(), accel.autocast(device):
+                    subject(accel.inputs(batch.images, device))
                 idx = batch.indices.numpy()
                 for nm in names:
                     feats[nm][idx] = pool(rec[nm].float(), pooling, p).cpu().numpy()

@@ -83,10 +83,13 @@ class _Worker:
     """Body of the Ray actor: the model loaded again from its spec; image sources and concept
     data opened from theirs on first use and kept."""
 
-    def __init__(self, model_spec: dict, device: str, threads: int):
+    def __init__(self, model_spec: dict, device: str, cpus: int):
         from convscope.zoo import load_spec
 
-        torch.set_num_threads(threads)
+        # A CPU actor computes on its one core; a GPU actor's cores decode for its GPU.
+        on_gpu = device.startswith("cuda")
+        torch.set_num_threads(1 if on_gpu else cpus)
+        self.loader_workers = max(0, cpus - 1) if on_gpu else 0
         self.subject = load_spec(model_spec, device)
         self.opened: dict[str, object] = {}
 
@@ -103,7 +106,7 @@ class _Worker:
         return self.opened[key]
 
     def dissect_thresholds(
-        self, spec: dict, indices: list[int], layers: list[str], quantile: float, batch_size: int
+        self, spec: dict, indices: list[int], layers: list[str], quantile: float, batch_size: int, accel=None
     ):
         from convscope.dissect.dissection import threshold_state
 
@@ -114,10 +117,19 @@ class _Worker:
             quantile=quantile,
             indices=indices,
             batch_size=batch_size,
+            workers=self.loader_workers,
+            accel=accel,
         )
 
     def dissect_counts(
-        self, spec: dict, indices: list[int], layers: list[str], thresholds: dict, top: int, batch_size: int
+        self,
+        spec: dict,
+        indices: list[int],
+        layers: list[str],
+        thresholds: dict,
+        top: int,
+        batch_size: int,
+        accel=None,
     ):
         from convscope.dissect.dissection import count_state
 
@@ -129,6 +141,8 @@ class _Worker:
             top=top,
             indices=indices,
             batch_size=batch_size,
+            workers=self.loader_workers,
+            accel=accel,
         )
 
     def scan(
@@ -142,6 +156,7 @@ class _Worker:
         if fail_marker and not os.path.exists(fail_marker):  # for tests: die once, mid-task
             Path(fail_marker).write_text("failed once")
             os._exit(1)
+        options = {**options, "workers": options.get("workers") or self.loader_workers}
         r = scan(self.subject, self._open("images", source_spec), layers, indices=indices, **options)
         return {
             "states": {n: s.to_dict() for n, s in r.states.items()},
@@ -154,7 +169,7 @@ class _Worker:
         from convscope.represent.features import extract_features
 
         images = self._open("images", source_spec).subset(indices)
-        fs = extract_features(self.subject, images, layers, **options)
+        fs = extract_features(self.subject, images, layers, workers=self.loader_workers, **options)
         return {
             "features": {n: np.asarray(fs.features[n]) for n in layers},
             "valid": fs.valid,
@@ -177,9 +192,13 @@ def _actors(ray, n: int, model_spec, device: str, retries: int):
             ray.kill(a)
     pool = _POOL.setdefault(key, [])
     gpus = 1 if device.startswith("cuda") else 0
-    cls = ray.remote(num_cpus=1, num_gpus=gpus, max_restarts=retries, max_task_retries=retries)(_Worker)
+    cpus = 1
+    if gpus:  # one actor per GPU, with that GPU's share of the cores to decode for it
+        have = ray.cluster_resources()
+        cpus = max(1, int(have.get("CPU", 1) // max(1.0, have.get("GPU", 1))))
+    cls = ray.remote(num_cpus=cpus, num_gpus=gpus, max_restarts=retries, max_task_retries=retries)(_Worker)
     while len(pool) < n:
-        pool.append(cls.remote(model_spec, device, 1))
+        pool.append(cls.remote(model_spec, device, cpus))
     return pool[:n]
 
 
@@ -427,7 +446,7 @@ def ray_features(
     todo = [i for i in range(len(parts)) if i not in done_shards]
     if todo:
         actors = _actors(ray, min(workers, len(todo)), model_spec, device, retries)
-        opts = {k: v for k, v in options.items() if k in ("pooling", "p", "batch_size")}
+        opts = {k: v for k, v in options.items() if k in ("pooling", "p", "batch_size", "accel")}
         _run(
             ray,
             actors,
@@ -455,11 +474,17 @@ def ray_dissect(
     max_coverage: float = 0.2,
     top: int = 8,
     batch_size: int | None = None,
+    accel=None,
+    state_dir: str | os.PathLike | None = None,
+    resume: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ):
     """:func:`convscope.dissect.dissect` over Ray actors: pass 1 (top activations) on each shard,
     merged into the exact thresholds; pass 2 (IoU counts) on each shard, summed. The result
-    equals a single-process dissection up to float rounding."""
+    equals a single-process dissection up to float rounding. With ``state_dir``, every finished
+    shard of either pass is kept there, and ``resume=True`` computes only the missing ones."""
+    import shutil
+
     from convscope.dissect.dissection import _Counts, _Plan, finish, merge_threshold_states
 
     ray = _init(address, workers)
@@ -471,40 +496,49 @@ def ray_dissect(
     names = plan.names
     bs = batch_size or (4 if device == "cpu" else 64)
     parts = shards(len(data), n_shards or 4 * workers)
-    actors = _actors(ray, min(workers, len(parts)), model_spec, device, retries)
     report = progress or (lambda d, t: None)
     total = 2 * len(data)
-    state1: dict[int, dict] = {}
+    state = Path(state_dir) if state_dir is not None else None
+    if state is not None:
+        if not resume:
+            shutil.rmtree(state, ignore_errors=True)
+        state.mkdir(parents=True, exist_ok=True)
+        _check_manifest(state, {"kind": "dissect", "layers": names, "images": len(data),
+                                "shards": len(parts), "model": model_spec, "concepts": spec,
+                                "quantile": quantile, "top": top, "batch_size": bs, "accel": accel})
 
-    def got1(i, value):
-        state1[i] = value
-        report(sum(len(parts[j]) for j in state1), total)
+    def shard_file(p: int, i: int) -> Path | None:
+        return state / f"pass{p}_shard_{i:04d}_of_{len(parts):04d}.pt" if state is not None else None
 
-    _run(
-        ray,
-        actors,
-        [
-            (i, lambda a, i=i: a.dissect_thresholds.remote(spec, parts[i], names, quantile, bs))
-            for i in range(len(parts))
-        ],
-        got1,
+    def run_pass(p: int, submit, offset: int) -> dict[int, dict]:
+        got: dict[int, dict] = {}
+        for i in range(len(parts)):
+            f = shard_file(p, i)
+            if f is not None and f.exists():
+                got[i] = torch.load(f, weights_only=True)
+
+        def done(i, value):
+            got[i] = value
+            f = shard_file(p, i)
+            if f is not None:
+                with atomic_path(f) as tmp:
+                    torch.save(value, tmp)
+            report(offset + sum(len(parts[j]) for j in got), total)
+
+        report(offset + sum(len(parts[j]) for j in got), total)
+        todo = [i for i in range(len(parts)) if i not in got]
+        if todo:
+            actors = _actors(ray, min(workers, len(todo)), model_spec, device, retries)
+            _run(ray, actors, [(i, lambda a, i=i: submit(a, i)) for i in todo], done)
+        return got
+
+    state1 = run_pass(
+        1, lambda a, i: a.dissect_thresholds.remote(spec, parts[i], names, quantile, bs, accel), 0
     )
     tops, skipped = merge_threshold_states(data, plan.maps, quantile, [state1[i] for i in range(len(parts))])
     thr = {n: tops.thresholds(n).cpu() for n in names}
-    state2: dict[int, dict] = {}
-
-    def got2(i, value):
-        state2[i] = value
-        report(len(data) + sum(len(parts[j]) for j in state2), total)
-
-    _run(
-        ray,
-        actors,
-        [
-            (i, lambda a, i=i: a.dissect_counts.remote(spec, parts[i], names, thr, top, bs))
-            for i in range(len(parts))
-        ],
-        got2,
+    state2 = run_pass(
+        2, lambda a, i: a.dissect_counts.remote(spec, parts[i], names, thr, top, bs, accel), len(data)
     )
     counts = {
         n: _Counts.from_dicts(
@@ -518,4 +552,7 @@ def ray_dissect(
         )
         for n in names
     }
-    return finish(plan, data, thr, counts, iou_threshold, quantile, max_coverage, skipped, subject.name)
+    result = finish(plan, data, thr, counts, iou_threshold, quantile, max_coverage, skipped, subject.name)
+    if state is not None:
+        shutil.rmtree(state, ignore_errors=True)
+    return result

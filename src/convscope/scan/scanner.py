@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from convscope.accel import Accel, prepared, resolve_workers
 from convscope.data import Batches, ImageSource
 from convscope.errors import ConvscopeError, UserInputError
 from convscope.fileio import atomic_path
@@ -54,14 +55,14 @@ def scan(
     directions: int = 0,
     seed: int = 0,
     batch_size: int = 32,
-    workers: int = 0,
+    workers: int | None = None,
     threshold_sample: int = 256,
     thresholds: dict[str, torch.Tensor] | None = None,
     indices: Sequence[int] | None = None,
     checkpoint: str | Path | None = None,
     checkpoint_every: float = 30.0,
     resume: bool = False,
-    amp: bool = False,
+    accel: Accel | None = None,
     buffer_bytes: int = 1 << 30,
     progress: Progress | None = None,
 ) -> ScanResult:
@@ -71,7 +72,9 @@ def scan(
 
     ``indices`` restricts the scan to part of ``data`` (e.g. one machine's share); pass the
     ``thresholds`` of a previous scan to make parts mergeable with :meth:`ScanResult.merge`.
-    ``amp`` runs the forward pass under bfloat16 autocast (CUDA). Returns a :class:`ScanResult`.
+    ``accel`` sets precision, memory layout and where images are decoded (see
+    :mod:`convscope.accel`); ``workers`` decoding processes default to the machine's share.
+    Returns a :class:`ScanResult`.
     """
     criteria = tuple(dict.fromkeys(criteria))
     unknown = [c for c in criteria if c not in CRITERIA]
@@ -85,6 +88,8 @@ def scan(
             raise UserInputError(f"layer {info.name} produces no single tensor and cannot be scanned")
     names = [i.name for i in infos]
     device = subject.device
+    accel = Accel.of(accel)
+    workers = resolve_workers(workers, device)
     if data.transform is None:
         data = data.with_transform(subject.transform)
 
@@ -115,7 +120,7 @@ def scan(
         "layers": names, "k": k, "criteria": list(criteria), "directions": directions,
         "seed": seed, "batch_size": batch_size, "threshold_sample": n_cal,
         "indices": hashlib.sha1(json.dumps(all_indices).encode()).hexdigest(),
-        "given_thresholds": thresholds is not None,
+        "given_thresholds": thresholds is not None, **accel.config(),
     }
     position, processed, seconds = 0, 0, 0.0
     skipped: dict[int, str] = {}
@@ -146,12 +151,12 @@ def scan(
 
     def run_batches(start: int, stop: int):
         batches = Batches(data, batch_size, workers, indices=order[start:stop],
-                          pin_memory=device.type == "cuda")
+                          pin_memory=device.type == "cuda", decode=accel.decode, device=device)
         for batch in batches:
             skipped.update(batch.skipped)
             yield batch
 
-    with _Engine(subject, names, dirs, amp) as engine:
+    with _Engine(subject, names, dirs, accel) as engine:
         # 1. calibration sample: `area` thresholds from the top values of each unit
         if position < n_cal:
             t0 = time.perf_counter()
@@ -248,20 +253,24 @@ class _Engine:
 
     One Recorder stays attached for the whole scan (its hooks go when the engine exits)."""
 
-    def __init__(self, subject: Subject, layers: list[str], dirs: dict[str, torch.Tensor], amp: bool):
+    def __init__(self, subject: Subject, layers: list[str], dirs: dict[str, torch.Tensor],
+                 accel: Accel | None = None):
         self.subject = subject
         self.dirs = dirs
         self.device = subject.device
-        self.amp = amp and self.device.type == "cuda"
+        self.accel = Accel.of(accel)
+        self._layout = prepared(subject.model, self.accel, self.device)
         self._sink: Callable[[str, torch.Tensor], None] = lambda name, t: None
         self._rec = Recorder(subject, layers, stop=True, keep=False, callback=self._callback)
 
     def __enter__(self) -> _Engine:
+        self._layout.__enter__()
         self._rec.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
         self._rec.remove()
+        self._layout.__exit__(None, None, None)
 
     def _units(self, name: str, t: torch.Tensor) -> torch.Tensor:
         if t.dim() == 2:
@@ -276,9 +285,8 @@ class _Engine:
         self._sink(address, self._units(address, self._rec.extract(address, output)))
 
     def _run(self, images: torch.Tensor) -> None:
-        x = images.to(self.device, non_blocking=True)
-        with torch.inference_mode(), torch.autocast(
-                self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+        x = self.accel.inputs(images, self.device)
+        with torch.inference_mode(), self.accel.autocast(self.device):
             self.subject(x)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:

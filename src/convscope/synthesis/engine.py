@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from convscope.accel import Accel, prepared
 from convscope.errors import UserInputError
 from convscope.fileio import save_image
 from convscope.recorder import Recorder
@@ -53,21 +54,23 @@ class Synthesis:
 
 def evaluate(subject: Subject, objective: Objective, images: torch.Tensor,
              transform: Transform | None = None, gen: torch.Generator | None = None,
-             grad: bool = False) -> torch.Tensor:
+             grad: bool = False, accel: Accel | None = None) -> torch.Tensor:
     """Objective scores (N,) of images (N, 3, H, W) in [0, 1], optionally transformed first."""
     layers = list(objective.layers)
     stop = bool(layers) and not objective.needs_output
     x = transform(images, gen) if transform is not None else images
-    x = subject.preprocess.normalize(x)
+    accel = Accel.of(accel)
+    device = subject.device
+    x = accel.inputs(subject.preprocess.normalize(x), device)
     ctx_grad = torch.enable_grad() if grad else torch.no_grad()
-    with ctx_grad:
+    with ctx_grad, prepared(subject.model, accel, device), accel.autocast(device):
         if layers:
             with Recorder(subject, layers, detach=not grad, stop=stop) as rec:
                 out = subject(x)
             acts = rec.__getitem__
         else:
             out, acts = subject(x), None
-        return objective(Context(acts, out, images))
+        return objective(Context(acts, out, images)).float()
 
 
 def render(
@@ -88,6 +91,7 @@ def render(
     optimizer: Callable[[list[torch.Tensor]], torch.optim.Optimizer] | None = None,
     project: Callable[[], None] | None = None,
     final_scores: bool = True,
+    accel: Accel | None = None,
     progress: Progress | None = None,
 ) -> Synthesis:
     """Optimise ``batch`` images for ``objective`` (maximised) with Adam.
@@ -98,8 +102,9 @@ def render(
     to start elsewhere; ``optimizer`` builds the optimiser from the parameters (default Adam
     with ``lr``; adversarial attacks pass sign-gradient steps); ``project`` runs after every
     step (e.g. back onto an epsilon-ball); ``final_scores=False`` skips scoring the final
-    images (one forward pass; ``scores`` is then NaN). Model weights are never changed and get
-    no gradients.
+    images (one forward pass; ``scores`` is then NaN). ``accel``: precision and memory layout
+    of the forward and backward passes (:mod:`convscope.accel`; bf16 is safe for gradients,
+    fp16 may underflow them). Model weights are never changed and get no gradients.
     """
     if steps < 1 or batch < 1:
         raise UserInputError("steps and batch must be >= 1")
@@ -114,13 +119,15 @@ def render(
     stop = bool(layers) and not objective.needs_output
     history, kept = [], []
     report = progress or (lambda done, total: None)
-    with Recorder(subject, layers, detach=False, stop=stop) if layers else _nullrec() as rec:
+    accel = Accel.of(accel)
+    with prepared(subject.model, accel, device), \
+            Recorder(subject, layers, detach=False, stop=stop) if layers else _nullrec() as rec:
         for step in range(steps):
             img = image_fn()
-            x = subject.preprocess.normalize(transform(img, gen))
-            with torch.enable_grad():
+            x = accel.inputs(subject.preprocess.normalize(transform(img, gen)), device)
+            with torch.enable_grad(), accel.autocast(device):
                 out = subject(x)
-                score = objective(Context(rec.__getitem__ if layers else None, out, img))
+                score = objective(Context(rec.__getitem__ if layers else None, out, img)).float()
                 grads = torch.autograd.grad(-score.sum(), params)
             for p, g in zip(params, grads):
                 p.grad = g
@@ -134,7 +141,7 @@ def render(
             report(step + 1, steps)
     final = image_fn().detach()
     if final_scores:
-        scores = evaluate(subject, objective, final)
+        scores = evaluate(subject, objective, final, accel=accel)
     else:
         scores = torch.full((final.shape[0],), float("nan"))
     return Synthesis(
@@ -143,7 +150,8 @@ def render(
         history=np.array(history),
         labels=list(labels) if labels is not None else [objective.name] * batch,
         frames=np.stack(kept) if kept else None,
-        info={"steps": steps, "param": param, "size": (h, w), "lr": lr, "seed": seed},
+        info={"steps": steps, "param": param, "size": (h, w), "lr": lr, "seed": seed,
+              "precision": accel.precision},
     )
 
 

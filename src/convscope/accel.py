@@ -1,0 +1,128 @@
+"""How a pass over data runs on its device: numeric precision, memory layout, decoding, workers.
+
+One :class:`Accel` is handed to every data-parallel pass (scan, dissection, feature extraction,
+synthesis); the same code runs on a CPU and on a GPU, only the settings change.
+
+- ``precision``: ``"fp32"`` (default; results equal across devices up to float rounding),
+  ``"bf16"`` or ``"fp16"``: the forward pass under :func:`torch.autocast`. Activations then carry
+  8 (bf16) or 11 (fp16) significant bits, so units' values change by ~0.4% (bf16) / ~0.05%
+  (fp16) relative, and images whose scores nearly tie can swap places in a top-K list; fp16 can
+  overflow on models with large unnormalised activations. docs/scale.md gives measured effects.
+- ``channels_last``: model and inputs in NHWC layout, which tensor cores and oneDNN prefer.
+  Values are unchanged up to float rounding. ``None`` picks it on CUDA only.
+- ``decode``: ``"cpu"`` decodes and resizes with PIL in the DataLoader workers (bit-equal to
+  ``subject.transform``); ``"device"`` has the workers only read the files' bytes and decodes
+  JPEGs with :func:`torchvision.io.decode_jpeg` *on the model's device* (nvJPEG on a GPU), then
+  resizes there. It pays where decoding, not the model, limits the speed (small models, large
+  JPEGs, few CPU cores per GPU); pixels differ from PIL's by about one grey level.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from convscope.errors import UserInputError
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+DECODERS = ("cpu", "device")
+
+
+@dataclass(frozen=True)
+class Accel:
+    """Speed settings of a pass; see the module docstring for what each does to results."""
+
+    precision: str = "fp32"
+    channels_last: bool | None = None
+    decode: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise UserInputError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        if self.decode not in DECODERS:
+            raise UserInputError(f"decode must be one of {', '.join(DECODERS)}, not {self.decode!r}")
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The autocast dtype (None for fp32)."""
+        return PRECISIONS[self.precision]
+
+    def layout(self, device: torch.device) -> bool:
+        """Whether to use channels_last on ``device``."""
+        return device.type == "cuda" if self.channels_last is None else bool(self.channels_last)
+
+    def autocast(self, device: torch.device):
+        """The autocast context for a forward pass on ``device`` (a no-op for fp32)."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.dtype)
+
+    def inputs(self, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """A batch (B, 3, H, W) on ``device`` in this layout; the copy does not block the host
+        when ``x`` is in pinned memory."""
+        x = x.to(device, non_blocking=True)
+        if self.layout(device) and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def config(self) -> dict:
+        """What a run records about its settings (the parts that can change results)."""
+        return {k: v for k, v in asdict(self).items() if k != "channels_last"}
+
+    @classmethod
+    def of(cls, accel: Accel | None) -> Accel:
+        return accel if accel is not None else cls()
+
+
+@contextlib.contextmanager
+def prepared(model: nn.Module, accel: Accel, device: torch.device) -> Iterator[nn.Module]:
+    """``model`` in ``accel``'s memory layout for the duration; the old layout comes back after."""
+    if not accel.layout(device):
+        yield model
+        return
+    was_last = any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last)
+                   and not p.is_contiguous() for p in model.parameters())
+    model.to(memory_format=torch.channels_last)
+    try:
+        yield model
+    finally:
+        if not was_last:
+            model.to(memory_format=torch.contiguous_format)
+
+
+def cpu_count() -> int:
+    """CPU cores this process may use (affinity and cgroup-limited where the OS says so)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def auto_workers(device: torch.device | str, share: int = 1) -> int:
+    """DataLoader worker processes for a pass on ``device`` when this machine's cores are split
+    among ``share`` such passes (one per GPU, say). On a GPU the model runs elsewhere, so all but
+    one core decode (at most 12: more rarely helps and each holds prefetched batches). On a CPU
+    decoding competes with the model's own threads: one worker per four cores, none below eight
+    (measured in benchmarks/scale.py)."""
+    device = torch.device(device)
+    cores = max(1, cpu_count() // max(1, share))
+    if device.type == "cuda":
+        return max(0, min(cores - 1, 12))
+    return cores // 4 if cores >= 8 else 0
+
+
+def resolve_workers(workers: int | None, device: torch.device | str) -> int:
+    """``workers``, or :func:`auto_workers` when None."""
+    if workers is None:
+        return auto_workers(device)
+    if workers < 0:
+        raise UserInputError("workers must be >= 0")
+    return workers
+
+
+__all__ = ["Accel", "DECODERS", "PRECISIONS", "auto_workers", "cpu_count", "prepared", "resolve_workers"]

@@ -1,0 +1,108 @@
+"""Decoding on the model's device: DataLoader workers read bytes, the device decodes and resizes.
+
+JPEGs go through :func:`torchvision.io.decode_jpeg` in one batched call (nvJPEG on CUDA,
+libjpeg-turbo on a CPU) with their EXIF orientation applied; anything else (PNG, GIF, CMYK or
+broken JPEGs the batch decoder refuses) is decoded by PIL exactly as
+:func:`convscope.data.read_image` does, so transparency and palettes are handled the same way.
+Files neither can decode are skipped with their reason. Resizing and cropping use the subject's
+:class:`~convscope.preprocess.Preprocess` on uint8 tensors (antialiased, like PIL), grouped by
+size so that a dataset of equal-sized images is resized in one call per batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from convscope.data import ImageSource, read_image
+from convscope.errors import UserInputError
+from convscope.preprocess import Preprocess
+
+_JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+class RawImages(torch.utils.data.Dataset):
+    """Items ``(payload | None, i, error | None)``: the file's bytes as a uint8 tensor, or for
+    sources that yield pictures rather than files (the bundled samples) the RGB pixels (3, H, W)."""
+
+    def __init__(self, source: ImageSource):
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int):
+        from convscope.data import _reason
+
+        try:
+            blob = self.source._reader(self.source.records[i].name)
+            if isinstance(blob, (bytes, bytearray)):
+                return torch.frombuffer(bytearray(blob), dtype=torch.uint8), i, None
+            return _pil_pixels(read_image(blob)), i, None
+        except Exception as e:  # a bad file must never end a run
+            return None, i, _reason(e)
+
+
+def _pil_pixels(img) -> torch.Tensor:
+    from torchvision.transforms.functional import pil_to_tensor
+
+    return pil_to_tensor(img)
+
+
+def device_transform(source: ImageSource) -> Preprocess:
+    """The source's transform, which device decoding must reproduce: only a
+    :class:`Preprocess` says what it does."""
+    if not isinstance(source.transform, Preprocess):
+        raise UserInputError(
+            "decoding on the device needs the subject's preprocessing as a Preprocess; this "
+            "subject has a custom transform (use decode='cpu')"
+        )
+    return source.transform
+
+
+def decode_batch(items: list[tuple[torch.Tensor, int]], preprocess: Preprocess,
+                 device: torch.device) -> tuple[torch.Tensor, list[int], list[tuple[int, str]]]:
+    """Decode and preprocess ``items`` (payload, index) on ``device``: the batch (B, 3, H, W),
+    the indices that made it, and ``(index, reason)`` for the files that could not be decoded."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    pixels: dict[int, torch.Tensor] = {}
+    bad: list[tuple[int, str]] = []
+    jpegs = [(t, i) for t, i in items if t.dim() == 1 and bytes(t[:3].tolist()) == _JPEG_MAGIC]
+    if jpegs:
+        try:
+            out = decode_jpeg([t for t, _ in jpegs], mode=ImageReadMode.RGB, device=device,
+                              apply_exif_orientation=True)
+            pixels.update({i: img for (_, i), img in zip(jpegs, out)})
+        except RuntimeError:  # one bad file fails the whole call: decode them one by one
+            for t, i in jpegs:
+                with contextlib.suppress(RuntimeError):  # PIL tries again below, with a reason
+                    pixels[i] = decode_jpeg(t, mode=ImageReadMode.RGB, device=device,
+                                            apply_exif_orientation=True)
+    for t, i in items:
+        if i in pixels:
+            continue
+        if t.dim() == 3:
+            pixels[i] = t.to(device, non_blocking=True)
+            continue
+        try:
+            pixels[i] = _pil_pixels(read_image(t.numpy().tobytes())).to(device)
+        except Exception as e:
+            from convscope.data import _reason
+
+            bad.append((i, _reason(e)))
+    order = [i for _, i in items if i in pixels]
+    h, w = preprocess.size
+    batch = torch.empty((len(order), 3, h, w), device=device)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for pos, i in enumerate(order):
+        groups.setdefault(tuple(pixels[i].shape[1:]), []).append(pos)
+    for positions in groups.values():
+        imgs = torch.stack([pixels[order[p]] for p in positions])
+        geo = preprocess.resize_only(imgs)  # uint8 in, uint8 out: rounded like PIL's
+        batch[positions] = preprocess.normalize(geo.float() / 255.0)
+    return batch, order, bad
+
+
+__all__ = ["RawImages", "decode_batch", "device_transform"]
