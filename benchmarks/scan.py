@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 import convscope
+from convscope.accel import Accel, prepared
 from convscope.data import ImageRecord, ImageSource
 from convscope.scan import scan
 from convscope.scan.scanner import _Engine
@@ -37,6 +38,7 @@ from convscope.scan.state import LayerState
 
 LAYERS = ["blocks.1", "blocks.3", "blocks.5", "bn2"]
 K = 16
+ACCEL = Accel()  # set from --precision / --channels-last
 
 
 class GeneratedSource(ImageSource):
@@ -63,10 +65,11 @@ def warm_up(subject, x):
 
 
 def time_bare(subject, batches):
+    dev = subject.device
     t0 = time.perf_counter()
-    with torch.inference_mode():
+    with prepared(subject.model, ACCEL, dev), torch.inference_mode(), ACCEL.autocast(dev):
         for x in batches:
-            subject.model(x)
+            subject.model(ACCEL.inputs(x, dev))
     if subject.device.type == "cuda":
         torch.cuda.synchronize()
     return sum(len(x) for x in batches) / (time.perf_counter() - t0)
@@ -79,7 +82,7 @@ def time_scan_hot(subject, batches, thresholds):
     for n in LAYERS:
         states[n].thresholds = thresholds[n]
     t0 = time.perf_counter()
-    with _Engine(subject, LAYERS, {}, amp=False) as engine:
+    with _Engine(subject, LAYERS, {}, ACCEL) as engine:
         start = 0
         for x in batches:
             engine.scan(x, torch.arange(start, start + len(x)), states)
@@ -105,11 +108,15 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    ap.add_argument("--precision", default="fp32", help="fp32, bf16 or fp16 (bare and scan alike)")
+    ap.add_argument("--channels-last", action="store_true", default=None)
     ap.add_argument("--out", default=str(Path(__file__).with_name("scan.json")))
     ap.add_argument("--memory-child", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    global ACCEL
+    ACCEL = Accel(precision=args.precision, channels_last=args.channels_last)
     if args.memory_child:
         memory_child(args.memory_child, args.batch_size, args.device)
         return
@@ -131,7 +138,7 @@ def main() -> None:
     ratios = [h / b for h, b in zip(hot, bare)]
     n_e2e = args.batch_size * args.batches * 2
     e2e = scan(subject, GeneratedSource(n_e2e), LAYERS, k=K, batch_size=args.batch_size,
-               threshold_sample=args.batch_size)
+               threshold_sample=args.batch_size, accel=ACCEL)
     bare_after = time_bare(subject, batches)
 
     memory = []
@@ -146,6 +153,7 @@ def main() -> None:
         "benchmark": "scan", "model": "efficientnet_lite0", "input": "224x224", "layers": LAYERS,
         "k": K, "criteria": ["max", "mean", "area"], "batch_size": args.batch_size,
         "device": str(subject.device), "threads": torch.get_num_threads(),
+        "precision": ACCEL.precision, "channels_last": ACCEL.layout(subject.device),
         "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
         "bare_images_per_s": statistics.median(bare),
         "scan_hot_images_per_s": statistics.median(hot),

@@ -1,7 +1,9 @@
 """Decoding on the model's device: DataLoader workers read bytes, the device decodes and resizes.
 
-JPEGs go through :func:`torchvision.io.decode_jpeg` in one batched call (nvJPEG on CUDA,
-libjpeg-turbo on a CPU) with their EXIF orientation applied; anything else (PNG, GIF, CMYK or
+JPEGs go through one batched ``decode_jpeg`` call (nvJPEG on CUDA, libjpeg-turbo on a CPU) with
+their EXIF orientation applied: TorchCodec's when it is installed (``pip install
+'convscope[gpu]'``; it supersedes torchvision's image decoders, deprecated since 0.29),
+torchvision's otherwise; anything else (PNG, GIF, CMYK or
 broken JPEGs the batch decoder refuses) is decoded by PIL exactly as
 :func:`convscope.data.read_image` does, so transparency and palettes are handled the same way.
 Files neither can decode are skipped with their reason. Resizing and cropping use the subject's
@@ -61,25 +63,47 @@ def device_transform(source: ImageSource) -> Preprocess:
     return source.transform
 
 
-def decode_batch(items: list[tuple[torch.Tensor, int]], preprocess: Preprocess,
-                 device: torch.device) -> tuple[torch.Tensor, list[int], list[tuple[int, str]]]:
-    """Decode and preprocess ``items`` (payload, index) on ``device``: the batch (B, 3, H, W),
-    the indices that made it, and ``(index, reason)`` for the files that could not be decoded."""
+def jpeg_decoder(backend: str | None = None):
+    """``decode(list of byte tensors, device) -> list of uint8 (3, H, W)``, EXIF-oriented RGB,
+    from ``backend`` (``"torchcodec"`` or ``"torchvision"``; default: the first installed)."""
+    if backend in (None, "torchcodec"):
+        try:
+            from torchcodec.decoders import decode_jpeg as codec_jpeg
+
+            return lambda data, device: codec_jpeg(list(data), mode="RGB", device=device)
+        except ImportError:
+            if backend == "torchcodec":
+                raise UserInputError("TorchCodec is not installed: pip install 'convscope[gpu]'") from None
+    import warnings
+
     from torchvision.io import ImageReadMode, decode_jpeg
 
+    def decode(data, device):
+        with warnings.catch_warnings():  # deprecated in favour of TorchCodec, still correct
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return decode_jpeg(list(data), mode=ImageReadMode.RGB, device=device,
+                               apply_exif_orientation=True)
+
+    return decode
+
+
+def decode_batch(items: list[tuple[torch.Tensor, int]], preprocess: Preprocess,
+                 device: torch.device, backend: str | None = None,
+                 ) -> tuple[torch.Tensor, list[int], list[tuple[int, str]]]:
+    """Decode and preprocess ``items`` (payload, index) on ``device``: the batch (B, 3, H, W),
+    the indices that made it, and ``(index, reason)`` for the files that could not be decoded."""
+    decode_jpeg = jpeg_decoder(backend)
     pixels: dict[int, torch.Tensor] = {}
     bad: list[tuple[int, str]] = []
     jpegs = [(t, i) for t, i in items if t.dim() == 1 and bytes(t[:3].tolist()) == _JPEG_MAGIC]
     if jpegs:
         try:
-            out = decode_jpeg([t for t, _ in jpegs], mode=ImageReadMode.RGB, device=device,
-                              apply_exif_orientation=True)
+            out = decode_jpeg([t for t, _ in jpegs], device)
             pixels.update({i: img for (_, i), img in zip(jpegs, out)})
-        except RuntimeError:  # one bad file fails the whole call: decode them one by one
+        except Exception:  # one bad file fails the whole call: decode them one by one
             for t, i in jpegs:
-                with contextlib.suppress(RuntimeError):  # PIL tries again below, with a reason
-                    pixels[i] = decode_jpeg(t, mode=ImageReadMode.RGB, device=device,
-                                            apply_exif_orientation=True)
+                with contextlib.suppress(Exception):  # PIL tries again below, with a reason
+                    pixels[i] = decode_jpeg([t], device)[0]
     for t, i in items:
         if i in pixels:
             continue
@@ -105,4 +129,4 @@ def decode_batch(items: list[tuple[torch.Tensor, int]], preprocess: Preprocess,
     return batch, order, bad
 
 
-__all__ = ["RawImages", "decode_batch", "device_transform"]
+__all__ = ["RawImages", "decode_batch", "device_transform", "jpeg_decoder"]

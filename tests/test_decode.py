@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import skimage.data
+import torch
+from PIL import Image
+
+from convscope.data import Batches, open_images
+from convscope.decode import decode_batch, jpeg_decoder
+from convscope.errors import UserInputError
+from convscope.preprocess import Preprocess
+
+BACKENDS = ["torchvision", pytest.param("torchcodec", marks=pytest.mark.skipif(
+    importlib.util.find_spec("torchcodec") is None, reason="TorchCodec not installed"))]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """JPEGs (colour, grey, EXIF-rotated, large), a PNG with transparency, a GIF, and two files
+    that are no images."""
+    root = tmp_path_factory.mktemp("decode")
+    cat = Image.fromarray(skimage.data.chelsea())
+    cat.save(root / "cat.jpg", quality=90)
+    Image.fromarray(skimage.data.camera()).save(root / "grey.jpg")
+    exif = cat.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees when shown
+    cat.save(root / "rotated.jpg", exif=exif.tobytes(), quality=90)
+    Image.fromarray(skimage.data.astronaut()).resize((1600, 1200)).save(root / "large.jpg", quality=85)
+    rgba = np.zeros((60, 80, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[20:40, 20:60, 3] = 255  # a red box on a transparent (white) background
+    Image.fromarray(rgba).save(root / "alpha.png")
+    Image.fromarray(skimage.data.coffee()).convert("P").save(root / "palette.gif")
+    (root / "truncated.jpg").write_bytes((root / "cat.jpg").read_bytes()[:2000])
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("pre", [Preprocess(size=(224, 224), resize=256),
+                                 Preprocess(size=(96, 128), resize=None, mode="squash")])
+def test_device_decoding_matches_pil_within_one_level(folder, backend, pre, monkeypatch):
+    import convscope.decode as D
+
+    monkeypatch.setattr(D, "jpeg_decoder", lambda b=None, _j=jpeg_decoder: _j(backend))
+    src = open_images(folder, transform=pre)
+    ref_b, dev_b = Batches(src, 16), Batches(src, 16, decode="device")
+    (ref,), (dev,) = list(ref_b), list(dev_b)
+    assert ref.indices.tolist() == dev.indices.tolist() and len(ref.indices) == 6
+    assert ref_b.report.count == dev_b.report.count == 2
+    assert {n for n, _ in dev_b.report.items} == {"notes.txt", "truncated.jpg"}
+    a = pre.denormalize(ref.images) * 255
+    b = pre.denormalize(dev.images) * 255
+    diff = (a - b).abs()
+    assert diff.max() <= 1.0 + 1e-3  # one grey level at most (rounding of two resamplers)
+    assert diff.mean() < 0.3
+
+
+def test_custom_transforms_cannot_be_reproduced_on_the_device(folder):
+    src = open_images(folder, transform=lambda img: torch.zeros(3, 8, 8))
+    with pytest.raises(UserInputError, match="custom transform"):
+        Batches(src, 4, decode="device")
+
+
+def test_samples_and_equal_sizes(folder):
+    pre = Preprocess(size=(64, 64), resize=None, mode="squash")
+    src = open_images("convscope:samples", transform=pre, pattern="chelsea*")
+    (ref,), (dev,) = list(Batches(src, 8)), list(Batches(src, 8, decode="device"))
+    assert (pre.denormalize(ref.images) - pre.denormalize(dev.images)).abs().max() * 255 <= 1.001
+    # equal-sized images are resized together and land in their own rows
+    cat = torch.frombuffer(bytearray((folder / "cat.jpg").read_bytes()), dtype=torch.uint8)
+    grey = torch.frombuffer(bytearray((folder / "grey.jpg").read_bytes()), dtype=torch.uint8)
+    x, order, bad = decode_batch([(cat, 5), (grey, 7), (cat, 9)], pre, torch.device("cpu"))
+    assert order == [5, 7, 9] and not bad
+    assert torch.equal(x[0], x[2]) and not torch.equal(x[0], x[1])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_nvjpeg_matches_cpu(folder):
+    pre = Preprocess(size=(224, 224), resize=256)
+    src = open_images(folder, transform=pre)
+    (ref,), (dev,) = list(Batches(src, 16)), list(Batches(src, 16, decode="device", device="cuda"))
+    assert dev.images.is_cuda
+    diff = (pre.denormalize(ref.images) - pre.denormalize(dev.images.cpu())).abs() * 255
+    assert diff.mean() < 1.5  # nvJPEG's IDCT differs slightly from libjpeg-turbo's
