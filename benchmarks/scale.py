@@ -274,7 +274,8 @@ def precision_main(argv) -> None:
             a, b = ref_sc.stats(n), sc.stats(n)
             scale = np.abs(a.max).max()
             rel_max = np.abs(a.max - b.max) / np.maximum(np.abs(a.max), 1e-3 * scale)
-            rel_thr = np.abs(a.thresholds - b.thresholds) / np.maximum(np.abs(a.thresholds), 1e-3 * scale)
+            rel_thr = np.abs(a.threshold - b.threshold) / np.maximum(np.abs(a.threshold), 1e-3 * scale)
+            rel_mean = np.abs(a.mean - b.mean) / np.maximum(np.abs(a.mean), 1e-3 * scale)
             per = {}
             for crit in ("max", "mean", "area"):
                 jac, top1 = [], []
@@ -287,6 +288,8 @@ def precision_main(argv) -> None:
             row["layers"][n] = {"max_rel_err_median": float(np.median(rel_max)),
                                 "max_rel_err_p99": float(np.quantile(rel_max, 0.99)),
                                 "threshold_rel_err_median": float(np.median(rel_thr)),
+                                "mean_rel_err_median": float(np.median(rel_mean)),
+                                "units_max_equal": float(np.mean(a.max == b.max)),
                                 "criteria": per}
         la, lb = ref_ds.layers["blocks.3"], ds.layers["blocks.3"]
         row["retrieval_p_at_10"] = float(p_at_10(fs))
@@ -295,11 +298,13 @@ def precision_main(argv) -> None:
         row["dissect_same_label"] = float((la.iou.argmax(1) == lb.iou.argmax(1)).mean())
         row["dissect_max_abs_iou_diff"] = float(np.abs(la.iou - lb.iou).max())
         rows.append(row)
-        l0 = row["layers"][layers[-1]]
-        print(f"{p}: {layers[-1]} max rel err median {l0['max_rel_err_median']:.2e}; top-K Jaccard "
-              + ", ".join(f"{c} {v['topk_jaccard_mean']:.3f}" for c, v in l0["criteria"].items())
-              + f"; P@10 {row['retrieval_p_at_10']:.4f}; "
-              f"dissection labels same {row['dissect_same_label']:.3f}")
+        for n, l0 in row["layers"].items():
+            print(f"{p} {n}: rel err median max {l0['max_rel_err_median']:.1e} mean "
+                  f"{l0['mean_rel_err_median']:.1e} threshold {l0['threshold_rel_err_median']:.1e}; "
+                  "top-K Jaccard " + ", ".join(f"{c} {v['topk_jaccard_mean']:.3f}"
+                                               for c, v in l0["criteria"].items()))
+        print(f"{p}: P@10 {row['retrieval_p_at_10']:.4f}; features rel err median "
+              f"{row['features_rel_err_median']:.1e}; dissection labels same {row['dissect_same_label']:.3f}")
     result = {"benchmark": "precision", "model": subject.name, "device": str(subject.device),
               "images": args.images, "data": args.data, "torch": torch.__version__, "rows": rows}
     Path(args.out).write_text(json.dumps(result, indent=1))

@@ -156,3 +156,18 @@ def test_gpu_scan_matches_cpu(folder):
     half = _scan(gpu, folder, accel=Accel(precision="bf16"))
     for layer in LAYERS:
         assert np.allclose(ref.stats(layer).max, half.stats(layer).max, rtol=0.03, atol=0.03)
+
+
+def test_fp16_overflow_is_reported(folder):
+    loud = tiny_subject()
+    with torch.no_grad():
+        loud.model.conv2.weight.mul_(1e5)  # conv2 outputs beyond the float16 maximum
+    with pytest.raises(ConvscopeError, match="conv2 overflowed under fp16.*bf16 or fp32"):
+        _scan(loud, folder, accel=Accel(precision="fp16"))
+    _scan(loud, folder, accel=Accel(precision="bf16"))  # the range of float32
+    _scan(loud, folder)
+    from convscope.represent import extract_features
+
+    src = open_images(folder, transform=loud.transform)
+    with pytest.raises(ConvscopeError, match="overflowed under fp16"):
+        extract_features(loud, src, ["conv2"], batch_size=8, accel=Accel(precision="fp16"))

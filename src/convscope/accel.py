@@ -4,17 +4,17 @@ One :class:`Accel` is handed to every data-parallel pass (scan, dissection, feat
 synthesis); the same code runs on a CPU and on a GPU, only the settings change.
 
 - ``precision``: ``"fp32"`` (default; results equal across devices up to float rounding),
-  ``"bf16"`` or ``"fp16"``: the forward pass under :func:`torch.autocast`. Activations then carry
-  8 (bf16) or 11 (fp16) significant bits, so units' values change by ~0.4% (bf16) / ~0.05%
-  (fp16) relative, and images whose scores nearly tie can swap places in a top-K list; fp16 can
-  overflow on models with large unnormalised activations. docs/scale.md gives measured effects.
+  ``"bf16"`` or ``"fp16"``: the forward pass under :func:`torch.autocast`. Measured on
+  efficientnet_lite0 (docs/scale.md): fp16 moves units by ~0.2% and keeps 95-99% of each top-16
+  list; bf16 (8-bit mantissa) moves them by ~1-2% and keeps 75-88%. fp16 can overflow (a scan
+  or feature extraction that does stops with an error, see :func:`check_finite`).
 - ``channels_last``: model and inputs in NHWC layout, which tensor cores and oneDNN prefer.
   Values are unchanged up to float rounding. ``None`` picks it on CUDA only.
 - ``decode``: ``"cpu"`` decodes and resizes with PIL in the DataLoader workers (bit-equal to
   ``subject.transform``); ``"device"`` has the workers only read the files' bytes and decodes
-  JPEGs with :func:`torchvision.io.decode_jpeg` *on the model's device* (nvJPEG on a GPU), then
-  resizes there. It pays where decoding, not the model, limits the speed (small models, large
-  JPEGs, few CPU cores per GPU); pixels differ from PIL's by about one grey level.
+  JPEGs *on the model's device* (:mod:`convscope.decode`: TorchCodec or torchvision, nvJPEG on
+  a GPU), then resizes there. It pays where decoding, not the model, limits the speed (small models, large
+  JPEGs, few CPU cores per GPU); pixels differ from PIL's by at most one grey level (tested).
 """
 
 from __future__ import annotations
@@ -95,6 +95,22 @@ def prepared(model: nn.Module, accel: Accel, device: torch.device) -> Iterator[n
             model.to(memory_format=torch.contiguous_format)
 
 
+def check_finite(accel: Accel, sums: dict[str, torch.Tensor]) -> None:
+    """Raise when a reduced-precision pass overflowed: ``sums`` per layer of everything it
+    added up (one device sync at the end, instead of one per batch)."""
+    if accel.dtype is None:
+        return
+    bad = [n for n, t in sums.items() if not bool(torch.isfinite(t).all())]
+    if bad:
+        from convscope.errors import ConvscopeError
+
+        limit = "65504 (the float16 maximum)" if accel.precision == "fp16" else "the bfloat16 range"
+        raise ConvscopeError(
+            f"activations of {', '.join(bad)} overflowed under {accel.precision} autocast (beyond "
+            f"{limit}); run again with precision bf16 or fp32"
+        )
+
+
 def cpu_count() -> int:
     """CPU cores this process may use (affinity and cgroup-limited where the OS says so)."""
     try:
@@ -125,4 +141,5 @@ def resolve_workers(workers: int | None, device: torch.device | str) -> int:
     return workers
 
 
-__all__ = ["Accel", "DECODERS", "PRECISIONS", "auto_workers", "cpu_count", "prepared", "resolve_workers"]
+__all__ = ["Accel", "DECODERS", "PRECISIONS", "auto_workers", "check_finite", "cpu_count", "prepared",
+           "resolve_workers"]

@@ -103,3 +103,16 @@ def test_rf_and_stimuli_commands(reference, capsys):
     assert (reference / "render" / "rf_sizes.png").exists()
     assert main(["stimuli", str(reference), "--layer", "blocks.2", "--unit", "1", "--stride", "16"]) == 0
     assert (reference / "render" / "blocks.2" / "unit0001_stimuli.png").exists()
+
+
+def test_speed_options(tmp_path, capsys):
+    out = tmp_path / "fast"
+    assert main(["scan", "--data", "convscope:samples", "--pattern", "chelsea*", "--layers", "blocks.2",
+                 "--k", "3", "--batch-size", "8", "--channels-last", "--decode", "device",
+                 "--workers", "1", "--out", str(out)]) == 0
+    with sqlite3.connect(out / "atlas.db") as con:
+        (config,) = con.execute("SELECT config FROM runs").fetchone()
+    assert json.loads(config)["decode"] == "device"
+    capsys.readouterr()
+    assert main(["scan", "--layers", "blocks.2", "--precision", "half", "--out", str(tmp_path / "x")]) == 2
+    assert "precision must be one of fp32, bf16, fp16" in capsys.readouterr().err

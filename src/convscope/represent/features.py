@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from convscope.accel import Accel, prepared, resolve_workers
+from convscope.accel import Accel, check_finite, prepared, resolve_workers
 from convscope.data import Batches, ImageSource
 from convscope.errors import UserInputError
 from convscope.fileio import write_text
@@ -164,8 +164,10 @@ def extract_features(subject: Subject, source: ImageSource, layers: Sequence[str
                 with torch.inference_mode(), accel.autocast(device):
                     subject(accel.inputs(batch.images, device))
                 idx = batch.indices.numpy()
+                pooled = {nm: pool(rec[nm].float(), pooling, p).cpu() for nm in names}
+                check_finite(accel, pooled)  # on the host already: no extra device sync
                 for nm in names:
-                    feats[nm][idx] = pool(rec[nm].float(), pooling, p).cpu().numpy()
+                    feats[nm][idx] = pooled[nm].numpy()
                 valid[idx] = True
             done += 1
             report(min(done * batch_size, n), n)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from convscope.accel import Accel
 from convscope.data import ImageSource
 from convscope.errors import UserInputError
 from convscope.fileio import atomic_path
@@ -392,6 +393,7 @@ def ray_features(
         "shards": len(parts),
         "model": subject.name,
         "source": source.spec,
+        **Accel.of(options.get("accel")).config(),
     }
     meta_file = out / "meta.json"
     old = json.loads(meta_file.read_text()) if meta_file.exists() else None

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from convscope.accel import Accel, prepared, resolve_workers
+from convscope.accel import Accel, check_finite, prepared, resolve_workers
 from convscope.data import Batches, ImageSource
 from convscope.errors import ConvscopeError, UserInputError
 from convscope.fileio import atomic_path
@@ -207,6 +207,7 @@ def scan(
             report(position, len(order))
         seconds += time.perf_counter() - t0
     save_checkpoint()
+    check_finite(accel, {n: s.sum for n, s in states.items()})
 
     return ScanResult(
         layers=names, channels=channels, directions={n: d.cpu() for n, d in dirs.items()},
