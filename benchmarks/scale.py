@@ -132,6 +132,16 @@ def _hot(subject, batches, layers, accel, thresholds) -> float:
     return sum(len(x) for x in batches) / (time.perf_counter() - t0)
 
 
+def _cpu_name() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def device_main(argv) -> None:
     """Per model (efficientnet_lite0 with its weights, ResNet-50 with random weights) and
     precision: bare forward img/s on preloaded batches, the scan hot path as a ratio to it, and
@@ -214,7 +224,7 @@ def device_main(argv) -> None:
             rows.append(full)
             print(f"{subject.name}: scanned {r.processed} images in {full['full_scan_seconds']:.0f} s")
         del subject
-    dev_name = torch.cuda.get_device_name(0) if gpu else (platform.processor() or platform.machine())
+    dev_name = torch.cuda.get_device_name(0) if gpu else _cpu_name() or platform.machine()
     result = {"benchmark": "scale-device", "device": dev_name, "torch": torch.__version__,
               "threads": torch.get_num_threads(), "decode_workers": auto_workers(args.device),
               "data": args.data, "rows": rows}

@@ -129,6 +129,38 @@ class _Plan:
         return sum(i.units * self.maps[i.name][0] * self.maps[i.name][1] * 4 for i in self.infos) + 8 * self.s
 
 
+def _threshold_pass(fwd: _Forward, plan: _Plan, data, tops: TopValues, batch_size: int,
+                    skipped: SkipReport | None, indices=None, keep: list | None = None,
+                    tick: Callable[[], None] = lambda: None) -> None:
+    """Pass 1: fold every batch's activations into ``tops``; with ``keep``, also store them with
+    their labels there (so that pass 2 need not read the data again)."""
+    for x, good in fwd.batches(data, batch_size, skipped, indices):
+        if len(good):
+            acts = fwd(x)
+            tops.add(acts)
+            if keep is not None:
+                keep.append((acts, plan.labels(good)))
+        tick()
+
+
+def _count_pass(fwd: _Forward, plan: _Plan, data, counts: dict, batch_size: int, indices=None,
+                stored: list | None = None, tick: Callable[[], None] = lambda: None) -> None:
+    """Pass 2: add every batch's intersections and areas to ``counts``, from ``stored``
+    activations when pass 1 kept them, else by reading the data again."""
+    if stored is not None:
+        batches = iter(stored)
+    else:
+        batches = ((fwd(x), plan.labels(good)) if len(good) else None
+                   for x, good in fwd.batches(data, batch_size, None, indices))
+    for item in batches:
+        if item is not None:
+            acts, labels = item
+            for n in plan.names:
+                counts[n].add(acts[n], labels)
+        if stored is None:
+            tick()
+
+
 def threshold_state(subject: Subject, data, layers: Sequence[str], *, quantile: float = 0.005,
                     indices=None, batch_size: int = 4, workers: int | None = 0,
                     accel: Accel | None = None):
@@ -139,9 +171,7 @@ def threshold_state(subject: Subject, data, layers: Sequence[str], *, quantile: 
     tops = TopValues(len(data), plan.maps, quantile=1 - quantile)
     skipped = SkipReport()
     with _Forward(subject, plan.names, accel, workers) as fwd:
-        for x, good in fwd.batches(data, batch_size, skipped, indices):
-            if len(good):
-                tops.add(fwd(x))
+        _threshold_pass(fwd, plan, data, tops, batch_size, skipped, indices)
     return {"values": {n: v.cpu() for n, v in tops.values.items()}, "seen": tops.seen,
             "skipped": skipped.items}
 
@@ -157,21 +187,20 @@ def merge_threshold_states(data, maps: dict, quantile: float, states: list[dict]
     return tops, skipped
 
 
+def _new_counts(plan: _Plan, thresholds: dict, top: int) -> dict:
+    return {n: _Counts(thresholds[n].to(plan.device), plan.n_c, len(plan.cats), top, plan.seg,
+                       plan.device) for n in plan.names}
+
+
 def count_state(subject: Subject, data, layers: Sequence[str], thresholds: dict, *, top: int = 8,
                 indices=None, batch_size: int = 4, workers: int | None = 0,
                 accel: Accel | None = None) -> dict:
     """Pass 2 on part of the data: per layer the IoU counts (mergeable by addition) and the
     part's top images."""
     plan = _Plan(subject, data, layers)
-    counts = {n: _Counts(thresholds[n].to(plan.device), plan.n_c, len(plan.cats), top, plan.seg,
-                         plan.device) for n in plan.names}
+    counts = _new_counts(plan, thresholds, top)
     with _Forward(subject, plan.names, accel, workers) as fwd:
-        for x, good in fwd.batches(data, batch_size, None, indices):
-            if len(good):
-                acts = fwd(x)
-                labels = plan.labels(good)
-                for n in plan.names:
-                    counts[n].add(acts[n], labels)
+        _count_pass(fwd, plan, data, counts, batch_size, indices)
     return {n: c.to_dict() for n, c in counts.items()}
 
 
@@ -187,51 +216,34 @@ def dissect(subject: Subject, data, layers: Sequence[str], *, quantile: float = 
     saturates on most of the data, where the top-quantile threshold falls at its ceiling) is
     labelled but not counted as a detector. When the activations and labels fit in
     ``cache_bytes``, they are kept from the first pass on the device and the dataset is read
-    once; otherwise it is read twice.
+    once; otherwise it is read twice. ``accel``: precision and memory layout
+    (:mod:`convscope.accel`).
     ``batch_size`` defaults to 4 on a CPU (where small batches stay in cache and run fastest)
     and 64 on an accelerator. Unreadable images are skipped and listed in the result."""
     if batch_size is None:
         batch_size = 4 if subject.device.type == "cpu" else 64
     plan = _Plan(subject, data, layers)
-    names = plan.names
     cache = len(data) * plan.per_image_bytes() <= cache_bytes
     report = progress or (lambda d, t: None)
     skipped = SkipReport()
     total = len(data) * (1 if cache else 2)
     tops = TopValues(len(data), plan.maps, quantile=1 - quantile)
-    stored: list = []
-    done = 0
+    stored: list | None = [] if cache else None
+    done, limit = 0, len(data)  # limit: where the current pass ends
+
+    def tick() -> None:
+        nonlocal done
+        done = min(done + batch_size, limit)
+        report(done, total)
+
     t0 = time.perf_counter()
-    with _Forward(subject, names, accel, workers) as fwd:
-        for x, good in fwd.batches(data, batch_size, skipped):  # pass 1: thresholds
-            if len(good):
-                acts = fwd(x)
-                tops.add(acts)
-                if cache:
-                    stored.append((acts, plan.labels(good)))
-            done += batch_size
-            report(min(done, len(data)), total)
-        thr = {n: tops.thresholds(n) for n in names}
+    with _Forward(subject, plan.names, accel, workers) as fwd:
+        _threshold_pass(fwd, plan, data, tops, batch_size, skipped, keep=stored, tick=tick)
+        done, limit = len(data), total
+        thr = {n: tops.thresholds(n) for n in plan.names}
         t1 = time.perf_counter()
-        counts = {n: _Counts(thr[n], plan.n_c, len(plan.cats), top, plan.seg, plan.device) for n in names}
-
-        def batches():
-            if cache:
-                yield from stored
-                return
-            for x, good in fwd.batches(data, batch_size, None):  # pass 2
-                if len(good):
-                    yield fwd(x), plan.labels(good)
-                else:
-                    yield None, None
-
-        for acts, labels in batches():
-            if acts is not None:
-                for n in names:
-                    counts[n].add(acts[n], labels)
-            if not cache:
-                done += batch_size
-                report(min(done, total), total)
+        counts = _new_counts(plan, thr, top)
+        _count_pass(fwd, plan, data, counts, batch_size, stored=stored, tick=tick)
     seconds = {"pass1": t1 - t0, "pass2": time.perf_counter() - t1}
     return finish(plan, data, thr, counts, iou_threshold, quantile, max_coverage, skipped.items,
                   subject.name, seconds)
