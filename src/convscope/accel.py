@@ -6,7 +6,7 @@ synthesis); the same code runs on a CPU and on a GPU, only the settings change.
 - ``precision``: ``"fp32"`` (default; results equal across devices up to float rounding),
   ``"bf16"`` or ``"fp16"``: the forward pass under :func:`torch.autocast`. Measured on
   efficientnet_lite0 (docs/scale.md): fp16 moves units by ~0.2% and keeps 95-99% of each top-16
-  list; bf16 (8-bit mantissa) moves them by ~1-2% and keeps 75-88%. fp16 can overflow (a scan
+  list; bf16 (8-bit mantissa) moves them by ~1-4% and keeps 75-88%. fp16 can overflow (a scan
   or feature extraction that does stops with an error, see :func:`check_finite`).
 - ``channels_last``: model and inputs in NHWC layout, which tensor cores and oneDNN prefer.
   Values are unchanged up to float rounding. ``None`` picks it on CUDA only.
