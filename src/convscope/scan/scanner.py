@@ -37,7 +37,7 @@ from convscope.errors import ConvscopeError, UserInputError
 from convscope.fileio import atomic_path
 from convscope.recorder import Recorder
 from convscope.scan.result import ScanResult
-from convscope.scan.state import CRITERIA, LayerState, TopValues, quantile_thresholds
+from convscope.scan.state import CRITERIA, LayerState, Scratch, TopValues, quantile_thresholds
 from convscope.subject import Subject
 from convscope.units import Direction
 
@@ -178,7 +178,7 @@ def scan(
             if used <= buffer_bytes:
                 for idx, acts in buffered:
                     for n in names:
-                        states[n].update(acts[n], idx)
+                        states[n].update(acts[n], idx, engine.scratch)
                     processed += len(idx)
             else:  # the sample's activations did not fit in memory: read it again
                 buffered.clear()
@@ -260,6 +260,7 @@ class _Engine:
         self.dirs = dirs
         self.device = subject.device
         self.accel = Accel.of(accel)
+        self.scratch = Scratch()  # one work buffer for every layer, freed with the engine
         self._layout = prepared(subject.model, self.accel, self.device)
         self._sink: Callable[[str, torch.Tensor], None] = lambda name, t: None
         self._rec = Recorder(subject, layers, stop=True, keep=False, callback=self._callback)
@@ -299,7 +300,7 @@ class _Engine:
 
     def scan(self, images: torch.Tensor, indices: torch.Tensor, states: dict[str, LayerState]) -> None:
         idx = indices.to(self.device)
-        self._sink = lambda name, t: states[name].update(t, idx)
+        self._sink = lambda name, t: states[name].update(t, idx, self.scratch)
         self._run(images)
 
 
