@@ -48,6 +48,15 @@ def test_settings_are_checked():
     assert Accel().layout(torch.device("cuda")) is True
     assert Accel(channels_last=True).layout(torch.device("cpu")) is True
     assert Accel(precision="bf16").config() == {"precision": "bf16", "decode": "cpu"}
+    from types import SimpleNamespace
+
+    cuda = torch.device("cuda")
+    zoo = SimpleNamespace(device=cuda, spec={"model": "timm:resnet50"})
+    wrapped = SimpleNamespace(device=cuda, spec=None)  # may view() a map NHWC would break
+    assert Accel.of(None, zoo).channels_last is True
+    assert Accel.of(None, wrapped).channels_last is False
+    assert Accel.of(Accel(channels_last=True), wrapped).channels_last is True
+    assert Accel.of(None, SimpleNamespace(device=torch.device("cpu"), spec={})).channels_last is False
 
 
 def test_workers_are_sized_to_the_machine(monkeypatch):
@@ -171,3 +180,76 @@ def test_fp16_overflow_is_reported(folder):
     src = open_images(folder, transform=loud.transform)
     with pytest.raises(ConvscopeError, match="overflowed under fp16"):
         extract_features(loud, src, ["conv2"], batch_size=8, accel=Accel(precision="fp16"))
+
+
+def test_fp16_overflow_in_dissection_is_reported(tmp_path):
+    from convscope.dissect import BrodenDataset, dissect, make_synthetic_broden
+
+    loud = tiny_subject()
+    with torch.no_grad():
+        loud.model.conv2.weight.mul_(1e5)
+    root = make_synthetic_broden(tmp_path / "b", n=8, size=48, seg=24)
+    with pytest.raises(ConvscopeError, match="conv2 overflowed under fp16"):
+        dissect(loud, BrodenDataset(root), ["conv2"], accel=Accel(precision="fp16"))
+
+
+def test_directions_are_projected_in_float32(subject, folder, monkeypatch):
+    from convscope.scan import scanner
+
+    real = scanner._Engine._units
+    seen = []
+
+    def spy(self, name, t):
+        out = real(self, name, t)
+        if name in self.dirs:
+            seen.append((t.float().clone(), out[:, t.shape[1]:].clone(), self.dirs[name]))
+        return out
+
+    monkeypatch.setattr(scanner._Engine, "_units", spy)
+    _scan(subject, folder, directions=2, accel=Accel(precision="bf16"))
+    assert seen
+    for t, proj, dirs in seen:  # the projection of the recorded channels, in float32
+        want = torch.einsum("bchw,nc->bnhw", t, dirs)
+        assert torch.allclose(proj, want, rtol=1e-5, atol=1e-6)
+
+
+def test_runs_from_before_the_settings_still_resume(subject, folder, tmp_path):
+    import json
+
+    from convscope.represent import extract_features
+
+    src = open_images(folder, transform=subject.transform)
+    out = tmp_path / "f"
+    first = extract_features(subject, src, ["conv2"], batch_size=8, out=out)
+    meta = json.loads((out / "meta.json").read_text())
+    for key in ("precision", "decode"):  # a folder written before they were recorded
+        del meta[key]
+    (out / "meta.json").write_text(json.dumps(meta))
+    again = extract_features(subject, src, ["conv2"], batch_size=8, out=out)
+    assert np.array_equal(first.get("conv2"), again.get("conv2"))
+    with pytest.raises(UserInputError, match="another configuration"):
+        extract_features(subject, src, ["conv2"], batch_size=8, out=out, accel=Accel(precision="bf16"))
+    ck = tmp_path / "scan.ckpt"
+    scan(subject, src, LAYERS, k=5, batch_size=8, checkpoint=ck)
+    blob = torch.load(ck, weights_only=True)
+    for key in ("precision", "decode"):
+        del blob["config"][key]
+    torch.save(blob, ck)
+    scan(subject, src, LAYERS, k=5, batch_size=8, checkpoint=ck, resume=True)
+
+
+def test_worker_counts_respect_quotas_and_shared_memory(monkeypatch, tmp_path):
+    monkeypatch.setattr(A, "cpu_count", lambda: 16)
+    monkeypatch.setattr(A, "shared_memory_bytes", lambda: 64 << 20)  # Docker's default /dev/shm
+    batch = 32 * 3 * 224 * 224 * 4  # 19 MB
+    assert auto_workers("cuda") == 12  # no batch size: no cap
+    assert auto_workers("cuda", batch_bytes=batch) == 0  # 4 prefetched batches would not fit
+    monkeypatch.setattr(A, "shared_memory_bytes", lambda: 8 << 30)
+    assert auto_workers("cuda", batch_bytes=batch) == 12
+
+
+def test_cgroup_quota_caps_the_cores(monkeypatch):
+    monkeypatch.setattr(A, "_cgroup_cpus", lambda: 2)
+    assert A.cpu_count() <= 2
+    monkeypatch.setattr(A, "_cgroup_cpus", lambda: None)
+    assert A.cpu_count() >= 1

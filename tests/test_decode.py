@@ -8,7 +8,7 @@ import skimage.data
 import torch
 from PIL import Image
 
-from convscope.data import Batches, open_images
+from convscope.data import Batches, collate, open_images
 from convscope.decode import decode_batch, jpeg_decoder
 from convscope.errors import UserInputError
 from convscope.preprocess import Preprocess
@@ -84,5 +84,37 @@ def test_nvjpeg_matches_cpu(folder):
     src = open_images(folder, transform=pre)
     (ref,), (dev,) = list(Batches(src, 16)), list(Batches(src, 16, decode="device", device="cuda"))
     assert dev.images.is_cuda
+    (pinned,) = list(Batches(src, 16, pin_memory=True))
+    assert pinned.images.is_pinned()
     diff = (pre.denormalize(ref.images) - pre.denormalize(dev.images.cpu())).abs() * 255
     assert diff.mean() < 1.5  # nvJPEG's IDCT differs slightly from libjpeg-turbo's
+
+
+def test_rotated_jpegs_are_decoded_by_pil_in_the_worker(folder):
+    from convscope.decode import RawImages
+
+    src = open_images(folder)
+    raw = RawImages(src)
+    kinds = {src.records[i].name: raw[i][0].dim() if raw[i][0] is not None else None
+             for i in range(len(src))}
+    # bytes (1-D) go to the batch decoder; an EXIF-rotated JPEG arrives as upright pixels
+    assert kinds["cat.jpg"] == 1 and kinds["large.jpg"] == 1
+    assert kinds["rotated.jpg"] == 3 and raw[src.records.index(
+        next(r for r in src.records if r.name == "rotated.jpg"))][0].shape[1:] == (451, 300)
+    assert kinds["notes.txt"] == 1  # unreadable files fail later, with PIL's reason
+
+
+def test_sources_pickle_for_spawned_workers(folder, tmp_path):
+    import pickle
+
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{folder / 'cat.jpg'}\n{folder / 'grey.jpg'}\n")
+    pre = Preprocess(size=(32, 32), resize=None, mode="squash")
+    for where in (folder, listing):
+        src = pickle.loads(pickle.dumps(open_images(where, transform=pre)))
+        assert src[0][2] is None
+    src = open_images(listing, transform=pre)
+    loader = torch.utils.data.DataLoader(src, batch_size=2, num_workers=1,
+                                         multiprocessing_context="spawn", collate_fn=collate)
+    (batch,) = list(loader)
+    assert batch.indices.tolist() == [0, 1] and not batch.skipped

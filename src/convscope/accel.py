@@ -9,7 +9,8 @@ synthesis); the same code runs on a CPU and on a GPU, only the settings change.
   list; bf16 (8-bit mantissa) moves them by ~1-4% and keeps 75-88%. fp16 can overflow (a scan
   or feature extraction that does stops with an error, see :func:`check_finite`).
 - ``channels_last``: model and inputs in NHWC layout, which tensor cores and oneDNN prefer.
-  Values are unchanged up to float rounding. ``None`` picks it on CUDA only.
+  Values are unchanged up to float rounding. ``None`` picks it on CUDA for models loaded by
+  name or file (see :meth:`Accel.of`).
 - ``decode``: ``"cpu"`` decodes and resizes with PIL in the DataLoader workers (bit-equal to
   ``subject.transform``); ``"device"`` has the workers only read the files' bytes and decodes
   JPEGs *on the model's device* (:mod:`convscope.decode`: TorchCodec or torchvision, nvJPEG on
@@ -22,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -75,8 +76,22 @@ class Accel:
         return {k: v for k, v in asdict(self).items() if k != "channels_last"}
 
     @classmethod
-    def of(cls, accel: Accel | None) -> Accel:
-        return accel if accel is not None else cls()
+    def of(cls, accel: Accel | None, subject=None) -> Accel:
+        """``accel`` (default settings when None), with the layout decided for ``subject``:
+        channels_last by default only for models loaded by name or file (torchvision and timm
+        architectures, which flatten safely) on CUDA; a wrapped module may ``view`` a map that
+        NHWC would break, so it keeps its layout unless asked."""
+        accel = accel if accel is not None else cls()
+        if subject is None or accel.channels_last is not None:
+            return accel
+        auto = subject.device.type == "cuda" and subject.spec is not None
+        return replace(accel, channels_last=auto)
+
+
+def with_default_settings(config: dict) -> dict:
+    """``config`` as recorded by a run, with the speed settings of runs from before they were
+    recorded (fp32, PIL decoding), so that such runs can still be resumed."""
+    return {**Accel().config(), **config}
 
 
 @contextlib.contextmanager
@@ -112,34 +127,74 @@ def check_finite(accel: Accel, sums: dict[str, torch.Tensor]) -> None:
 
 
 def cpu_count() -> int:
-    """CPU cores this process may use (affinity and cgroup-limited where the OS says so)."""
+    """CPU cores this process may use: its affinity mask, capped by a cgroup CPU quota (Docker
+    ``--cpus``, Kubernetes limits), which the mask does not show."""
     try:
-        return len(os.sched_getaffinity(0))
+        n = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
+        n = os.cpu_count() or 1
+    quota = _cgroup_cpus()
+    return max(1, min(n, quota)) if quota else n
 
 
-def auto_workers(device: torch.device | str, share: int = 1) -> int:
+def _cgroup_cpus() -> int | None:
+    """Whole CPUs of this process's cgroup quota (v2 ``cpu.max`` or v1 CFS), None if unlimited."""
+    import math
+    from pathlib import Path
+
+    try:
+        v2 = Path("/sys/fs/cgroup/cpu.max")
+        if v2.exists():
+            quota, period = v2.read_text().split()[:2]
+            return None if quota == "max" else max(1, math.ceil(int(quota) / int(period)))
+        q = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
+        if q.exists():
+            quota = int(q.read_text())
+            period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+            return None if quota <= 0 else max(1, math.ceil(quota / period))
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def shared_memory_bytes() -> int | None:
+    """Free bytes of /dev/shm, through which DataLoader workers hand batches over (None where
+    there is no such mount)."""
+    import shutil
+
+    try:
+        return shutil.disk_usage("/dev/shm").free
+    except OSError:
+        return None
+
+
+PREFETCH = 4  # batches each DataLoader worker prepares ahead
+
+
+def auto_workers(device: torch.device | str, share: int = 1, batch_bytes: int | None = None) -> int:
     """DataLoader worker processes for a pass on ``device`` when this machine's cores are split
     among ``share`` such passes (one per GPU, say). On a GPU the model runs elsewhere, so all but
     one core decode (at most 12: more rarely helps and each holds prefetched batches). On a CPU
-    decoding competes with the model's own threads: one worker per four cores, none below eight
-    (measured in benchmarks/scale.py)."""
+    decoding competes with the model's own threads: one worker per four cores, none below eight.
+    With ``batch_bytes``, no more workers than /dev/shm can hold the prefetched batches of, with
+    room to spare (containers often give it 64 MB)."""
     device = torch.device(device)
     cores = max(1, cpu_count() // max(1, share))
-    if device.type == "cuda":
-        return max(0, min(cores - 1, 12))
-    return cores // 4 if cores >= 8 else 0
+    n = max(0, min(cores - 1, 12)) if device.type == "cuda" else (cores // 4 if cores >= 8 else 0)
+    shm = shared_memory_bytes() if batch_bytes else None
+    if n and shm is not None:
+        n = min(n, int(shm // (2 * PREFETCH * batch_bytes)))
+    return n
 
 
-def resolve_workers(workers: int | None, device: torch.device | str) -> int:
+def resolve_workers(workers: int | None, device: torch.device | str, batch_bytes: int | None = None) -> int:
     """``workers``, or :func:`auto_workers` when None."""
     if workers is None:
-        return auto_workers(device)
+        return auto_workers(device, batch_bytes=batch_bytes)
     if workers < 0:
         raise UserInputError("workers must be >= 0")
     return workers
 
 
 __all__ = ["Accel", "DECODERS", "PRECISIONS", "auto_workers", "check_finite", "cpu_count", "prepared",
-           "resolve_workers"]
+           "resolve_workers", "shared_memory_bytes", "with_default_settings"]

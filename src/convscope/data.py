@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 import torch
 from PIL import Image, ImageOps
 
+from convscope.accel import PREFETCH
 from convscope.errors import DataError
 
 Transform = Callable[[Image.Image], torch.Tensor]
@@ -196,11 +197,7 @@ def _from_paths(paths, root, description, transform, pattern) -> ImageSource:
     if pattern:
         names = [n for n in names if fnmatch(n, pattern)]
     names.sort()
-    base = Path(root) if root is not None else None
-
-    def reader(name: str) -> bytes:
-        return (base / name if base is not None else Path(name)).read_bytes()
-
+    reader = _FileReader(Path(root) if root is not None else None)
     return _make(names, reader, description, transform, labels_from_dirs=root is not None)
 
 
@@ -227,6 +224,17 @@ def _from_samples(transform, pattern) -> ImageSource:
     index = {c: i for i, c in enumerate(classes)}
     records = [ImageRecord(i, n, index[n.split("/")[0]]) for i, n in enumerate(names)]
     return ImageSource(records, classes, sample_view, "convscope:samples", transform)
+
+
+class _FileReader:
+    """Reads files by name below ``base`` (or by full path); a module-level class, so that
+    sources pickle into DataLoader workers started with spawn or forkserver."""
+
+    def __init__(self, base: Path | None):
+        self.base = base
+
+    def __call__(self, name: str) -> bytes:
+        return (self.base / name if self.base is not None else Path(name)).read_bytes()
 
 
 class _TarReader:
@@ -282,6 +290,11 @@ class ImageBatch:
     images: torch.Tensor
     indices: torch.Tensor
     skipped: list[tuple[int, str]]
+
+    def pin_memory(self) -> ImageBatch:
+        """The batch in page-locked memory (the DataLoader calls this with ``pin_memory=True``;
+        without it a custom batch type is silently left unpinned)."""
+        return ImageBatch(self.images.pin_memory(), self.indices.pin_memory(), self.skipped)
 
 
 def collate(items) -> ImageBatch:
@@ -345,7 +358,7 @@ class Batches:
             dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.workers,
             collate_fn=_collate_raw if on_device else collate,
             pin_memory=self.pin_memory and not on_device,
-            persistent_workers=False, prefetch_factor=4 if self.workers else None,
+            persistent_workers=False, prefetch_factor=PREFETCH if self.workers else None,
         )
         for batch in loader:
             if on_device:

@@ -1,19 +1,20 @@
 """Decoding on the model's device: DataLoader workers read bytes, the device decodes and resizes.
 
-JPEGs go through one batched ``decode_jpeg`` call (nvJPEG on CUDA, libjpeg-turbo on a CPU) with
-their EXIF orientation applied: TorchCodec's when it is installed (``pip install
-'convscope[gpu]'``; it supersedes torchvision's image decoders, deprecated since 0.29),
-torchvision's otherwise; anything else (PNG, GIF, CMYK or
-broken JPEGs the batch decoder refuses) is decoded by PIL exactly as
-:func:`convscope.data.read_image` does, so transparency and palettes are handled the same way.
-Files neither can decode are skipped with their reason. Resizing and cropping use the subject's
-:class:`~convscope.preprocess.Preprocess` on uint8 tensors (antialiased, like PIL), grouped by
-size so that a dataset of equal-sized images is resized in one call per batch.
+JPEGs go through one batched ``decode_jpeg`` call (nvJPEG on CUDA, libjpeg-turbo on a CPU):
+TorchCodec's when it is installed (``pip install 'convscope[gpu]'``; it supersedes
+torchvision's image decoders, deprecated since 0.29), torchvision's otherwise. JPEGs whose EXIF
+orientation asks for a rotation or mirror (phone photos), other formats (PNG, GIF) and JPEGs the
+batch decoder refuses (CMYK, broken ones) are decoded by PIL exactly as
+:func:`convscope.data.read_image` does, so orientation, transparency and palettes are handled
+the same way. Files neither can decode are skipped with their reason. Resizing and cropping use
+the subject's :class:`~convscope.preprocess.Preprocess` on uint8 tensors (antialiased, like
+PIL), grouped by size so that a dataset of equal-sized images is resized in one call per batch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 
 import torch
 
@@ -39,11 +40,27 @@ class RawImages(torch.utils.data.Dataset):
 
         try:
             blob = self.source._reader(self.source.records[i].name)
-            if isinstance(blob, (bytes, bytearray)):
+            if isinstance(blob, (bytes, bytearray)) and not _rotated_jpeg(blob):
                 return torch.frombuffer(bytearray(blob), dtype=torch.uint8), i, None
+            # pictures, and JPEGs whose EXIF says to rotate or mirror them, are decoded here by
+            # PIL: not every batch decoder applies the orientation (torchvision's CUDA one does not)
             return _pil_pixels(read_image(blob)), i, None
         except Exception as e:  # a bad file must never end a run
             return None, i, _reason(e)
+
+
+def _rotated_jpeg(blob: bytes) -> bool:
+    """Whether ``blob`` is a JPEG with an EXIF orientation other than "as stored" (reads the
+    header only)."""
+    if not blob.startswith(_JPEG_MAGIC):
+        return False
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(blob)) as img:
+            return img.getexif().get(0x0112, 1) not in (0, 1)
+    except Exception:  # let the decoders find out what is wrong with it
+        return False
 
 
 def _pil_pixels(img) -> torch.Tensor:

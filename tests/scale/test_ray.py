@@ -53,6 +53,20 @@ def images():
     return open_images("convscope:samples", pattern="co*")
 
 
+def test_gpu_actors_ask_for_a_share_every_gpu_node_has():
+    from convscope.scale.ray_engine import _cpus_per_gpu
+
+    class FakeRay:  # a CPU-only head, an 8-core 1-GPU node, a 16-core 4-GPU node, a dead node
+        @staticmethod
+        def nodes():
+            return [{"Alive": True, "Resources": {"CPU": 4.0}},
+                    {"Alive": True, "Resources": {"CPU": 8.0, "GPU": 1.0}},
+                    {"Alive": True, "Resources": {"CPU": 16.0, "GPU": 4.0}},
+                    {"Alive": False, "Resources": {"CPU": 1.0, "GPU": 1.0}}]
+
+    assert _cpus_per_gpu(FakeRay) == 4  # cluster totals (28 CPUs / 5 GPUs) would not place
+
+
 def test_shards():
     assert shards(10, 3) == [[0, 1, 2], [3, 4, 5, 6], [7, 8, 9]]
     assert shards(2, 5) == [[0], [1]]
@@ -178,6 +192,8 @@ def test_ray_dissect_equals_one_process_and_resumes(cluster, subject, tmp_path):
         if done > 12:  # the first shard of pass 2 has finished
             raise Killed
 
+    (state / "keep.txt").parent.mkdir(parents=True)
+    (state / "keep.txt").write_text("not ours")
     with pytest.raises(Killed):
         ray_dissect(subject, BrodenDataset(root), LAYERS, workers=2, n_shards=3, batch_size=4,
                     state_dir=state, progress=die_in_pass_two)
@@ -188,7 +204,7 @@ def test_ray_dissect_equals_one_process_and_resumes(cluster, subject, tmp_path):
     merged = ray_dissect(subject, BrodenDataset(root), LAYERS, workers=2, n_shards=3, batch_size=4,
                          state_dir=state, resume=True, progress=lambda d, t: starts.append(d))
     assert starts[0] == 12 and starts[1] > 12  # pass 1 came from disk, and part of pass 2
-    assert not state.exists()  # removed once the result is complete
+    assert [f.name for f in state.iterdir()] == ["keep.txt"]  # only its own files are removed
     for layer in LAYERS:
         a, b = single.layers[layer], merged.layers[layer]
         assert np.allclose(a.thresholds, b.thresholds, rtol=1e-5)

@@ -67,6 +67,7 @@ def scan(
     precision: PrecisionOpt = "fp32",
     channels_last: ChannelsLastOpt = None,
     decode: DecodeOpt = "cpu",
+    amp: Annotated[bool, typer.Option("--amp", hidden=True, help="old name of --precision bf16")] = False,
     engine: EngineOpt = "local",
     address: AddressOpt = None,
     ray_workers: RayWorkersOpt = 2,
@@ -80,6 +81,9 @@ def scan(
     from convscope.data import open_images
 
     console = Console(stderr=True)
+    if amp:
+        console.print("--amp is now --precision bf16 (fp16 keeps top-K lists closer: docs/scale.md)")
+        precision = "bf16"
     accel = make_accel(precision, channels_last, decode)
     subject = load_subject(model, weights, arch, device)
     source = open_images(data, transform=subject.transform, pattern=pattern)

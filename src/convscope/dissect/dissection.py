@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from convscope.accel import Accel, prepared, resolve_workers
+from convscope.accel import Accel, check_finite, prepared, resolve_workers
 from convscope.data import SkipReport
 from convscope.dissect.broden import ConceptItem
 from convscope.dissect.result import Dissection, LayerDissection
@@ -58,14 +58,14 @@ class _Forward:
 
     def __init__(self, subject: Subject, names: Sequence[str], accel: Accel | None, workers: int | None):
         self.subject, self.names = subject, list(names)
-        self.accel = Accel.of(accel)
+        self.accel = Accel.of(accel, subject)
         if self.accel.decode != "cpu":
             from convscope.errors import UserInputError
 
             raise UserInputError("dissection decodes images with their segmentations on the CPU; "
                                  "decode='device' is for scans and features")
         self.device = subject.device
-        self.workers = resolve_workers(workers, self.device)
+        self.workers = workers  # None: sized to the machine and the batch, in batches()
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> _Forward:
@@ -79,8 +79,11 @@ class _Forward:
     def batches(self, data, batch_size: int, report: SkipReport | None, indices=None):
         """``(x, good items)`` per batch; unreadable items go to ``report``."""
         dataset = data if indices is None else torch.utils.data.Subset(data, list(indices))
+        h, w = self.subject.input_size
+        # an image and its label planes: about twice the image's float32 bytes
+        workers = resolve_workers(self.workers, self.device, batch_bytes=2 * batch_size * 3 * h * w * 4)
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                                             num_workers=self.workers, collate_fn=_collate,
+                                             num_workers=workers, collate_fn=_collate,
                                              pin_memory=self.device.type == "cuda")
         for x, good, bad in loader:
             if report is not None:
@@ -241,6 +244,7 @@ def dissect(subject: Subject, data, layers: Sequence[str], *, quantile: float = 
         _threshold_pass(fwd, plan, data, tops, batch_size, skipped, keep=stored, tick=tick)
         done, limit = len(data), total
         thr = {n: tops.thresholds(n) for n in plan.names}
+        check_finite(fwd.accel, thr)  # an overflowed unit has an infinite threshold
         t1 = time.perf_counter()
         counts = _new_counts(plan, thr, top)
         _count_pass(fwd, plan, data, counts, batch_size, stored=stored, tick=tick)

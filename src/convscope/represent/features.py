@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from convscope.accel import Accel, check_finite, prepared, resolve_workers
+from convscope.accel import Accel, check_finite, prepared, resolve_workers, with_default_settings
 from convscope.data import Batches, ImageSource
 from convscope.errors import UserInputError
 from convscope.fileio import write_text
@@ -114,7 +114,7 @@ def extract_features(subject: Subject, source: ImageSource, layers: Sequence[str
     dims = [int(i.shape[0]) for i in infos]
     n = len(source)
     n_batches = (n + batch_size - 1) // batch_size
-    accel = Accel.of(accel)
+    accel = Accel.of(accel, subject)
     device = subject.device
     config = {"layers": names, "dims": dims, "pooling": pooling, "p": p, "images": n,
               "batch_size": batch_size, "model": subject.name, "source": source.spec,
@@ -129,7 +129,7 @@ def extract_features(subject: Subject, source: ImageSource, layers: Sequence[str
         out.mkdir(parents=True, exist_ok=True)
         meta_file = out / "meta.json"
         old = json.loads(meta_file.read_text()) if meta_file.exists() else None
-        if old is not None and {k: old.get(k) for k in config} != config:
+        if old is not None and {k: with_default_settings(old).get(k) for k in config} != config:
             raise UserInputError(f"{out} holds features of another configuration; choose another "
                                  "folder or delete it")
         if old is not None and resume:
@@ -152,7 +152,9 @@ def extract_features(subject: Subject, source: ImageSource, layers: Sequence[str
             {**config, "done": done, "batches": n_batches,
              "names": [r.name for r in source.records], "classes": source.classes}, indent=1))
 
-    batches = Batches(source, batch_size=batch_size, workers=resolve_workers(workers, device),
+    h, w = subject.input_size
+    workers = resolve_workers(workers, device, batch_bytes=batch_size * 3 * h * w * 4)
+    batches = Batches(source, batch_size=batch_size, workers=workers,
                       indices=range(start * batch_size, n), pin_memory=device.type == "cuda",
                       decode=accel.decode, device=device)
     report = progress or (lambda d, t: None)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from convscope.accel import Accel
+from convscope.accel import Accel, check_finite, with_default_settings
 from convscope.data import ImageSource
 from convscope.errors import UserInputError
 from convscope.fileio import atomic_path
@@ -47,11 +47,16 @@ def _ray():
     return ray
 
 
-def _init(address: str | None, workers: int):
+def _init(address: str | None, workers: int, device: str = "cpu"):
     ray = _ray()
     if not ray.is_initialized():
         _POOL.clear()
-        kwargs = {"address": address} if address else {"num_cpus": workers}
+        if address:
+            kwargs = {"address": address}
+        elif device.startswith("cuda"):
+            kwargs = {}  # a local node with all its cores (they decode) and GPUs
+        else:
+            kwargs = {"num_cpus": workers}
         ray.init(
             include_dashboard=False,
             log_to_driver=False,
@@ -90,7 +95,7 @@ class _Worker:
         # A CPU actor computes on its one core; a GPU actor's cores decode for its GPU.
         on_gpu = device.startswith("cuda")
         torch.set_num_threads(1 if on_gpu else cpus)
-        self.loader_workers = max(0, cpus - 1) if on_gpu else 0
+        self.loader_workers = max(0, min(cpus - 1, 12)) if on_gpu else 0
         self.subject = load_spec(model_spec, device)
         self.opened: dict[str, object] = {}
 
@@ -157,7 +162,8 @@ class _Worker:
         if fail_marker and not os.path.exists(fail_marker):  # for tests: die once, mid-task
             Path(fail_marker).write_text("failed once")
             os._exit(1)
-        options = {**options, "workers": options.get("workers") or self.loader_workers}
+        if options.get("workers") is None:
+            options = {**options, "workers": self.loader_workers}
         r = scan(self.subject, self._open("images", source_spec), layers, indices=indices, **options)
         return {
             "states": {n: s.to_dict() for n, s in r.states.items()},
@@ -193,14 +199,22 @@ def _actors(ray, n: int, model_spec, device: str, retries: int):
             ray.kill(a)
     pool = _POOL.setdefault(key, [])
     gpus = 1 if device.startswith("cuda") else 0
-    cpus = 1
-    if gpus:  # one actor per GPU, with that GPU's share of the cores to decode for it
-        have = ray.cluster_resources()
-        cpus = max(1, int(have.get("CPU", 1) // max(1.0, have.get("GPU", 1))))
+    cpus = _cpus_per_gpu(ray) if gpus else 1
     cls = ray.remote(num_cpus=cpus, num_gpus=gpus, max_restarts=retries, max_task_retries=retries)(_Worker)
     while len(pool) < n:
         pool.append(cls.remote(model_spec, device, cpus))
     return pool[:n]
+
+
+def _cpus_per_gpu(ray) -> int:
+    """CPUs one GPU actor can ask for and still be placed on every GPU node: the smallest
+    per-node share of cores per GPU (cluster totals would overstate it on mixed clusters)."""
+    shares = [
+        int(n["Resources"].get("CPU", 0) // n["Resources"]["GPU"])
+        for n in ray.nodes()
+        if n.get("Alive") and n["Resources"].get("GPU", 0) >= 1
+    ]
+    return max(1, min(shares)) if shares else 1
 
 
 def shutdown_workers() -> None:
@@ -247,7 +261,7 @@ def ray_scan(
     pieces, default 4 per worker) and merged. ``options`` are ``scan``'s keyword arguments."""
     from convscope.scan.scanner import resolve_scan_layers
 
-    ray = _init(address, workers)
+    ray = _init(address, workers, device)
     model_spec, source_spec = _specs(subject, source)
     names = resolve_scan_layers(subject, layers)
     criteria = tuple(options.get("criteria", CRITERIA))
@@ -373,7 +387,7 @@ def ray_features(
     from convscope.fileio import write_text
     from convscope.represent.features import FeatureSet
 
-    ray = _init(address, workers)
+    ray = _init(address, workers, device)
     model_spec, source_spec = _specs(subject, source)
     infos = [subject.layer(nm) for nm in layers]
     names = [i.name for i in infos]
@@ -397,7 +411,7 @@ def ray_features(
     }
     meta_file = out / "meta.json"
     old = json.loads(meta_file.read_text()) if meta_file.exists() else None
-    if old is not None and {k: old.get(k) for k in config} != config:
+    if old is not None and {k: with_default_settings(old).get(k) for k in config} != config:
         raise UserInputError(f"{out} holds features of another configuration; choose another folder")
     done_shards = set(old.get("done_shards", [])) if old and resume else set()
     mode = "r+" if done_shards else "w+"
@@ -485,11 +499,10 @@ def ray_dissect(
     merged into the exact thresholds; pass 2 (IoU counts) on each shard, summed. The result
     equals a single-process dissection up to float rounding. With ``state_dir``, every finished
     shard of either pass is kept there, and ``resume=True`` computes only the missing ones."""
-    import shutil
 
     from convscope.dissect.dissection import _Counts, _Plan, finish, merge_threshold_states
 
-    ray = _init(address, workers)
+    ray = _init(address, workers, device)
     model_spec, _ = _specs(subject, None)
     spec = dict(getattr(data, "spec", {}))
     if spec.get("kind") not in ("broden", "auto-color"):
@@ -503,7 +516,7 @@ def ray_dissect(
     state = Path(state_dir) if state_dir is not None else None
     if state is not None:
         if not resume:
-            shutil.rmtree(state, ignore_errors=True)
+            _clear_shards(state)
         state.mkdir(parents=True, exist_ok=True)
         _check_manifest(state, {"kind": "dissect", "layers": names, "images": len(data),
                                 "shards": len(parts), "model": model_spec, "concepts": spec,
@@ -539,6 +552,7 @@ def ray_dissect(
     )
     tops, skipped = merge_threshold_states(data, plan.maps, quantile, [state1[i] for i in range(len(parts))])
     thr = {n: tops.thresholds(n).cpu() for n in names}
+    check_finite(Accel.of(accel), thr)
     state2 = run_pass(
         2, lambda a, i: a.dissect_counts.remote(spec, parts[i], names, thr, top, bs, accel), len(data)
     )
@@ -556,5 +570,14 @@ def ray_dissect(
     }
     result = finish(plan, data, thr, counts, iou_threshold, quantile, max_coverage, skipped, subject.name)
     if state is not None:
-        shutil.rmtree(state, ignore_errors=True)
+        _clear_shards(state)
     return result
+
+
+def _clear_shards(state: Path) -> None:
+    """Remove what a Ray dissection kept in ``state`` (and the folder, if that leaves it empty);
+    nothing else there is touched."""
+    for f in [*state.glob("pass[12]_shard_*_of_*.pt"), state / "manifest.json"]:
+        f.unlink(missing_ok=True)
+    if state.is_dir() and not any(state.iterdir()):
+        state.rmdir()

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from convscope.accel import Accel, check_finite, prepared, resolve_workers
+from convscope.accel import Accel, check_finite, prepared, resolve_workers, with_default_settings
 from convscope.data import Batches, ImageSource
 from convscope.errors import ConvscopeError, UserInputError
 from convscope.fileio import atomic_path
@@ -88,8 +88,9 @@ def scan(
             raise UserInputError(f"layer {info.name} produces no single tensor and cannot be scanned")
     names = [i.name for i in infos]
     device = subject.device
-    accel = Accel.of(accel)
-    workers = resolve_workers(workers, device)
+    accel = Accel.of(accel, subject)
+    h, w = subject.input_size
+    workers = resolve_workers(workers, device, batch_bytes=batch_size * 3 * h * w * 4)
     if data.transform is None:
         data = data.with_transform(subject.transform)
 
@@ -127,7 +128,7 @@ def scan(
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if resume and ckpt is not None and ckpt.exists():
         saved = torch.load(ckpt, map_location="cpu", weights_only=True)
-        if saved.get("version") != CHECKPOINT_VERSION or saved["config"] != config:
+        if saved.get("version") != CHECKPOINT_VERSION or with_default_settings(saved["config"]) != config:
             raise ConvscopeError(
                 f"the checkpoint {ckpt} belongs to a scan with other settings; "
                 "start a new scan instead of resuming"
@@ -259,7 +260,7 @@ class _Engine:
         self.subject = subject
         self.dirs = dirs
         self.device = subject.device
-        self.accel = Accel.of(accel)
+        self.accel = Accel.of(accel, subject)
         self.scratch = Scratch()  # one work buffer for every layer, freed with the engine
         self._layout = prepared(subject.model, self.accel, self.device)
         self._sink: Callable[[str, torch.Tensor], None] = lambda name, t: None
@@ -283,8 +284,10 @@ class _Engine:
         return t
 
     def _callback(self, address: str, call: int, output) -> None:
-        # Reduce inside the hook, before any later in-place op can overwrite the output.
-        self._sink(address, self._units(address, self._rec.extract(address, output)))
+        # Reduce inside the hook, before any later in-place op can overwrite the output; in
+        # float32 (outside autocast), so that directions and counts add no rounding of their own.
+        with torch.autocast(self.device.type, enabled=False):
+            self._sink(address, self._units(address, self._rec.extract(address, output)))
 
     def _run(self, images: torch.Tensor) -> None:
         x = self.accel.inputs(images, self.device)

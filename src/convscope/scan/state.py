@@ -22,7 +22,7 @@ _NO_IMAGE = torch.iinfo(torch.int64).max
 
 class Scratch:
     """A float32 work buffer reused from batch to batch (grown when a larger one is needed), so
-    that counting does not allocate, and on a CPU page-fault, a map-sized tensor per call."""
+    that counting on a CPU does not allocate, and page-fault, a map-sized tensor per call."""
 
     def __init__(self):
         self._buf: torch.Tensor | None = None
@@ -102,17 +102,25 @@ class LayerState:
         ``scratch``: a work buffer kept by the caller across batches (faster on a CPU)."""
         flat = acts.float().flatten(2)  # (B, U, P)
         n_pos = flat.shape[2]
-        # Each reduction reads the activations once. Counts are comparisons written as 0/1 into
-        # a float32 buffer and summed: exact (a row has < 2**24 positions) and several times
-        # faster than summing a bool tensor, which converts element by element to int64.
-        buf = (scratch or Scratch()).like(flat)
+        # Each reduction reads the activations once. On a CPU, counts are comparisons written
+        # as 0/1 into a reused float32 buffer and summed: exact (a row has < 2**24 positions)
+        # and several times faster than summing a bool tensor, which converts element by
+        # element to int64. A GPU sums bools fast, and a map-sized float buffer would cost memory.
+        on_cpu = flat.device.type == "cpu"
+        buf = (scratch or Scratch()).like(flat) if on_cpu else None
+
+        def count_above(limit) -> torch.Tensor:  # (B, U) float32
+            if on_cpu:
+                return torch.gt(flat, limit, out=buf).sum(dim=2)
+            return (flat > limit).sum(dim=2, dtype=torch.float32)
+
         peak, where = flat.max(dim=2)
         total = flat.sum(dim=2)  # (B, U)
         scores = {"max": peak, "mean": total / n_pos}
         if "area" in self.topk:
             if self.thresholds is None:
                 raise ConvscopeError("the `area` criterion needs thresholds before the scan")
-            above = torch.gt(flat, self.thresholds.view(1, -1, 1), out=buf).sum(dim=2)
+            above = count_above(self.thresholds.view(1, -1, 1))
             scores["area"] = above / n_pos
         cand = images.to(acts.device).view(1, -1).expand(self.units, -1)
         where_t = where.T
@@ -122,7 +130,7 @@ class LayerState:
         self.sum += total.sum(dim=0, dtype=torch.float64)
         self.sumsq += torch.linalg.vector_norm(flat, dim=2).double().square().sum(dim=0)
         self.max = torch.maximum(self.max, peak.max(dim=0).values)
-        self.positive += torch.gt(flat, 0, out=buf).sum(dim=2).sum(dim=0, dtype=torch.float64).long()
+        self.positive += count_above(0).sum(dim=0, dtype=torch.float64).long()
 
     def merge(self, other: LayerState) -> None:
         if (other.units, other.map_size, set(other.topk)) != (self.units, self.map_size, set(self.topk)):

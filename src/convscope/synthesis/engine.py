@@ -59,7 +59,7 @@ def evaluate(subject: Subject, objective: Objective, images: torch.Tensor,
     layers = list(objective.layers)
     stop = bool(layers) and not objective.needs_output
     x = transform(images, gen) if transform is not None else images
-    accel = Accel.of(accel)
+    accel = Accel.of(accel, subject)
     device = subject.device
     x = accel.inputs(subject.preprocess.normalize(x), device)
     ctx_grad = torch.enable_grad() if grad else torch.no_grad()
@@ -119,7 +119,7 @@ def render(
     stop = bool(layers) and not objective.needs_output
     history, kept = [], []
     report = progress or (lambda done, total: None)
-    accel = Accel.of(accel)
+    accel = Accel.of(accel, subject)
     with prepared(subject.model, accel, device), \
             Recorder(subject, layers, detach=False, stop=stop) if layers else _nullrec() as rec:
         for step in range(steps):
