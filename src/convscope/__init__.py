@@ -1,5 +1,6 @@
 """convscope: see what a convolutional network has learned."""
 
+from convscope.accel import Accel
 from convscope.attribution import AttributionMap, explain
 from convscope.errors import (
     AmbiguousLayerError,
@@ -18,6 +19,7 @@ from convscope.zoo import load
 __version__ = "0.1.0"
 
 __all__ = [
+    "Accel",
     "AmbiguousLayerError",
     "AttributionMap",
     "ConvscopeError",
