@@ -118,3 +118,14 @@ def test_sources_pickle_for_spawned_workers(folder, tmp_path):
                                          multiprocessing_context="spawn", collate_fn=collate)
     (batch,) = list(loader)
     assert batch.indices.tolist() == [0, 1] and not batch.skipped
+
+
+def test_file_bytes_travel_from_worker_processes(folder):
+    pre = Preprocess(size=(48, 48), resize=None, mode="squash")
+    src = open_images(folder, transform=pre)
+    inline = list(Batches(src, 4, decode="device"))
+    spawned_b = Batches(src, 4, workers=2, decode="device")
+    spawned = list(spawned_b)
+    assert [b.indices.tolist() for b in inline] == [b.indices.tolist() for b in spawned]
+    assert all(torch.equal(a.images, b.images) for a, b in zip(inline, spawned))
+    assert spawned_b.report.count == 2
