@@ -181,10 +181,23 @@ def auto_workers(device: torch.device | str, share: int = 1, batch_bytes: int | 
     device = torch.device(device)
     cores = max(1, cpu_count() // max(1, share))
     n = max(0, min(cores - 1, 12)) if device.type == "cuda" else (cores // 4 if cores >= 8 else 0)
+    return fit_workers(n, batch_bytes)
+
+
+def fit_workers(n: int, batch_bytes: int | None) -> int:
+    """At most ``n`` workers, and no more than /dev/shm can hold the prefetched batches of
+    (``batch_bytes`` each) with half of it to spare."""
     shm = shared_memory_bytes() if batch_bytes else None
     if n and shm is not None:
         n = min(n, int(shm // (2 * PREFETCH * batch_bytes)))
-    return n
+    return max(0, n)
+
+
+def batch_bytes(batch_size: int, input_size: tuple[int, int], decode: str = "cpu") -> int:
+    """Bytes a DataLoader worker hands over per batch: float32 images for PIL decoding; for
+    decoding on the device the files' bytes, estimated as the uint8 pixels at input size."""
+    h, w = input_size
+    return batch_size * 3 * h * w * (4 if decode == "cpu" else 1)
 
 
 def resolve_workers(workers: int | None, device: torch.device | str, batch_bytes: int | None = None) -> int:
@@ -196,5 +209,5 @@ def resolve_workers(workers: int | None, device: torch.device | str, batch_bytes
     return workers
 
 
-__all__ = ["Accel", "DECODERS", "PRECISIONS", "auto_workers", "check_finite", "cpu_count", "prepared",
-           "resolve_workers", "shared_memory_bytes", "with_default_settings"]
+__all__ = ["Accel", "DECODERS", "PRECISIONS", "auto_workers", "batch_bytes", "check_finite", "cpu_count",
+           "fit_workers", "prepared", "resolve_workers", "shared_memory_bytes", "with_default_settings"]

@@ -1,14 +1,15 @@
 """Decoding on the model's device: DataLoader workers read bytes, the device decodes and resizes.
 
 JPEGs go through one batched ``decode_jpeg`` call (nvJPEG on CUDA, libjpeg-turbo on a CPU):
-TorchCodec's when it is installed (``pip install 'convscope[gpu]'``; it supersedes
-torchvision's image decoders, deprecated since 0.29), torchvision's otherwise. JPEGs whose EXIF
-orientation asks for a rotation or mirror (phone photos), other formats (PNG, GIF) and JPEGs the
+TorchCodec's when it is installed and loads (``pip install 'convscope[gpu]'``; it supersedes
+torchvision's image decoders, deprecated since 0.29, and applies EXIF orientation itself),
+torchvision's otherwise (its CUDA decoder ignores orientation, so convscope reads the EXIF tag
+and turns or mirrors the decoded image on the device). Other formats (PNG, GIF) and JPEGs the
 batch decoder refuses (CMYK, broken ones) are decoded by PIL exactly as
-:func:`convscope.data.read_image` does, so orientation, transparency and palettes are handled
-the same way. Files neither can decode are skipped with their reason. Resizing and cropping use
-the subject's :class:`~convscope.preprocess.Preprocess` on uint8 tensors (antialiased, like
-PIL), grouped by size so that a dataset of equal-sized images is resized in one call per batch.
+:func:`convscope.data.read_image` does, so transparency and palettes are handled the same way.
+Files neither can decode are skipped with their reason. Resizing and cropping use the subject's
+:class:`~convscope.preprocess.Preprocess` on uint8 tensors (antialiased, like PIL), grouped by
+size so that a dataset of equal-sized images is resized in one call per batch.
 """
 
 from __future__ import annotations
@@ -40,27 +41,44 @@ class RawImages(torch.utils.data.Dataset):
 
         try:
             blob = self.source._reader(self.source.records[i].name)
-            if isinstance(blob, (bytes, bytearray)) and not _rotated_jpeg(blob):
+            if isinstance(blob, (bytes, bytearray)):
                 return torch.frombuffer(bytearray(blob), dtype=torch.uint8), i, None
-            # pictures, and JPEGs whose EXIF says to rotate or mirror them, are decoded here by
-            # PIL: not every batch decoder applies the orientation (torchvision's CUDA one does not)
             return _pil_pixels(read_image(blob)), i, None
         except Exception as e:  # a bad file must never end a run
             return None, i, _reason(e)
 
 
-def _rotated_jpeg(blob: bytes) -> bool:
-    """Whether ``blob`` is a JPEG with an EXIF orientation other than "as stored" (reads the
-    header only)."""
-    if not blob.startswith(_JPEG_MAGIC):
-        return False
+def exif_orientation(blob: bytes) -> int:
+    """The EXIF orientation (1-8) of an encoded image, 1 when it has none (reads the header)."""
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(blob)) as img:
-            return img.getexif().get(0x0112, 1) not in (0, 1)
-    except Exception:  # let the decoders find out what is wrong with it
-        return False
+            code = int(img.getexif().get(0x0112, 1))
+    except Exception:  # the decoders will say what is wrong with it
+        return 1
+    return code if 1 <= code <= 8 else 1
+
+
+def orient(img: torch.Tensor, code: int) -> torch.Tensor:
+    """``img`` (C, H, W) shown upright for EXIF orientation ``code``, as PIL's exif_transpose
+    does (2-4: mirror / 180 degrees / flip, 5 and 7: transposes, 6 and 8: quarter turns)."""
+    h, w = -2, -1
+    if code == 2:
+        return img.flip(w)
+    if code == 3:
+        return img.flip(h).flip(w)
+    if code == 4:
+        return img.flip(h)
+    if code == 5:
+        return img.transpose(h, w)
+    if code == 6:
+        return torch.rot90(img, k=-1, dims=(h, w))
+    if code == 7:
+        return img.transpose(h, w).flip(h).flip(w)
+    if code == 8:
+        return torch.rot90(img, k=1, dims=(h, w))
+    return img
 
 
 def _pil_pixels(img) -> torch.Tensor:
@@ -80,28 +98,46 @@ def device_transform(source: ImageSource) -> Preprocess:
     return source.transform
 
 
+_DECODERS: dict[str, tuple] = {}
+
+
 def jpeg_decoder(backend: str | None = None):
-    """``decode(list of byte tensors, device) -> list of uint8 (3, H, W)``, EXIF-oriented RGB,
-    from ``backend`` (``"torchcodec"`` or ``"torchvision"``; default: the first installed)."""
+    """``(decode, orients)``: ``decode(list of byte tensors, device)`` gives uint8 RGB tensors
+    (3, H, W); ``orients`` says whether it applied their EXIF orientation itself. ``backend``:
+    ``"torchcodec"``, ``"torchvision"``, or None for TorchCodec when it is installed and loads,
+    else torchvision (whose CUDA decoder ignores orientation, so convscope applies it, on every
+    device alike)."""
+    key = backend or "auto"
+    if key in _DECODERS:
+        return _DECODERS[key]
+    found = None
     if backend in (None, "torchcodec"):
         try:
             from torchcodec.decoders import decode_jpeg as codec_jpeg
 
-            return lambda data, device: codec_jpeg(list(data), mode="RGB", device=device)
-        except ImportError:
+            found = (lambda data, device: codec_jpeg(list(data), mode="RGB", device=device), True)
+        except Exception as e:  # not installed, or its libraries do not load with this torch
             if backend == "torchcodec":
-                raise UserInputError("TorchCodec is not installed: pip install 'convscope[gpu]'") from None
-    import warnings
+                raise UserInputError(f"TorchCodec cannot be used ({e}); pip install 'convscope[gpu]' "
+                                     "matching your torch") from None
+            if not isinstance(e, ImportError):
+                import warnings
 
-    from torchvision.io import ImageReadMode, decode_jpeg
+                warnings.warn(f"TorchCodec does not load ({e}); decoding JPEGs with torchvision",
+                              stacklevel=2)
+    if found is None:
+        import warnings
 
-    def decode(data, device):
-        with warnings.catch_warnings():  # deprecated in favour of TorchCodec, still correct
-            warnings.simplefilter("ignore", DeprecationWarning)
-            return decode_jpeg(list(data), mode=ImageReadMode.RGB, device=device,
-                               apply_exif_orientation=True)
+        from torchvision.io import ImageReadMode, decode_jpeg
 
-    return decode
+        def decode(data, device):
+            with warnings.catch_warnings():  # deprecated in favour of TorchCodec, still correct
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return decode_jpeg(list(data), mode=ImageReadMode.RGB, device=device)
+
+        found = (decode, False)
+    _DECODERS[key] = found
+    return found
 
 
 def decode_batch(items: list[tuple[torch.Tensor, int]], preprocess: Preprocess,
@@ -109,7 +145,7 @@ def decode_batch(items: list[tuple[torch.Tensor, int]], preprocess: Preprocess,
                  ) -> tuple[torch.Tensor, list[int], list[tuple[int, str]]]:
     """Decode and preprocess ``items`` (payload, index) on ``device``: the batch (B, 3, H, W),
     the indices that made it, and ``(index, reason)`` for the files that could not be decoded."""
-    decode_jpeg = jpeg_decoder(backend)
+    decode_jpeg, orients = jpeg_decoder(backend)
     pixels: dict[int, torch.Tensor] = {}
     bad: list[tuple[int, str]] = []
     jpegs = [(t, i) for t, i in items if t.dim() == 1 and bytes(t[:3].tolist()) == _JPEG_MAGIC]
@@ -121,6 +157,11 @@ def decode_batch(items: list[tuple[torch.Tensor, int]], preprocess: Preprocess,
             for t, i in jpegs:
                 with contextlib.suppress(Exception):  # PIL tries again below, with a reason
                     pixels[i] = decode_jpeg([t], device)[0]
+        if not orients:
+            for t, i in jpegs:
+                code = exif_orientation(t.numpy().tobytes()) if i in pixels else 1
+                if code != 1:
+                    pixels[i] = orient(pixels[i], code)
     for t, i in items:
         if i in pixels:
             continue
@@ -146,4 +187,4 @@ def decode_batch(items: list[tuple[torch.Tensor, int]], preprocess: Preprocess,
     return batch, order, bad
 
 
-__all__ = ["RawImages", "decode_batch", "device_transform", "jpeg_decoder"]
+__all__ = ["RawImages", "decode_batch", "device_transform", "exif_orientation", "jpeg_decoder", "orient"]

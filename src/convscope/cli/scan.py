@@ -81,9 +81,9 @@ def scan(
     from convscope.data import open_images
 
     console = Console(stderr=True)
-    if amp:
+    if amp:  # it meant bf16 autocast on CUDA and nothing on a CPU
         console.print("--amp is now --precision bf16 (fp16 keeps top-K lists closer: docs/scale.md)")
-        precision = "bf16"
+        precision = "bf16" if device.startswith("cuda") else precision
     accel = make_accel(precision, channels_last, decode)
     subject = load_subject(model, weights, arch, device)
     source = open_images(data, transform=subject.transform, pattern=pattern)

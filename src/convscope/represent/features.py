@@ -15,7 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from convscope.accel import Accel, check_finite, prepared, resolve_workers, with_default_settings
+from convscope.accel import (
+    Accel,
+    batch_bytes,
+    check_finite,
+    prepared,
+    resolve_workers,
+    with_default_settings,
+)
 from convscope.data import Batches, ImageSource
 from convscope.errors import UserInputError
 from convscope.fileio import write_text
@@ -152,8 +159,7 @@ def extract_features(subject: Subject, source: ImageSource, layers: Sequence[str
             {**config, "done": done, "batches": n_batches,
              "names": [r.name for r in source.records], "classes": source.classes}, indent=1))
 
-    h, w = subject.input_size
-    workers = resolve_workers(workers, device, batch_bytes=batch_size * 3 * h * w * 4)
+    workers = resolve_workers(workers, device, batch_bytes(batch_size, subject.input_size, accel.decode))
     batches = Batches(source, batch_size=batch_size, workers=workers,
                       indices=range(start * batch_size, n), pin_memory=device.type == "cuda",
                       decode=accel.decode, device=device)

@@ -99,6 +99,13 @@ class _Worker:
         self.subject = load_spec(model_spec, device)
         self.opened: dict[str, object] = {}
 
+    def _workers(self, batch_size: int, accel) -> int:
+        """This actor's decoding workers for a batch size: its CPU share, within /dev/shm."""
+        from convscope.accel import Accel, batch_bytes, fit_workers
+
+        decode = Accel.of(accel).decode
+        return fit_workers(self.loader_workers, batch_bytes(batch_size, self.subject.input_size, decode))
+
     def _open(self, kind: str, spec: dict):
         """The image source (``kind="images"``) or concept data a spec describes, kept."""
         import json
@@ -123,7 +130,7 @@ class _Worker:
             quantile=quantile,
             indices=indices,
             batch_size=batch_size,
-            workers=self.loader_workers,
+            workers=self._workers(2 * batch_size, accel),  # images and their label planes
             accel=accel,
         )
 
@@ -147,7 +154,7 @@ class _Worker:
             top=top,
             indices=indices,
             batch_size=batch_size,
-            workers=self.loader_workers,
+            workers=self._workers(2 * batch_size, accel),  # images and their label planes
             accel=accel,
         )
 
@@ -163,7 +170,8 @@ class _Worker:
             Path(fail_marker).write_text("failed once")
             os._exit(1)
         if options.get("workers") is None:
-            options = {**options, "workers": self.loader_workers}
+            workers = self._workers(options.get("batch_size", 32), options.get("accel"))
+            options = {**options, "workers": workers}
         r = scan(self.subject, self._open("images", source_spec), layers, indices=indices, **options)
         return {
             "states": {n: s.to_dict() for n, s in r.states.items()},
@@ -176,7 +184,8 @@ class _Worker:
         from convscope.represent.features import extract_features
 
         images = self._open("images", source_spec).subset(indices)
-        fs = extract_features(self.subject, images, layers, workers=self.loader_workers, **options)
+        workers = self._workers(options.get("batch_size", 32), options.get("accel"))
+        fs = extract_features(self.subject, images, layers, workers=workers, **options)
         return {
             "features": {n: np.asarray(fs.features[n]) for n in layers},
             "valid": fs.valid,
@@ -293,7 +302,8 @@ def ray_scan(
                 "shards": len(parts),
                 "model": model_spec,
                 "source": source_spec,
-                **{k: v for k, v in opts.items() if k != "thresholds"},
+                **{k: v for k, v in opts.items() if k not in ("thresholds", "accel")},
+                **Accel.of(opts.get("accel")).config(),
             },
         )
         for i in range(len(parts)):
@@ -355,7 +365,7 @@ def _check_manifest(state: Path, config: dict) -> None:
     f = state / "manifest.json"
     wanted = json.loads(json.dumps(config, sort_keys=True, default=str))
     if f.exists():
-        if json.loads(f.read_text()) != wanted:
+        if with_default_settings(json.loads(f.read_text())) != wanted:
             raise UserInputError(
                 f"{state} holds shards of a job with other settings; start over "
                 "(without --resume) or use another folder"
@@ -520,7 +530,8 @@ def ray_dissect(
         state.mkdir(parents=True, exist_ok=True)
         _check_manifest(state, {"kind": "dissect", "layers": names, "images": len(data),
                                 "shards": len(parts), "model": model_spec, "concepts": spec,
-                                "quantile": quantile, "top": top, "batch_size": bs, "accel": accel})
+                                "quantile": quantile, "top": top, "batch_size": bs,
+                                **Accel.of(accel).config()})
 
     def shard_file(p: int, i: int) -> Path | None:
         return state / f"pass{p}_shard_{i:04d}_of_{len(parts):04d}.pt" if state is not None else None
@@ -577,7 +588,8 @@ def ray_dissect(
 def _clear_shards(state: Path) -> None:
     """Remove what a Ray dissection kept in ``state`` (and the folder, if that leaves it empty);
     nothing else there is touched."""
-    for f in [*state.glob("pass[12]_shard_*_of_*.pt"), state / "manifest.json"]:
+    kept = [*state.glob("pass[12]_shard_*_of_*.pt"), *state.glob(".pass[12]_shard_*.tmp")]
+    for f in [*kept, state / "manifest.json"]:
         f.unlink(missing_ok=True)
     if state.is_dir() and not any(state.iterdir()):
         state.rmdir()

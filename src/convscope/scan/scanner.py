@@ -31,7 +31,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from convscope.accel import Accel, check_finite, prepared, resolve_workers, with_default_settings
+from convscope.accel import (
+    Accel,
+    batch_bytes,
+    check_finite,
+    prepared,
+    resolve_workers,
+    with_default_settings,
+)
 from convscope.data import Batches, ImageSource
 from convscope.errors import ConvscopeError, UserInputError
 from convscope.fileio import atomic_path
@@ -89,8 +96,7 @@ def scan(
     names = [i.name for i in infos]
     device = subject.device
     accel = Accel.of(accel, subject)
-    h, w = subject.input_size
-    workers = resolve_workers(workers, device, batch_bytes=batch_size * 3 * h * w * 4)
+    workers = resolve_workers(workers, device, batch_bytes(batch_size, subject.input_size, accel.decode))
     if data.transform is None:
         data = data.with_transform(subject.transform)
 

@@ -81,7 +81,7 @@ def load_tensor_images(
                 int(z["skipped"]),
             )
     loader = torch.utils.data.DataLoader(
-        src, batch_size=256, num_workers=workers, collate_fn=lambda items: items
+        src, batch_size=256, num_workers=workers, collate_fn=_as_list
     )
     images, labels, skipped = [], [], 0
     for items in loader:
@@ -128,3 +128,8 @@ def augment(
         m = (torch.rand(b, generator=generator) < 0.5).to(x.device)
         x = torch.where(m[:, None, None, None], x.flip(3), x)
     return x
+
+
+def _as_list(items: list) -> list:
+    """Collate that keeps a batch's items as they are (module-level: workers pickle it)."""
+    return items
