@@ -159,7 +159,8 @@ def decode_batch(items: list[tuple[torch.Tensor, int]], preprocess: Preprocess,
                     pixels[i] = decode_jpeg([t], device)[0]
         if not orients:
             for t, i in jpegs:
-                code = exif_orientation(t.numpy().tobytes()) if i in pixels else 1
+                # the EXIF block (APP1) sits at the start and holds at most 64 KB
+                code = exif_orientation(t[:1 << 17].numpy().tobytes()) if i in pixels else 1
                 if code != 1:
                     pixels[i] = orient(pixels[i], code)
     for t, i in items:
