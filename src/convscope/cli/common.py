@@ -44,6 +44,26 @@ def make_accel(precision: str = "fp32", channels_last: bool | None = None, decod
     return Accel(precision=precision, channels_last=channels_last, decode=decode)
 
 
+def progress_bar(label: str, total: int, console=None, extra=(), remaining: bool = True):
+    """A rich progress bar (label, bar, done/total, ``extra`` columns, time left) that shows on
+    its first update, so that input checks fail before it appears, and its ``progress(done,
+    total)`` callback. Stop it with ``bar.stop()``."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = [TextColumn(label), BarColumn(), MofNCompleteColumn(), *extra]
+    bar = Progress(*columns, *([TimeRemainingColumn()] if remaining else []),
+                   console=console or Console(stderr=True))
+    task = bar.add_task(label, total=total)
+
+    def progress(done: int, total: int) -> None:
+        if not bar.live.is_started:
+            bar.start()
+        bar.update(task, completed=done, total=total)
+
+    return bar, progress
+
+
 def load_subject(model: str, weights: str = "default", arch: str | None = None,
                  device: str = "cpu"):
     from convscope.zoo import load

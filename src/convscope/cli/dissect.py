@@ -11,7 +11,6 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from convscope.cli.common import (
@@ -29,6 +28,7 @@ from convscope.cli.common import (
     check_engine,
     load_subject,
     make_accel,
+    progress_bar,
 )
 
 
@@ -117,14 +117,7 @@ def dissect(
                                    seed, limit)
     store = Atlas.for_model(out, subject.spec or {"name": subject.name},
                             {"description": f"concepts: {set_name}", **data.spec})
-    bar = Progress(TextColumn("dissecting"), BarColumn(), MofNCompleteColumn(),
-                   TimeRemainingColumn(), console=console)
-    task = bar.add_task("dissect", total=len(data))
-
-    def progress(done: int, total: int) -> None:
-        if not bar.live.is_started:
-            bar.start()
-        bar.update(task, completed=done, total=total)
+    bar, progress = progress_bar("dissecting", len(data), console)
 
     check_engine(engine)
     try:

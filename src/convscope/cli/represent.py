@@ -10,7 +10,6 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from convscope.cli.common import (
     AddressOpt,
@@ -28,6 +27,7 @@ from convscope.cli.common import (
     check_engine,
     load_subject,
     make_accel,
+    progress_bar,
 )
 
 AtlasArg = Annotated[Path, typer.Argument(help="atlas folder written by `convscope features`")]
@@ -102,15 +102,7 @@ def features(
     names = resolve_scan_layers(subject, layers)
     source = open_images(data, transform=subject.transform)
     Atlas.for_model(out, model_spec(subject), source.spec)
-    bar = Progress(
-        TextColumn("features"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
-    )
-    task = bar.add_task("features", total=len(source))
-
-    def progress(done, total):
-        if not bar.live.is_started:
-            bar.start()
-        bar.update(task, completed=done, total=total)
+    bar, progress = progress_bar("features", len(source), console)
 
     check_engine(engine)
     try:

@@ -7,14 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    TextColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import ProgressColumn
 from rich.text import Text
 
 from convscope.cli.common import (
@@ -33,6 +26,7 @@ from convscope.cli.common import (
     check_engine,
     load_subject,
     make_accel,
+    progress_bar,
 )
 
 
@@ -88,14 +82,7 @@ def scan(
     subject = load_subject(model, weights, arch, device)
     source = open_images(data, transform=subject.transform, pattern=pattern)
     crits = [c.strip() for c in criteria.split(",") if c.strip()]
-    bar = Progress(TextColumn("scanning"), BarColumn(), MofNCompleteColumn(), _Rate(),
-                   TimeRemainingColumn(), console=console)
-    task = bar.add_task("scan", total=len(source))
-
-    def progress(done: int, total: int) -> None:
-        if not bar.live.is_started:  # only once the checks have passed and work begins
-            bar.start()
-        bar.update(task, completed=done, total=total)
+    bar, progress = progress_bar("scanning", len(source), console, extra=[_Rate()])
 
     check_engine(engine)
     try:

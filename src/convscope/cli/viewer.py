@@ -40,17 +40,10 @@ def export(
     units: Annotated[int, typer.Option("--units", min=1, help="unit pages per layer")] = 64,
 ) -> None:
     """Write the viewer's pages as a static site to share (no server needed)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
+    from convscope.cli.common import progress_bar
     from convscope.viewer.export import export_html
 
-    bar = Progress(TextColumn("exporting"), BarColumn(), MofNCompleteColumn(), console=Console(stderr=True))
-    task = bar.add_task("export", total=1)
-
-    def progress(done, total):
-        if not bar.live.is_started:
-            bar.start()
-        bar.update(task, completed=done, total=total)
+    bar, progress = progress_bar("exporting", 1, remaining=False)
 
     try:
         index = export_html(atlas, html, units_per_layer=units, progress=progress)
