@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from convscope.accel import Accel, check_finite, prepared, resolve_workers
+from convscope.accel import Accel, batch_bytes, check_finite, prepared, resolve_workers
 from convscope.data import SkipReport
 from convscope.dissect.broden import ConceptItem
 from convscope.dissect.result import Dissection, LayerDissection
@@ -50,6 +50,12 @@ def _collate(items: list[ConceptItem]):
     bad = [it for it in items if it.error is not None]
     x = torch.stack([it.x for it in good]) if good else torch.empty(0)
     return x, good, bad
+
+
+def loader_batch_bytes(subject: Subject, batch_size: int) -> int:
+    """Bytes a DataLoader worker hands over per batch of concept data: images and their label
+    planes, about twice the images' float32 bytes."""
+    return batch_bytes(2 * batch_size, subject.input_size)
 
 
 class _Forward:
@@ -79,9 +85,7 @@ class _Forward:
     def batches(self, data, batch_size: int, report: SkipReport | None, indices=None):
         """``(x, good items)`` per batch; unreadable items go to ``report``."""
         dataset = data if indices is None else torch.utils.data.Subset(data, list(indices))
-        h, w = self.subject.input_size
-        # an image and its label planes: about twice the image's float32 bytes
-        workers = resolve_workers(self.workers, self.device, batch_bytes=2 * batch_size * 3 * h * w * 4)
+        workers = resolve_workers(self.workers, self.device, loader_batch_bytes(self.subject, batch_size))
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
                                              num_workers=workers, collate_fn=_collate,
                                              pin_memory=self.device.type == "cuda")

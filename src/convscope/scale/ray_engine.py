@@ -99,12 +99,18 @@ class _Worker:
         self.subject = load_spec(model_spec, device)
         self.opened: dict[str, object] = {}
 
-    def _workers(self, batch_size: int, accel) -> int:
-        """This actor's decoding workers for a batch size: its CPU share, within /dev/shm."""
-        from convscope.accel import Accel, batch_bytes, fit_workers
+    def _workers(self, nbytes: int) -> int:
+        """This actor's decoding workers for batches of ``nbytes``: its CPU share, within /dev/shm."""
+        from convscope.accel import fit_workers
 
-        decode = Accel.of(accel).decode
-        return fit_workers(self.loader_workers, batch_bytes(batch_size, self.subject.input_size, decode))
+        return fit_workers(self.loader_workers, nbytes)
+
+    def _image_workers(self, options: dict) -> int:
+        """Decoding workers for a scan or feature extraction with ``options``."""
+        from convscope.accel import Accel, batch_bytes
+
+        decode = Accel.of(options.get("accel")).decode
+        return self._workers(batch_bytes(options.get("batch_size", 32), self.subject.input_size, decode))
 
     def _open(self, kind: str, spec: dict):
         """The image source (``kind="images"``) or concept data a spec describes, kept."""
@@ -121,7 +127,7 @@ class _Worker:
     def dissect_thresholds(
         self, spec: dict, indices: list[int], layers: list[str], quantile: float, batch_size: int, accel=None
     ):
-        from convscope.dissect.dissection import threshold_state
+        from convscope.dissect.dissection import loader_batch_bytes, threshold_state
 
         return threshold_state(
             self.subject,
@@ -130,7 +136,7 @@ class _Worker:
             quantile=quantile,
             indices=indices,
             batch_size=batch_size,
-            workers=self._workers(2 * batch_size, accel),  # images and their label planes
+            workers=self._workers(loader_batch_bytes(self.subject, batch_size)),
             accel=accel,
         )
 
@@ -144,7 +150,7 @@ class _Worker:
         batch_size: int,
         accel=None,
     ):
-        from convscope.dissect.dissection import count_state
+        from convscope.dissect.dissection import count_state, loader_batch_bytes
 
         return count_state(
             self.subject,
@@ -154,7 +160,7 @@ class _Worker:
             top=top,
             indices=indices,
             batch_size=batch_size,
-            workers=self._workers(2 * batch_size, accel),  # images and their label planes
+            workers=self._workers(loader_batch_bytes(self.subject, batch_size)),
             accel=accel,
         )
 
@@ -170,8 +176,7 @@ class _Worker:
             Path(fail_marker).write_text("failed once")
             os._exit(1)
         if options.get("workers") is None:
-            workers = self._workers(options.get("batch_size", 32), options.get("accel"))
-            options = {**options, "workers": workers}
+            options = {**options, "workers": self._image_workers(options)}
         r = scan(self.subject, self._open("images", source_spec), layers, indices=indices, **options)
         return {
             "states": {n: s.to_dict() for n, s in r.states.items()},
@@ -184,8 +189,7 @@ class _Worker:
         from convscope.represent.features import extract_features
 
         images = self._open("images", source_spec).subset(indices)
-        workers = self._workers(options.get("batch_size", 32), options.get("accel"))
-        fs = extract_features(self.subject, images, layers, workers=workers, **options)
+        fs = extract_features(self.subject, images, layers, workers=self._image_workers(options), **options)
         return {
             "features": {n: np.asarray(fs.features[n]) for n in layers},
             "valid": fs.valid,
