@@ -255,6 +255,34 @@ def _run(ray, actors, tasks: list[tuple[int, Callable]], done: Callable[[int, ob
         free.append(actor)
 
 
+def _run_shards(ray, parts: list[list[int]], submit: Callable, start_actors: Callable[[int], list],
+                file_of: Callable[[int], Path | None], report: Callable[[int, int], None],
+                offset: int, total: int) -> dict[int, object]:
+    """Every shard's result: those kept in files (``file_of(i)``; None: not kept) are read back
+    (tensors only, ``weights_only``), the others computed by ``submit(actor, i)`` on the actors
+    ``start_actors(n)`` gives and each saved atomically as it arrives, so that a killed job run
+    again computes only the missing ones. Progress: ``report(offset + images done, total)``."""
+    got: dict[int, object] = {}
+    for i in range(len(parts)):
+        f = file_of(i)
+        if f is not None and f.exists():
+            got[i] = torch.load(f, weights_only=True)
+
+    def done(i, value):
+        got[i] = value
+        f = file_of(i)
+        if f is not None:
+            with atomic_path(f) as tmp:
+                torch.save(value, tmp)
+        report(offset + sum(len(parts[j]) for j in got), total)
+
+    report(offset + sum(len(parts[j]) for j in got), total)
+    todo = [i for i in range(len(parts)) if i not in got]
+    if todo:
+        _run(ray, start_actors(len(todo)), [(i, lambda a, i=i: submit(a, i)) for i in todo], done)
+    return got
+
+
 def ray_scan(
     subject: Subject,
     source: ImageSource,
@@ -294,7 +322,6 @@ def ray_scan(
     opts["thresholds"] = {k: v.cpu() for k, v in thresholds.items()} if thresholds else None
     parts = shards(n, n_shards or 4 * workers)
     state = Path(state_dir) if state_dir is not None else None
-    results: dict[int, dict] = {}
     if state is not None:
         state.mkdir(parents=True, exist_ok=True)
         _check_manifest(
@@ -310,33 +337,17 @@ def ray_scan(
                 **Accel.of(opts.get("accel")).config(),
             },
         )
-        for i in range(len(parts)):
-            f = state / f"scan_shard_{i:04d}_of_{len(parts):04d}.pt"
-            if f.exists():
-                results[i] = torch.load(f, weights_only=True)
-    report = progress or (lambda d, t: None)
-    report(sum(len(parts[i]) for i in results), n)
-
-    def finished(i, value):
-        results[i] = value
-        if state is not None:
-            with atomic_path(state / f"scan_shard_{i:04d}_of_{len(parts):04d}.pt") as tmp:
-                torch.save(value, tmp)
-        report(sum(len(parts[j]) for j in results), n)
-
-    todo = [i for i in range(len(parts)) if i not in results]
-    if todo:
-        actors = _actors(ray, min(workers, len(todo)), model_spec, device, retries)
-        tasks = [
-            (
-                i,
-                lambda a, i=i: a.scan.remote(
-                    source_spec, parts[i], names, opts, fail_once if i == todo[0] else None
-                ),
-            )
-            for i in todo
-        ]
-        _run(ray, actors, tasks, finished)
+    fail = [fail_once] if fail_once else []  # for tests: the first shard submitted dies once
+    results = _run_shards(
+        ray,
+        parts,
+        lambda a, i: a.scan.remote(source_spec, parts[i], names, opts, fail.pop() if fail else None),
+        lambda count: _actors(ray, min(workers, count), model_spec, device, retries),
+        lambda i: state / f"scan_shard_{i:04d}_of_{len(parts):04d}.pt" if state is not None else None,
+        progress or (lambda d, t: None),
+        0,
+        n,
+    )
     template = cal or scan(subject, source, names, indices=[], **opts)
     merged = None
     for i in range(len(parts)):
@@ -537,30 +548,17 @@ def ray_dissect(
                                 "quantile": quantile, "top": top, "batch_size": bs,
                                 **Accel.of(accel).config()})
 
-    def shard_file(p: int, i: int) -> Path | None:
-        return state / f"pass{p}_shard_{i:04d}_of_{len(parts):04d}.pt" if state is not None else None
-
-    def run_pass(p: int, submit, offset: int) -> dict[int, dict]:
-        got: dict[int, dict] = {}
-        for i in range(len(parts)):
-            f = shard_file(p, i)
-            if f is not None and f.exists():
-                got[i] = torch.load(f, weights_only=True)
-
-        def done(i, value):
-            got[i] = value
-            f = shard_file(p, i)
-            if f is not None:
-                with atomic_path(f) as tmp:
-                    torch.save(value, tmp)
-            report(offset + sum(len(parts[j]) for j in got), total)
-
-        report(offset + sum(len(parts[j]) for j in got), total)
-        todo = [i for i in range(len(parts)) if i not in got]
-        if todo:
-            actors = _actors(ray, min(workers, len(todo)), model_spec, device, retries)
-            _run(ray, actors, [(i, lambda a, i=i: submit(a, i)) for i in todo], done)
-        return got
+    def run_pass(p: int, submit, offset: int) -> dict:
+        return _run_shards(
+            ray,
+            parts,
+            submit,
+            lambda count: _actors(ray, min(workers, count), model_spec, device, retries),
+            lambda i: state / f"pass{p}_shard_{i:04d}_of_{len(parts):04d}.pt" if state is not None else None,
+            report,
+            offset,
+            total,
+        )
 
     state1 = run_pass(
         1, lambda a, i: a.dissect_thresholds.remote(spec, parts[i], names, quantile, bs, accel), 0
