@@ -129,3 +129,140 @@ def test_subset_and_resume_indices(messy_folder):
     got = [b.indices.tolist() for b in batches]
     assert got == [[5, 0]]  # in the order asked; 4 (dogs/c.jpg, truncated) is skipped
     assert batches.report.items[0][0] == "dogs/c.jpg"
+
+
+# --- every Pillow mode to RGB, against reference conversions in numpy ----------------------
+
+GREY16 = np.linspace(0, 65535, 96).round().astype(np.uint16).reshape(8, 12)  # mostly > 255
+
+
+def _saved(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _tiff(arr: np.ndarray, **kw) -> bytes:
+    import tifffile
+
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, arr, **kw)
+    return buf.getvalue()
+
+
+def _grey(v) -> np.ndarray:
+    return np.repeat(np.asarray(v, np.float64)[..., None], 3, axis=-1)
+
+
+def _on_white(rgb, alpha) -> np.ndarray:
+    a = np.asarray(alpha, np.float64)[..., None] / 255.0
+    return np.asarray(rgb, np.float64) * a + 255.0 * (1.0 - a)
+
+
+def _mode_cases():
+    """(id, what read_image gets, the mode Pillow opens it in, reference RGB, tolerance)."""
+    rng = np.random.default_rng(16)
+    hi = _grey(GREY16 >> 8)  # the documented 16-bit rule: the high byte
+    cases = [
+        ("I;16 png", _saved(Image.fromarray(GREY16), "PNG"), "I;16", hi, 0),
+        ("I;16B tiff", _tiff(GREY16.astype(">u2"), byteorder=">"), "I;16B", hi, 0),
+        ("I;16L", Image.frombytes("I;16L", (12, 8), GREY16.astype("<u2").tobytes()), "I;16L", hi, 0),
+        ("I;16N", Image.frombytes("I;16N", (12, 8), GREY16.astype("=u2").tobytes()), "I;16N", hi, 0),
+        ("I pgm 16-bit", b"P5 12 8 65535\n" + GREY16.astype(">u2").tobytes(), "I", hi, 0),
+        ("RGB 16-bit tiff", _tiff(np.stack([GREY16] * 3, -1), photometric="rgb"), "RGB", hi, 0),
+    ]
+    wide = rng.integers(-5000, 100_000, (8, 12)).astype(np.int32)
+    cases.append(("I int32 tiff", _tiff(wide), "I", _grey(wide.clip(0, 65535) >> 8), 0))
+    flt = rng.uniform(-0.2, 1.2, (8, 12)).astype(np.float32)
+    flt[0, :3] = [np.nan, 0.5, 1.0]
+    ref = np.round(np.nan_to_num(flt.astype(np.float64), nan=0.0).clip(0, 1) * 255)
+    cases.append(("F tiff", _tiff(flt), "F", _grey(ref), 0))
+    bits = rng.random((8, 12)) > 0.5
+    cases.append(("1 png", _saved(Image.fromarray(bits), "PNG"), "1", _grey(bits * 255.0), 0))
+    lum = rng.integers(0, 256, (8, 12), dtype=np.uint8)
+    alpha = rng.integers(0, 256, (8, 12), dtype=np.uint8)
+    cases.append(("L png", _saved(Image.fromarray(lum), "PNG"), "L", _grey(lum), 0))
+    la = Image.merge("LA", (Image.fromarray(lum), Image.fromarray(alpha)))
+    cases.append(("LA png", _saved(la, "PNG"), "LA", _on_white(_grey(lum), alpha), 1))
+    pre = (lum.astype(np.uint16) * alpha // 255).astype(np.uint8)  # premultiplied by alpha
+    cases.append(("La tiff", _tiff(np.stack([pre, alpha], -1), photometric="minisblack",
+                                   extrasamples=[1], planarconfig="contig"), "La",
+                  _grey(pre + 255.0 - alpha), 2))
+    rgb = rng.integers(0, 256, (8, 12, 3), dtype=np.uint8)
+    cases.append(("RGB png", _saved(Image.fromarray(rgb), "PNG"), "RGB", rgb, 0))
+    rgba = Image.fromarray(np.concatenate([rgb, alpha[..., None]], -1))
+    cases.append(("RGBA png", _saved(rgba, "PNG"), "RGBA", _on_white(rgb, alpha), 1))
+    prem = (rgb.astype(np.uint16) * alpha[..., None] // 255).astype(np.uint8)
+    rgba_p = Image.frombytes("RGBa", (12, 8), np.concatenate([prem, alpha[..., None]], -1).tobytes())
+    cases.append(("RGBa", rgba_p, "RGBa", prem + 255.0 - alpha[..., None], 2))
+    # palette with per-entry alpha (PNG tRNS), and the same as PA
+    palette = rng.integers(0, 256, (16, 3), dtype=np.uint8)
+    pal_alpha = rng.integers(0, 256, 16, dtype=np.uint8)
+    idx = rng.integers(0, 16, (8, 12), dtype=np.uint8)
+    pimg = Image.frombytes("P", (12, 8), idx.tobytes())
+    pimg.putpalette(palette.ravel().tolist())
+    want = _on_white(palette[idx], pal_alpha[idx])
+    cases.append(("P png transparency", _saved(pimg, "PNG", transparency=pal_alpha.tobytes()),
+                  "P", want, 1))
+    pa = pimg.convert("PA")
+    pa.putalpha(Image.fromarray(pal_alpha[idx]))
+    cases.append(("PA", pa, "PA", want, 1))
+    # a transparency colour key: those pixels become white
+    keyed = lum.copy()
+    keyed[2:4, 2:6] = 77
+    mask = (keyed == 77)[..., None]
+    cases.append(("L png colour key", _saved(Image.fromarray(keyed), "PNG", transparency=77), "L",
+                  np.where(mask, 255.0, _grey(keyed)), 0))
+    krgb = rgb.copy()
+    krgb[1:3, 1:5] = (10, 20, 30)
+    kmask = (krgb == (10, 20, 30)).all(-1, keepdims=True)
+    cases.append(("RGB png colour key", _saved(Image.fromarray(krgb), "PNG", transparency=(10, 20, 30)),
+                  "RGB", np.where(kmask, 255.0, krgb), 0))
+    k16 = GREY16.copy()
+    k16[0, :4] = 1000
+    cases.append(("I;16 png colour key", _saved(Image.fromarray(k16), "PNG", transparency=1000),
+                  "I;16", np.where((k16 == 1000)[..., None], 255.0, _grey(k16 >> 8)), 0))
+    cmyk = rng.integers(0, 256, (8, 12, 4), dtype=np.uint8).astype(np.float64)
+    ref = np.round((255 - cmyk[..., :3]) * (255 - cmyk[..., 3:]) / 255)
+    cmyk_img = Image.frombytes("CMYK", (12, 8), cmyk.astype(np.uint8).tobytes())
+    cases.append(("CMYK tiff", _saved(cmyk_img, "TIFF"), "CMYK", ref, 1))
+    ycc = rng.integers(0, 256, (8, 12, 3), dtype=np.uint8)
+    y, cb, cr = (ycc[..., i].astype(np.float64) for i in range(3))
+    ref = np.stack([y + 1.402 * (cr - 128), y - 0.344136 * (cb - 128) - 0.714136 * (cr - 128),
+                    y + 1.772 * (cb - 128)], -1).round().clip(0, 255)  # JFIF
+    ycc_img = Image.frombytes("YCbCr", (12, 8), ycc.tobytes())
+    cases.append(("YCbCr tiff", _saved(ycc_img, "TIFF"), "YCbCr", ref, 1))
+    cases.append(_lab_case(rng))
+    hsv = rng.integers(0, 256, (8, 12, 3), dtype=np.uint8)
+    import colorsys
+
+    ref = np.array([[colorsys.hsv_to_rgb(*(p / 255.0)) for p in row] for row in hsv]) * 255
+    cases.append(("HSV", Image.frombytes("HSV", (12, 8), hsv.tobytes()), "HSV", ref, 1))
+    return cases
+
+
+def _lab_case(rng):
+    """In-gamut CIE L*a*b* colours in a TIFF (a*, b* as signed bytes), against scikit-image."""
+    import skimage.color
+
+    srgb = rng.uniform(0.15, 0.85, (8, 12, 3))
+    lab = skimage.color.rgb2lab(srgb)
+    raw = np.stack([np.round(lab[..., 0] * 255 / 100), np.round(lab[..., 1]), np.round(lab[..., 2])], -1)
+    ref = skimage.color.lab2rgb(np.stack([raw[..., 0] * 100 / 255, raw[..., 1], raw[..., 2]], -1)) * 255
+    data = np.stack([raw[..., 0].astype(np.uint8), raw[..., 1].astype(np.int8).view(np.uint8),
+                     raw[..., 2].astype(np.int8).view(np.uint8)], -1)
+    return ("LAB tiff", _tiff(data, photometric="cielab"), "LAB", np.round(ref), 1)
+
+
+MODE_CASES = _mode_cases()
+
+
+@pytest.mark.parametrize("payload, mode, want, tol", [c[1:] for c in MODE_CASES],
+                         ids=[c[0] for c in MODE_CASES])
+def test_every_mode_converts_like_the_reference(payload, mode, want, tol):
+    opened = payload if isinstance(payload, Image.Image) else Image.open(io.BytesIO(payload))
+    assert opened.mode == mode  # the case tests the mode it names
+    got = read_image(payload)
+    assert got.mode == "RGB" and got.size == (12, 8)
+    diff = np.abs(np.asarray(got, np.float64) - want)
+    assert diff.max() <= tol, f"off by {diff.max()} levels"

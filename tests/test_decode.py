@@ -152,3 +152,38 @@ def test_file_bytes_travel_from_worker_processes(folder):
     assert [b.indices.tolist() for b in inline] == [b.indices.tolist() for b in spawned]
     assert all(torch.equal(a.images, b.images) for a, b in zip(inline, spawned))
     assert spawned_b.report.count == 2
+
+
+def test_device_decoding_converts_every_mode_like_read_image(tmp_path):
+    """16-bit, float, premultiplied, keyed, L*a*b* and CMYK files through the device path: the
+    same pixels as the documented reference conversions (the image size is the model's, so no
+    resampling hides a wrong conversion)."""
+    from tests.test_data import MODE_CASES
+
+    suffix = {"png": ".png", "tiff": ".tif", "pgm": ".pgm"}
+    want = {}
+    for case_id, payload, _, ref, tol in MODE_CASES:
+        kind = case_id.split()[-1]
+        if isinstance(payload, bytes) and kind in suffix:
+            name = case_id.replace(" ", "_").replace(";", "") + suffix[kind]
+            (tmp_path / name).write_bytes(payload)
+            want[name] = (ref, tol)
+    rng = np.random.default_rng(3)
+    cmyk = Image.frombytes("CMYK", (12, 8), rng.integers(0, 256, (8, 12, 4), dtype=np.uint8).tobytes())
+    cmyk.save(tmp_path / "cmyk.jpg", quality=95)
+    assert Image.open(tmp_path / "cmyk.jpg").mode == "CMYK"
+    pre = Preprocess(size=(8, 12), resize=None, mode="squash")
+    src = open_images(tmp_path, transform=pre)
+    dev_b = Batches(src, 64, decode="device")
+    ((ref_batch,), (dev,)) = list(Batches(src, 64)), list(dev_b)
+    assert dev_b.report.count == 0 and len(dev.indices) == len(src) == len(want) + 1
+    got = (pre.denormalize(dev.images) * 255).permute(0, 2, 3, 1).double().numpy()
+    names = [src.records[i].name for i in dev.indices.tolist()]
+    for row, name in zip(got, names):
+        if name in want:
+            ref, tol = want[name]
+            assert np.abs(row - ref).max() <= tol + 1e-3, name
+    # the CMYK JPEG: the batch decoder's colours are the ones PIL gives on the CPU
+    cpu = (pre.denormalize(ref_batch.images) * 255).permute(0, 2, 3, 1).double().numpy()
+    k = names.index("cmyk.jpg")
+    assert np.abs(got[k] - cpu[k]).max() <= 1 + 1e-3
