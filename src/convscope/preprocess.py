@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -25,13 +26,16 @@ _INTERP = {
 class Preprocess:
     """PIL image -> normalised float tensor (3, H, W).
 
-    ``mode="center_crop"`` resizes the shorter side to ``resize`` px and crops ``size`` from the
-    centre (torchvision/timm evaluation); ``mode="squash"`` resizes the whole image to ``size``
-    without keeping the aspect ratio.
+    ``mode="center_crop"`` resizes the shorter side to ``resize`` px (``None``: to the shorter
+    side of ``size``; a pair ``(h, w)``: keeping the aspect ratio, to the smallest size that
+    covers it, as timm's ``ResizeKeepRatio``) and crops ``size`` from the centre
+    (torchvision/timm evaluation); ``mode="squash"`` resizes the whole image to ``resize``
+    (``None``: to ``size``; an int: to a square) without keeping the aspect ratio and then crops
+    ``size`` from the centre (timm's ``crop_mode="squash"``).
     """
 
     size: tuple[int, int] = (224, 224)
-    resize: int | None = 256
+    resize: int | tuple[int, int] | None = 256
     mode: Literal["center_crop", "squash"] = "center_crop"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -40,48 +44,67 @@ class Preprocess:
     def __post_init__(self) -> None:
         if isinstance(self.size, int):
             object.__setattr__(self, "size", (self.size, self.size))
+        if isinstance(self.resize, list):
+            object.__setattr__(self, "resize", tuple(self.resize))
         if self.interpolation not in _INTERP:
             raise ValueError(f"interpolation must be one of {sorted(_INTERP)}")
 
     @classmethod
     def from_timm(cls, config: dict) -> Preprocess:
-        """From ``timm.data.resolve_data_config`` output."""
+        """From ``timm.data.resolve_data_config`` output, as ``timm.data.create_transform``
+        builds its evaluation transform (``crop_mode`` ``center`` or ``squash``; ``border``, used
+        by no convolutional network, is approximated by ``center``)."""
         _, h, w = config["input_size"]
-        crop_pct = config.get("crop_pct", 0.875) or 1.0
+        crop_pct = config.get("crop_pct") or 0.875  # timm's DEFAULT_CROP_PCT when unset
         interp = config.get("interpolation", "bilinear")
+        scale = (math.floor(h / crop_pct), math.floor(w / crop_pct))
+        squash = config.get("crop_mode") == "squash"
         return cls(
             size=(h, w),
-            resize=int(round(min(h, w) / crop_pct)),
-            mode="center_crop",
+            resize=scale if squash or scale[0] != scale[1] else scale[0],
+            mode="squash" if squash else "center_crop",
             mean=tuple(config["mean"]),
             std=tuple(config["std"]),
             interpolation=interp if interp in _INTERP else "bilinear",
         )
 
-    def resize_only(self, img: Image.Image) -> Image.Image:
-        """The geometric part alone (what the model sees, before normalisation), as a PIL image."""
-        interp = _INTERP[self.interpolation]
+    def resized_size(self, original_size: tuple[int, int]) -> tuple[int, int]:
+        """(height, width) of an image of size ``(width, height)`` after the resize, before the crop."""
+        ow, oh = original_size
+        h, w = self.size
         if self.mode == "squash":
-            return TF.resize(img, list(self.size), interpolation=interp, antialias=True)
-        img = TF.resize(img, self.resize or min(self.size), interpolation=interp, antialias=True)
-        return TF.center_crop(img, list(self.size))
+            if self.resize is None:
+                return h, w
+            return self.resize if isinstance(self.resize, tuple) else (self.resize, self.resize)
+        if isinstance(self.resize, tuple):  # timm's ResizeKeepRatio: cover (h, w), keep the ratio
+            ratio = min(oh / self.resize[0], ow / self.resize[1])
+            return round(oh / ratio), round(ow / ratio)
+        short = self.resize or min(self.size)
+        if ow <= oh:  # torchvision keeps the short side exact and rounds the long one down
+            return int(short * oh / ow), short
+        return short, int(short * ow / oh)
 
-    def input_to_original(self, box: tuple[float, float, float, float],
-                          original_size: tuple[int, int]) -> tuple[float, float, float, float]:
+    def resize_only(self, img: Image.Image | torch.Tensor) -> Image.Image | torch.Tensor:
+        """The geometric part alone (what the model sees, before normalisation), as a PIL image
+        (or a uint8 tensor (..., 3, H, W) for a tensor)."""
+        _, oh, ow = TF.get_dimensions(img)
+        rh, rw = self.resized_size((ow, oh))
+        if (rh, rw) != (oh, ow):
+            img = TF.resize(img, [rh, rw], interpolation=_INTERP[self.interpolation], antialias=True)
+        if (rh, rw) != tuple(self.size):
+            img = TF.center_crop(img, list(self.size))
+        return img
+
+    def input_to_original(
+        self, box: tuple[float, float, float, float], original_size: tuple[int, int]
+    ) -> tuple[float, float, float, float]:
         """Map a box given by pixel *edges* ``(top, left, bottom, right)`` in model-input
         coordinates to the same edges in the original image of size ``(width, height)``."""
         ow, oh = original_size
         h, w = self.size
         top, left, bottom, right = box
-        if self.mode == "squash":
-            sy, sx = oh / h, ow / w
-            return top * sy, left * sx, bottom * sy, right * sx
-        short = self.resize or min(self.size)
-        if ow <= oh:  # torchvision keeps the short side exact and rounds the long one down
-            rw, rh = short, int(short * oh / ow)
-        else:
-            rh, rw = short, int(short * ow / oh)
-        oy, ox = int(round((rh - h) / 2.0)), int(round((rw - w) / 2.0))
+        rh, rw = self.resized_size(original_size)
+        oy, ox = int(round((rh - h) / 2.0)), int(round((rw - w) / 2.0))  # as TF.center_crop
         sy, sx = oh / rh, ow / rw
         return (top + oy) * sy, (left + ox) * sx, (bottom + oy) * sy, (right + ox) * sx
 
