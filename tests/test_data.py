@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 
 import numpy as np
@@ -266,3 +267,106 @@ def test_every_mode_converts_like_the_reference(payload, mode, want, tol):
     assert got.mode == "RGB" and got.size == (12, 8)
     diff = np.abs(np.asarray(got, np.float64) - want)
     assert diff.max() <= tol, f"off by {diff.max()} levels"
+
+
+# --- links that lead nowhere, empty sources, names that are not UTF-8 ----------------------
+
+
+def test_looping_and_dangling_links_are_skipped_and_counted(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(_jpeg((255, 0, 0)))
+    (tmp_path / "loop.jpg").symlink_to("loop.jpg")  # a link to itself
+    (tmp_path / "dangling.jpg").symlink_to("missing.jpg")
+    (tmp_path / "good_link.jpg").symlink_to("a.jpg")
+    src = open_images(tmp_path, transform=PRE)
+    assert [r.name for r in src.records] == ["a.jpg", "dangling.jpg", "good_link.jpg", "loop.jpg"]
+    batches = Batches(src, batch_size=8)
+    (batch,) = list(batches)
+    assert batch.indices.tolist() == [0, 2]
+    reasons = dict(batches.report.items)
+    assert set(reasons) == {"loop.jpg", "dangling.jpg"}
+    assert "symbolic links" in reasons["loop.jpg"] and str(tmp_path) not in reasons["loop.jpg"]
+
+
+def test_looping_links_in_a_tar_are_skipped_and_counted(tmp_path):
+    path = tmp_path / "links.tar"
+    with tarfile.open(path, "w") as tf:
+        data = _jpeg((0, 255, 0))
+        info = tarfile.TarInfo("imgs/a.jpg")
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+        for name, target in [("imgs/loop.jpg", "loop.jpg"), ("imgs/b.jpg", "a.jpg"),
+                             ("imgs/gone.jpg", "nothing.jpg")]:
+            link = tarfile.TarInfo(name)
+            link.type, link.linkname = tarfile.SYMTYPE, target
+            tf.addfile(link)
+    src = open_images(path, transform=PRE)
+    batches = Batches(src, batch_size=8)
+    (batch,) = list(batches)
+    assert [src.records[i].name for i in batch.indices.tolist()] == ["imgs/a.jpg", "imgs/b.jpg"]
+    reasons = dict(batches.report.items)
+    assert set(reasons) == {"imgs/loop.jpg", "imgs/gone.jpg"} and "loop" in reasons["imgs/loop.jpg"]
+
+
+def test_sources_without_any_file_are_a_one_line_error(tmp_path):
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / ".DS_Store").write_bytes(b"hidden")
+    with pytest.raises(DataError, match=r"no images in folder .*empty.*: it holds no file") as e:
+        open_images(empty)
+    assert "\n" not in str(e.value) and "hidden files are ignored" in str(e.value)
+    (empty / "sub" / "x.jpg").write_bytes(_jpeg((1, 2, 3)))
+    assert len(open_images(empty)) == 1
+    with pytest.raises(DataError, match=r"no file name matches the pattern 'test/\*'"):
+        open_images(empty, pattern="test/*")
+    listing = tmp_path / "list.txt"
+    listing.write_text("# nothing yet\n\n")
+    with pytest.raises(DataError, match="list file .* names no file"):
+        open_images(listing)
+    archive = tmp_path / "none.tar"
+    tarfile.open(archive, "w").close()
+    with pytest.raises(DataError, match="archive .* holds no file"):
+        open_images(archive)
+    with pytest.raises(DataError, match="the list of paths given: it is empty"):
+        open_images([])
+
+
+def _non_utf8(name: str) -> str:
+    """A file name with a byte that is not UTF-8, as os.listdir gives it (surrogate-escaped)."""
+    return os.fsdecode(name.encode().replace(b"e.jpg", b"\xe9.jpg"))
+
+
+def test_non_utf8_names_open_in_folders_lists_and_tars(tmp_path):
+    name = _non_utf8("cafe.jpg")  # b"caf\xe9.jpg"
+    assert name == "caf\udce9.jpg"
+    folder = tmp_path / "photos"
+    (folder / "cls").mkdir(parents=True)
+    with open(os.fsencode(folder / "cls") + b"/caf\xe9.jpg", "wb") as f:  # the raw bytes
+        f.write(_jpeg((250, 10, 10)))
+    (folder / "cls" / "ok.jpg").write_bytes(_jpeg((10, 10, 250)))
+    (folder / "cls" / _non_utf8("bade.jpg")).write_bytes(b"broken")
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(b"photos/cls/caf\xe9.jpg\nphotos/cls/ok.jpg\n")
+    archive = tmp_path / "photos.tar"
+    with tarfile.open(archive, "w") as tf:  # PAX: the raw name travels as hdrcharset=BINARY
+        tf.add(folder / "cls", arcname="cls")
+    gnu = tmp_path / "photos_gnu.tar.gz"
+    with tarfile.open(gnu, "w:gz", format=tarfile.GNU_FORMAT) as tf:
+        tf.add(folder / "cls", arcname="cls")
+    want = {"folder": f"cls/{name}", "list": os.fspath(tmp_path / "photos" / "cls" / name),
+            "tar": f"cls/{name}", "gnu tar": f"cls/{name}"}
+    for kind, where in [("folder", folder), ("list", listing), ("tar", archive), ("gnu tar", gnu)]:
+        src = open_images(where, transform=PRE)
+        names = [r.name for r in src.records]
+        assert want[kind] in names, kind  # lossless: the same str os.listdir gives
+        assert os.fsencode(want[kind]).endswith(b"caf\xe9.jpg")
+        for workers in (0, 2):
+            batches = Batches(src, batch_size=8, workers=workers)
+            got = {names[i]: img for b in batches for i, img in zip(b.indices.tolist(), b.images)}
+            red = PRE.denormalize(got[want[kind]])
+            assert red[0].mean() > 0.9 and red[2].mean() < 0.1, kind
+        if kind != "list":
+            assert batches.report.count == 1
+            assert "bad\\xe9.jpg" in batches.report.summary()  # printable
+            batches.report.summary().encode("utf-8")  # no lone surrogates left
+    # a list file names the same files, whatever bytes they have
+    assert len(open_images(listing)) == 2

@@ -5,12 +5,19 @@ decoded are skipped, never fatal: each batch says which indices it skipped and w
 :class:`Batches` adds them up into a :class:`SkipReport` for the end-of-run summary.
 Labels follow ImageFolder: when every image lies in a sub-folder below the images' common
 folder, the first sub-folder name is its class.
+
+Names are kept losslessly: a file name that is not valid UTF-8 (``b"caf\\xe9.jpg"``) is the
+surrogate-escaped ``str`` that :func:`os.listdir` and :func:`os.fsdecode` give
+(``"caf\\udce9.jpg"``), in folders, list files and tar archives alike, and opens again by that
+name; :func:`display_name` shows it printably. A source that holds no file at all is a
+:class:`~convscope.errors.DataError`.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import posixpath
 import tarfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -133,7 +140,7 @@ class SkipReport:
         """One line, e.g. ``"skipped 2 files: a.jpg (truncated), notes.txt (not an image)"``."""
         if not self.items:
             return "skipped 0 files"
-        shown = ", ".join(f"{n} ({r})" for n, r in self.items[:limit])
+        shown = ", ".join(f"{display_name(n)} ({display_name(r)})" for n, r in self.items[:limit])
         more = f", +{self.count - limit} more" if self.count > limit else ""
         return f"skipped {self.count} file{'s' * (self.count != 1)}: {shown}{more}"
 
@@ -184,11 +191,19 @@ class ImageSource(torch.utils.data.Dataset):
         return f"ImageSource({self.description!r}, {len(self)} images, {len(self.classes)} classes)"
 
 
+def display_name(name: str) -> str:
+    """``name`` printable anywhere: the bytes of a non-UTF-8 file name as ``\\xe9`` escapes (the
+    name itself, a surrogate-escaped str, cannot be written to a UTF-8 terminal or file)."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _reason(e: Exception) -> str:
     from PIL import UnidentifiedImageError
 
     if isinstance(e, UnidentifiedImageError):
         return "not an image"
+    if isinstance(e, OSError) and e.errno is not None and e.strerror:
+        return f"{type(e).__name__}: {e.strerror}"  # the name is shown beside the reason
     return f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}".rstrip(": ")
 
 
@@ -202,7 +217,9 @@ def open_images(
     photo).
 
     ``pattern`` keeps only images whose relative name matches the glob (e.g. ``"test/*"`` in an
-    archive of ``train/`` and ``test/``). Hidden files are ignored; every other file is tried.
+    archive of ``train/`` and ``test/``). Hidden files are ignored; every other file is tried (a
+    broken or looping symbolic link too: it is skipped and counted). A source with no file to
+    try raises :class:`~convscope.errors.DataError`.
     """
     src = _open(source, transform, pattern)
     if isinstance(source, (str, os.PathLike)):
@@ -226,26 +243,50 @@ def open_spec(spec: dict, transform: Transform | None = None) -> ImageSource:
 
 def _open(source, transform, pattern) -> ImageSource:
     if isinstance(source, str) and source == "convscope:samples":
-        return _from_samples(transform, pattern)
+        return _nonempty(_from_samples(transform, pattern), "the bundled samples", pattern)
     if not isinstance(source, (str, os.PathLike)):
         paths = [Path(p) for p in source]
-        return _from_paths(paths, None, f"{len(paths)} files", transform, pattern)
+        src = _from_paths(paths, None, f"{len(paths)} files", transform, pattern)
+        return _nonempty(src, "the list of paths given", pattern, "it is empty")
     path = Path(source)
     if not path.exists():
-        raise DataError(f"image source {os.fspath(path)!r} does not exist")
+        link = " (a symbolic link that leads nowhere)" if path.is_symlink() else ""
+        raise DataError(f"image source {_quoted(path)} does not exist{link}")
+    hidden = "hidden files are ignored; every other file is tried as an image"
     if path.is_dir():
-        files = [p for p in path.rglob("*") if p.is_file()
+        # files, and links that lead nowhere (looping, dangling): tried, so skipped and counted
+        files = [p for p in path.rglob("*") if (p.is_file() or (p.is_symlink() and not p.is_dir()))
                  and not any(part.startswith(".") for part in p.relative_to(path).parts)]
-        return _from_paths(files, path, os.fspath(path), transform, pattern)
-    if path.name.endswith(_TAR_SUFFIXES) or tarfile.is_tarfile(path):
-        return _from_tar(path, transform, pattern)
+        src = _from_paths(files, path, os.fspath(path), transform, pattern)
+        return _nonempty(src, f"folder {_quoted(path)}", pattern,
+                         "it holds no file, nor do its sub-folders", hidden)
+    if path.name.endswith(_TAR_SUFFIXES) or (path.is_file() and tarfile.is_tarfile(path)):
+        src = _from_tar(path, transform, pattern)
+        return _nonempty(src, f"archive {_quoted(path)}", pattern, "it holds no file", hidden)
     if path.suffix in (".txt", ".lst"):
         base = path.parent
-        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+        # bytes decoded as file names are (os.fsdecode): a non-UTF-8 name stays the same file
+        data = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
+        lines = [os.fsdecode(ln.strip()) for ln in data.splitlines()]
         paths = [Path(ln) if Path(ln).is_absolute() else base / ln for ln in lines
                  if ln and not ln.startswith("#")]
-        return _from_paths(paths, None, os.fspath(path), transform, pattern)
+        src = _from_paths(paths, None, os.fspath(path), transform, pattern)
+        return _nonempty(src, f"list file {_quoted(path)}", pattern, "it names no file",
+                         "one path per line; # starts a comment")
     return _from_paths([path], None, os.fspath(path), transform, pattern)
+
+
+def _quoted(path: Path) -> str:
+    return f"'{display_name(os.fspath(path))}'"
+
+
+def _nonempty(src: ImageSource, where: str, pattern: str | None, empty: str = "",
+              hint: str = "") -> ImageSource:
+    """``src``, or a one-line DataError saying what was looked for where, when it is empty."""
+    if len(src):
+        return src
+    what = f"no file name matches the pattern {pattern!r}" if pattern else empty
+    raise DataError(f"no images in {where}: {what}" + (f" ({hint})" if hint else ""))
 
 
 def _from_paths(paths, root, description, transform, pattern) -> ImageSource:
@@ -263,7 +304,7 @@ def _from_paths(paths, root, description, transform, pattern) -> ImageSource:
 def _from_tar(path: Path, transform, pattern) -> ImageSource:
     try:
         with tarfile.open(path) as tf:
-            members = [m.name for m in tf.getmembers() if m.isfile()
+            members = [m.name for m in tf.getmembers() if (m.isfile() or m.issym() or m.islnk())
                        and not any(p.startswith(".") for p in PurePosixPath(m.name).parts)]
     except (tarfile.TarError, OSError) as e:
         raise DataError(f"cannot read archive {path}: {e}") from e
@@ -313,8 +354,23 @@ class _TarReader:
                 self._tar = tarfile.open(self.path)  # noqa: SIM115 - kept open for the process
                 self._members = {m.name: m for m in self._tar.getmembers()}
                 self._pid = os.getpid()
-            f = self._tar.extractfile(self._members[name])
+            f = self._tar.extractfile(self._resolve(name))
             return f.read()
+
+    def _resolve(self, name: str) -> tarfile.TarInfo:
+        """The regular member that ``name`` is or links to (tarfile would recurse forever on a
+        link to itself)."""
+        member, seen = self._members[name], set()
+        while member.issym() or member.islnk():
+            if member.name in seen or len(seen) > 40:
+                raise OSError("symbolic link loop in the archive")
+            seen.add(member.name)
+            target = member.linkname if member.islnk() else posixpath.normpath(
+                posixpath.join(posixpath.dirname(member.name), member.linkname))
+            if target not in self._members:
+                raise FileNotFoundError(f"link target {display_name(target)!r} is not in the archive")
+            member = self._members[target]
+        return member
 
     def __getstate__(self):
         return {"path": self.path, "_pid": None, "_tar": None, "_members": None}

@@ -5,8 +5,10 @@ TorchCodec's when it is installed and loads (``pip install 'convscope[gpu]'``; i
 torchvision's image decoders, deprecated since 0.29, and applies EXIF orientation itself),
 torchvision's otherwise (its CUDA decoder ignores orientation, so convscope reads the EXIF tag
 and turns or mirrors the decoded image on the device). Other formats (PNG, GIF) and JPEGs the
-batch decoder refuses (CMYK, broken ones) are decoded by PIL exactly as
-:func:`convscope.data.read_image` does, so transparency and palettes are handled the same way.
+batch decoder refuses (broken ones, kinds it does not support) are decoded by PIL exactly as
+:func:`convscope.data.read_image` does, so transparency, palettes and 16-bit, float and
+L*a*b* images are converted by the same rules (CMYK JPEGs: the batch decoder's colours are
+PIL's).
 Files neither can decode are skipped with their reason. Resizing and cropping use the subject's
 :class:`~convscope.preprocess.Preprocess` on uint8 tensors (antialiased, like PIL), grouped by
 size so that a dataset of equal-sized images is resized in one call per batch.

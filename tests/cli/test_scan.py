@@ -116,3 +116,12 @@ def test_speed_options(tmp_path, capsys):
     capsys.readouterr()
     assert main(["scan", "--layers", "blocks.2", "--precision", "half", "--out", str(tmp_path / "x")]) == 2
     assert "precision must be one of fp32, bf16, fp16" in capsys.readouterr().err
+
+
+def test_scan_of_an_empty_folder_is_a_one_line_error(tmp_path, capsys):
+    empty = tmp_path / "photos"
+    (empty / "sub").mkdir(parents=True)
+    assert main(["scan", "--data", str(empty), "--layers", "blocks.2", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "no images in folder" in err and "photos" in err
+    assert not (tmp_path / "a").exists()
