@@ -56,11 +56,13 @@ class AttributionMap:
         return path
 
     def to_image(self, i: int = 0) -> Image.Image:
-        """Image, map and overlay side by side for image ``i``."""
-        from convscope.render.attribution import attribution_panel
+        """Image, map and overlay side by side for image ``i`` (gradient images such as guided
+        backprop's as RGB around grey), with the map's colour bar."""
+        from convscope.render.attribution import RGB_METHODS, attribution_panel
 
-        return attribution_panel(self.images[i], self.normalized(i), self.signed,
-                                 f"{self.method}: {self.targets[i]}")
+        rgb = self.raw[i] if self.method in RGB_METHODS and self.raw is not None else None
+        return attribution_panel(self.images[i], self.maps[i], self.signed,
+                                 f"{self.method}: {self.targets[i]}", rgb=rgb)
 
     def to_png(self, path: str | Path, i: int = 0) -> Path:
         return save_image(self.to_image(i), path)

@@ -73,3 +73,26 @@ def filters_to_images(weight: torch.Tensor) -> list[np.ndarray]:
     scale = w.abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
     imgs = 0.5 + 0.5 * w / scale
     return [img.permute(1, 2, 0).numpy() for img in imgs]
+
+
+def colorbar(cmap, vmin: float, vmax: float, width: int, label: str = "",
+             height: int = 8) -> Image.Image:
+    """A horizontal colour bar ``width`` px wide: the colour map ``cmap`` (a matplotlib name or
+    a callable on [0, 1] returning RGB(A) in [0, 1]) from ``vmin`` to ``vmax``, with both values
+    written under its ends and ``label`` between them."""
+    import matplotlib
+
+    fn = matplotlib.colormaps[cmap] if isinstance(cmap, str) else cmap
+    ramp = np.asarray(fn(np.linspace(0.0, 1.0, max(width, 2))), dtype=np.float64)[..., :3]
+    bar = np.repeat(ramp[None], height, axis=0)
+    out = Image.new("RGB", (width, height + 12), "white")
+    out.paste(Image.fromarray(to_uint8(bar)), (0, 0))
+    draw = ImageDraw.Draw(out)
+    lo, hi = f"{vmin:.3g}", f"{vmax:.3g}"
+    draw.text((0, height), lo, fill=(0, 0, 0))
+    draw.text((max(width - 6 * len(hi), 0), height), hi, fill=(0, 0, 0))
+    room = width - 6 * (len(lo) + len(hi)) - 12
+    if label and room > 12:
+        text = label[: room // 6]
+        draw.text(((width - 6 * len(text)) // 2, height), text, fill=(90, 90, 90))
+    return out
