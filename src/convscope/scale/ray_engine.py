@@ -14,7 +14,6 @@ job run again with the same ``state_dir`` only computes the missing shards.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,7 +26,7 @@ from convscope.data import ImageSource
 from convscope.errors import UserInputError
 from convscope.fileio import atomic_path
 from convscope.scan.result import ScanResult
-from convscope.scan.scanner import CRITERIA, _read_order, scan
+from convscope.scan.scanner import CRITERIA, scan
 from convscope.scan.state import LayerState
 from convscope.subject import Subject
 
@@ -306,17 +305,14 @@ def ray_scan(
     model_spec, source_spec = _specs(subject, source)
     names = resolve_scan_layers(subject, layers)
     criteria = tuple(options.get("criteria", CRITERIA))
-    batch_size = options.get("batch_size", 32)
-    seed = options.get("seed", 0)
     n = len(source)
     # The calibration sample of the single-process scan gives the same `area` thresholds.
     cal_opts = {k: v for k, v in options.items() if k not in ("checkpoint", "resume", "indices", "progress")}
     thresholds = options.pop("thresholds", None)
     cal = None
     if "area" in criteria and thresholds is None:
-        n_cal = min(n, math.ceil(options.get("threshold_sample", 256) / batch_size) * batch_size)
-        sample = _read_order(list(range(n)), n_cal, seed)[:n_cal]
-        cal = scan(subject, source, names, indices=sample, **{**cal_opts, "threshold_sample": n_cal})
+        # the same sample (broken files replaced by the next images in its order) as one process
+        cal = scan(subject, source, names, **{**cal_opts, "calibration_only": True})
         thresholds = cal.thresholds
     opts = {k: v for k, v in cal_opts.items() if k != "thresholds"}
     opts["thresholds"] = {k: v.cpu() for k, v in thresholds.items()} if thresholds else None

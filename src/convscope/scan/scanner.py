@@ -4,7 +4,10 @@ Order of work (deterministic for a given seed and batch size):
 
 1. Thresholds for `area` (a unit's top-0.5% activation value): unless given, they are the
    exact 0.995 quantile of each unit's values over a seeded random *calibration sample* of
-   ``threshold_sample`` images (rounded up to whole batches), which the scan reads first.
+   ``threshold_sample`` images (rounded up to whole batches), which the scan reads first: the
+   first images that decode in an order fixed by a seeded hash of each image's name, a file
+   that cannot be decoded being replaced by the next one in that order. Broken files therefore
+   change neither the size of the sample nor which images it holds.
    Only the top 0.5% of values are kept while reading them (O(units x sample x positions /
    200) memory), and the sample's activations are reused for the scan when they fit in
    ``buffer_bytes`` (else the sample is read again). On datasets no larger than the sample the
@@ -28,7 +31,6 @@ import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from convscope.accel import (
@@ -49,7 +51,7 @@ from convscope.subject import Subject
 from convscope.units import Direction
 
 Progress = Callable[[int, int], None]
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: the calibration sample is recorded
 
 
 def scan(
@@ -72,6 +74,7 @@ def scan(
     accel: Accel | None = None,
     buffer_bytes: int = 1 << 30,
     progress: Progress | None = None,
+    calibration_only: bool = False,
 ) -> ScanResult:
     """Scan ``data`` through ``subject``: the top-``k`` images of every unit of ``layers`` under
     each criterion (``max``, ``mean``, ``area``), plus ``directions`` seeded random unit-norm
@@ -81,6 +84,8 @@ def scan(
     ``thresholds`` of a previous scan to make parts mergeable with :meth:`ScanResult.merge`.
     ``accel`` sets precision, memory layout and where images are decoded (see
     :mod:`convscope.accel`); ``workers`` decoding processes default to the machine's share.
+    ``calibration_only`` stops after the calibration sample (a distributed scan's first step):
+    the result holds its images and the thresholds every part then uses.
     Returns a :class:`ScanResult`.
     """
     criteria = tuple(dict.fromkeys(criteria))
@@ -120,7 +125,9 @@ def scan(
     n_cal = 0
     if need_thresholds:
         n_cal = min(len(all_indices), math.ceil(threshold_sample / batch_size) * batch_size)
-    order = _read_order(all_indices, n_cal, seed)
+    candidates = _calibration_order(data, all_indices, seed) if n_cal else []
+    sample: list[int] | None = None if n_cal else []  # the candidates read for calibration
+    order = list(all_indices)  # the read order, calibration sample first once it is known
 
     config = {
         "model": subject.name, "source": data.description, "n_source": len(data),
@@ -142,12 +149,15 @@ def scan(
         states = {n: LayerState.from_dict(saved["states"][n], device) for n in names}
         position, processed, seconds = saved["position"], saved["processed"], saved["seconds"]
         skipped = {int(i): r for i, r in saved["skipped"]}
+        sample = saved["sample"]
+        if sample is not None:
+            order = _sample_first(sample, all_indices)
 
     def save_checkpoint() -> None:
         if ckpt is None:
             return
         blob = {"version": CHECKPOINT_VERSION, "config": config, "position": position,
-                "processed": processed, "seconds": seconds,
+                "processed": processed, "seconds": seconds, "sample": sample,
                 "skipped": [[i, r] for i, r in sorted(skipped.items())],
                 "states": {n: s.to_dict() for n, s in states.items()}}
         with atomic_path(ckpt) as tmp:
@@ -156,22 +166,35 @@ def scan(
     report = progress or (lambda done, total: None)
     report(position, len(order))
 
-    def run_batches(start: int, stop: int):
-        batches = Batches(data, batch_size, workers, indices=order[start:stop],
+    def run_batches(start: int, stop: int, indices: list[int] | None = None):
+        batches = Batches(data, batch_size, workers,
+                          indices=order[start:stop] if indices is None else indices,
                           pin_memory=device.type == "cuda", decode=accel.decode, device=device)
         for batch in batches:
             skipped.update(batch.skipped)
             yield batch
 
+    def calibration_batches(read: list[int]):
+        # The first n_cal candidates that decode: each round reads (in index order) as many
+        # further candidates as images are still missing, and records them in `read`.
+        good, nxt = 0, 0
+        while good < n_cal and nxt < len(candidates):
+            take = sorted(candidates[nxt:nxt + n_cal - good])
+            nxt += len(take)
+            read.extend(take)
+            for batch in run_batches(0, 0, take):
+                good += len(batch.indices)
+                yield batch
+
     with _Engine(subject, names, dirs, accel) as engine:
         # 1. calibration sample: `area` thresholds from the top values of each unit
-        if position < n_cal:
+        if sample is None:
             t0 = time.perf_counter()
             tops = TopValues(n_cal, map_sizes)
             buffered: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []
-            used, done = 0, 0
-            for batch in run_batches(0, n_cal):
-                done = min(done + batch_size, n_cal)
+            used, done, read = 0, 0, []
+            for batch in calibration_batches(read):
+                done += len(batch.indices) + len(batch.skipped)
                 report(done, len(order))
                 if not len(batch.indices):
                     continue
@@ -189,19 +212,21 @@ def scan(
                     processed += len(idx)
             else:  # the sample's activations did not fit in memory: read it again
                 buffered.clear()
-                for batch in run_batches(0, n_cal):
+                for batch in run_batches(0, 0, read):
                     if len(batch.indices):
                         engine.scan(batch.images, batch.indices, states)
                         processed += len(batch.indices)
             buffered.clear()
-            position = n_cal
+            sample, order = read, _sample_first(read, all_indices)
+            position = len(sample)
             seconds += time.perf_counter() - t0
-            save_checkpoint()
+            if not calibration_only:
+                save_checkpoint()
 
         # 2. everything else
         t0 = time.perf_counter()
         last_save = time.monotonic()
-        for batch in run_batches(position, len(order)):
+        for batch in run_batches(position, position if calibration_only else len(order)):
             if len(batch.indices):
                 engine.scan(batch.images, batch.indices, states)
             processed += len(batch.indices)
@@ -213,7 +238,8 @@ def scan(
                 last_save = time.monotonic()
             report(position, len(order))
         seconds += time.perf_counter() - t0
-    save_checkpoint()
+    if not calibration_only:
+        save_checkpoint()
     check_finite(accel, {n: s.sum for n, s in states.items()})
 
     return ScanResult(
@@ -247,13 +273,19 @@ def _layer_seed(seed: int, layer: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(layer.encode())) % (2**31)
 
 
-def _read_order(indices: list[int], n_cal: int, seed: int) -> list[int]:
-    if n_cal == 0:
-        return list(indices)
-    rng = np.random.default_rng(seed)
-    pick = sorted(int(i) for i in rng.choice(indices, size=n_cal, replace=False))
-    chosen = set(pick)
-    return pick + [i for i in indices if i not in chosen]
+def _calibration_order(data: ImageSource, indices: list[int], seed: int) -> list[int]:
+    """``indices`` in the order calibration tries them: by a seeded hash of each image's name,
+    so that the images a sample holds do not depend on the other files of the source."""
+    def key(i: int) -> tuple[bytes, int]:
+        name = data.records[i].name.encode("utf-8", "surrogateescape")
+        return hashlib.blake2b(name, digest_size=8, key=str(seed).encode()).digest(), i
+
+    return sorted(indices, key=key)
+
+
+def _sample_first(sample: list[int], indices: list[int]) -> list[int]:
+    chosen = set(sample)
+    return sorted(sample) + [i for i in indices if i not in chosen]
 
 
 class _Engine:
