@@ -23,8 +23,9 @@ def setup(tmp_path_factory):
     subject = tiny_subject()
     source = open_images(root, transform=subject.transform)
     out = tmp_path_factory.mktemp("atlas") / "a"
-    atlas, result = scan_to_atlas(subject, source, out, ["block", "conv2"], k=3, directions=2,
-                                  batch_size=8, threshold_sample=8)
+    atlas, result = scan_to_atlas(
+        subject, source, out, ["block", "conv2"], k=3, directions=2, batch_size=8, threshold_sample=8
+    )
     return subject, source, atlas, result
 
 
@@ -51,7 +52,7 @@ def test_roundtrip(setup):
     assert layers["block"]["rf_size_y"] == subject.layer("block").rf.size[0]
     assert layers["conv2"]["directions"] == 2
     with sqlite3.connect(atlas.db_path) as con:
-        assert con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("3",)
+        assert con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("4",)
 
 
 def test_bad_queries(setup):
@@ -83,8 +84,12 @@ def test_never_silently_overwritten(setup, tmp_path):
 def test_render_grids(setup):
     subject, source, atlas, _ = setup
     paths = render_units(atlas, subject, source, "block", [0, 1], criteria=["max", "area"])
-    assert [p.name for p in paths] == ["unit0000_max.png", "unit0000_area.png",
-                                       "unit0001_max.png", "unit0001_area.png"]
+    assert [p.name for p in paths] == [
+        "unit0000_max.png",
+        "unit0000_area.png",
+        "unit0001_max.png",
+        "unit0001_area.png",
+    ]
     img = Image.open(paths[0])
     assert img.width == 3 * (112 + 4) + 4
     paths = render_units(atlas, subject, source, "conv2", [1], criteria=["mean"], direction=True)
@@ -123,7 +128,7 @@ def test_dissection_round_trip(setup, tmp_path):
     with pytest.raises(UserInputError, match="auto-color"):
         atlas.dissection("auto-color")
     with sqlite3.connect(atlas.db_path) as con:
-        assert con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("3",)
+        assert con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("4",)
 
 
 def test_for_model_refuses_another_model(setup, tmp_path):

@@ -1,6 +1,15 @@
 """The atlas: one directory per (model, dataset) holding scan results in SQLite plus renders."""
 
-from convscope.atlas.build import render_units, reopen, scan_to_atlas
-from convscope.atlas.store import SCHEMA_VERSION, Atlas, AtlasConflictError
+from convscope.atlas.build import render_units, reopen, scan_to_atlas, stored_dissection
+from convscope.atlas.store import SCHEMA_VERSION, Atlas, AtlasConflictError, AtlasLockedError
 
-__all__ = ["SCHEMA_VERSION", "Atlas", "AtlasConflictError", "render_units", "reopen", "scan_to_atlas"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "Atlas",
+    "AtlasConflictError",
+    "AtlasLockedError",
+    "render_units",
+    "reopen",
+    "scan_to_atlas",
+    "stored_dissection",
+]
