@@ -11,7 +11,7 @@ def test_features_then_every_command(cifar_dir, tmp_path, capsys):
     out = tmp_path / "atlas"
     assert main(["features", "--data", str(cifar_dir), "--layers", "bn1,bn2", "--out", str(out),
                  "--batch-size", "25"]) == 0
-    assert main(["neighbors", str(out), "--layer", "bn2", "--query", "0", "--query", "sample:chelsea",
+    assert main(["neighbors", str(out), "--layers", "bn2", "--query", "0", "--query", "sample:chelsea",
                  "--k", "4", "--eval"]) == 0
     got = json.loads((out / "render/neighbors/bn2/neighbors.json").read_text())
     assert len(got["queries"]) == 2 and len(got["queries"][0]["neighbors"]) == 4
@@ -20,7 +20,7 @@ def test_features_then_every_command(cifar_dir, tmp_path, capsys):
     assert Image.open(out / "render/neighbors/bn2/chelsea.png").width > 4 * 112
     assert main(["probe", str(out), "--test-fraction", "0.4"]) == 0
     assert (out / "render/probe/probe_gap_logistic.csv").read_text().count("\n") == 3
-    assert main(["project", str(out), "--layer", "bn2", "--method", "pca", "--thumbnails", "20"]) == 0
+    assert main(["project", str(out), "--layers", "bn2", "--method", "pca", "--thumbnails", "20"]) == 0
     assert (out / "render/project/bn2/pca_thumbnails.png").exists()
     assert main(["compare", str(out), "--measure", "cka"]) == 0
     rows = (out / "render/compare/cka.csv").read_text().splitlines()

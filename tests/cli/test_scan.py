@@ -34,15 +34,15 @@ def reference(tmp_path_factory):
 def test_scan_then_topk(reference, tmp_path, capsys):
     capsys.readouterr()
     png = tmp_path / "cat.png"
-    assert main(["topk", str(reference), "--layer", "classifier", "--unit", "285",
+    assert main(["topk", str(reference), "--layers", "classifier", "--unit", "285",
                  "--format", "json", "--out", str(png)]) == 0
     got = json.loads(capsys.readouterr().out)
     assert got["top"][0]["name"].startswith("chelsea")
     assert Image.open(png).width > 6 * 100
-    assert main(["topk", str(reference), "--layer", "blocks.4", "--unit", "2", "--direction",
+    assert main(["topk", str(reference), "--layers", "blocks.4", "--unit", "2", "--direction",
                  "--criterion", "area", "--no-render"]) == 0
     assert "direction 2" in capsys.readouterr().out
-    assert main(["topk", str(reference), "--layer", "blocks.9", "--unit", "0"]) == 2
+    assert main(["topk", str(reference), "--layers", "blocks.9", "--unit", "0"]) == 2
     assert "blocks.4" in capsys.readouterr().err
 
 
@@ -92,7 +92,7 @@ def test_killed_scan_resumes_to_the_same_atlas(reference, tmp_path):
 def test_rf_and_stimuli_commands(reference, capsys):
     from convscope.atlas import Atlas
 
-    assert main(["rf", str(reference), "--layer", "blocks.2", "--units", "0-1", "--top", "2",
+    assert main(["rf", str(reference), "--layers", "blocks.2", "--units", "0-1", "--top", "2",
                  "--stride", "8"]) == 0
     out = capsys.readouterr().out
     assert "theoretical 67 px" in out
@@ -101,7 +101,7 @@ def test_rf_and_stimuli_commands(reference, capsys):
     assert 0 < rows[0]["size"] < 67
     assert (reference / "render" / "blocks.2" / "unit0001_rf.png").exists()
     assert (reference / "render" / "rf_sizes.png").exists()
-    assert main(["stimuli", str(reference), "--layer", "blocks.2", "--unit", "1", "--stride", "16"]) == 0
+    assert main(["stimuli", str(reference), "--layers", "blocks.2", "--unit", "1", "--stride", "16"]) == 0
     assert (reference / "render" / "blocks.2" / "unit0001_stimuli.png").exists()
 
 

@@ -23,16 +23,19 @@ def split_dir(cifar_dir, tmp_path_factory):
 
 def test_train_then_filters(split_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", str(split_dir), "--epochs", "2", "--batch-size", "16", "--out", str(out)]) == 0
+    args = ["train", "--data", str(split_dir), "--epochs", "2", "--batch-size", "16", "--out", str(out)]
+    assert main(args) == 0
     for name in ("metrics.csv", "curves.png", "confusion.png", "confusion.csv", "filters_evolution.png",
                  "epoch_000.pt", "epoch_002.pt"):
         assert (out / name).exists(), name
     rows = (out / "confusion.csv").read_text().splitlines()
     assert sum(int(v) for r in rows[1:] for v in r.split(",")[1:]) == 30
     assert "test accuracy" in capsys.readouterr().out
-    args = ["train", str(split_dir), "--epochs", "2", "--batch-size", "16", "--out", str(out)]
-    assert main(args) == 0  # the same run again: resumes, finds it finished
-    assert main(["train", str(split_dir), "--epochs", "3", "--out", str(out)]) == 2  # other settings
+    assert main(args) == 2  # the folder holds a run: refused without --resume, nothing overwritten
+    assert "--resume" in capsys.readouterr().err
+    assert main(args + ["--resume"]) == 0  # resumes, finds it finished
+    # the old spelling (DATA as a positional argument) still works
+    assert main(["train", str(split_dir), "--epochs", "3", "--out", str(out), "--resume"]) == 2
     assert "other settings" in capsys.readouterr().err
     assert main(["filters", str(out), "--out", str(tmp_path / "evo.png")]) == 0
     assert Image.open(tmp_path / "evo.png").width > 300
@@ -49,6 +52,6 @@ def test_finetune_sweep_and_before_after(split_dir, tmp_path, capsys):
                  "--freeze", "8,9", "--epochs", "1", "--batch-size", "10",
                  "--scan-layer", "conv_head", "--out", str(out)]) == 0
     assert (out / "transfer.png").exists() and (out / "freeze_9" / "confusion.csv").exists()
-    assert main(["compare-scans", str(out / "scan_before"), str(out / "scan_after"), "--layer",
+    assert main(["compare-scans", str(out / "scan_before"), str(out / "scan_after"), "--layers",
                  "conv_head", "--units", "0-1", "--k", "3", "--out", str(tmp_path / "cmp")]) == 0
     assert len(list((tmp_path / "cmp").glob("*.png"))) == 2

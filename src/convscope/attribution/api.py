@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -32,13 +32,17 @@ def get_method(name: str):
 
 
 def explain(subject: Subject, images: ImageLike | Sequence[ImageLike] | torch.Tensor,
-            method: str = "saliency", target="top", **options) -> AttributionMap:
+            method: str = "saliency", target="top",
+            progress: Callable[[float, int], None] | None = None, **options) -> AttributionMap:
     """Attribution maps of ``target`` for each image.
 
     ``images`` are paths, PIL images, uint8 arrays or a preprocessed batch (N, 3, H, W);
     ``target`` is ``"top"``, ``"class:285"``, ``"prob:285"``, ``"layer:channel[@y,x]"``, an int,
     a :class:`~convscope.Unit` or a :class:`~convscope.Direction`; ``options`` go to the method
     (see each method's docstring; CAMs take ``layer=``). The target is checked before any work.
+    ``progress(done, total)`` is told how many of the ``total`` images are done: when each
+    image is, for occlusion and Score-CAM after each batch of positions or channels (fractional),
+    and for the methods that take the batch at once when it is.
     """
     cls = get_method(method)
     x = images if isinstance(images, torch.Tensor) else subject.load_images(images)
@@ -47,7 +51,11 @@ def explain(subject: Subject, images: ImageLike | Sequence[ImageLike] | torch.Te
         raise UserInputError(f"expected images (N, 3, H, W), got {tuple(x.shape)}")
     tgt = resolve_target(subject, target, x)
     impl = cls(subject, **options)
+    impl.progress = progress
+    n = x.shape[0]
+    impl.report(0, n)
     maps, raw = impl.attribute(x, tgt)
+    impl.report(n, n)
     seen = subject.preprocess.denormalize(x.detach()).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
     return AttributionMap(
         method=cls.name,

@@ -20,10 +20,17 @@ class Method:
 
     name = "method"
     signed = False
+    progress: Callable[[float, int], None] | None = None  # set by ``explain(progress=...)``
 
     def __init__(self, subject: Subject, **options):
         self.subject = subject
         self.options = options
+
+    def report(self, done: float, total: int) -> None:
+        """Tell ``explain``'s ``progress`` how far :meth:`attribute` is, in images (``done`` may
+        be fractional: methods that loop over positions or channels report each batch)."""
+        if self.progress is not None:
+            self.progress(done, total)
 
     def attribute(self, x: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor | None]:
         raise NotImplementedError

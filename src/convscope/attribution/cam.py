@@ -127,6 +127,7 @@ class ScoreCAM(_CamMethod):
                     else:
                         score = t.score(self.subject, x[i:i + 1] * m)
                 weights[i, s:s + batch] = score
+                self.report(i + min(s + batch, acts.shape[1]) / acts.shape[1], x.shape[0])
         cam = F.relu((weights[:, :, None, None] * acts).sum(dim=1))
         return self.upsample(cam, x.shape[2:]), None
 

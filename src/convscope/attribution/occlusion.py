@@ -59,7 +59,9 @@ class Occlusion(Method):
             xi = x[i:i + 1]
             t = target.for_image(i)
             keep = relevant_boxes(self.subject, boxes, (wh, ww), t)
-            drops = score_drops(self.subject, xi, t, keep, (wh, ww), self._filler(xi), batch)
+            drops = score_drops(self.subject, xi, t, keep, (wh, ww), self._filler(xi), batch,
+                                on_batch=lambda done, i=i, keep=keep: self.report(
+                                    i + done / max(len(keep), 1), n))
             for (y0, x0), d in zip(keep, drops):
                 maps[i, y0:y0 + wh, x0:x0 + ww] += d
         maps = torch.where(counts > 0, maps / counts.clamp_min(1), torch.zeros_like(maps))
@@ -98,10 +100,11 @@ def relevant_boxes(subject, boxes, window, target: Target):
 
 
 def score_drops(subject, xi: torch.Tensor, target: Target, boxes, window, filler: torch.Tensor,
-                batch: int = 32) -> torch.Tensor:
+                batch: int = 32, on_batch=None) -> torch.Tensor:
     """score(xi) - score(xi with the window at each box replaced by ``filler``), (len(boxes),),
     evaluating ``batch`` occluded copies per forward pass (stopped at a unit's layer). Windows
-    may reach past the image's edges; only their part inside is occluded."""
+    may reach past the image's edges; only their part inside is occluded. ``on_batch(done)`` is
+    told how many boxes are done after each batch."""
     wh, ww = window
     H, W = xi.shape[2:]
     out = torch.zeros(len(boxes), device=xi.device)
@@ -114,6 +117,8 @@ def score_drops(subject, xi: torch.Tensor, target: Target, boxes, window, filler
                 ya, yb, xa, xb = max(y0, 0), min(y0 + wh, H), max(x0, 0), min(x0 + ww, W)
                 occluded[j, :, ya:yb, xa:xb] = filler[0, :, ya:yb, xa:xb]
             out[s:s + len(chunk)] = clean - target.score(subject, occluded)
+            if on_batch is not None:
+                on_batch(s + len(chunk))
     return out
 
 

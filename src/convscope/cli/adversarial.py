@@ -8,7 +8,20 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from convscope.cli.common import ArchOpt, DeviceOpt, ModelArg, SeedOpt, WeightsOpt, load_subject, read_images
+from convscope.cli.common import (
+    DEFAULT_MODEL,
+    ArchOpt,
+    DataOpt,
+    DeviceOpt,
+    ModelArg,
+    SeedOpt,
+    WeightsOpt,
+    load_subject,
+    parse_range,
+    progress_bar,
+    read_images,
+    target_spec,
+)
 
 
 def _fraction(text: str) -> float:
@@ -25,13 +38,16 @@ def _fraction(text: str) -> float:
 
 
 def attack(
-    model: ModelArg,
-    images: Annotated[list[str], typer.Argument(help="image files, or sample:NAME")],
+    model: ModelArg = DEFAULT_MODEL,
+    images: Annotated[list[str] | None, typer.Argument(
+        hidden=True, help="old spelling of --data: images after the model")] = None,
+    data: DataOpt = None,
     method: Annotated[str, typer.Option("--method", help="pgd, pgd-l2, fgsm or szegedy")] = "pgd",
     eps: Annotated[str, typer.Option("--eps", help="budget in pixel units, e.g. 2/255")] = "2/255",
     alpha: Annotated[str | None, typer.Option("--alpha", help="step size (default eps/4)")] = None,
     steps: Annotated[int, typer.Option("--steps", min=1)] = 10,
-    target: Annotated[int | None, typer.Option("--target", help="target class (targeted)")] = None,
+    target: Annotated[str | None, typer.Option(
+        "--target", help="the class to push the images to (targeted attack): class:N, or N")] = None,
     random_start: Annotated[bool, typer.Option("--random-start")] = False,
     out: Annotated[Path, typer.Option("--out", help="output folder")] = Path("attack-out"),
     weights: WeightsOpt = "default", arch: ArchOpt = None, device: DeviceOpt = "cpu",
@@ -43,8 +59,9 @@ def attack(
     from convscope.errors import UserInputError
 
     subject = load_subject(model, weights, arch, device)
-    pics = read_images(images)
+    pics = read_images([*(images or []), *(data or [])])
     imgs = [img for _, img in pics]
+    target = _target_class(subject, target)
     e = _fraction(eps)
     a = _fraction(alpha) if alpha else None
     if method in ("pgd", "pgd-l2"):
@@ -69,6 +86,19 @@ def attack(
         raise typer.Exit(1)
 
 
+def _target_class(subject, text: str | None) -> int | None:
+    """The class index of ``--target`` (the target grammar; an attack targets a class)."""
+    from convscope.attribution import resolve_target
+    from convscope.errors import UserInputError
+
+    if text is None:
+        return None
+    tgt = resolve_target(subject, target_spec(text))
+    if tgt.kind not in ("class", "prob") or tgt.top or len(tgt.classes) != 1:
+        raise UserInputError(f"--target {text!r}: an attack's target is a class, class:N")
+    return int(tgt.classes[0])
+
+
 def _join(parts):
     import numpy as np
 
@@ -84,8 +114,9 @@ def _join(parts):
 
 
 def fool(
-    model: ModelArg,
-    cls: Annotated[int, typer.Option("--class", help="class to fool the model into")] = 285,
+    model: ModelArg = DEFAULT_MODEL,
+    classes: Annotated[str, typer.Option(
+        "--classes", help="classes to fool the model into, e.g. 285 or 285,967")] = "285",
     method: Annotated[str, typer.Option("--method", help="gradient, evolve or cppn")] = "gradient",
     n: Annotated[int, typer.Option("--n", min=1, help="images")] = 1,
     steps: Annotated[int, typer.Option("--steps", help="gradient steps")] = 60,
@@ -95,19 +126,19 @@ def fool(
     weights: WeightsOpt = "default", arch: ArchOpt = None, device: DeviceOpt = "cpu",
     seed: SeedOpt = 0,
 ) -> None:
-    """Fooling images: unrecognisable images the model assigns to --class."""
-    from rich.progress import Progress
-
+    """Fooling images: unrecognisable images the model assigns to each of --classes."""
     from convscope.adversarial import fool as run
 
     subject = load_subject(model, weights, arch, device)
-    with Progress(console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(method, total=None)
-        res = run(subject, cls, method, n=n, seed=seed, steps=steps, generations=generations,
-                  population=population, elite=max(1, population // 4),
-                  progress=lambda d, t: bar.update(task, completed=d, total=t))
-    png = res.to_png(out / f"fool_{cls}_{method}.png")
     o = Console()
-    for c, t in zip(res.confidence, res.top1):
-        o.print(f"p({subject.label(cls)}) = {c:.4f}; top-1: {t}")
-    o.print(f"wrote {png}")
+    for cls in parse_range(classes):
+        bar, progress = progress_bar(f"{method} {cls}", None, unit="steps")
+        try:
+            res = run(subject, cls, method, n=n, seed=seed, steps=steps, generations=generations,
+                      population=population, elite=max(1, population // 4), progress=progress)
+        finally:
+            bar.stop()
+        png = res.to_png(out / f"fool_{cls}_{method}.png")
+        for c, t in zip(res.confidence, res.top1):
+            o.print(f"p({subject.label(cls)}) = {c:.4f}; top-1: {t}")
+        o.print(f"wrote {png}")

@@ -7,9 +7,22 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.progress import ProgressColumn
+from rich.text import Text
 
-ModelArg = Annotated[str, typer.Argument(
-    help="efficientnet_lite0 (offline default), torchvision:NAME, timm:NAME, or a checkpoint path")]
+DEFAULT_MODEL = "efficientnet_lite0"
+MODEL_HELP = "efficientnet_lite0 (offline default), torchvision:NAME, timm:NAME, or a checkpoint path"
+ModelArg = Annotated[str, typer.Argument(help=MODEL_HELP)]
+DATA_HELP = ("images: a folder, .tar(.gz), list.txt, image files, sample:NAME (bundled photo) or "
+             "convscope:samples (all of them and their crops)")
+DataOpt = Annotated[list[str] | None, typer.Option("--data", help=DATA_HELP + "; repeatable")]
+DatasetOpt = Annotated[list[str] | None, typer.Option(
+    "--data", help=DATA_HELP + "; one collection, or several files [default: convscope:samples]")]
+LayersOpt = Annotated[str, typer.Option(
+    "--layers", help="comma-separated layers, globs, 'stages' or 'all-conv'")]
+TargetOpt = Annotated[str, typer.Option(
+    "--target", help="top | class:N | prob:N | LAYER:UNIT[@y,x] (a bare N means class:N)")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="continue the interrupted work in --out")]
 WeightsOpt = Annotated[str, typer.Option(
     "--weights", help="'default' (pretrained), 'none' (random init) or a local weights file")]
 ArchOpt = Annotated[str | None, typer.Option(
@@ -44,29 +57,156 @@ def make_accel(precision: str = "fp32", channels_last: bool | None = None, decod
     return Accel(precision=precision, channels_last=channels_last, decode=decode)
 
 
-def progress_bar(label: str, total: int, console=None, extra=(), remaining: bool = True):
-    """A rich progress bar (label, bar, done/total, ``extra`` columns, time left) that shows on
-    its first update, so that input checks fail before it appears, and its ``progress(done,
-    total)`` callback. Stop it with ``bar.stop()``."""
+class _Rate(ProgressColumn):
+    """Rich column: done per second, e.g. ``12.3 img/s``."""
+
+    def __init__(self, unit: str):
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:6.1f} {self.unit}/s" if speed else f"   ... {self.unit}/s")
+
+
+def progress_interval() -> float:
+    """Seconds between the plain progress lines written when stderr is not a terminal
+    (``CONVSCOPE_PROGRESS_INTERVAL``, default 10)."""
+    from convscope.errors import UserInputError
+
+    text = os.environ.get("CONVSCOPE_PROGRESS_INTERVAL", "").strip()
+    if not text:
+        return 10.0
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise UserInputError(f"CONVSCOPE_PROGRESS_INTERVAL must be a number of seconds >= 0, not {text!r}")
+    return value
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+class ProgressLines:
+    """Progress as plain lines on a stream that is not a terminal (a log file, a pipe, CI): at
+    most one line every ``interval`` seconds, ``LABEL: done/total (pct), rate, ETA``, and a last
+    line when the work is complete if any line was written before."""
+
+    def __init__(self, label: str, total: int | None, unit: str, file, interval: float):
+        import time
+
+        self.label, self.total, self.unit, self.file, self.interval = label, total, unit, file, interval
+        self.clock = time.monotonic
+        self.started: float | None = None
+        self.base = 0.0  # done at the first update (work resumed from a checkpoint)
+        self.last = 0.0
+        self.lines = 0
+        self.done = 0.0
+        self.note: str | None = None
+        self.finished = False
+
+    def line(self) -> str:
+        elapsed = self.clock() - (self.started or self.clock())
+        parts = []
+        done = int(self.done) if self.done == int(self.done) else round(self.done, 1)
+        if self.total:
+            parts.append(f"{done}/{self.total} ({100 * self.done / self.total:.0f}%)")
+        else:
+            parts.append(f"{done} done")
+        rate = (self.done - self.base) / elapsed if elapsed > 0 else 0.0
+        parts.append(f"{rate:.1f} {self.unit}/s")
+        if not self.total:
+            parts.append(f"elapsed {_duration(elapsed)}")
+        elif self.done >= self.total:
+            parts.append(f"took {_duration(elapsed)}")
+        elif rate > 0:
+            parts.append(f"ETA {_duration((self.total - self.done) / rate)}")
+        else:
+            parts.append("ETA unknown")
+        if self.note:
+            parts.append(self.note)
+        return f"{self.label}: " + ", ".join(parts)
+
+    def update(self, done=None, total=None, note: str | None = None) -> None:
+        now = self.clock()
+        if total is not None:
+            self.total = total
+        if done is not None:
+            self.done = done
+        if self.started is None:
+            self.started = self.last = now
+            self.base = self.done
+        if note is not None:
+            self.note = note
+        complete = bool(self.total) and self.done >= self.total
+        if complete and self.lines and not self.finished:
+            self.finished = True
+            self._write()
+        elif not complete and now - self.last >= self.interval:
+            self._write()
+
+    def _write(self) -> None:
+        self.last = self.clock()
+        self.lines += 1
+        print(self.line(), file=self.file, flush=True)
+
+    def stop(self) -> None:
+        pass
+
+
+class _RichProgress:
+    """A rich progress bar that starts on its first update (so that input checks fail before
+    it appears)."""
+
+    def __init__(self, label: str, total: int | None, unit: str, console, extra, remaining: bool):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        columns = [TextColumn(label), BarColumn(), MofNCompleteColumn(), _Rate(unit), *extra,
+                   *([TimeRemainingColumn()] if remaining else []), TextColumn("{task.description}")]
+        self.bar = Progress(*columns, console=console)
+        self.task = self.bar.add_task("", total=total)
+
+    def update(self, done=None, total=None, note: str | None = None) -> None:
+        if not self.bar.live.is_started:
+            self.bar.start()
+        fields = {"completed": done, "total": total, "description": note}
+        self.bar.update(self.task, **{k: v for k, v in fields.items() if v is not None})
+
+    def stop(self) -> None:
+        self.bar.stop()
+
+
+def progress_bar(label: str, total: int | None, console=None, extra=(), remaining: bool = True,
+                 unit: str = "it"):
+    """The one progress display of the CLI, on stderr, and its ``progress(done, total, note=None)``
+    callback for compute functions (which never print). On a terminal: a rich bar (label, bar,
+    done/total, rate in ``unit``/s, ``extra`` columns, time left, note) that shows on its first
+    update, so that input checks fail before it appears. Elsewhere (a log, a pipe, CI): plain
+    lines with done/total, rate and ETA every ``CONVSCOPE_PROGRESS_INTERVAL`` seconds (10).
+    ``done`` may be fractional. Stop it with ``bar.stop()``."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    columns = [TextColumn(label), BarColumn(), MofNCompleteColumn(), *extra]
-    bar = Progress(*columns, *([TimeRemainingColumn()] if remaining else []),
-                   console=console or Console(stderr=True))
-    task = bar.add_task(label, total=total)
-
-    def progress(done: int, total: int) -> None:
-        if not bar.live.is_started:
-            bar.start()
-        bar.update(task, completed=done, total=total)
-
-    return bar, progress
+    console = console or Console(stderr=True)
+    if console.is_terminal:
+        bar = _RichProgress(label, total, unit, console, extra, remaining)
+    else:
+        bar = ProgressLines(label, total, unit, console.file, progress_interval())
+    return bar, bar.update
 
 
 def load_subject(model: str, weights: str = "default", arch: str | None = None,
                  device: str = "cpu"):
+    from convscope.errors import UserInputError
     from convscope.zoo import load
+
+    if model.startswith("sample:") or Path(model).suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp",
+                                                                      ".gif", ".webp", ".tif", ".tiff"):
+        raise UserInputError(f"{model!r} is an image, not a model: the model comes first (or is left "
+                             "out for efficientnet_lite0) and images go in --data")
 
     return load(model, weights=weights, arch=arch, device=device)
 
@@ -76,19 +216,43 @@ def debug() -> bool:
     return os.environ.get("CONVSCOPE_DEBUG", "") not in ("", "0")
 
 
+def _is_collection(item: str) -> bool:
+    """A folder, an archive, a list file or ``convscope:samples``: many images, not one."""
+    import tarfile
+
+    path = Path(item)
+    if item == "convscope:samples" or path.is_dir() or path.suffix in (".txt", ".lst"):
+        return True
+    return path.name.endswith((".tar", ".tar.gz", ".tgz")) or (path.is_file() and tarfile.is_tarfile(path))
+
+
 def read_images(items: list[str]):
-    """Paths, or ``sample:NAME`` for a bundled image (``sample:chelsea``)."""
-    from convscope.data import read_image
+    """``(name, PIL image)`` for each image that ``--data`` names: image files, ``sample:NAME``
+    (a bundled photo, ``sample:chelsea/top-left`` for a crop), or folders, archives, list files
+    and ``convscope:samples``, which give all their images (unreadable ones are skipped and
+    counted on stderr)."""
+    from convscope.data import open_images, read_image
     from convscope.errors import UserInputError
     from convscope.samples import SAMPLE_NAMES, sample_view
 
-    out = []
+    if not items:
+        raise UserInputError("no images given: name them with --data (files, a folder, sample:NAME)")
+    out, skipped = [], []
     for item in items:
         if item.startswith("sample:"):
             name = item.split(":", 1)[1]
             if name.split("/")[0] not in SAMPLE_NAMES:
                 raise UserInputError(f"unknown sample {name!r}; have {', '.join(SAMPLE_NAMES)}")
             out.append((name.replace("/", "_"), sample_view(name)))
+        elif _is_collection(item):
+            source = open_images(item)
+            for i, record in enumerate(source.records):
+                try:
+                    img = source.read(i)
+                except Exception as e:
+                    skipped.append((record.name, str(e)))
+                    continue
+                out.append((Path(record.name).with_suffix("").as_posix().replace("/", "_"), img))
         else:
             path = Path(item)
             if not path.exists():
@@ -97,7 +261,55 @@ def read_images(items: list[str]):
                 out.append((path.stem, read_image(path)))
             except Exception as e:
                 raise UserInputError(f"cannot read {item}: {e}") from None
+    if skipped:
+        from rich.console import Console
+
+        from convscope.data import SkipReport
+
+        Console(stderr=True).print(SkipReport(skipped).summary(), highlight=False)
+    if not out:
+        raise UserInputError(f"no readable image in {', '.join(items)}")
     return out
+
+
+def open_data(items: list[str] | None, transform=None, pattern: str | None = None,
+              default: str = "convscope:samples"):
+    """The image source ``--data`` names, for commands that go over a dataset: one folder,
+    .tar(.gz), list.txt or ``convscope:samples``; ``sample:NAME`` (a glob too: ``sample:c*``)
+    for bundled photos; or several image files."""
+    from convscope.data import open_images
+    from convscope.errors import UserInputError
+
+    items = list(items or [default])
+    if any(i.startswith("sample:") for i in items):
+        if len(items) > 1 or pattern:
+            raise UserInputError("sample:NAME goes alone in --data (without --pattern); use a glob "
+                                 "like sample:c* for several bundled photos")
+        return open_images("convscope:samples", transform=transform, pattern=items[0][len("sample:"):])
+    if len(items) == 1:
+        return open_images(items[0], transform=transform, pattern=pattern)
+    if any(_is_collection(i) for i in items):
+        raise UserInputError("--data takes one folder, archive or list file, or several image files")
+    return open_images(items, transform=transform, pattern=pattern)
+
+
+def one_layer(spec: str, option: str = "--layers") -> str:
+    """The single layer a command that works on one layer was given."""
+    from convscope.errors import UserInputError
+
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    if len(names) != 1:
+        raise UserInputError(f"{option} names one layer here, not {spec!r}")
+    return names[0]
+
+
+def target_spec(text: str | None):
+    """A ``--target`` string in the one target grammar (``top``, ``class:N``, ``prob:N``,
+    ``LAYER:UNIT[@y,x]``); a bare number ``N`` means ``class:N``."""
+    if text is None:
+        return None
+    text = text.strip()
+    return f"class:{text}" if text.isdigit() else text
 
 
 def parse_range(text: str) -> list[int]:
@@ -118,3 +330,22 @@ def parse_range(text: str) -> list[int]:
     if not out:
         raise UserInputError("no numbers given")
     return out
+
+
+def writes_atlas(param: str):
+    """Decorate a command that writes the atlas folder named by its argument ``param``: the
+    atlas's writer lock is held for the whole command, so that a second writer fails at once
+    with a one-line error naming the first (readers such as ``topk`` and ``serve`` need none)."""
+    import functools
+
+    def wrap(command):
+        @functools.wraps(command)
+        def run(*args, **kwargs):
+            from convscope.atlas import Atlas
+
+            with Atlas(kwargs[param]).lock():
+                return command(*args, **kwargs)
+
+        return run
+
+    return wrap

@@ -7,15 +7,22 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from convscope.cli.common import ArchOpt, DeviceOpt, ModelArg, SeedOpt, WeightsOpt, load_subject
+from convscope.cli.common import (
+    DEFAULT_MODEL,
+    ArchOpt,
+    DeviceOpt,
+    ModelArg,
+    SeedOpt,
+    WeightsOpt,
+    load_subject,
+    progress_bar,
+)
 
 
 def demo(
+    model: ModelArg = DEFAULT_MODEL,
     out: Annotated[Path, typer.Option("--out", help="folder for the results")] = Path("demo-out"),
-    model: Annotated[str, typer.Option("--model", help=ModelArg.__metadata__[0].help)]
-    = "efficientnet_lite0",
     weights: WeightsOpt = "default",
     arch: ArchOpt = None,
     device: DeviceOpt = "cpu",
@@ -24,13 +31,18 @@ def demo(
     """Run everything convscope does so far and write the results (PNG, JSON, text) to --out."""
     from convscope.demo import run_demo
 
-    console = Console(stderr=True)
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
-        task = bar.add_task("loading model", total=None)
+    bar, progress = progress_bar("demo", None, unit="steps", remaining=False)
+    steps = []
+
+    def step(message: str) -> None:
+        steps.append(message)
+        progress(len(steps), None, message)
+
+    try:
         subject = load_subject(model, weights, arch, device)
-        result = run_demo(subject, out, seed=seed,
-                          progress=lambda msg: bar.update(task, description=msg))
+        result = run_demo(subject, out, seed=seed, progress=step)
+    finally:
+        bar.stop()
     out_console = Console()
     out_console.print(f"[bold]{subject.name}[/bold] on {len(result.predictions)} bundled images")
     for rec in result.predictions:

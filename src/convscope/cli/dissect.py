@@ -14,11 +14,13 @@ from rich.console import Console
 from rich.table import Table
 
 from convscope.cli.common import (
+    DATA_HELP,
     AddressOpt,
     ArchOpt,
     ChannelsLastOpt,
     DeviceOpt,
     EngineOpt,
+    LayersOpt,
     ModelArg,
     PrecisionOpt,
     RayWorkersOpt,
@@ -28,11 +30,13 @@ from convscope.cli.common import (
     check_engine,
     load_subject,
     make_accel,
+    open_data,
     progress_bar,
+    writes_atlas,
 )
 
 
-def open_concepts(concepts: str, subject, out: Path, images: str, color_table: Path | None,
+def open_concepts(concepts: str, subject, out: Path, images: list[str] | None, color_table: Path | None,
                   synthetic_images: int, seed: int, limit: int | None):
     """The concept dataset named on the command line, and its short name in the atlas."""
     from convscope.dissect import BrodenDataset, ColorConcepts, ColorNamer, make_synthetic_broden
@@ -45,10 +49,8 @@ def open_concepts(concepts: str, subject, out: Path, images: str, color_table: P
             make_synthetic_broden(root, n=synthetic_images, size=size, seg=size // 2, seed=seed)
         return BrodenDataset(root, limit=limit), "synthetic"
     if concepts == "auto-color":
-        from convscope.data import open_images
-
         namer = ColorNamer.from_file(color_table) if color_table else ColorNamer.prototypes()
-        source = open_images(images)
+        source = open_data(images)
         if limit is not None:
             source = source.subset(range(min(limit, len(source))))
         return ColorConcepts(source, seg=size // 2, namer=namer), "auto-color"
@@ -59,17 +61,16 @@ def open_concepts(concepts: str, subject, out: Path, images: str, color_table: P
     return BrodenDataset(path, limit=limit), path.resolve().name
 
 
+@writes_atlas("out")
 def dissect(
     model: ModelArg = "efficientnet_lite0",
     concepts: Annotated[str, typer.Option(
-        "--concepts", help="a Broden-format directory, 'auto-color' (colour names of --images) "
+        "--concepts", help="a Broden-format directory, 'auto-color' (colour names of --data) "
                            "or 'synthetic' (generated shapes, colours, textures)")] = "synthetic",
-    layers: Annotated[str, typer.Option(
-        "--layers", help="comma-separated layers, globs, 'stages' or 'all-conv'")] = "stages",
+    layers: LayersOpt = "stages",
     out: Annotated[Path, typer.Option("--out", help="atlas folder (created or added to)")] = Path("atlas"),
-    images: Annotated[str, typer.Option(
-        "--images", help="images for auto-color: folder, .tar(.gz), list.txt or convscope:samples")
-    ] = "convscope:samples",
+    images: Annotated[list[str] | None, typer.Option(
+        "--data", help="images for auto-color: " + DATA_HELP + " [default: convscope:samples]")] = None,
     color_table: Annotated[Path | None, typer.Option(
         "--color-table", help="van de Weijer w2c table (32768 rows) for auto-color")] = None,
     iou: Annotated[float, typer.Option("--iou", help="IoU above which a unit detects a concept")] = 0.04,
@@ -88,7 +89,8 @@ def dissect(
     precision: PrecisionOpt = "fp32",
     channels_last: ChannelsLastOpt = None,
     resume: Annotated[bool, typer.Option(
-        "--resume", help="with --engine ray: continue a killed job from its finished shards")] = False,
+        "--resume", help="continue a killed job from its finished shards (--engine ray; a local "
+        "dissection keeps no partial state)")] = False,
     engine: EngineOpt = "local",
     address: AddressOpt = None,
     ray_workers: RayWorkersOpt = 2,
@@ -99,7 +101,8 @@ def dissect(
 ) -> None:
     """Network dissection: label every unit by the concept its top-activation region segments
     best (IoU), store it in the atlas and draw the report."""
-    from convscope.atlas import Atlas
+    from convscope.atlas import Atlas, stored_dissection
+    from convscope.data import display_name
     from convscope.dissect import dissect as run
     from convscope.errors import UserInputError
     from convscope.fileio import save_image, write_text
@@ -117,7 +120,7 @@ def dissect(
                                    seed, limit)
     store = Atlas.for_model(out, subject.spec or {"name": subject.name},
                             {"description": f"concepts: {set_name}", **data.spec})
-    bar, progress = progress_bar("dissecting", len(data), console)
+    bar, progress = progress_bar("dissecting", len(data), console, unit="img")
 
     check_engine(engine)
     try:
@@ -153,20 +156,27 @@ def dissect(
         for lab in labels[:show]:
             save_image(unit_figure(subject, data, result, name, lab.unit),
                        where / _safe(name) / f"unit{lab.unit:04d}.png")
-    save_image(figure_to_image(detectors_figure(summaries, title=f"{subject.name}: unique detectors "
+    # the per-model chart and summary cover every layer the atlas holds on these concepts
+    report, other = stored_dissection(store, set_name, result, subject.layers.names())
+    stored = [report.summary(n) for n in report.layers]
+    save_image(figure_to_image(detectors_figure(stored, title=f"{subject.name}: unique detectors "
                                                 f"per category ({set_name})")), where / "layers.png")
     write_text(where / "summary.json", json.dumps(
         {"model": subject.name, "concepts": set_name, "images": result.images,
          "iou_threshold": iou, "quantile": quantile, "max_coverage": max_coverage, "seconds": result.seconds,
-         "skipped": result.skipped,
+         "skipped": [[display_name(n), display_name(r)] for n, r in result.skipped],
          "layers": [{"layer": s.layer, "units": s.units, "detectors": s.detectors,
-                     "unique": s.unique} for s in summaries]}, indent=1))
+                     "unique": s.unique} for s in stored],
+         "other_settings": other}, indent=1))
     o = Console()
     o.print(table)
     if result.skipped:
         from convscope.data import SkipReport
 
         o.print(SkipReport(list(result.skipped)).summary())
+    if other:
+        o.print(f"not in the report's charts: {', '.join(other)} (dissected with other --iou, "
+                "--quantile or --max-coverage)")
     o.print(f"atlas: {out}/atlas.db; report in {where}/")
 
 

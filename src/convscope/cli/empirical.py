@@ -1,4 +1,4 @@
-"""``convscope rf ATLAS --layer L`` and ``convscope stimuli ATLAS --layer L --unit U``."""
+"""``convscope rf ATLAS --layers L`` and ``convscope stimuli ATLAS --layers L --unit U``."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from convscope.cli.common import DeviceOpt, parse_range
+from convscope.cli.common import DeviceOpt, one_layer, parse_range, writes_atlas
 
 
+@writes_atlas("atlas")
 def rf(
     atlas: Annotated[Path, typer.Argument(help="atlas folder written by `convscope scan`")],
-    layer: Annotated[str, typer.Option("--layer", help="scanned layer")],
+    layers: Annotated[str, typer.Option("--layers", help="the scanned layer (one)")],
     units: Annotated[str, typer.Option("--units", help="units, e.g. 0-63")] = "0-7",
     top: Annotated[int, typer.Option("--top", min=1, help="top images per unit")] = 4,
     occluder: Annotated[int, typer.Option("--occluder", min=1, help="occluder side, px")] = 11,
@@ -36,7 +37,7 @@ def rf(
     store = Atlas.open(atlas)
     subject, source = reopen(store)
     subject.to(device)
-    name = store.layer(layer)["name"]
+    name = store.layer(one_layer(layers))["name"]
     o = Console()
     done = []
     for u in parse_range(units):
@@ -66,9 +67,10 @@ def rf(
                 f"{s['theoretical']:.0f} px over {s['units']} units; plot {png}")
 
 
+@writes_atlas("atlas")
 def stimuli(
     atlas: Annotated[Path, typer.Argument(help="atlas folder written by `convscope scan`")],
-    layer: Annotated[str, typer.Option("--layer", help="scanned layer")],
+    layers: Annotated[str, typer.Option("--layers", help="the scanned layer (one)")],
     unit: Annotated[int, typer.Option("--unit", help="channel")],
     stride: Annotated[int, typer.Option("--stride", min=1, help="patch placement stride, px")] = 8,
     device: DeviceOpt = "cpu",
@@ -83,7 +85,7 @@ def stimuli(
     store = Atlas.open(atlas)
     subject, source = reopen(store)
     subject.to(device)
-    info = subject.layer(store.layer(layer)["name"])
+    info = subject.layer(store.layer(one_layer(layers))["name"])
     tk = store.topk(info.name, unit, "max")
     patch = best_patch(subject, source.read(int(tk.images[0])), info.name, int(tk.ys[0]),
                        int(tk.xs[0]))

@@ -8,30 +8,37 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import Progress
 
 from convscope.cli.common import (
+    DEFAULT_MODEL,
     ArchOpt,
+    DataOpt,
     DeviceOpt,
     ModelArg,
     SeedOpt,
+    TargetOpt,
     WeightsOpt,
     load_subject,
+    one_layer,
+    progress_bar,
     read_images,
+    target_spec,
 )
 
 
 def explain(
-    model: ModelArg,
-    images: Annotated[list[str], typer.Argument(help="image files, or sample:NAME (bundled)")],
+    model: ModelArg = DEFAULT_MODEL,
+    images: Annotated[list[str] | None, typer.Argument(
+        hidden=True, help="old spelling of --data: images after the model")] = None,
+    data: DataOpt = None,
     method: Annotated[str, typer.Option(
         "--method", help="comma-separated: saliency, input_x_gradient, smoothgrad, "
         "integrated_gradients, guided, deconvnet, gradcam, gradcam++, scorecam, guided_gradcam, "
         "occlusion, zeiler_fergus")] = "saliency,guided,gradcam,occlusion",
-    target: Annotated[str, typer.Option(
-        "--target", help="top | class:N | prob:N | LAYER:UNIT[@y,x]")] = "top",
+    target: TargetOpt = "top",
     out: Annotated[Path, typer.Option("--out", help="output folder")] = Path("explain-out"),
-    layer: Annotated[str | None, typer.Option("--layer", help="layer for CAM methods")] = None,
+    layers: Annotated[str | None, typer.Option(
+        "--layers", help="the layer of CAM methods [default: the last stage]")] = None,
     window: Annotated[int, typer.Option("--window", help="occlusion window, px")] = 32,
     stride: Annotated[int, typer.Option("--stride", help="occlusion stride, px")] = 16,
     fill: Annotated[str, typer.Option("--fill", help="occluder: gray zero mean blur noise")] = "gray",
@@ -56,9 +63,10 @@ def explain(
     torch.manual_seed(seed)
     methods = [get_method(m.strip()).name for m in method.split(",") if m.strip()]
     subject = load_subject(model, weights, arch, device)
-    pics = read_images(images)
+    layer = one_layer(layers) if layers else None
+    pics = read_images([*(images or []), *(data or [])])
     x = subject.load_images([img for _, img in pics])
-    tgt = resolve_target(subject, target, x)  # checked before any work
+    tgt = resolve_target(subject, target_spec(target), x)  # checked before any work
     options = {
         "gradcam": {"layer": layer}, "gradcam++": {"layer": layer}, "scorecam": {"layer": layer},
         "guided_gradcam": {"layer": layer},
@@ -68,12 +76,14 @@ def explain(
         "zeiler_fergus": {"even_overlap": even_overlap},
     }
     written, summary = [], []
-    console = Console(stderr=True)
-    with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("explaining", total=len(methods))
-        for name in methods:
-            bar.update(task, description=name)
-            amap = explain(subject, x, name, target=tgt, **options.get(name, {}))
+    n = len(pics)
+    bar, progress = progress_bar("explaining", len(methods) * n, unit="maps")
+    try:
+        for m, name in enumerate(methods):
+            def step(done, total, m=m, name=name):
+                progress(m * n + done, len(methods) * n, name)
+
+            amap = explain(subject, x, name, target=tgt, progress=step, **options.get(name, {}))
             for i, (stem, _) in enumerate(pics):
                 written.append(amap.to_png(out / f"{stem}_{name}.png", i))
                 entry = {"image": stem, "method": name, "target": amap.targets[i]}
@@ -85,7 +95,8 @@ def explain(
                     entry.update(deletion_auc=float(dele.auc[0]), insertion_auc=float(ins.auc[0]))
                 summary.append(entry)
             written.append(amap.save(out / f"{name}.npz"))
-            bar.advance(task)
+    finally:
+        bar.stop()
     write_text(out / "explain.json", json.dumps(summary, indent=1))
     o = Console()
     for e in summary:

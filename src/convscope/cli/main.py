@@ -6,6 +6,7 @@ import sys
 from typing import Annotated
 
 import typer
+import typer.core
 from rich.console import Console
 
 from convscope.cli import (
@@ -31,32 +32,87 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-app.command("layers")(layers.layers)
-app.command("demo")(demo.demo)
-app.command("scan")(scan.scan)
-app.command("topk")(topk.topk)
-app.command("explain")(explain.explain)
-app.command("visualize")(synthesis.visualize)
-app.command("classviz")(synthesis.classviz)
-app.command("invert")(synthesis.invert)
-app.command("dream")(synthesis.dream)
-app.command("attack")(adversarial.attack)
-app.command("fool")(adversarial.fool)
-app.command("rf")(empirical.rf)
-app.command("stimuli")(empirical.stimuli)
-app.command("dissect")(dissect.dissect)
-app.command("dissect-compare")(dissect.dissect_compare)
-app.command("features")(represent.features)
-app.command("neighbors")(represent.neighbors)
-app.command("probe")(represent.probe)
-app.command("project")(represent.project)
-app.command("compare")(represent.compare)
-app.command("train")(train.train)
-app.command("finetune")(train.finetune)
-app.command("filters")(train.filters)
-app.command("compare-scans")(train.compare_scans)
-app.command("serve")(viewer.serve)
-app.command("export")(viewer.export)
+# Old spellings of options, kept working but hidden from --help (the conventions are in the
+# README, "Command-line conventions"). None drops the token (a flag whose meaning is now the
+# default); "ARG" moves the option's value to the front, as the first positional argument.
+OLD_SPELLINGS = {"--layer": "--layers", "--batch": "--batch-size", "--class": "--classes",
+                 "--images": "--data"}
+COMMAND_OLD_SPELLINGS = {"features": {"--restart": None}, "demo": {"--model": "ARG"}}
+
+
+def modern_args(command: str, args: list[str]) -> list[str]:
+    """``args`` of ``command`` with old option spellings replaced by the current ones."""
+    table = {**OLD_SPELLINGS, **COMMAND_OLD_SPELLINGS.get(command, {})}
+    out: list[str] = []
+    front: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            out += args[i:]
+            break
+        name, eq, value = arg.partition("=")
+        if name in table:
+            new = table[name]
+            if new == "ARG":
+                if eq:
+                    front.append(value)
+                elif i + 1 < len(args):
+                    front.append(args[i + 1])
+                    i += 1
+            elif new is not None:
+                out.append(new + eq + value)
+        else:
+            out.append(arg)
+        i += 1
+    return front + out
+
+
+class Command(typer.core.TyperCommand):
+    """A command that also accepts the old spellings of its options (hidden from --help)."""
+
+    def parse_args(self, ctx, args):
+        return super().parse_args(ctx, modern_args(self.name, list(args)))
+
+    def collect_usage_pieces(self, ctx):
+        """The usage line, without the hidden old-spelling arguments."""
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if not (param.param_type_name == "argument" and getattr(param, "hidden", False)):
+                pieces.extend(param.get_usage_pieces(ctx))
+        return pieces
+
+
+def _add(name: str, function) -> None:
+    app.command(name, cls=Command)(function)
+
+
+_add("layers", layers.layers)
+_add("demo", demo.demo)
+_add("scan", scan.scan)
+_add("topk", topk.topk)
+_add("explain", explain.explain)
+_add("visualize", synthesis.visualize)
+_add("classviz", synthesis.classviz)
+_add("invert", synthesis.invert)
+_add("dream", synthesis.dream)
+_add("attack", adversarial.attack)
+_add("fool", adversarial.fool)
+_add("rf", empirical.rf)
+_add("stimuli", empirical.stimuli)
+_add("dissect", dissect.dissect)
+_add("dissect-compare", dissect.dissect_compare)
+_add("features", represent.features)
+_add("neighbors", represent.neighbors)
+_add("probe", represent.probe)
+_add("project", represent.project)
+_add("compare", represent.compare)
+_add("train", train.train)
+_add("finetune", train.finetune)
+_add("filters", train.filters)
+_add("compare-scans", train.compare_scans)
+_add("serve", viewer.serve)
+_add("export", viewer.export)
 
 
 def _version(value: bool) -> None:

@@ -15,19 +15,25 @@ from convscope.cli.common import (
     AddressOpt,
     ArchOpt,
     ChannelsLastOpt,
+    DatasetOpt,
     DecodeOpt,
     DeviceOpt,
     EngineOpt,
+    LayersOpt,
     ModelArg,
     PrecisionOpt,
     RayWorkersOpt,
+    ResumeOpt,
     SeedOpt,
     WeightsOpt,
     WorkersOpt,
     check_engine,
     load_subject,
     make_accel,
+    one_layer,
+    open_data,
     progress_bar,
+    writes_atlas,
 )
 
 AtlasArg = Annotated[Path, typer.Argument(help="atlas folder written by `convscope features`")]
@@ -65,14 +71,11 @@ def _layers(fs, spec: str | None) -> list[str]:
     return names
 
 
+@writes_atlas("out")
 def features(
     model: ModelArg = "efficientnet_lite0",
-    data: Annotated[
-        str, typer.Option("--data", help="image folder, .tar(.gz), list.txt, or convscope:samples")
-    ] = "convscope:samples",
-    layers: Annotated[
-        str, typer.Option("--layers", help="comma-separated layers, globs, 'stages' or 'all-conv'")
-    ] = "stages",
+    data: DatasetOpt = None,
+    layers: LayersOpt = "stages",
     pooling: PoolingOpt = "gap",
     gem_p: Annotated[float, typer.Option("--gem-p", help="GeM exponent")] = 3.0,
     out: Annotated[Path, typer.Option("--out", help="atlas folder")] = Path("atlas"),
@@ -81,7 +84,7 @@ def features(
     precision: PrecisionOpt = "fp32",
     channels_last: ChannelsLastOpt = None,
     decode: DecodeOpt = "cpu",
-    resume: Annotated[bool, typer.Option("--resume/--restart", help="continue a killed run")] = True,
+    resume: ResumeOpt = False,
     engine: EngineOpt = "local",
     address: AddressOpt = None,
     ray_workers: RayWorkersOpt = 2,
@@ -92,7 +95,7 @@ def features(
     """Pool layers over a dataset into memory-mapped feature files in the atlas."""
     from convscope.atlas import Atlas
     from convscope.atlas.build import model_spec
-    from convscope.data import SkipReport, open_images
+    from convscope.data import SkipReport
     from convscope.represent import extract_features
     from convscope.scan.scanner import resolve_scan_layers
 
@@ -100,9 +103,9 @@ def features(
     accel = make_accel(precision, channels_last, decode)
     subject = load_subject(model, weights, arch, device)
     names = resolve_scan_layers(subject, layers)
-    source = open_images(data, transform=subject.transform)
+    source = open_data(data, subject.transform)
     Atlas.for_model(out, model_spec(subject), source.spec)
-    bar, progress = progress_bar("features", len(source), console)
+    bar, progress = progress_bar("features", len(source), console, unit="img")
 
     check_engine(engine)
     try:
@@ -119,7 +122,7 @@ def features(
                                   workers=workers, resume=resume, accel=accel, progress=progress)
     except KeyboardInterrupt:
         bar.stop()
-        console.print(f"interrupted; run the same command again to continue ({out})")
+        console.print(f"interrupted; continue with the same command and --resume ({out})")
         raise typer.Exit(130) from None
     finally:
         bar.stop()
@@ -132,7 +135,7 @@ def features(
 
 def neighbors(
     atlas: AtlasArg,
-    layer: Annotated[str, typer.Option("--layer", help="layer with features")],
+    layers: Annotated[str, typer.Option("--layers", help="the layer with features (one)")],
     query: Annotated[
         list[str],
         typer.Option("--query", help="database image index, image path or sample:NAME (repeatable)"),
@@ -162,6 +165,7 @@ def neighbors(
         pool,
     )
 
+    layer = one_layer(layers)
     fs = _load(atlas, pooling)
     x = fs.get(layer, valid_only=False)
     rows = fs.valid_indices()
@@ -278,7 +282,7 @@ def probe(
 
 def project(
     atlas: AtlasArg,
-    layer: Annotated[str, typer.Option("--layer", help="layer with features")],
+    layers: Annotated[str, typer.Option("--layers", help="the layer with features (one)")],
     method: Annotated[str, typer.Option("--method", help="pca, tsne or umap")] = "tsne",
     thumbnails: Annotated[int, typer.Option("--thumbnails", min=0, help="images on the map (0: none)")] = 400,
     pooling: PoolingOpt = "gap",
@@ -292,6 +296,7 @@ def project(
     from convscope.render.represent import scatter_figure, thumbnail_map
     from convscope.represent import project as run
 
+    layer = one_layer(layers)
     fs = _load(atlas, pooling)
     xy = run(fs.get(layer), method, seed=seed)
     rows = fs.valid_indices()

@@ -7,48 +7,44 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import ProgressColumn
-from rich.text import Text
 
 from convscope.cli.common import (
     AddressOpt,
     ArchOpt,
     ChannelsLastOpt,
+    DatasetOpt,
     DecodeOpt,
     DeviceOpt,
     EngineOpt,
+    LayersOpt,
     ModelArg,
     PrecisionOpt,
     RayWorkersOpt,
+    ResumeOpt,
     SeedOpt,
     WeightsOpt,
     WorkersOpt,
     check_engine,
     load_subject,
     make_accel,
+    open_data,
     progress_bar,
+    writes_atlas,
 )
 
 
-class _Rate(ProgressColumn):
-    def render(self, task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:6.1f} img/s" if speed else "   ... img/s")
-
-
+@writes_atlas("out")
 def scan(
     model: ModelArg = "efficientnet_lite0",
-    data: Annotated[str, typer.Option(
-        "--data", help="image folder, .tar(.gz), list.txt, or convscope:samples")] = "convscope:samples",
-    layers: Annotated[str, typer.Option(
-        "--layers", help="comma-separated layers, globs, 'stages' or 'all-conv'")] = "stages",
+    data: DatasetOpt = None,
+    layers: LayersOpt = "stages",
     out: Annotated[Path, typer.Option("--out", help="atlas folder")] = Path("atlas"),
     k: Annotated[int, typer.Option("--k", min=1, help="images kept per unit")] = 16,
     criteria: Annotated[str, typer.Option("--criteria", help="any of max,mean,area")] = "max,mean,area",
     directions: Annotated[int, typer.Option(
         "--directions", min=0, help="random directions per layer, scanned like units")] = 0,
     pattern: Annotated[str | None, typer.Option("--pattern", help="only images matching")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted scan")] = False,
+    resume: ResumeOpt = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing atlas")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
     workers: WorkersOpt = None,
@@ -72,7 +68,6 @@ def scan(
 ) -> None:
     """Scan a dataset: the top-K images and patches of every unit, into an atlas folder."""
     from convscope.atlas import render_units, scan_to_atlas
-    from convscope.data import open_images
 
     console = Console(stderr=True)
     if amp:  # it meant bf16 autocast on CUDA and nothing on a CPU
@@ -80,9 +75,9 @@ def scan(
         precision = "bf16" if device.startswith("cuda") else precision
     accel = make_accel(precision, channels_last, decode)
     subject = load_subject(model, weights, arch, device)
-    source = open_images(data, transform=subject.transform, pattern=pattern)
+    source = open_data(data, subject.transform, pattern)
     crits = [c.strip() for c in criteria.split(",") if c.strip()]
-    bar, progress = progress_bar("scanning", len(source), console, extra=[_Rate()])
+    bar, progress = progress_bar("scanning", len(source), console, unit="img")
 
     check_engine(engine)
     try:

@@ -7,19 +7,23 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from convscope.cli.common import (
+    DEFAULT_MODEL,
     ArchOpt,
     ChannelsLastOpt,
+    DataOpt,
     DeviceOpt,
+    LayersOpt,
     ModelArg,
     PrecisionOpt,
     SeedOpt,
     WeightsOpt,
     load_subject,
     make_accel,
+    one_layer,
     parse_range,
+    progress_bar,
     read_images,
 )
 
@@ -29,19 +33,14 @@ ParamOpt = Annotated[str, typer.Option("--param", help="fft or pixel")]
 OutOpt = Annotated[Path, typer.Option("--out", help="output folder")]
 
 
-def _bar(what: str) -> Progress:
-    return Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=Console(stderr=True), transient=True)
-
-
 def visualize(
-    model: ModelArg,
-    layer: Annotated[str, typer.Option("--layer", help="layer to visualise")],
+    model: ModelArg = DEFAULT_MODEL,
+    layers: Annotated[str, typer.Option("--layers", help="the layer to visualise")] = ...,
     units: Annotated[str, typer.Option("--units", help="units, e.g. 0-31 or 3,7,9")] = "0-7",
     direction: Annotated[str | None, typer.Option(
         "--direction", help="random:N for N random directions instead of units")] = None,
     neuron: Annotated[bool, typer.Option("--neuron", help="centre neuron, not the channel")] = False,
-    batch: Annotated[int, typer.Option("--batch", min=1, help="units optimised together")] = 32,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="units optimised together")] = 32,
     steps: StepsOpt = 256, size: SizeOpt = 128, param: ParamOpt = "fft",
     out: OutOpt = Path("visualize-out"),
     precision: PrecisionOpt = "fp32", channels_last: ChannelsLastOpt = None,
@@ -54,12 +53,11 @@ def visualize(
     from convscope.units import Direction
 
     subject = load_subject(model, weights, arch, device)
-    info = subject.layer(layer)
-    with _bar(f"visualising {info.name}") as bar:
-        task = bar.add_task("", total=steps)
+    info = subject.layer(one_layer(layers))
+    bar, progress = progress_bar(f"visualising {info.name}", steps, unit="steps")
+    try:
         opts = dict(steps=steps, size=size, param=param, seed=seed,
-                    accel=make_accel(precision, channels_last),
-                    progress=lambda d, t: bar.update(task, completed=d, total=t))
+                    accel=make_accel(precision, channels_last), progress=progress)
         if direction:
             kind, _, n = direction.partition(":")
             if kind != "random" or not n.isdigit():
@@ -67,8 +65,10 @@ def visualize(
             dirs = Direction.random(info.name, info.units, int(n), seed=seed)
             syn = visualize_directions(subject, dirs, **opts)
         else:
-            syn = visualize_units(subject, info.name, parse_range(units), batch=batch,
+            syn = visualize_units(subject, info.name, parse_range(units), batch=batch_size,
                                   neuron=neuron, **opts)
+    finally:
+        bar.stop()
     stem = f"{info.name}_{'directions' if direction else 'units'}"
     png = syn.to_png(out / f"{stem}.png", ncols=min(8, len(syn.labels)))
     syn.save(out / f"{stem}.npz")
@@ -76,7 +76,7 @@ def visualize(
 
 
 def classviz(
-    model: ModelArg,
+    model: ModelArg = DEFAULT_MODEL,
     classes: Annotated[str, typer.Option("--classes", help="class indices, e.g. 285,967")] = "285",
     l2: Annotated[float, typer.Option("--l2", help="weight of the L2 image prior")] = 0.0,
     plain: Annotated[bool, typer.Option(
@@ -92,13 +92,15 @@ def classviz(
 
     subject = load_subject(model, weights, arch, device)
     cls = parse_range(classes)
-    with _bar("class models") as bar:
-        task = bar.add_task("", total=steps)
+    bar, progress = progress_bar("class models", steps, unit="steps")
+    try:
         opts = dict(steps=steps, size=size, seed=seed, accel=make_accel(precision, channels_last),
-                    progress=lambda d, t: bar.update(task, completed=d, total=t))
+                    progress=progress)
         if not plain:
             opts["param"] = param
         syn = class_model(subject, cls, l2=l2, regularized=not plain, **opts)
+    finally:
+        bar.stop()
     png = syn.to_png(out / "classes.png", ncols=min(6, len(cls)))
     syn.save(out / "classes.npz")
     preds = subject.predict(subject.load_images([_pil(i) for i in syn.images]), k=1)
@@ -110,9 +112,11 @@ def classviz(
 
 
 def invert(
-    model: ModelArg,
-    image: Annotated[str, typer.Argument(help="image file, or sample:NAME")],
-    layers: Annotated[str, typer.Option("--layers", help="comma-separated layers")] = "blocks.1",
+    model: ModelArg = DEFAULT_MODEL,
+    images: Annotated[list[str] | None, typer.Argument(
+        hidden=True, help="old spelling of --data: images after the model")] = None,
+    data: DataOpt = None,
+    layers: LayersOpt = "blocks.1",
     restarts: Annotated[int, typer.Option("--restarts", min=1)] = 2,
     tv: Annotated[float, typer.Option("--tv", help="weight of the TV^beta prior")] = 0.005,
     beta: Annotated[float, typer.Option("--beta", help="TV exponent")] = 2.0,
@@ -125,23 +129,27 @@ def invert(
     from convscope.synthesis import invert as run
 
     subject = load_subject(model, weights, arch, device)
-    (name, img), = read_images([image])
     names = subject.layers.resolve(layers)
-    with _bar("inverting") as bar:
-        task = bar.add_task("", total=steps)
-        inv = run(subject, img, names, restarts=restarts, tv=tv, beta=beta, steps=steps, seed=seed,
-                  progress=lambda d, t: bar.update(task, completed=d, total=t))
-    png = inv.to_png(out / f"{name}_inversion.png")
     o = Console()
-    for n, e in zip(inv.layers, inv.errors):
-        o.print(f"{n:<24} normalised feature error {e:.4f}")
-    o.print(f"wrote {png}")
+    for name, img in read_images([*(images or []), *(data or [])]):
+        bar, progress = progress_bar(f"inverting {name}", steps, unit="steps")
+        try:
+            inv = run(subject, img, names, restarts=restarts, tv=tv, beta=beta, steps=steps, seed=seed,
+                      progress=progress)
+        finally:
+            bar.stop()
+        png = inv.to_png(out / f"{name}_inversion.png")
+        for n, e in zip(inv.layers, inv.errors):
+            o.print(f"{n:<24} normalised feature error {e:.4f}")
+        o.print(f"wrote {png}")
 
 
 def dream(
-    model: ModelArg,
-    image: Annotated[str, typer.Argument(help="image file, or sample:NAME")],
-    layer: Annotated[str, typer.Option("--layer", help="layer to amplify")],
+    model: ModelArg = DEFAULT_MODEL,
+    images: Annotated[list[str] | None, typer.Argument(
+        hidden=True, help="old spelling of --data: images after the model")] = None,
+    data: DataOpt = None,
+    layers: Annotated[str, typer.Option("--layers", help="the layer to amplify")] = ...,
     octaves: Annotated[int, typer.Option("--octaves", min=1)] = 4,
     steps: Annotated[int, typer.Option("--steps", min=1, help="steps per octave")] = 10,
     frames: Annotated[int, typer.Option("--frames", min=0, help="zoom-in frames (GIF)")] = 0,
@@ -155,15 +163,16 @@ def dream(
     from convscope.synthesis import dream_zoom
 
     subject = load_subject(model, weights, arch, device)
-    (name, img), = read_images([image])
-    if frames:
-        d = dream_zoom(subject, img, layer, frames=frames, zoom=zoom, octaves=octaves,
-                       steps=steps, seed=seed)
-        gif = d.to_gif(out / f"{name}_dream.gif")
-        Console().print(f"wrote {gif} ({frames} frames)")
-    else:
-        d = run(subject, img, layer, octaves=octaves, steps=steps, seed=seed)
-    Console().print(f"wrote {d.to_png(out / f'{name}_dream.png')}")
+    layer = subject.layer(one_layer(layers)).name
+    for name, img in read_images([*(images or []), *(data or [])]):
+        if frames:
+            d = dream_zoom(subject, img, layer, frames=frames, zoom=zoom, octaves=octaves,
+                           steps=steps, seed=seed)
+            gif = d.to_gif(out / f"{name}_dream.gif")
+            Console().print(f"wrote {gif} ({frames} frames)")
+        else:
+            d = run(subject, img, layer, octaves=octaves, steps=steps, seed=seed)
+        Console().print(f"wrote {d.to_png(out / f'{name}_dream.png')}")
 
 
 def _pil(arr):

@@ -1,4 +1,4 @@
-"""``convscope topk ATLAS --layer L --unit U``: one unit's top images, as a table and a PNG."""
+"""``convscope topk ATLAS --layers L --unit U``: one unit's top images, as a table and a PNG."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from rich.table import Table
 
 def topk(
     atlas: Annotated[Path, typer.Argument(help="atlas folder written by `convscope scan`")],
-    layer: Annotated[str, typer.Option("--layer", help="scanned layer")],
+    layers: Annotated[str, typer.Option("--layers", help="the scanned layer (one)")],
     unit: Annotated[int, typer.Option("--unit", help="channel (or direction) number")],
     criterion: Annotated[str, typer.Option("--criterion", help="max, mean or area")] = "max",
     direction: Annotated[bool, typer.Option(
@@ -26,12 +26,15 @@ def topk(
 ) -> None:
     """Print the top-K images of one unit and write its patch/heat-map grid."""
     from convscope.atlas import Atlas, reopen
+    from convscope.cli.common import one_layer
+    from convscope.data import display_name
     from convscope.errors import UserInputError
     from convscope.fileio import save_image
     from convscope.scan.patches import render_topk
 
     if fmt not in ("table", "json"):
         raise UserInputError("--format must be 'table' or 'json'")
+    layer = one_layer(layers)
     store = Atlas.open(atlas)
     top = store.topk(layer, unit, criterion, direction=direction)
     png = None
@@ -41,8 +44,10 @@ def topk(
         vec = store.direction(layer, unit) if direction else None
         kind = "direction" if direction else "unit"
         png = out or store.render_dir / layer / f"{kind}{unit:04d}_{criterion}.png"
-        save_image(render_topk(subject, source, top, direction=vec), png)
-    rows = [{"rank": r, "image": int(i), "name": n, "score": float(s), "y": int(y), "x": int(x)}
+        measured = [] if direction else [r["size"] for r in store.empirical_rfs(layer) if r["unit"] == unit]
+        save_image(render_topk(subject, source, top, direction=vec,
+                               empirical=measured[0] if measured else None), png)
+    rows = [{"rank": r, "image": int(i), "name": display_name(n), "score": float(s), "y": int(y), "x": int(x)}
             for r, (i, n, s, y, x) in enumerate(zip(top.images, top.names, top.scores, top.ys, top.xs))]
     if fmt == "json":
         typer.echo(json.dumps({"layer": layer, "unit": unit, "criterion": criterion,

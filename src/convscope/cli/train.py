@@ -8,36 +8,45 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from convscope.cli.common import ArchOpt, DeviceOpt, ModelArg, SeedOpt, WeightsOpt, load_subject
+from convscope.cli.common import (
+    DEFAULT_MODEL,
+    MODEL_HELP,
+    ArchOpt,
+    DeviceOpt,
+    ModelArg,
+    ResumeOpt,
+    SeedOpt,
+    WeightsOpt,
+    load_subject,
+    progress_bar,
+)
 
-DataArg = Annotated[str, typer.Argument(help="ImageFolder folder or archive (train/ and test/ inside)")]
+TRAIN_DATA = "../shared/data/cifar10-jpg.tar.gz"
+TrainDataOpt = Annotated[str, typer.Option(
+    "--data", help="ImageFolder folder or archive (train/ and test/ inside)")]
 
 
 def _bar(label: str):
-    console = Console(stderr=True)
-    bar = Progress(
-        TextColumn(label),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.description}"),
-        console=console,
-    )
-    task = bar.add_task("", total=1)
+    bar, report = progress_bar(label, None, unit="steps")
 
     def progress(done, total, metrics):
-        if not bar.live.is_started:
-            bar.start()
-        desc = (
-            (f"epoch {metrics.epoch}: loss {metrics.train_loss:.3f}, test acc {metrics.test_accuracy:.3f}")
-            if metrics
-            else None
-        )
-        bar.update(task, completed=done, total=total, **({"description": desc} if desc else {}))
+        note = (f"epoch {metrics.epoch}: loss {metrics.train_loss:.3f}, test acc {metrics.test_accuracy:.3f}"
+                if metrics else None)
+        report(done, total, note)
 
     return bar, progress
+
+
+def _check_resume(out: Path, resume: bool) -> None:
+    """Without --resume, a run folder that holds a run is refused (nothing is overwritten)."""
+    from convscope.errors import UserInputError
+    from convscope.train.loop import latest_checkpoint
+
+    last = latest_checkpoint(out) if out.is_dir() else None
+    if last is not None and not resume:
+        raise UserInputError(f"{out} holds a training run (last checkpoint {last.name}); pass --resume "
+                             "to continue it or choose another --out")
 
 
 def _split(data: str, size: int, train_pattern: str, test_pattern: str, limit: int | None, cache: Path):
@@ -75,7 +84,9 @@ def _report(out: Path, model, result, test, config, classes, title: str) -> None
 
 
 def train(
-    data: DataArg = "../shared/data/cifar10-jpg.tar.gz",
+    data_arg: Annotated[str | None, typer.Argument(
+        hidden=True, help="old spelling of --data")] = None,
+    data: TrainDataOpt = TRAIN_DATA,
     arch: Annotated[str, typer.Option("--arch", help="small or resnet9")] = "small",
     epochs: Annotated[int, typer.Option("--epochs", min=1)] = 10,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 128,
@@ -91,12 +102,13 @@ def train(
     train_pattern: Annotated[str, typer.Option("--train-pattern")] = "train/*",
     test_pattern: Annotated[str, typer.Option("--test-pattern")] = "test/*",
     limit: Annotated[int | None, typer.Option("--limit", help="training images per class")] = None,
-    out: Annotated[Path, typer.Option("--out", help="run folder (resumed if it exists)")] = Path("run"),
+    out: Annotated[Path, typer.Option("--out", help="run folder")] = Path("run"),
+    resume: ResumeOpt = False,
     device: DeviceOpt = "cpu",
     seed: SeedOpt = 0,
 ) -> None:
     """Train a small CNN from scratch: per-epoch checkpoints, metrics, curves, filter evolution
-    and the confusion matrix. Run again with the same --out to resume."""
+    and the confusion matrix. The same command with --resume continues a killed run."""
     import torch
 
     from convscope.fileio import save_image
@@ -104,6 +116,8 @@ def train(
     from convscope.train import TrainConfig, build
     from convscope.train import train as run
 
+    data = data_arg or data
+    _check_resume(out, resume)
     tr, te = _split(data, size, train_pattern, test_pattern, limit, out / "cache")
     torch.manual_seed(seed)
     options = (
@@ -134,7 +148,7 @@ def train(
         result = run(model, tr, te, config, out, device=device, progress=progress, meta=meta)
     except KeyboardInterrupt:
         bar.stop()
-        Console(stderr=True).print(f"interrupted; run the same command to resume ({out})")
+        Console(stderr=True).print(f"interrupted; continue with the same command and --resume ({out})")
         raise typer.Exit(130) from None
     finally:
         bar.stop()
@@ -167,10 +181,8 @@ def _snapshots(out: Path, every: int = 1):
 
 
 def finetune(
-    model: ModelArg = "efficientnet_lite0",
-    data: Annotated[
-        str, typer.Option("--data", help="ImageFolder folder or archive")
-    ] = "../shared/data/cifar10-jpg.tar.gz",
+    model: ModelArg = DEFAULT_MODEL,
+    data: TrainDataOpt = TRAIN_DATA,
     train_pattern: Annotated[str, typer.Option("--train-pattern")] = "train/*",
     test_pattern: Annotated[str, typer.Option("--test-pattern")] = "test/*",
     limit: Annotated[int | None, typer.Option("--limit", help="training images per class")] = 50,
@@ -184,6 +196,7 @@ def finetune(
         str | None, typer.Option("--scan-layer", help="scan this layer on the test images before and after")
     ] = None,
     out: Annotated[Path, typer.Option("--out")] = Path("finetune"),
+    resume: ResumeOpt = False,
     weights: WeightsOpt = "default",
     arch: ArchOpt = None,
     device: DeviceOpt = "cpu",
@@ -202,6 +215,9 @@ def finetune(
     from convscope.train import TrainConfig, blocks, freeze, replace_head
     from convscope.train import train as run
 
+    ks = parse_range(freeze_blocks)
+    for k in ks:
+        _check_resume(out / f"freeze_{k}", resume)
     subject = load_subject(model, weights, arch, "cpu")
     size = subject.input_size[0]
     tr, te = _split(data, size, train_pattern, test_pattern, limit, out / "cache")
@@ -216,7 +232,6 @@ def finetune(
         std=tuple(pre.std),
     )
     names = blocks(subject.model)
-    ks = parse_range(freeze_blocks)
     base = subject.model
     if scan_layer:
         _scan(subject, te, out / "scan_before", scan_layer, device)
@@ -282,7 +297,8 @@ def _scan(subject, data, where: Path, layer: str, device: str) -> None:
 
 
 def filters(
-    target: Annotated[str, typer.Argument(help="a `convscope train` run folder, or a model")],
+    target: Annotated[str, typer.Argument(
+        help="a `convscope train` run folder, or a model: " + MODEL_HELP)] = DEFAULT_MODEL,
     layers: Annotated[
         str | None, typer.Option("--layers", help="conv layers (default: first, middle, last)")
     ] = None,
@@ -336,9 +352,10 @@ def filters(
         save_image(image_grid(tiles, ncols=min(n, 16), pad=3, captions=captions), out)
         Console().print(f"{len(tiles)} filters -> {out}")
         return
-    from convscope.data import Batches, open_images
+    from convscope.cli.common import open_data
+    from convscope.data import Batches
 
-    source = open_images(data, transform=subject.transform)
+    source = open_data([data], subject.transform)
     sums = {nm: 0.0 for nm in names}
     count = 0
     with subject.record(names, stop=True) as rec:
@@ -369,7 +386,7 @@ def filters(
 def compare_scans(
     before: Annotated[Path, typer.Argument(help="atlas before (e.g. finetune/scan_before)")],
     after: Annotated[Path, typer.Argument(help="atlas after (e.g. finetune/scan_after)")],
-    layer: Annotated[str, typer.Option("--layer")],
+    layers: Annotated[str, typer.Option("--layers", help="the scanned layer (one)")],
     units: Annotated[str, typer.Option("--units", help="e.g. 0-3")] = "0-3",
     k: Annotated[int, typer.Option("--k", min=1, help="top images per side")] = 6,
     out: Annotated[Path, typer.Option("--out", help="folder for the PNGs")] = Path("compare_scans"),
@@ -378,13 +395,13 @@ def compare_scans(
     from PIL import Image, ImageDraw
 
     from convscope.atlas import Atlas
-    from convscope.cli.common import parse_range
+    from convscope.cli.common import one_layer, parse_range
     from convscope.fileio import save_image
     from convscope.render.topk import _fit
 
     a, b = Atlas.open(before), Atlas.open(after)
     src_a, src_b = _source_only(a), _source_only(b)
-    name = a.layer(layer)["name"]
+    name = a.layer(one_layer(layers))["name"]
     cell, pad = 72, 3
     for u in parse_range(units):
         ta, tb = a.topk(name, u), b.topk(name, u)
