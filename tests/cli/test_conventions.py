@@ -64,8 +64,18 @@ NEW = {  # command: spellings its --help shows
     "demo": ["[model]"],
     "layers": ["[model]"],
 }
-OLD = [r"--layer\b(?!s)", r"--batch\b(?!-)", r"--class\b(?!e)", "--images", r"--restart\b",
-       "--model", r"\[images\]", r"\[data.arg\]", r"\[image\]", r"\[IMAGES\]"]
+OLD = [
+    r"--layer\b(?!s)",
+    r"--batch\b(?!-)",
+    r"--class\b(?!e)",
+    "--images",
+    r"--restart\b",
+    "--model",
+    r"\[images\]",
+    r"\[data.arg\]",
+    r"\[image\]",
+    r"\[IMAGES\]",
+]
 
 
 @pytest.mark.parametrize("command", sorted(NEW))
@@ -117,7 +127,9 @@ def test_old_spellings_still_parse(command, args, param, value):
 
 def test_new_spellings_parse():
     assert _parse("explain", ["--data", "a.jpg", "--data", "sample:chelsea"])["data"] == [
-        "a.jpg", "sample:chelsea"]
+        "a.jpg",
+        "sample:chelsea",
+    ]
     assert _parse("explain", [])["model"] == "efficientnet_lite0"
     assert _parse("features", [])["resume"] is False and _parse("features", ["--resume"])["resume"]
     assert _parse("train", ["--data", "x", "--resume"])["resume"]
@@ -133,17 +145,63 @@ def test_modern_args_leaves_values_and_the_rest_alone():
 def test_old_spellings_run(tiny_models, tmp_path, capsys):
     # explain with the image after the model and --layer, attack with a numeric --target,
     # fool with --class, visualize with --batch: the old command lines keep working
-    assert main(["explain", "tiny", "sample:coffee", "--method", "gradcam", "--layer", "conv2",
-                 "--out", str(tmp_path / "e")]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                "tiny",
+                "sample:coffee",
+                "--method",
+                "gradcam",
+                "--layer",
+                "conv2",
+                "--out",
+                str(tmp_path / "e"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "e" / "coffee_gradcam.png").exists()
-    code = main(["attack", "tiny", "sample:coffee", "--method", "fgsm", "--target", "3",
-                 "--eps", "8/255", "--out", str(tmp_path / "a")])
+    code = main(
+        [
+            "attack",
+            "tiny",
+            "sample:coffee",
+            "--method",
+            "fgsm",
+            "--target",
+            "3",
+            "--eps",
+            "8/255",
+            "--out",
+            str(tmp_path / "a"),
+        ]
+    )
     assert code in (0, 1)  # 1: the attack did not succeed, which is not an input error
     assert (tmp_path / "a" / "coffee_fgsm.png").exists()
     assert main(["fool", "tiny", "--class", "3", "--steps", "2", "--out", str(tmp_path / "f")]) == 0
     assert (tmp_path / "f" / "fool_3_gradient.png").exists()
-    assert main(["visualize", "tiny", "--layer", "conv2", "--units", "0-1", "--batch", "1",
-                 "--steps", "2", "--size", "32", "--out", str(tmp_path / "v")]) == 0
+    assert (
+        main(
+            [
+                "visualize",
+                "tiny",
+                "--layer",
+                "conv2",
+                "--units",
+                "0-1",
+                "--batch",
+                "1",
+                "--steps",
+                "2",
+                "--size",
+                "32",
+                "--out",
+                str(tmp_path / "v"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "v" / "conv2_units.png").exists()
 
 
@@ -155,18 +213,53 @@ def test_new_spellings_run(tiny_models, tmp_path, capsys):
     sample_view("chelsea").save(folder / "cat.png")
     (folder / "broken.jpg").write_bytes(b"not an image")
     out = tmp_path / "e"
-    assert main(["explain", "tiny", "--data", str(folder), "--data", "sample:coffee/centre",
-                 "--method", "saliency", "--target", "class:2", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                "tiny",
+                "--data",
+                str(folder),
+                "--data",
+                "sample:coffee/centre",
+                "--method",
+                "saliency",
+                "--target",
+                "class:2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert (out / "cat_saliency.png").exists() and (out / "coffee_centre_saliency.png").exists()
     assert "broken.jpg" in capsys.readouterr().err  # skipped and counted, not fatal
-    assert main(["attack", "tiny", "--data", "sample:coffee", "--method", "fgsm", "--target",
-                 "class:3", "--out", str(tmp_path / "a")]) in (0, 1)
+    assert main(
+        [
+            "attack",
+            "tiny",
+            "--data",
+            "sample:coffee",
+            "--method",
+            "fgsm",
+            "--target",
+            "class:3",
+            "--out",
+            str(tmp_path / "a"),
+        ]
+    ) in (0, 1)
     capsys.readouterr()
-    assert main(["attack", "tiny", "--data", "sample:coffee", "--target", "conv2:1",
-                 "--out", str(tmp_path / "a")]) == 2
+    assert (
+        main(
+            ["attack", "tiny", "--data", "sample:coffee", "--target", "conv2:1", "--out", str(tmp_path / "a")]
+        )
+        == 2
+    )
     assert "class" in capsys.readouterr().err
-    assert main(["explain", "tiny", "--data", "sample:coffee", "--layers", "conv1,conv2",
-                 "--method", "gradcam"]) == 2
+    assert (
+        main(["explain", "tiny", "--data", "sample:coffee", "--layers", "conv1,conv2", "--method", "gradcam"])
+        == 2
+    )
     assert "one layer" in capsys.readouterr().err
     assert main(["explain", "sample:coffee"]) == 2  # an image where the model goes: a hint
     assert "--data" in capsys.readouterr().err
@@ -174,17 +267,37 @@ def test_new_spellings_run(tiny_models, tmp_path, capsys):
 
 def test_scan_takes_a_bundled_photo_in_data(tiny_models, tmp_path, capsys):
     out = tmp_path / "atlas"
-    assert main(["scan", "tiny", "--data", "sample:c*", "--layers", "conv2", "--k", "2",
-                 "--threshold-sample", "4", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "scan",
+                "tiny",
+                "--data",
+                "sample:c*",
+                "--layers",
+                "conv2",
+                "--k",
+                "2",
+                "--threshold-sample",
+                "4",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     from convscope.atlas import Atlas
 
     names = set(Atlas.open(out).topk("conv2", 0).names)
-    assert names and all(n.split("/")[0] in ("chelsea", "coffee", "coins", "colorwheel", "camera",
-                                              "clock") for n in names)
+    assert names and all(
+        n.split("/")[0] in ("chelsea", "coffee", "coins", "colorwheel", "camera", "clock") for n in names
+    )
 
 
-RATE_ETA = re.compile(r"^(\S[^:]*): (\d+(?:\.\d)?)/(\d+) \(\d+%\), \d+\.\d [\w-]+/s, (ETA \d+:\d\d:\d\d|"
-                      r"ETA unknown|took \d+:\d\d:\d\d)")
+RATE_ETA = re.compile(
+    r"^(\S[^:]*): (\d+(?:\.\d)?)/(\d+) \(\d+%\), \d+\.\d [\w-]+/s, (ETA \d+:\d\d:\d\d|"
+    r"ETA unknown|took \d+:\d\d:\d\d)"
+)
 
 
 def _progress_lines(err: str, label: str) -> list[tuple[float, int, str]]:
@@ -199,9 +312,29 @@ def _progress_lines(err: str, label: str) -> list[tuple[float, int, str]]:
 def test_progress_lines_when_not_a_terminal(tiny_models, tmp_path, capsys, monkeypatch):
     """stderr is captured (no terminal): plain lines with done/total, rate and ETA."""
     monkeypatch.setenv("CONVSCOPE_PROGRESS_INTERVAL", "0")
-    assert main(["scan", "tiny", "--data", "convscope:samples", "--pattern", "c*", "--layers", "conv2",
-                 "--k", "2", "--threshold-sample", "4", "--batch-size", "6",
-                 "--out", str(tmp_path / "atlas")]) == 0
+    assert (
+        main(
+            [
+                "scan",
+                "tiny",
+                "--data",
+                "convscope:samples",
+                "--pattern",
+                "c*",
+                "--layers",
+                "conv2",
+                "--k",
+                "2",
+                "--threshold-sample",
+                "4",
+                "--batch-size",
+                "6",
+                "--out",
+                str(tmp_path / "atlas"),
+            ]
+        )
+        == 0
+    )
     lines = _progress_lines(capsys.readouterr().err, "scanning")
     assert len(lines) >= 3, lines
     assert any(eta.startswith("ETA ") for _, _, eta in lines)
@@ -211,9 +344,27 @@ def test_progress_lines_when_not_a_terminal(tiny_models, tmp_path, capsys, monke
 
 def test_explain_reports_progress_within_a_method(tiny_models, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("CONVSCOPE_PROGRESS_INTERVAL", "0")
-    assert main(["explain", "tiny", "--data", "sample:coffee", "--data", "sample:chelsea",
-                 "--method", "occlusion,saliency", "--window", "8", "--stride", "2",
-                 "--out", str(tmp_path / "e")]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                "tiny",
+                "--data",
+                "sample:coffee",
+                "--data",
+                "sample:chelsea",
+                "--method",
+                "occlusion,saliency",
+                "--window",
+                "8",
+                "--stride",
+                "2",
+                "--out",
+                str(tmp_path / "e"),
+            ]
+        )
+        == 0
+    )
     lines = _progress_lines(capsys.readouterr().err, "explaining")
     done = [d for d, total, _ in lines]
     assert {total for _, total, _ in lines} == {4}  # 2 methods x 2 images
@@ -229,10 +380,13 @@ def test_attribution_progress_callback(tiny_models):
 
     subject = tiny_subject(size=32)
     x = torch.rand(2, 3, 32, 32)
-    for method, options in (("occlusion", {"window": 8, "stride": 2}), ("scorecam", {"batch": 4}),
-                            ("saliency", {})):
+    for method, options in (
+        ("occlusion", {"window": 8, "stride": 2}),
+        ("scorecam", {"batch": 4}),
+        ("saliency", {}),
+    ):
         seen = []
-        explain(subject, x, method, progress=lambda d, t: seen.append((d, t)), **options)
+        explain(subject, x, method, progress=lambda d, t, seen=seen: seen.append((d, t)), **options)
         assert seen[0] == (0, 2) and seen[-1] == (2, 2), method
         assert all(t == 2 for _, t in seen)
         assert all(a <= b for (a, _), (b, _) in zip(seen, seen[1:])), method
@@ -253,9 +407,11 @@ def test_progress_lines_interval(monkeypatch):
         clock[0] = 100.0 + t
         bar.update(done)
     lines = buf.getvalue().splitlines()
-    assert lines == ["scanning: 50/100 (50%), 4.5 img/s, ETA 0:00:11",
-                     "scanning: 80/100 (80%), 3.7 img/s, ETA 0:00:05",
-                     "scanning: 100/100 (100%), 4.0 img/s, took 0:00:25"]
+    assert lines == [
+        "scanning: 50/100 (50%), 4.5 img/s, ETA 0:00:11",
+        "scanning: 80/100 (80%), 3.7 img/s, ETA 0:00:05",
+        "scanning: 100/100 (100%), 4.0 img/s, took 0:00:25",
+    ]
 
 
 def test_progress_interval_env(tiny_models, monkeypatch, capsys):
