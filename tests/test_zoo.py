@@ -260,3 +260,54 @@ def test_input_to_original_finds_a_marked_pixel(pre, original):
         )
         tol = 1.0 + max(h / oh, w / ow)  # a marked original pixel spans this many input pixels
         assert abs(cy + 0.5 - fy * h) < tol and abs(cx + 0.5 - fx * w) < tol, (cy, cx, fy * h, fx * w)
+
+
+# --- class names ------------------------------------------------------------------------------
+
+
+def test_unit_names_are_the_classes_of_the_classifier(default_subject, alexnet):
+    assert default_subject.unit_name("classifier", 285) == "Egyptian cat"
+    assert default_subject.unit_name("classifier", 1000) is None
+    assert default_subject.unit_name("conv_head", 285) is None  # 1280 unnamed channels
+    assert default_subject.unit_name("no.such.layer", 0) is None
+    # the Linear and the Sequential that returns its output; an alias too; not the 4096 fc7
+    assert alexnet.unit_name("classifier.6", 340) == "zebra"
+    assert alexnet.unit_name("classifier", 340) == "zebra"
+    assert alexnet.unit_name("fc8", 340) == "zebra"
+    assert alexnet.unit_name("classifier.4", 340) is None
+
+
+def test_unit_names_need_labels_and_the_last_layer():
+    from convscope.testing import tiny_subject
+
+    tiny = tiny_subject(num_classes=16)  # conv2 also has 16 channels, but runs before fc
+    assert tiny.unit_name("fc", 3) == "class3"
+    assert tiny.unit_name("conv2", 3) is None
+    tiny.labels = None
+    tiny.__dict__.pop("_class_layers", None)
+    assert tiny.unit_name("fc", 3) is None
+
+
+def test_class_index_takes_names(default_subject):
+    c = default_subject.class_index
+    assert c(285) == c("285") == c("Egyptian cat") == c("egyptian CAT") == c("Egyptian_cat") == 285
+    assert c("zebra") == 340 and c(" Zebra ") == 340
+    assert c("crane") == 517 and c("crane bird") == 134
+    with pytest.raises(UserInputError, match="'zebra'"):
+        c("zebar")
+    with pytest.raises(UserInputError, match="'tiger cat'.*'Egyptian cat'"):
+        c("cat")
+    with pytest.raises(UserInputError, match="out of range.*0..999"):
+        c(1000)
+    with pytest.raises(UserInputError, match="out of range"):
+        c("-1")
+
+
+def test_class_index_without_names():
+    from convscope.testing import tiny_subject
+
+    tiny = tiny_subject(num_classes=4)
+    tiny.labels = None
+    assert tiny.class_index("2") == 2
+    with pytest.raises(UserInputError, match="no class names"):
+        tiny.class_index("zebra")

@@ -41,8 +41,8 @@ class Subject:
         self.transform = transform or preprocess
         self.labels = list(labels) if labels is not None else None
         self.name = name
-        self.token_layout = token_layout if token_layout is not None else detect_token_layout(
-            model, preprocess.size
+        self.token_layout = (
+            token_layout if token_layout is not None else detect_token_layout(model, preprocess.size)
         )
         # How to load this subject again (set by convscope.load; None for wrapped modules).
         self.spec: dict | None = None
@@ -66,8 +66,7 @@ class Subject:
         if isinstance(transform, Preprocess):
             preprocess, custom = transform, None
         else:
-            preprocess = Preprocess(size=size, resize=None, mode="squash",
-                                    mean=tuple(mean), std=tuple(std))
+            preprocess = Preprocess(size=size, resize=None, mode="squash", mean=tuple(mean), std=tuple(std))
             custom = transform
         return cls(model, preprocess, labels, name or type(model).__name__, transform=custom)
 
@@ -158,6 +157,78 @@ class Subject:
             return self.labels[index]
         return str(index)
 
+    def class_index(self, name: str | int) -> int:
+        """The output index of a class: an index (``285``, ``"285"``) or a class name
+        (``"Egyptian cat"``; exact, else ignoring case, with ``_`` for spaces). Out-of-range
+        indices and unknown names are a one-line error, with the closest names."""
+        from convscope.errors import UserInputError
+
+        text = str(name).strip()
+        try:
+            index = name.__index__() if hasattr(name, "__index__") else int(text)
+        except (ValueError, TypeError):
+            index = None
+        if index is not None:
+            n = len(self.labels) if self.labels else self.num_outputs
+            if not 0 <= index < n:
+                raise UserInputError(f"class {index} is out of range: the model has {n} classes (0..{n - 1})")
+            return index
+        if not self.labels:
+            raise UserInputError(f"class {text!r}: {self.name} has no class names; give a class index")
+        if text in self._class_indices:
+            return self._class_indices[text]
+        folded = self._folded_class_indices
+        key = " ".join(text.replace("_", " ").split()).casefold()
+        if key in folded:
+            return folded[key]
+        raise UserInputError(f"unknown class {text!r}" + _class_hint(key, self.labels))
+
+    @cached_property
+    def _class_indices(self) -> dict[str, int]:
+        return {c: i for i, c in reversed(list(enumerate(self.labels or ())))}
+
+    @cached_property
+    def _folded_class_indices(self) -> dict[str, int]:
+        return {c.casefold(): i for i, c in reversed(list(enumerate(self.labels or ())))}
+
+    def unit_name(self, layer: str, unit: int) -> str | None:
+        """The class name of ``unit`` when ``layer`` gives the model's class scores (its unit
+        count is the number of class names and nothing else runs after it), else None: the
+        units of ``classifier`` are ``"tench"``, ``"goldfish"``, ..., those of other layers
+        have no names."""
+        names = self._class_layers
+        if layer not in names:
+            from convscope.errors import ConvscopeError
+
+            try:
+                layer = self.layer(layer).name  # an alias (``fc8``)
+            except (ConvscopeError, KeyError):
+                return None
+        if layer in names and 0 <= unit < len(self.labels):
+            return self.labels[unit]
+        return None
+
+    @cached_property
+    def _class_layers(self) -> frozenset[str]:
+        """Layers whose outputs are the class scores: one score per class name, shape (N,) or
+        (N, 1, 1), finished after every layer of another shape (the classifier and the
+        containers that return its output)."""
+        from convscope.errors import ConvscopeError
+
+        n = len(self.labels) if self.labels else 0
+        if not n:
+            return frozenset()
+        try:
+            infos = [i for i in self.layers if i.shape is not None]
+        except ConvscopeError:  # a TorchScript model: no layer table
+            return frozenset()
+
+        def scores(i: LayerInfo) -> bool:
+            return i.units == n and (len(i.shape) == 1 or tuple(i.shape) == (n, 1, 1))
+
+        last_other = max((i.order for i in infos if not scores(i)), default=-1)
+        return frozenset(i.name for i in infos if scores(i) and i.order > last_other)
+
     def __repr__(self) -> str:
         h, w = self.input_size
         n = len(self.labels) if self.labels else "?"
@@ -186,6 +257,22 @@ class Predictions:
             ]
             out.append({"image": image_names[i] if image_names else i, "top": top})
         return out
+
+
+def _class_hint(key: str, labels: Sequence[str]) -> str:
+    """ "; did you mean ...?" with the class names closest to ``key`` (case-folded): names that
+    contain it as whole words first (``cat``: ``tiger cat``), then difflib's close matches."""
+    import difflib
+
+    folded = [c.casefold() for c in labels]
+    found = [c for c in folded if f" {key} " in f" {c} "][:5]
+    for c in difflib.get_close_matches(key, folded, n=5, cutoff=0.6):
+        if len(found) < 5 and c not in found:
+            found.append(c)
+    if not found:
+        return ""
+    first = {c: labels[i] for i, c in reversed(list(enumerate(folded)))}
+    return f"; did you mean {', '.join(repr(first[c]) for c in found)}?"
 
 
 def check_device(device: str | torch.device) -> torch.device:

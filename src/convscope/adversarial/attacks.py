@@ -71,7 +71,7 @@ def _labels(subject: Subject, x: torch.Tensor, labels) -> list[int]:
 
 def pgd(subject: Subject, images: ImageLike | Sequence[ImageLike] | torch.Tensor, *,
         eps: float = 2 / 255, alpha: float | None = None, steps: int = 10, norm: str = "linf",
-        target: int | Sequence[int] | None = None, labels: Sequence[int] | None = None,
+        target: int | str | Sequence[int | str] | None = None, labels: Sequence[int] | None = None,
         random_start: bool = False, seed: int = 0) -> Adversarial:
     """Projected gradient descent (Madry et al. 2018). Untargeted: increase the cross-entropy of
     ``labels`` (default: the model's own predictions); targeted: decrease that of ``target``.
@@ -117,7 +117,8 @@ def pgd(subject: Subject, images: ImageLike | Sequence[ImageLike] | torch.Tensor
 
 
 def fgsm(subject: Subject, images, *, eps: float = 2 / 255,
-         target: int | Sequence[int] | None = None, labels: Sequence[int] | None = None) -> Adversarial:
+         target: int | str | Sequence[int | str] | None = None,
+         labels: Sequence[int] | None = None) -> Adversarial:
     """Fast gradient sign method (Goodfellow et al. 2015): one step of size eps."""
     return pgd(subject, images, eps=eps, alpha=eps, steps=1, target=target, labels=labels)
 
@@ -154,10 +155,8 @@ def minimal(subject: Subject, image, target: int, *, lambdas: Sequence[float] | 
 def _targets(subject: Subject, target, n: int) -> list[int] | None:
     if target is None:
         return None
-    tgt = [int(target)] * n if isinstance(target, int) else [int(t) for t in target]
-    classes = len(subject.labels) if subject.labels else None
-    if classes is not None and any(not 0 <= t < classes for t in tgt):
-        raise UserInputError(f"target classes must be in 0..{classes - 1}")
+    single = isinstance(target, (int, str)) or not hasattr(target, "__len__")
+    tgt = [subject.class_index(t) for t in ([target] * n if single else target)]  # names too
     if len(tgt) != n:
         raise UserInputError(f"{len(tgt)} targets for {n} images")
     return tgt

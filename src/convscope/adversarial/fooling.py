@@ -59,17 +59,16 @@ class Fooling:
         return save_image(self.to_image(), path)
 
 
-def fool(subject: Subject, target: int, method: str = "gradient", *, n: int = 1,
+def fool(subject: Subject, target: int | str, method: str = "gradient", *, n: int = 1,
          size: int | None = None, seed: int = 0, progress: Progress | None = None,
          **options) -> Fooling:
-    """Make ``n`` fooling images for class ``target`` with ``method`` (gradient, evolve, cppn).
+    """Make ``n`` fooling images for class ``target`` (an index or a class name) with ``method``
+    (gradient, evolve, cppn).
 
     gradient: ``steps=60``, ``lr=0.1``. evolve: ``generations=200``, ``population=32``,
     ``elite=4``, ``genome=16`` (px per side), ``rate=0.1``, ``sigma=0.2``. cppn: the same with
     ``hidden=16`` and ``layers=3``."""
-    classes = len(subject.labels) if subject.labels else None
-    if classes is not None and not 0 <= target < classes:
-        raise UserInputError(f"class {target} is out of range (0..{classes - 1})")
+    target = subject.class_index(target)  # a name, or a range-checked index
     h, w = (size, size) if size else subject.input_size
     if method == "gradient":
         gen = torch.Generator().manual_seed(seed)

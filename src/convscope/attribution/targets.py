@@ -3,7 +3,8 @@
 Target specifications (strings, as on the command line, or objects):
 
 - ``"top"``: the predicted class of each image (its logit);
-- ``"class:285"`` / ``285``: a class logit; ``"prob:285"``: its softmax probability;
+- ``"class:285"`` / ``285`` / ``"class:Egyptian cat"``: a class logit (by index or by name, any
+  case); ``"prob:285"`` / ``"prob:zebra"``: its softmax probability;
 - ``"blocks.5:17"``: channel 17 of a layer, spatially averaged; ``"blocks.5:17@3,4"``: the single
   neuron at map position (3, 4);
 - a :class:`~convscope.Unit` or :class:`~convscope.Direction`.
@@ -111,29 +112,50 @@ def resolve_target(subject: Subject, spec, x: torch.Tensor | None = None) -> Tar
     if isinstance(spec, Direction):
         info = subject.layer(spec.layer)
         if spec.vector.numel() != info.units:
-            raise UserInputError(f"direction has {spec.vector.numel()} entries, {spec.layer} has "
-                                 f"{info.units} channels")
+            raise UserInputError(
+                f"direction has {spec.vector.numel()} entries, {spec.layer} has {info.units} channels"
+            )
         return Target("direction", direction=spec)
     if isinstance(spec, int):
         spec = f"class:{spec}"
     text = str(spec).strip()
+    if text.isdigit():  # as the int 285: a class index
+        text = f"class:{text}"
     if text == "top":
         if x is None:
             return Target("class", top=True)
         with torch.no_grad():
             pred = logits(subject, x).argmax(-1)
         return Target("class", tuple(int(c) for c in pred.tolist()), top=True)
-    head, _, rest = text.partition(":")
+    head, sep, rest = text.partition(":")
     if head in ("class", "prob", "logit"):
-        try:
-            c = int(rest)
-        except ValueError:
-            raise UserInputError(f"target {text!r}: expected {head}:INDEX") from None
-        n = subject.num_outputs
-        if not 0 <= c < n:
-            raise UserInputError(f"class {c} is out of range: the model has {n} classes (0..{n - 1})")
-        return Target("prob" if head == "prob" else "class", (c,))
+        if not rest.strip():
+            raise UserInputError(f"target {text!r}: expected {head}:INDEX or {head}:NAME")
+        return Target("prob" if head == "prob" else "class", (subject.class_index(rest),))
+    if not sep:
+        raise UserInputError(f"target {text!r} is not {TARGET_FORMS}" + _target_hint(subject, text))
     return _unit_target(subject, Unit.parse(text))
+
+
+TARGET_FORMS = "top, class:N, class:NAME, prob:N, prob:NAME or LAYER:UNIT[@y,x]"
+
+
+def _target_hint(subject: Subject, text: str) -> str:
+    """What a target without a colon may have meant: a class, or a layer's unit."""
+    from convscope.errors import close_matches
+
+    try:
+        name = subject.label(subject.class_index(text)).replace(" ", "_")  # shell-safe, accepted
+        return f"; did you mean class:{name}?"
+    except UserInputError:
+        pass
+    try:
+        layers = close_matches(text, subject.layers.names(), 3)
+    except Exception:  # a model without a layer table (TorchScript)
+        layers = []
+    if text in subject.layers:
+        layers = [subject.layer(text).name]
+    return f"; did you mean {', '.join(f'{n}:UNIT' for n in layers)}?" if layers else ""
 
 
 def _unit_target(subject: Subject, unit: Unit) -> Target:

@@ -48,17 +48,17 @@ def visualize_directions(subject: Subject, directions: Sequence[Direction], **op
                   labels=[str(d) for d in directions], **options)
 
 
-def class_model(subject: Subject, classes: Sequence[int], *, l2: float = 0.0,
+def class_model(subject: Subject, classes: Sequence[int | str], *, l2: float = 0.0,
                 regularized: bool = True, **options) -> Synthesis:
     """Class model visualisation (Simonyan et al. 2013): argmax_x S_c(x) - l2 * ||x||^2, one
     image per class in one batch. ``regularized=False`` is the paper's plain version (pixel
     parametrisation, no transforms, ``l2`` > 0 advised); the default adds the Fourier
     parametrisation, decorrelated colour and random transforms, which give recognisable images."""
-    n = subject.num_outputs
-    classes = list(classes)
-    bad = [c for c in classes if not 0 <= c < n]
-    if bad or not classes:
-        raise UserInputError(f"classes must be in 0..{n - 1}; got {bad or classes}")
+    if isinstance(classes, (int, str)):
+        classes = [classes]
+    classes = [subject.class_index(c) for c in classes]  # indices, range-checked, or names
+    if not classes:
+        raise UserInputError("no classes given")
     obj = O.class_logit(classes)
     if l2:
         obj = obj - l2 * O.l2()
