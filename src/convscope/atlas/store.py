@@ -283,6 +283,12 @@ class Atlas:
                 "INSERT INTO classes(idx, name, raw) VALUES (?, ?, ?)",
                 [(i, *_stored_name(c)) for i, c in enumerate(result.classes)],
             )
+            # the model's names of units (a classifier's classes), for pages made without the model
+            names = {n: [subject.unit_name(n, u) for u in range(result.channels[n])] for n in result.layers}
+            con.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('unit_names', ?)",
+                (json.dumps({n: v for n, v in names.items() if any(v)}),),
+            )
             con.executemany(
                 "INSERT INTO images(idx, name, label, status, reason, raw) VALUES (?, ?, ?, ?, ?, ?)",
                 [
@@ -492,6 +498,13 @@ class Atlas:
         """The original name of every image of the scan (as the data source gave it: a
         non-UTF-8 file name is the surrogate-escaped ``str`` that opens that file again)."""
         return [n for _, n, _ in self._images()]
+
+    def unit_names(self) -> dict[str, list[str | None]]:
+        """The names of the scanned units that have one (``Subject.unit_name``: the classes of a
+        classifier layer), by layer; layers without names are left out."""
+        with self._connect() as con:
+            row = con.execute("SELECT value FROM meta WHERE key = 'unit_names'").fetchone()
+        return json.loads(row[0]) if row else {}
 
     def classes(self) -> list[str]:
         """The original class names of the scan's source."""

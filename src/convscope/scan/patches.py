@@ -50,6 +50,8 @@ def render_topk(subject: Subject, source: ImageSource, top: UnitTopK,
             patches.append(img)
         overlays.append(heat_overlay(np.asarray(seen), m.numpy(), vmax))
     kind = "direction" if top.direction else "unit"
-    title = f"{top.layer} {kind} {top.unit} - top {len(top)} by {top.criterion}"
+    name = None if top.direction else subject.unit_name(top.layer, int(top.unit))
+    named = f' "{name}"' if name else ""  # a classifier's unit is its class
+    title = f"{top.layer} {kind} {top.unit}{named} - top {len(top)} by {top.criterion}"
     captions = [f"{s:.3g}" for s in top.scores]
     return topk_grid(patches, overlays, captions, title, cell)

@@ -115,6 +115,21 @@ def page(title: str, body: str, links: Links, model: str = "") -> str:
 
 
 def _rf(row: dict) -> str:
+def unit_name(meta: dict, layer: str, unit: int) -> str | None:
+    """The model's name of a unit (a classifier's class, from the atlas: ``Subject.unit_name``)."""
+    by_layer = meta.get("unit_names")
+    names = by_layer.get(layer) if isinstance(by_layer, dict) else None
+    if not isinstance(names, list) or not 0 <= unit < len(names):
+        return None
+    return names[unit] if isinstance(names[unit], str) else None
+
+
+def _named(meta: dict, layer: str, unit: int) -> str:
+    """`` (Egyptian cat)``, escaped, for a unit with a name; empty otherwise."""
+    name = unit_name(meta, layer, unit)
+    return f" ({escape(name)})" if name else ""
+
+
     if row.get("rf_global"):
         return "global"
     if row.get("rf_size_y") is None:
@@ -174,7 +189,8 @@ def layer_page(
         )
         cells.append(
             f"<div class='cell'><a href='{links.unit(layer['name'], u['unit'])}'>{img}"
-            f"<br>unit {u['unit']}</a><br><span class='tag'>max {u['max']:.3g}</span>{lab}</div>"
+            f"<br>unit {u['unit']}{_named(meta, layer['name'], u['unit'])}</a><br>"
+            f"<span class='tag'>max {u['max']:.3g}</span>{lab}</div>"
         )
     pages = (total + per_page - 1) // per_page
     nav = ""
@@ -236,6 +252,8 @@ def unit_page(
     name, u = layer["name"], unit["unit"]
     what = f"direction {u}" if direction else f"unit {u}"
     parts = [
+    if not direction and unit_name(meta, name, u):
+        what += f" ({unit_name(meta, name, u)})"  # page() escapes the title
         f"<p>max {unit['max']:.4g}, mean {unit['mean']:.4g}, std {unit['std']:.4g}, fraction "
         f"positive {unit['frac_pos']:.3f}"
         + (f", threshold {unit['threshold']:.4g}" if unit.get("threshold") is not None else "")
@@ -317,7 +335,8 @@ def image_page(
             "<th>of its dataset max</th></tr>"
             + "".join(
                 f"<tr><td><a href='{links.unit(r['layer'], r['unit'])}'>{escape(r['layer'])}:{r['unit']}"
-                f"</a></td><td>{r['score']:.3g}</td><td>{r.get('relative', float('nan')):.2f}</td></tr>"
+                f"{_named(meta, r['layer'], r['unit'])}</a></td><td>{r['score']:.3g}</td>"
+                f"<td>{r.get('relative', float('nan')):.2f}</td></tr>"
                 for r in units
             )
             + "</table>"

@@ -88,6 +88,8 @@ class AtlasReader:
             r["layer"]: {"units": r["n"], "mean": r["m"]}
             for r in self.con().execute(
                 "SELECT layer, COUNT(*) AS n, AVG(size) AS m FROM empirical_rf GROUP BY layer"
+            # names of units by layer (a classifier's classes); absent in older atlases
+            "unit_names": json.loads(rows.get("unit_names", "{}")),
             )
         }
 
