@@ -114,7 +114,6 @@ def page(title: str, body: str, links: Links, model: str = "") -> str:
     )
 
 
-def _rf(row: dict) -> str:
 def unit_name(meta: dict, layer: str, unit: int) -> str | None:
     """The model's name of a unit (a classifier's class, from the atlas: ``Subject.unit_name``)."""
     by_layer = meta.get("unit_names")
@@ -130,6 +129,7 @@ def _named(meta: dict, layer: str, unit: int) -> str:
     return f" ({escape(name)})" if name else ""
 
 
+def _rf(row: dict) -> str:
     if row.get("rf_global"):
         return "global"
     if row.get("rf_size_y") is None:
@@ -251,9 +251,9 @@ def unit_page(
     """``shown``: units with pages (a static export may hold only the first few)."""
     name, u = layer["name"], unit["unit"]
     what = f"direction {u}" if direction else f"unit {u}"
-    parts = [
     if not direction and unit_name(meta, name, u):
         what += f" ({unit_name(meta, name, u)})"  # page() escapes the title
+    parts = [
         f"<p>max {unit['max']:.4g}, mean {unit['mean']:.4g}, std {unit['std']:.4g}, fraction "
         f"positive {unit['frac_pos']:.3f}"
         + (f", threshold {unit['threshold']:.4g}" if unit.get("threshold") is not None else "")

@@ -55,6 +55,8 @@ class AtlasReader:
             "model": json.loads(rows.get("model", "{}")),
             "source": json.loads(rows.get("source", "{}")),
             "schema": rows.get("schema_version"),
+            # names of units by layer (a classifier's classes); absent in older atlases
+            "unit_names": json.loads(rows.get("unit_names", "{}")),
         }
 
     def n_images(self) -> int:
@@ -88,8 +90,6 @@ class AtlasReader:
             r["layer"]: {"units": r["n"], "mean": r["m"]}
             for r in self.con().execute(
                 "SELECT layer, COUNT(*) AS n, AVG(size) AS m FROM empirical_rf GROUP BY layer"
-            # names of units by layer (a classifier's classes); absent in older atlases
-            "unit_names": json.loads(rows.get("unit_names", "{}")),
             )
         }
 
