@@ -50,11 +50,17 @@ def test_folder_labels_order_and_skips(messy_folder):
     assert names == sorted(names) and "dogs/.hidden.jpg" not in names
     assert src.classes == ["cats", "dogs"]
     assert [src.classes[r.label] for r in src.records] == [
-        "cats", "cats", "cats", "cats", "dogs", "dogs", "dogs"]
+        "cats",
+        "cats",
+        "cats",
+        "cats",
+        "dogs",
+        "dogs",
+        "dogs",
+    ]
     batches = Batches(src, batch_size=3)
     got = torch.cat([b.indices for b in batches]).tolist()
-    assert [names[i] for i in got] == ["cats/a.jpg", "cats/e.png", "cats/f.png",
-                                       "dogs/deep/d.jpg"]
+    assert [names[i] for i in got] == ["cats/a.jpg", "cats/e.png", "cats/f.png", "dogs/deep/d.jpg"]
     reasons = dict(batches.report.items)
     assert set(reasons) == {"cats/b.png", "dogs/c.jpg", "dogs/notes.txt"}
     assert reasons["dogs/notes.txt"] == "not an image"
@@ -88,8 +94,11 @@ def test_exif_orientation_is_applied(tmp_path):
 def test_tar_archives(tmp_path, mode):
     path = tmp_path / ("imgs.tar" + (".gz" if mode.endswith("gz") else ""))
     with tarfile.open(path, mode) as tf:
-        for name, data in [("split/b/x.jpg", _jpeg((0, 0, 255))), ("split/a/y.jpg", _jpeg((255, 0, 0))),
-                           ("split/a/bad.jpg", b"garbage")]:
+        for name, data in [
+            ("split/b/x.jpg", _jpeg((0, 0, 255))),
+            ("split/a/y.jpg", _jpeg((255, 0, 0))),
+            ("split/a/bad.jpg", b"garbage"),
+        ]:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
@@ -186,9 +195,17 @@ def _mode_cases():
     la = Image.merge("LA", (Image.fromarray(lum), Image.fromarray(alpha)))
     cases.append(("LA png", _saved(la, "PNG"), "LA", _on_white(_grey(lum), alpha), 1))
     pre = (lum.astype(np.uint16) * alpha // 255).astype(np.uint8)  # premultiplied by alpha
-    cases.append(("La tiff", _tiff(np.stack([pre, alpha], -1), photometric="minisblack",
-                                   extrasamples=[1], planarconfig="contig"), "La",
-                  _grey(pre + 255.0 - alpha), 2))
+    cases.append(
+        (
+            "La tiff",
+            _tiff(
+                np.stack([pre, alpha], -1), photometric="minisblack", extrasamples=[1], planarconfig="contig"
+            ),
+            "La",
+            _grey(pre + 255.0 - alpha),
+            2,
+        )
+    )
     rgb = rng.integers(0, 256, (8, 12, 3), dtype=np.uint8)
     cases.append(("RGB png", _saved(Image.fromarray(rgb), "PNG"), "RGB", rgb, 0))
     rgba = Image.fromarray(np.concatenate([rgb, alpha[..., None]], -1))
@@ -203,8 +220,7 @@ def _mode_cases():
     pimg = Image.frombytes("P", (12, 8), idx.tobytes())
     pimg.putpalette(palette.ravel().tolist())
     want = _on_white(palette[idx], pal_alpha[idx])
-    cases.append(("P png transparency", _saved(pimg, "PNG", transparency=pal_alpha.tobytes()),
-                  "P", want, 1))
+    cases.append(("P png transparency", _saved(pimg, "PNG", transparency=pal_alpha.tobytes()), "P", want, 1))
     pa = pimg.convert("PA")
     pa.putalpha(Image.fromarray(pal_alpha[idx]))
     cases.append(("PA", pa, "PA", want, 1))
@@ -212,25 +228,56 @@ def _mode_cases():
     keyed = lum.copy()
     keyed[2:4, 2:6] = 77
     mask = (keyed == 77)[..., None]
-    cases.append(("L png colour key", _saved(Image.fromarray(keyed), "PNG", transparency=77), "L",
-                  np.where(mask, 255.0, _grey(keyed)), 0))
+    cases.append(
+        (
+            "L png colour key",
+            _saved(Image.fromarray(keyed), "PNG", transparency=77),
+            "L",
+            np.where(mask, 255.0, _grey(keyed)),
+            0,
+        )
+    )
     krgb = rgb.copy()
     krgb[1:3, 1:5] = (10, 20, 30)
     kmask = (krgb == (10, 20, 30)).all(-1, keepdims=True)
-    cases.append(("RGB png colour key", _saved(Image.fromarray(krgb), "PNG", transparency=(10, 20, 30)),
-                  "RGB", np.where(kmask, 255.0, krgb), 0))
+    cases.append(
+        (
+            "RGB png colour key",
+            _saved(Image.fromarray(krgb), "PNG", transparency=(10, 20, 30)),
+            "RGB",
+            np.where(kmask, 255.0, krgb),
+            0,
+        )
+    )
     k16 = GREY16.copy()
     k16[0, :4] = 1000
-    cases.append(("I;16 png colour key", _saved(Image.fromarray(k16), "PNG", transparency=1000),
-                  "I;16", np.where((k16 == 1000)[..., None], 255.0, _grey(k16 >> 8)), 0))
+    cases.append(
+        (
+            "I;16 png colour key",
+            _saved(Image.fromarray(k16), "PNG", transparency=1000),
+            "I;16",
+            np.where((k16 == 1000)[..., None], 255.0, _grey(k16 >> 8)),
+            0,
+        )
+    )
     cmyk = rng.integers(0, 256, (8, 12, 4), dtype=np.uint8).astype(np.float64)
     ref = np.round((255 - cmyk[..., :3]) * (255 - cmyk[..., 3:]) / 255)
     cmyk_img = Image.frombytes("CMYK", (12, 8), cmyk.astype(np.uint8).tobytes())
     cases.append(("CMYK tiff", _saved(cmyk_img, "TIFF"), "CMYK", ref, 1))
     ycc = rng.integers(0, 256, (8, 12, 3), dtype=np.uint8)
     y, cb, cr = (ycc[..., i].astype(np.float64) for i in range(3))
-    ref = np.stack([y + 1.402 * (cr - 128), y - 0.344136 * (cb - 128) - 0.714136 * (cr - 128),
-                    y + 1.772 * (cb - 128)], -1).round().clip(0, 255)  # JFIF
+    ref = (
+        np.stack(
+            [
+                y + 1.402 * (cr - 128),
+                y - 0.344136 * (cb - 128) - 0.714136 * (cr - 128),
+                y + 1.772 * (cb - 128),
+            ],
+            -1,
+        )
+        .round()
+        .clip(0, 255)
+    )  # JFIF
     ycc_img = Image.frombytes("YCbCr", (12, 8), ycc.tobytes())
     cases.append(("YCbCr tiff", _saved(ycc_img, "TIFF"), "YCbCr", ref, 1))
     cases.append(_lab_case(rng))
@@ -250,16 +297,23 @@ def _lab_case(rng):
     lab = skimage.color.rgb2lab(srgb)
     raw = np.stack([np.round(lab[..., 0] * 255 / 100), np.round(lab[..., 1]), np.round(lab[..., 2])], -1)
     ref = skimage.color.lab2rgb(np.stack([raw[..., 0] * 100 / 255, raw[..., 1], raw[..., 2]], -1)) * 255
-    data = np.stack([raw[..., 0].astype(np.uint8), raw[..., 1].astype(np.int8).view(np.uint8),
-                     raw[..., 2].astype(np.int8).view(np.uint8)], -1)
+    data = np.stack(
+        [
+            raw[..., 0].astype(np.uint8),
+            raw[..., 1].astype(np.int8).view(np.uint8),
+            raw[..., 2].astype(np.int8).view(np.uint8),
+        ],
+        -1,
+    )
     return ("LAB tiff", _tiff(data, photometric="cielab"), "LAB", np.round(ref), 1)
 
 
 MODE_CASES = _mode_cases()
 
 
-@pytest.mark.parametrize("payload, mode, want, tol", [c[1:] for c in MODE_CASES],
-                         ids=[c[0] for c in MODE_CASES])
+@pytest.mark.parametrize(
+    "payload, mode, want, tol", [c[1:] for c in MODE_CASES], ids=[c[0] for c in MODE_CASES]
+)
 def test_every_mode_converts_like_the_reference(payload, mode, want, tol):
     opened = payload if isinstance(payload, Image.Image) else Image.open(io.BytesIO(payload))
     assert opened.mode == mode  # the case tests the mode it names
@@ -294,8 +348,11 @@ def test_looping_links_in_a_tar_are_skipped_and_counted(tmp_path):
         info = tarfile.TarInfo("imgs/a.jpg")
         info.size = len(data)
         tf.addfile(info, io.BytesIO(data))
-        for name, target in [("imgs/loop.jpg", "loop.jpg"), ("imgs/b.jpg", "a.jpg"),
-                             ("imgs/gone.jpg", "nothing.jpg")]:
+        for name, target in [
+            ("imgs/loop.jpg", "loop.jpg"),
+            ("imgs/b.jpg", "a.jpg"),
+            ("imgs/gone.jpg", "nothing.jpg"),
+        ]:
             link = tarfile.TarInfo(name)
             link.type, link.linkname = tarfile.SYMTYPE, target
             tf.addfile(link)
@@ -352,8 +409,12 @@ def test_non_utf8_names_open_in_folders_lists_and_tars(tmp_path):
     gnu = tmp_path / "photos_gnu.tar.gz"
     with tarfile.open(gnu, "w:gz", format=tarfile.GNU_FORMAT) as tf:
         tf.add(folder / "cls", arcname="cls")
-    want = {"folder": f"cls/{name}", "list": os.fspath(tmp_path / "photos" / "cls" / name),
-            "tar": f"cls/{name}", "gnu tar": f"cls/{name}"}
+    want = {
+        "folder": f"cls/{name}",
+        "list": os.fspath(tmp_path / "photos" / "cls" / name),
+        "tar": f"cls/{name}",
+        "gnu tar": f"cls/{name}",
+    }
     for kind, where in [("folder", folder), ("list", listing), ("tar", archive), ("gnu tar", gnu)]:
         src = open_images(where, transform=PRE)
         names = [r.name for r in src.records]

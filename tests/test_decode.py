@@ -13,8 +13,15 @@ from convscope.decode import decode_batch, jpeg_decoder
 from convscope.errors import UserInputError
 from convscope.preprocess import Preprocess
 
-BACKENDS = ["torchvision", pytest.param("torchcodec", marks=pytest.mark.skipif(
-    importlib.util.find_spec("torchcodec") is None, reason="TorchCodec not installed"))]
+BACKENDS = [
+    "torchvision",
+    pytest.param(
+        "torchcodec",
+        marks=pytest.mark.skipif(
+            importlib.util.find_spec("torchcodec") is None, reason="TorchCodec not installed"
+        ),
+    ),
+]
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +47,9 @@ def folder(tmp_path_factory):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("pre", [Preprocess(size=(224, 224), resize=256),
-                                 Preprocess(size=(96, 128), resize=None, mode="squash")])
+@pytest.mark.parametrize(
+    "pre", [Preprocess(size=(224, 224), resize=256), Preprocess(size=(96, 128), resize=None, mode="squash")]
+)
 def test_device_decoding_matches_pil_within_one_level(folder, backend, pre, monkeypatch):
     import convscope.decode as D
 
@@ -137,8 +145,9 @@ def test_sources_pickle_for_spawned_workers(folder, tmp_path):
         src = pickle.loads(pickle.dumps(open_images(where, transform=pre)))
         assert src[0][2] is None
     src = open_images(listing, transform=pre)
-    loader = torch.utils.data.DataLoader(src, batch_size=2, num_workers=1,
-                                         multiprocessing_context="spawn", collate_fn=collate)
+    loader = torch.utils.data.DataLoader(
+        src, batch_size=2, num_workers=1, multiprocessing_context="spawn", collate_fn=collate
+    )
     (batch,) = list(loader)
     assert batch.indices.tolist() == [0, 1] and not batch.skipped
 

@@ -78,9 +78,13 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-_XYZ_TO_SRGB = np.array([[3.2404542, -1.5371385, -0.4985314],
-                         [-0.9692660, 1.8760108, 0.0415560],
-                         [0.0556434, -0.2040259, 1.0572252]])
+_XYZ_TO_SRGB = np.array(
+    [
+        [3.2404542, -1.5371385, -0.4985314],
+        [-0.9692660, 1.8760108, 0.0415560],
+        [0.0556434, -0.2040259, 1.0572252],
+    ]
+)
 _D65 = np.array([0.95047, 1.0, 1.08883])
 
 
@@ -152,8 +156,14 @@ class ImageSource(torch.utils.data.Dataset):
     (typically ``subject.transform``); without one, items hold the PIL image.
     """
 
-    def __init__(self, records: Sequence[ImageRecord], classes: Sequence[str], reader,
-                 description: str, transform: Transform | None = None):
+    def __init__(
+        self,
+        records: Sequence[ImageRecord],
+        classes: Sequence[str],
+        reader,
+        description: str,
+        transform: Transform | None = None,
+    ):
         self.records = list(records)
         self.classes = list(classes)
         self._reader = reader
@@ -183,8 +193,7 @@ class ImageSource(torch.utils.data.Dataset):
 
     def subset(self, indices: Sequence[int]) -> ImageSource:
         """The images at ``indices``, renumbered from 0 in that order."""
-        recs = [ImageRecord(j, self.records[i].name, self.records[i].label)
-                for j, i in enumerate(indices)]
+        recs = [ImageRecord(j, self.records[i].name, self.records[i].label) for j, i in enumerate(indices)]
         return ImageSource(recs, self.classes, self._reader, self.description, self.transform)
 
     def __repr__(self) -> str:
@@ -224,11 +233,14 @@ def open_images(
     src = _open(source, transform, pattern)
     if isinstance(source, (str, os.PathLike)):
         where = source if source == "convscope:samples" else str(Path(source).resolve())
-        src.spec = {"description": src.description, "source": where, "pattern": pattern,
-                    "images": len(src)}
+        src.spec = {"description": src.description, "source": where, "pattern": pattern, "images": len(src)}
     else:
-        src.spec = {"description": src.description, "files": [str(p) for p in source],
-                    "pattern": pattern, "images": len(src)}
+        src.spec = {
+            "description": src.description,
+            "files": [str(p) for p in source],
+            "pattern": pattern,
+            "images": len(src),
+        }
     return src
 
 
@@ -255,11 +267,16 @@ def _open(source, transform, pattern) -> ImageSource:
     hidden = "hidden files are ignored; every other file is tried as an image"
     if path.is_dir():
         # files, and links that lead nowhere (looping, dangling): tried, so skipped and counted
-        files = [p for p in path.rglob("*") if (p.is_file() or (p.is_symlink() and not p.is_dir()))
-                 and not any(part.startswith(".") for part in p.relative_to(path).parts)]
+        files = [
+            p
+            for p in path.rglob("*")
+            if (p.is_file() or (p.is_symlink() and not p.is_dir()))
+            and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        ]
         src = _from_paths(files, path, os.fspath(path), transform, pattern)
-        return _nonempty(src, f"folder {_quoted(path)}", pattern,
-                         "it holds no file, nor do its sub-folders", hidden)
+        return _nonempty(
+            src, f"folder {_quoted(path)}", pattern, "it holds no file, nor do its sub-folders", hidden
+        )
     if path.name.endswith(_TAR_SUFFIXES) or (path.is_file() and tarfile.is_tarfile(path)):
         src = _from_tar(path, transform, pattern)
         return _nonempty(src, f"archive {_quoted(path)}", pattern, "it holds no file", hidden)
@@ -268,11 +285,17 @@ def _open(source, transform, pattern) -> ImageSource:
         # bytes decoded as file names are (os.fsdecode): a non-UTF-8 name stays the same file
         data = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
         lines = [os.fsdecode(ln.strip()) for ln in data.splitlines()]
-        paths = [Path(ln) if Path(ln).is_absolute() else base / ln for ln in lines
-                 if ln and not ln.startswith("#")]
+        paths = [
+            Path(ln) if Path(ln).is_absolute() else base / ln for ln in lines if ln and not ln.startswith("#")
+        ]
         src = _from_paths(paths, None, os.fspath(path), transform, pattern)
-        return _nonempty(src, f"list file {_quoted(path)}", pattern, "it names no file",
-                         "one path per line; # starts a comment")
+        return _nonempty(
+            src,
+            f"list file {_quoted(path)}",
+            pattern,
+            "it names no file",
+            "one path per line; # starts a comment",
+        )
     return _from_paths([path], None, os.fspath(path), transform, pattern)
 
 
@@ -280,8 +303,9 @@ def _quoted(path: Path) -> str:
     return f"'{display_name(os.fspath(path))}'"
 
 
-def _nonempty(src: ImageSource, where: str, pattern: str | None, empty: str = "",
-              hint: str = "") -> ImageSource:
+def _nonempty(
+    src: ImageSource, where: str, pattern: str | None, empty: str = "", hint: str = ""
+) -> ImageSource:
     """``src``, or a one-line DataError saying what was looked for where, when it is empty."""
     if len(src):
         return src
@@ -304,8 +328,12 @@ def _from_paths(paths, root, description, transform, pattern) -> ImageSource:
 def _from_tar(path: Path, transform, pattern) -> ImageSource:
     try:
         with tarfile.open(path) as tf:
-            members = [m.name for m in tf.getmembers() if (m.isfile() or m.issym() or m.islnk())
-                       and not any(p.startswith(".") for p in PurePosixPath(m.name).parts)]
+            members = [
+                m.name
+                for m in tf.getmembers()
+                if (m.isfile() or m.issym() or m.islnk())
+                and not any(p.startswith(".") for p in PurePosixPath(m.name).parts)
+            ]
     except (tarfile.TarError, OSError) as e:
         raise DataError(f"cannot read archive {path}: {e}") from e
     if pattern:
@@ -365,8 +393,11 @@ class _TarReader:
             if member.name in seen or len(seen) > 40:
                 raise OSError("symbolic link loop in the archive")
             seen.add(member.name)
-            target = member.linkname if member.islnk() else posixpath.normpath(
-                posixpath.join(posixpath.dirname(member.name), member.linkname))
+            target = (
+                member.linkname
+                if member.islnk()
+                else posixpath.normpath(posixpath.join(posixpath.dirname(member.name), member.linkname))
+            )
             if target not in self._members:
                 raise FileNotFoundError(f"link target {display_name(target)!r} is not in the archive")
             member = self._members[target]
@@ -397,6 +428,7 @@ def _make(names, reader, description, transform, labels_from_dirs) -> ImageSourc
 
 
 # --- batching ------------------------------------------------------------------------------
+
 
 @dataclass
 class ImageBatch:
@@ -435,9 +467,16 @@ class Batches:
     batch's images are then already there).
     """
 
-    def __init__(self, source: ImageSource, batch_size: int = 32, workers: int = 0,
-                 indices: Sequence[int] | None = None, pin_memory: bool = False,
-                 decode: str = "cpu", device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        source: ImageSource,
+        batch_size: int = 32,
+        workers: int = 0,
+        indices: Sequence[int] | None = None,
+        pin_memory: bool = False,
+        decode: str = "cpu",
+        device: torch.device | str = "cpu",
+    ):
         if source.transform is None:
             raise DataError("the image source needs a transform (e.g. subject.transform)")
         self.source = source
@@ -470,10 +509,14 @@ class Batches:
         if self.indices is not None:
             dataset = torch.utils.data.Subset(dataset, self.indices)
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.workers,
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.workers,
             collate_fn=_collate_raw if on_device else collate,
             pin_memory=self.pin_memory and not on_device,
-            persistent_workers=False, prefetch_factor=PREFETCH if self.workers else None,
+            persistent_workers=False,
+            prefetch_factor=PREFETCH if self.workers else None,
         )
         for batch in loader:
             if on_device:
@@ -486,5 +529,7 @@ class Batches:
 
 
 def _collate_raw(items):
-    return ([(t, i) for t, i, err in items if err is None],
-            [(i, err) for t, i, err in items if err is not None])
+    return (
+        [(t, i) for t, i, err in items if err is None],
+        [(i, err) for t, i, err in items if err is not None],
+    )

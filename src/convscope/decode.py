@@ -120,13 +120,15 @@ def jpeg_decoder(backend: str | None = None):
             found = (lambda data, device: codec_jpeg(list(data), mode="RGB", device=device), True)
         except Exception as e:  # not installed, or its libraries do not load with this torch
             if backend == "torchcodec":
-                raise UserInputError(f"TorchCodec cannot be used ({e}); pip install 'convscope[gpu]' "
-                                     "matching your torch") from None
+                raise UserInputError(
+                    f"TorchCodec cannot be used ({e}); pip install 'convscope[gpu]' matching your torch"
+                ) from None
             if not isinstance(e, ImportError):
                 import warnings
 
-                warnings.warn(f"TorchCodec does not load ({e}); decoding JPEGs with torchvision",
-                              stacklevel=2)
+                warnings.warn(
+                    f"TorchCodec does not load ({e}); decoding JPEGs with torchvision", stacklevel=2
+                )
     if found is None:
         import warnings
 
@@ -142,9 +144,12 @@ def jpeg_decoder(backend: str | None = None):
     return found
 
 
-def decode_batch(items: list[tuple[torch.Tensor, int]], preprocess: Preprocess,
-                 device: torch.device, backend: str | None = None,
-                 ) -> tuple[torch.Tensor, list[int], list[tuple[int, str]]]:
+def decode_batch(
+    items: list[tuple[torch.Tensor, int]],
+    preprocess: Preprocess,
+    device: torch.device,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, list[int], list[tuple[int, str]]]:
     """Decode and preprocess ``items`` (payload, index) on ``device``: the batch (B, 3, H, W),
     the indices that made it, and ``(index, reason)`` for the files that could not be decoded."""
     decode_jpeg, orients = jpeg_decoder(backend)
@@ -162,7 +167,7 @@ def decode_batch(items: list[tuple[torch.Tensor, int]], preprocess: Preprocess,
         if not orients:
             for t, i in jpegs:
                 # the EXIF block (APP1) sits at the start and holds at most 64 KB
-                code = exif_orientation(t[:1 << 17].numpy().tobytes()) if i in pixels else 1
+                code = exif_orientation(t[: 1 << 17].numpy().tobytes()) if i in pixels else 1
                 if code != 1:
                     pixels[i] = orient(pixels[i], code)
     for t, i in items:

@@ -94,8 +94,15 @@ def test_resumed_scan_keeps_its_sample(folders, tmp_path):
             raise Stop
 
     with pytest.raises(Stop):
-        scan(subject, dirty, ["block"], **OPTIONS, checkpoint=ckpt, checkpoint_every=0,
-             progress=stop_after_calibration)
+        scan(
+            subject,
+            dirty,
+            ["block"],
+            **OPTIONS,
+            checkpoint=ckpt,
+            checkpoint_every=0,
+            progress=stop_after_calibration,
+        )
     saved = torch.load(ckpt, weights_only=True)
     assert len(saved["sample"]) > 16 and saved["position"] < len(dirty)  # broken ones replaced
     resumed = scan(subject, dirty, ["block"], **OPTIONS, checkpoint=ckpt, resume=True)
