@@ -61,18 +61,34 @@ def heat_overlay(image: np.ndarray, amap: np.ndarray, vmax: float | None = None,
 
 
 def topk_grid(patches: Sequence[Image.Image], overlays: Sequence[Image.Image],
-              captions: Sequence[str], title: str, cell: int = 112) -> Image.Image:
-    """Two rows (patches, overlays) of ``cell`` px tiles, scores under the patches, a title."""
+              captions: Sequence[str], title: str, cell: int = 112, note: str = "",
+              heat_range: tuple[float, float] | None = None) -> Image.Image:
+    """Two rows (patches, overlays) of ``cell`` px tiles, scores under the patches, a title and
+    a ``note`` line under it; one row when there are no ``overlays``. ``heat_range`` (vmin,
+    vmax) of the overlays' inferno scale adds a colour bar under them."""
+    from convscope.render.grid import colorbar
+
     n = len(patches)
-    pad, cap, head = 4, 14, 18
-    grid = Image.new("RGB", (n * (cell + pad) + pad, head + 2 * (cell + pad) + cap + pad), "white")
+    pad, cap, line = 4, 14, 13
+    head = 18 + (line if note else 0)
+    rows = 2 if overlays else 1
+    width = n * (cell + pad) + pad
+    bar = colorbar("inferno", *heat_range, min(width - 2 * pad, 240), "activation") \
+        if overlays and heat_range is not None else None
+    height = head + rows * cell + (rows - 1) * pad + cap + pad + (bar.height + pad if bar else 0)
+    grid = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(grid)
     draw.text((pad, 3), title, fill=(0, 0, 0))
-    for i, (p, o) in enumerate(zip(patches, overlays)):
+    if note:
+        draw.text((pad, 3 + line), note[: max(1, (width - pad) // 6)], fill=(90, 90, 90))
+    for i, p in enumerate(patches):
         x = pad + i * (cell + pad)
         grid.paste(_fit(p, cell), (x, head))
         draw.text((x, head + cell + 1), captions[i], fill=(0, 0, 0))
-        grid.paste(_fit(o, cell), (x, head + cell + cap))
+        if overlays:
+            grid.paste(_fit(overlays[i], cell), (x, head + cell + cap))
+    if bar is not None:
+        grid.paste(bar, (pad, head + 2 * cell + cap + pad))
     return grid
 
 
