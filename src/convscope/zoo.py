@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 import zipfile
 from collections.abc import Mapping
 from functools import lru_cache
@@ -231,7 +232,15 @@ def _load_timm(name: str, weights: Weights) -> Subject:
 def _load_file(path: Path, arch: str | None) -> Subject:
     if arch is None:
         if _is_torchscript(path):
-            model = torch.jit.load(str(path), map_location="cpu")
+            try:
+                with warnings.catch_warnings():  # torch.jit.load's deprecation notice
+                    warnings.simplefilter("ignore", FutureWarning)
+                    model = torch.jit.load(str(path), map_location="cpu")
+            except Exception as e:  # a zip that only looks like TorchScript
+                why = _first_line(e).split("  (Could this error message")[0]
+                raise UserInputError(
+                    f"{path} is a zip archive but not a TorchScript model ({type(e).__name__}: "
+                    f"{why}); a checkpoint needs --arch") from None
             n = _num_outputs_scripted(model)
             return Subject(model, Preprocess(), imagenet_classes() if n == 1000 else None, name=path.name)
         raise UserInputError(

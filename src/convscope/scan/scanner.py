@@ -140,7 +140,16 @@ def scan(
     skipped: dict[int, str] = {}
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if resume and ckpt is not None and ckpt.exists():
-        saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+        try:  # weights-only: a pickled or damaged file is refused, never run
+            saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+        except Exception as e:
+            why = (str(e).strip().splitlines() or [""])[0][:160]
+            raise UserInputError(f"cannot resume: {ckpt} is not a readable scan checkpoint "
+                                 f"({type(e).__name__}: {why}); it is left as it is, start a new "
+                                 "scan with --overwrite") from None
+        if not isinstance(saved, dict) or "config" not in saved:
+            raise UserInputError(f"cannot resume: {ckpt} is not a scan checkpoint; it is left as it "
+                                 "is, start a new scan with --overwrite")
         if saved.get("version") != CHECKPOINT_VERSION or with_default_settings(saved["config"]) != config:
             raise ConvscopeError(
                 f"the checkpoint {ckpt} belongs to a scan with other settings; "

@@ -155,7 +155,13 @@ def train(
         if diff:
             raise UserInputError(f"{out} holds a run with other settings ({', '.join(diff)}); "
                                  "choose another --out to start a new run")
-        state = torch.load(last, map_location=device, weights_only=True)
+        try:  # weights-only: a pickled or damaged epoch file is refused, never run
+            state = torch.load(last, map_location=device, weights_only=True)
+        except Exception as e:
+            why = (str(e).strip().splitlines() or [""])[0][:160]
+            raise UserInputError(f"cannot resume: {last} is not a readable training checkpoint "
+                                 f"({type(e).__name__}: {why}); it is left as it is, remove it or "
+                                 "choose another --out") from None
         model.load_state_dict(state["model"])
         if state["epoch"] > 0:
             opt.load_state_dict(state["optimizer"])

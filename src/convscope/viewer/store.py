@@ -32,6 +32,10 @@ class AtlasReader:
         if not self.db.exists():
             raise UserInputError(f"{self.path} is not an atlas (no atlas.db)")
         self._local = threading.local()
+        try:  # not an SQLite file, or not one of ours: a one-line error, not a traceback
+            self.meta()
+        except sqlite3.DatabaseError as e:
+            raise UserInputError(f"{self.db} is not a convscope atlas ({e})") from None
 
     def con(self) -> sqlite3.Connection:
         c = getattr(self._local, "con", None)
