@@ -108,7 +108,7 @@ def test_offline_download_fails_in_one_clear_line(monkeypatch):
     with pytest.raises(WeightsUnavailableError) as err:
         convscope.load("torchvision:squeezenet1_0")
     msg = str(err.value)
-    assert "offline" in msg and "weights=None" in msg and "\n" not in msg
+    assert "offline" in msg and "--weights none" in msg and "\n" not in msg
 
 
 def test_unknown_model_suggests_sources():

@@ -95,7 +95,7 @@ def device_transform(source: ImageSource) -> Preprocess:
     if not isinstance(source.transform, Preprocess):
         raise UserInputError(
             "decoding on the device needs the subject's preprocessing as a Preprocess; this "
-            "subject has a custom transform (use decode='cpu')"
+            "subject has a custom transform (use --decode cpu, decode='cpu' in Python)"
         )
     return source.transform
 

@@ -132,7 +132,7 @@ class Recorder:
         if isinstance(self.model, torch.jit.ScriptModule):
             raise RecordingError(
                 "TorchScript models cannot take Python hooks, so their layers cannot be recorded; "
-                "load the checkpoint with its architecture (arch=...) instead"
+                "load the checkpoint with its architecture (--arch ARCH, arch=... in Python) instead"
             )
         self.stop, self.detach, self.clone, self.keep = stop, detach, clone, keep
         self.callback = callback

@@ -21,7 +21,8 @@ def default_cam_layer(subject) -> str:
     """The last resolution stage with a map larger than 1 x 1."""
     stages = subject.layers.stages()
     if not stages:
-        raise UserInputError("the model has no spatial layer for a CAM; pass layer=")
+        raise UserInputError(
+            "the model has no spatial layer for a CAM; name one with --layers (layer= in Python)")
     return stages[-1].name
 
 

@@ -17,7 +17,7 @@ from convscope.cli.common import (
     SeedOpt,
     WeightsOpt,
     load_subject,
-    parse_range,
+    parse_classes,
     progress_bar,
     read_images,
     target_spec,
@@ -47,7 +47,8 @@ def attack(
     alpha: Annotated[str | None, typer.Option("--alpha", help="step size (default eps/4)")] = None,
     steps: Annotated[int, typer.Option("--steps", min=1)] = 10,
     target: Annotated[str | None, typer.Option(
-        "--target", help="the class to push the images to (targeted attack): class:N, or N")] = None,
+        "--target", help="the class to push the images to (targeted attack): N, NAME, class:N or "
+        "class:NAME")] = None,
     random_start: Annotated[bool, typer.Option("--random-start")] = False,
     out: Annotated[Path, typer.Option("--out", help="output folder")] = Path("attack-out"),
     weights: WeightsOpt = "default", arch: ArchOpt = None, device: DeviceOpt = "cpu",
@@ -87,15 +88,19 @@ def attack(
 
 
 def _target_class(subject, text: str | None) -> int | None:
-    """The class index of ``--target`` (the target grammar; an attack targets a class)."""
+    """The class index of ``--target`` (the target grammar; an attack targets a class, so a
+    bare class name is one too)."""
     from convscope.attribution import resolve_target
     from convscope.errors import UserInputError
 
     if text is None:
         return None
+    if ":" not in text and text.strip() != "top":
+        return subject.class_index(text)  # N or NAME, with close matches
     tgt = resolve_target(subject, target_spec(text))
     if tgt.kind not in ("class", "prob") or tgt.top or len(tgt.classes) != 1:
-        raise UserInputError(f"--target {text!r}: an attack's target is a class, class:N")
+        raise UserInputError(f"--target {text!r}: an attack's target is a class: N, NAME, class:N or "
+                             "class:NAME")
     return int(tgt.classes[0])
 
 
@@ -116,7 +121,7 @@ def _join(parts):
 def fool(
     model: ModelArg = DEFAULT_MODEL,
     classes: Annotated[str, typer.Option(
-        "--classes", help="classes to fool the model into, e.g. 285 or 285,967")] = "285",
+        "--classes", help="classes to fool the model into, e.g. 285, 285,967 or zebra,espresso")] = "285",
     method: Annotated[str, typer.Option("--method", help="gradient, evolve or cppn")] = "gradient",
     n: Annotated[int, typer.Option("--n", min=1, help="images")] = 1,
     steps: Annotated[int, typer.Option("--steps", help="gradient steps")] = 60,
@@ -131,7 +136,7 @@ def fool(
 
     subject = load_subject(model, weights, arch, device)
     o = Console()
-    for cls in parse_range(classes):
+    for cls in parse_classes(subject, classes):
         bar, progress = progress_bar(f"{method} {cls}", None, unit="steps")
         try:
             res = run(subject, cls, method, n=n, seed=seed, steps=steps, generations=generations,

@@ -21,7 +21,8 @@ DatasetOpt = Annotated[list[str] | None, typer.Option(
 LayersOpt = Annotated[str, typer.Option(
     "--layers", help="comma-separated layers, globs, 'stages' or 'all-conv'")]
 TargetOpt = Annotated[str, typer.Option(
-    "--target", help="top | class:N | prob:N | LAYER:UNIT[@y,x] (a bare N means class:N)")]
+    "--target", help="top | class:N | class:NAME | prob:N | prob:NAME | LAYER:UNIT[@y,x] "
+    "(a bare N means class:N; NAME in any case, _ for spaces)")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="continue the interrupted work in --out")]
 WeightsOpt = Annotated[str, typer.Option(
     "--weights", help="'default' (pretrained), 'none' (random init) or a local weights file")]
@@ -310,6 +311,26 @@ def target_spec(text: str | None):
         return None
     text = text.strip()
     return f"class:{text}" if text.isdigit() else text
+
+
+def parse_classes(subject, text: str) -> list[int]:
+    """``--classes``: indices, ranges and class names, ``"285,967"``, ``"0-3"``,
+    ``"zebra,Egyptian cat"`` (names in any case, ``_`` for spaces; a wrong one lists the
+    closest)."""
+    import re
+
+    from convscope.errors import UserInputError
+
+    out: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        m = re.fullmatch(r"(\d+)\s*-\s*(\d+)", part)
+        if m:
+            out += [subject.class_index(c) for c in range(int(m[1]), int(m[2]) + 1)]
+        elif part:
+            out.append(subject.class_index(part))
+    if not out:
+        raise UserInputError("no classes given")
+    return out
 
 
 def parse_range(text: str) -> list[int]:

@@ -63,7 +63,7 @@ def explain(
     torch.manual_seed(seed)
     methods = [get_method(m.strip()).name for m in method.split(",") if m.strip()]
     subject = load_subject(model, weights, arch, device)
-    layer = one_layer(layers) if layers else None
+    layer = subject.layer(one_layer(layers)).name if layers else None  # close matches, before any work
     pics = read_images([*(images or []), *(data or [])])
     x = subject.load_images([img for _, img in pics])
     tgt = resolve_target(subject, target_spec(target), x)  # checked before any work

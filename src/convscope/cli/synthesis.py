@@ -22,6 +22,7 @@ from convscope.cli.common import (
     load_subject,
     make_accel,
     one_layer,
+    parse_classes,
     parse_range,
     progress_bar,
     read_images,
@@ -77,7 +78,8 @@ def visualize(
 
 def classviz(
     model: ModelArg = DEFAULT_MODEL,
-    classes: Annotated[str, typer.Option("--classes", help="class indices, e.g. 285,967")] = "285",
+    classes: Annotated[str, typer.Option(
+        "--classes", help="class indices or names, e.g. 285,967 or zebra,espresso")] = "285",
     l2: Annotated[float, typer.Option("--l2", help="weight of the L2 image prior")] = 0.0,
     plain: Annotated[bool, typer.Option(
         "--plain", help="Simonyan et al.'s version: pixels, no transforms (use --l2)")] = False,
@@ -91,7 +93,7 @@ def classviz(
     from convscope.synthesis import class_model
 
     subject = load_subject(model, weights, arch, device)
-    cls = parse_range(classes)
+    cls = parse_classes(subject, classes)
     bar, progress = progress_bar("class models", steps, unit="steps")
     try:
         opts = dict(steps=steps, size=size, seed=seed, accel=make_accel(precision, channels_last),
