@@ -20,7 +20,9 @@ from convscope.subject import Subject
 DEFAULT_MODEL = "efficientnet_lite0"
 Weights = str | os.PathLike | None
 
-_WEIGHTS_HELP = "use weights=None for random init, or weights=PATH for a local file"
+# Both spellings: the command line's options and the Python API's arguments.
+_WEIGHTS_HELP = ("use --weights none (weights=None in Python) for random init, or --weights PATH "
+                 "for a local file")
 
 
 @lru_cache(maxsize=1)
@@ -75,7 +77,7 @@ def load(
     else:
         raise UserInputError(
             f"unknown model {text!r}: use {DEFAULT_MODEL!r}, 'torchvision:NAME', 'timm:NAME' "
-            "or a checkpoint path (with arch=...)" + _suggest(text)
+            "or a checkpoint path (with --arch ARCH, arch=... in Python)" + _suggest(text)
         )
     subject.spec = {
         "name": subject.name,
@@ -245,7 +247,7 @@ def _load_file(path: Path, arch: str | None) -> Subject:
             return Subject(model, Preprocess(), imagenet_classes() if n == 1000 else None, name=path.name)
         raise UserInputError(
             f"{path} is a checkpoint; say which architecture it holds, e.g. "
-            "arch='torchvision:resnet18' (--arch on the command line)"
+            "--arch torchvision:resnet18 (arch='torchvision:resnet18' in Python)"
         )
     path = path.resolve()
     if not (arch.startswith("torchvision:") or arch.startswith("timm:") or arch == DEFAULT_MODEL):

@@ -69,7 +69,7 @@ class _Forward:
             from convscope.errors import UserInputError
 
             raise UserInputError("dissection decodes images with their segmentations on the CPU; "
-                                 "decode='device' is for scans and features")
+                                 "decode='device' is for scans and features (--decode cpu here)")
         self.device = subject.device
         self.workers = workers  # None: sized to the machine and the batch, in batches()
         self._stack = contextlib.ExitStack()
