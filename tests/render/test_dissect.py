@@ -31,3 +31,25 @@ def test_figures(result):
     img = figure_to_image(detectors_figure([d.summary("block"), d.summary("conv2")]))
     assert img.width > 200
     assert figure_to_image(concepts_figure(d, "conv2")).height > 100
+
+
+def _bars_and_legend(fig):
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    legend = ax.get_legend().get_window_extent()
+    return [p.get_window_extent() for p in ax.patches if p.get_height() > 0], legend
+
+
+def test_detector_chart_legend_does_not_cover_the_bars():
+    from convscope.dissect.result import LayerSummary
+    from convscope.render.plots import _plt
+
+    # the auto-colour chart: one layer, one category with all the detectors
+    one = LayerSummary("blocks.1", 24, {"color": 11}, {"color": 9})
+    two = [LayerSummary("a", 24, {"color": 9, "texture": 7}, {"color": 9, "texture": 7}),
+           LayerSummary("b", 24, {"color": 2, "texture": 9}, {"color": 2, "texture": 9})]
+    for summaries in ([one], two):
+        fig = detectors_figure(summaries)
+        bars, legend = _bars_and_legend(fig)
+        assert bars and not any(legend.overlaps(b) for b in bars)
+        _plt().close(fig)

@@ -79,7 +79,7 @@ def detectors_figure(summaries: Sequence[LayerSummary], names: Sequence[str] | N
     cats = [c for c in CATEGORY_COLORS if any((s.unique if unique else s.detectors).get(c, 0)
                                                 for s in summaries)] or list(summaries[0].detectors)
     fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(summaries) * max(1, len(cats)) * 0.5 + 2), 3.6))
-    width = 0.8 / max(1, len(cats))
+    width = min(0.8 / max(1, len(cats)), 0.3)
     pos = np.arange(len(summaries))
     for j, c in enumerate(cats):
         vals = [(s.unique if unique else s.detectors).get(c, 0) for s in summaries]
@@ -90,7 +90,8 @@ def detectors_figure(summaries: Sequence[LayerSummary], names: Sequence[str] | N
     ax.set_ylabel("unique detectors" if unique else "detector units")
     ax.set_title(title or ("Unique concept detectors per category" if unique
                            else "Detector units per category"))
-    ax.legend(frameon=False, fontsize=8)
+    # outside the axes, right of the bars, so it never covers one
+    ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.yaxis.get_major_locator().set_params(integer=True)
     ax.spines[["top", "right"]].set_visible(False)
     return fig

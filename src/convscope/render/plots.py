@@ -119,19 +119,29 @@ def curves_figure(deletion, insertion, title: str = ""):
 def stimuli_figure(st):
     """Position tuning (centre unit, anywhere) and the intact / shuffled / scrambled bars."""
     plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), gridspec_kw={"wspace": 0.45})
     for ax, data, title in ((axes[0], st.centre, "centre unit (localisation)"),
                             (axes[1], st.anywhere, "max over the map (identification)")):
-        im = ax.imshow(data, cmap="inferno")
+        ny, nx = data.shape
+        s = st.stride  # axes in input pixels: the patch's top-left corner
+        im = ax.imshow(data, cmap="inferno", extent=(-s / 2, (nx - 0.5) * s, (ny - 0.5) * s, -s / 2))
         ax.set_title(title, fontsize=9)
-        ax.set_xlabel(f"patch x / {st.stride} px", fontsize=8)
-        ax.set_ylabel(f"patch y / {st.stride} px", fontsize=8)
-        fig.colorbar(im, ax=ax, fraction=0.046)
-    axes[2].bar(["intact", "pixels shuffled", "blocks scrambled"],
+        ax.set_xlabel("patch left edge, px", fontsize=8)
+        ax.set_ylabel("patch top edge, px", fontsize=8)
+        ax.tick_params(labelsize=8)
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_locator(MaxNLocator(5, integer=True))
+        bar = fig.colorbar(im, ax=ax, fraction=0.046)
+        bar.ax.tick_params(labelsize=7)
+        bar.formatter.set_useOffset(False)
+        bar.update_ticks()
+    axes[2].bar(["intact", "pixels\nshuffled", "blocks\nscrambled"],
                 [st.intact, st.shuffled, st.scrambled], color=["tab:green", "tab:red", "tab:orange"])
-    axes[2].set_title(f"{st.layer}:{st.channel} response", fontsize=9)
+    axes[2].set_title(f"{st.layer}:{st.channel} max response", fontsize=9)
     axes[2].tick_params(axis="x", labelsize=8)
-    fig.tight_layout()
+    axes[2].tick_params(axis="y", labelsize=8)
     return fig
 
 

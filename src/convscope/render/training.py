@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -33,10 +34,19 @@ def curves_figure(history, title: str = ""):
     return fig
 
 
-def filter_tiles(weight: torch.Tensor, n: int, cell: int = 36) -> list[Image.Image]:
+def filter_cell(kernel: int, min_cell: int = 48, per_pixel: int = 12) -> int:
+    """Tile side for a ``kernel`` x ``kernel`` filter: a whole multiple of the kernel, at least
+    ``per_pixel`` px per filter pixel and at least ``min_cell`` px, so that 3 x 3 and 5 x 5
+    filters are readable (48 and 60 px)."""
+    k = max(1, int(kernel))
+    return k * max(per_pixel, math.ceil(min_cell / k))
+
+
+def filter_tiles(weight: torch.Tensor, n: int, cell: int | None = None) -> list[Image.Image]:
     """Pictures of the first ``n`` filters of a conv weight (C_out, C_in, kh, kw): RGB when
     C_in = 3, else the mean over input channels in grey; each scaled around grey by its own
-    largest absolute weight."""
+    largest absolute weight, ``cell`` px wide (default :func:`filter_cell` of the kernel)."""
+    cell = cell or filter_cell(max(weight.shape[-2:]))
     w = weight.detach().float().cpu()[:n]
     if w.shape[1] != 3:
         w = w.mean(1, keepdim=True)
@@ -50,9 +60,10 @@ def filter_evolution_figure(
     epochs: Sequence[int],
     layers: Sequence[str],
     n: int = 8,
-    cell: int = 24,
+    cell: int | None = None,
 ) -> Image.Image:
-    """One row per layer, one column per epoch; each cell the layer's first ``n`` filters."""
+    """One row per layer, one column per epoch; each cell the layer's first ``n`` filters, each
+    filter ``cell`` px wide (default :func:`filter_cell` of its kernel: >= 12 px per weight)."""
     pad, left, head = 6, 130, 16
     cols = [
         [image_grid(filter_tiles(s[layer], n, cell), ncols=min(n, 4), pad=1) for s in snapshots]
