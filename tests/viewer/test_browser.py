@@ -70,6 +70,13 @@ def test_navigate_and_upload(server, browser, tmp_path):
     assert page.locator("h2", has_text="top images by max").count() == 1
     page.wait_for_function("Array.from(document.images).every(i => i.complete)", timeout=60000)
     assert page.evaluate("Array.from(document.images).every(i => i.naturalWidth > 0)")
+    # the top-K picture is shown at its own size (it scrolls sideways), not shrunk unreadable
+    natural, shown = page.locator("img[alt='top-k grid']").first.evaluate(
+        "i => [i.naturalWidth, i.getBoundingClientRect().width]"
+    )
+    assert natural > 460 and shown == natural
+    names = page.locator(".cell .name")
+    assert names.count() > 0 and all(n.inner_text() == n.get_attribute("title") for n in names.all())
     page.screenshot(path=str(ARTIFACTS / "3_unit.png"), full_page=True)
 
     page.locator(".cell a").first.click()

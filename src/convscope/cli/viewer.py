@@ -19,8 +19,16 @@ def serve(
     port: Annotated[int, typer.Option("--port")] = 8000,
     upload_mb: Annotated[int, typer.Option("--upload-mb", min=1, help="largest upload")] = 8,
     device: DeviceOpt = "cpu",
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-host",
+            help="another Host name to answer (repeatable; '*': any); by default only this "
+            "machine's loopback names and the --host address",
+        ),
+    ] = None,
 ) -> None:
-    """Browse an atlas: model, layer, unit and image pages (FastAPI; pip install 'convscope[web]')."""
+    """Browse an atlas: model, layer, unit and image pages (FastAPI; pip install 'convscope\\[web]')."""
     from convscope.errors import UserInputError
 
     try:
@@ -29,7 +37,10 @@ def serve(
         from convscope.viewer.app import create_app
     except ImportError:
         raise UserInputError("the viewer needs the web extra: pip install 'convscope[web]'") from None
-    app = create_app(atlas, device=device, upload_limit=upload_mb << 20)
+    from convscope.viewer.app import default_hosts
+
+    hosts = default_hosts(host) + list(allow_host or [])
+    app = create_app(atlas, device=device, upload_limit=upload_mb << 20, allowed_hosts=hosts)
     Console(stderr=True).print(f"convscope viewer on http://{host}:{port}/ (Ctrl-C to stop)")
     uvicorn.run(app, host=host, port=port, log_level="warning")
 

@@ -19,17 +19,23 @@ def neighbors_grid(
     title: str = "",
     cell: int = 112,
 ) -> Image.Image:
-    """The query (outlined) followed by its neighbours, nearest first, with a caption each."""
-    pad, cap, head = 4, 14, 16 if title else 0
+    """The query (outlined) followed by its neighbours, nearest first, with a caption each
+    (wrapped onto up to four lines under its tile, not cut)."""
+    import textwrap
+
+    texts = ["query", *captions]
+    lines = [textwrap.wrap(t, max(cell // 6, 1))[:4] or [""] for t in texts]
+    pad, cap, head = 4, 2 + 12 * max(len(x) for x in lines), 16 if title else 0
     n = len(neighbors) + 1
     out = Image.new("RGB", (n * (cell + pad) + pad, head + cell + cap + 2 * pad), "white")
     draw = ImageDraw.Draw(out)
     if title:
         draw.text((pad, 2), title, fill=(0, 0, 0))
-    for k, (img, text) in enumerate(zip([query, *neighbors], ["query", *captions])):
+    for k, (img, text) in enumerate(zip([query, *neighbors], lines)):
         x = pad + k * (cell + pad)
         out.paste(_fit(img, cell), (x, head + pad))
-        draw.text((x, head + pad + cell + 1), text[: cell // 6], fill=(0, 0, 0))
+        for i, line in enumerate(text):
+            draw.text((x, head + pad + cell + 1 + 12 * i), line, fill=(0, 0, 0))
     draw.rectangle(
         [pad - 2, head + pad - 2, pad + cell + 1, head + pad + cell + 1], outline=(220, 30, 30), width=2
     )

@@ -3,7 +3,10 @@ thumbnails, top-K grids, predictions and Grad-CAM computed on demand and cached 
 
 Security: the database is opened read-only; files are served only from inside the atlas folder
 (anything resolving outside is a 404); uploads are size- and type-checked, decoded, re-encoded
-as PNG into a private temporary folder and never written anywhere else.
+as PNG into a private temporary folder and never written anywhere else; request bodies are
+counted as they are read (chunked ones too) and refused past the limit; only the configured
+host names are answered (DNS rebinding), cross-origin POSTs are refused, and every response
+carries a content security policy that forbids framing and scripts.
 """
 
 from __future__ import annotations
@@ -11,23 +14,150 @@ from __future__ import annotations
 import contextlib
 import io
 import shutil
+import socket
 import tempfile
 import threading
 import uuid
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, UploadFile
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from PIL import Image
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from convscope.errors import UserInputError
 from convscope.viewer import pages
 from convscope.viewer.store import AtlasReader
 
 ALLOWED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"}
 MAX_PIXELS = 40_000_000  # checked from the header, before decoding
 MAX_UPLOADS = 200  # uploads kept in the private temporary folder (oldest removed first)
+MULTIPART_OVERHEAD = 64 << 10  # form boundaries and part headers allowed on top of the image
+MAX_INDEX = 2**63 - 1  # SQLite integers: a unit or image number past this cannot exist
+MAX_PAGE = 2**31
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+SECURITY_HEADERS = [
+    (
+        b"content-security-policy",
+        b"default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+        b"script-src 'none'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+        b"frame-ancestors 'none'",
+    ),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"same-origin"),
+]
+
+
+def default_hosts(bind: str) -> list[str]:
+    """The host names the viewer answers to when bound to ``bind``: this machine's loopback
+    names, and for another address that address (for 0.0.0.0 or ::, this machine's name)."""
+    hosts = list(LOCAL_HOSTS)
+    extra = [socket.gethostname(), socket.getfqdn()] if bind in ("0.0.0.0", "::", "") else [bind]
+    return hosts + [h for h in dict.fromkeys(extra) if h and h not in hosts]
+
+
+def _host_patterns(hosts: Sequence[str]) -> list[str]:
+    """``hosts`` as TrustedHostMiddleware compares them (IPv6 literals in brackets)."""
+    out = []
+    for h in hosts:
+        h = h.strip().lower()
+        if ":" in h and not h.startswith("["):
+            h = f"[{h}]"
+        if h:
+            out.append(h)
+    return out
+
+
+class _SecurityHeaders:
+    """Adds :data:`SECURITY_HEADERS` to every HTTP response (errors and refusals included)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                have = {k.lower() for k, _ in message.get("headers", [])}
+                extra = [(k, v) for k, v in SECURITY_HEADERS if k not in have]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _same_origin(request: Request) -> bool:
+    """Whether a state-changing request comes from a page of this server: its ``Origin`` names
+    the host it was sent to (browsers send it on every POST); without one, ``Sec-Fetch-Site``
+    must not say cross-site. Clients that send neither (curl, scripts) are no browser attack."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return request.headers.get("sec-fetch-site", "same-origin") in ("same-origin", "none")
+    host = request.headers.get("host", "")
+    try:
+        netloc = urlsplit(origin).netloc
+    except ValueError:
+        return False
+    return bool(host) and netloc.lower() == host.lower()
+
+
+def _check_index(value: int, what: str) -> int:
+    """A unit or image number that can exist (larger ones would overflow SQLite: a 404)."""
+    if not 0 <= value <= MAX_INDEX:
+        raise HTTPException(404, f"no {what} {value}")
+    return value
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, counted as it arrives (``Content-Length`` or chunked): a 413 as soon
+    as it passes ``limit``, without reading the rest."""
+    buf = bytearray()
+    async for chunk in request.stream():
+        buf += chunk
+        if len(buf) > limit:
+            raise HTTPException(
+                413, f"images up to {_mb(limit - MULTIPART_OVERHEAD)}", {"Connection": "close"}
+            )
+    return bytes(buf)
+
+
+async def _parse_upload(request: Request, body: bytes):
+    """The ``file`` part of a multipart form already read into memory (parsed in memory too:
+    nothing is spooled to disk)."""
+    from starlette.datastructures import UploadFile
+    from starlette.formparsers import MultiPartException, MultiPartParser
+
+    ctype = request.headers.get("content-type", "")
+    if not ctype.startswith("multipart/form-data") or "boundary=" not in ctype:
+        raise HTTPException(400, "send the image as multipart/form-data with a field named file")
+
+    async def stream():
+        yield body
+
+    parser = MultiPartParser(request.headers, stream(), max_files=1, max_fields=8, max_part_size=64 << 10)
+    parser.spool_max_size = len(body) + 1  # the whole part stays in memory
+    try:
+        form = await parser.parse()
+    except (MultiPartException, KeyError, ValueError) as e:
+        raise HTTPException(400, f"not a readable upload form ({e})") from None
+    file = form.get("file")
+    if not isinstance(file, UploadFile):
+        raise HTTPException(400, "send the image in a form field named file")
+    return file
+
+
+def _mb(n: int) -> str:
+    return f"{n / (1 << 20):.3g} MB"
 
 
 class _Cache:
@@ -97,12 +227,26 @@ class ViewerState:
     def model_and_images(self):
         """The subject and image source the atlas was made from (loaded on first use)."""
         with self._lock:
-            if self._subject is None:
+            if self._subject is None or self._source is None:
                 from convscope.viewer.store import reopen_from_meta
 
-                self._subject, self._source = reopen_from_meta(self.meta)
+                self._subject, self._source = reopen_from_meta(self.meta, self._subject)
                 self._subject.to(self.device)
             return self._subject, self._source
+
+    def refresh(self) -> None:
+        """After ``atlas.db`` was replaced (``scan --overwrite``): read its meta again and drop
+        everything derived from the old one — rendered pictures, the image list, and the model
+        when the new atlas is of another one."""
+        if not self.reader.refresh() or not self.reader.available():
+            return
+        meta = self.reader.meta()
+        with self._lock:
+            if meta["model"] != self.meta["model"]:
+                self._subject = None
+            self._source = self._images = None
+            self.meta = meta
+            self.cache = _Cache(self.cache.max_bytes)
 
     def source_only(self):
         """The images without loading the model (opened once)."""
@@ -124,26 +268,71 @@ class ViewerState:
         return p
 
 
-def create_app(atlas: str | Path, device: str = "cpu", upload_limit: int = 8 << 20):
-    """The FastAPI application for ``atlas``."""
+def create_app(
+    atlas: str | Path,
+    device: str = "cpu",
+    upload_limit: int = 8 << 20,
+    allowed_hosts: Sequence[str] | None = None,
+):
+    """The FastAPI application for ``atlas``. ``allowed_hosts``: the ``Host`` names it answers
+    (default: this machine's loopback names, see :func:`default_hosts`; ``"*"``: any)."""
     st = ViewerState(atlas, device, upload_limit)
+
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         yield
         shutil.rmtree(st.uploads, ignore_errors=True)  # uploads never outlive the server
 
-    app = FastAPI(title="convscope viewer", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app = FastAPI(
+        title="convscope viewer", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
+    )
     app.state.viewer = st
+    links = pages.Links()
+
+    def error_response(request: Request, status: int, message: str, headers=None) -> Response:
+        """JSON for the API, an HTML page (status kept) for everything else."""
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"detail": message}, status_code=status, headers=headers)
+        html = pages.error_page(status, message, st.meta, links)
+        return HTMLResponse(html, status_code=status, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return error_response(request, exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameter(request: Request, exc: RequestValidationError):
+        errors = exc.errors()
+        if request.url.path.startswith("/api/"):
+            return await request_validation_exception_handler(request, exc)
+        first = errors[0] if errors else {}
+        where = " ".join(str(p) for p in first.get("loc", ())[1:]) or "request"
+        return error_response(request, 422, f"{where}: {first.get('msg', 'invalid')}")
+
+    @app.exception_handler(UserInputError)
+    async def user_error(request: Request, exc: UserInputError):
+        return error_response(request, 400, str(exc))
 
     @app.middleware("http")
-    async def limit_body(request, call_next):
-        # refuse oversized bodies before they are read (multipart overhead allowed for)
-        size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > st.upload_limit + (64 << 10):
-            return Response(f"images up to {st.upload_limit >> 20} MB", status_code=413)
+    async def guard(request: Request, call_next):
+        st.refresh()  # a replaced atlas.db (scan --overwrite) is reopened, caches dropped
+        if not st.reader.available():
+            return error_response(request, 503, "the atlas is being rewritten; reload in a moment")
+        if request.method not in ("GET", "HEAD", "OPTIONS") and not _same_origin(request):
+            return error_response(request, 403, "cross-origin request refused")
+        # refuse bodies announced as oversized before reading them; chunked or lying ones are
+        # counted as they are read (_read_body)
+        size = request.headers.get("content-length", "")
+        if size.isascii() and size.isdigit() and int(size) > st.upload_limit + MULTIPART_OVERHEAD:
+            msg = f"images up to {_mb(st.upload_limit)}"
+            return error_response(request, 413, msg, {"Connection": "close"})
         return await call_next(request)
 
-    links = pages.Links()
+    app.add_middleware(
+        TrustedHostMiddleware,
+        allowed_hosts=_host_patterns(default_hosts("127.0.0.1") if allowed_hosts is None else allowed_hosts),
+    )
+    app.add_middleware(_SecurityHeaders)
 
     def layer_or_404(name: str) -> dict:
         try:
@@ -152,7 +341,7 @@ def create_app(atlas: str | Path, device: str = "cpu", upload_limit: int = 8 << 
             raise HTTPException(404, f"no scanned layer {name!r}") from None
 
     def unit_or_404(layer: str, unit: int) -> dict:
-        row = st.reader.unit(layer, unit)
+        row = st.reader.unit(layer, _check_index(unit, "unit"))
         if row is None:
             raise HTTPException(404, f"{layer} has no unit {unit}")
         return row
@@ -168,14 +357,19 @@ def create_app(atlas: str | Path, device: str = "cpu", upload_limit: int = 8 << 
             links,
         )
 
+    def paging(page: int, per_page: int, sort: str) -> tuple[int, int]:
+        if sort not in ("unit", "max", "iou", "label"):
+            raise HTTPException(400, "sort must be unit, max, iou or label")
+        if page > MAX_PAGE:
+            raise HTTPException(400, f"page must be at most {MAX_PAGE}")
+        return max(page, 0), min(max(per_page, 1), 500)
+
     @app.get("/layer/{layer}", response_class=HTMLResponse)
     def layer(layer: str, page: int = 0, sort: str = "unit", label: str | None = None, per_page: int = 100):
         info = layer_or_404(layer)
-        if sort not in ("unit", "max", "iou", "label"):
-            raise HTTPException(400, "sort must be unit, max, iou or label")
-        per_page = min(max(per_page, 1), 500)
-        units, total = st.reader.units(layer, max(page, 0), per_page, sort, label)
-        return pages.layer_page(st.meta, info, units, total, max(page, 0), per_page, sort, label, links)
+        page, per_page = paging(page, per_page, sort)
+        units, total = st.reader.units(layer, page, per_page, sort, label)
+        return pages.layer_page(st.meta, info, units, total, page, per_page, sort, label, links)
 
     def weight_neighbors(layer: str, unit: int) -> list[tuple[int, float]]:
         from convscope.viewer.weights import weight_neighbors as find
@@ -190,7 +384,7 @@ def create_app(atlas: str | Path, device: str = "cpu", upload_limit: int = 8 << 
     def unit(layer: str, unit: int, direction: bool = False):
         info = layer_or_404(layer)
         kind = "direction" if direction else "channel"
-        row = st.reader.unit(layer, unit, kind)
+        row = st.reader.unit(layer, _check_index(unit, kind), kind)
         if row is None:
             raise HTTPException(404, f"{layer} has no {kind} {unit}")
         crits = st.reader.criteria(layer)
@@ -247,7 +441,7 @@ def create_app(atlas: str | Path, device: str = "cpu", upload_limit: int = 8 << 
 
     @app.get("/image/{idx}", response_class=HTMLResponse)
     def image(idx: int):
-        row = st.reader.image(idx)
+        row = st.reader.image(_check_index(idx, "image"))
         if row is None or row["status"] != "ok":
             raise HTTPException(404, f"no readable image {idx}")
         _, source = st.model_and_images()
@@ -257,10 +451,13 @@ def create_app(atlas: str | Path, device: str = "cpu", upload_limit: int = 8 << 
         )
 
     @app.post("/upload")
-    async def upload(file: UploadFile):
-        data = await file.read(st.upload_limit + 1)
+    async def upload(request: Request):
+        # read and parsed in memory, never more than the limit: no spooling to disk
+        body = await _read_body(request, st.upload_limit + MULTIPART_OVERHEAD)
+        file = await _parse_upload(request, body)
+        data = await file.read()
         if len(data) > st.upload_limit:
-            raise HTTPException(413, f"images up to {st.upload_limit >> 20} MB")
+            raise HTTPException(413, f"images up to {_mb(st.upload_limit)}")
         try:
             with Image.open(io.BytesIO(data)) as probe:  # reads the header only
                 fmt, (w, h) = probe.format, probe.size
@@ -298,7 +495,7 @@ def create_app(atlas: str | Path, device: str = "cpu", upload_limit: int = 8 << 
 
     @app.get("/img/source/{idx}")
     def source_image(idx: int, size: int = 112):
-        if st.reader.image(idx) is None:
+        if st.reader.image(_check_index(idx, "image")) is None:
             raise HTTPException(404, "no such image")
         size = min((112, 224, 448, 1024), key=lambda s: abs(s - size))  # few sizes: bounded cache
 
@@ -312,7 +509,7 @@ def create_app(atlas: str | Path, device: str = "cpu", upload_limit: int = 8 << 
     @app.get("/img/patch/{layer}/{unit}")
     def patch(layer: str, unit: int):
         layer_or_404(layer)
-        top = st.reader.topk(layer, unit, "max")
+        top = st.reader.topk(layer, _check_index(unit, "unit"), "max")
         if not top:
             raise HTTPException(404, "no top images")
 
@@ -335,7 +532,8 @@ def create_app(atlas: str | Path, device: str = "cpu", upload_limit: int = 8 << 
         layer_or_404(layer)
         if criterion not in st.reader.criteria(layer):
             raise HTTPException(404, "no such criterion")
-        if st.reader.unit(layer, unit, "direction" if direction else "channel") is None:
+        kind = "direction" if direction else "channel"
+        if st.reader.unit(layer, _check_index(unit, kind), kind) is None:
             raise HTTPException(404, "no such unit")
 
         def make():
@@ -366,7 +564,7 @@ def create_app(atlas: str | Path, device: str = "cpu", upload_limit: int = 8 << 
 
     @app.get("/img/rf/{layer}/{unit}")
     def rf(layer: str, unit: int):
-        r = st.reader.empirical_rf(layer, unit)
+        r = st.reader.empirical_rf(layer, _check_index(unit, "unit"))
         if r is None:
             raise HTTPException(404, "no empirical receptive field")
         from convscope.render.topk import heat_overlay
@@ -384,7 +582,9 @@ def create_app(atlas: str | Path, device: str = "cpu", upload_limit: int = 8 << 
 
     @app.get("/img/attr/{kind}/{ident}")
     def attribution(kind: str, ident: str):
-        if kind == "image" and ident.isdigit() and st.reader.image(int(ident)):
+        # ASCII digits only: int() also reads other scripts' digits, and "²".isdigit() is True
+        number = ident.isascii() and ident.isdigit() and int(ident) <= MAX_INDEX
+        if kind == "image" and number and st.reader.image(int(ident)):
 
             def read():
                 return st.model_and_images()[1].read(int(ident))
@@ -411,8 +611,12 @@ def create_app(atlas: str | Path, device: str = "cpu", upload_limit: int = 8 << 
 
     @app.get("/files/{path:path}")
     def files(path: str):
-        target = (st.path / path).resolve()
-        if not target.is_relative_to(st.path) or not target.is_file() or target.name.startswith("atlas.db"):
+        try:  # a NUL byte or an over-long name is no file either
+            target = (st.path / path).resolve()
+            found = target.is_relative_to(st.path) and target.is_file()
+        except (ValueError, OSError):
+            found = False
+        if not found or target.name.startswith("atlas.db"):
             raise HTTPException(404, "not found")
         media = {
             ".png": "image/png",
@@ -433,7 +637,8 @@ def create_app(atlas: str | Path, device: str = "cpu", upload_limit: int = 8 << 
         layer: str, page: int = 0, sort: str = "unit", label: str | None = None, per_page: int = 100
     ):
         layer_or_404(layer)
-        units, total = st.reader.units(layer, max(page, 0), min(max(per_page, 1), 500), sort, label)
+        page, per_page = paging(page, per_page, sort)
+        units, total = st.reader.units(layer, page, per_page, sort, label)
         return _clean({"total": total, "units": units})
 
     @app.get("/api/unit/{layer}/{unit}")

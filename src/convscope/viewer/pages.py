@@ -16,6 +16,7 @@ td,th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:left}
 .cell img{width:112px;height:112px;object-fit:contain;background:#eee}.tag{color:#555}
 .det{color:#0a7d2c;font-weight:600}nav.pages a{margin-right:8px}form.inline{display:inline}
 img.big{max-width:460px}h2{margin:14px 0 6px}
+.name{overflow-wrap:anywhere}.wide{overflow-x:auto;max-width:100%}.wide img{max-width:none}
 """
 
 
@@ -274,12 +275,13 @@ def unit_page(
     for crit in criteria:
         rows = tops.get(crit, [])
         parts.append(
-            f"<h2>top images by {escape(crit)}</h2>"
-            f"<img class='big' src='{links.topk(name, u, crit, direction)}' "
-            f"alt='top-k grid'><div class='grid'>"
+            f"<h2>top images by {escape(crit)}</h2>"  # the grid at its own size: text stays readable
+            f"<div class='wide'><img src='{links.topk(name, u, crit, direction)}' "
+            f"alt='top-k grid'></div><div class='grid'>"
             + "".join(
                 f"<div class='cell'><a href='{links.image(r['image'])}'><img loading='lazy' "
-                f"src='{links.source_image(r['image'])}' alt=''><br>{escape(r['name'][-18:])}</a>"
+                f"src='{links.source_image(r['image'])}' alt=''><br><span class='name' "
+                f"title='{escape(r['name'])}'>{escape(r['name'])}</span></a>"
                 f"<br><span class='tag'>{r['score']:.3g} at ({r['y']}, {r['x']})</span></div>"
                 for r in rows
             )
@@ -309,6 +311,18 @@ def unit_page(
             f"{rf['images']} images</p><img src='{links.rf(name, u)}' width='160' alt='average discrepancy'>"
         )
     return page(f"{name} {what}", "".join(parts), links, meta["model"].get("name", ""))
+
+
+def error_page(status: int, message: str, meta: dict, links: Links) -> str:
+    """What the server shows for an error on an HTML page (the status code stays the same)."""
+    from http import HTTPStatus
+
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "error"
+    body = f"<p id='error'>{escape(message)}</p><p><a href='{links.home()}'>back to the model</a></p>"
+    return page(f"{status} {phrase}", body, links, meta.get("model", {}).get("name", ""))
 
 
 def image_page(

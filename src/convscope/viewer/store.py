@@ -15,12 +15,13 @@ from convscope.errors import UserInputError
 SORTS = ("unit", "max", "iou", "label")
 
 
-def reopen_from_meta(meta: dict):
-    """The subject and image source an atlas was made from, from its (read-only) meta."""
+def reopen_from_meta(meta: dict, subject=None):
+    """The subject and image source an atlas was made from, from its (read-only) meta
+    (``subject``: one already loaded, whose images are opened again)."""
     from convscope.atlas import reopen
 
     specs = type("Specs", (), {"model_spec": meta["model"], "source_spec": meta["source"]})
-    return reopen(specs())
+    return reopen(specs(), subject)
 
 
 class AtlasReader:
@@ -32,17 +33,45 @@ class AtlasReader:
         if not self.db.exists():
             raise UserInputError(f"{self.path} is not an atlas (no atlas.db)")
         self._local = threading.local()
+        self._stamp = self._file_stamp()
+        self._generation = 0  # bumped when atlas.db is replaced: every thread reconnects
         try:  # not an SQLite file, or not one of ours: a one-line error, not a traceback
             self.meta()
         except sqlite3.DatabaseError as e:
             raise UserInputError(f"{self.db} is not a convscope atlas ({e})") from None
 
+    def _file_stamp(self) -> tuple[int, int, int] | None:
+        """Which file ``atlas.db`` is now: (device, inode, mtime); None while it is missing.
+        The mtime tells a new file from an old one that got the freed inode number."""
+        try:
+            s = self.db.stat()
+        except OSError:
+            return None
+        return (s.st_dev, s.st_ino, s.st_mtime_ns)
+
+    def refresh(self) -> bool:
+        """Notice an ``atlas.db`` replaced since the last call (``scan --overwrite`` deletes it
+        and writes a new one): True when it changed; connections then reopen on next use."""
+        stamp = self._file_stamp()
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        self._generation += 1
+        return True
+
+    def available(self) -> bool:
+        """Whether ``atlas.db`` exists now (it is briefly missing while a scan replaces it)."""
+        return self._stamp is not None
+
     def con(self) -> sqlite3.Connection:
         c = getattr(self._local, "con", None)
+        if c is not None and self._local.generation != self._generation:
+            c.close()  # a connection to the replaced (deleted) file
+            c = None
         if c is None:
             c = sqlite3.connect(f"{self.db.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
             c.row_factory = sqlite3.Row
-            self._local.con = c
+            self._local.con, self._local.generation = c, self._generation
         return c
 
     def _has(self, table: str) -> bool:
@@ -121,9 +150,9 @@ class AtlasReader:
         )
         where = "u.layer = ? AND u.kind = 'channel'"
         args: list = [layer]
-        if label and labels:
-            where += " AND l.name LIKE ?"
-            args.append(f"%{label}%")
+        if label and labels:  # a substring, case-insensitive; % and _ are literal
+            where += " AND l.name LIKE ? ESCAPE '\\'"
+            args.append("%" + label.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
         order = {
             "unit": "u.unit",
             "max": "u.max DESC",
