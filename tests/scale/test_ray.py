@@ -212,3 +212,16 @@ def test_ray_dissect_equals_one_process_and_resumes(cluster, subject, tmp_path):
         # image order may differ where maxima tie; the values agree
         assert np.allclose(a.top_values, b.top_values, rtol=1e-4, atol=1e-5)
     assert merged.images == single.images == 12
+
+
+def test_ray_scan_with_broken_files_equals_one_process_without_them(cluster, subject, tmp_path):
+    from tests.scan.test_calibration import add_broken_files, assert_same_scan, write_textures
+
+    clean, dirty = tmp_path / "clean", tmp_path / "dirty"
+    write_textures(clean, 24)
+    write_textures(dirty, 24)
+    add_broken_files(dirty)
+    single = scan(subject, open_images(clean, transform=subject.transform), LAYERS, **OPTIONS)
+    merged = ray_scan(subject, open_images(dirty), LAYERS, workers=2, n_shards=3, **OPTIONS)
+    assert merged.processed == single.processed == 24 and len(merged.skipped) > 10
+    assert_same_scan(single, merged, LAYERS)
