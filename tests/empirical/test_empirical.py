@@ -91,3 +91,14 @@ def test_stimuli(window_net):
     flat = stimuli(window_net, np.full((9, 9, 3), 0.3, np.float32), "0", 0, stride=4, n=2)
     assert flat.intact == pytest.approx(flat.shuffled) == pytest.approx(flat.scrambled)
     assert st.to_image().width > 300
+
+
+def test_rf_panel_has_a_colour_bar(window_net):
+    from convscope.render.receptive import empirical_rf_panel
+    from tests.render.checks import find_colorbar
+
+    x = torch.rand(2, 3, 40, 40, generator=torch.Generator().manual_seed(2))
+    rf = empirical_rf(window_net, x, "0", 0, patch=3, stride=2, fill="zero")
+    panel = np.asarray(empirical_rf_panel(window_net, x, rf))
+    found = find_colorbar(panel, "inferno")
+    assert found is not None and found[0] > 40  # under the tiles
