@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from convscope.fileio import save_image, write_text
 from convscope.layers import layer_row
@@ -214,7 +214,7 @@ def _demo_dissect(subject: Subject, where: Path, seed: int, result: DemoResult) 
         for name in names:
             result.files[f"dissection ({set_name}): detectors of {name} per concept"] = save_image(
                 figure_to_image(concepts_figure(d, name)), out / set_name / f"{name}_concepts.png")
-            for lab in sorted(d.labels(name), key=lambda lab: -lab.iou)[:2]:
+            for lab in best_labels(d.labels(name)):
                 result.files[f"dissection ({set_name}): {name}:{lab.unit} = {lab.name} "
                               f"(IoU {lab.iou:.2f})"] = save_image(
                     unit_figure(subject, data, d, name, lab.unit),
@@ -257,7 +257,8 @@ def _demo_synthesis(subject: Subject, where: Path, samples, seed: int, result: D
 
 def _demo_explain(subject: Subject, where: Path, samples, result: DemoResult) -> None:
     """Saliency, guided backprop, Grad-CAM and occlusion for the first two photos (top class),
-    and the Zeiler-Fergus projection's checkerboard on AlexNet, with and without the fix."""
+    and the Zeiler-Fergus projection's checkerboard on a random-init AlexNet (no trained one is
+    available offline; the pattern comes from the strides), with and without the fix."""
     from convscope.attribution import explain
 
     x = subject.load_images([img for _, img in samples[:2]])
@@ -286,10 +287,37 @@ def _demo_explain(subject: Subject, where: Path, samples, result: DemoResult) ->
         big = Image.fromarray(to_uint8(one / one.max())).resize((224, 224), Image.NEAREST)
         tiles.append(big)
         label = "even overlap" if even else "plain"
-        captions += [f"AlexNet features.3:5, {label}", f"stride-4 filter of ones, {label}"]
-    canvas = image_grid(tiles, ncols=2, pad=4, captions=captions)
-    result.files["Zeiler-Fergus projection, checkerboard (top) and even-overlap fix (bottom)"] = \
-        save_image(canvas, where / "zeiler_fergus_checkerboard.png")
+        captions += [f"random AlexNet, {label}", f"stride-4 filter of ones, {label}"]
+    grid = image_grid(tiles, ncols=2, pad=4, captions=captions)
+    head = ["Zeiler-Fergus projection of features.3:5 of an UNTRAINED",
+            "(random-init) AlexNet: no trained AlexNet is available offline.",
+            "The checkerboard comes from the strides, not the weights."]
+    canvas = Image.new("RGB", (grid.width, grid.height + 13 * len(head) + 4), "white")
+    canvas.paste(grid, (0, 13 * len(head) + 4))
+    draw = ImageDraw.Draw(canvas)
+    for k, line in enumerate(head):
+        draw.text((4, 2 + 13 * k), line, fill=(0, 0, 0))
+    result.files["Zeiler-Fergus projection on a random-init AlexNet, checkerboard (top) and "
+                 "even-overlap fix (bottom)"] = save_image(canvas, where / "zeiler_fergus_checkerboard.png")
+
+
+def scan_layers(subject: Subject) -> list[str]:
+    """The layers the demo scans: two middle stages, the deepest convolution's output (before
+    its batch norm and activation: ``conv_head`` of EfficientNet-Lite0, whose ``bn2`` output
+    saturates at ReLU6's 6.0, so that its top scores would tie) and the last layer (logits)."""
+    stages = subject.layers.stages()
+    modules = dict(subject.model.named_modules())
+    convs = [i for i in subject.layers if i.is_map and i.order <= stages[-1].order
+             and isinstance(modules.get(i.module), torch.nn.Conv2d)]
+    deep = [convs[-1].name] if convs and convs[-1].name not in [i.name for i in stages[-3:-1]] else []
+    last = [subject.layers[-1].name] if subject.layers[-1].units else []
+    return [i.name for i in stages[-3:-1]] + deep + last
+
+
+def best_labels(labels, n: int = 2) -> list:
+    """The ``n`` dissection labels with the highest IoU among units that are not flagged too
+    broad (a unit whose region covers nearly every pixel matches every large concept)."""
+    return sorted((lab for lab in labels if not lab.too_broad), key=lambda lab: -lab.iou)[:n]
 
 
 def _demo_scan(subject: Subject, where: Path, seed: int, result: DemoResult, step: Progress):
@@ -300,8 +328,7 @@ def _demo_scan(subject: Subject, where: Path, seed: int, result: DemoResult, ste
     from convscope.data import open_images
 
     source = open_images("convscope:samples", transform=subject.transform)
-    stages = [i.name for i in subject.layers.stages()]
-    layers = stages[-3:-1] + ([subject.layers[-1].name] if subject.layers[-1].units else [])
+    layers = scan_layers(subject)
     # The demo may replace its own earlier atlas of this model, never another model's.
     again = (where / "atlas.db").exists() and Atlas.open(where).model_spec == model_spec(subject) \
         and Atlas.open(where).source_spec == source.spec

@@ -75,7 +75,17 @@ def test_demo_writes_results(tmp_path, capsys):
     assert atlas.topk("classifier", 285).names[0].startswith("chelsea")
     assert atlas.topk("classifier", 967).names[0].startswith("coffee")
     assert (out / "atlas" / "render" / "classifier" / "unit0285_max.png").exists()
-    assert len(list((out / "atlas" / "render").rglob("direction*_max.png"))) == 4
+    assert len(list((out / "atlas" / "render").rglob("direction*_max.png"))) == 6
+    # the deepest convolution before its ReLU6 (bn2 saturates at 6.0): top scores do not tie
+    for unit in (0, 1, 2):
+        assert len(set(atlas.topk("conv_head", unit).scores.tolist())) > 1
+        assert (out / "atlas" / "render" / "conv_head" / f"unit{unit:04d}_max.png").exists()
+    # no unit flagged too broad among the dissection figures of the best units
+    figures = list((out / "atlas" / "render" / "dissect").glob("*/*/unit*.png"))
+    assert figures
+    for png in figures:
+        d = atlas.dissection(png.parent.parent.name)
+        assert not d.label(png.parent.name, int(png.stem[4:])).too_broad, png
     for name in ("chelsea_saliency", "coffee_gradcam", "chelsea_occlusion", "zeiler_fergus_checkerboard"):
         assert Image.open(out / "explain" / f"{name}.png").width > 400
     assert (out / "atlas" / "render" / "blocks.2" / "unit0001_rf.png").exists()
