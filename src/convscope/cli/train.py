@@ -49,14 +49,8 @@ def _check_resume(out: Path, resume: bool) -> None:
                              "to continue it or choose another --out")
 
 
-def _split(data: str, size: int, train_pattern: str, test_pattern: str, limit: int | None, cache: Path):
-    from convscope.train import load_tensor_images
-
-    tr = load_tensor_images(data, size, train_pattern, cache=cache, limit_per_class=limit)
-    te = load_tensor_images(
-        data, size, test_pattern, cache=cache, limit_per_class=None if limit is None else max(1, limit // 5)
-    )
-    return tr, te
+TestLimitOpt = Annotated[int | None, typer.Option(
+    "--test-limit", help="test images per class [default: the whole test split]")]
 
 
 def _report(out: Path, model, result, test, config, classes, title: str) -> None:
@@ -102,6 +96,7 @@ def train(
     train_pattern: Annotated[str, typer.Option("--train-pattern")] = "train/*",
     test_pattern: Annotated[str, typer.Option("--test-pattern")] = "test/*",
     limit: Annotated[int | None, typer.Option("--limit", help="training images per class")] = None,
+    test_limit: TestLimitOpt = None,
     out: Annotated[Path, typer.Option("--out", help="run folder")] = Path("run"),
     resume: ResumeOpt = False,
     device: DeviceOpt = "cpu",
@@ -113,12 +108,13 @@ def train(
 
     from convscope.fileio import save_image
     from convscope.render.training import filter_evolution_figure
-    from convscope.train import TrainConfig, build
+    from convscope.train import TrainConfig, build, load_split
     from convscope.train import train as run
 
     data = data_arg or data
     _check_resume(out, resume)
-    tr, te = _split(data, size, train_pattern, test_pattern, limit, out / "cache")
+    tr, te = load_split(data, train_pattern, test_pattern, size=size, limit=limit, test_limit=test_limit,
+                        cache=out / "cache")
     torch.manual_seed(seed)
     options = (
         {"widths": (32, 64, 128), "batchnorm": batchnorm, "padding": padding, "input_size": size}
@@ -186,6 +182,7 @@ def finetune(
     train_pattern: Annotated[str, typer.Option("--train-pattern")] = "train/*",
     test_pattern: Annotated[str, typer.Option("--test-pattern")] = "test/*",
     limit: Annotated[int | None, typer.Option("--limit", help="training images per class")] = 50,
+    test_limit: TestLimitOpt = None,
     freeze_blocks: Annotated[
         str, typer.Option("--freeze", help="blocks to freeze from the input side: k, or a sweep '0,2,4'")
     ] = "0",
@@ -212,16 +209,16 @@ def finetune(
     from convscope.fileio import save_image, write_text
     from convscope.render.plots import figure_to_image
     from convscope.render.training import transfer_figure
-    from convscope.train import TrainConfig, blocks, freeze, replace_head
+    from convscope.train import TrainConfig, blocks, freeze, load_split, replace_head
     from convscope.train import train as run
 
     ks = parse_range(freeze_blocks)
     for k in ks:
         _check_resume(out / f"freeze_{k}", resume)
     subject = load_subject(model, weights, arch, "cpu")
-    size = subject.input_size[0]
-    tr, te = _split(data, size, train_pattern, test_pattern, limit, out / "cache")
-    pre = subject.preprocess
+    pre = subject.preprocess  # the model's own resize and crop, for training and testing alike
+    tr, te = load_split(data, train_pattern, test_pattern, preprocess=pre, limit=limit,
+                        test_limit=test_limit, cache=out / "cache")
     config = TrainConfig(
         epochs=epochs,
         batch_size=batch_size,
@@ -289,11 +286,17 @@ def _scan(subject, data, where: Path, layer: str, device: str) -> None:
             p = img_dir / data.classes[int(y)] / f"{i:05d}.png"
             p.parent.mkdir(parents=True, exist_ok=True)
             save_image(Image.fromarray(x.permute(1, 2, 0).numpy()), p)
-    from convscope.data import open_images
+    from dataclasses import replace
 
-    source = open_images(img_dir, transform=subject.transform)
-    subject.to(device)
-    scan_to_atlas(subject, source, where, [layer], overwrite=True, k=8, batch_size=16, threshold_sample=32)
+    from convscope.data import open_images
+    from convscope.subject import Subject
+
+    # the images are already what the model sees (its own resize and crop): scanned as they are
+    pre = replace(subject.preprocess, resize=None, mode="squash")
+    seen = Subject(subject.model, pre, subject.labels, name=subject.name)
+    source = open_images(img_dir, transform=seen.transform)
+    seen.to(device)
+    scan_to_atlas(seen, source, where, [layer], overwrite=True, k=8, batch_size=16, threshold_sample=32)
 
 
 def filters(

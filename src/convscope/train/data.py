@@ -14,7 +14,8 @@ import torch
 from torchvision.transforms import functional as TF
 
 from convscope.data import open_images
-from convscope.errors import DataError
+from convscope.errors import DataError, UserInputError
+from convscope.preprocess import Preprocess
 
 
 @dataclass
@@ -44,6 +45,17 @@ class _Resize:
         return TF.pil_to_tensor(img)
 
 
+class _Geometry:
+    """A model's own resize and crop (``Preprocess.resize_only``), as uint8: the pixels that
+    ``Subject.load_images`` normalises (module-level: workers pickle it)."""
+
+    def __init__(self, preprocess: Preprocess):
+        self.preprocess = preprocess
+
+    def __call__(self, img):
+        return TF.pil_to_tensor(self.preprocess.resize_only(img.convert("RGB")))
+
+
 def load_tensor_images(
     source: str | os.PathLike,
     size: int = 32,
@@ -51,11 +63,16 @@ def load_tensor_images(
     cache: str | os.PathLike | None = None,
     limit_per_class: int | None = None,
     workers: int = 0,
+    preprocess: Preprocess | None = None,
 ) -> TensorImages:
-    """Decode an ImageFolder-style folder or archive (``pattern`` e.g. ``"train/*"``) to
-    ``size`` px uint8 tensors. ``cache``: a folder where the decoded arrays are kept, keyed by
-    the source, so later runs load them in a second."""
-    src = open_images(source, transform=_Resize(size), pattern=pattern)
+    """Decode an ImageFolder-style folder or archive (``pattern`` e.g. ``"train/*"``) to uint8
+    tensors: resized to ``size`` x ``size`` px, or with ``preprocess`` (a model's
+    :class:`~convscope.Preprocess`, e.g. ``subject.preprocess`` to fine-tune it) by that
+    preprocessing's own resize and crop, so that normalised with its mean and std they are
+    exactly what the model sees. ``cache``: a folder where the decoded arrays are kept, keyed
+    by the source and the geometry, so later runs load them in a second."""
+    resize = _Geometry(preprocess) if preprocess is not None else _Resize(size)
+    src = open_images(source, transform=resize, pattern=pattern)
     if not src.classes:
         raise DataError(f"{src.description} has no class sub-folders (need ImageFolder layout)")
     keep = list(range(len(src)))
@@ -68,7 +85,15 @@ def load_tensor_images(
                 keep.append(r.index)
         src = src.subset(keep)
     key = hashlib.sha1(
-        json.dumps([str(src.spec), size, pattern, limit_per_class, len(src)]).encode()
+        json.dumps(
+            [
+                str(src.spec),
+                size if preprocess is None else repr(preprocess),
+                pattern,
+                limit_per_class,
+                len(src),
+            ]
+        ).encode()
     ).hexdigest()[:12]
     if cache is not None:
         f = Path(cache) / f"images-{key}.npz"
@@ -80,9 +105,7 @@ def load_tensor_images(
                 list(z["classes"]),
                 int(z["skipped"]),
             )
-    loader = torch.utils.data.DataLoader(
-        src, batch_size=256, num_workers=workers, collate_fn=_as_list
-    )
+    loader = torch.utils.data.DataLoader(src, batch_size=256, num_workers=workers, collate_fn=_as_list)
     images, labels, skipped = [], [], 0
     for items in loader:
         for t, i, err in items:
@@ -107,6 +130,31 @@ def load_tensor_images(
         )
         os.replace(tmp, f)
     return out
+
+
+def load_split(
+    source: str | os.PathLike,
+    train_pattern: str = "train/*",
+    test_pattern: str = "test/*",
+    *,
+    size: int = 32,
+    preprocess: Preprocess | None = None,
+    limit: int | None = None,
+    test_limit: int | None = None,
+    cache: str | os.PathLike | None = None,
+    workers: int = 0,
+) -> tuple[TensorImages, TensorImages]:
+    """The training and test images of an ImageFolder-style source with ``train/`` and
+    ``test/`` parts (see :func:`load_tensor_images` for ``size`` and ``preprocess``). ``limit``
+    caps the training images per class, ``test_limit`` the test images per class; the test
+    split is whole unless ``test_limit`` is given."""
+    for name, value in (("--limit", limit), ("--test-limit", test_limit)):
+        if value is not None and value < 1:
+            raise UserInputError(f"{name} must be at least 1 image per class, not {value}")
+    common = dict(size=size, cache=cache, workers=workers, preprocess=preprocess)
+    train = load_tensor_images(source, pattern=train_pattern, limit_per_class=limit, **common)
+    test = load_tensor_images(source, pattern=test_pattern, limit_per_class=test_limit, **common)
+    return train, test
 
 
 def augment(
