@@ -43,7 +43,7 @@ def build(root: Path, n_images: int, n_layers: int, units: int, k: int = 16) -> 
     con = sqlite3.connect(atlas.db_path)
     con.execute("CREATE INDEX IF NOT EXISTS topk_image ON topk(image)")
     con.executemany(
-        "INSERT INTO images VALUES (?, ?, ?, 'ok', NULL)",
+        "INSERT INTO images(idx, name, label, status, reason) VALUES (?, ?, ?, 'ok', NULL)",
         ((i, f"img/{i % 50:02d}.jpg#{i}", i % 10) for i in range(n_images)),
     )
     con.execute(
@@ -110,7 +110,7 @@ def main() -> None:
     t0 = time.perf_counter()
     atlas = build(root, args.images, args.layers, args.units)
     built = time.perf_counter() - t0
-    client = TestClient(create_app(atlas))
+    client = TestClient(create_app(atlas), base_url="http://127.0.0.1")  # a name the viewer answers
     rng = np.random.default_rng(1)
     n = args.repeat
     L = args.layers
@@ -147,7 +147,7 @@ def main() -> None:
             str(real),
         ]
     )
-    rc = TestClient(create_app(real))
+    rc = TestClient(create_app(real), base_url="http://127.0.0.1")
     rows["image page (model forward, real atlas)"] = measure(rc, [f"/image/{i % 100}" for i in range(n)])
     for name, r in rows.items():
         print(f"{name:>40}: p50 {r['p50_ms']:7.1f} ms   p95 {r['p95_ms']:7.1f} ms")

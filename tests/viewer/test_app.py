@@ -346,7 +346,7 @@ def test_only_known_hosts_are_answered(viewer_atlas):
     for host in ("evil.example", "attacker.test:8000", "127.0.0.1.evil.example"):
         r = TestClient(app, base_url=f"http://{host}").get("/api/layers")
         assert r.status_code == 400 and "layers" not in r.text, host
-    lan = create_app(viewer_atlas, allowed_hosts=["atlas.lan", "fe80::1"])
+    lan = create_app(viewer_atlas, allowed_hosts=["atlas.lan:8000", "FE80:0::1"])
     assert TestClient(lan, base_url="http://atlas.lan:8000").get("/").status_code == 200
     assert TestClient(lan, base_url="http://[fe80::1]").get("/").status_code == 200
     assert TestClient(lan, base_url="http://127.0.0.1").get("/").status_code == 400

@@ -65,12 +65,17 @@ def default_hosts(bind: str) -> list[str]:
 
 
 def _host_patterns(hosts: Sequence[str]) -> list[str]:
-    """``hosts`` as TrustedHostMiddleware compares them (IPv6 literals in brackets)."""
+    """``hosts`` as TrustedHostMiddleware compares them: lower case, IPv6 literals in brackets,
+    without a port (``atlas.lan:8000`` is ``atlas.lan``)."""
+    import ipaddress
+
     out = []
     for h in hosts:
         h = h.strip().lower()
-        if ":" in h and not h.startswith("["):
-            h = f"[{h}]"
+        try:
+            h = f"[{ipaddress.IPv6Address(h.strip('[]'))}]"
+        except ValueError:
+            h = h.rsplit(":", 1)[0] if h.rsplit(":", 1)[-1].isdigit() else h
         if h:
             out.append(h)
     return out
