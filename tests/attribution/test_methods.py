@@ -197,6 +197,6 @@ def test_result_save_and_render(default_subject, chelsea_x, tmp_path):
     data = np.load(path)
     assert np.array_equal(data["maps"], amap.maps) and data["raw"].shape == (1, 3, 224, 224)
     img = Image.open(amap.to_png(tmp_path / "a.png"))
-    assert img.size == (3 * 224 + 16, 224 + 20)
+    assert img.size == (3 * 224 + 16, 16 + 224 + 4 + 20 + 4)  # title, tiles, colour bar
     n = amap.normalized(0)
     assert n.min() >= -1 and n.max() <= 1 and n.min() < 0  # signed map keeps its sign
