@@ -95,3 +95,18 @@ def test_static_export_names_the_class(class_atlas, tmp_path):
     assert "unit 0 (tench)" in layer and "unit 1 (goldfish)" in layer
     unit = (tmp_path / "site" / "unit_classifier_1.html").read_text()
     assert "classifier unit 1 (goldfish)" in unit
+
+
+def test_topk_command_names_the_class(class_atlas, capsys):
+    import json
+
+    from convscope.cli.main import main
+
+    capsys.readouterr()
+    args = ["topk", str(class_atlas), "--layers", "classifier", "--unit", "285", "--no-render"]
+    assert main([*args, "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["unit_name"] == "Egyptian cat"
+    assert main(args) == 0
+    assert "classifier unit 285 (Egyptian cat), top 4" in capsys.readouterr().out
+    assert main(["topk", str(class_atlas), "--layers", "blocks.6", "--unit", "3", "--no-render"]) == 0
+    assert "blocks.6 unit 3, top 4" in capsys.readouterr().out

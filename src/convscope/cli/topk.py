@@ -49,12 +49,15 @@ def topk(
                                empirical=measured[0] if measured else None), png)
     rows = [{"rank": r, "image": int(i), "name": display_name(n), "score": float(s), "y": int(y), "x": int(x)}
             for r, (i, n, s, y, x) in enumerate(zip(top.images, top.names, top.scores, top.ys, top.xs))]
+    names = [] if direction else store.unit_names().get(top.layer, [])
+    unit_name = names[unit] if 0 <= unit < len(names) else None  # a classifier's class
     if fmt == "json":
-        typer.echo(json.dumps({"layer": layer, "unit": unit, "criterion": criterion,
+        typer.echo(json.dumps({"layer": layer, "unit": unit, "unit_name": unit_name, "criterion": criterion,
                                "direction": direction, "png": str(png) if png else None,
                                "top": rows}, indent=1))
         return
-    table = Table(title=f"{layer} {'direction' if direction else 'unit'} {unit}, top {len(rows)} "
+    named = f" ({unit_name})" if unit_name else ""
+    table = Table(title=f"{layer} {'direction' if direction else 'unit'} {unit}{named}, top {len(rows)} "
                         f"by {criterion}", box=None, header_style="bold")
     for c in ("rank", "score", "y", "x", "image"):
         table.add_column(c, justify="right" if c != "image" else "left")
