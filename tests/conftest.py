@@ -14,6 +14,7 @@ from convscope.testing import tiny_subject
 
 SHARED = Path(os.environ.get("CONVSCOPE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 CIFAR_TAR = SHARED / "data" / "cifar10-jpg.tar.gz"
+CIFAR_SKIP = "CIFAR-10 data missing"  # in the skip reason of every test that needs it
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -43,7 +44,7 @@ def tiny():
 def cifar_dir(tmp_path_factory) -> Path:
     """A labelled folder of 10 CIFAR-10 test images per class (100 JPEGs), from shared data."""
     if not CIFAR_TAR.exists():
-        pytest.skip(f"{CIFAR_TAR} not found")
+        pytest.skip(f"{CIFAR_SKIP}: {CIFAR_TAR} not found")
     out = tmp_path_factory.mktemp("cifar")
     per_class: dict[str, int] = {}
     with tarfile.open(CIFAR_TAR) as tf:
@@ -66,7 +67,33 @@ def cifar_dir(tmp_path_factory) -> Path:
 def hook_count(model: torch.nn.Module) -> int:
     """Hooks of every kind left on any module of ``model``."""
     return sum(
-        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+        len(m._forward_hooks)
+        + len(m._forward_pre_hooks)
+        + len(m._backward_hooks)
         + len(getattr(m, "_backward_pre_hooks", {}))
         for m in model.modules()
     )
+
+
+def cifar_skips(reports) -> int:
+    """How many of the skipped test ``reports`` skipped for want of the CIFAR-10 data."""
+
+    def reason(rep) -> str:
+        lr = rep.longrepr
+        return lr[2] if isinstance(lr, tuple) and len(lr) == 3 else str(lr)
+
+    return sum(CIFAR_SKIP in reason(r) for r in reports)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Say loudly when tests on real photos did not run: a green run without ``../shared`` has
+    not checked them."""
+    n = cifar_skips(terminalreporter.stats.get("skipped", []))
+    if n:
+        terminalreporter.section("CIFAR-10 TESTS SKIPPED", sep="!", red=True, bold=True)
+        terminalreporter.write_line(
+            f"{n} test{'s' if n != 1 else ''} on CIFAR-10 photos did NOT run: {CIFAR_TAR} was not "
+            "found. Put the shared data beside the clone (../shared) or set CONVSCOPE_SHARED.",
+            red=True,
+            bold=True,
+        )

@@ -88,8 +88,7 @@ def _numpy_reference(subject, data, layer_module, quantile=0.005):
     union = np.zeros((u, len(concepts)))
     for i, it in enumerate(items):
         planes = it.planes.numpy()
-        up = F.interpolate(a[i:i + 1], size=data.seg_size, mode="bilinear",
-                           align_corners=False)[0].numpy()
+        up = F.interpolate(a[i : i + 1], size=data.seg_size, mode="bilinear", align_corners=False)[0].numpy()
         for k in range(u):
             m = up[k] > thr[k].item()
             for j, c in enumerate(concepts):
@@ -140,8 +139,13 @@ def test_planted_shape_detector_is_found(tmp_path):
     x = torch.stack([TF.pil_to_tensor(train.image(i)).float() / 255 for i in range(len(train))])
     y = torch.stack([torch.from_numpy((train.labels(i)[0] == square).any(0)) for i in range(len(train))])
     torch.manual_seed(0)
-    body = nn.Sequential(*[m for i, o, d in ((1, 8, 1), (8, 8, 2), (8, 8, 4), (8, 8, 4))
-                           for m in (nn.Conv2d(i, o, 3, padding=d, dilation=d), nn.ReLU())])
+    body = nn.Sequential(
+        *[
+            m
+            for i, o, d in ((1, 8, 1), (8, 8, 2), (8, 8, 4), (8, 8, 4))
+            for m in (nn.Conv2d(i, o, 3, padding=d, dilation=d), nn.ReLU())
+        ]
+    )
     head = nn.Conv2d(8, 1, 1)
     with torch.no_grad():
         sat = Saturation()(x).contiguous(memory_format=torch.channels_last)
@@ -176,3 +180,55 @@ def test_saturating_unit_is_not_a_detector(broden):
 def test_not_a_broden_directory(tmp_path):
     with pytest.raises(DataError, match="Broden"):
         BrodenDataset(tmp_path)
+
+
+def test_thresholds_and_top_images_do_not_depend_on_sharding(red_net, broden):
+    """Pass 1 over three parts merges to the thresholds of one pass, bit for bit; pass 2's top
+    images (unit 0 tops at 1.0 on most images) rank ties by the smaller image index, in parts
+    and in one process alike."""
+    from convscope.dissect.dissection import (
+        _Counts,
+        _Plan,
+        count_state,
+        merge_threshold_states,
+        threshold_state,
+    )
+
+    data = BrodenDataset(broden)
+    plan = _Plan(red_net, data, ["1"])
+    parts = [[0, 5, 9, 13, 21], [1, 2, 3, 4, 6, 7, 8], list(range(10, 24))]
+    parts[2].remove(13)
+    parts[2].remove(21)
+    whole = merge_threshold_states(
+        data, plan.maps, 0.005, [threshold_state(red_net, data, ["1"], batch_size=3)]
+    )
+    sharded = merge_threshold_states(
+        data,
+        plan.maps,
+        0.005,
+        [threshold_state(red_net, data, ["1"], indices=p, batch_size=4) for p in reversed(parts)],
+    )
+    thr = whole[0].thresholds("1")
+    assert torch.equal(sharded[0].thresholds("1"), thr)
+    one = dissect(red_net, data, ["1"], batch_size=5, top=6).layers["1"]
+    assert np.array_equal(one.thresholds, thr.numpy())
+    merged = _Counts.from_dicts(
+        thr,
+        plan.n_c,
+        len(plan.cats),
+        6,
+        plan.seg,
+        plan.device,
+        [count_state(red_net, data, ["1"], {"1": thr}, top=6, indices=p, batch_size=2)["1"] for p in parts],
+    )
+    peaks = []
+    for i in range(len(data)):
+        with torch.no_grad():
+            peaks.append(red_net.model(data[i].x[None])[0].flatten(1).amax(1))
+    peaks = torch.stack(peaks)  # (N, U)
+    assert (peaks[:, 0] == 1.0).sum() > 6  # more images at the ceiling than kept
+    for u in range(2):
+        p = peaks[:, u].tolist()
+        expected = sorted(range(len(data)), key=lambda i: (-p[i], i))[:6]
+        assert one.top_images[u].tolist() == expected, u
+        assert merged.best_i[u].tolist() == expected, u

@@ -183,6 +183,12 @@ def test_ray_dissect_equals_one_process_and_resumes(cluster, subject, tmp_path):
 
     root = make_synthetic_broden(tmp_path / "b", n=12, size=96, seg=48)
     single = dissect(subject, BrodenDataset(root), LAYERS, batch_size=4)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each Ray worker computes
+    try:
+        single1 = dissect(subject, BrodenDataset(root), LAYERS, batch_size=4)
+    finally:
+        torch.set_num_threads(threads)
     state = tmp_path / "shards"
 
     class Killed(Exception):
@@ -207,9 +213,17 @@ def test_ray_dissect_equals_one_process_and_resumes(cluster, subject, tmp_path):
     assert [f.name for f in state.iterdir()] == ["keep.txt"]  # only its own files are removed
     for layer in LAYERS:
         a, b = single.layers[layer], merged.layers[layer]
-        assert np.allclose(a.thresholds, b.thresholds, rtol=1e-5)
+        # On the workers' thread count, the sharded passes give one process's result exactly:
+        # thresholds from the merged top values, top images in the same total order.
+        one = single1.layers[layer]
+        assert np.array_equal(one.thresholds, b.thresholds) and np.array_equal(one.iou, b.iou)
+        assert np.array_equal(one.top_images, b.top_images)
+        # On another thread count the convolutions round differently in the last bits, by an
+        # amount relative to the layer's activations (measured: 1.2e-6 where they reach 4.6),
+        # not to each threshold (a threshold near 0 moves by as much as a large one).
+        scale = np.abs(a.thresholds).max()
+        assert np.allclose(a.thresholds, b.thresholds, rtol=1e-5, atol=1e-5 * scale)
         assert np.abs(a.iou - b.iou).max() < 2e-3 and (a.iou.argmax(1) == b.iou.argmax(1)).mean() > 0.97
-        # image order may differ where maxima tie; the values agree
         assert np.allclose(a.top_values, b.top_values, rtol=1e-4, atol=1e-5)
     assert merged.images == single.images == 12
 

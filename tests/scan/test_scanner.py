@@ -52,9 +52,15 @@ def test_scan_matches_brute_force(subject, folder):
     idx = np.array(sorted(acts))
     a = torch.stack([acts[i] for i in idx])  # (N, C, H, W)
     flat = a.flatten(2)
-    # thresholds: the sample covers the whole dataset, so they are the exact quantile
-    exact = quantile_thresholds(a.transpose(0, 1).reshape(a.shape[1], -1))
-    assert torch.allclose(res.states["block"].thresholds, exact, atol=1e-5)
+    # thresholds: the sample covers the whole dataset, so they count exactly the values above
+    # the exact quantile, from the middle of the gap between the values they separate
+    vals = a.transpose(0, 1).reshape(a.shape[1], -1)
+    exact = quantile_thresholds(vals)[:, None]
+    t = res.states["block"].thresholds[:, None]
+    assert torch.equal(vals > t, vals > exact)
+    below = torch.where(vals <= exact, vals, -torch.inf).max(1).values
+    above = torch.where(vals > exact, vals, torch.inf).min(1).values
+    assert torch.allclose(t[:, 0], (below + above) / 2, atol=1e-6)
     scores = {
         "max": flat.max(2).values,
         "mean": flat.mean(2),
@@ -93,8 +99,7 @@ def test_threshold_from_a_sample_is_close_to_the_dataset_quantile(subject, folde
 
 def test_directions_are_scanned_like_units(subject, folder):
     src = open_images(folder, transform=subject.transform)
-    res = scan(subject, src, ["conv2"], k=3, directions=5, seed=3, batch_size=16,
-               criteria=["max", "mean"])
+    res = scan(subject, src, ["conv2"], k=3, directions=5, seed=3, batch_size=16, criteria=["max", "mean"])
     d = res.directions["conv2"]
     assert d.shape == (5, 16) and torch.allclose(d.norm(dim=1), torch.ones(5))
     acts = _all_acts(subject, src, "conv2")
@@ -116,13 +121,28 @@ def test_directions_are_scanned_like_units(subject, folder):
 def test_merge_of_halves_equals_full_scan(subject, folder):
     src = open_images(folder, transform=subject.transform)
     n = len(src)
-    full = scan(subject, src, ["block", "conv2"], k=5, directions=2, batch_size=8,
-                threshold_sample=16)
+    full = scan(subject, src, ["block", "conv2"], k=5, directions=2, batch_size=8, threshold_sample=16)
     # Interleaved halves: other batches than the full scan's, so scores agree to rounding.
-    first = scan(subject, src, ["block", "conv2"], k=5, directions=2, batch_size=8,
-                 thresholds=full.thresholds, indices=range(0, n, 2))
-    second = scan(subject, src, ["block", "conv2"], k=5, directions=2, batch_size=8,
-                  thresholds=full.thresholds, indices=range(1, n, 2))
+    first = scan(
+        subject,
+        src,
+        ["block", "conv2"],
+        k=5,
+        directions=2,
+        batch_size=8,
+        thresholds=full.thresholds,
+        indices=range(0, n, 2),
+    )
+    second = scan(
+        subject,
+        src,
+        ["block", "conv2"],
+        k=5,
+        directions=2,
+        batch_size=8,
+        thresholds=full.thresholds,
+        indices=range(1, n, 2),
+    )
     merged = first.merge(second)
     assert merged.processed == full.processed
     assert sorted(merged.skipped) == sorted(full.skipped)
@@ -134,15 +154,17 @@ def test_merge_of_halves_equals_full_scan(subject, folder):
         assert torch.allclose(merged.states[layer].sum, full.states[layer].sum, rtol=1e-6)
     with pytest.raises(ScanMismatchError):
         scan(subject, src, ["block"], k=5, directions=2, batch_size=8, indices=range(10)).merge(
-            scan(subject, src, ["block"], k=5, directions=2, batch_size=8, indices=range(10, 20)))
+            scan(subject, src, ["block"], k=5, directions=2, batch_size=8, indices=range(10, 20))
+        )
 
 
 def test_merge_is_bit_exact_when_batches_coincide(subject, folder):
     src = open_images(folder, transform=subject.transform)
     full = scan(subject, src, ["block"], k=5, batch_size=8, criteria=["max", "mean"])
     a = scan(subject, src, ["block"], k=5, batch_size=8, criteria=["max", "mean"], indices=range(0, 32))
-    b = scan(subject, src, ["block"], k=5, batch_size=8, criteria=["max", "mean"],
-             indices=range(32, len(src)))
+    b = scan(
+        subject, src, ["block"], k=5, batch_size=8, criteria=["max", "mean"], indices=range(32, len(src))
+    )
     merged = a.merge(b)
     for crit in ("max", "mean"):
         assert torch.equal(merged.states["block"].topk[crit].scores, full.states["block"].topk[crit].scores)
@@ -210,10 +232,23 @@ def test_stages_and_all_conv(subject, default_subject):
 
 def test_class_logits_find_their_class(default_subject, cifar_dir):
     # One ImageNet class per CIFAR-10 class, fixed before looking at the results.
-    logit = {"airplane": 404, "automobile": 817, "bird": 15, "cat": 281, "deer": 351,
-             "dog": 162, "frog": 31, "horse": 339, "ship": 510, "truck": 867}
+    logit = {
+        "airplane": 404,
+        "automobile": 817,
+        "bird": 15,
+        "cat": 281,
+        "deer": 351,
+        "dog": 162,
+        "frog": 31,
+        "horse": 339,
+        "ship": 510,
+        "truck": 867,
+    }
     src = open_images(cifar_dir, transform=default_subject.transform)
     res = scan(default_subject, src, ["classifier"], k=1, criteria=["max"], batch_size=50)
-    hits = [c for c, u in logit.items()
-            if src.classes[src.records[res.topk("classifier", u).images[0]].label] == c]
+    hits = [
+        c
+        for c, u in logit.items()
+        if src.classes[src.records[res.topk("classifier", u).images[0]].label] == c
+    ]
     assert len(hits) >= 8, hits

@@ -19,7 +19,7 @@ def _fold(acts, order, bs, thresholds):
     st = LayerState.empty(acts.shape[1], acts.shape[2:], 5, ("max", "mean", "area"))
     st.thresholds = thresholds
     for i in range(0, len(order), bs):
-        idx = torch.tensor(order[i:i + bs])
+        idx = torch.tensor(order[i : i + bs])
         st.update(acts[idx], idx)
     return st
 
@@ -91,3 +91,59 @@ def test_empty_slots():
     top = TopK.empty(2, 3)
     top.merge(torch.tensor([[1.0], [2.0]]), torch.tensor([[4], [4]]), torch.tensor([[0], [1]]))
     assert top.valid_images().tolist() == [[4, -1, -1], [4, -1, -1]]
+
+
+def _saturating(n=48, units=5, hw=(4, 4), seed=2):
+    """ReLU6-like maps: most images reach 6.0 somewhere, with different spatial means."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, units, *hw, generator=g) * 4 + 1).clamp(0, 6)
+
+
+def test_ties_at_saturation_rank_by_spatial_mean_then_index():
+    acts = _saturating()
+    acts[9] = acts[3]  # identical maps: the smaller index first
+    thr = torch.full((5,), 3.0)
+    a = _fold(acts, list(range(48)), 48, thr)
+    b = _fold(acts, list(np.random.default_rng(4).permutation(48)), 5, thr)
+    part1 = _fold(acts, list(range(0, 20)), 3, thr)
+    part1.merge(_fold(acts, list(range(20, 48)), 7, thr))
+    flat = acts.flatten(2)
+    peak, mean = flat.max(2).values, flat.mean(2)
+    area = (flat > thr.view(1, -1, 1)).float().mean(2)
+    assert ((peak == 6.0).float().mean(0) > 0.5).all()  # most images tie at the maximum
+    for crit, (score, second) in {"max": (peak, mean), "area": (area, mean), "mean": (mean, peak)}.items():
+        for st in (b, part1):
+            assert torch.equal(st.topk[crit].images, a.topk[crit].images), crit
+            assert torch.equal(st.topk[crit].secondary, a.topk[crit].secondary), crit
+        for u in range(5):
+            s, t = score[:, u].tolist(), second[:, u].tolist()
+            expected = sorted(range(48), key=lambda i: (-s[i], -t[i], i))[:5]
+            assert a.topk[crit].images[u].tolist() == expected, (crit, u)
+    # the tie-break is not the image index: among the images at 6.0, the largest means come first
+    u0 = a.topk["max"].images[0].tolist()
+    at_max = [i for i in range(48) if peak[i, 0] == 6.0]
+    assert u0 != sorted(at_max)[:5] and u0 == sorted(at_max, key=lambda i: (-mean[i, 0], i))[:5]
+
+
+def test_separating_thresholds_count_the_same_values_and_survive_rounding():
+    from convscope.scan.state import TopValues
+
+    g = torch.Generator().manual_seed(5)
+    acts = torch.rand(40, 3, 5, 5, generator=g)  # (N, U, H, W); 1000 values per unit
+    top_u0 = acts[:, 0].flatten().topk(8).values
+    tie = (acts[:, 0] >= top_u0[5]) & (acts[:, 0] <= top_u0[2])
+    acts[:, 0][tie] = top_u0[5]  # unit 0: 4 values tied at the quantile (as max pooling copies)
+    acts[:, 1][acts[:, 1] > 0.98] = 6.0  # unit 1: saturates, > 0.5% of its values at the max
+    tops = TopValues(40, {"l": (5, 5)})
+    tops.add({"l": acts})
+    exact = tops.thresholds("l")  # quantile with the saturation rule
+    sep = tops.thresholds("l", separate=True)
+    vals = acts.transpose(0, 1).reshape(3, -1)
+    assert torch.equal(vals > sep[:, None], vals > exact[:, None])  # the same values counted
+    assert (vals > sep[:, None]).sum(1)[1] == (vals[1] == 6.0).sum()
+    # no value lies on a separating threshold; the quantile lies on the tied ones
+    assert not (vals == sep[:, None]).any() and (vals[0] == exact[0]).sum() == 4
+    # a forward pass that rounds the last bit up (another thread count, another machine)
+    bumped = torch.nextafter(vals, torch.full_like(vals, torch.inf))
+    assert torch.equal(bumped > sep[:, None], vals > sep[:, None])
+    assert not torch.equal(bumped > exact[:, None], vals > exact[:, None])  # the hazard it removes

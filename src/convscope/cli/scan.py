@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -31,6 +32,7 @@ from convscope.cli.common import (
     progress_bar,
     writes_atlas,
 )
+from convscope.scan.result import SaturationWarning
 
 
 @writes_atlas("out")
@@ -80,6 +82,9 @@ def scan(
     bar, progress = progress_bar("scanning", len(source), console, unit="img")
 
     check_engine(engine)
+    quiet = warnings.catch_warnings()  # a saturating layer: one line at the end instead
+    quiet.__enter__()
+    warnings.simplefilter("ignore", SaturationWarning)
     try:
         if engine == "ray":
             atlas, result = _ray_scan(subject, source, out, layers, resume, overwrite, progress, address,
@@ -99,6 +104,7 @@ def scan(
         raise typer.Exit(130) from None
     finally:
         bar.stop()
+        quiet.__exit__(None, None, None)
     rendered = []
     for name in result.layers if render else []:
         units = range(min(render, result.channels[name]))
@@ -108,6 +114,8 @@ def scan(
             f"{subject.name}: {', '.join(result.layers)}")
     o.print(f"{result.images_per_second:.1f} images/s; {_skips(result)}")
     o.print(f"atlas: {out}/atlas.db" + (f"; {len(rendered)} grids in {out}/render/" if rendered else ""))
+    if result.saturation_message():
+        typer.echo(f"warning: {result.saturation_message()}", err=True)  # one line, unwrapped
 
 
 def _ray_scan(subject, source, out, layers, resume, overwrite, progress, address, workers, device, **options):

@@ -30,7 +30,7 @@ from convscope.dissect.broden import ConceptItem
 from convscope.dissect.result import Dissection, LayerDissection
 from convscope.preprocess import Preprocess
 from convscope.recorder import Recorder
-from convscope.scan.state import TopValues
+from convscope.scan.state import TopValues, rank
 from convscope.subject import Subject
 
 # Elements of one (images x units x pixels) block in pass 2; bounds its memory.
@@ -41,8 +41,9 @@ def dissection_transform(subject: Subject) -> Preprocess:
     """The subject's normalisation after resizing the *whole* image to its input size, so that
     every pixel of the segmentation has a place in the activation map (no crop)."""
     p = subject.preprocess
-    return Preprocess(size=p.size, resize=None, mode="squash", mean=p.mean, std=p.std,
-                      interpolation=p.interpolation)
+    return Preprocess(
+        size=p.size, resize=None, mode="squash", mean=p.mean, std=p.std, interpolation=p.interpolation
+    )
 
 
 def _collate(items: list[ConceptItem]):
@@ -68,8 +69,10 @@ class _Forward:
         if self.accel.decode != "cpu":
             from convscope.errors import UserInputError
 
-            raise UserInputError("dissection decodes images with their segmentations on the CPU; "
-                                 "decode='device' is for scans and features (--decode cpu here)")
+            raise UserInputError(
+                "dissection decodes images with their segmentations on the CPU; "
+                "decode='device' is for scans and features (--decode cpu here)"
+            )
         self.device = subject.device
         self.workers = workers  # None: sized to the machine and the batch, in batches()
         self._stack = contextlib.ExitStack()
@@ -86,9 +89,14 @@ class _Forward:
         """``(x, good items)`` per batch; unreadable items go to ``report``."""
         dataset = data if indices is None else torch.utils.data.Subset(data, list(indices))
         workers = resolve_workers(self.workers, self.device, loader_batch_bytes(self.subject, batch_size))
-        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                                             num_workers=workers, collate_fn=_collate,
-                                             pin_memory=self.device.type == "cuda")
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=workers,
+            collate_fn=_collate,
+            pin_memory=self.device.type == "cuda",
+        )
         for x, good, bad in loader:
             if report is not None:
                 for it in bad:
@@ -122,9 +130,13 @@ class _Plan:
         lut[self.numbers] = torch.arange(self.n_c)
         self.lut = lut.to(device)
         self.cats = list(data.categories)
-        self.cat_of = torch.tensor([self.cats.index(data.concepts[c].category)
-                                    if data.concepts[c].category in self.cats else 0
-                                    for c in self.numbers], device=device)
+        self.cat_of = torch.tensor(
+            [
+                self.cats.index(data.concepts[c].category) if data.concepts[c].category in self.cats else 0
+                for c in self.numbers
+            ],
+            device=device,
+        )
         self.seg = tuple(data.seg_size)
         self.s = self.seg[0] * self.seg[1]
         self.device = device
@@ -136,9 +148,17 @@ class _Plan:
         return sum(i.units * self.maps[i.name][0] * self.maps[i.name][1] * 4 for i in self.infos) + 8 * self.s
 
 
-def _threshold_pass(fwd: _Forward, plan: _Plan, data, tops: TopValues, batch_size: int,
-                    skipped: SkipReport | None, indices=None, keep: list | None = None,
-                    tick: Callable[[], None] = lambda: None) -> None:
+def _threshold_pass(
+    fwd: _Forward,
+    plan: _Plan,
+    data,
+    tops: TopValues,
+    batch_size: int,
+    skipped: SkipReport | None,
+    indices=None,
+    keep: list | None = None,
+    tick: Callable[[], None] = lambda: None,
+) -> None:
     """Pass 1: fold every batch's activations into ``tops``; with ``keep``, also store them with
     their labels there (so that pass 2 need not read the data again)."""
     for x, good in fwd.batches(data, batch_size, skipped, indices):
@@ -150,15 +170,25 @@ def _threshold_pass(fwd: _Forward, plan: _Plan, data, tops: TopValues, batch_siz
         tick()
 
 
-def _count_pass(fwd: _Forward, plan: _Plan, data, counts: dict, batch_size: int, indices=None,
-                stored: list | None = None, tick: Callable[[], None] = lambda: None) -> None:
+def _count_pass(
+    fwd: _Forward,
+    plan: _Plan,
+    data,
+    counts: dict,
+    batch_size: int,
+    indices=None,
+    stored: list | None = None,
+    tick: Callable[[], None] = lambda: None,
+) -> None:
     """Pass 2: add every batch's intersections and areas to ``counts``, from ``stored``
     activations when pass 1 kept them, else by reading the data again."""
     if stored is not None:
         batches = iter(stored)
     else:
-        batches = ((fwd(x), plan.labels(good)) if len(good) else None
-                   for x, good in fwd.batches(data, batch_size, None, indices))
+        batches = (
+            (fwd(x), plan.labels(good)) if len(good) else None
+            for x, good in fwd.batches(data, batch_size, None, indices)
+        )
     for item in batches:
         if item is not None:
             acts, labels = item
@@ -168,9 +198,17 @@ def _count_pass(fwd: _Forward, plan: _Plan, data, counts: dict, batch_size: int,
             tick()
 
 
-def threshold_state(subject: Subject, data, layers: Sequence[str], *, quantile: float = 0.005,
-                    indices=None, batch_size: int = 4, workers: int | None = 0,
-                    accel: Accel | None = None):
+def threshold_state(
+    subject: Subject,
+    data,
+    layers: Sequence[str],
+    *,
+    quantile: float = 0.005,
+    indices=None,
+    batch_size: int = 4,
+    workers: int | None = 0,
+    accel: Accel | None = None,
+):
     """Pass 1 on part of the data (``indices``): per layer the largest activations needed for
     the exact quantile over the *whole* dataset, and the images skipped. Merge the states of
     disjoint parts with :func:`merge_threshold_states`."""
@@ -179,8 +217,11 @@ def threshold_state(subject: Subject, data, layers: Sequence[str], *, quantile: 
     skipped = SkipReport()
     with _Forward(subject, plan.names, accel, workers) as fwd:
         _threshold_pass(fwd, plan, data, tops, batch_size, skipped, indices)
-    return {"values": {n: v.cpu() for n, v in tops.values.items()}, "seen": tops.seen,
-            "skipped": skipped.items}
+    return {
+        "values": {n: v.cpu() for n, v in tops.values.items()},
+        "seen": tops.seen,
+        "skipped": skipped.items,
+    }
 
 
 def merge_threshold_states(data, maps: dict, quantile: float, states: list[dict]) -> tuple[TopValues, list]:
@@ -195,13 +236,24 @@ def merge_threshold_states(data, maps: dict, quantile: float, states: list[dict]
 
 
 def _new_counts(plan: _Plan, thresholds: dict, top: int) -> dict:
-    return {n: _Counts(thresholds[n].to(plan.device), plan.n_c, len(plan.cats), top, plan.seg,
-                       plan.device) for n in plan.names}
+    return {
+        n: _Counts(thresholds[n].to(plan.device), plan.n_c, len(plan.cats), top, plan.seg, plan.device)
+        for n in plan.names
+    }
 
 
-def count_state(subject: Subject, data, layers: Sequence[str], thresholds: dict, *, top: int = 8,
-                indices=None, batch_size: int = 4, workers: int | None = 0,
-                accel: Accel | None = None) -> dict:
+def count_state(
+    subject: Subject,
+    data,
+    layers: Sequence[str],
+    thresholds: dict,
+    *,
+    top: int = 8,
+    indices=None,
+    batch_size: int = 4,
+    workers: int | None = 0,
+    accel: Accel | None = None,
+) -> dict:
     """Pass 2 on part of the data: per layer the IoU counts (mergeable by addition) and the
     part's top images."""
     plan = _Plan(subject, data, layers)
@@ -211,11 +263,21 @@ def count_state(subject: Subject, data, layers: Sequence[str], thresholds: dict,
     return {n: c.to_dict() for n, c in counts.items()}
 
 
-def dissect(subject: Subject, data, layers: Sequence[str], *, quantile: float = 0.005,
-            iou_threshold: float = 0.04, max_coverage: float = 0.2, batch_size: int | None = None,
-            workers: int | None = None, top: int = 8, cache_bytes: int = 2 << 30,
-            accel: Accel | None = None,
-            progress: Callable[[int, int], None] | None = None) -> Dissection:
+def dissect(
+    subject: Subject,
+    data,
+    layers: Sequence[str],
+    *,
+    quantile: float = 0.005,
+    iou_threshold: float = 0.04,
+    max_coverage: float = 0.2,
+    batch_size: int | None = None,
+    workers: int | None = None,
+    top: int = 8,
+    cache_bytes: int = 2 << 30,
+    accel: Accel | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Dissection:
     """Dissect ``layers`` of ``subject`` against the concepts of ``data`` (a
     :class:`BrodenDataset` or :class:`ColorConcepts`). ``quantile``: fraction of each unit's
     activations above its threshold. ``top``: images kept per unit (by maximum activation) for
@@ -253,25 +315,52 @@ def dissect(subject: Subject, data, layers: Sequence[str], *, quantile: float = 
         counts = _new_counts(plan, thr, top)
         _count_pass(fwd, plan, data, counts, batch_size, stored=stored, tick=tick)
     seconds = {"pass1": t1 - t0, "pass2": time.perf_counter() - t1}
-    return finish(plan, data, thr, counts, iou_threshold, quantile, max_coverage, skipped.items,
-                  subject.name, seconds)
+    return finish(
+        plan, data, thr, counts, iou_threshold, quantile, max_coverage, skipped.items, subject.name, seconds
+    )
 
 
-def finish(plan: _Plan, data, thr: dict, counts: dict, iou_threshold: float, quantile: float,
-           max_coverage: float, skipped: list, model: str, seconds: dict | None = None) -> Dissection:
+def finish(
+    plan: _Plan,
+    data,
+    thr: dict,
+    counts: dict,
+    iou_threshold: float,
+    quantile: float,
+    max_coverage: float,
+    skipped: list,
+    model: str,
+    seconds: dict | None = None,
+) -> Dissection:
     """IoU from the summed counts of every layer."""
     result = {}
     for n in plan.names:
         c = counts[n]
-        both = c.inter[:, :plan.n_c]
-        union = c.area_m[:, plan.cat_of] + c.area_l[None, :plan.n_c] - both
+        both = c.inter[:, : plan.n_c]
+        union = c.area_m[:, plan.cat_of] + c.area_l[None, : plan.n_c] - both
         iou = torch.where(union > 0, both / union.clamp_min(1), torch.zeros_like(union))
-        result[n] = LayerDissection(n, thr[n].cpu().numpy(), plan.numbers, iou.cpu().numpy(),
-                                    c.best_i.cpu().numpy(), c.best_v.cpu().numpy(),
-                                    (c.area / max(1, c.pixels)).cpu().numpy())
-    return Dissection(result, dict(data.concepts), plan.cats, iou_threshold, quantile, max_coverage,
-                      len(data) - len(skipped), list(skipped), dict(getattr(data, "spec", {})), model,
-                      seconds or {})
+        result[n] = LayerDissection(
+            n,
+            thr[n].cpu().numpy(),
+            plan.numbers,
+            iou.cpu().numpy(),
+            c.best_i.cpu().numpy(),
+            c.best_v.cpu().numpy(),
+            (c.area / max(1, c.pixels)).cpu().numpy(),
+        )
+    return Dissection(
+        result,
+        dict(data.concepts),
+        plan.cats,
+        iou_threshold,
+        quantile,
+        max_coverage,
+        len(data) - len(skipped),
+        list(skipped),
+        dict(getattr(data, "spec", {})),
+        model,
+        seconds or {},
+    )
 
 
 @dataclass
@@ -290,7 +379,7 @@ class _Labels:
 
 def _labels(items: list[ConceptItem], lut, cats, n_c, s, device) -> _Labels:
     depth = max(1, max(it.planes.shape[0] for it in items))
-    dtype = torch.int16 if n_c < 2 ** 15 - 1 else torch.int32
+    dtype = torch.int16 if n_c < 2**15 - 1 else torch.int32
     cols = torch.full((len(items), depth, s), n_c, dtype=torch.long, device=device)
     annotated = torch.zeros(len(items), len(cats), device=device)
     image_cols = torch.zeros(len(items), n_c + 1, device=device)
@@ -298,7 +387,7 @@ def _labels(items: list[ConceptItem], lut, cats, n_c, s, device) -> _Labels:
         if it.planes.shape[0]:
             p = it.planes.to(device).flatten(1)
             known = (p >= 0) & (p < len(lut))  # labels missing from label.csv count as none
-            cols[b, :p.shape[0]] = torch.where(known, lut[p.clamp(0, len(lut) - 1)], n_c)
+            cols[b, : p.shape[0]] = torch.where(known, lut[p.clamp(0, len(lut) - 1)], n_c)
         for lvl in range(1, depth):
             dup = (cols[b, :lvl] == cols[b, lvl]).any(0)
             cols[b, lvl][dup] = n_c
@@ -332,8 +421,12 @@ class _Counts:
     _FIELDS = ("inter", "area_m", "area_l", "area")
 
     def to_dict(self) -> dict:
-        return {**{f: getattr(self, f).cpu() for f in self._FIELDS}, "pixels": self.pixels,
-                "best_v": self.best_v.cpu(), "best_i": self.best_i.cpu()}
+        return {
+            **{f: getattr(self, f).cpu() for f in self._FIELDS},
+            "pixels": self.pixels,
+            "best_v": self.best_v.cpu(),
+            "best_i": self.best_i.cpu(),
+        }
 
     @classmethod
     def from_dicts(cls, thr, n_c, n_cats, top, seg, device, parts: list[dict]) -> _Counts:
@@ -343,11 +436,16 @@ class _Counts:
             for f in cls._FIELDS:
                 getattr(c, f).add_(p[f].to(device))
             c.pixels += p["pixels"]
-            v = torch.cat([c.best_v, p["best_v"].to(device)], 1)
-            i = torch.cat([c.best_i, p["best_i"].to(device)], 1)
-            c.best_v, pos = v.topk(min(top, v.shape[1]), dim=1)
-            c.best_i = i.gather(1, pos)
+            c._keep_best(p["best_v"].to(device), p["best_i"].to(device))
         return c
+
+    def _keep_best(self, values: torch.Tensor, images: torch.Tensor) -> None:
+        """Fold in candidate top images (U, M): the best ``top`` by value, ties by the smaller
+        image index (the scan's order), so parts merge to the single-process list."""
+        v = torch.cat([self.best_v, values], 1)
+        i = torch.cat([self.best_i, images], 1)
+        pos = rank(v, i)[:, : self.top]
+        self.best_v, self.best_i = v.gather(1, pos), i.gather(1, pos)
 
     def add(self, a: torch.Tensor, lab: _Labels) -> None:
         """Count one batch of activations ``a`` (B, U, h, w)."""
@@ -355,10 +453,7 @@ class _Counts:
         self.area_l += lab.area
         self.pixels += b * self.seg[0] * self.seg[1]
         peak = a.flatten(2).amax(2)  # (B, U)
-        v = torch.cat([self.best_v, peak.T], 1)
-        i = torch.cat([self.best_i, lab.index.expand(u, -1)], 1)
-        self.best_v, pos = v.topk(min(self.top, v.shape[1]), dim=1)
-        self.best_i = i.gather(1, pos)
+        self._keep_best(peak.T, lab.index.expand(u, -1))
         # Bilinear upsampling never exceeds a map's maximum: only (image, unit) pairs whose
         # peak passes the threshold can have mask pixels (NetDissect's shortcut, vectorised).
         bi, ui = (peak > self.thr).nonzero(as_tuple=True)
@@ -366,9 +461,8 @@ class _Counts:
         width = self.n_c + 1
         step = max(1, _BLOCK // s)
         for lo in range(0, len(bi), step):
-            pb, pu = bi[lo:lo + step], ui[lo:lo + step]
-            up = F.interpolate(a[pb, pu][:, None], size=self.seg, mode="bilinear",
-                               align_corners=False)
+            pb, pu = bi[lo : lo + step], ui[lo : lo + step]
+            up = F.interpolate(a[pb, pu][:, None], size=self.seg, mode="bilinear", align_corners=False)
             mask = (up[:, 0] > self.thr[pu, None, None]).flatten(1)  # (P, S)
             rows, pix = mask.nonzero(as_tuple=True)
             area = torch.bincount(rows, minlength=len(pu)).double()

@@ -30,6 +30,10 @@ from convscope.scan.scanner import CRITERIA, scan
 from convscope.scan.state import LayerState
 from convscope.subject import Subject
 
+# What a kept shard holds; shards of another format (an older convscope) are not reused.
+# 2: top-K with the tie-breaking key, one more top value per unit.
+STATE_FORMAT = 2
+
 
 def shards(n: int, parts: int) -> list[list[int]]:
     """``range(n)`` cut into ``parts`` contiguous, nearly equal pieces (none empty)."""
@@ -174,9 +178,15 @@ class _Worker:
         if fail_marker and not os.path.exists(fail_marker):  # for tests: die once, mid-task
             Path(fail_marker).write_text("failed once")
             os._exit(1)
+        import warnings
+
+        from convscope.scan.result import SaturationWarning
+
         if options.get("workers") is None:
             options = {**options, "workers": self._image_workers(options)}
-        r = scan(self.subject, self._open("images", source_spec), layers, indices=indices, **options)
+        with warnings.catch_warnings():  # one part's ties say nothing: the driver warns on the whole
+            warnings.simplefilter("ignore", SaturationWarning)
+            r = scan(self.subject, self._open("images", source_spec), layers, indices=indices, **options)
         return {
             "states": {n: s.to_dict() for n, s in r.states.items()},
             "skipped": r.skipped,
@@ -324,6 +334,7 @@ def ray_scan(
             state,
             {
                 "kind": "scan",
+                "format": STATE_FORMAT,
                 "layers": names,
                 "images": n,
                 "shards": len(parts),
@@ -361,9 +372,16 @@ def ray_scan(
             skipped=[(int(a), str(b)) for a, b in r["skipped"]],
             processed=int(r["processed"]),
             seconds=float(r["seconds"]),
-            config={**template.config, "engine": "ray", "shards": len(parts)},
+            config={
+                **template.config,
+                "engine": "ray",
+                "shards": len(parts),
+                # the driver's libraries; every worker computes on one thread
+                "versions": {**template.config.get("versions", {}), "threads": "1 per worker"},
+            },
         )
         merged = part if merged is None else merged.merge(part)
+    merged.record_ties()
     return merged
 
 
@@ -539,8 +557,9 @@ def ray_dissect(
         if not resume:
             _clear_shards(state)
         state.mkdir(parents=True, exist_ok=True)
-        _check_manifest(state, {"kind": "dissect", "layers": names, "images": len(data),
-                                "shards": len(parts), "model": model_spec, "concepts": spec,
+        _check_manifest(state, {"kind": "dissect", "format": STATE_FORMAT, "layers": names,
+                                "images": len(data), "shards": len(parts), "model": model_spec,
+                                "concepts": spec,
                                 "quantile": quantile, "top": top, "batch_size": bs,
                                 **Accel.of(accel).config()})
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -9,6 +10,16 @@ import torch
 
 from convscope.errors import LayerNotFoundError, UserInputError
 from convscope.scan.state import LayerState, ScanMismatchError
+
+# A layer "saturates" when at least this fraction of its units reach their best `max` score in
+# two or more of their top-K images (a ReLU6 at 6.0): their `max` ranking is then by the
+# secondary key (state.SECONDARY), not by the response itself.
+SATURATION_WARN = 0.05
+
+
+class SaturationWarning(UserWarning):
+    """A scanned layer saturates: many units tie at their maximum in the top-K (see
+    :meth:`ScanResult.tied_at_max`)."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,50 @@ class ScanResult:
     def images_per_second(self) -> float:
         return self.processed / self.seconds if self.seconds > 0 else 0.0
 
+    def tied_at_max(self) -> dict[str, float]:
+        """Per layer, the fraction of its channels whose `max` top-K holds two or more images at
+        the channel's best score (units whose best score is <= 0, never active, are not counted
+        as tied). Empty when `max` was not scanned."""
+        if "max" not in self.criteria:
+            return {}
+        out = {}
+        for name in self.layers:
+            top, c = self.states[name].topk["max"], self.channels[name]
+            if c == 0 or top.scores.shape[1] < 2:
+                out[name] = 0.0
+                continue
+            s, second = top.scores[:c], top.valid_images()[:c, 1]
+            tied = (s[:, 1] == s[:, 0]) & (second >= 0) & (s[:, 0] > 0)
+            out[name] = float(tied.double().mean())
+        return out
+
+    @property
+    def saturated(self) -> dict[str, float]:
+        """The layers where at least :data:`SATURATION_WARN` of the units tie at their maximum,
+        with that fraction (from the recorded ``config["tied_at_max"]`` when there is one)."""
+        ties = self.config.get("tied_at_max") or self.tied_at_max()
+        return {n: f for n, f in ties.items() if f >= SATURATION_WARN}
+
+    def saturation_message(self) -> str | None:
+        """One line about the saturating layers, or None."""
+        sat = self.saturated
+        if not sat:
+            return None
+        which = ", ".join(f"{n} ({f:.0%} of units)" for n, f in sat.items())
+        return (
+            f"{which} saturate: several top-K images reach the maximum (e.g. ReLU6 at 6.0); "
+            "ties rank by the map's spatial mean (docs/scan.md); the layer before the clamp "
+            "ranks by the response itself"
+        )
+
+    def record_ties(self, warn: bool = True) -> None:
+        """Store :meth:`tied_at_max` in ``config`` (the atlas keeps it with the run) and, with
+        ``warn``, issue a :class:`SaturationWarning` for the saturating layers."""
+        self.config["tied_at_max"] = self.tied_at_max()
+        note = self.saturation_message()
+        if warn and note:
+            warnings.warn(SaturationWarning(note), stacklevel=3)
+
     @property
     def thresholds(self) -> dict[str, torch.Tensor]:
         """Per-layer `area` thresholds (U,), to scan further parts of a dataset consistently."""
@@ -92,9 +147,15 @@ class ScanResult:
         pos = top.positions[row].cpu().numpy()[keep]
         w = state.map_size[1]
         return UnitTopK(
-            layer, unit, criterion, direction, images[keep],
+            layer,
+            unit,
+            criterion,
+            direction,
+            images[keep],
             [self.image_names[i] for i in images[keep]],
-            top.scores[row].cpu().numpy()[keep], pos // w, pos % w,
+            top.scores[row].cpu().numpy()[keep],
+            pos // w,
+            pos % w,
         )
 
     def stats(self, layer: str, direction: bool = False) -> UnitStats:
@@ -103,7 +164,9 @@ class ScanResult:
         c = self.channels[layer]
         part = slice(c, None) if direction else slice(0, c)
         return UnitStats(
-            s.mean()[part].cpu().numpy(), s.std()[part].cpu().numpy(), s.max[part].cpu().numpy(),
+            s.mean()[part].cpu().numpy(),
+            s.std()[part].cpu().numpy(),
+            s.max[part].cpu().numpy(),
             s.fraction_positive()[part].cpu().numpy(),
             s.thresholds[part].cpu().numpy() if s.thresholds is not None else None,
         )
@@ -121,4 +184,6 @@ class ScanResult:
         self.skipped = sorted(set(self.skipped) | set(other.skipped))
         self.processed += other.processed
         self.seconds += other.seconds
+        if "tied_at_max" in self.config:
+            self.config["tied_at_max"] = self.tied_at_max()
         return self

@@ -46,12 +46,12 @@ from convscope.errors import ConvscopeError, UserInputError
 from convscope.fileio import atomic_path
 from convscope.recorder import Recorder
 from convscope.scan.result import ScanResult
-from convscope.scan.state import CRITERIA, LayerState, Scratch, TopValues, quantile_thresholds
+from convscope.scan.state import CRITERIA, SECONDARY, LayerState, Scratch, TopValues, quantile_thresholds
 from convscope.subject import Subject
 from convscope.units import Direction
 
 Progress = Callable[[int, int], None]
-CHECKPOINT_VERSION = 2  # 2: the calibration sample is recorded
+CHECKPOINT_VERSION = 3  # 2: the calibration sample is recorded; 3: top-K keeps the tie-break key
 
 
 def scan(
@@ -134,7 +134,7 @@ def scan(
         "layers": names, "k": k, "criteria": list(criteria), "directions": directions,
         "seed": seed, "batch_size": batch_size, "threshold_sample": n_cal,
         "indices": hashlib.sha1(json.dumps(all_indices).encode()).hexdigest(),
-        "given_thresholds": thresholds is not None, **accel.config(),
+        "given_thresholds": thresholds is not None, "secondary_key": dict(SECONDARY), **accel.config(),
     }
     position, processed, seconds = 0, 0, 0.0
     skipped: dict[int, str] = {}
@@ -213,7 +213,7 @@ def scan(
                 if used <= buffer_bytes:
                     buffered.append((batch.indices, acts))
             for n in names:
-                states[n].thresholds = tops.thresholds(n).to(device)
+                states[n].thresholds = tops.thresholds(n, separate=True).to(device)
             if used <= buffer_bytes:
                 for idx, acts in buffered:
                     for n in names:
@@ -251,13 +251,31 @@ def scan(
         save_checkpoint()
     check_finite(accel, {n: s.sum for n, s in states.items()})
 
-    return ScanResult(
+    result = ScanResult(
         layers=names, channels=channels, directions={n: d.cpu() for n, d in dirs.items()},
         states=states, k=k, criteria=criteria,
         image_names=[r.name for r in data.records], image_labels=[r.label for r in data.records],
         classes=list(data.classes), skipped=sorted(skipped.items()), processed=processed,
-        seconds=seconds, config=config,
+        seconds=seconds, config={**config, "versions": library_versions()},
     )
+    if not calibration_only:
+        result.record_ties()  # in the run's config; a SaturationWarning for saturating layers
+    return result
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries whose numerics make a scan's numbers (recorded with the run:
+    another torch or thread count rounds the forward pass differently in the last bits)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("convscope", "torch", "torchvision", "timm", "numpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    out["threads"] = str(torch.get_num_threads())
+    return out
 
 
 def resolve_scan_layers(subject: Subject, spec: str | Sequence[str]) -> list[str]:

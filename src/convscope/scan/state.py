@@ -1,9 +1,11 @@
 """Mergeable scan state: per layer, the top-K images of every unit under each criterion, and
 streaming per-unit statistics. Memory is O(units x K), whatever the dataset size.
 
-Every operation is order-invariant: candidates are ranked by score, ties by the smaller image
-index, so updating batch by batch, resuming after a crash, or merging the states of disjoint
-parts of a dataset all give the same top-K (up to the float rounding of the forward pass).
+Every operation is order-invariant: candidates are ranked by a total order, score first, then a
+secondary key (:data:`SECONDARY`: a saturating unit, ReLU6 at 6.0, gives many images the same
+``max``), then the smaller image index, so updating batch by batch, resuming after a crash, or
+merging the states of disjoint parts of a dataset all give the same top-K (up to the float
+rounding of the forward pass).
 """
 
 from __future__ import annotations
@@ -17,7 +19,23 @@ from convscope.errors import ConvscopeError
 
 CRITERIA = ("max", "mean", "area")
 QUANTILE = 0.995  # the "high activation" threshold of `area`: top 0.5% of a unit's values
+# Ties of a criterion's score are ranked by this score of the same image's map (higher first),
+# then by the smaller image index: which of the images where a ReLU6 unit reaches 6.0 comes
+# first is the one with the larger spatial mean, whatever the batches or shards.
+SECONDARY = {"max": "mean", "mean": "max", "area": "mean"}
 _NO_IMAGE = torch.iinfo(torch.int64).max
+
+
+def rank(scores: torch.Tensor, images: torch.Tensor, secondary: torch.Tensor | None = None) -> torch.Tensor:
+    """Per row of (U, M) candidates, their order under the scan's total order: ``scores``
+    descending, then ``secondary`` descending, then ``images`` ascending. Stable sorts on the
+    tensors' device; the result does not depend on the order the candidates come in."""
+    order = images.argsort(dim=1, stable=True)
+    for key in (secondary, scores):
+        if key is not None:
+            step = key.gather(1, order).argsort(dim=1, descending=True, stable=True)
+            order = order.gather(1, step)
+    return order
 
 
 class Scratch:
@@ -41,12 +59,14 @@ class ScanMismatchError(ConvscopeError):
 
 @dataclass
 class TopK:
-    """Best ``k`` images of each unit: ``scores``/``images``/``positions`` are (U, K); positions
-    are flat indices ``y * W + x`` into the layer's map; empty slots have image -1."""
+    """Best ``k`` images of each unit: ``scores``/``images``/``positions``/``secondary`` are
+    (U, K); positions are flat indices ``y * W + x`` into the layer's map; ``secondary`` is the
+    tie-breaking score (:data:`SECONDARY`) of each image; empty slots have image -1."""
 
     scores: torch.Tensor
     images: torch.Tensor
     positions: torch.Tensor
+    secondary: torch.Tensor
 
     @classmethod
     def empty(cls, units: int, k: int, device=None) -> TopK:
@@ -54,18 +74,28 @@ class TopK:
             torch.full((units, k), -torch.inf, device=device),
             torch.full((units, k), _NO_IMAGE, dtype=torch.long, device=device),
             torch.zeros((units, k), dtype=torch.long, device=device),
+            torch.full((units, k), -torch.inf, device=device),
         )
 
-    def merge(self, scores: torch.Tensor, images: torch.Tensor, positions: torch.Tensor) -> None:
-        """Fold in candidates (U, M) and keep the best K per unit (score desc, image asc)."""
+    def merge(
+        self,
+        scores: torch.Tensor,
+        images: torch.Tensor,
+        positions: torch.Tensor,
+        secondary: torch.Tensor | None = None,
+    ) -> None:
+        """Fold in candidates (U, M) and keep the best K per unit (:func:`rank`: score desc,
+        secondary desc, image asc). ``secondary`` None: all -inf (ties go by image index)."""
         k = self.scores.shape[1]
+        if secondary is None:
+            secondary = torch.full_like(scores, -torch.inf)
         s = torch.cat([self.scores, scores], dim=1)
         i = torch.cat([self.images, images], dim=1)
         p = torch.cat([self.positions, positions], dim=1)
-        order = i.argsort(dim=1, stable=True)
-        s, i, p = s.gather(1, order), i.gather(1, order), p.gather(1, order)
-        order = s.argsort(dim=1, descending=True, stable=True)[:, :k]
-        self.scores, self.images, self.positions = s.gather(1, order), i.gather(1, order), p.gather(1, order)
+        t = torch.cat([self.secondary, secondary.to(s.dtype)], dim=1)
+        order = rank(s, i, t)[:, :k]
+        self.scores, self.images = s.gather(1, order), i.gather(1, order)
+        self.positions, self.secondary = p.gather(1, order), t.gather(1, order)
 
     def valid_images(self) -> torch.Tensor:
         """``images`` with empty slots as -1."""
@@ -87,10 +117,15 @@ class LayerState:
     positive: torch.Tensor | None = None  # (U,) int64, values > 0
 
     @classmethod
-    def empty(cls, units: int, map_size: tuple[int, int], k: int, criteria: Iterable[str],
-              device=None) -> LayerState:
+    def empty(
+        cls, units: int, map_size: tuple[int, int], k: int, criteria: Iterable[str], device=None
+    ) -> LayerState:
         return cls(
-            units, tuple(map_size), {c: TopK.empty(units, k, device) for c in criteria}, None, 0,
+            units,
+            tuple(map_size),
+            {c: TopK.empty(units, k, device) for c in criteria},
+            None,
+            0,
             torch.zeros(units, dtype=torch.float64, device=device),
             torch.zeros(units, dtype=torch.float64, device=device),
             torch.full((units,), -torch.inf, device=device),
@@ -125,7 +160,7 @@ class LayerState:
         cand = images.to(acts.device).view(1, -1).expand(self.units, -1)
         where_t = where.T
         for name, top in self.topk.items():
-            top.merge(scores[name].T, cand, where_t)
+            top.merge(scores[name].T, cand, where_t, scores[SECONDARY[name]].T)
         self.count += flat.shape[0] * n_pos
         self.sum += total.sum(dim=0, dtype=torch.float64)
         self.sumsq += torch.linalg.vector_norm(flat, dim=2).double().square().sum(dim=0)
@@ -144,7 +179,7 @@ class LayerState:
             )
         for name, top in self.topk.items():
             o = other.topk[name]
-            top.merge(o.scores, o.images, o.positions)
+            top.merge(o.scores, o.images, o.positions, o.secondary)
         self.count += other.count
         self.sum += other.sum
         self.sumsq += other.sumsq
@@ -165,25 +200,47 @@ class LayerState:
     # -- (de)serialisation as plain tensors (torch.save / weights_only load) --------------
     def to_dict(self) -> dict:
         d = {
-            "units": self.units, "map_size": list(self.map_size), "count": self.count,
-            "sum": self.sum.cpu(), "sumsq": self.sumsq.cpu(), "max": self.max.cpu(),
+            "units": self.units,
+            "map_size": list(self.map_size),
+            "count": self.count,
+            "sum": self.sum.cpu(),
+            "sumsq": self.sumsq.cpu(),
+            "max": self.max.cpu(),
             "positive": self.positive.cpu(),
             "thresholds": self.thresholds.cpu() if self.thresholds is not None else None,
         }
         for name, top in self.topk.items():
-            d[f"topk.{name}"] = {"scores": top.scores.cpu(), "images": top.images.cpu(),
-                                 "positions": top.positions.cpu()}
+            d[f"topk.{name}"] = {
+                "scores": top.scores.cpu(),
+                "images": top.images.cpu(),
+                "positions": top.positions.cpu(),
+                "secondary": top.secondary.cpu(),
+            }
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping, device=None) -> LayerState:
-        topk = {k.split(".", 1)[1]: TopK(**{n: t.to(device) for n, t in v.items()})
-                for k, v in d.items() if k.startswith("topk.")}
+        if any("secondary" not in v for k, v in d.items() if k.startswith("topk.")):
+            raise ScanMismatchError(
+                "this scan state was saved by an older convscope (top-K without "
+                "the tie-breaking key); scan again"
+            )
+        topk = {
+            k.split(".", 1)[1]: TopK(**{n: t.to(device) for n, t in v.items()})
+            for k, v in d.items()
+            if k.startswith("topk.")
+        }
         thr = d["thresholds"]
         return cls(
-            int(d["units"]), tuple(d["map_size"]), topk,
-            thr.to(device) if thr is not None else None, int(d["count"]),
-            d["sum"].to(device), d["sumsq"].to(device), d["max"].to(device), d["positive"].to(device),
+            int(d["units"]),
+            tuple(d["map_size"]),
+            topk,
+            thr.to(device) if thr is not None else None,
+            int(d["count"]),
+            d["sum"].to(device),
+            d["sumsq"].to(device),
+            d["max"].to(device),
+            d["positive"].to(device),
         )
 
 
@@ -193,6 +250,30 @@ def saturation_rule(thresholds: torch.Tensor, maxima: torch.Tensor) -> torch.Ten
     saturated positions (``> t`` then means ``>= max``) instead of none."""
     lower = torch.nextafter(thresholds, torch.full_like(thresholds, -torch.inf))
     return torch.where(thresholds >= maxima, lower, thresholds)
+
+
+def separating_thresholds(quantile: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+    """Thresholds that count the same values as ``quantile`` (with :func:`saturation_rule`) but
+    lie in the middle of the gap between the values they separate, rather than on a value.
+
+    ``top`` (U, m): each unit's largest values, sorted descending, among them every value above
+    the quantile and the largest one below it. ``> t`` then selects exactly the values above the
+    quantile (or, where the quantile is the maximum, the values at the maximum), as before; but
+    a value tied with the quantile (duplicates from max pooling, a ReLU6 at 6.0) is no longer on
+    the threshold, where the last-bit rounding of another thread count or machine decides
+    whether it counts.
+    """
+    m = top.shape[1]
+    above = (top > quantile[:, None]).sum(dim=1)
+    at_max = (top == top[:, :1]).sum(dim=1)
+    r = torch.where(above > 0, above, at_max)  # values counted: the r largest
+    hi = top.gather(1, (r - 1).clamp(0, m - 1)[:, None])[:, 0]  # smallest value counted
+    lo = top.gather(1, r.clamp(max=m - 1)[:, None])[:, 0]  # largest value not counted
+    mid = lo + (hi - lo) / 2
+    mid = torch.where(mid < hi, mid, lo)  # adjacent floats: the lower one
+    below = torch.nextafter(hi, torch.full_like(hi, -torch.inf))
+    known = (r < m) & (lo < hi)  # else no smaller value is known: one float step below
+    return torch.where(known, mid, below)
 
 
 def quantile_thresholds(values: torch.Tensor, q: float = QUANTILE) -> torch.Tensor:
@@ -223,9 +304,10 @@ class TopValues:
         self.seen = dict.fromkeys(map_sizes, 0)
 
     def _needed(self, n: int) -> int:
-        # Ranks (from the top) of the two order statistics the interpolated quantile uses.
+        # Ranks (from the top) of the two order statistics the interpolated quantile uses, and
+        # one more: the largest value below them, for :func:`separating_thresholds`.
         lo = int((n - 1) * self.quantile)
-        return n - lo
+        return min(n, n - lo + 1)
 
     def add(self, acts: dict[str, torch.Tensor]) -> None:
         for name, a in acts.items():
@@ -245,7 +327,10 @@ class TopValues:
         m = min(self.keep[name], both.shape[1])
         self.values[name] = both.topk(m, dim=1).values if both.shape[1] > m else both
 
-    def thresholds(self, name: str) -> torch.Tensor:
+    def thresholds(self, name: str, separate: bool = False) -> torch.Tensor:
+        """The exact ``quantile`` of every unit's values (with :func:`saturation_rule`); with
+        ``separate``, moved into the gap between the values it separates
+        (:func:`separating_thresholds`), which counts the same values of these images."""
         n = self.seen[name]
         if n == 0:
             raise ConvscopeError("no image could be read to compute the thresholds")
@@ -257,4 +342,5 @@ class TopValues:
         srt = vals.sort(dim=1, descending=True).values
         v_lo = srt[:, n - 1 - lo]
         v_hi = srt[:, n - 1 - hi]
-        return saturation_rule(v_lo + (pos - lo) * (v_hi - v_lo), srt[:, 0])
+        q = v_lo + (pos - lo) * (v_hi - v_lo)
+        return separating_thresholds(q, srt) if separate else saturation_rule(q, srt[:, 0])
