@@ -260,6 +260,7 @@ def _demo_explain(subject: Subject, where: Path, samples, result: DemoResult) ->
     and the Zeiler-Fergus projection's checkerboard on a random-init AlexNet (no trained one is
     available offline; the pattern comes from the strides), with and without the fix."""
     from convscope.attribution import explain
+    from convscope.render.attribution import display_scale
 
     x = subject.load_images([img for _, img in samples[:2]])
     options = {"occlusion": {"window": 56, "stride": 28}}
@@ -280,14 +281,16 @@ def _demo_explain(subject: Subject, where: Path, samples, result: DemoResult) ->
     tiles, captions = [], []
     for even in (False, True):
         amap = explain(alexnet, ax, "zeiler_fergus", target="features.3:5", even_overlap=even)
-        rgb = amap.raw[0].transpose(1, 2, 0)
-        tiles.append(0.5 + 0.5 * rgb / max(float(np.abs(rgb).max()), 1e-12))
+        rgb = amap.raw[0].transpose(1, 2, 0)  # RGB around grey, scaled as attribution panels
+        tiles.append(0.5 + 0.5 * np.clip(rgb / max(display_scale(rgb), 1e-12), -1, 1))
         one = explain(flat, torch.ones(1, 3, 99, 99), "zeiler_fergus", target="1:0",
                       even_overlap=even).maps[0][20:68, 20:68]
-        big = Image.fromarray(to_uint8(one / one.max())).resize((224, 224), Image.NEAREST)
-        tiles.append(big)
+        lo, hi = float(one.min()), float(one.max())  # min black, max white; flat: mid grey
+        shown = (one - lo) / (hi - lo) if hi - lo > 1e-6 * max(abs(hi), 1e-12) else np.full_like(one, 0.5)
+        tiles.append(Image.fromarray(to_uint8(shown)).resize((224, 224), Image.NEAREST))
         label = "even overlap" if even else "plain"
-        captions += [f"random AlexNet, {label}", f"stride-4 filter of ones, {label}"]
+        flat_note = ": flat" if even and hi - lo <= 1e-6 * max(abs(hi), 1e-12) else ""
+        captions += [f"random AlexNet, {label}", f"stride-4 ones, {label}{flat_note}"]
     grid = image_grid(tiles, ncols=2, pad=4, captions=captions)
     head = ["Zeiler-Fergus projection of features.3:5 of an UNTRAINED",
             "(random-init) AlexNet: no trained AlexNet is available offline.",
