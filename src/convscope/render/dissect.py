@@ -85,6 +85,7 @@ def detectors_figure(summaries: Sequence[LayerSummary], names: Sequence[str] | N
         vals = [(s.unique if unique else s.detectors).get(c, 0) for s in summaries]
         ax.bar(pos + (j - (len(cats) - 1) / 2) * width, vals, width, label=c,
                color=CATEGORY_COLORS.get(c, "#7f7f7f"))
+    ax.set_xlim(-0.6, len(summaries) - 0.4)  # a lone narrow bar stays narrow
     tilt = len(names) > 4
     ax.set_xticks(pos, names, rotation=20 if tilt else 0, ha="right" if tilt else "center")
     ax.set_ylabel("unique detectors" if unique else "detector units")
