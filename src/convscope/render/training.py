@@ -30,6 +30,7 @@ def curves_figure(history, title: str = ""):
     for ax in (a, b):
         ax.legend(frameon=False, fontsize=8)
         ax.spines[["top", "right"]].set_visible(False)
+        ax.xaxis.get_major_locator().set_params(integer=True)  # whole epochs only
     fig.suptitle(title)
     return fig
 
