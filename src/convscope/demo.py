@@ -48,8 +48,9 @@ def first_conv_weight(subject: Subject) -> tuple[str, torch.Tensor]:
     raise ValueError("the model has no convolution on the RGB input")
 
 
-def run_demo(subject: Subject, out: str | Path, seed: int = 0,
-             progress: Progress | None = None) -> DemoResult:
+def run_demo(
+    subject: Subject, out: str | Path, seed: int = 0, progress: Progress | None = None
+) -> DemoResult:
     """Write the layer table, first-layer filters, receptive fields, top-5 predictions, and an
     atlas of the bundled images with top-K grids of a few units."""
     torch.manual_seed(seed)
@@ -60,8 +61,7 @@ def run_demo(subject: Subject, out: str | Path, seed: int = 0,
     step("layer table")
     table = subject.layers
     result.files["layer table"] = write_text(out / "layers.txt", table.format() + "\n")
-    rows = [dict(zip(("name", "type", "output", "units", "rf", "stride"), layer_row(i)))
-            for i in table]
+    rows = [dict(zip(("name", "type", "output", "units", "rf", "stride"), layer_row(i))) for i in table]
     result.files["layer table (json)"] = write_text(out / "layers.json", json.dumps(rows, indent=1))
 
     step("first-layer filters")
@@ -76,12 +76,11 @@ def run_demo(subject: Subject, out: str | Path, seed: int = 0,
     preds = subject.predict(x, k=5)
     result.predictions = preds.to_records(names)
     result.files["top-5 predictions (json)"] = write_text(
-        out / "predictions.json", json.dumps(result.predictions, indent=1))
+        out / "predictions.json", json.dumps(result.predictions, indent=1)
+    )
     seen = [np.asarray(subject.preprocess.resize_only(img)) for _, img in samples]
-    fig = predictions_figure(seen, names, [preds.names(i) for i in range(len(names))],
-                             preds.probs.tolist())
-    result.files["top-5 predictions"] = save_image(figure_to_image(fig, dpi=80),
-                                                   out / "predictions.png")
+    fig = predictions_figure(seen, names, [preds.names(i) for i in range(len(names))], preds.probs.tolist())
+    result.files["top-5 predictions"] = save_image(figure_to_image(fig, dpi=80), out / "predictions.png")
 
     step("receptive fields")
     picked = table.stages()
@@ -129,22 +128,26 @@ def _demo_train(where: Path, seed: int, result: DemoResult) -> None:
     tr, te = TensorImages(x[:1400], y[:1400], classes), TensorImages(x[1400:], y[1400:], classes)
     torch.manual_seed(seed)
     model = SmallCNN(10, widths=(16, 32), input_size=16)
-    config = TrainConfig(epochs=4, batch_size=64, lr=0.05, augment=False, seed=seed,
-                         mean=(0.3,) * 3, std=(0.4,) * 3)
+    config = TrainConfig(
+        epochs=4, batch_size=64, lr=0.05, augment=False, seed=seed, mean=(0.3,) * 3, std=(0.4,) * 3
+    )
     for old in where.glob("epoch_*.pt"):  # the demo starts its run afresh
         old.unlink()
     (where / "metrics.jsonl").unlink(missing_ok=True)
     run = train(model, tr, te, config, where)
     result.files[f"training curves (digits, test accuracy {run.final.test_accuracy:.2f})"] = save_image(
-        figure_to_image(curves_figure(run.history, "SmallCNN on digits")), where / "curves.png")
+        figure_to_image(curves_figure(run.history, "SmallCNN on digits")), where / "curves.png"
+    )
     snaps = [load_weights(p)[0] for p in run.checkpoints]
-    fig = filter_evolution_figure(snaps, list(range(len(snaps))),
-                                  ["features.0.0.weight", "features.1.0.weight"], n=8)
+    fig = filter_evolution_figure(
+        snaps, list(range(len(snaps))), ["features.0.0.weight", "features.1.0.weight"], n=8
+    )
     result.files["filter evolution over epochs"] = save_image(fig, where / "filters_evolution.png")
     _, _, pred = evaluate(model, te, config)
     m = confusion_matrix(te.labels.numpy(), pred, 10)
     result.files["confusion matrix (digits)"] = save_image(
-        figure_to_image(confusion_figure(m, classes)), where / "confusion.png")
+        figure_to_image(confusion_figure(m, classes)), where / "confusion.png"
+    )
 
 
 def _demo_represent(subject: Subject, where: Path, seed: int, result: DemoResult) -> None:
@@ -161,31 +164,38 @@ def _demo_represent(subject: Subject, where: Path, seed: int, result: DemoResult
 
     source = open_images("convscope:samples", transform=subject.transform)
     layers = [i.name for i in subject.layers.stages()][-3:]
-    fs = extract_features(subject, source, layers, out=where / "features" / "gap", resume=False,
-                          batch_size=16)
+    fs = extract_features(
+        subject, source, layers, out=where / "features" / "gap", resume=False, batch_size=16
+    )
     out = where / "render"
     last = layers[-1]
     x = fs.get(last)
     index = NeighborIndex(x, "cosine")
     for q in (0, len(x) // 2):
-        scores, found = index.search(x[q:q + 1], 7)
+        scores, found = index.search(x[q : q + 1], 7)
         hits = [(int(j), float(v)) for j, v in zip(found[0], scores[0]) if j != q][:6]
-        grid = neighbors_grid(source.read(q), [source.read(j) for j, _ in hits],
-                              [f"{v:.2f} {fs.names[j].split('/')[0]}" for j, v in hits],
-                              title=f"{last} (GAP, cosine): neighbours of {fs.names[q]}")
+        grid = neighbors_grid(
+            source.read(q),
+            [source.read(j) for j, _ in hits],
+            [f"{v:.2f} {fs.names[j].split('/')[0]}" for j, v in hits],
+            title=f"{last} (GAP, cosine): neighbours of {fs.names[q]}",
+        )
         result.files[f"nearest neighbours of {fs.names[q]}"] = save_image(
-            grid, out / "neighbors" / last / f"{fs.names[q].replace('/', '_')}.png")
+            grid, out / "neighbors" / last / f"{fs.names[q].replace('/', '_')}.png"
+        )
     xy = project(x, "tsne", seed=seed)
     fig = scatter_figure(xy, fs.valid_labels(), fs.classes, f"{last} (GAP), t-SNE")
     result.files[f"t-SNE of {last}, by photo"] = save_image(
-        figure_to_image(fig), out / "project" / last / "tsne.png")
+        figure_to_image(fig), out / "project" / last / "tsne.png"
+    )
     result.files[f"t-SNE of {last}, thumbnails"] = save_image(
         thumbnail_map(xy, [source.read(i) for i in range(len(source))], size=900, thumb=48),
-        out / "project" / last / "tsne_thumbnails.png")
+        out / "project" / last / "tsne_thumbnails.png",
+    )
     m = similarity_matrix({n: fs.get(n) for n in layers}, {n: fs.get(n) for n in layers}, "cka")
     result.files["linear CKA between stages"] = save_image(
-        figure_to_image(similarity_figure(m, layers, layers, "linear CKA")),
-        out / "compare" / "cka.png")
+        figure_to_image(similarity_figure(m, layers, layers, "linear CKA")), out / "compare" / "cka.png"
+    )
 
 
 def _demo_dissect(subject: Subject, where: Path, seed: int, result: DemoResult) -> None:
@@ -197,28 +207,33 @@ def _demo_dissect(subject: Subject, where: Path, seed: int, result: DemoResult) 
 
     atlas = Atlas.open(where)
     size = subject.input_size[0]
-    root = make_synthetic_broden(where / "concepts" / "synthetic", n=64, size=size,
-                                 seg=size // 2, seed=seed)
+    root = make_synthetic_broden(where / "concepts" / "synthetic", n=64, size=size, seg=size // 2, seed=seed)
     stages = [i.name for i in subject.layers.stages()]
     layers = [stages[1], stages[-1]]
     out = atlas.render_dir / "dissect"
     for set_name, data, names in (
-            ("synthetic", BrodenDataset(root), layers),
-            ("auto-color", ColorConcepts("convscope:samples", seg=size // 2), layers[:1])):
+        ("synthetic", BrodenDataset(root), layers),
+        ("auto-color", ColorConcepts("convscope:samples", seg=size // 2), layers[:1]),
+    ):
         d = dissect(subject, data, names, batch_size=16)
         atlas.write_dissection(d, set_name)
-        fig = detectors_figure([d.summary(n) for n in names],
-                               title=f"unique detectors per category ({set_name})")
+        fig = detectors_figure(
+            [d.summary(n) for n in names], title=f"unique detectors per category ({set_name})"
+        )
         result.files[f"dissection ({set_name}): unique detectors per layer"] = save_image(
-            figure_to_image(fig), out / set_name / "layers.png")
+            figure_to_image(fig), out / set_name / "layers.png"
+        )
         for name in names:
             result.files[f"dissection ({set_name}): detectors of {name} per concept"] = save_image(
-                figure_to_image(concepts_figure(d, name)), out / set_name / f"{name}_concepts.png")
+                figure_to_image(concepts_figure(d, name)), out / set_name / f"{name}_concepts.png"
+            )
             for lab in best_labels(d.labels(name)):
-                result.files[f"dissection ({set_name}): {name}:{lab.unit} = {lab.name} "
-                              f"(IoU {lab.iou:.2f})"] = save_image(
+                result.files[
+                    f"dissection ({set_name}): {name}:{lab.unit} = {lab.name} (IoU {lab.iou:.2f})"
+                ] = save_image(
                     unit_figure(subject, data, d, name, lab.unit),
-                    out / set_name / name / f"unit{lab.unit:04d}.png")
+                    out / set_name / name / f"unit{lab.unit:04d}.png",
+                )
 
 
 def _demo_adversarial(subject: Subject, where: Path, samples, seed: int, result: DemoResult) -> None:
@@ -231,8 +246,9 @@ def _demo_adversarial(subject: Subject, where: Path, samples, seed: int, result:
     if subject.labels is not None and len(subject.labels) == 1000:
         grad = fool(subject, 285, "gradient", steps=30, seed=seed)
         result.files["fooling image (gradient), Egyptian cat"] = grad.to_png(where / "fool_gradient.png")
-        cppn = fool(subject, 392, "cppn", generations=30, population=12, elite=3, sigma=0.5,
-                    rate=0.2, seed=seed)
+        cppn = fool(
+            subject, 392, "cppn", generations=30, population=12, elite=3, sigma=0.5, rate=0.2, seed=seed
+        )
         result.files["fooling image (CPPN), rock beauty"] = cppn.to_png(where / "fool_cppn.png")
 
 
@@ -243,13 +259,11 @@ def _demo_synthesis(subject: Subject, where: Path, samples, seed: int, result: D
     stages = subject.layers.stages()
     layer = stages[len(stages) // 2].name
     units = visualize_units(subject, layer, range(6), steps=48, size=96, seed=seed)
-    result.files[f"feature visualisation, {layer} units 0-5"] = units.to_png(
-        where / "units.png", ncols=6)
+    result.files[f"feature visualisation, {layer} units 0-5"] = units.to_png(where / "units.png", ncols=6)
     if subject.labels is not None and len(subject.labels) == 1000:
         classes = class_model(subject, [285, 967], steps=48, size=160, seed=seed)
         result.files["class models: Egyptian cat, espresso"] = classes.to_png(where / "classes.png")
-    inv = invert(subject, samples[0][1], [stages[0].name, stages[1].name], restarts=1, steps=60,
-                 seed=seed)
+    inv = invert(subject, samples[0][1], [stages[0].name, stages[1].name], restarts=1, steps=60, seed=seed)
     result.files["inversion from two layers"] = inv.to_png(where / "inversion.png")
     dreamed = dream(subject, samples[1][1], layer, octaves=3, steps=6, seed=seed)
     result.files[f"DeepDream at {layer}"] = dreamed.to_png(where / "dream.png")
@@ -283,8 +297,9 @@ def _demo_explain(subject: Subject, where: Path, samples, result: DemoResult) ->
         amap = explain(alexnet, ax, "zeiler_fergus", target="features.3:5", even_overlap=even)
         rgb = amap.raw[0].transpose(1, 2, 0)  # RGB around grey, scaled as attribution panels
         tiles.append(0.5 + 0.5 * np.clip(rgb / max(display_scale(rgb), 1e-12), -1, 1))
-        one = explain(flat, torch.ones(1, 3, 99, 99), "zeiler_fergus", target="1:0",
-                      even_overlap=even).maps[0][20:68, 20:68]
+        one = explain(flat, torch.ones(1, 3, 99, 99), "zeiler_fergus", target="1:0", even_overlap=even).maps[
+            0
+        ][20:68, 20:68]
         lo, hi = float(one.min()), float(one.max())  # min black, max white; flat: mid grey
         shown = (one - lo) / (hi - lo) if hi - lo > 1e-6 * max(abs(hi), 1e-12) else np.full_like(one, 0.5)
         tiles.append(Image.fromarray(to_uint8(shown)).resize((224, 224), Image.NEAREST))
@@ -292,16 +307,19 @@ def _demo_explain(subject: Subject, where: Path, samples, result: DemoResult) ->
         flat_note = ": flat" if even and hi - lo <= 1e-6 * max(abs(hi), 1e-12) else ""
         captions += [f"random AlexNet, {label}", f"stride-4 ones, {label}{flat_note}"]
     grid = image_grid(tiles, ncols=2, pad=4, captions=captions)
-    head = ["Zeiler-Fergus projection of features.3:5 of an UNTRAINED",
-            "(random-init) AlexNet: no trained AlexNet is available offline.",
-            "The checkerboard comes from the strides, not the weights."]
+    head = [
+        "Zeiler-Fergus projection of features.3:5 of an UNTRAINED",
+        "(random-init) AlexNet: no trained AlexNet is available offline.",
+        "The checkerboard comes from the strides, not the weights.",
+    ]
     canvas = Image.new("RGB", (grid.width, grid.height + 13 * len(head) + 4), "white")
     canvas.paste(grid, (0, 13 * len(head) + 4))
     draw = ImageDraw.Draw(canvas)
     for k, line in enumerate(head):
         draw.text((4, 2 + 13 * k), line, fill=(0, 0, 0))
-    result.files["Zeiler-Fergus projection on a random-init AlexNet, checkerboard (top) and "
-                 "even-overlap fix (bottom)"] = save_image(canvas, where / "zeiler_fergus_checkerboard.png")
+    result.files[
+        "Zeiler-Fergus projection on a random-init AlexNet, checkerboard (top) and even-overlap fix (bottom)"
+    ] = save_image(canvas, where / "zeiler_fergus_checkerboard.png")
 
 
 def scan_layers(subject: Subject) -> list[str]:
@@ -310,8 +328,11 @@ def scan_layers(subject: Subject) -> list[str]:
     saturates at ReLU6's 6.0, so that its top scores would tie) and the last layer (logits)."""
     stages = subject.layers.stages()
     modules = dict(subject.model.named_modules())
-    convs = [i for i in subject.layers if i.is_map and i.order <= stages[-1].order
-             and isinstance(modules.get(i.module), torch.nn.Conv2d)]
+    convs = [
+        i
+        for i in subject.layers
+        if i.is_map and i.order <= stages[-1].order and isinstance(modules.get(i.module), torch.nn.Conv2d)
+    ]
     deep = [convs[-1].name] if convs and convs[-1].name not in [i.name for i in stages[-3:-1]] else []
     last = [subject.layers[-1].name] if subject.layers[-1].units else []
     return [i.name for i in stages[-3:-1]] + deep + last
@@ -333,10 +354,23 @@ def _demo_scan(subject: Subject, where: Path, seed: int, result: DemoResult, ste
     source = open_images("convscope:samples", transform=subject.transform)
     layers = scan_layers(subject)
     # The demo may replace its own earlier atlas of this model, never another model's.
-    again = (where / "atlas.db").exists() and Atlas.open(where).model_spec == model_spec(subject) \
+    again = (
+        (where / "atlas.db").exists()
+        and Atlas.open(where).model_spec == model_spec(subject)
         and Atlas.open(where).source_spec == source.spec
-    atlas, scanned = scan_to_atlas(subject, source, where, layers, overwrite=again, k=8,
-                                   directions=4, seed=seed, batch_size=16, threshold_sample=32)
+    )
+    atlas, scanned = scan_to_atlas(
+        subject,
+        source,
+        where,
+        layers,
+        overwrite=again,
+        k=8,
+        directions=4,
+        seed=seed,
+        batch_size=16,
+        threshold_sample=32,
+    )
     result.files["atlas (top-8 images per unit)"] = atlas.db_path
     step("top-K grids")
     for layer in layers[:-1]:
@@ -365,12 +399,15 @@ def _demo_rf(subject: Subject, atlas, source, layer: str, result: DemoResult) ->
         x = torch.stack([source[int(i)][0] for i in top.images[:2]])
         rf = empirical_rf(subject, x, layer, unit, stride=6)
         atlas.write_empirical_rf(rf, 11, 6)
-        result.files[f"empirical receptive field, {layer}:{unit} "
-                      f"({rf.size:.0f} px vs theoretical {rf.theoretical:.0f})"] = save_image(
-            empirical_rf_panel(subject, x, rf), atlas.render_dir / layer / f"unit{unit:04d}_rf.png")
+        result.files[
+            f"empirical receptive field, {layer}:{unit} "
+            f"({rf.size:.0f} px vs theoretical {rf.theoretical:.0f})"
+        ] = save_image(
+            empirical_rf_panel(subject, x, rf), atlas.render_dir / layer / f"unit{unit:04d}_rf.png"
+        )
     top = atlas.topk(layer, 0, "max")
-    patch = best_patch(subject, source.read(int(top.images[0])), layer, int(top.ys[0]),
-                       int(top.xs[0]))
+    patch = best_patch(subject, source.read(int(top.images[0])), layer, int(top.ys[0]), int(top.xs[0]))
     st = stimuli(subject, patch, layer, 0, stride=16, n=4)
     result.files[f"stimuli, {layer}:0"] = save_image(
-        st.to_image(), atlas.render_dir / layer / "unit0000_stimuli.png")
+        st.to_image(), atlas.render_dir / layer / "unit0000_stimuli.png"
+    )

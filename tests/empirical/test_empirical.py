@@ -44,7 +44,7 @@ def _plain_loop(subject, x, layer, channel, patch, stride, filler, peak):
     for i, y0 in enumerate(range(0, H - patch + 1, stride)):
         for j, x0 in enumerate(range(0, W - patch + 1, stride)):
             occ = x.clone()
-            occ[:, :, y0:y0 + patch, x0:x0 + patch] = filler[:, :, y0:y0 + patch, x0:x0 + patch]
+            occ[:, :, y0 : y0 + patch, x0 : x0 + patch] = filler[:, :, y0 : y0 + patch, x0 : x0 + patch]
             with torch.no_grad(), subject.record([layer]) as rec:
                 subject(occ)
             out[i, j] = abs(float(clean - rec[layer][0, channel, peak[0], peak[1]]))
@@ -59,8 +59,9 @@ def test_equals_the_plain_loop(default_subject):
     x = default_subject.load_images([data.chelsea()])
     x = torch.nn.functional.interpolate(x, size=(96, 96), mode="bilinear", align_corners=False)
     fast = discrepancy_map(default_subject, x, "blocks.2", 5, patch=11, stride=6, fill="noise")
-    ref = _plain_loop(default_subject, x, "blocks.2", 5, 11, 6,
-                      _filler(default_subject, x, "noise", 11, 0), fast.peak)
+    ref = _plain_loop(
+        default_subject, x, "blocks.2", 5, 11, 6, _filler(default_subject, x, "noise", 11, 0), fast.peak
+    )
     assert np.allclose(fast.values, ref, atol=1e-4, rtol=1e-4)
     assert fast.evaluated < ref.size  # positions outside the receptive field were skipped
 

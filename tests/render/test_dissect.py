@@ -46,8 +46,10 @@ def test_detector_chart_legend_does_not_cover_the_bars():
 
     # the auto-colour chart: one layer, one category with all the detectors
     one = LayerSummary("blocks.1", 24, {"color": 11}, {"color": 9})
-    two = [LayerSummary("a", 24, {"color": 9, "texture": 7}, {"color": 9, "texture": 7}),
-           LayerSummary("b", 24, {"color": 2, "texture": 9}, {"color": 2, "texture": 9})]
+    two = [
+        LayerSummary("a", 24, {"color": 9, "texture": 7}, {"color": 9, "texture": 7}),
+        LayerSummary("b", 24, {"color": 2, "texture": 9}, {"color": 2, "texture": 9}),
+    ]
     for summaries in ([one], two):
         fig = detectors_figure(summaries)
         bars, legend = _bars_and_legend(fig)

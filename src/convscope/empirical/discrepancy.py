@@ -71,10 +71,20 @@ def peak_position(subject: Subject, x: torch.Tensor, layer: str, channel: int) -
     return flat // m.shape[1], flat % m.shape[1]
 
 
-def discrepancy_map(subject: Subject, x: torch.Tensor, layer: str, channel: int, *,
-                    patch: int = 11, stride: int = 3, fill: str = "noise",
-                    measure: str = "max", batch: int = 64, seed: int = 0,
-                    skip: bool = True) -> DiscrepancyMap:
+def discrepancy_map(
+    subject: Subject,
+    x: torch.Tensor,
+    layer: str,
+    channel: int,
+    *,
+    patch: int = 11,
+    stride: int = 3,
+    fill: str = "noise",
+    measure: str = "max",
+    batch: int = 64,
+    seed: int = 0,
+    skip: bool = True,
+) -> DiscrepancyMap:
     """Discrepancy map of channel ``channel`` of ``layer`` on one preprocessed image (1, 3, H, W).
     ``skip=False`` evaluates every position (for checking; results are identical)."""
     if fill not in FILLS:
@@ -93,8 +103,9 @@ def discrepancy_map(subject: Subject, x: torch.Tensor, layer: str, channel: int,
     xs = list(range(0, W - patch + 1, stride))
     boxes = [(y0, x0) for y0 in ys for x0 in xs]
     if measure == "max":
-        target = Target("unit", unit=Unit(info.name, channel, py, px) if info.is_map
-                        else Unit(info.name, channel))
+        target = Target(
+            "unit", unit=Unit(info.name, channel, py, px) if info.is_map else Unit(info.name, channel)
+        )
     else:
         target = _MapChange(info.name, channel, subject, x)
     keep = relevant_boxes(subject, boxes, (patch, patch), target) if skip else boxes
@@ -103,8 +114,19 @@ def discrepancy_map(subject: Subject, x: torch.Tensor, layer: str, channel: int,
     if crop is not None:  # evaluate on the receptive field alone: same values, smaller images
         (oy, ox, ey, ex), local = crop
         shifted = [(y0 - oy, x0 - ox) for y0, x0 in keep]
-        drops = score_drops(subject, x[:, :, oy:ey, ox:ex], local, shifted, (patch, patch),
-                            filler[:, :, oy:ey, ox:ex], batch).abs().cpu()
+        drops = (
+            score_drops(
+                subject,
+                x[:, :, oy:ey, ox:ex],
+                local,
+                shifted,
+                (patch, patch),
+                filler[:, :, oy:ey, ox:ex],
+                batch,
+            )
+            .abs()
+            .cpu()
+        )
     else:
         drops = score_drops(subject, x, target, keep, (patch, patch), filler, batch).abs().cpu()
     values = np.zeros((len(ys), len(xs)), dtype=np.float32)
@@ -112,15 +134,15 @@ def discrepancy_map(subject: Subject, x: torch.Tensor, layer: str, channel: int,
     counts = torch.zeros(H, W)
     for y0 in ys:
         for x0 in xs:
-            counts[y0:y0 + patch, x0:x0 + patch] += 1
+            counts[y0 : y0 + patch, x0 : x0 + patch] += 1
     index = {b: k for k, b in enumerate(keep)}
-    for (y0, x0) in boxes:
+    for y0, x0 in boxes:
         k = index.get((y0, x0))
         if k is None:
             continue
         d = float(drops[k])
         values[y0 // stride, x0 // stride] = d
-        pixels[y0:y0 + patch, x0:x0 + patch] += d
+        pixels[y0 : y0 + patch, x0 : x0 + patch] += d
     pixels = torch.where(counts > 0, pixels / counts.clamp_min(1), torch.zeros_like(pixels))
     return DiscrepancyMap(Unit(info.name, channel), values, pixels.numpy(), (py, px), len(keep))
 
@@ -186,8 +208,16 @@ class EmpiricalRF:
     maps: list[DiscrepancyMap]
 
 
-def empirical_rf(subject: Subject, images: torch.Tensor, layer: str, channel: int, *,
-                 threshold: float = 0.5, window: int | None = None, **options) -> EmpiricalRF:
+def empirical_rf(
+    subject: Subject,
+    images: torch.Tensor,
+    layer: str,
+    channel: int,
+    *,
+    threshold: float = 0.5,
+    window: int | None = None,
+    **options,
+) -> EmpiricalRF:
     """Empirical RF of a unit from its top images (preprocessed batch (K, 3, H, W)).
     ``window`` is the side of the re-centred average (default: twice the theoretical RF, at
     most twice the image); ``options`` go to :func:`discrepancy_map`."""
@@ -202,7 +232,7 @@ def empirical_rf(subject: Subject, images: torch.Tensor, layer: str, channel: in
     cnt = np.zeros((side, side))
     maps = []
     for i in range(images.shape[0]):
-        dm = discrepancy_map(subject, images[i:i + 1], info.name, channel, **options)
+        dm = discrepancy_map(subject, images[i : i + 1], info.name, channel, **options)
         maps.append(dm)
         if rf is not None and not rf.is_global and info.is_map:
             cy, cx = (round(v) for v in rf.center(*dm.peak))
@@ -213,21 +243,25 @@ def empirical_rf(subject: Subject, images: torch.Tensor, layer: str, channel: in
         sy1, sx1 = min(y0 + side, H), min(x0 + side, W)
         if sy1 <= sy0 or sx1 <= sx0:
             continue
-        acc[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] += dm.pixels[sy0:sy1, sx0:sx1]
-        cnt[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] += 1
+        acc[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] += dm.pixels[sy0:sy1, sx0:sx1]
+        cnt[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] += 1
     avg = np.where(cnt > 0, acc / np.maximum(cnt, 1), 0.0)
     top = avg.max()
     mask = avg >= threshold * top if top > 0 else np.zeros_like(avg, dtype=bool)
     ys, xs = np.nonzero(mask)
     height = int(ys.max() - ys.min() + 1) if len(ys) else 0
     width = int(xs.max() - xs.min() + 1) if len(xs) else 0
-    return EmpiricalRF(Unit(info.name, channel), avg, float(np.sqrt(mask.sum())), height, width,
-                       theo, threshold, maps)
+    return EmpiricalRF(
+        Unit(info.name, channel), avg, float(np.sqrt(mask.sum())), height, width, theo, threshold, maps
+    )
 
 
 def layer_summary(rfs: Sequence[EmpiricalRF]) -> dict:
     """Mean empirical size vs theoretical size for the units of one layer."""
     sizes = np.array([r.size for r in rfs])
-    return {"units": len(rfs), "empirical_mean": float(sizes.mean()) if len(sizes) else 0.0,
-            "empirical_std": float(sizes.std()) if len(sizes) else 0.0,
-            "theoretical": rfs[0].theoretical if rfs else 0.0}
+    return {
+        "units": len(rfs),
+        "empirical_mean": float(sizes.mean()) if len(sizes) else 0.0,
+        "empirical_std": float(sizes.std()) if len(sizes) else 0.0,
+        "theoretical": rfs[0].theoretical if rfs else 0.0,
+    }

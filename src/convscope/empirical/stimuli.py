@@ -45,13 +45,13 @@ def best_patch(subject: Subject, image, layer: str, y: int, x: int) -> np.ndarra
     if info.rf is None or info.rf.is_global or not info.is_map:
         return seen
     b = info.rf.box(y, x).clip(*subject.input_size)
-    return seen[b.y0:b.y1 + 1, b.x0:b.x1 + 1]
+    return seen[b.y0 : b.y1 + 1, b.x0 : b.x1 + 1]
 
 
 def _responses(subject: Subject, images: torch.Tensor, layer: str, channel: int, batch: int):
     centre, anywhere = [], []
     for s in range(0, images.shape[0], batch):
-        x = subject.preprocess.normalize(images[s:s + batch].to(subject.device))
+        x = subject.preprocess.normalize(images[s : s + batch].to(subject.device))
         with torch.inference_mode(), Recorder(subject, [layer], stop=True) as rec:
             subject(x)
         a = rec[layer]
@@ -61,9 +61,19 @@ def _responses(subject: Subject, images: torch.Tensor, layer: str, channel: int,
     return torch.cat(centre), torch.cat(anywhere)
 
 
-def stimuli(subject: Subject, patch: np.ndarray | torch.Tensor, layer: str, channel: int, *,
-            stride: int = 8, background: float = 0.5, n: int = 8, blocks: int = 4,
-            batch: int = 32, seed: int = 0) -> Stimuli:
+def stimuli(
+    subject: Subject,
+    patch: np.ndarray | torch.Tensor,
+    layer: str,
+    channel: int,
+    *,
+    stride: int = 8,
+    background: float = 0.5,
+    n: int = 8,
+    blocks: int = 4,
+    batch: int = 32,
+    seed: int = 0,
+) -> Stimuli:
     """Position tuning and scrambling tests of a unit with ``patch`` ((h, w, 3) in [0, 1])."""
     info = subject.layer(layer)
     if info.units is None or not 0 <= channel < info.units:
@@ -80,14 +90,14 @@ def stimuli(subject: Subject, patch: np.ndarray | torch.Tensor, layer: str, chan
     xs = list(range(0, W - w + 1, stride))
     canvas = torch.full((len(ys) * len(xs), 3, H, W), background)
     for k, (y0, x0) in enumerate((y, x) for y in ys for x in xs):
-        canvas[k, :, y0:y0 + h, x0:x0 + w] = p
+        canvas[k, :, y0 : y0 + h, x0 : x0 + w] = p
     centre, anywhere = _responses(subject, canvas, info.name, channel, batch)
     gen = torch.Generator().manual_seed(seed)
     cy, cx = (H - h) // 2, (W - w) // 2
 
     def placed(q):
         img = torch.full((1, 3, H, W), background)
-        img[0, :, cy:cy + h, cx:cx + w] = q
+        img[0, :, cy : cy + h, cx : cx + w] = q
         return img
 
     variants = [placed(p)]
@@ -101,9 +111,16 @@ def stimuli(subject: Subject, patch: np.ndarray | torch.Tensor, layer: str, chan
         order = torch.randperm(len(tiles), generator=gen)
         for (ty, tx), k in zip(tiles, order.tolist()):
             sy, sx = tiles[k]
-            q[:, ty:ty + bh, tx:tx + bw] = p[:, sy:sy + bh, sx:sx + bw]
+            q[:, ty : ty + bh, tx : tx + bw] = p[:, sy : sy + bh, sx : sx + bw]
         variants.append(placed(q))
     _, best = _responses(subject, torch.cat(variants), info.name, channel, batch)
-    return Stimuli(info.name, channel, centre.view(len(ys), len(xs)).numpy(),
-                   anywhere.view(len(ys), len(xs)).numpy(), float(best[0]),
-                   float(best[1:n + 1].mean()), float(best[n + 1:].mean()), stride)
+    return Stimuli(
+        info.name,
+        channel,
+        centre.view(len(ys), len(xs)).numpy(),
+        anywhere.view(len(ys), len(xs)).numpy(),
+        float(best[0]),
+        float(best[1 : n + 1].mean()),
+        float(best[n + 1 :].mean()),
+        stride,
+    )

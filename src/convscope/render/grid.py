@@ -75,8 +75,7 @@ def filters_to_images(weight: torch.Tensor) -> list[np.ndarray]:
     return [img.permute(1, 2, 0).numpy() for img in imgs]
 
 
-def colorbar(cmap, vmin: float, vmax: float, width: int, label: str = "",
-             height: int = 8) -> Image.Image:
+def colorbar(cmap, vmin: float, vmax: float, width: int, label: str = "", height: int = 8) -> Image.Image:
     """A horizontal colour bar ``width`` px wide: the colour map ``cmap`` (a matplotlib name or
     a callable on [0, 1] returning RGB(A) in [0, 1]) from ``vmin`` to ``vmax``, with both values
     written under its ends and ``label`` between them."""

@@ -30,13 +30,18 @@ def figure_to_image(fig, dpi: int = 100) -> Image.Image:
     return Image.open(buf).convert("RGB")
 
 
-def predictions_figure(images: Sequence[np.ndarray], names: Sequence[str],
-                       top_labels: Sequence[Sequence[str]], top_probs: Sequence[Sequence[float]]):
+def predictions_figure(
+    images: Sequence[np.ndarray],
+    names: Sequence[str],
+    top_labels: Sequence[Sequence[str]],
+    top_probs: Sequence[Sequence[float]],
+):
     """One row per image: the image as the model sees it, and a bar chart of its top-k."""
     plt = _plt()
     n = len(images)
-    fig, axes = plt.subplots(n, 2, figsize=(8, 2.2 * n), squeeze=False,
-                             gridspec_kw={"width_ratios": [1, 1.6]})
+    fig, axes = plt.subplots(
+        n, 2, figsize=(8, 2.2 * n), squeeze=False, gridspec_kw={"width_ratios": [1, 1.6]}
+    )
     for i in range(n):
         ax_img, ax_bar = axes[i]
         ax_img.imshow(images[i])
@@ -52,8 +57,7 @@ def predictions_figure(images: Sequence[np.ndarray], names: Sequence[str],
     return fig
 
 
-def receptive_fields_figure(image: np.ndarray, fields: Sequence[tuple[str, ReceptiveField,
-                                                                      tuple[int, int]]]):
+def receptive_fields_figure(image: np.ndarray, fields: Sequence[tuple[str, ReceptiveField, tuple[int, int]]]):
     """The image with, per layer, the receptive-field box of its centre unit and the unit grid.
 
     ``fields`` holds ``(layer name, receptive field, (map height, map width))``.
@@ -72,8 +76,17 @@ def receptive_fields_figure(image: np.ndarray, fields: Sequence[tuple[str, Recep
         box = rf.box(mh // 2, mw // 2)
         lo_y, lo_x = min(lo_y, box.y0), min(lo_x, box.x0)
         hi_y, hi_x = max(hi_y, box.y1), max(hi_x, box.x1)
-        ax.add_patch(Rectangle((box.x0 - 0.5, box.y0 - 0.5), box.width, box.height, fill=False,
-                               lw=2, ec=color, label=f"{name}: {rf}"))
+        ax.add_patch(
+            Rectangle(
+                (box.x0 - 0.5, box.y0 - 0.5),
+                box.width,
+                box.height,
+                fill=False,
+                lw=2,
+                ec=color,
+                label=f"{name}: {rf}",
+            )
+        )
         cy, cx = rf.center(mh // 2, mw // 2)
         ax.plot([cx], [cy], "o", color=color, ms=3)
     margin = 0.05 * max(hi_y - lo_y, hi_x - lo_x)
@@ -122,8 +135,10 @@ def stimuli_figure(st):
     from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), gridspec_kw={"wspace": 0.45})
-    for ax, data, title in ((axes[0], st.centre, "centre unit (localisation)"),
-                            (axes[1], st.anywhere, "max over the map (identification)")):
+    for ax, data, title in (
+        (axes[0], st.centre, "centre unit (localisation)"),
+        (axes[1], st.anywhere, "max over the map (identification)"),
+    ):
         ny, nx = data.shape
         s = st.stride  # axes in input pixels: the patch's top-left corner
         im = ax.imshow(data, cmap="inferno", extent=(-s / 2, (nx - 0.5) * s, (ny - 0.5) * s, -s / 2))
@@ -137,8 +152,11 @@ def stimuli_figure(st):
         bar.ax.tick_params(labelsize=7)
         bar.formatter.set_useOffset(False)
         bar.update_ticks()
-    axes[2].bar(["intact", "pixels\nshuffled", "blocks\nscrambled"],
-                [st.intact, st.shuffled, st.scrambled], color=["tab:green", "tab:red", "tab:orange"])
+    axes[2].bar(
+        ["intact", "pixels\nshuffled", "blocks\nscrambled"],
+        [st.intact, st.shuffled, st.scrambled],
+        color=["tab:green", "tab:red", "tab:orange"],
+    )
     axes[2].set_title(f"{st.layer}:{st.channel} max response", fontsize=9)
     axes[2].tick_params(axis="x", labelsize=8)
     axes[2].tick_params(axis="y", labelsize=8)
@@ -151,8 +169,14 @@ def rf_sizes_figure(rows):
     fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(rows) + 2), 3.5))
     xs = np.arange(len(rows))
     ax.plot(xs, [r["theoretical"] for r in rows], "s--", label="theoretical")
-    ax.errorbar(xs, [r["empirical_mean"] for r in rows], yerr=[r["empirical_std"] for r in rows],
-                fmt="o-", capsize=3, label="empirical (mean +- std over units)")
+    ax.errorbar(
+        xs,
+        [r["empirical_mean"] for r in rows],
+        yerr=[r["empirical_std"] for r in rows],
+        fmt="o-",
+        capsize=3,
+        label="empirical (mean +- std over units)",
+    )
     ax.set_xticks(xs)
     ax.set_xticklabels([r["layer"] for r in rows], rotation=30, fontsize=8)
     ax.set_ylabel("receptive field size, px")

@@ -22,7 +22,8 @@ def patch_from_original(img: Image.Image, preprocess: Preprocess, box: Box) -> I
     The part outside the image is grey and each side where the box was clipped is marked by a
     red line, so a patch at the border is never mistaken for a whole one."""
     top, left, bottom, right = preprocess.input_to_original(
-        (box.y0, box.x0, box.y1 + 1, box.x1 + 1), img.size)
+        (box.y0, box.x0, box.y1 + 1, box.x1 + 1), img.size
+    )
     top, left, bottom, right = (int(round(v)) for v in (top, left, bottom, right))
     w, h = max(right - left, 1), max(bottom - top, 1)
     canvas = Image.new("RGB", (w, h), _PAD_COLOR)
@@ -42,8 +43,9 @@ def patch_from_original(img: Image.Image, preprocess: Preprocess, box: Box) -> I
     return canvas
 
 
-def heat_overlay(image: np.ndarray, amap: np.ndarray, vmax: float | None = None,
-                 alpha: float = 0.5) -> Image.Image:
+def heat_overlay(
+    image: np.ndarray, amap: np.ndarray, vmax: float | None = None, alpha: float = 0.5
+) -> Image.Image:
     """Blend an activation map (h, w), upsampled bilinearly, over ``image`` (H, W, 3) uint8.
 
     Values are scaled by ``vmax`` (default: the map's own max) and clipped at 0, so maps of
@@ -60,9 +62,15 @@ def heat_overlay(image: np.ndarray, amap: np.ndarray, vmax: float | None = None,
     return Image.fromarray((np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8))
 
 
-def topk_grid(patches: Sequence[Image.Image], overlays: Sequence[Image.Image],
-              captions: Sequence[str], title: str, cell: int = 112, note: str = "",
-              heat_range: tuple[float, float] | None = None) -> Image.Image:
+def topk_grid(
+    patches: Sequence[Image.Image],
+    overlays: Sequence[Image.Image],
+    captions: Sequence[str],
+    title: str,
+    cell: int = 112,
+    note: str = "",
+    heat_range: tuple[float, float] | None = None,
+) -> Image.Image:
     """Two rows (patches, overlays) of ``cell`` px tiles, scores under the patches, a title and
     a ``note`` line under it; one row when there are no ``overlays``. ``heat_range`` (vmin,
     vmax) of the overlays' inferno scale adds a colour bar under them."""
@@ -73,8 +81,11 @@ def topk_grid(patches: Sequence[Image.Image], overlays: Sequence[Image.Image],
     head = 18 + (line if note else 0)
     rows = 2 if overlays else 1
     width = n * (cell + pad) + pad
-    bar = colorbar("inferno", *heat_range, min(width - 2 * pad, 240), "activation") \
-        if overlays and heat_range is not None else None
+    bar = (
+        colorbar("inferno", *heat_range, min(width - 2 * pad, 240), "activation")
+        if overlays and heat_range is not None
+        else None
+    )
     height = head + rows * cell + (rows - 1) * pad + cap + pad + (bar.height + pad if bar else 0)
     grid = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(grid)

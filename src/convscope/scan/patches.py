@@ -20,8 +20,13 @@ from convscope.scan.result import UnitTopK
 from convscope.subject import Subject
 
 
-def unit_maps(subject: Subject, x: torch.Tensor, layer: str, unit: int,
-              direction: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
+def unit_maps(
+    subject: Subject,
+    x: torch.Tensor,
+    layer: str,
+    unit: int,
+    direction: np.ndarray | torch.Tensor | None = None,
+) -> torch.Tensor:
     """Activation maps (N, H, W) of channel ``unit`` (or of ``direction``, (C,)) for inputs ``x``."""
     with torch.inference_mode(), Recorder(subject, [layer], stop=True) as rec:
         subject(x.to(subject.device))
@@ -47,9 +52,16 @@ class PatchChoice:
     label: str
 
 
-def choose_patch(rf: ReceptiveField | None, input_size: tuple[int, int], amap: np.ndarray | None,
-                 y: int, x: int, empirical: float | None = None, cover: float = 0.8,
-                 min_side: int = 32) -> PatchChoice:
+def choose_patch(
+    rf: ReceptiveField | None,
+    input_size: tuple[int, int],
+    amap: np.ndarray | None,
+    y: int,
+    x: int,
+    empirical: float | None = None,
+    cover: float = 0.8,
+    min_side: int = 32,
+) -> PatchChoice:
     """The part of the image to show for the hit at map position (y, x).
 
     The theoretical receptive field when it fits in the image. Where it does not (deep layers:
@@ -114,16 +126,25 @@ def cut_patch(img: Image.Image, preprocess: Preprocess, choice: PatchChoice) -> 
         return patch_from_original(img, preprocess, choice.box)
     b = choice.box
     top, left, bottom, right = preprocess.input_to_original((b.y0, b.x0, b.y1 + 1, b.x1 + 1), img.size)
-    box = (max(0, round(left)), max(0, round(top)), min(img.width, round(right)),
-           min(img.height, round(bottom)))
+    box = (
+        max(0, round(left)),
+        max(0, round(top)),
+        min(img.width, round(right)),
+        min(img.height, round(bottom)),
+    )
     if box[2] <= box[0] or box[3] <= box[1]:
         return img
     return img.crop(box)
 
 
-def render_topk(subject: Subject, source: ImageSource, top: UnitTopK,
-                direction: np.ndarray | torch.Tensor | None = None, cell: int = 112,
-                empirical: float | None = None) -> Image.Image:
+def render_topk(
+    subject: Subject,
+    source: ImageSource,
+    top: UnitTopK,
+    direction: np.ndarray | torch.Tensor | None = None,
+    cell: int = 112,
+    empirical: float | None = None,
+) -> Image.Image:
     """Grid for one unit and criterion: row 1, the part of each hit's image that matters, cut
     from the original image (:func:`choose_patch`: the theoretical receptive field around the
     hit's maximum, outside the image grey and marked red; where that field is larger than the
@@ -141,8 +162,14 @@ def render_topk(subject: Subject, source: ImageSource, top: UnitTopK,
     vmax = float(maps.max()) if maps.numel() else 1.0
     patches, overlays, modes = [], [], []
     for img, m, y, xx in zip(originals, maps, top.ys, top.xs):
-        choice = choose_patch(info.rf if info.is_map else None, subject.input_size,
-                              m.numpy() if spatial else None, int(y), int(xx), empirical)
+        choice = choose_patch(
+            info.rf if info.is_map else None,
+            subject.input_size,
+            m.numpy() if spatial else None,
+            int(y),
+            int(xx),
+            empirical,
+        )
         modes.append(choice)
         patches.append(cut_patch(img, subject.preprocess, choice))
         if spatial:
@@ -159,5 +186,12 @@ def render_topk(subject: Subject, source: ImageSource, top: UnitTopK,
     note = "patches: " + "; ".join(lab if len(counts) == 1 else f"{lab} ({n})" for lab, n in counts.items())
     if not spatial:
         note += "; " + ("1x1 map: no spatial extent" if info.is_map else "no spatial map") + ", no heat map"
-    return topk_grid(patches, overlays, captions, title, cell, note=note,
-                     heat_range=(0.0, max(vmax, 0.0)) if spatial else None)
+    return topk_grid(
+        patches,
+        overlays,
+        captions,
+        title,
+        cell,
+        note=note,
+        heat_range=(0.0, max(vmax, 0.0)) if spatial else None,
+    )
