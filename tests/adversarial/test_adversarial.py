@@ -100,16 +100,23 @@ def test_panel(default_subject, pixels, tmp_path):
     assert img.width > 3 * 224
 
 
+# Budgets at about twice what the runs need: the path of an optimisation or evolution depends
+# on the last bits of every forward pass (torch version, CPU, thread count), so a budget at the
+# edge passes on one machine and not on another (30 steps gave espresso 0.9937 on 1 thread and
+# 0.9905 on 2; a fresh clone elsewhere saw a fooling test end at 0.9859). Measured on 2 threads: gradient ascent first reaches 0.99
+# at step 23 (Egyptian cat) and 30 (espresso) and ends at 0.9992 and 0.9981 after 60, the
+# method's default; the CPPN evolution first reaches it at generation 47, 30 and 31 with seeds
+# 0, 1 and 2 (0.9968-0.9979 after 90).
 @pytest.mark.parametrize("cls", [285, 967])
 def test_gradient_fooling_images_reach_99_percent(default_subject, cls):
-    res = fool(default_subject, cls, "gradient", steps=30)
+    res = fool(default_subject, cls, "gradient", steps=60)
     assert res.confidence[0] >= 0.99 and res.top1[0] == default_subject.label(cls)
 
 
 def test_cppn_fooling_image_reaches_99_percent(default_subject):
     # "rock beauty": random CPPN patterns already score high on it, as Nguyen et al. found
     # for some classes.
-    res = fool(default_subject, 392, "cppn", generations=60, population=12, elite=3,
+    res = fool(default_subject, 392, "cppn", generations=90, population=12, elite=3,
                sigma=0.5, rate=0.2, seed=0)
     assert res.confidence[0] >= 0.99
     assert np.all(np.diff(res.history) >= 0)  # elitism: the best never gets worse

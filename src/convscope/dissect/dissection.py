@@ -1,7 +1,10 @@
 """Network dissection (Bau, Zhou et al. 2017): every unit against every concept.
 
 Two passes over a concept dataset. Pass 1: each unit's threshold T_k, the exact top-0.5%
-quantile of all its activations over the dataset (with the scan's saturation rule). Pass 2: each
+quantile of all its activations over the dataset (with the scan's saturation rule), placed in
+the middle of the gap between the activation values it separates (as the scan's `area`
+thresholds: the same values lie above it, but none on it, so a tied value, from max pooling
+or a clamp, does not flip with the last-bit rounding of another thread count). Pass 2: each
 unit's map, upsampled bilinearly to the segmentation resolution and thresholded at T_k, is
 counted against the concept labels on the device: per image, one ``index_add`` of the (pixels x
 units) mask by the label of each pixel, so the cost does not grow with the number of concepts.
@@ -309,7 +312,7 @@ def dissect(
     with _Forward(subject, plan.names, accel, workers) as fwd:
         _threshold_pass(fwd, plan, data, tops, batch_size, skipped, keep=stored, tick=tick)
         done, limit = len(data), total
-        thr = {n: tops.thresholds(n) for n in plan.names}
+        thr = {n: tops.thresholds(n, separate=True) for n in plan.names}
         check_finite(fwd.accel, thr)  # an overflowed unit has an infinite threshold
         t1 = time.perf_counter()
         counts = _new_counts(plan, thr, top)

@@ -579,7 +579,7 @@ def ray_dissect(
         1, lambda a, i: a.dissect_thresholds.remote(spec, parts[i], names, quantile, bs, accel), 0
     )
     tops, skipped = merge_threshold_states(data, plan.maps, quantile, [state1[i] for i in range(len(parts))])
-    thr = {n: tops.thresholds(n).cpu() for n in names}
+    thr = {n: tops.thresholds(n, separate=True).cpu() for n in names}
     check_finite(Accel.of(accel), thr)
     state2 = run_pass(
         2, lambda a, i: a.dissect_counts.remote(spec, parts[i], names, thr, top, bs, accel), len(data)
