@@ -273,7 +273,9 @@ def separating_thresholds(quantile: torch.Tensor, top: torch.Tensor) -> torch.Te
     mid = torch.where(mid < hi, mid, lo)  # adjacent floats: the lower one
     below = torch.nextafter(hi, torch.full_like(hi, -torch.inf))
     known = (r < m) & (lo < hi)  # else no smaller value is known: one float step below
-    return torch.where(known, mid, below)
+    # a quantile that is not finite (an overflowed reduced-precision pass) stays as it is, for
+    # check_finite to report
+    return torch.where(torch.isfinite(quantile), torch.where(known, mid, below), quantile)
 
 
 def quantile_thresholds(values: torch.Tensor, q: float = QUANTILE) -> torch.Tensor:
