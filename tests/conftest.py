@@ -40,28 +40,38 @@ def tiny():
     return tiny_subject()
 
 
-@pytest.fixture(scope="session")
-def cifar_dir(tmp_path_factory) -> Path:
-    """A labelled folder of 10 CIFAR-10 test images per class (100 JPEGs), from shared data."""
+def extract_cifar(out: Path, per_class: int) -> Path:
+    """The first ``per_class`` CIFAR-10 test JPEGs of each class into ``out/<class>/``."""
     if not CIFAR_TAR.exists():
         pytest.skip(f"{CIFAR_SKIP}: {CIFAR_TAR} not found")
-    out = tmp_path_factory.mktemp("cifar")
-    per_class: dict[str, int] = {}
+    counts: dict[str, int] = {}
     with tarfile.open(CIFAR_TAR) as tf:
         for m in tf:
             parts = m.name.split("/")
             if not m.isfile() or len(parts) < 3 or parts[-3] != "test":
                 continue
             cls = parts[-2]
-            if per_class.get(cls, 0) >= 10:
-                if len(per_class) == 10 and all(v >= 10 for v in per_class.values()):
+            if counts.get(cls, 0) >= per_class:
+                if len(counts) == 10 and all(v >= per_class for v in counts.values()):
                     break
                 continue
-            per_class[cls] = per_class.get(cls, 0) + 1
+            counts[cls] = counts.get(cls, 0) + 1
             dest = out / cls / parts[-1]
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(tf.extractfile(m).read())
     return out
+
+
+@pytest.fixture(scope="session")
+def cifar_dir(tmp_path_factory) -> Path:
+    """A labelled folder of 10 CIFAR-10 test images per class (100 JPEGs), from shared data."""
+    return extract_cifar(tmp_path_factory.mktemp("cifar"), 10)
+
+
+@pytest.fixture(scope="session")
+def cifar_dir_200(tmp_path_factory) -> Path:
+    """20 CIFAR-10 test images per class (200 JPEGs), from shared data."""
+    return extract_cifar(tmp_path_factory.mktemp("cifar200"), 20)
 
 
 def hook_count(model: torch.nn.Module) -> int:

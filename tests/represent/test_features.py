@@ -63,15 +63,20 @@ def test_extract_to_disk_equals_memory_and_resumes(folder, tmp_path):
         extract_features(subject, source, ["block"], pooling="mac", out=out)
 
 
-def test_probe_on_cifar(default_subject, cifar_dir):
-    """Lite0 features of 100 CIFAR-10 images: the probe beats chance by a wide margin and the
-    deepest layer beats the stem."""
-    source = open_images(cifar_dir, transform=default_subject.transform)
+def test_probe_on_cifar(default_subject, cifar_dir_200):
+    """Lite0 features of 200 CIFAR-10 images: the probe beats chance by a wide margin and the
+    deepest layer beats the stem, on average over three train/test splits."""
+    source = open_images(cifar_dir_200, transform=default_subject.transform)
     fs = extract_features(default_subject, source, ["bn1", "blocks.3", "bn2"], batch_size=20)
-    result = linear_probe({n: fs.get(n) for n in fs.layers}, fs.valid_labels(), test_fraction=0.4)
-    acc = {r.layer: r.test_accuracy for r in result.rows}
-    assert result.chance <= 0.15
-    # 60 training images (6 per class): chance is 0.1; the pooled last stage reaches ~0.5
-    assert acc["bn2"] >= 0.4 and acc["bn2"] > acc["bn1"] + 0.15
+    acc = {}
+    for seed in range(3):
+        result = linear_probe({n: fs.get(n) for n in fs.layers}, fs.valid_labels(), test_fraction=0.4,
+                              seed=seed)
+        assert result.chance <= 0.15
+        for r in result.rows:
+            acc[r.layer] = acc.get(r.layer, 0.0) + r.test_accuracy / 3
+    # 120 training images (12 per class): chance is 0.1; the pooled last stage reaches ~0.5
+    # (32-px photos enlarged to 256 and cropped to 224, as the model's eval preprocessing does)
+    assert acc["bn2"] >= 0.4 and acc["bn2"] > acc["bn1"] + 0.15, acc
     xy = project(fs.get("bn2"), "pca")
-    assert xy.shape == (100, 2)
+    assert xy.shape == (200, 2)

@@ -287,12 +287,13 @@ def test_chunked_upload_over_a_socket(viewer_atlas):
     uvicorn = pytest.importorskip("uvicorn")
     limit, total, chunk = 200_000, 64 << 20, 64 << 10
     inner = create_app(viewer_atlas, upload_limit=limit)
-    seen = {"bytes": 0}
+    seen = {"bytes": 0, "last": 0}
 
     async def counting(scope, receive, send):
         async def counted():
             message = await receive()
-            seen["bytes"] += len(message.get("body", b""))
+            seen["last"] = len(message.get("body", b""))
+            seen["bytes"] += seen["last"]
             return message
 
         await inner(scope, counted if scope["type"] == "http" else receive, send)
@@ -335,7 +336,9 @@ def test_chunked_upload_over_a_socket(viewer_atlas):
         srv.should_exit = True
         thread.join(10)
     assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
-    assert seen["bytes"] <= limit + (128 << 10) + chunk  # the server stopped reading
+    # the server stopped reading at the first message past the limit (and the form's 64 KB);
+    # how much uvicorn hands over in one message depends on how busy the machine is
+    assert seen["bytes"] - seen["last"] <= limit + (64 << 10)
     assert sent < total // 4  # and the client was told long before it finished
 
 
