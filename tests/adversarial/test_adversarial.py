@@ -101,12 +101,12 @@ def test_panel(default_subject, pixels, tmp_path):
 
 
 # Budgets at about twice what the runs need: the path of an optimisation or evolution depends
-# on the last bits of every forward pass (torch version, CPU, thread count), so a budget at the
-# edge passes on one machine and not on another (30 steps gave espresso 0.9937 on 1 thread and
-# 0.9905 on 2; a fresh clone elsewhere saw a fooling test end at 0.9859). Measured on 2
-# threads: gradient ascent first reaches 0.99 at step 23 (Egyptian cat) and 30 (espresso)
-# and ends at 0.9992 and 0.9981 after 60, the method's default; the CPPN evolution first reaches it at generation 47, 30 and 31 with seeds
-# 0, 1 and 2 (0.9968-0.9979 after 90).
+# on the last bits of every forward pass (torch version, CPU, thread count), so a budget at
+# the edge passes on one machine and not on another (30 steps gave espresso 0.9937 on 1 thread
+# and 0.9905 on 2; a fresh clone elsewhere saw a fooling test end at 0.9859). Measured on 2
+# threads: gradient ascent first reaches 0.99 at step 23 (Egyptian cat) and 30 (espresso) and
+# ends at 0.9992 and 0.9981 after 60, the method's default; the CPPN evolution first reaches
+# it at generation 47, 30 and 31 with seeds 0, 1 and 2 (0.9968-0.9979 after 90).
 @pytest.mark.parametrize("cls", [285, 967])
 def test_gradient_fooling_images_reach_99_percent(default_subject, cls):
     res = fool(default_subject, cls, "gradient", steps=60)
