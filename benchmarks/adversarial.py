@@ -37,8 +37,9 @@ def main() -> None:
     with torch.no_grad():
         labels = subject.model(subject.preprocess.normalize(x)).argmax(-1)
     eps = 2 / 255
-    atk = torchattacks.PGD(PixelModel(subject).eval(), eps=eps, alpha=eps / 4, steps=args.steps,
-                           random_start=False)
+    atk = torchattacks.PGD(
+        PixelModel(subject).eval(), eps=eps, alpha=eps / 4, steps=args.steps, random_start=False
+    )
 
     def ours():
         pgd(subject, x, eps=eps, alpha=eps / 4, steps=args.steps, labels=labels.tolist())
@@ -56,9 +57,16 @@ def main() -> None:
             acc.append(time.perf_counter() - t0)
     n = x.shape[0]
     ours_ips, theirs_ips = n / statistics.median(a), n / statistics.median(b)
-    result = {"model": "efficientnet_lite0", "batch": n, "steps": args.steps, "eps": "2/255",
-              "threads": torch.get_num_threads(), "convscope_images_per_s": ours_ips,
-              "torchattacks_images_per_s": theirs_ips, "ratio": ours_ips / theirs_ips}
+    result = {
+        "model": "efficientnet_lite0",
+        "batch": n,
+        "steps": args.steps,
+        "eps": "2/255",
+        "threads": torch.get_num_threads(),
+        "convscope_images_per_s": ours_ips,
+        "torchattacks_images_per_s": theirs_ips,
+        "ratio": ours_ips / theirs_ips,
+    }
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"convscope    {ours_ips:6.2f} images/s")
     print(f"torchattacks {theirs_ips:6.2f} images/s")

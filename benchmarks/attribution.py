@@ -72,44 +72,70 @@ def main() -> None:
     def make_pairs(x, n):
         t = [3] * n
         pairs = {
-            "saliency": (lambda: convscope.explain(subject, x, "saliency", target=3),
-                         lambda: ca.Saliency(m).attribute(x.clone().requires_grad_(), target=t, abs=True)),
+            "saliency": (
+                lambda: convscope.explain(subject, x, "saliency", target=3),
+                lambda: ca.Saliency(m).attribute(x.clone().requires_grad_(), target=t, abs=True),
+            ),
             "input_x_gradient": (
                 lambda: convscope.explain(subject, x, "input_x_gradient", target=3),
-                lambda: ca.InputXGradient(m).attribute(x.clone().requires_grad_(), target=t)),
+                lambda: ca.InputXGradient(m).attribute(x.clone().requires_grad_(), target=t),
+            ),
             "integrated_gradients (16 steps)": (
-                lambda: convscope.explain(subject, x, "ig", target=3, steps=16, baseline="zero",
-                                          batch=16),
+                lambda: convscope.explain(subject, x, "ig", target=3, steps=16, baseline="zero", batch=16),
                 lambda: ca.IntegratedGradients(m).attribute(
-                    x, target=t, n_steps=16, internal_batch_size=16, method="riemann_trapezoid")),
-            "guided": (lambda: convscope.explain(subject, x, "guided", target=3),
-                       lambda: ca.GuidedBackprop(m).attribute(x.clone().requires_grad_(), target=t)),
-            "deconvnet": (lambda: convscope.explain(subject, x, "deconvnet", target=3),
-                          lambda: ca.Deconvolution(m).attribute(x.clone().requires_grad_(), target=t)),
-            "gradcam": (lambda: convscope.explain(subject, x, "gradcam", target=3, layer="layer4.1"),
-                        lambda: GradCAM(model=m, target_layers=[m.layer4[-1]])(
-                            input_tensor=x, targets=[ClassifierOutputTarget(3)] * n)),
+                    x, target=t, n_steps=16, internal_batch_size=16, method="riemann_trapezoid"
+                ),
+            ),
+            "guided": (
+                lambda: convscope.explain(subject, x, "guided", target=3),
+                lambda: ca.GuidedBackprop(m).attribute(x.clone().requires_grad_(), target=t),
+            ),
+            "deconvnet": (
+                lambda: convscope.explain(subject, x, "deconvnet", target=3),
+                lambda: ca.Deconvolution(m).attribute(x.clone().requires_grad_(), target=t),
+            ),
+            "gradcam": (
+                lambda: convscope.explain(subject, x, "gradcam", target=3, layer="layer4.1"),
+                lambda: GradCAM(model=m, target_layers=[m.layer4[-1]])(
+                    input_tensor=x, targets=[ClassifierOutputTarget(3)] * n
+                ),
+            ),
         }
         if n == 1:
             pairs["scorecam"] = (
                 lambda: convscope.explain(subject, x, "scorecam", target=3, layer="layer4.1", batch=32),
                 lambda: ScoreCAM(model=m, target_layers=[m.layer4[-1]])(
-                    input_tensor=x, targets=[ClassifierOutputTarget(3)] * n))
+                    input_tensor=x, targets=[ClassifierOutputTarget(3)] * n
+                ),
+            )
             occ = dict(window=32, stride=16, fill="zero")
             pairs["occlusion, class (captum default: 1 per eval)"] = (
                 lambda: convscope.explain(subject, x, "occlusion", target=3, batch=32, **occ),
-                lambda: ca.Occlusion(m).attribute(x, sliding_window_shapes=(3, 32, 32),
-                                                  strides=(3, 16, 16), baselines=0, target=t))
+                lambda: ca.Occlusion(m).attribute(
+                    x, sliding_window_shapes=(3, 32, 32), strides=(3, 16, 16), baselines=0, target=t
+                ),
+            )
             pairs["occlusion, class (captum 32 per eval)"] = (
                 lambda: convscope.explain(subject, x, "occlusion", target=3, batch=32, **occ),
-                lambda: ca.Occlusion(m).attribute(x, sliding_window_shapes=(3, 32, 32),
-                                                  strides=(3, 16, 16), baselines=0, target=t,
-                                                  perturbations_per_eval=32))
+                lambda: ca.Occlusion(m).attribute(
+                    x,
+                    sliding_window_shapes=(3, 32, 32),
+                    strides=(3, 16, 16),
+                    baselines=0,
+                    target=t,
+                    perturbations_per_eval=32,
+                ),
+            )
             pairs["occlusion, one neuron (captum 32 per eval)"] = (
                 lambda: convscope.explain(subject, x, "occlusion", target=uinfo, batch=32, **occ),
                 lambda: ca.Occlusion(unit_forward).attribute(
-                    x, sliding_window_shapes=(3, 32, 32), strides=(3, 16, 16), baselines=0,
-                    perturbations_per_eval=32))
+                    x,
+                    sliding_window_shapes=(3, 32, 32),
+                    strides=(3, 16, 16),
+                    baselines=0,
+                    perturbations_per_eval=32,
+                ),
+            )
         return pairs
 
     for n in [int(b) for b in args.batches.split(",")]:
@@ -126,13 +152,33 @@ def main() -> None:
                 b.append(timeit(theirs, 1))
             ta, tb = statistics.median(a) / n, statistics.median(b) / n
             peer = "pytorch-grad-cam" if "cam" in name else "captum"
-            rows.append({"method": name, "batch": n, "ours_s_per_image": ta,
-                         "peer": peer, "peer_s_per_image": tb, "speedup": tb / ta})
-            print(f"batch {n:2d}  {name:48s} ours {ta * 1000:9.1f} ms/img   {peer} "
-                  f"{tb * 1000:9.1f} ms/img   speed-up {tb / ta:5.2f}x", flush=True)
-    Path(args.out).write_text(json.dumps({"model": "torchvision resnet18 (random weights)",
-                                          "size": args.size, "threads": torch.get_num_threads(),
-                                          "torch": torch.__version__, "rows": rows}, indent=1))
+            rows.append(
+                {
+                    "method": name,
+                    "batch": n,
+                    "ours_s_per_image": ta,
+                    "peer": peer,
+                    "peer_s_per_image": tb,
+                    "speedup": tb / ta,
+                }
+            )
+            print(
+                f"batch {n:2d}  {name:48s} ours {ta * 1000:9.1f} ms/img   {peer} "
+                f"{tb * 1000:9.1f} ms/img   speed-up {tb / ta:5.2f}x",
+                flush=True,
+            )
+    Path(args.out).write_text(
+        json.dumps(
+            {
+                "model": "torchvision resnet18 (random weights)",
+                "size": args.size,
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+                "rows": rows,
+            },
+            indent=1,
+        )
+    )
     print(f"wrote {args.out}")
 
 

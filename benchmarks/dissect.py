@@ -60,8 +60,9 @@ def main() -> None:
 
     bs = args.batch_size or (4 if subject.device.type == "cpu" else 64)
     transform = dissection_transform(subject)
-    batches = [torch.stack([transform(data.image(i)) for i in range(j, min(n, j + bs))])
-               for j in range(0, n, bs)]
+    batches = [
+        torch.stack([transform(data.image(i)) for i in range(j, min(n, j + bs))]) for j in range(0, n, bs)
+    ]
     with torch.inference_mode():
         t0 = time.perf_counter()
         for b in batches:
@@ -77,16 +78,20 @@ def main() -> None:
         t_ours = time.perf_counter() - t0
         timings: dict = {}
         t0 = time.perf_counter()
-        thr, iou = reference_dissect(subject, BrodenDataset(root, limit=args.limit), layer,
-                                     timings=timings)
+        thr, iou = reference_dissect(subject, BrodenDataset(root, limit=args.limit), layer, timings=timings)
         t_ref = time.perf_counter() - t0
         d = ours.layers[layer]
         row = {
-            "layer": layer, "units": d.units, "concepts": len(d.concepts), "images": n,
+            "layer": layer,
+            "units": d.units,
+            "concepts": len(d.concepts),
+            "images": n,
             "bare_forward_img_s": n / t_bare,
-            "convscope_img_s": n / t_ours, "reference_img_s": n / t_ref,
+            "convscope_img_s": n / t_ours,
+            "reference_img_s": n / t_ref,
             "speedup": t_ref / t_ours,
-            "convscope_counting_s": ours.seconds["pass2"], "reference_tally_s": timings["tally"],
+            "convscope_counting_s": ours.seconds["pass2"],
+            "reference_tally_s": timings["tally"],
             "counting_speedup": timings["tally"] / max(ours.seconds["pass2"], 1e-9),
             "convscope_vs_bare": t_bare / t_ours,
             "max_abs_iou_difference": float(np.abs(d.iou - iou).max()),
@@ -94,15 +99,22 @@ def main() -> None:
             "max_threshold_difference": float(np.abs(d.thresholds - thr).max()),
         }
         rows.append(row)
-        print(f"{layer:>12} ({d.units} units, {len(d.concepts)} concepts, {n} images): "
-              f"convscope {row['convscope_img_s']:.1f} img/s, reference {row['reference_img_s']:.1f} "
-              f"img/s -> {row['speedup']:.2f}x; counting {row['convscope_counting_s']:.2f}s vs "
-              f"tally {row['reference_tally_s']:.2f}s -> {row['counting_speedup']:.1f}x; "
-              f"bare forward {row['bare_forward_img_s']:.1f} img/s; max |dIoU| "
-              f"{row['max_abs_iou_difference']:.1e}, same labels {row['same_labels']:.0%}")
-    result = {"model": subject.name, "device": str(subject.device), "batch_size": bs,
-              "concepts": str(args.concepts or "synthetic 224/112"),
-              "torch_threads": torch.get_num_threads(), "rows": rows}
+        print(
+            f"{layer:>12} ({d.units} units, {len(d.concepts)} concepts, {n} images): "
+            f"convscope {row['convscope_img_s']:.1f} img/s, reference {row['reference_img_s']:.1f} "
+            f"img/s -> {row['speedup']:.2f}x; counting {row['convscope_counting_s']:.2f}s vs "
+            f"tally {row['reference_tally_s']:.2f}s -> {row['counting_speedup']:.1f}x; "
+            f"bare forward {row['bare_forward_img_s']:.1f} img/s; max |dIoU| "
+            f"{row['max_abs_iou_difference']:.1e}, same labels {row['same_labels']:.0%}"
+        )
+    result = {
+        "model": subject.name,
+        "device": str(subject.device),
+        "batch_size": bs,
+        "concepts": str(args.concepts or "synthetic 224/112"),
+        "torch_threads": torch.get_num_threads(),
+        "rows": rows,
+    }
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out}")
 

@@ -51,8 +51,9 @@ def main() -> None:
         return rec[layer][:, unit, py, px]
 
     t0 = time.perf_counter()
-    Occlusion(unit_forward).attribute(x, sliding_window_shapes=(3, p, p), strides=(3, st, st),
-                                      baselines=fill, perturbations_per_eval=64)
+    Occlusion(unit_forward).attribute(
+        x, sliding_window_shapes=(3, p, p), strides=(3, st, st), baselines=fill, perturbations_per_eval=64
+    )
     t_captum = time.perf_counter() - t0
 
     H, W = x.shape[2:]
@@ -63,23 +64,38 @@ def main() -> None:
         for y0 in range(0, H - p + 1, st):
             for x0 in range(0, W - p + 1, st):
                 occ = x.clone()
-                occ[:, :, y0:y0 + p, x0:x0 + p] = fill[:, :, y0:y0 + p, x0:x0 + p]
+                occ[:, :, y0 : y0 + p, x0 : x0 + p] = fill[:, :, y0 : y0 + p, x0 : x0 + p]
                 abs(float(clean - unit_forward(occ)))
                 n += 1
         t_loop = time.perf_counter() - t0
-    r = {"model": "efficientnet_lite0", "layer": layer, "unit": unit, "patch": p, "stride": st,
-         "positions": n, "evaluated_by_convscope": dm.evaluated,
-         "convscope_maps_per_s": 1 / t_ours, "captum_maps_per_s": 1 / t_captum,
-         "plain_loop_maps_per_s": 1 / t_loop, "speedup_vs_captum": t_captum / t_ours,
-         "speedup_vs_plain_loop": t_loop / t_ours, "threads": torch.get_num_threads()}
+    r = {
+        "model": "efficientnet_lite0",
+        "layer": layer,
+        "unit": unit,
+        "patch": p,
+        "stride": st,
+        "positions": n,
+        "evaluated_by_convscope": dm.evaluated,
+        "convscope_maps_per_s": 1 / t_ours,
+        "captum_maps_per_s": 1 / t_captum,
+        "plain_loop_maps_per_s": 1 / t_loop,
+        "speedup_vs_captum": t_captum / t_ours,
+        "speedup_vs_plain_loop": t_loop / t_ours,
+        "threads": torch.get_num_threads(),
+    }
     Path(args.out).write_text(json.dumps(r, indent=1))
-    print(f"{n} occluder positions; convscope evaluates {dm.evaluated} (the rest lie outside "
-          "the unit's receptive field) on crops of the receptive field")
+    print(
+        f"{n} occluder positions; convscope evaluates {dm.evaluated} (the rest lie outside "
+        "the unit's receptive field) on crops of the receptive field"
+    )
     print(f"convscope   {1 / t_ours:8.3f} maps/s  ({t_ours:.2f} s)")
-    print(f"captum      {1 / t_captum:8.3f} maps/s  ({t_captum:.2f} s)   "
-          f"convscope is {t_captum / t_ours:.1f}x faster")
-    print(f"plain loop  {1 / t_loop:8.3f} maps/s  ({t_loop:.2f} s)   "
-          f"convscope is {t_loop / t_ours:.1f}x faster")
+    print(
+        f"captum      {1 / t_captum:8.3f} maps/s  ({t_captum:.2f} s)   "
+        f"convscope is {t_captum / t_ours:.1f}x faster"
+    )
+    print(
+        f"plain loop  {1 / t_loop:8.3f} maps/s  ({t_loop:.2f} s)   convscope is {t_loop / t_ours:.1f}x faster"
+    )
     print(f"wrote {args.out}")
 
 

@@ -69,16 +69,30 @@ def ray_main(argv) -> None:
     merged = ray_scan(subject, source, layers, workers=args.workers, n_shards=4 * args.workers, **options)
     t_ray = time.perf_counter() - t0
     ray.shutdown()
-    same = all(merged.topk(n, u, c).images.tolist() == single.topk(n, u, c).images.tolist()
-               for n in single.layers for u in range(single.channels[n]) for c in single.criteria)
-    row = {"model": subject.name, "layers": layers, "images": args.images, "workers": args.workers,
-           "one_process_img_s": args.images / t_single, "ray_img_s": args.images / t_ray,
-           "speedup": t_single / t_ray, "identical_topk": same,
-           "max_abs_stat_diff": float(max(np.abs(single.stats(n).mean - merged.stats(n).mean).max()
-                                          for n in single.layers)),
-           "torch_threads_one_process": torch.get_num_threads()}
-    print(f"one process {row['one_process_img_s']:.1f} img/s, Ray x{args.workers} "
-          f"{row['ray_img_s']:.1f} img/s -> {row['speedup']:.2f}x; identical top-K: {same}")
+    same = all(
+        merged.topk(n, u, c).images.tolist() == single.topk(n, u, c).images.tolist()
+        for n in single.layers
+        for u in range(single.channels[n])
+        for c in single.criteria
+    )
+    row = {
+        "model": subject.name,
+        "layers": layers,
+        "images": args.images,
+        "workers": args.workers,
+        "one_process_img_s": args.images / t_single,
+        "ray_img_s": args.images / t_ray,
+        "speedup": t_single / t_ray,
+        "identical_topk": same,
+        "max_abs_stat_diff": float(
+            max(np.abs(single.stats(n).mean - merged.stats(n).mean).max() for n in single.layers)
+        ),
+        "torch_threads_one_process": torch.get_num_threads(),
+    }
+    print(
+        f"one process {row['one_process_img_s']:.1f} img/s, Ray x{args.workers} "
+        f"{row['ray_img_s']:.1f} img/s -> {row['speedup']:.2f}x; identical top-K: {same}"
+    )
     Path(args.out).write_text(json.dumps(row, indent=1))
     print(f"wrote {args.out}")
 
@@ -177,13 +191,21 @@ def device_main(argv) -> None:
         subject = convscope.load(model, weights=weights, device=args.device)
         layers = resolve_scan_layers(subject, "stages")
         gen = torch.Generator().manual_seed(0)
-        batches = [torch.randn(bs, 3, *subject.input_size, generator=gen).to(subject.device)
-                   for _ in range(n_batches)]
+        batches = [
+            torch.randn(bs, 3, *subject.input_size, generator=gen).to(subject.device)
+            for _ in range(n_batches)
+        ]
         x = batches[0][:4].clone().requires_grad_(True)
         subject.model(x).sum().backward()  # warm-up: forwards are slower until a backward ran
         subject.model.zero_grad(set_to_none=True)
-        cal = scan(subject, files.subset(range(bs)).with_transform(subject.transform), layers,
-                   k=16, batch_size=bs, threshold_sample=bs)
+        cal = scan(
+            subject,
+            files.subset(range(bs)).with_transform(subject.transform),
+            layers,
+            k=16,
+            batch_size=bs,
+            threshold_sample=bs,
+        )
         for precision in precisions:
             accel = Accel(precision=precision)
             _bare(subject, batches[:1], accel)
@@ -192,11 +214,17 @@ def device_main(argv) -> None:
             for _ in range(args.repeats):  # interleaved, so drift hits both alike
                 bare.append(_bare(subject, batches, accel))
                 hot.append(_hot(subject, batches, layers, accel, cal.thresholds))
-            row = {"model": subject.name, "weights": weights or "random", "precision": precision,
-                   "channels_last": accel.layout(subject.device), "batch_size": bs,
-                   "layers": layers, "bare_img_s": float(np.median(bare)),
-                   "scan_hot_img_s": float(np.median(hot)),
-                   "ratio_hot_to_bare": float(np.median([h / b for h, b in zip(hot, bare)]))}
+            row = {
+                "model": subject.name,
+                "weights": weights or "random",
+                "precision": precision,
+                "channels_last": accel.layout(subject.device),
+                "batch_size": bs,
+                "layers": layers,
+                "bare_img_s": float(np.median(bare)),
+                "scan_hot_img_s": float(np.median(hot)),
+                "ratio_hot_to_bare": float(np.median([h / b for h, b in zip(hot, bare)])),
+            }
             subset = files.subset(range(bs, bs + n_images)).with_transform(subject.transform)
             for decode in ("cpu", "device"):
                 a = Accel(precision=precision, decode=decode)
@@ -207,33 +235,46 @@ def device_main(argv) -> None:
                 rate = row[f"end_to_end_{decode}_decode_img_s"]
                 row[f"ratio_end_to_end_{decode}_decode"] = rate / row["bare_img_s"]
             rows.append(row)
-            print(f"{subject.name:<20} {precision}: bare {row['bare_img_s']:8.1f} img/s, scan hot "
-                  f"{row['scan_hot_img_s']:8.1f} ({row['ratio_hot_to_bare']:.2f}x), files: PIL "
-                  f"{row['end_to_end_cpu_decode_img_s']:7.1f} ({row['ratio_end_to_end_cpu_decode']:.2f}x), "
-                  f"device decode {row['end_to_end_device_decode_img_s']:7.1f} "
-                  f"({row['ratio_end_to_end_device_decode']:.2f}x)")
+            print(
+                f"{subject.name:<20} {precision}: bare {row['bare_img_s']:8.1f} img/s, scan hot "
+                f"{row['scan_hot_img_s']:8.1f} ({row['ratio_hot_to_bare']:.2f}x), files: PIL "
+                f"{row['end_to_end_cpu_decode_img_s']:7.1f} ({row['ratio_end_to_end_cpu_decode']:.2f}x), "
+                f"device decode {row['end_to_end_device_decode_img_s']:7.1f} "
+                f"({row['ratio_end_to_end_device_decode']:.2f}x)"
+            )
         if args.full:
             a = Accel(precision=precisions[-1], decode="device" if gpu else "cpu")
             src = files.with_transform(subject.transform)
             t0 = time.perf_counter()
             r = scan(subject, src, layers, k=16, batch_size=bs, threshold_sample=256 * 4, accel=a)
             _sync(subject.device)
-            full = {"model": subject.name, "full_scan_images": r.processed, "skipped": len(r.skipped),
-                    "full_scan_seconds": time.perf_counter() - t0, "precision": a.precision,
-                    "decode": a.decode}
+            full = {
+                "model": subject.name,
+                "full_scan_images": r.processed,
+                "skipped": len(r.skipped),
+                "full_scan_seconds": time.perf_counter() - t0,
+                "precision": a.precision,
+                "decode": a.decode,
+            }
             rows.append(full)
             print(f"{subject.name}: scanned {r.processed} images in {full['full_scan_seconds']:.0f} s")
         del subject
     dev_name = torch.cuda.get_device_name(0) if gpu else _cpu_name() or platform.machine()
-    result = {"benchmark": "scale-device", "device": dev_name, "torch": torch.__version__,
-              "threads": torch.get_num_threads(),
-              "decode_workers": auto_workers(args.device, batch_bytes=bs * 3 * 224 * 224 * 4),
-              "data": args.data, "rows": rows}
+    result = {
+        "benchmark": "scale-device",
+        "device": dev_name,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "decode_workers": auto_workers(args.device, batch_bytes=bs * 3 * 224 * 224 * 4),
+        "data": args.data,
+        "rows": rows,
+    }
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out}")
 
 
 # --- precision: what autocast does to the results --------------------------------------------
+
 
 def precision_main(argv) -> None:
     """The same scan, features and dissection in fp32, bf16 and fp16 on real photos (CIFAR-10
@@ -267,7 +308,7 @@ def precision_main(argv) -> None:
         t0 = time.perf_counter()
         sc = scan(subject, src, layers, k=16, batch_size=32, threshold_sample=args.images, accel=a)
         fs = extract_features(subject, src, ["bn2"], batch_size=32, accel=a)
-        concepts = ColorConcepts(allimgs.subset(pick[:args.dissect_images]), seg=112)
+        concepts = ColorConcepts(allimgs.subset(pick[: args.dissect_images]), seg=112)
         ds = dissect(subject, concepts, ["blocks.3"], accel=a)
         runs[p] = (sc, fs, ds, time.perf_counter() - t0)
         print(f"{p}: done in {runs[p][3]:.0f} s")
@@ -300,30 +341,47 @@ def precision_main(argv) -> None:
                     s1, s2 = ref_sc.topk(n, u, crit).images, sc.topk(n, u, crit).images
                     jac.append(len(set(s1) & set(s2)) / max(1, len(set(s1) | set(s2))))
                     top1.append(len(s1) > 0 and len(s2) > 0 and s1[0] == s2[0])
-                per[crit] = {"topk_jaccard_mean": float(np.mean(jac)), "topk_jaccard_min": float(np.min(jac)),
-                             "top1_same": float(np.mean(top1))}
-            row["layers"][n] = {"max_rel_err_median": float(np.median(rel_max)),
-                                "max_rel_err_p99": float(np.quantile(rel_max, 0.99)),
-                                "threshold_rel_err_median": float(np.median(rel_thr)),
-                                "mean_rel_err_median": float(np.median(rel_mean)),
-                                "units_max_equal": float(np.mean(a.max == b.max)),
-                                "criteria": per}
+                per[crit] = {
+                    "topk_jaccard_mean": float(np.mean(jac)),
+                    "topk_jaccard_min": float(np.min(jac)),
+                    "top1_same": float(np.mean(top1)),
+                }
+            row["layers"][n] = {
+                "max_rel_err_median": float(np.median(rel_max)),
+                "max_rel_err_p99": float(np.quantile(rel_max, 0.99)),
+                "threshold_rel_err_median": float(np.median(rel_thr)),
+                "mean_rel_err_median": float(np.median(rel_mean)),
+                "units_max_equal": float(np.mean(a.max == b.max)),
+                "criteria": per,
+            }
         la, lb = ref_ds.layers["blocks.3"], ds.layers["blocks.3"]
         row["retrieval_p_at_10"] = float(p_at_10(fs))
-        row["features_rel_err_median"] = float(np.median(
-            np.abs(ref_fs.get("bn2") - fs.get("bn2")) / (np.abs(ref_fs.get("bn2")) + 1e-3)))
+        row["features_rel_err_median"] = float(
+            np.median(np.abs(ref_fs.get("bn2") - fs.get("bn2")) / (np.abs(ref_fs.get("bn2")) + 1e-3))
+        )
         row["dissect_same_label"] = float((la.iou.argmax(1) == lb.iou.argmax(1)).mean())
         row["dissect_max_abs_iou_diff"] = float(np.abs(la.iou - lb.iou).max())
         rows.append(row)
         for n, l0 in row["layers"].items():
-            print(f"{p} {n}: rel err median max {l0['max_rel_err_median']:.1e} mean "
-                  f"{l0['mean_rel_err_median']:.1e} threshold {l0['threshold_rel_err_median']:.1e}; "
-                  "top-K Jaccard " + ", ".join(f"{c} {v['topk_jaccard_mean']:.3f}"
-                                               for c, v in l0["criteria"].items()))
-        print(f"{p}: P@10 {row['retrieval_p_at_10']:.4f}; features rel err median "
-              f"{row['features_rel_err_median']:.1e}; dissection labels same {row['dissect_same_label']:.3f}")
-    result = {"benchmark": "precision", "model": subject.name, "device": str(subject.device),
-              "images": args.images, "data": args.data, "torch": torch.__version__, "rows": rows}
+            print(
+                f"{p} {n}: rel err median max {l0['max_rel_err_median']:.1e} mean "
+                f"{l0['mean_rel_err_median']:.1e} threshold {l0['threshold_rel_err_median']:.1e}; "
+                "top-K Jaccard "
+                + ", ".join(f"{c} {v['topk_jaccard_mean']:.3f}" for c, v in l0["criteria"].items())
+            )
+        print(
+            f"{p}: P@10 {row['retrieval_p_at_10']:.4f}; features rel err median "
+            f"{row['features_rel_err_median']:.1e}; dissection labels same {row['dissect_same_label']:.3f}"
+        )
+    result = {
+        "benchmark": "precision",
+        "model": subject.name,
+        "device": str(subject.device),
+        "images": args.images,
+        "data": args.data,
+        "torch": torch.__version__,
+        "rows": rows,
+    }
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out}")
 

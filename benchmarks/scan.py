@@ -45,8 +45,13 @@ class GeneratedSource(ImageSource):
     """``n`` random images made on the fly from their index (constant memory)."""
 
     def __init__(self, n: int, size=(224, 224)):
-        super().__init__([ImageRecord(i, f"gen/{i:06d}") for i in range(n)], [], None,
-                         f"generated {n}", transform=lambda img: img)
+        super().__init__(
+            [ImageRecord(i, f"gen/{i:06d}") for i in range(n)],
+            [],
+            None,
+            f"generated {n}",
+            transform=lambda img: img,
+        )
         self.size = size
 
     def __getitem__(self, i):
@@ -76,9 +81,12 @@ def time_bare(subject, batches):
 
 
 def time_scan_hot(subject, batches, thresholds):
-    states = {n: LayerState.empty(subject.layer(n).units,
-                                  subject.layer(n).shape[1:], K, ("max", "mean", "area"),
-                                  subject.device) for n in LAYERS}
+    states = {
+        n: LayerState.empty(
+            subject.layer(n).units, subject.layer(n).shape[1:], K, ("max", "mean", "area"), subject.device
+        )
+        for n in LAYERS
+    }
     for n in LAYERS:
         states[n].thresholds = thresholds[n]
     t0 = time.perf_counter()
@@ -95,10 +103,22 @@ def time_scan_hot(subject, batches, thresholds):
 def memory_child(n: int, batch_size: int, device: str) -> None:
     subject = convscope.load(device=device)
     res = scan(subject, GeneratedSource(n), LAYERS, k=K, batch_size=batch_size, threshold_sample=64)
-    state_bytes = sum(t.numel() * t.element_size() for s in res.states.values()
-                      for top in s.topk.values() for t in (top.scores, top.images, top.positions))
-    print(json.dumps({"images": n, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "state_mb": state_bytes / 2**20, "images_per_s": res.images_per_second}))
+    state_bytes = sum(
+        t.numel() * t.element_size()
+        for s in res.states.values()
+        for top in s.topk.values()
+        for t in (top.scores, top.images, top.positions)
+    )
+    print(
+        json.dumps(
+            {
+                "images": n,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "state_mb": state_bytes / 2**20,
+                "images_per_s": res.images_per_second,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -123,11 +143,12 @@ def main() -> None:
 
     subject = convscope.load(device=args.device)
     gen = torch.Generator().manual_seed(0)
-    batches = [torch.randn(args.batch_size, 3, 224, 224, generator=gen).to(subject.device)
-               for _ in range(args.batches)]
+    batches = [
+        torch.randn(args.batch_size, 3, 224, 224, generator=gen).to(subject.device)
+        for _ in range(args.batches)
+    ]
     warm_up(subject, batches[0])
-    calib = scan(subject, GeneratedSource(64), LAYERS, k=K, batch_size=args.batch_size,
-                 threshold_sample=64)
+    calib = scan(subject, GeneratedSource(64), LAYERS, k=K, batch_size=args.batch_size, threshold_sample=64)
     thresholds = {n: t.to(subject.device) for n, t in calib.thresholds.items()}
     time_scan_hot(subject, batches[:1], thresholds)  # warm the scan path too
 
@@ -137,24 +158,52 @@ def main() -> None:
         hot.append(time_scan_hot(subject, batches, thresholds))
     ratios = [h / b for h, b in zip(hot, bare)]
     n_e2e = args.batch_size * args.batches * 2
-    e2e = scan(subject, GeneratedSource(n_e2e), LAYERS, k=K, batch_size=args.batch_size,
-               threshold_sample=args.batch_size, accel=ACCEL)
+    e2e = scan(
+        subject,
+        GeneratedSource(n_e2e),
+        LAYERS,
+        k=K,
+        batch_size=args.batch_size,
+        threshold_sample=args.batch_size,
+        accel=ACCEL,
+    )
     bare_after = time_bare(subject, batches)
 
     memory = []
     for n in (256, 1024):
-        out = subprocess.run([sys.executable, __file__, "--memory-child", str(n), "--device",
-                              args.device, "--batch-size", str(args.batch_size),
-                              "--threads", str(args.threads or torch.get_num_threads())],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--memory-child",
+                str(n),
+                "--device",
+                args.device,
+                "--batch-size",
+                str(args.batch_size),
+                "--threads",
+                str(args.threads or torch.get_num_threads()),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         memory.append(json.loads(out.stdout.strip().splitlines()[-1]))
 
     result = {
-        "benchmark": "scan", "model": "efficientnet_lite0", "input": "224x224", "layers": LAYERS,
-        "k": K, "criteria": ["max", "mean", "area"], "batch_size": args.batch_size,
-        "device": str(subject.device), "threads": torch.get_num_threads(),
-        "precision": ACCEL.precision, "channels_last": ACCEL.layout(subject.device),
-        "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+        "benchmark": "scan",
+        "model": "efficientnet_lite0",
+        "input": "224x224",
+        "layers": LAYERS,
+        "k": K,
+        "criteria": ["max", "mean", "area"],
+        "batch_size": args.batch_size,
+        "device": str(subject.device),
+        "threads": torch.get_num_threads(),
+        "precision": ACCEL.precision,
+        "channels_last": ACCEL.layout(subject.device),
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
         "bare_images_per_s": statistics.median(bare),
         "scan_hot_images_per_s": statistics.median(hot),
         "ratio_scan_hot_to_bare": statistics.median(ratios),
@@ -166,15 +215,22 @@ def main() -> None:
     }
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"bare forward        {result['bare_images_per_s']:8.1f} img/s")
-    print(f"scan (hot path)     {result['scan_hot_images_per_s']:8.1f} img/s   "
-          f"ratio {result['ratio_scan_hot_to_bare']:.3f}  (per repeat: "
-          + ", ".join(f"{r:.3f}" for r in ratios) + ")")
-    print(f"scan (end to end)   {result['scan_end_to_end_images_per_s']:8.1f} img/s   "
-          f"ratio {result['ratio_end_to_end_to_bare']:.3f}  ({n_e2e} generated images, "
-          "incl. threshold sample)")
+    print(
+        f"scan (hot path)     {result['scan_hot_images_per_s']:8.1f} img/s   "
+        f"ratio {result['ratio_scan_hot_to_bare']:.3f}  (per repeat: "
+        + ", ".join(f"{r:.3f}" for r in ratios)
+        + ")"
+    )
+    print(
+        f"scan (end to end)   {result['scan_end_to_end_images_per_s']:8.1f} img/s   "
+        f"ratio {result['ratio_end_to_end_to_bare']:.3f}  ({n_e2e} generated images, "
+        "incl. threshold sample)"
+    )
     for m in memory:
-        print(f"memory, {m['images']:5d} images: peak RSS {m['peak_rss_mb']:.0f} MB, "
-              f"top-K state {m['state_mb']:.2f} MB")
+        print(
+            f"memory, {m['images']:5d} images: peak RSS {m['peak_rss_mb']:.0f} MB, "
+            f"top-K state {m['state_mb']:.2f} MB"
+        )
     print(f"wrote {args.out}")
 
 

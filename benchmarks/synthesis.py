@@ -31,8 +31,12 @@ def main() -> None:
     ap.add_argument("--units", type=int, default=16)
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--size", type=int, default=128)
-    ap.add_argument("--lucent-units", type=int, default=4,
-                    help="units Lucent renders (its per-unit time is constant; fewer saves time)")
+    ap.add_argument(
+        "--lucent-units",
+        type=int,
+        default=4,
+        help="units Lucent renders (its per-unit time is constant; fewer saves time)",
+    )
     ap.add_argument("--out", default=str(Path(__file__).with_name("synthesis.json")))
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
@@ -45,24 +49,38 @@ def main() -> None:
 
     # warm-up both (one backward pass first, as elsewhere)
     visualize_units(subject, args.layer, [0, 1], steps=2, size=args.size)
-    render.render_vis(wrapped, f"{lucent_layer}:0",
-                      param_f=lambda: param.image(args.size, fft=True, decorrelate=True),
-                      transforms=transform.standard_transforms, thresholds=(2,), show_image=False,
-                      preprocess=False, fixed_image_size=args.size, progress=False)
+    render.render_vis(
+        wrapped,
+        f"{lucent_layer}:0",
+        param_f=lambda: param.image(args.size, fft=True, decorrelate=True),
+        transforms=transform.standard_transforms,
+        thresholds=(2,),
+        show_image=False,
+        preprocess=False,
+        fixed_image_size=args.size,
+        progress=False,
+    )
 
     t0 = time.perf_counter()
-    ours = visualize_units(subject, args.layer, units, batch=len(units), steps=args.steps,
-                           size=args.size, param="fft")
+    ours = visualize_units(
+        subject, args.layer, units, batch=len(units), steps=args.steps, size=args.size, param="fft"
+    )
     t_ours = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     lucent_scores = []
     for u in units[: args.lucent_units]:
         imgs = render.render_vis(
-            wrapped, f"{lucent_layer}:{u}",
+            wrapped,
+            f"{lucent_layer}:{u}",
             param_f=lambda: param.image(args.size, fft=True, decorrelate=True),
-            transforms=transform.standard_transforms, thresholds=(args.steps,), show_image=False,
-            preprocess=False, fixed_image_size=args.size, progress=False)
+            transforms=transform.standard_transforms,
+            thresholds=(args.steps,),
+            show_image=False,
+            preprocess=False,
+            fixed_image_size=args.size,
+            progress=False,
+        )
         img = torch.as_tensor(imgs[-1]).permute(0, 3, 1, 2)
         from convscope.synthesis import evaluate
         from convscope.synthesis import objectives as O
@@ -73,10 +91,16 @@ def main() -> None:
     ours_per_min = args.units / t_ours * 60
     lucent_per_min = args.units / t_lucent * 60
     result = {
-        "model": "efficientnet_lite0", "layer": args.layer, "units": args.units,
-        "steps": args.steps, "size": args.size, "param": "fft + decorrelated colour",
-        "transforms": "Lucid standard", "threads": torch.get_num_threads(),
-        "convscope_units_per_min": ours_per_min, "lucent_units_per_min": lucent_per_min,
+        "model": "efficientnet_lite0",
+        "layer": args.layer,
+        "units": args.units,
+        "steps": args.steps,
+        "size": args.size,
+        "param": "fft + decorrelated colour",
+        "transforms": "Lucid standard",
+        "threads": torch.get_num_threads(),
+        "convscope_units_per_min": ours_per_min,
+        "lucent_units_per_min": lucent_per_min,
         "speedup": ours_per_min / lucent_per_min,
         "lucent_units_timed": args.lucent_units,
         "convscope_mean_objective": float(ours.scores[: args.lucent_units].mean()),
@@ -85,8 +109,10 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"convscope {ours_per_min:7.2f} units/min (all {args.units} units in one batch)")
     print(f"lucent    {lucent_per_min:7.2f} units/min (one unit per run, {args.lucent_units} timed)")
-    print(f"speed-up  {result['speedup']:.2f}x; mean objective reached: convscope "
-          f"{result['convscope_mean_objective']:.2f}, lucent {result['lucent_mean_objective']:.2f}")
+    print(
+        f"speed-up  {result['speedup']:.2f}x; mean objective reached: convscope "
+        f"{result['convscope_mean_objective']:.2f}, lucent {result['lucent_mean_objective']:.2f}"
+    )
     print(f"wrote {args.out}")
 
 

@@ -50,8 +50,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         extract(args.images, Path(tmp))
         src = open_images(tmp, transform=subject.transform)
-        res = scan(subject, src, LAYERS, k=4, criteria=["area"], threshold_sample=args.sample,
-                   batch_size=32)
+        res = scan(subject, src, LAYERS, k=4, criteria=["area"], threshold_sample=args.sample, batch_size=32)
         # exact quantiles over everything (fine at this size; a scan never does this)
         values = {n: [] for n in LAYERS}
         with subject.record(LAYERS, stop=True) as rec:
@@ -75,18 +74,22 @@ def main() -> None:
             "percent_above_median": float(np.median(above)),
             "percent_above_p05_p95": [float(np.percentile(above, 5)), float(np.percentile(above, 95))],
             "exact_percent_above_median": float(np.median(above_exact)),
-            "exact_percent_above_p05_p95": [float(np.percentile(above_exact, 5)),
-                                            float(np.percentile(above_exact, 95))],
+            "exact_percent_above_p05_p95": [
+                float(np.percentile(above_exact, 5)),
+                float(np.percentile(above_exact, 95)),
+            ],
             "relative_error_median": float(np.median(rel)),
             "relative_error_p95": float(np.percentile(rel, 95)),
         }
         r = report["layers"][n]
-        print(f"{n:9s} {r['units']:5d} units: values above estimate {r['percent_above_median']:.3f}% "
-              f"(5-95%: {r['percent_above_p05_p95'][0]:.3f}-{r['percent_above_p05_p95'][1]:.3f}%), "
-              f"[exact quantile: {r['exact_percent_above_median']:.3f}%, 5-95%: "
-              f"{r['exact_percent_above_p05_p95'][0]:.3f}-{r['exact_percent_above_p05_p95'][1]:.3f}%], "
-              f"threshold rel. error median {r['relative_error_median']:.3f}, "
-              f"p95 {r['relative_error_p95']:.3f}")
+        print(
+            f"{n:9s} {r['units']:5d} units: values above estimate {r['percent_above_median']:.3f}% "
+            f"(5-95%: {r['percent_above_p05_p95'][0]:.3f}-{r['percent_above_p05_p95'][1]:.3f}%), "
+            f"[exact quantile: {r['exact_percent_above_median']:.3f}%, 5-95%: "
+            f"{r['exact_percent_above_p05_p95'][0]:.3f}-{r['exact_percent_above_p05_p95'][1]:.3f}%], "
+            f"threshold rel. error median {r['relative_error_median']:.3f}, "
+            f"p95 {r['relative_error_p95']:.3f}"
+        )
     Path(args.out).write_text(json.dumps(report, indent=1))
     print(f"wrote {args.out}")
 

@@ -109,8 +109,9 @@ def test_bf16_scan_is_close_and_recorded(subject, folder, tmp_path):
     ck = tmp_path / "scan.ckpt"
     scan(subject, src, LAYERS, k=5, batch_size=8, checkpoint=ck)
     with pytest.raises(ConvscopeError, match="other settings"):
-        scan(subject, src, LAYERS, k=5, batch_size=8, checkpoint=ck, resume=True,
-             accel=Accel(precision="bf16"))
+        scan(
+            subject, src, LAYERS, k=5, batch_size=8, checkpoint=ck, resume=True, accel=Accel(precision="bf16")
+        )
 
 
 def test_device_decoding_scan_matches_pil(subject, folder):
@@ -134,8 +135,14 @@ def test_features_and_synthesis_take_the_settings(subject, folder):
         got = extract_features(subject, src, ["conv2"], batch_size=8, accel=acc)
         x, y = ref.get("conv2"), got.get("conv2")
         assert np.abs(x - y).max() < 0.02 * np.abs(x).max()
-    syn = render(subject, O.channel("conv2", [0, 1]), batch=2, size=32, steps=8,
-                 accel=Accel(precision="bf16", channels_last=True))
+    syn = render(
+        subject,
+        O.channel("conv2", [0, 1]),
+        batch=2,
+        size=32,
+        steps=8,
+        accel=Accel(precision="bf16", channels_last=True),
+    )
     assert np.isfinite(syn.scores).all() and syn.info["precision"] == "bf16"
     assert syn.history[-1] > syn.history[0]
     assert subject.model.conv1.weight.is_contiguous()
@@ -202,7 +209,7 @@ def test_directions_are_projected_in_float32(subject, folder, monkeypatch):
     def spy(self, name, t):
         out = real(self, name, t)
         if name in self.dirs:
-            seen.append((t.float().clone(), out[:, t.shape[1]:].clone(), self.dirs[name]))
+            seen.append((t.float().clone(), out[:, t.shape[1] :].clone(), self.dirs[name]))
         return out
 
     monkeypatch.setattr(scanner._Engine, "_units", spy)

@@ -36,8 +36,15 @@ def _scan(subject, images, fail):
         if fail and done > 0:
             raise _Boom
 
-    scan(subject, open_images(images), ["block", "fc"], k=2, batch_size=2, threshold_sample=2,
-         progress=progress)
+    scan(
+        subject,
+        open_images(images),
+        ["block", "fc"],
+        k=2,
+        batch_size=2,
+        threshold_sample=2,
+        progress=progress,
+    )
 
 
 def _record(subject, images, fail):
@@ -98,16 +105,25 @@ def _zf(subject, images, fail):
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(2))
     s = convscope.Subject.wrap(model, input_size=16)
     try:
-        convscope.explain(s, torch.randn(1, 3, 16, 16), "zeiler_fergus",
-                          target="2:9" if fail else "2:1")
+        convscope.explain(s, torch.randn(1, 3, 16, 16), "zeiler_fergus", target="2:9" if fail else "2:1")
     finally:
         assert hook_count(model) == 0
 
 
-METHODS = {"record": _record, "trace": _trace, "predict": _predict, "scan": _scan,
-           "render_topk": _render}
-for _name in ("saliency", "input_x_gradient", "smoothgrad", "ig", "guided", "deconvnet",
-              "gradcam", "gradcam++", "scorecam", "guided_gradcam", "occlusion"):
+METHODS = {"record": _record, "trace": _trace, "predict": _predict, "scan": _scan, "render_topk": _render}
+for _name in (
+    "saliency",
+    "input_x_gradient",
+    "smoothgrad",
+    "ig",
+    "guided",
+    "deconvnet",
+    "gradcam",
+    "gradcam++",
+    "scorecam",
+    "guided_gradcam",
+    "occlusion",
+):
     METHODS[f"explain:{_name}"] = _explain(_name)
 METHODS["explain:zeiler_fergus"] = _zf
 

@@ -85,7 +85,11 @@ def test_box_equals_gradient_support(layer):
         ys, xs = torch.nonzero(support, as_tuple=True)
         box = info.rf.box(y, xx).clip(size, size)
         assert (ys.min().item(), xs.min().item(), ys.max().item(), xs.max().item()) == (
-            box.y0, box.x0, box.y1, box.x1), (layer, y, xx)
+            box.y0,
+            box.x0,
+            box.y1,
+            box.x1,
+        ), (layer, y, xx)
 
 
 def test_squeeze_excitation_sets_global_context():

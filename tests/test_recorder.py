@@ -46,8 +46,9 @@ def test_residual_add_in_place_does_not_corrupt(resnet18):
     m = resnet18.model
     with resnet18.record(["layer1.0.bn2", "maxpool"]) as rec:
         resnet18(x)
-    expected = m.layer1[0].bn2(m.layer1[0].conv2(m.layer1[0].relu(
-        m.layer1[0].bn1(m.layer1[0].conv1(rec["maxpool"])))))
+    expected = m.layer1[0].bn2(
+        m.layer1[0].conv2(m.layer1[0].relu(m.layer1[0].bn1(m.layer1[0].conv1(rec["maxpool"]))))
+    )
     assert torch.allclose(rec["layer1.0.bn2"], expected, atol=1e-4)
 
 
@@ -181,8 +182,7 @@ def test_vit_tokens_become_maps():
     assert (subject.token_layout.height, subject.token_layout.width) == (14, 14)
     assert subject.layer("blocks.3").shape == (192, 14, 14)
     x = torch.randn(1, 3, 224, 224)
-    with subject.record(["blocks.3", "patch_embed"]) as rec, Recorder(
-            model, ["blocks.3"]) as raw:
+    with subject.record(["blocks.3", "patch_embed"]) as rec, Recorder(model, ["blocks.3"]) as raw:
         subject(x)
     tokens = raw["blocks.3"]
     assert tokens.shape == (1, 197, 192)
@@ -215,8 +215,9 @@ def test_nested_recorders_and_functional_activations(tiny):
         assert hook_count(tiny.model) > 0
     assert hook_count(tiny.model) == 0
     # conv2 is followed by a functional torch.relu (not in place): the pre-activation is kept.
-    assert torch.allclose(outer["conv2"], tiny.model.conv2(tiny.model.block(
-        tiny.model.pool(F.relu(inner["conv1"])))), atol=1e-5)
+    assert torch.allclose(
+        outer["conv2"], tiny.model.conv2(tiny.model.block(tiny.model.pool(F.relu(inner["conv1"])))), atol=1e-5
+    )
 
 
 def test_repr_and_aliases(alexnet):

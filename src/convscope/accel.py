@@ -100,8 +100,10 @@ def prepared(model: nn.Module, accel: Accel, device: torch.device) -> Iterator[n
     if not accel.layout(device):
         yield model
         return
-    was_last = any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last)
-                   and not p.is_contiguous() for p in model.parameters())
+    was_last = any(
+        p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+        for p in model.parameters()
+    )
     model.to(memory_format=torch.channels_last)
     try:
         yield model
@@ -209,5 +211,17 @@ def resolve_workers(workers: int | None, device: torch.device | str, batch_bytes
     return workers
 
 
-__all__ = ["Accel", "DECODERS", "PRECISIONS", "auto_workers", "batch_bytes", "check_finite", "cpu_count",
-           "fit_workers", "prepared", "resolve_workers", "shared_memory_bytes", "with_default_settings"]
+__all__ = [
+    "Accel",
+    "DECODERS",
+    "PRECISIONS",
+    "auto_workers",
+    "batch_bytes",
+    "check_finite",
+    "cpu_count",
+    "fit_workers",
+    "prepared",
+    "resolve_workers",
+    "shared_memory_bytes",
+    "with_default_settings",
+]

@@ -85,8 +85,9 @@ class LayerTable(Sequence[LayerInfo]):
         return iter(self._infos)
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and (name in self._by_name or name in self._calls
-                                          or name in self.aliases)
+        return isinstance(name, str) and (
+            name in self._by_name or name in self._calls or name in self.aliases
+        )
 
     def __getitem__(self, key):  # type: ignore[override]
         if isinstance(key, (int, slice)):
@@ -138,15 +139,25 @@ class LayerTable(Sequence[LayerInfo]):
 
     def convolutions(self) -> list[LayerInfo]:
         """Every convolution that ran, in forward order."""
-        convs = [i for i in self._infos if i.shape is not None
-                 and issubclass(self._types.get(i.module, object), _CONV)]
+        convs = [
+            i
+            for i in self._infos
+            if i.shape is not None and issubclass(self._types.get(i.module, object), _CONV)
+        ]
         return sorted(convs, key=lambda i: i.order)
 
     def stages(self) -> list[LayerInfo]:
         """The last shallow layer (module depth <= 1) of each resolution stage, in forward order:
         one representative map per stride (e.g. ResNet's layer1..layer4)."""
-        maps = [i for i in self._infos if i.is_map and i.rf is not None and not i.rf.is_global
-                and i.module.count(".") <= 1 and i.shape[1] > 1]
+        maps = [
+            i
+            for i in self._infos
+            if i.is_map
+            and i.rf is not None
+            and not i.rf.is_global
+            and i.module.count(".") <= 1
+            and i.shape[1] > 1
+        ]
         by_stride: dict = {}
         for info in sorted(maps, key=lambda i: i.order):
             by_stride[info.rf.jump] = info

@@ -132,9 +132,7 @@ def _union(fields: list[ReceptiveField]) -> ReceptiveField:
         size.append(hi - lo + 1)
         start.append((lo + hi) / 2)
     jump = tuple(max(f.jump[i] for f in fields) for i in range(2))
-    return ReceptiveField(
-        tuple(size), jump, tuple(start), any(f.global_context for f in fields)
-    )
+    return ReceptiveField(tuple(size), jump, tuple(start), any(f.global_context for f in fields))
 
 
 def _spatial(t: torch.Tensor) -> tuple[int, int] | None:
@@ -162,12 +160,14 @@ class ReceptiveFieldMode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        outs = [o for o in (out if isinstance(out, (tuple, list)) else (out,))
-                if isinstance(o, torch.Tensor)]
+        outs = [o for o in (out if isinstance(out, (tuple, list)) else (out,)) if isinstance(o, torch.Tensor)]
         if not outs:
             return out
-        inputs = [(t, self.fields[id(t)][1]) for t in _tensors(args, kwargs)
-                  if id(t) in self.fields and self.fields[id(t)][0] is t]
+        inputs = [
+            (t, self.fields[id(t)][1])
+            for t in _tensors(args, kwargs)
+            if id(t) in self.fields and self.fields[id(t)][0] is t
+        ]
         if not inputs:
             return out
         name = getattr(func, "__name__", "")

@@ -56,7 +56,7 @@ class TokenLayout:
             return t
         n = self.height * self.width
         if t.shape[1] == n + self.prefix:
-            t = t[:, self.prefix:]
+            t = t[:, self.prefix :]
         elif t.shape[1] != n:
             return t
         return t.transpose(1, 2).reshape(t.shape[0], t.shape[2], self.height, self.width)
@@ -208,8 +208,13 @@ class Recorder:
                 self.callback(address, call, output)
             if self.keep:
                 value = self._pick(address, name, output)
-                if (not self.detach and replaced is None and isinstance(output, torch.Tensor)
-                        and self.clone is not False and self._overwritten_later(address, name)):
+                if (
+                    not self.detach
+                    and replaced is None
+                    and isinstance(output, torch.Tensor)
+                    and self.clone is not False
+                    and self._overwritten_later(address, name)
+                ):
                     # Keep the graph node itself and send a copy onward: the later in-place op
                     # then changes the copy, and gradients with respect to `value` stay those
                     # of this layer's output.

@@ -7,9 +7,24 @@ from PIL import Image
 
 # Names of skimage.data images that ship inside the scikit-image wheel.
 SAMPLE_NAMES = (
-    "chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field", "immunohistochemistry",
-    "colorwheel", "logo", "retina", "camera", "coins", "moon", "page", "text", "clock",
-    "brick", "grass", "gravel",
+    "chelsea",
+    "coffee",
+    "astronaut",
+    "rocket",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "colorwheel",
+    "logo",
+    "retina",
+    "camera",
+    "coins",
+    "moon",
+    "page",
+    "text",
+    "clock",
+    "brick",
+    "grass",
+    "gravel",
 )
 
 

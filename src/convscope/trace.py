@@ -60,7 +60,5 @@ def trace_layers(
         by_module.setdefault(name, []).append(info)
     infos: list[LayerInfo] = []
     for name in modules:  # module order; modules that never ran are listed without a shape
-        infos.extend(by_module.get(name) or [
-            LayerInfo(name, name, None, types[name].__name__, None, None)
-        ])
+        infos.extend(by_module.get(name) or [LayerInfo(name, name, None, types[name].__name__, None, None)])
     return LayerTable(infos, types)

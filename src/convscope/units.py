@@ -31,9 +31,7 @@ class Unit:
             channel = int(chan)
             y, x = (int(v) for v in pos.split(",")) if pos else (None, None)
         except ValueError:
-            raise UserInputError(
-                f"unit {text!r} is not of the form 'layer:channel[@y,x]'"
-            ) from None
+            raise UserInputError(f"unit {text!r} is not of the form 'layer:channel[@y,x]'") from None
         return cls(layer, channel, y, x)
 
     def __str__(self) -> str:

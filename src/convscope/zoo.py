@@ -21,8 +21,9 @@ DEFAULT_MODEL = "efficientnet_lite0"
 Weights = str | os.PathLike | None
 
 # Both spellings: the command line's options and the Python API's arguments.
-_WEIGHTS_HELP = ("use --weights none (weights=None in Python) for random init, or --weights PATH "
-                 "for a local file")
+_WEIGHTS_HELP = (
+    "use --weights none (weights=None in Python) for random init, or --weights PATH for a local file"
+)
 
 
 @lru_cache(maxsize=1)
@@ -242,7 +243,8 @@ def _load_file(path: Path, arch: str | None) -> Subject:
                 why = _first_line(e).split("  (Could this error message")[0]
                 raise UserInputError(
                     f"{path} is a zip archive but not a TorchScript model ({type(e).__name__}: "
-                    f"{why}); a checkpoint needs --arch") from None
+                    f"{why}); a checkpoint needs --arch"
+                ) from None
             n = _num_outputs_scripted(model)
             return Subject(model, Preprocess(), imagenet_classes() if n == 1000 else None, name=path.name)
         raise UserInputError(

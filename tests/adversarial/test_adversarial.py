@@ -53,8 +53,9 @@ def test_pgd_matches_torchattacks(default_subject, pixels, norm):
 def test_targeted_pgd_matches_torchattacks(default_subject, pixels):
     x = pixels[:2]
     target = torch.tensor([413, 413])
-    atk = torchattacks.PGD(PixelModel(default_subject).eval(), eps=4 / 255, alpha=1 / 255,
-                           steps=4, random_start=False)
+    atk = torchattacks.PGD(
+        PixelModel(default_subject).eval(), eps=4 / 255, alpha=1 / 255, steps=4, random_start=False
+    )
     atk.set_mode_targeted_by_label(quiet=True)
     theirs = atk(x, target).permute(0, 2, 3, 1).numpy()
     ours = pgd(default_subject, x, eps=4 / 255, alpha=1 / 255, steps=4, target=413)
@@ -116,8 +117,9 @@ def test_gradient_fooling_images_reach_99_percent(default_subject, cls):
 def test_cppn_fooling_image_reaches_99_percent(default_subject):
     # "rock beauty": random CPPN patterns already score high on it, as Nguyen et al. found
     # for some classes.
-    res = fool(default_subject, 392, "cppn", generations=90, population=12, elite=3,
-               sigma=0.5, rate=0.2, seed=0)
+    res = fool(
+        default_subject, 392, "cppn", generations=90, population=12, elite=3, sigma=0.5, rate=0.2, seed=0
+    )
     assert res.confidence[0] >= 0.99
     assert np.all(np.diff(res.history) >= 0)  # elitism: the best never gets worse
 

@@ -60,7 +60,7 @@ def test_probability_and_unit_targets_use_their_score(default_subject, chelsea_x
     # the gradient of one neuron is zero outside its receptive field
     box = default_subject.layer("blocks.3").rf.box(4, 6).clip(224, 224)
     outside = amap.maps.copy()
-    outside[0, box.y0:box.y1 + 1, box.x0:box.x1 + 1] = 0
+    outside[0, box.y0 : box.y1 + 1, box.x0 : box.x1 + 1] = 0
     assert outside.max() == 0 and amap.maps.max() > 0
 
 
@@ -99,8 +99,9 @@ def test_relu_rule_covers_functional_and_inplace_relus():
 
 
 def test_rule_warns_without_rectifiers():
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.SiLU(), torch.nn.Flatten(),
-                                torch.nn.LazyLinear(2))
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.SiLU(), torch.nn.Flatten(), torch.nn.LazyLinear(2)
+    )
     model(torch.zeros(1, 3, 8, 8))
     subject = convscope.Subject.wrap(model, input_size=8)
     with pytest.warns(UserWarning, match="no rectifier"):
@@ -109,8 +110,9 @@ def test_rule_warns_without_rectifiers():
 
 def test_occlusion_options_and_unit_speedup(default_subject, chelsea_x):
     for fill in ("gray", "zero", "mean", "blur", "noise"):
-        amap = convscope.explain(default_subject, chelsea_x, "occlusion", target=285, window=56,
-                                 stride=56, fill=fill)
+        amap = convscope.explain(
+            default_subject, chelsea_x, "occlusion", target=285, window=56, stride=56, fill=fill
+        )
         assert amap.maps.shape == (1, 224, 224) and np.isfinite(amap.maps).all()
     with pytest.raises(UserInputError, match="fill"):
         convscope.explain(default_subject, chelsea_x, "occlusion", fill="pink")
@@ -119,7 +121,7 @@ def test_occlusion_options_and_unit_speedup(default_subject, chelsea_x):
     fast = convscope.explain(default_subject, chelsea_x, "occlusion", target=t, window=16, stride=16)
     box = default_subject.layer("blocks.2").rf.box(14, 14)
     outside = fast.maps.copy()
-    outside[0, max(box.y0 - 15, 0):box.y1 + 16, max(box.x0 - 15, 0):box.x1 + 16] = 0
+    outside[0, max(box.y0 - 15, 0) : box.y1 + 16, max(box.x0 - 15, 0) : box.x1 + 16] = 0
     assert np.all(outside == 0)
     from convscope.attribution.occlusion import relevant_boxes
 

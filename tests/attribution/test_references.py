@@ -46,10 +46,13 @@ def test_gradient_methods_match_captum(model_name, vgg, resnet18, x64):
     assert rel_err(ours.raw, _captum(captum_attr.Saliency, m, x64, t, abs=True)) < 1e-4
     ours = convscope.explain(subject, x64, "input_x_gradient", target=t)
     assert rel_err(ours.raw, _captum(captum_attr.InputXGradient, m, x64, t)) < 1e-4
-    ours = convscope.explain(subject, x64, "integrated_gradients", target=t, steps=16,
-                             baseline="zero")
-    ref = captum_attr.IntegratedGradients(m).attribute(
-        x64, target=t, n_steps=16, method="riemann_trapezoid").detach().numpy()
+    ours = convscope.explain(subject, x64, "integrated_gradients", target=t, steps=16, baseline="zero")
+    ref = (
+        captum_attr.IntegratedGradients(m)
+        .attribute(x64, target=t, n_steps=16, method="riemann_trapezoid")
+        .detach()
+        .numpy()
+    )
     # Captum's trapezoid weights are 1/n (they sum to (n-1)/n); ours are the exact rule's
     # 1/(n-1), so Captum's attributions are (n-1)/n of ours.
     assert rel_err(ours.raw * 15 / 16, ref) < 1e-4
@@ -57,8 +60,7 @@ def test_gradient_methods_match_captum(model_name, vgg, resnet18, x64):
 
 def test_relu_rules_match_captum_on_a_relu_model(vgg, x64):
     m = vgg.model
-    for method, cls in (("guided", captum_attr.GuidedBackprop),
-                        ("deconvnet", captum_attr.Deconvolution)):
+    for method, cls in (("guided", captum_attr.GuidedBackprop), ("deconvnet", captum_attr.Deconvolution)):
         ours = convscope.explain(vgg, x64, method, target=3)
         assert rel_err(ours.raw, _captum(cls, m, x64, 3)) < 1e-4, method
 
@@ -85,8 +87,7 @@ def test_relu_rules_on_relu6_efficientnet(default_subject):
                 setattr(mod, child_name, _CaptumReLU6())
                 n += 1
     assert n > 10
-    for method, cls in (("guided", captum_attr.GuidedBackprop),
-                        ("deconvnet", captum_attr.Deconvolution)):
+    for method, cls in (("guided", captum_attr.GuidedBackprop), ("deconvnet", captum_attr.Deconvolution)):
         ours = convscope.explain(default_subject, x, method, target=285)
         ref = _captum(cls, twin, x, 285)
         assert rel_err(ours.raw, ref) < 1e-4, method
@@ -97,11 +98,22 @@ def test_relu_rules_on_relu6_efficientnet(default_subject):
 
 
 def test_occlusion_matches_captum(resnet18, x64):
-    ours = convscope.explain(resnet18, x64, "occlusion", target=5, window=16, stride=12,
-                             fill="zero", batch=16)
-    ref = captum_attr.Occlusion(resnet18.model).attribute(
-        x64, sliding_window_shapes=(3, 16, 16), strides=(3, 12, 12), baselines=0, target=5,
-        perturbations_per_eval=16).detach().numpy()
+    ours = convscope.explain(
+        resnet18, x64, "occlusion", target=5, window=16, stride=12, fill="zero", batch=16
+    )
+    ref = (
+        captum_attr.Occlusion(resnet18.model)
+        .attribute(
+            x64,
+            sliding_window_shapes=(3, 16, 16),
+            strides=(3, 12, 12),
+            baselines=0,
+            target=5,
+            perturbations_per_eval=16,
+        )
+        .detach()
+        .numpy()
+    )
     assert rel_err(ours.raw, ref) < 1e-4
 
 
@@ -141,8 +153,9 @@ def test_gradcam_plus_plus_matches_the_reference_formula(default_subject):
         impl = GradCAMPlusPlus(default_subject, layer=layer)
         acts, grads = impl.activations_and_grads(x, target)
         c = 1e4
-        w = gc.GradCAMPlusPlus.get_cam_weights(None, None, None, None, (acts / c).numpy(),
-                                               (grads * c).numpy())
+        w = gc.GradCAMPlusPlus.get_cam_weights(
+            None, None, None, None, (acts / c).numpy(), (grads * c).numpy()
+        )
         ref = F.relu((torch.as_tensor(w)[:, :, None, None] * (acts / c)).sum(1))
         ours, _ = impl.attribute(x, target)
         ref_up = impl.upsample(ref, x.shape[2:]).numpy()

@@ -10,8 +10,20 @@ from convscope.cli.main import main
 
 def test_dissect_synthetic_then_compare(tmp_path, capsys):
     out = tmp_path / "atlas"
-    args = ["dissect", "efficientnet_lite0", "--concepts", "synthetic", "--synthetic-images", "8",
-            "--layers", "blocks.1,blocks.2", "--show", "1", "--out", str(out)]
+    args = [
+        "dissect",
+        "efficientnet_lite0",
+        "--concepts",
+        "synthetic",
+        "--synthetic-images",
+        "8",
+        "--layers",
+        "blocks.1,blocks.2",
+        "--show",
+        "1",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     where = out / "render" / "dissect" / "synthetic"
     summary = json.loads((where / "summary.json").read_text())
@@ -23,11 +35,39 @@ def test_dissect_synthetic_then_compare(tmp_path, capsys):
     assert len(list((where / "blocks.2").glob("unit*.png"))) == 1
     assert "blocks.2" in capsys.readouterr().out
     # colour names of the bundled photos into the same atlas
-    assert main(["dissect", "--concepts", "auto-color", "--limit", "6", "--layers", "blocks.1",
-                 "--show", "0", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "dissect",
+                "--concepts",
+                "auto-color",
+                "--limit",
+                "6",
+                "--layers",
+                "blocks.1",
+                "--show",
+                "0",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     png = tmp_path / "cmp.png"
-    assert main(["dissect-compare", f"{out}:blocks.1", f"{out}:blocks.2", "--concepts", "synthetic",
-                 "--out", str(png)]) == 0
+    assert (
+        main(
+            [
+                "dissect-compare",
+                f"{out}:blocks.1",
+                f"{out}:blocks.2",
+                "--concepts",
+                "synthetic",
+                "--out",
+                str(png),
+            ]
+        )
+        == 0
+    )
     assert Image.open(png).width > 200 and len(json.loads(png.with_suffix(".json").read_text())) == 2
     assert main(["dissect-compare", str(out), "--out", str(png)]) == 2  # two concept sets: name one
     assert "name one" in capsys.readouterr().err

@@ -27,11 +27,18 @@ def test_layers_alexnet_table(capsys):
 
 
 def test_layers_json_and_filter(capsys):
-    assert main(["layers", "torchvision:alexnet", "--weights", "none", "--format", "json",
-                 "--filter", "conv*"]) == 0
+    assert (
+        main(["layers", "torchvision:alexnet", "--weights", "none", "--format", "json", "--filter", "conv*"])
+        == 0
+    )
     rows = json.loads(capsys.readouterr().out)
-    assert [r["name"] for r in rows] == ["features.0", "features.3", "features.6",
-                                         "features.8", "features.10"]
+    assert [r["name"] for r in rows] == [
+        "features.0",
+        "features.3",
+        "features.6",
+        "features.8",
+        "features.10",
+    ]
     assert rows[0]["rf"] == "11" and rows[0]["stride"] == "4"
 
 

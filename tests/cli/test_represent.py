@@ -9,10 +9,40 @@ from convscope.cli.main import main
 
 def test_features_then_every_command(cifar_dir, tmp_path, capsys):
     out = tmp_path / "atlas"
-    assert main(["features", "--data", str(cifar_dir), "--layers", "bn1,bn2", "--out", str(out),
-                 "--batch-size", "25"]) == 0
-    assert main(["neighbors", str(out), "--layers", "bn2", "--query", "0", "--query", "sample:chelsea",
-                 "--k", "4", "--eval"]) == 0
+    assert (
+        main(
+            [
+                "features",
+                "--data",
+                str(cifar_dir),
+                "--layers",
+                "bn1,bn2",
+                "--out",
+                str(out),
+                "--batch-size",
+                "25",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "neighbors",
+                str(out),
+                "--layers",
+                "bn2",
+                "--query",
+                "0",
+                "--query",
+                "sample:chelsea",
+                "--k",
+                "4",
+                "--eval",
+            ]
+        )
+        == 0
+    )
     got = json.loads((out / "render/neighbors/bn2/neighbors.json").read_text())
     assert len(got["queries"]) == 2 and len(got["queries"][0]["neighbors"]) == 4
     assert got["queries"][0]["neighbors"][0]["image"] != got["queries"][0]["query"]

@@ -14,9 +14,22 @@ from PIL import Image
 
 from convscope.cli.main import main
 
-SCAN = ["scan", "efficientnet_lite0", "--data", "convscope:samples", "--layers",
-        "blocks.2,blocks.4,classifier", "--k", "6", "--directions", "3",
-        "--threshold-sample", "16", "--batch-size", "8"]
+SCAN = [
+    "scan",
+    "efficientnet_lite0",
+    "--data",
+    "convscope:samples",
+    "--layers",
+    "blocks.2,blocks.4,classifier",
+    "--k",
+    "6",
+    "--directions",
+    "3",
+    "--threshold-sample",
+    "16",
+    "--batch-size",
+    "8",
+]
 
 
 def _rows(atlas):
@@ -34,13 +47,43 @@ def reference(tmp_path_factory):
 def test_scan_then_topk(reference, tmp_path, capsys):
     capsys.readouterr()
     png = tmp_path / "cat.png"
-    assert main(["topk", str(reference), "--layers", "classifier", "--unit", "285",
-                 "--format", "json", "--out", str(png)]) == 0
+    assert (
+        main(
+            [
+                "topk",
+                str(reference),
+                "--layers",
+                "classifier",
+                "--unit",
+                "285",
+                "--format",
+                "json",
+                "--out",
+                str(png),
+            ]
+        )
+        == 0
+    )
     got = json.loads(capsys.readouterr().out)
     assert got["top"][0]["name"].startswith("chelsea")
     assert Image.open(png).width > 6 * 100
-    assert main(["topk", str(reference), "--layers", "blocks.4", "--unit", "2", "--direction",
-                 "--criterion", "area", "--no-render"]) == 0
+    assert (
+        main(
+            [
+                "topk",
+                str(reference),
+                "--layers",
+                "blocks.4",
+                "--unit",
+                "2",
+                "--direction",
+                "--criterion",
+                "area",
+                "--no-render",
+            ]
+        )
+        == 0
+    )
     assert "direction 2" in capsys.readouterr().out
     assert main(["topk", str(reference), "--layers", "blocks.9", "--unit", "0"]) == 2
     assert "blocks.4" in capsys.readouterr().err
@@ -49,8 +92,22 @@ def test_scan_then_topk(reference, tmp_path, capsys):
 def test_scan_refuses_to_overwrite(reference, capsys):
     assert main(SCAN + ["--out", str(reference)]) == 2
     assert "--resume" in capsys.readouterr().err
-    assert main(["scan", "--layers", "blocks.2", "--out", str(reference), "--data",
-                 "convscope:samples", "--pattern", "chelsea*"]) == 2
+    assert (
+        main(
+            [
+                "scan",
+                "--layers",
+                "blocks.2",
+                "--out",
+                str(reference),
+                "--data",
+                "convscope:samples",
+                "--pattern",
+                "chelsea*",
+            ]
+        )
+        == 2
+    )
     assert "another --out" in capsys.readouterr().err
 
 
@@ -62,8 +119,7 @@ def test_unknown_layer_fails_before_work(tmp_path, capsys):
 
 def test_killed_scan_resumes_to_the_same_atlas(reference, tmp_path):
     out = tmp_path / "atlas"
-    cmd = [sys.executable, "-m", "convscope.cli.main"] + SCAN + [
-        "--out", str(out), "--checkpoint-every", "0"]
+    cmd = [sys.executable, "-m", "convscope.cli.main"] + SCAN + ["--out", str(out), "--checkpoint-every", "0"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     ckpt = out / "scan.ckpt"
@@ -92,8 +148,10 @@ def test_killed_scan_resumes_to_the_same_atlas(reference, tmp_path):
 def test_rf_and_stimuli_commands(reference, capsys):
     from convscope.atlas import Atlas
 
-    assert main(["rf", str(reference), "--layers", "blocks.2", "--units", "0-1", "--top", "2",
-                 "--stride", "8"]) == 0
+    assert (
+        main(["rf", str(reference), "--layers", "blocks.2", "--units", "0-1", "--top", "2", "--stride", "8"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "theoretical 67 px" in out
     rows = Atlas.open(reference).empirical_rfs("blocks.2")
@@ -107,9 +165,31 @@ def test_rf_and_stimuli_commands(reference, capsys):
 
 def test_speed_options(tmp_path, capsys):
     out = tmp_path / "fast"
-    assert main(["scan", "--data", "convscope:samples", "--pattern", "chelsea*", "--layers", "blocks.2",
-                 "--k", "3", "--batch-size", "8", "--channels-last", "--decode", "device",
-                 "--workers", "1", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "scan",
+                "--data",
+                "convscope:samples",
+                "--pattern",
+                "chelsea*",
+                "--layers",
+                "blocks.2",
+                "--k",
+                "3",
+                "--batch-size",
+                "8",
+                "--channels-last",
+                "--decode",
+                "device",
+                "--workers",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     with sqlite3.connect(out / "atlas.db") as con:
         (config,) = con.execute("SELECT config FROM runs").fetchone()
     assert json.loads(config)["decode"] == "device"

@@ -25,8 +25,15 @@ def test_train_then_filters(split_dir, tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train", "--data", str(split_dir), "--epochs", "2", "--batch-size", "16", "--out", str(out)]
     assert main(args) == 0
-    for name in ("metrics.csv", "curves.png", "confusion.png", "confusion.csv", "filters_evolution.png",
-                 "epoch_000.pt", "epoch_002.pt"):
+    for name in (
+        "metrics.csv",
+        "curves.png",
+        "confusion.png",
+        "confusion.csv",
+        "filters_evolution.png",
+        "epoch_000.pt",
+        "epoch_002.pt",
+    ):
         assert (out / name).exists(), name
     rows = (out / "confusion.csv").read_text().splitlines()
     assert sum(int(v) for r in rows[1:] for v in r.split(",")[1:]) == 30
@@ -39,19 +46,83 @@ def test_train_then_filters(split_dir, tmp_path, capsys):
     assert "other settings" in capsys.readouterr().err
     assert main(["filters", str(out), "--out", str(tmp_path / "evo.png")]) == 0
     assert Image.open(tmp_path / "evo.png").width > 300
-    assert main(["filters", "torchvision:alexnet", "--weights", "none", "--n", "8",
-                 "--out", str(tmp_path / "f.png")]) == 0
-    assert main(["filters", "efficientnet_lite0", "--layers", "blocks.1.0.conv_dw", "--n", "4",
-                 "--data", str(split_dir / "test"), "--out", str(tmp_path / "top.png")]) == 0
+    assert (
+        main(
+            [
+                "filters",
+                "torchvision:alexnet",
+                "--weights",
+                "none",
+                "--n",
+                "8",
+                "--out",
+                str(tmp_path / "f.png"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "filters",
+                "efficientnet_lite0",
+                "--layers",
+                "blocks.1.0.conv_dw",
+                "--n",
+                "4",
+                "--data",
+                str(split_dir / "test"),
+                "--out",
+                str(tmp_path / "top.png"),
+            ]
+        )
+        == 0
+    )
     assert "most activated" in capsys.readouterr().out
 
 
 def test_finetune_sweep_and_before_after(split_dir, tmp_path, capsys):
     out = tmp_path / "ft"
-    assert main(["finetune", "efficientnet_lite0", "--data", str(split_dir), "--limit", "3",
-                 "--freeze", "8,9", "--epochs", "1", "--batch-size", "10",
-                 "--scan-layer", "conv_head", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                "efficientnet_lite0",
+                "--data",
+                str(split_dir),
+                "--limit",
+                "3",
+                "--freeze",
+                "8,9",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "10",
+                "--scan-layer",
+                "conv_head",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert (out / "transfer.png").exists() and (out / "freeze_9" / "confusion.csv").exists()
-    assert main(["compare-scans", str(out / "scan_before"), str(out / "scan_after"), "--layers",
-                 "conv_head", "--units", "0-1", "--k", "3", "--out", str(tmp_path / "cmp")]) == 0
+    assert (
+        main(
+            [
+                "compare-scans",
+                str(out / "scan_before"),
+                str(out / "scan_after"),
+                "--layers",
+                "conv_head",
+                "--units",
+                "0-1",
+                "--k",
+                "3",
+                "--out",
+                str(tmp_path / "cmp"),
+            ]
+        )
+        == 0
+    )
     assert len(list((tmp_path / "cmp").glob("*.png"))) == 2

@@ -22,10 +22,19 @@ def test_prototype_names():
     namer = ColorNamer.prototypes()
     for name, rgb in PROTOTYPES.items():
         assert COLOR_NAMES[int(namer.name(np.array(rgb)))] == name
-    checks = {(255, 0, 0): "red", (0, 0, 255): "blue", (0, 128, 0): "green", (255, 255, 0): "yellow",
-              (255, 255, 255): "white", (5, 5, 5): "black", (140, 140, 140): "grey",
-              (255, 165, 0): "orange", (255, 192, 203): "pink", (128, 0, 128): "purple",
-              (139, 69, 19): "brown"}
+    checks = {
+        (255, 0, 0): "red",
+        (0, 0, 255): "blue",
+        (0, 128, 0): "green",
+        (255, 255, 0): "yellow",
+        (255, 255, 255): "white",
+        (5, 5, 5): "black",
+        (140, 140, 140): "grey",
+        (255, 165, 0): "orange",
+        (255, 192, 203): "pink",
+        (128, 0, 128): "purple",
+        (139, 69, 19): "brown",
+    }
     got = {rgb: COLOR_NAMES[int(namer.name(np.array(rgb)))] for rgb in checks}
     assert got == checks
 
@@ -54,8 +63,8 @@ def test_auto_color_dissection_of_a_folder(tmp_path):
     for i in range(10):
         img = np.full((64, 64, 3), 245, np.uint8)
         y, x = rng.integers(0, 40, 2)
-        img[y:y + 20, x:x + 20] = (210, 25, 25)
-        img[(y + 30) % 44:(y + 30) % 44 + 16, 2:20] = (30, 60, 220)
+        img[y : y + 20, x : x + 20] = (210, 25, 25)
+        img[(y + 30) % 44 : (y + 30) % 44 + 16, 2:20] = (30, 60, 220)
         Image.fromarray(img).save(tmp_path / f"{i}.png")
     (tmp_path / "broken.jpg").write_bytes(b"xx")
     data = ColorConcepts(tmp_path, seg=32)
@@ -67,8 +76,9 @@ def test_auto_color_dissection_of_a_folder(tmp_path):
     with torch.no_grad():
         conv.weight[0, :, 0, 0] = 20 * torch.tensor([1.0, -1.0, -1.0])
         conv.bias[0] = -4.0
-    subject = convscope.Subject.wrap(nn.Sequential(conv, nn.Hardtanh(0, 1)), input_size=64,
-                                     mean=(0, 0, 0), std=(1, 1, 1))
+    subject = convscope.Subject.wrap(
+        nn.Sequential(conv, nn.Hardtanh(0, 1)), input_size=64, mean=(0, 0, 0), std=(1, 1, 1)
+    )
     result = dissect(subject, data, ["1"])
     lab = result.label("1", 0)
     assert lab.name == "red" and lab.iou > 0.8

@@ -55,8 +55,15 @@ def test_extract_to_disk_equals_memory_and_resumes(folder, tmp_path):
     with pytest.raises(Exception, match="resume"):
         FeatureSet.load(out)
     calls = []
-    extract_features(subject, source, ["block", "conv2"], pooling="gem", batch_size=4, out=out,
-                     progress=lambda d, t: calls.append(d))
+    extract_features(
+        subject,
+        source,
+        ["block", "conv2"],
+        pooling="gem",
+        batch_size=4,
+        out=out,
+        progress=lambda d, t: calls.append(d),
+    )
     assert calls[0] == 16  # started at batch 3
     assert np.array_equal(FeatureSet.load(out).get("conv2"), disk.get("conv2"))
     with pytest.raises(Exception, match="another configuration"):
@@ -70,8 +77,9 @@ def test_probe_on_cifar(default_subject, cifar_dir_200):
     fs = extract_features(default_subject, source, ["bn1", "blocks.3", "bn2"], batch_size=20)
     acc = {}
     for seed in range(3):
-        result = linear_probe({n: fs.get(n) for n in fs.layers}, fs.valid_labels(), test_fraction=0.4,
-                              seed=seed)
+        result = linear_probe(
+            {n: fs.get(n) for n in fs.layers}, fs.valid_labels(), test_fraction=0.4, seed=seed
+        )
         assert result.chance <= 0.15
         for r in result.rows:
             acc[r.layer] = acc.get(r.layer, 0.0) + r.test_accuracy / 3

@@ -31,8 +31,12 @@ def _brute_map(x, labels, metric):
                 hits += 1
                 s += hits / r
         aps.append(s / rel.sum())
-    return np.mean(aps), np.mean([(labels[[i for i in np.argsort(d[q], kind="stable") if i != q][:5]]
-                                   == labels[q]).mean() for q in range(len(x))])
+    return np.mean(aps), np.mean(
+        [
+            (labels[[i for i in np.argsort(d[q], kind="stable") if i != q][:5]] == labels[q]).mean()
+            for q in range(len(x))
+        ]
+    )
 
 
 @pytest.mark.parametrize("metric", ["l2", "cosine"])

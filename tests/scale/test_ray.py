@@ -59,10 +59,12 @@ def test_gpu_actors_ask_for_a_share_every_gpu_node_has():
     class FakeRay:  # a CPU-only head, an 8-core 1-GPU node, a 16-core 4-GPU node, a dead node
         @staticmethod
         def nodes():
-            return [{"Alive": True, "Resources": {"CPU": 4.0}},
-                    {"Alive": True, "Resources": {"CPU": 8.0, "GPU": 1.0}},
-                    {"Alive": True, "Resources": {"CPU": 16.0, "GPU": 4.0}},
-                    {"Alive": False, "Resources": {"CPU": 1.0, "GPU": 1.0}}]
+            return [
+                {"Alive": True, "Resources": {"CPU": 4.0}},
+                {"Alive": True, "Resources": {"CPU": 8.0, "GPU": 1.0}},
+                {"Alive": True, "Resources": {"CPU": 16.0, "GPU": 4.0}},
+                {"Alive": False, "Resources": {"CPU": 1.0, "GPU": 1.0}},
+            ]
 
     assert _cpus_per_gpu(FakeRay) == 4  # cluster totals (28 CPUs / 5 GPUs) would not place
 
@@ -133,7 +135,14 @@ def test_ray_features_equal_one_process(cluster, subject, images, tmp_path):
     # the speed settings travel to the workers (device decoding changes pixels by <= 1 level)
     accel = Accel(channels_last=True, decode="device")
     merged = ray_features(
-        subject, images, LAYERS, out=tmp_path / "f", workers=2, n_shards=3, pooling="gem", batch_size=8,
+        subject,
+        images,
+        LAYERS,
+        out=tmp_path / "f",
+        workers=2,
+        n_shards=3,
+        pooling="gem",
+        batch_size=8,
         accel=accel,
     )
     assert json.loads((tmp_path / "f" / "meta.json").read_text())["decode"] == "device"
@@ -201,14 +210,31 @@ def test_ray_dissect_equals_one_process_and_resumes(cluster, subject, tmp_path):
     (state / "keep.txt").parent.mkdir(parents=True)
     (state / "keep.txt").write_text("not ours")
     with pytest.raises(Killed):
-        ray_dissect(subject, BrodenDataset(root), LAYERS, workers=2, n_shards=3, batch_size=4,
-                    state_dir=state, progress=die_in_pass_two)
+        ray_dissect(
+            subject,
+            BrodenDataset(root),
+            LAYERS,
+            workers=2,
+            n_shards=3,
+            batch_size=4,
+            state_dir=state,
+            progress=die_in_pass_two,
+        )
     kept = sorted(f.name for f in state.glob("pass*.pt"))
     assert [f for f in kept if f.startswith("pass1")] == [f"pass1_shard_{i:04d}_of_0003.pt" for i in range(3)]
     assert any(f.startswith("pass2") for f in kept)
     starts = []
-    merged = ray_dissect(subject, BrodenDataset(root), LAYERS, workers=2, n_shards=3, batch_size=4,
-                         state_dir=state, resume=True, progress=lambda d, t: starts.append(d))
+    merged = ray_dissect(
+        subject,
+        BrodenDataset(root),
+        LAYERS,
+        workers=2,
+        n_shards=3,
+        batch_size=4,
+        state_dir=state,
+        resume=True,
+        progress=lambda d, t: starts.append(d),
+    )
     assert starts[0] == 12 and starts[1] > 12  # pass 1 came from disk, and part of pass 2
     assert [f.name for f in state.iterdir()] == ["keep.txt"]  # only its own files are removed
     for layer in LAYERS:

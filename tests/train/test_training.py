@@ -41,7 +41,7 @@ def test_augment_is_a_shifted_crop():
     y = augment(x, pad=2, flip=False, generator=g)
     xp = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="reflect")
     for b in range(2):
-        assert any(torch.equal(y[b], xp[b, :, i:i + 8, j:j + 8]) for i in range(5) for j in range(5))
+        assert any(torch.equal(y[b], xp[b, :, i : i + 8, j : j + 8]) for i in range(5) for j in range(5))
 
 
 def _small():
@@ -92,8 +92,9 @@ def test_random_labels_are_memorized(cifar, tmp_path):
     tr, te = cifar
     torch.manual_seed(0)
     model = SmallCNN(10, widths=(32, 64))
-    cfg = TrainConfig(epochs=40, batch_size=14, lr=0.05, augment=False, random_labels=True,
-                      weight_decay=0.0, warmup=0.1)
+    cfg = TrainConfig(
+        epochs=40, batch_size=14, lr=0.05, augment=False, random_labels=True, weight_decay=0.0, warmup=0.1
+    )
     result = train(model, tr, te, cfg, tmp_path / "rand")
     assert result.final.train_accuracy > 0.9
     assert result.final.test_accuracy < 0.3

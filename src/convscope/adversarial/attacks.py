@@ -69,10 +69,19 @@ def _labels(subject: Subject, x: torch.Tensor, labels) -> list[int]:
     return out.argmax(-1).tolist()
 
 
-def pgd(subject: Subject, images: ImageLike | Sequence[ImageLike] | torch.Tensor, *,
-        eps: float = 2 / 255, alpha: float | None = None, steps: int = 10, norm: str = "linf",
-        target: int | str | Sequence[int | str] | None = None, labels: Sequence[int] | None = None,
-        random_start: bool = False, seed: int = 0) -> Adversarial:
+def pgd(
+    subject: Subject,
+    images: ImageLike | Sequence[ImageLike] | torch.Tensor,
+    *,
+    eps: float = 2 / 255,
+    alpha: float | None = None,
+    steps: int = 10,
+    norm: str = "linf",
+    target: int | str | Sequence[int | str] | None = None,
+    labels: Sequence[int] | None = None,
+    random_start: bool = False,
+    seed: int = 0,
+) -> Adversarial:
     """Projected gradient descent (Madry et al. 2018). Untargeted: increase the cross-entropy of
     ``labels`` (default: the model's own predictions); targeted: decrease that of ``target``.
     ``alpha`` defaults to eps / 4 (L-infinity: the torchattacks default is 2/255 for any eps).
@@ -85,8 +94,9 @@ def pgd(subject: Subject, images: ImageLike | Sequence[ImageLike] | torch.Tensor
     n = x0.shape[0]
     alpha = eps / 4 if alpha is None else alpha
     tgt = _targets(subject, target, n)
-    obj: Objective = -O.cross_entropy(tgt) if tgt is not None else \
-        O.cross_entropy(_labels(subject, x0, labels))
+    obj: Objective = (
+        -O.cross_entropy(tgt) if tgt is not None else O.cross_entropy(_labels(subject, x0, labels))
+    )
     adv = x0.clone()
     if random_start:
         gen = torch.Generator(device=x0.device).manual_seed(seed)
@@ -109,27 +119,50 @@ def pgd(subject: Subject, images: ImageLike | Sequence[ImageLike] | torch.Tensor
             delta = delta * torch.clamp(eps / dn, max=1.0).view(-1, 1, 1, 1)
         adv.copy_((x0 + delta).clamp(0, 1))
 
-    render(subject, obj, batch=n, size=tuple(x0.shape[2:]), steps=steps, transform=none(),
-           init=([adv], lambda: adv), optimizer=lambda p: SignStep(p, alpha, norm),
-           project=project, seed=seed, final_scores=False)
+    render(
+        subject,
+        obj,
+        batch=n,
+        size=tuple(x0.shape[2:]),
+        steps=steps,
+        transform=none(),
+        init=([adv], lambda: adv),
+        optimizer=lambda p: SignStep(p, alpha, norm),
+        project=project,
+        seed=seed,
+        final_scores=False,
+    )
     name = f"pgd-{norm}" if steps > 1 or random_start else "fgsm"
     return summarize(name, subject, x0, adv.detach(), tgt)
 
 
-def fgsm(subject: Subject, images, *, eps: float = 2 / 255,
-         target: int | str | Sequence[int | str] | None = None,
-         labels: Sequence[int] | None = None) -> Adversarial:
+def fgsm(
+    subject: Subject,
+    images,
+    *,
+    eps: float = 2 / 255,
+    target: int | str | Sequence[int | str] | None = None,
+    labels: Sequence[int] | None = None,
+) -> Adversarial:
     """Fast gradient sign method (Goodfellow et al. 2015): one step of size eps."""
     return pgd(subject, images, eps=eps, alpha=eps, steps=1, target=target, labels=labels)
 
 
-def minimal(subject: Subject, image, target: int, *, lambdas: Sequence[float] | None = None,
-            steps: int = 100, lr: float = 0.01, seed: int = 0) -> Adversarial:
+def minimal(
+    subject: Subject,
+    image,
+    target: int,
+    *,
+    lambdas: Sequence[float] | None = None,
+    steps: int = 100,
+    lr: float = 0.01,
+    seed: int = 0,
+) -> Adversarial:
     """Szegedy et al. (2014): the smallest box-constrained r with f(x + r) = target, by
     maximising log p_target(x + r) - lambda * mean(r^2) for a range of lambda at once (one image
     per lambda in one batch) and keeping the success with the largest lambda (smallest r)."""
     x0 = _pixels(subject, image)[:1]
-    lambdas = list(lambdas) if lambdas is not None else [10.0 ** k for k in range(1, 9)]
+    lambdas = list(lambdas) if lambdas is not None else [10.0**k for k in range(1, 9)]
     n = len(lambdas)
     tgt = _targets(subject, target, n)
     lam = torch.tensor(lambdas, device=x0.device)
@@ -140,14 +173,23 @@ def minimal(subject: Subject, image, target: int, *, lambdas: Sequence[float] | 
 
     size_pen = Objective(lambda c: lam * (c.image - x0).pow(2).mean(dim=(1, 2, 3)), name="lam*|r|^2")
     obj = O.class_log_prob(tgt) - size_pen
-    syn = render(subject, obj, batch=n, size=tuple(x0.shape[2:]), steps=steps, lr=lr,
-                 transform=none(), init=([r], image_fn), seed=seed)
+    syn = render(
+        subject,
+        obj,
+        batch=n,
+        size=tuple(x0.shape[2:]),
+        steps=steps,
+        lr=lr,
+        transform=none(),
+        init=([r], image_fn),
+        seed=seed,
+    )
     adv = torch.as_tensor(syn.images).permute(0, 3, 1, 2).to(x0.device)
     with torch.no_grad():
         pred = subject.model(subject.preprocess.normalize(adv)).argmax(-1).tolist()
     ok = [i for i, p in enumerate(pred) if p == tgt[i]]
     best = max(ok, key=lambda i: lambdas[i]) if ok else 0  # largest lambda that still succeeds
-    res = summarize("szegedy", subject, x0, adv[best:best + 1], [tgt[best]])
+    res = summarize("szegedy", subject, x0, adv[best : best + 1], [tgt[best]])
     res.method = f"szegedy (lambda={lambdas[best]:g})"
     return res
 

@@ -59,9 +59,17 @@ class Fooling:
         return save_image(self.to_image(), path)
 
 
-def fool(subject: Subject, target: int | str, method: str = "gradient", *, n: int = 1,
-         size: int | None = None, seed: int = 0, progress: Progress | None = None,
-         **options) -> Fooling:
+def fool(
+    subject: Subject,
+    target: int | str,
+    method: str = "gradient",
+    *,
+    n: int = 1,
+    size: int | None = None,
+    seed: int = 0,
+    progress: Progress | None = None,
+    **options,
+) -> Fooling:
     """Make ``n`` fooling images for class ``target`` (an index or a class name) with ``method``
     (gradient, evolve, cppn).
 
@@ -72,11 +80,19 @@ def fool(subject: Subject, target: int | str, method: str = "gradient", *, n: in
     h, w = (size, size) if size else subject.input_size
     if method == "gradient":
         gen = torch.Generator().manual_seed(seed)
-        init = pixel_image((n, 3, h, w), sd=1.0, decorrelate=False, generator=gen,
-                           device=subject.device)
-        syn = render(subject, O.class_log_prob(target), batch=n, size=(h, w),
-                     steps=int(options.get("steps", 60)), lr=float(options.get("lr", 0.1)),
-                     transform=none(), init=init, seed=seed, progress=progress)
+        init = pixel_image((n, 3, h, w), sd=1.0, decorrelate=False, generator=gen, device=subject.device)
+        syn = render(
+            subject,
+            O.class_log_prob(target),
+            batch=n,
+            size=(h, w),
+            steps=int(options.get("steps", 60)),
+            lr=float(options.get("lr", 0.1)),
+            transform=none(),
+            init=init,
+            seed=seed,
+            progress=progress,
+        )
         images = torch.as_tensor(syn.images).permute(0, 3, 1, 2)
         history = np.exp(syn.history)
     elif method in ("evolve", "cppn"):
@@ -86,11 +102,18 @@ def fool(subject: Subject, target: int | str, method: str = "gradient", *, n: in
     with torch.no_grad():
         probs = subject.model(subject.preprocess.normalize(images.to(subject.device))).softmax(-1)
     top = probs.argmax(-1).tolist()
-    return Fooling(method, target, images.permute(0, 2, 3, 1).cpu().numpy(),
-                   probs[:, target].cpu().numpy(), [subject.label(t) for t in top], history)
+    return Fooling(
+        method,
+        target,
+        images.permute(0, 2, 3, 1).cpu().numpy(),
+        probs[:, target].cpu().numpy(),
+        [subject.label(t) for t in top],
+        history,
+    )
 
 
 # --- evolution --------------------------------------------------------------------------------
+
 
 def _coords(h: int, w: int, device) -> torch.Tensor:
     ys = torch.linspace(-1, 1, h, device=device)
@@ -112,7 +135,7 @@ class _Cppn:
         h = coords.flatten(0, 1)[None].expand(genomes.shape[0], -1, -1)  # (P, HW, 4)
         pos = 0
         for i, (a, b) in enumerate(self.shapes):
-            wgt = genomes[:, pos:pos + a * b].view(-1, a, b)
+            wgt = genomes[:, pos : pos + a * b].view(-1, a, b)
             pos += a * b
             h = torch.bmm(h, wgt)
             if i < len(self.shapes) - 1:

@@ -52,10 +52,12 @@ class Adversarial:
 
         p = self.perturbation[i]
         amp = 0.5 + 0.5 * p / max(float(np.abs(p).max()), 1e-12)
-        caps = [f"{self.describe(i, 'before')}", f"x{0.5 / max(float(np.abs(p).max()), 1e-12):.0f}, "
-                f"Linf {self.linf[i]:.1f}/255", f"{self.describe(i, 'after')}"]
-        grid = image_grid([self.original[i], amp, self.adversarial[i]], ncols=3, pad=4,
-                          captions=caps)
+        caps = [
+            f"{self.describe(i, 'before')}",
+            f"x{0.5 / max(float(np.abs(p).max()), 1e-12):.0f}, Linf {self.linf[i]:.1f}/255",
+            f"{self.describe(i, 'after')}",
+        ]
+        grid = image_grid([self.original[i], amp, self.adversarial[i]], ncols=3, pad=4, captions=caps)
         ImageDraw.Draw(grid)
         return grid
 
@@ -63,8 +65,9 @@ class Adversarial:
         return save_image(self.to_image(i), path)
 
 
-def summarize(method: str, subject: Subject, x0: torch.Tensor, x: torch.Tensor,
-              target: list[int] | None = None) -> Adversarial:
+def summarize(
+    method: str, subject: Subject, x0: torch.Tensor, x: torch.Tensor, target: list[int] | None = None
+) -> Adversarial:
     """Build an :class:`Adversarial` from clean and perturbed [0, 1] batches (N, 3, H, W)."""
     with torch.no_grad():
         before = subject.predict(subject.preprocess.normalize(x0), k=5)

@@ -12,9 +12,15 @@ from convscope.attribution.targets import Target, resolve_target
 from convscope.errors import UserInputError
 from convscope.subject import ImageLike, Subject
 
-ALIASES = {"gradient": "saliency", "guided_backprop": "guided", "deconv": "deconvnet",
-           "ig": "integrated_gradients", "gradcampp": "gradcam++", "zf": "zeiler_fergus",
-           "inputxgradient": "input_x_gradient"}
+ALIASES = {
+    "gradient": "saliency",
+    "guided_backprop": "guided",
+    "deconv": "deconvnet",
+    "ig": "integrated_gradients",
+    "gradcampp": "gradcam++",
+    "zf": "zeiler_fergus",
+    "inputxgradient": "input_x_gradient",
+}
 
 
 def method_names() -> list[str]:
@@ -31,9 +37,14 @@ def get_method(name: str):
     return METHODS[key]
 
 
-def explain(subject: Subject, images: ImageLike | Sequence[ImageLike] | torch.Tensor,
-            method: str = "saliency", target="top",
-            progress: Callable[[float, int], None] | None = None, **options) -> AttributionMap:
+def explain(
+    subject: Subject,
+    images: ImageLike | Sequence[ImageLike] | torch.Tensor,
+    method: str = "saliency",
+    target="top",
+    progress: Callable[[float, int], None] | None = None,
+    **options,
+) -> AttributionMap:
     """Attribution maps of ``target`` for each image.
 
     ``images`` are paths, PIL images, uint8 arrays or a preprocessed batch (N, 3, H, W);

@@ -44,9 +44,13 @@ def register(cls: type[Method]) -> type[Method]:
     return cls
 
 
-def input_gradient(subject: Subject, x: torch.Tensor, target: Target,
-                   rule: Rule | None = None, on_rule: Callable[[ReluRule], None] | None = None
-                   ) -> torch.Tensor:
+def input_gradient(
+    subject: Subject,
+    x: torch.Tensor,
+    target: Target,
+    rule: Rule | None = None,
+    on_rule: Callable[[ReluRule], None] | None = None,
+) -> torch.Tensor:
     """d target / d x for a batch (N, 3, H, W); with ``rule``, rectifiers use that backward rule."""
     x = x.detach().clone().requires_grad_(True)
     with torch.enable_grad():

@@ -22,7 +22,8 @@ def default_cam_layer(subject) -> str:
     stages = subject.layers.stages()
     if not stages:
         raise UserInputError(
-            "the model has no spatial layer for a CAM; name one with --layers (layer= in Python)")
+            "the model has no spatial layer for a CAM; name one with --layers (layer= in Python)"
+        )
     return stages[-1].name
 
 
@@ -39,16 +40,19 @@ class _CamMethod(Method):
         if not info.is_map:
             raise UserInputError(f"{info.name} has no spatial map ({info.shape}); CAMs need one")
         if tinfo is not None and info.order > tinfo.order:
-            raise UserInputError(f"CAM layer {info.name} runs after the target's layer "
-                                 f"{tinfo.name}; choose an earlier layer")
+            raise UserInputError(
+                f"CAM layer {info.name} runs after the target's layer {tinfo.name}; choose an earlier layer"
+            )
         return info.name
 
     def activations_and_grads(self, x: torch.Tensor, target: Target):
         layer = self.layer(target)
         names = [layer] + ([target.layer] if target.layer and target.layer != layer else [])
         x = x.detach().clone().requires_grad_(True)
-        with torch.enable_grad(), Recorder(self.subject, names, detach=False,
-                                           stop=target.layer is not None) as rec:
+        with (
+            torch.enable_grad(),
+            Recorder(self.subject, names, detach=False, stop=target.layer is not None) as rec,
+        ):
             out = self.subject(x)
             if target.layer is not None:
                 score = target.from_activation(rec[target.layer])
@@ -59,8 +63,7 @@ class _CamMethod(Method):
         return acts.detach(), grads.detach()
 
     def upsample(self, cam: torch.Tensor, size) -> torch.Tensor:
-        return F.interpolate(cam[:, None], size=tuple(size), mode="bilinear",
-                             align_corners=False)[:, 0]
+        return F.interpolate(cam[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
 
 
 @register
@@ -91,8 +94,7 @@ class GradCAMPlusPlus(_CamMethod):
         acts, grads = self.activations_and_grads(x, target)
         denom = 2 + acts.sum(dim=(2, 3), keepdim=True) * grads
         ok = (grads != 0) & (denom.abs() > 1e-12)
-        alpha = torch.where(ok, 1 / torch.where(ok, denom, torch.ones_like(denom)),
-                            torch.zeros_like(denom))
+        alpha = torch.where(ok, 1 / torch.where(ok, denom, torch.ones_like(denom)), torch.zeros_like(denom))
         w = (alpha * F.relu(grads)).sum(dim=(2, 3), keepdim=True)
         cam = F.relu((w * acts).sum(dim=1))
         return self.upsample(cam, x.shape[2:]), None
@@ -120,14 +122,14 @@ class ScoreCAM(_CamMethod):
         for i in range(x.shape[0]):
             t = target.for_image(i)
             for s in range(0, acts.shape[1], batch):
-                m = masks[i, s:s + batch, None]  # (b, 1, H, W)
+                m = masks[i, s : s + batch, None]  # (b, 1, H, W)
                 with torch.no_grad():
                     if t.layer is None:
-                        probs = logits(self.subject, x[i:i + 1] * m).softmax(-1)
+                        probs = logits(self.subject, x[i : i + 1] * m).softmax(-1)
                         score = Target("class", t.classes).from_logits(probs)
                     else:
-                        score = t.score(self.subject, x[i:i + 1] * m)
-                weights[i, s:s + batch] = score
+                        score = t.score(self.subject, x[i : i + 1] * m)
+                weights[i, s : s + batch] = score
                 self.report(i + min(s + batch, acts.shape[1]) / acts.shape[1], x.shape[0])
         cam = F.relu((weights[:, :, None, None] * acts).sum(dim=1))
         return self.upsample(cam, x.shape[2:]), None

@@ -52,7 +52,7 @@ class SmoothGrad(Method):
         noise = float(self.options.get("noise", 0.15))
         magnitude = bool(self.options.get("magnitude", False))
         gen = torch.Generator(device=x.device).manual_seed(int(self.options.get("seed", 0)))
-        span = (x.amax(dim=(1, 2, 3), keepdim=True) - x.amin(dim=(1, 2, 3), keepdim=True))
+        span = x.amax(dim=(1, 2, 3), keepdim=True) - x.amin(dim=(1, 2, 3), keepdim=True)
         total = torch.zeros_like(x)
         for _ in range(samples):
             noisy = x + torch.randn(x.shape, generator=gen, device=x.device) * noise * span
@@ -96,11 +96,11 @@ class IntegratedGradients(Method):
         n = x.shape[0]
         per = max(1, batch // max(n, 1))
         for s in range(0, steps, per):
-            a = alphas[s:s + per]
+            a = alphas[s : s + per]
             path = baseline[None] + a.view(-1, 1, 1, 1, 1) * (x - baseline)[None]  # (k, N, ...)
             t = target.repeated(len(a))
             g = input_gradient(self.subject, path.flatten(0, 1), t).view(len(a), *x.shape)
-            total += (g * weights[s:s + per].view(-1, 1, 1, 1, 1)).sum(0)
+            total += (g * weights[s : s + per].view(-1, 1, 1, 1, 1)).sum(0)
         raw = (x - baseline) * total
         return raw.sum(dim=1), raw
 
@@ -113,7 +113,9 @@ class _RuleMethod(Method):
             if mode.count == 0:
                 warnings.warn(
                     f"{self.name}: the model ran no rectifier (ReLU, ReLU6, hardtanh) on the way to "
-                    "the target, so this is the plain gradient", stacklevel=4)
+                    "the target, so this is the plain gradient",
+                    stacklevel=4,
+                )
 
         g = input_gradient(self.subject, x, target, rule=self.rule, on_rule=check)
         return g.abs().amax(dim=1), g

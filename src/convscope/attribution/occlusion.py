@@ -53,17 +53,24 @@ class Occlusion(Method):
         counts = torch.zeros(H, W, device=x.device)
         for y0 in ys:
             for x0 in xs:
-                counts[y0:y0 + wh, x0:x0 + ww] += 1
+                counts[y0 : y0 + wh, x0 : x0 + ww] += 1
         boxes = [(y0, x0) for y0 in ys for x0 in xs]
         for i in range(n):
-            xi = x[i:i + 1]
+            xi = x[i : i + 1]
             t = target.for_image(i)
             keep = relevant_boxes(self.subject, boxes, (wh, ww), t)
-            drops = score_drops(self.subject, xi, t, keep, (wh, ww), self._filler(xi), batch,
-                                on_batch=lambda done, i=i, keep=keep: self.report(
-                                    i + done / max(len(keep), 1), n))
+            drops = score_drops(
+                self.subject,
+                xi,
+                t,
+                keep,
+                (wh, ww),
+                self._filler(xi),
+                batch,
+                on_batch=lambda done, i=i, keep=keep: self.report(i + done / max(len(keep), 1), n),
+            )
             for (y0, x0), d in zip(keep, drops):
-                maps[i, y0:y0 + wh, x0:x0 + ww] += d
+                maps[i, y0 : y0 + wh, x0 : x0 + ww] += d
         maps = torch.where(counts > 0, maps / counts.clamp_min(1), torch.zeros_like(maps))
         return maps, maps[:, None].expand(-1, x.shape[1], -1, -1)
 
@@ -95,12 +102,23 @@ def relevant_boxes(subject, boxes, window, target: Target):
         return list(boxes)
     b = rf.box(unit.y, unit.x)
     wh, ww = window
-    return [(y0, x0) for y0, x0 in boxes
-            if y0 <= b.y1 and y0 + wh - 1 >= b.y0 and x0 <= b.x1 and x0 + ww - 1 >= b.x0]
+    return [
+        (y0, x0)
+        for y0, x0 in boxes
+        if y0 <= b.y1 and y0 + wh - 1 >= b.y0 and x0 <= b.x1 and x0 + ww - 1 >= b.x0
+    ]
 
 
-def score_drops(subject, xi: torch.Tensor, target: Target, boxes, window, filler: torch.Tensor,
-                batch: int = 32, on_batch=None) -> torch.Tensor:
+def score_drops(
+    subject,
+    xi: torch.Tensor,
+    target: Target,
+    boxes,
+    window,
+    filler: torch.Tensor,
+    batch: int = 32,
+    on_batch=None,
+) -> torch.Tensor:
     """score(xi) - score(xi with the window at each box replaced by ``filler``), (len(boxes),),
     evaluating ``batch`` occluded copies per forward pass (stopped at a unit's layer). Windows
     may reach past the image's edges; only their part inside is occluded. ``on_batch(done)`` is
@@ -111,12 +129,12 @@ def score_drops(subject, xi: torch.Tensor, target: Target, boxes, window, filler
     with torch.inference_mode():
         clean = target.score(subject, xi)
         for s in range(0, len(boxes), batch):
-            chunk = boxes[s:s + batch]
+            chunk = boxes[s : s + batch]
             occluded = xi.repeat(len(chunk), 1, 1, 1)
             for j, (y0, x0) in enumerate(chunk):
                 ya, yb, xa, xb = max(y0, 0), min(y0 + wh, H), max(x0, 0), min(x0 + ww, W)
                 occluded[j, :, ya:yb, xa:xb] = filler[0, :, ya:yb, xa:xb]
-            out[s:s + len(chunk)] = clean - target.score(subject, occluded)
+            out[s : s + len(chunk)] = clean - target.score(subject, occluded)
             if on_batch is not None:
                 on_batch(s + len(chunk))
     return out
@@ -132,7 +150,7 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     pad = min(radius, x.shape[2] - 1, x.shape[3] - 1)
     if pad < radius:
         radius = pad
-        k = k[k.numel() // 2 - radius: k.numel() // 2 + radius + 1]
+        k = k[k.numel() // 2 - radius : k.numel() // 2 + radius + 1]
         k = k / k.sum()
     y = F.pad(x, (radius, radius, radius, radius), mode="reflect")
     y = F.conv2d(y, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)

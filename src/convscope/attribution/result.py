@@ -50,9 +50,14 @@ class AttributionMap:
         """Write ``maps`` (and ``raw``, images, targets) to an ``.npz`` file atomically."""
         path = Path(path)
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez_compressed(f, maps=self.maps, images=self.images,
-                                raw=self.raw if self.raw is not None else np.zeros(0),
-                                targets=np.array(self.targets), method=np.array(self.method))
+            np.savez_compressed(
+                f,
+                maps=self.maps,
+                images=self.images,
+                raw=self.raw if self.raw is not None else np.zeros(0),
+                targets=np.array(self.targets),
+                method=np.array(self.method),
+            )
         return path
 
     def to_image(self, i: int = 0) -> Image.Image:
@@ -61,8 +66,9 @@ class AttributionMap:
         from convscope.render.attribution import RGB_METHODS, attribution_panel
 
         rgb = self.raw[i] if self.method in RGB_METHODS and self.raw is not None else None
-        return attribution_panel(self.images[i], self.maps[i], self.signed,
-                                 f"{self.method}: {self.targets[i]}", rgb=rgb)
+        return attribution_panel(
+            self.images[i], self.maps[i], self.signed, f"{self.method}: {self.targets[i]}", rgb=rgb
+        )
 
     def to_png(self, path: str | Path, i: int = 0) -> Path:
         return save_image(self.to_image(i), path)

@@ -38,12 +38,17 @@ class SanityCheck:
     def to_image(self):
         from convscope.render.plots import figure_to_image, sanity_figure
 
-        return figure_to_image(sanity_figure(self.method, self.layers, self.correlations,
-                                             self.abs_correlations))
+        return figure_to_image(
+            sanity_figure(self.method, self.layers, self.correlations, self.abs_correlations)
+        )
 
 
-def sanity_check(explain_fn: Callable[[Subject], np.ndarray], subject: Subject,
-                 layers: list[str] | None = None, seed: int = 0) -> SanityCheck:
+def sanity_check(
+    explain_fn: Callable[[Subject], np.ndarray],
+    subject: Subject,
+    layers: list[str] | None = None,
+    seed: int = 0,
+) -> SanityCheck:
     """Cascading parameter randomisation. ``explain_fn(subject) -> maps (N, H, W)`` computes the
     method's maps; it is called on the trained subject, then on copies whose parametrised
     layers (default: every leaf module with weights, from the output backwards) are re-initialised
@@ -53,12 +58,16 @@ def sanity_check(explain_fn: Callable[[Subject], np.ndarray], subject: Subject,
     modules = dict(model.named_modules())
     if layers is None:
         leaves = [i for i in subject.layers if i.shape is not None and i.call in (None, 0)]
-        leaves = [i.module for i in sorted(leaves, key=lambda i: -i.order)
-                  if hasattr(modules[i.module], "reset_parameters")
-                  and any(True for _ in modules[i.module].parameters(recurse=False))]
+        leaves = [
+            i.module
+            for i in sorted(leaves, key=lambda i: -i.order)
+            if hasattr(modules[i.module], "reset_parameters")
+            and any(True for _ in modules[i.module].parameters(recurse=False))
+        ]
         layers = list(dict.fromkeys(leaves))
-    shadow = Subject(model, subject.preprocess, subject.labels, subject.name,
-                     subject.token_layout, subject.transform)
+    shadow = Subject(
+        model, subject.preprocess, subject.labels, subject.name, subject.token_layout, subject.transform
+    )
     shadow.layers = subject.layers  # same architecture, same table
     corr, corr_abs = [], []
     torch.manual_seed(seed)
@@ -85,8 +94,9 @@ class Curve:
         return trapezoid(self.scores, self.fractions, axis=1)
 
 
-def deletion_insertion(subject: Subject, x: torch.Tensor, maps: np.ndarray, target: Target,
-                       steps: int = 32, batch: int = 32) -> tuple[Curve, Curve]:
+def deletion_insertion(
+    subject: Subject, x: torch.Tensor, maps: np.ndarray, target: Target, steps: int = 32, batch: int = 32
+) -> tuple[Curve, Curve]:
     """Deletion: replace pixels by grey in order of decreasing importance and track the target's
     softmax probability (lower AUC is better). Insertion: start from a blurred image and put
     the original pixels back in the same order (higher AUC is better)."""
@@ -107,11 +117,11 @@ def deletion_insertion(subject: Subject, x: torch.Tensor, maps: np.ndarray, targ
         t = prob.for_image(i)
         cuts = [int(round(f * H * W)) for f in fractions]
         for s in range(0, len(cuts), batch):
-            c = torch.tensor(cuts[s:s + batch], device=x.device).view(-1, 1, 1, 1)
+            c = torch.tensor(cuts[s : s + batch], device=x.device).view(-1, 1, 1, 1)
             mask = (rank < c).float()  # 1 where changed
-            d = x[i:i + 1] * (1 - mask) + grey[i:i + 1] * mask
-            a = blurred[i:i + 1] * (1 - mask) + x[i:i + 1] * mask
+            d = x[i : i + 1] * (1 - mask) + grey[i : i + 1] * mask
+            a = blurred[i : i + 1] * (1 - mask) + x[i : i + 1] * mask
             with torch.no_grad():
-                dele[i, s:s + batch] = t.score(subject, d).cpu().numpy()
-                ins[i, s:s + batch] = t.score(subject, a).cpu().numpy()
+                dele[i, s : s + batch] = t.score(subject, d).cpu().numpy()
+                ins[i, s : s + batch] = t.score(subject, a).cpu().numpy()
     return Curve("deletion", fractions, dele), Curve("insertion", fractions, ins)

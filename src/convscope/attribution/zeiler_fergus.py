@@ -36,19 +36,22 @@ def _chain(subject, layer: str) -> list[tuple[str, nn.Module]]:
     if not isinstance(parent, nn.Sequential) or not index.isdigit() or call is not None:
         raise UserInputError(
             f"the Zeiler-Fergus projection needs a layer inside a sequential stack of "
-            f"convolutions (like AlexNet's features.N); {layer!r} in {subject.name} is not")
-    chain = [(f"{parent_name}.{i}" if parent_name else str(i), parent[i])
-             for i in range(int(index) + 1)]
+            f"convolutions (like AlexNet's features.N); {layer!r} in {subject.name} is not"
+        )
+    chain = [(f"{parent_name}.{i}" if parent_name else str(i), parent[i]) for i in range(int(index) + 1)]
     for name, m in chain:
         if not isinstance(m, (nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.BatchNorm2d) + _LINEAR_IDENTITY):
             raise UserInputError(
                 f"the Zeiler-Fergus projection is defined for chains of Conv2d, ReLU, MaxPool2d "
-                f"(BatchNorm, dropout and LRN are passed through); {name} is a {type(m).__name__}")
+                f"(BatchNorm, dropout and LRN are passed through); {name} is a {type(m).__name__}"
+            )
     # The chain must start at the model input: its first module sees the image.
     first = chain[0][1]
     if not (isinstance(first, nn.Conv2d) and first.in_channels == 3):
-        raise UserInputError(f"{chain[0][0]} does not read the input image; the projection "
-                             "needs the chain that starts at the pixels")
+        raise UserInputError(
+            f"{chain[0][0]} does not read the input image; the projection "
+            "needs the chain that starts at the pixels"
+        )
     return chain
 
 
@@ -64,8 +67,9 @@ class ZeilerFergus(Method):
 
     def attribute(self, x, target: Target):
         if target.unit is None:
-            raise UserInputError("the Zeiler-Fergus projection explains a unit: use a target "
-                                 "like 'features.10:17'")
+            raise UserInputError(
+                "the Zeiler-Fergus projection explains a unit: use a target like 'features.10:17'"
+            )
         chain = _chain(self.subject, target.unit.layer)
         even = bool(self.options.get("even_overlap", False))
         keep = self.options.get("keep", "map")
@@ -74,8 +78,9 @@ class ZeilerFergus(Method):
         with torch.no_grad():
             for _, m in chain:  # forward, keeping the switches and sizes
                 if isinstance(m, nn.MaxPool2d):
-                    out, idx = F.max_pool2d(h, m.kernel_size, m.stride, m.padding, m.dilation,
-                                            m.ceil_mode, return_indices=True)
+                    out, idx = F.max_pool2d(
+                        h, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, return_indices=True
+                    )
                     saved.append((h.shape, idx))
                     h = out
                 else:
@@ -88,8 +93,9 @@ class ZeilerFergus(Method):
             elif keep == "max":
                 flat = h[:, u.channel].flatten(1)
                 best = flat.argmax(dim=1)
-                signal[:, u.channel].view(h.shape[0], -1).scatter_(1, best[:, None],
-                                                                    flat.gather(1, best[:, None]))
+                signal[:, u.channel].view(h.shape[0], -1).scatter_(
+                    1, best[:, None], flat.gather(1, best[:, None])
+                )
             else:
                 signal[:, u.channel] = h[:, u.channel]
             for (_, m), (shape, idx) in zip(reversed(chain), reversed(saved)):
@@ -103,13 +109,15 @@ def _undo(m: nn.Module, s: torch.Tensor, in_shape, idx, even: bool) -> torch.Ten
     if isinstance(m, nn.MaxPool2d):
         # Unpool with the switches. Overlapping windows (AlexNet's 3x3, stride 2) can share a
         # switch; their contributions add up (max_unpool2d would keep only one of them).
-        out = torch.zeros(s.shape[0], s.shape[1], in_shape[2] * in_shape[3], dtype=s.dtype,
-                          device=s.device)
+        out = torch.zeros(s.shape[0], s.shape[1], in_shape[2] * in_shape[3], dtype=s.dtype, device=s.device)
         out.scatter_add_(2, idx.flatten(2), s.flatten(2))
         return out.view(s.shape[0], s.shape[1], in_shape[2], in_shape[3])
     if isinstance(m, nn.BatchNorm2d):
-        scale = m.weight / torch.sqrt(m.running_var + m.eps) if m.affine else \
-            1 / torch.sqrt(m.running_var + m.eps)
+        scale = (
+            m.weight / torch.sqrt(m.running_var + m.eps)
+            if m.affine
+            else 1 / torch.sqrt(m.running_var + m.eps)
+        )
         return s * scale.view(1, -1, 1, 1)
     if isinstance(m, nn.Conv2d):
         out = _tconv(s, m.weight, m, in_shape)

@@ -39,19 +39,26 @@ def _fraction(text: str) -> float:
 
 def attack(
     model: ModelArg = DEFAULT_MODEL,
-    images: Annotated[list[str] | None, typer.Argument(
-        hidden=True, help="old spelling of --data: images after the model")] = None,
+    images: Annotated[
+        list[str] | None, typer.Argument(hidden=True, help="old spelling of --data: images after the model")
+    ] = None,
     data: DataOpt = None,
     method: Annotated[str, typer.Option("--method", help="pgd, pgd-l2, fgsm or szegedy")] = "pgd",
     eps: Annotated[str, typer.Option("--eps", help="budget in pixel units, e.g. 2/255")] = "2/255",
     alpha: Annotated[str | None, typer.Option("--alpha", help="step size (default eps/4)")] = None,
     steps: Annotated[int, typer.Option("--steps", min=1)] = 10,
-    target: Annotated[str | None, typer.Option(
-        "--target", help="the class to push the images to (targeted attack): N, NAME, class:N or "
-        "class:NAME")] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            "--target",
+            help="the class to push the images to (targeted attack): N, NAME, class:N or class:NAME",
+        ),
+    ] = None,
     random_start: Annotated[bool, typer.Option("--random-start")] = False,
     out: Annotated[Path, typer.Option("--out", help="output folder")] = Path("attack-out"),
-    weights: WeightsOpt = "default", arch: ArchOpt = None, device: DeviceOpt = "cpu",
+    weights: WeightsOpt = "default",
+    arch: ArchOpt = None,
+    device: DeviceOpt = "cpu",
     seed: SeedOpt = 0,
 ) -> None:
     """Adversarial perturbation of images: a PNG panel per image (original, perturbation,
@@ -66,8 +73,17 @@ def attack(
     e = _fraction(eps)
     a = _fraction(alpha) if alpha else None
     if method in ("pgd", "pgd-l2"):
-        res = pgd(subject, imgs, eps=e, alpha=a, steps=steps, norm="l2" if method == "pgd-l2" else "linf",
-                  target=target, random_start=random_start, seed=seed)
+        res = pgd(
+            subject,
+            imgs,
+            eps=e,
+            alpha=a,
+            steps=steps,
+            norm="l2" if method == "pgd-l2" else "linf",
+            target=target,
+            random_start=random_start,
+            seed=seed,
+        )
     elif method == "fgsm":
         res = fgsm(subject, imgs, eps=e, target=target)
     elif method == "szegedy":
@@ -80,9 +96,12 @@ def attack(
     o = Console()
     for i, (name, _) in enumerate(pics):
         png = res.to_png(out / f"{name}_{method}.png", i)
-        o.print(f"{name:<18} {res.describe(i, 'before')} -> {res.describe(i)}   "
-                f"Linf {res.linf[i]:.2f}/255  L2 {res.l2[i]:.3f}  "
-                f"{'success' if res.success[i] else 'failed'}  ({png})", soft_wrap=True)
+        o.print(
+            f"{name:<18} {res.describe(i, 'before')} -> {res.describe(i)}   "
+            f"Linf {res.linf[i]:.2f}/255  L2 {res.l2[i]:.3f}  "
+            f"{'success' if res.success[i] else 'failed'}  ({png})",
+            soft_wrap=True,
+        )
     if not res.success.all():
         raise typer.Exit(1)
 
@@ -99,8 +118,9 @@ def _target_class(subject, text: str | None) -> int | None:
         return subject.class_index(text)  # N or NAME, with close matches
     tgt = resolve_target(subject, target_spec(text))
     if tgt.kind not in ("class", "prob") or tgt.top or len(tgt.classes) != 1:
-        raise UserInputError(f"--target {text!r}: an attack's target is a class: N, NAME, class:N or "
-                             "class:NAME")
+        raise UserInputError(
+            f"--target {text!r}: an attack's target is a class: N, NAME, class:N or class:NAME"
+        )
     return int(tgt.classes[0])
 
 
@@ -120,15 +140,19 @@ def _join(parts):
 
 def fool(
     model: ModelArg = DEFAULT_MODEL,
-    classes: Annotated[str, typer.Option(
-        "--classes", help="classes to fool the model into, e.g. 285, 285,967 or zebra,espresso")] = "285",
+    classes: Annotated[
+        str,
+        typer.Option("--classes", help="classes to fool the model into, e.g. 285, 285,967 or zebra,espresso"),
+    ] = "285",
     method: Annotated[str, typer.Option("--method", help="gradient, evolve or cppn")] = "gradient",
     n: Annotated[int, typer.Option("--n", min=1, help="images")] = 1,
     steps: Annotated[int, typer.Option("--steps", help="gradient steps")] = 60,
     generations: Annotated[int, typer.Option("--generations", help="evolve/cppn generations")] = 200,
     population: Annotated[int, typer.Option("--population")] = 16,
     out: Annotated[Path, typer.Option("--out", help="output folder")] = Path("fool-out"),
-    weights: WeightsOpt = "default", arch: ArchOpt = None, device: DeviceOpt = "cpu",
+    weights: WeightsOpt = "default",
+    arch: ArchOpt = None,
+    device: DeviceOpt = "cpu",
     seed: SeedOpt = 0,
 ) -> None:
     """Fooling images: unrecognisable images the model assigns to each of --classes."""
@@ -139,8 +163,18 @@ def fool(
     for cls in parse_classes(subject, classes):
         bar, progress = progress_bar(f"{method} {cls}", None, unit="steps")
         try:
-            res = run(subject, cls, method, n=n, seed=seed, steps=steps, generations=generations,
-                      population=population, elite=max(1, population // 4), progress=progress)
+            res = run(
+                subject,
+                cls,
+                method,
+                n=n,
+                seed=seed,
+                steps=steps,
+                generations=generations,
+                population=population,
+                elite=max(1, population // 4),
+                progress=progress,
+            )
         finally:
             bar.stop()
         png = res.to_png(out / f"fool_{cls}_{method}.png")

@@ -13,34 +13,55 @@ from rich.text import Text
 DEFAULT_MODEL = "efficientnet_lite0"
 MODEL_HELP = "efficientnet_lite0 (offline default), torchvision:NAME, timm:NAME, or a checkpoint path"
 ModelArg = Annotated[str, typer.Argument(help=MODEL_HELP)]
-DATA_HELP = ("images: a folder, .tar(.gz), list.txt, image files, sample:NAME (bundled photo) or "
-             "convscope:samples (all of them and their crops)")
+DATA_HELP = (
+    "images: a folder, .tar(.gz), list.txt, image files, sample:NAME (bundled photo) or "
+    "convscope:samples (all of them and their crops)"
+)
 DataOpt = Annotated[list[str] | None, typer.Option("--data", help=DATA_HELP + "; repeatable")]
-DatasetOpt = Annotated[list[str] | None, typer.Option(
-    "--data", help=DATA_HELP + "; one collection, or several files [default: convscope:samples]")]
-LayersOpt = Annotated[str, typer.Option(
-    "--layers", help="comma-separated layers, globs, 'stages' or 'all-conv'")]
-TargetOpt = Annotated[str, typer.Option(
-    "--target", help="top | class:N | class:NAME | prob:N | prob:NAME | LAYER:UNIT[@y,x] "
-    "(a bare N means class:N; NAME in any case, _ for spaces)")]
+DatasetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--data", help=DATA_HELP + "; one collection, or several files [default: convscope:samples]"
+    ),
+]
+LayersOpt = Annotated[
+    str, typer.Option("--layers", help="comma-separated layers, globs, 'stages' or 'all-conv'")
+]
+TargetOpt = Annotated[
+    str,
+    typer.Option(
+        "--target",
+        help="top | class:N | class:NAME | prob:N | prob:NAME | LAYER:UNIT[@y,x] "
+        "(a bare N means class:N; NAME in any case, _ for spaces)",
+    ),
+]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="continue the interrupted work in --out")]
-WeightsOpt = Annotated[str, typer.Option(
-    "--weights", help="'default' (pretrained), 'none' (random init) or a local weights file")]
-ArchOpt = Annotated[str | None, typer.Option(
-    "--arch", help="architecture of a checkpoint file, e.g. torchvision:resnet18")]
+WeightsOpt = Annotated[
+    str,
+    typer.Option("--weights", help="'default' (pretrained), 'none' (random init) or a local weights file"),
+]
+ArchOpt = Annotated[
+    str | None, typer.Option("--arch", help="architecture of a checkpoint file, e.g. torchvision:resnet18")
+]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, mps ...")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="random seed, for reproducible results")]
 EngineOpt = Annotated[str, typer.Option("--engine", help="local, or ray (shards over Ray actors)")]
 AddressOpt = Annotated[str | None, typer.Option("--address", help="Ray cluster address, e.g. auto")]
 RayWorkersOpt = Annotated[int, typer.Option("--ray-workers", min=1, help="Ray actors")]
-WorkersOpt = Annotated[int | None, typer.Option(
-    "--workers", min=0, help="image decoding processes [default: sized to the machine]")]
-PrecisionOpt = Annotated[str, typer.Option(
-    "--precision", help="fp32, bf16 or fp16 (autocast; effect on results in docs/scale.md)")]
-ChannelsLastOpt = Annotated[bool | None, typer.Option(
-    "--channels-last/--no-channels-last", help="NHWC memory layout [default: on CUDA only]")]
-DecodeOpt = Annotated[str, typer.Option(
-    "--decode", help="cpu (PIL, in the workers) or device (JPEGs decoded on --device)")]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option("--workers", min=0, help="image decoding processes [default: sized to the machine]"),
+]
+PrecisionOpt = Annotated[
+    str, typer.Option("--precision", help="fp32, bf16 or fp16 (autocast; effect on results in docs/scale.md)")
+]
+ChannelsLastOpt = Annotated[
+    bool | None,
+    typer.Option("--channels-last/--no-channels-last", help="NHWC memory layout [default: on CUDA only]"),
+]
+DecodeOpt = Annotated[
+    str, typer.Option("--decode", help="cpu (PIL, in the workers) or device (JPEGs decoded on --device)")
+]
 
 
 def check_engine(engine: str) -> None:
@@ -166,8 +187,15 @@ class _RichProgress:
     def __init__(self, label: str, total: int | None, unit: str, console, extra, remaining: bool):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        columns = [TextColumn(label), BarColumn(), MofNCompleteColumn(), _Rate(unit), *extra,
-                   *([TimeRemainingColumn()] if remaining else []), TextColumn("{task.description}")]
+        columns = [
+            TextColumn(label),
+            BarColumn(),
+            MofNCompleteColumn(),
+            _Rate(unit),
+            *extra,
+            *([TimeRemainingColumn()] if remaining else []),
+            TextColumn("{task.description}"),
+        ]
         self.bar = Progress(*columns, console=console)
         self.task = self.bar.add_task("", total=total)
 
@@ -181,8 +209,9 @@ class _RichProgress:
         self.bar.stop()
 
 
-def progress_bar(label: str, total: int | None, console=None, extra=(), remaining: bool = True,
-                 unit: str = "it"):
+def progress_bar(
+    label: str, total: int | None, console=None, extra=(), remaining: bool = True, unit: str = "it"
+):
     """The one progress display of the CLI, on stderr, and its ``progress(done, total, note=None)``
     callback for compute functions (which never print). On a terminal: a rich bar (label, bar,
     done/total, rate in ``unit``/s, ``extra`` columns, time left, note) that shows on its first
@@ -199,15 +228,24 @@ def progress_bar(label: str, total: int | None, console=None, extra=(), remainin
     return bar, bar.update
 
 
-def load_subject(model: str, weights: str = "default", arch: str | None = None,
-                 device: str = "cpu"):
+def load_subject(model: str, weights: str = "default", arch: str | None = None, device: str = "cpu"):
     from convscope.errors import UserInputError
     from convscope.zoo import load
 
-    if model.startswith("sample:") or Path(model).suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp",
-                                                                      ".gif", ".webp", ".tif", ".tiff"):
-        raise UserInputError(f"{model!r} is an image, not a model: the model comes first (or is left "
-                             "out for efficientnet_lite0) and images go in --data")
+    if model.startswith("sample:") or Path(model).suffix.lower() in (
+        ".jpg",
+        ".jpeg",
+        ".png",
+        ".bmp",
+        ".gif",
+        ".webp",
+        ".tif",
+        ".tiff",
+    ):
+        raise UserInputError(
+            f"{model!r} is an image, not a model: the model comes first (or is left "
+            "out for efficientnet_lite0) and images go in --data"
+        )
 
     return load(model, weights=weights, arch=arch, device=device)
 
@@ -273,8 +311,9 @@ def read_images(items: list[str]):
     return out
 
 
-def open_data(items: list[str] | None, transform=None, pattern: str | None = None,
-              default: str = "convscope:samples"):
+def open_data(
+    items: list[str] | None, transform=None, pattern: str | None = None, default: str = "convscope:samples"
+):
     """The image source ``--data`` names, for commands that go over a dataset: one folder,
     .tar(.gz), list.txt or ``convscope:samples``; ``sample:NAME`` (a glob too: ``sample:c*``)
     for bundled photos; or several image files."""
@@ -284,9 +323,11 @@ def open_data(items: list[str] | None, transform=None, pattern: str | None = Non
     items = list(items or [default])
     if any(i.startswith("sample:") for i in items):
         if len(items) > 1 or pattern:
-            raise UserInputError("sample:NAME goes alone in --data (without --pattern); use a glob "
-                                 "like sample:c* for several bundled photos")
-        return open_images("convscope:samples", transform=transform, pattern=items[0][len("sample:"):])
+            raise UserInputError(
+                "sample:NAME goes alone in --data (without --pattern); use a glob "
+                "like sample:c* for several bundled photos"
+            )
+        return open_images("convscope:samples", transform=transform, pattern=items[0][len("sample:") :])
     if len(items) == 1:
         return open_images(items[0], transform=transform, pattern=pattern)
     if any(_is_collection(i) for i in items):

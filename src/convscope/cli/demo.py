@@ -49,8 +49,10 @@ def demo(
         best = rec["top"][0]
         out_console.print(f"  {rec['image']:<22} {best['label']} ({best['prob']:.2f})")
     if result.scan is not None:
-        out_console.print(f"scanned {result.scan.processed} images (bundled photos and crops) "
-                          f"through {', '.join(result.scan.layers)}")
+        out_console.print(
+            f"scanned {result.scan.processed} images (bundled photos and crops) "
+            f"through {', '.join(result.scan.layers)}"
+        )
     out_console.print(f"wrote to {out}/:")
     for what, path in result.files.items():
         out_console.print(f"  {str(path.relative_to(out)):<44} {what}", soft_wrap=True)

@@ -36,8 +36,16 @@ from convscope.cli.common import (
 )
 
 
-def open_concepts(concepts: str, subject, out: Path, images: list[str] | None, color_table: Path | None,
-                  synthetic_images: int, seed: int, limit: int | None):
+def open_concepts(
+    concepts: str,
+    subject,
+    out: Path,
+    images: list[str] | None,
+    color_table: Path | None,
+    synthetic_images: int,
+    seed: int,
+    limit: int | None,
+):
     """The concept dataset named on the command line, and its short name in the atlas."""
     from convscope.dissect import BrodenDataset, ColorConcepts, ColorNamer, make_synthetic_broden
     from convscope.errors import UserInputError
@@ -56,41 +64,62 @@ def open_concepts(concepts: str, subject, out: Path, images: list[str] | None, c
         return ColorConcepts(source, seg=size // 2, namer=namer), "auto-color"
     path = Path(concepts)
     if not path.is_dir():
-        raise UserInputError(f"--concepts {concepts!r} is not a Broden directory, 'auto-color' "
-                             "or 'synthetic'")
+        raise UserInputError(
+            f"--concepts {concepts!r} is not a Broden directory, 'auto-color' or 'synthetic'"
+        )
     return BrodenDataset(path, limit=limit), path.resolve().name
 
 
 @writes_atlas("out")
 def dissect(
     model: ModelArg = "efficientnet_lite0",
-    concepts: Annotated[str, typer.Option(
-        "--concepts", help="a Broden-format directory, 'auto-color' (colour names of --data) "
-                           "or 'synthetic' (generated shapes, colours, textures)")] = "synthetic",
+    concepts: Annotated[
+        str,
+        typer.Option(
+            "--concepts",
+            help="a Broden-format directory, 'auto-color' (colour names of --data) "
+            "or 'synthetic' (generated shapes, colours, textures)",
+        ),
+    ] = "synthetic",
     layers: LayersOpt = "stages",
     out: Annotated[Path, typer.Option("--out", help="atlas folder (created or added to)")] = Path("atlas"),
-    images: Annotated[list[str] | None, typer.Option(
-        "--data", help="images for auto-color: " + DATA_HELP + " [default: convscope:samples]")] = None,
-    color_table: Annotated[Path | None, typer.Option(
-        "--color-table", help="van de Weijer w2c table (32768 rows) for auto-color")] = None,
+    images: Annotated[
+        list[str] | None,
+        typer.Option("--data", help="images for auto-color: " + DATA_HELP + " [default: convscope:samples]"),
+    ] = None,
+    color_table: Annotated[
+        Path | None, typer.Option("--color-table", help="van de Weijer w2c table (32768 rows) for auto-color")
+    ] = None,
     iou: Annotated[float, typer.Option("--iou", help="IoU above which a unit detects a concept")] = 0.04,
-    quantile: Annotated[float, typer.Option(
-        "--quantile", help="fraction of each unit's activations above its threshold")] = 0.005,
-    max_coverage: Annotated[float, typer.Option(
-        "--max-coverage", help="units whose region covers more of all pixels are not detectors "
-                               "(saturating units)")] = 0.2,
-    synthetic_images: Annotated[int, typer.Option(
-        "--synthetic-images", min=8, help="images generated for --concepts synthetic")] = 256,
+    quantile: Annotated[
+        float, typer.Option("--quantile", help="fraction of each unit's activations above its threshold")
+    ] = 0.005,
+    max_coverage: Annotated[
+        float,
+        typer.Option(
+            "--max-coverage",
+            help="units whose region covers more of all pixels are not detectors (saturating units)",
+        ),
+    ] = 0.2,
+    synthetic_images: Annotated[
+        int, typer.Option("--synthetic-images", min=8, help="images generated for --concepts synthetic")
+    ] = 256,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="use the first N images")] = None,
     show: Annotated[int, typer.Option("--show", min=0, help="unit figures per layer (best IoU first)")] = 12,
-    batch_size: Annotated[int | None, typer.Option(
-        "--batch-size", min=1, help="default: 4 on a CPU, 64 on a GPU")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", min=1, help="default: 4 on a CPU, 64 on a GPU")
+    ] = None,
     workers: WorkersOpt = None,
     precision: PrecisionOpt = "fp32",
     channels_last: ChannelsLastOpt = None,
-    resume: Annotated[bool, typer.Option(
-        "--resume", help="continue a killed job from its finished shards (--engine ray; a local "
-        "dissection keeps no partial state)")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="continue a killed job from its finished shards (--engine ray; a local "
+            "dissection keeps no partial state)",
+        ),
+    ] = False,
     engine: EngineOpt = "local",
     address: AddressOpt = None,
     ray_workers: RayWorkersOpt = 2,
@@ -116,10 +145,10 @@ def dissect(
     accel = make_accel(precision, channels_last)
     subject = load_subject(model, weights, arch, device)
     names = resolve_scan_layers(subject, layers)
-    data, set_name = open_concepts(concepts, subject, out, images, color_table, synthetic_images,
-                                   seed, limit)
-    store = Atlas.for_model(out, subject.spec or {"name": subject.name},
-                            {"description": f"concepts: {set_name}", **data.spec})
+    data, set_name = open_concepts(concepts, subject, out, images, color_table, synthetic_images, seed, limit)
+    store = Atlas.for_model(
+        out, subject.spec or {"name": subject.name}, {"description": f"concepts: {set_name}", **data.spec}
+    )
     bar, progress = progress_bar("dissecting", len(data), console, unit="img")
 
     check_engine(engine)
@@ -127,14 +156,35 @@ def dissect(
         if engine == "ray":
             from convscope.scale import ray_dissect
 
-            result = ray_dissect(subject, data, names, workers=ray_workers, address=address, device=device,
-                                 quantile=quantile, iou_threshold=iou, max_coverage=max_coverage,
-                                 batch_size=batch_size, progress=progress, accel=accel,
-                                 state_dir=store.path / "ray_dissect_shards", resume=resume)
+            result = ray_dissect(
+                subject,
+                data,
+                names,
+                workers=ray_workers,
+                address=address,
+                device=device,
+                quantile=quantile,
+                iou_threshold=iou,
+                max_coverage=max_coverage,
+                batch_size=batch_size,
+                progress=progress,
+                accel=accel,
+                state_dir=store.path / "ray_dissect_shards",
+                resume=resume,
+            )
         else:
-            result = run(subject, data, names, quantile=quantile, iou_threshold=iou,
-                         max_coverage=max_coverage, batch_size=batch_size, workers=workers,
-                         accel=accel, progress=progress)
+            result = run(
+                subject,
+                data,
+                names,
+                quantile=quantile,
+                iou_threshold=iou,
+                max_coverage=max_coverage,
+                batch_size=batch_size,
+                workers=workers,
+                accel=accel,
+                progress=progress,
+            )
     finally:
         bar.stop()
     store.write_dissection(result, set_name)
@@ -154,20 +204,40 @@ def dissect(
         write_text(where / f"{_safe(name)}_units.csv", _csv(records))
         save_image(figure_to_image(concepts_figure(result, name)), where / f"{_safe(name)}_concepts.png")
         for lab in labels[:show]:
-            save_image(unit_figure(subject, data, result, name, lab.unit),
-                       where / _safe(name) / f"unit{lab.unit:04d}.png")
+            save_image(
+                unit_figure(subject, data, result, name, lab.unit),
+                where / _safe(name) / f"unit{lab.unit:04d}.png",
+            )
     # the per-model chart and summary cover every layer the atlas holds on these concepts
     report, other = stored_dissection(store, set_name, result, subject.layers.names())
     stored = [report.summary(n) for n in report.layers]
-    save_image(figure_to_image(detectors_figure(stored, title=f"{subject.name}: unique detectors "
-                                                f"per category ({set_name})")), where / "layers.png")
-    write_text(where / "summary.json", json.dumps(
-        {"model": subject.name, "concepts": set_name, "images": result.images,
-         "iou_threshold": iou, "quantile": quantile, "max_coverage": max_coverage, "seconds": result.seconds,
-         "skipped": [[display_name(n), display_name(r)] for n, r in result.skipped],
-         "layers": [{"layer": s.layer, "units": s.units, "detectors": s.detectors,
-                     "unique": s.unique} for s in stored],
-         "other_settings": other}, indent=1))
+    save_image(
+        figure_to_image(
+            detectors_figure(stored, title=f"{subject.name}: unique detectors per category ({set_name})")
+        ),
+        where / "layers.png",
+    )
+    write_text(
+        where / "summary.json",
+        json.dumps(
+            {
+                "model": subject.name,
+                "concepts": set_name,
+                "images": result.images,
+                "iou_threshold": iou,
+                "quantile": quantile,
+                "max_coverage": max_coverage,
+                "seconds": result.seconds,
+                "skipped": [[display_name(n), display_name(r)] for n, r in result.skipped],
+                "layers": [
+                    {"layer": s.layer, "units": s.units, "detectors": s.detectors, "unique": s.unique}
+                    for s in stored
+                ],
+                "other_settings": other,
+            },
+            indent=1,
+        ),
+    )
     o = Console()
     o.print(table)
     if result.skipped:
@@ -175,19 +245,26 @@ def dissect(
 
         o.print(SkipReport(list(result.skipped)).summary())
     if other:
-        o.print(f"not in the report's charts: {', '.join(other)} (dissected with other --iou, "
-                "--quantile or --max-coverage)")
+        o.print(
+            f"not in the report's charts: {', '.join(other)} (dissected with other --iou, "
+            "--quantile or --max-coverage)"
+        )
     o.print(f"atlas: {out}/atlas.db; report in {where}/")
 
 
 def dissect_compare(
-    atlases: Annotated[list[str], typer.Argument(
-        help="ATLAS or ATLAS:LAYER (default: the last layer dissected), one per model")],
+    atlases: Annotated[
+        list[str],
+        typer.Argument(help="ATLAS or ATLAS:LAYER (default: the last layer dissected), one per model"),
+    ],
     out: Annotated[Path, typer.Option("--out", help="PNG to write")] = Path("dissect_compare.png"),
-    concepts: Annotated[str | None, typer.Option(
-        "--concepts", help="concept set name in the atlases (when they hold several)")] = None,
-    all_detectors: Annotated[bool, typer.Option(
-        "--all-detectors", help="count every detector unit, not unique concepts")] = False,
+    concepts: Annotated[
+        str | None,
+        typer.Option("--concepts", help="concept set name in the atlases (when they hold several)"),
+    ] = None,
+    all_detectors: Annotated[
+        bool, typer.Option("--all-detectors", help="count every detector unit, not unique concepts")
+    ] = False,
 ) -> None:
     """Compare dissected layers of several atlases (models) or of one: unique detectors per
     category, as Bau et al.'s comparison of last convolutional layers."""
@@ -207,12 +284,16 @@ def dissect_compare(
         summaries.append(d.summary(layer))
         names.append(f"{d.model}\n{layer}")
     save_image(figure_to_image(detectors_figure(summaries, names, unique=not all_detectors)), out)
-    rows = [{"model": n.replace("\n", " "), "units": s.units, "detectors": s.detectors,
-             "unique": s.unique} for n, s in zip(names, summaries)]
+    rows = [
+        {"model": n.replace("\n", " "), "units": s.units, "detectors": s.detectors, "unique": s.unique}
+        for n, s in zip(names, summaries)
+    ]
     write_text(out.with_suffix(".json"), json.dumps(rows, indent=1))
     for r in rows:
-        Console().print(f"{r['model']}: {sum(r['unique'].values())} unique concepts, "
-                        f"{sum(r['detectors'].values())} detectors of {r['units']} units")
+        Console().print(
+            f"{r['model']}: {sum(r['unique'].values())} unique concepts, "
+            f"{sum(r['detectors'].values())} detectors of {r['units']} units"
+        )
     Console().print(f"wrote {out}")
 
 
@@ -225,6 +306,7 @@ def _csv(records: list[dict]) -> str:
     w = csv.writer(buf)
     w.writerow(["layer", "unit", "label", "category", "iou", "detector", "threshold"])
     for r in records:
-        w.writerow([r["layer"], r["unit"], r["label"], r["category"], r["iou"], int(r["detector"]),
-                    r["threshold"]])
+        w.writerow(
+            [r["layer"], r["unit"], r["label"], r["category"], r["iou"], int(r["detector"]), r["threshold"]]
+        )
     return buf.getvalue()

@@ -47,24 +47,35 @@ def rf(
         x = torch.stack([source[int(i)][0] for i in tk.images[:top]])
         result = empirical_rf(subject, x, name, u, patch=occluder, stride=stride, fill=fill)
         store.write_empirical_rf(result, occluder, stride)
-        png = save_image(empirical_rf_panel(subject, x, result),
-                         store.render_dir / name / f"unit{u:04d}_rf.png")
+        png = save_image(
+            empirical_rf_panel(subject, x, result), store.render_dir / name / f"unit{u:04d}_rf.png"
+        )
         done.append(result)
-        o.print(f"{name}:{u:<5} empirical {result.size:6.1f} px ({result.height}x{result.width}), "
-                f"theoretical {result.theoretical:.0f} px   {png}")
+        o.print(
+            f"{name}:{u:<5} empirical {result.size:6.1f} px ({result.height}x{result.width}), "
+            f"theoretical {result.theoretical:.0f} px   {png}"
+        )
     rows = []
     for lay in dict.fromkeys(r["layer"] for r in store.empirical_rfs()):
         stored = store.empirical_rfs(lay)
         sizes = [r["size"] for r in stored]
-        rows.append({"layer": lay, "units": len(stored), "empirical_mean": float(sum(sizes) / len(sizes)),
-                     "empirical_std": float(torch.tensor(sizes).std(unbiased=False)),
-                     "theoretical": stored[0]["theoretical"]})
+        rows.append(
+            {
+                "layer": lay,
+                "units": len(stored),
+                "empirical_mean": float(sum(sizes) / len(sizes)),
+                "empirical_std": float(torch.tensor(sizes).std(unbiased=False)),
+                "theoretical": stored[0]["theoretical"],
+            }
+        )
     write_text(store.render_dir / "rf_sizes.json", json.dumps(rows, indent=1))
     png = save_image(figure_to_image(rf_sizes_figure(rows)), store.render_dir / "rf_sizes.png")
     if done:
         s = layer_summary(done)
-        o.print(f"{name}: mean empirical RF {s['empirical_mean']:.1f} px vs theoretical "
-                f"{s['theoretical']:.0f} px over {s['units']} units; plot {png}")
+        o.print(
+            f"{name}: mean empirical RF {s['empirical_mean']:.1f} px vs theoretical "
+            f"{s['theoretical']:.0f} px over {s['units']} units; plot {png}"
+        )
 
 
 @writes_atlas("atlas")
@@ -87,9 +98,10 @@ def stimuli(
     subject.to(device)
     info = subject.layer(store.layer(one_layer(layers))["name"])
     tk = store.topk(info.name, unit, "max")
-    patch = best_patch(subject, source.read(int(tk.images[0])), info.name, int(tk.ys[0]),
-                       int(tk.xs[0]))
+    patch = best_patch(subject, source.read(int(tk.images[0])), info.name, int(tk.ys[0]), int(tk.xs[0]))
     st = run(subject, patch, info.name, unit, stride=stride)
     png = save_image(st.to_image(), store.render_dir / info.name / f"unit{unit:04d}_stimuli.png")
-    Console().print(f"{info.name}:{unit} intact {st.intact:.3g}, pixels shuffled {st.shuffled:.3g}, "
-                    f"blocks scrambled {st.scrambled:.3g}; wrote {png}")
+    Console().print(
+        f"{info.name}:{unit} intact {st.intact:.3g}, pixels shuffled {st.shuffled:.3g}, "
+        f"blocks scrambled {st.scrambled:.3g}; wrote {png}"
+    )

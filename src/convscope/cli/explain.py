@@ -28,26 +28,35 @@ from convscope.cli.common import (
 
 def explain(
     model: ModelArg = DEFAULT_MODEL,
-    images: Annotated[list[str] | None, typer.Argument(
-        hidden=True, help="old spelling of --data: images after the model")] = None,
+    images: Annotated[
+        list[str] | None, typer.Argument(hidden=True, help="old spelling of --data: images after the model")
+    ] = None,
     data: DataOpt = None,
-    method: Annotated[str, typer.Option(
-        "--method", help="comma-separated: saliency, input_x_gradient, smoothgrad, "
-        "integrated_gradients, guided, deconvnet, gradcam, gradcam++, scorecam, guided_gradcam, "
-        "occlusion, zeiler_fergus")] = "saliency,guided,gradcam,occlusion",
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method",
+            help="comma-separated: saliency, input_x_gradient, smoothgrad, "
+            "integrated_gradients, guided, deconvnet, gradcam, gradcam++, scorecam, guided_gradcam, "
+            "occlusion, zeiler_fergus",
+        ),
+    ] = "saliency,guided,gradcam,occlusion",
     target: TargetOpt = "top",
     out: Annotated[Path, typer.Option("--out", help="output folder")] = Path("explain-out"),
-    layers: Annotated[str | None, typer.Option(
-        "--layers", help="the layer of CAM methods [default: the last stage]")] = None,
+    layers: Annotated[
+        str | None, typer.Option("--layers", help="the layer of CAM methods [default: the last stage]")
+    ] = None,
     window: Annotated[int, typer.Option("--window", help="occlusion window, px")] = 32,
     stride: Annotated[int, typer.Option("--stride", help="occlusion stride, px")] = 16,
     fill: Annotated[str, typer.Option("--fill", help="occluder: gray zero mean blur noise")] = "gray",
     samples: Annotated[int, typer.Option("--samples", help="SmoothGrad samples")] = 50,
     steps: Annotated[int, typer.Option("--steps", help="integrated-gradients steps")] = 50,
-    even_overlap: Annotated[bool, typer.Option(
-        "--even-overlap", help="Zeiler-Fergus: remove the checkerboard of strided layers")] = False,
-    trust: Annotated[bool, typer.Option(
-        "--trust", help="also write deletion/insertion curves for each map")] = False,
+    even_overlap: Annotated[
+        bool, typer.Option("--even-overlap", help="Zeiler-Fergus: remove the checkerboard of strided layers")
+    ] = False,
+    trust: Annotated[
+        bool, typer.Option("--trust", help="also write deletion/insertion curves for each map")
+    ] = False,
     weights: WeightsOpt = "default",
     arch: ArchOpt = None,
     device: DeviceOpt = "cpu",
@@ -68,7 +77,9 @@ def explain(
     x = subject.load_images([img for _, img in pics])
     tgt = resolve_target(subject, target_spec(target), x)  # checked before any work
     options = {
-        "gradcam": {"layer": layer}, "gradcam++": {"layer": layer}, "scorecam": {"layer": layer},
+        "gradcam": {"layer": layer},
+        "gradcam++": {"layer": layer},
+        "scorecam": {"layer": layer},
         "guided_gradcam": {"layer": layer},
         "occlusion": {"window": window, "stride": stride, "fill": fill, "seed": seed},
         "smoothgrad": {"samples": samples, "seed": seed},
@@ -80,6 +91,7 @@ def explain(
     bar, progress = progress_bar("explaining", len(methods) * n, unit="maps")
     try:
         for m, name in enumerate(methods):
+
             def step(done, total, m=m, name=name):
                 progress(m * n + done, len(methods) * n, name)
 
@@ -89,7 +101,7 @@ def explain(
                 entry = {"image": stem, "method": name, "target": amap.targets[i]}
                 if trust:
                     one = tgt.for_image(i)
-                    dele, ins = deletion_insertion(subject, x[i:i + 1], amap.maps[i:i + 1], one)
+                    dele, ins = deletion_insertion(subject, x[i : i + 1], amap.maps[i : i + 1], one)
                     fig = curves_figure(dele, ins, f"{stem}, {name}")
                     written.append(save_image(figure_to_image(fig), out / f"{stem}_{name}_curves.png"))
                     entry.update(deletion_auc=float(dele.auc[0]), insertion_auc=float(ins.auc[0]))
@@ -100,7 +112,8 @@ def explain(
     write_text(out / "explain.json", json.dumps(summary, indent=1))
     o = Console()
     for e in summary:
-        extra = (f"  deletion AUC {e['deletion_auc']:.3f}, insertion AUC {e['insertion_auc']:.3f}"
-                 if trust else "")
+        extra = (
+            f"  deletion AUC {e['deletion_auc']:.3f}, insertion AUC {e['insertion_auc']:.3f}" if trust else ""
+        )
         o.print(f"{e['image']:<20} {e['method']:<22} {e['target']}{extra}", soft_wrap=True)
     o.print(f"wrote {len(written)} files to {out}/")

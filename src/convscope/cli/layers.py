@@ -17,8 +17,10 @@ def layers(
     weights: WeightsOpt = "default",
     arch: ArchOpt = None,
     device: DeviceOpt = "cpu",
-    filter: Annotated[str | None, typer.Option(
-        "--filter", help="only layers matching this glob, e.g. 'features.*' or 'conv*'")] = None,
+    filter: Annotated[
+        str | None,
+        typer.Option("--filter", help="only layers matching this glob, e.g. 'features.*' or 'conv*'"),
+    ] = None,
     fmt: Annotated[str, typer.Option("--format", help="table or json")] = "table",
 ) -> None:
     """Print every layer: name, type, output shape, units, receptive field size and stride."""
@@ -37,8 +39,9 @@ def layers(
         typer.echo(json.dumps([dict(zip(cols, layer_row(i))) for i in infos], indent=1))
         return
     h, w = subject.input_size
-    table = Table(title=f"{subject.name}: {len(infos)} layers, input {h}x{w} px", box=None,
-                  header_style="bold")
+    table = Table(
+        title=f"{subject.name}: {len(infos)} layers, input {h}x{w} px", box=None, header_style="bold"
+    )
     for c in cols:
         table.add_column(c, justify="right" if c in ("units", "rf", "stride") else "left")
     for info in infos:

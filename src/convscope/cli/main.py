@@ -35,8 +35,12 @@ app = typer.Typer(
 # Old spellings of options, kept working but hidden from --help (the conventions are in the
 # README, "Command-line conventions"). None drops the token (a flag whose meaning is now the
 # default); "ARG" moves the option's value to the front, as the first positional argument.
-OLD_SPELLINGS = {"--layer": "--layers", "--batch": "--batch-size", "--class": "--classes",
-                 "--images": "--data"}
+OLD_SPELLINGS = {
+    "--layer": "--layers",
+    "--batch": "--batch-size",
+    "--class": "--classes",
+    "--images": "--data",
+}
 COMMAND_OLD_SPELLINGS = {"features": {"--restart": None}, "demo": {"--model": "ARG"}}
 
 
@@ -125,8 +129,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     """See what a convolutional network has learned."""
 
@@ -142,8 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         from rich.markup import escape
 
-        Console(stderr=True).print(f"[red]error:[/red] {escape(str(e))}", highlight=False,
-                                   soft_wrap=True)
+        Console(stderr=True).print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         return e.exit_code
     except typer.Exit as e:
         return e.exit_code

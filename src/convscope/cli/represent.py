@@ -112,14 +112,35 @@ def features(
         if engine == "ray":
             from convscope.scale import ray_features
 
-            fs = ray_features(subject, source, names, out=_features_dir(out, pooling), workers=ray_workers,
-                              address=address, device=device, pooling=pooling, p=gem_p,
-                              batch_size=batch_size, progress=progress, resume=resume,
-                              accel=accel)
+            fs = ray_features(
+                subject,
+                source,
+                names,
+                out=_features_dir(out, pooling),
+                workers=ray_workers,
+                address=address,
+                device=device,
+                pooling=pooling,
+                p=gem_p,
+                batch_size=batch_size,
+                progress=progress,
+                resume=resume,
+                accel=accel,
+            )
         else:
-            fs = extract_features(subject, source, names, pooling=pooling, p=gem_p,
-                                  out=_features_dir(out, pooling), batch_size=batch_size,
-                                  workers=workers, resume=resume, accel=accel, progress=progress)
+            fs = extract_features(
+                subject,
+                source,
+                names,
+                pooling=pooling,
+                p=gem_p,
+                out=_features_dir(out, pooling),
+                batch_size=batch_size,
+                workers=workers,
+                resume=resume,
+                accel=accel,
+                progress=progress,
+            )
     except KeyboardInterrupt:
         bar.stop()
         console.print(f"interrupted; continue with the same command and --resume ({out})")
@@ -182,8 +203,10 @@ def neighbors(
             if qi >= len(fs.names) or not fs.valid[qi]:
                 from convscope.errors import UserInputError
 
-                raise UserInputError(f"--query {qi}: the features hold images 0..{len(fs.names) - 1}, "
-                                     "and this one is missing or was unreadable")
+                raise UserInputError(
+                    f"--query {qi}: the features hold images 0..{len(fs.names) - 1}, "
+                    "and this one is missing or was unreadable"
+                )
             vec, img, label = x[qi : qi + 1], source.read(qi), fs.names[qi]
         else:
             if subject is None:

@@ -43,19 +43,23 @@ def scan(
     out: Annotated[Path, typer.Option("--out", help="atlas folder")] = Path("atlas"),
     k: Annotated[int, typer.Option("--k", min=1, help="images kept per unit")] = 16,
     criteria: Annotated[str, typer.Option("--criteria", help="any of max,mean,area")] = "max,mean,area",
-    directions: Annotated[int, typer.Option(
-        "--directions", min=0, help="random directions per layer, scanned like units")] = 0,
+    directions: Annotated[
+        int, typer.Option("--directions", min=0, help="random directions per layer, scanned like units")
+    ] = 0,
     pattern: Annotated[str | None, typer.Option("--pattern", help="only images matching")] = None,
     resume: ResumeOpt = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing atlas")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
     workers: WorkersOpt = None,
-    threshold_sample: Annotated[int, typer.Option(
-        "--threshold-sample", min=1, help="images sampled for the `area` thresholds")] = 256,
-    checkpoint_every: Annotated[float, typer.Option(
-        "--checkpoint-every", help="seconds between checkpoints")] = 30.0,
-    render: Annotated[int, typer.Option(
-        "--render", min=0, help="write top-K grids for the first N units of each layer")] = 0,
+    threshold_sample: Annotated[
+        int, typer.Option("--threshold-sample", min=1, help="images sampled for the `area` thresholds")
+    ] = 256,
+    checkpoint_every: Annotated[
+        float, typer.Option("--checkpoint-every", help="seconds between checkpoints")
+    ] = 30.0,
+    render: Annotated[
+        int, typer.Option("--render", min=0, help="write top-K grids for the first N units of each layer")
+    ] = 0,
     precision: PrecisionOpt = "fp32",
     channels_last: ChannelsLastOpt = None,
     decode: DecodeOpt = "cpu",
@@ -87,16 +91,43 @@ def scan(
     warnings.simplefilter("ignore", SaturationWarning)
     try:
         if engine == "ray":
-            atlas, result = _ray_scan(subject, source, out, layers, resume, overwrite, progress, address,
-                                      ray_workers, device, k=k, criteria=crits, directions=directions,
-                                      seed=seed, batch_size=batch_size, threshold_sample=threshold_sample,
-                                      accel=accel)
+            atlas, result = _ray_scan(
+                subject,
+                source,
+                out,
+                layers,
+                resume,
+                overwrite,
+                progress,
+                address,
+                ray_workers,
+                device,
+                k=k,
+                criteria=crits,
+                directions=directions,
+                seed=seed,
+                batch_size=batch_size,
+                threshold_sample=threshold_sample,
+                accel=accel,
+            )
         else:
             atlas, result = scan_to_atlas(
-            subject, source, out, layers, resume=resume, overwrite=overwrite, k=k,
-            criteria=crits, directions=directions, seed=seed, batch_size=batch_size,
-            workers=workers, threshold_sample=threshold_sample,
-            checkpoint_every=checkpoint_every, accel=accel, progress=progress,
+                subject,
+                source,
+                out,
+                layers,
+                resume=resume,
+                overwrite=overwrite,
+                k=k,
+                criteria=crits,
+                directions=directions,
+                seed=seed,
+                batch_size=batch_size,
+                workers=workers,
+                threshold_sample=threshold_sample,
+                checkpoint_every=checkpoint_every,
+                accel=accel,
+                progress=progress,
             )
     except KeyboardInterrupt:
         bar.stop()
@@ -110,8 +141,10 @@ def scan(
         units = range(min(render, result.channels[name]))
         rendered += render_units(atlas, subject, source, name, units)
     o = Console()
-    o.print(f"scanned {result.processed} images of {source.description} through "
-            f"{subject.name}: {', '.join(result.layers)}")
+    o.print(
+        f"scanned {result.processed} images of {source.description} through "
+        f"{subject.name}: {', '.join(result.layers)}"
+    )
     o.print(f"{result.images_per_second:.1f} images/s; {_skips(result)}")
     o.print(f"atlas: {out}/atlas.db" + (f"; {len(rendered)} grids in {out}/render/" if rendered else ""))
     if result.saturation_message():
@@ -133,8 +166,17 @@ def _ray_scan(subject, source, out, layers, resume, overwrite, progress, address
     if not resume:
         shutil.rmtree(state, ignore_errors=True)
     started = time.time()
-    result = ray_scan(subject, source, layers, workers=workers, address=address, device=device,
-                      state_dir=state, progress=progress, **options)
+    result = ray_scan(
+        subject,
+        source,
+        layers,
+        workers=workers,
+        address=address,
+        device=device,
+        state_dir=state,
+        progress=progress,
+        **options,
+    )
     atlas.write_scan(result, subject, started)
     shutil.rmtree(state, ignore_errors=True)
     return atlas, result

@@ -38,14 +38,20 @@ def visualize(
     model: ModelArg = DEFAULT_MODEL,
     layers: Annotated[str, typer.Option("--layers", help="the layer to visualise")] = ...,
     units: Annotated[str, typer.Option("--units", help="units, e.g. 0-31 or 3,7,9")] = "0-7",
-    direction: Annotated[str | None, typer.Option(
-        "--direction", help="random:N for N random directions instead of units")] = None,
+    direction: Annotated[
+        str | None, typer.Option("--direction", help="random:N for N random directions instead of units")
+    ] = None,
     neuron: Annotated[bool, typer.Option("--neuron", help="centre neuron, not the channel")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="units optimised together")] = 32,
-    steps: StepsOpt = 256, size: SizeOpt = 128, param: ParamOpt = "fft",
+    steps: StepsOpt = 256,
+    size: SizeOpt = 128,
+    param: ParamOpt = "fft",
     out: OutOpt = Path("visualize-out"),
-    precision: PrecisionOpt = "fp32", channels_last: ChannelsLastOpt = None,
-    weights: WeightsOpt = "default", arch: ArchOpt = None, device: DeviceOpt = "cpu",
+    precision: PrecisionOpt = "fp32",
+    channels_last: ChannelsLastOpt = None,
+    weights: WeightsOpt = "default",
+    arch: ArchOpt = None,
+    device: DeviceOpt = "cpu",
     seed: SeedOpt = 0,
 ) -> None:
     """Feature visualisation: one image per unit (or random direction) of a layer."""
@@ -57,8 +63,14 @@ def visualize(
     info = subject.layer(one_layer(layers))
     bar, progress = progress_bar(f"visualising {info.name}", steps, unit="steps")
     try:
-        opts = dict(steps=steps, size=size, param=param, seed=seed,
-                    accel=make_accel(precision, channels_last), progress=progress)
+        opts = dict(
+            steps=steps,
+            size=size,
+            param=param,
+            seed=seed,
+            accel=make_accel(precision, channels_last),
+            progress=progress,
+        )
         if direction:
             kind, _, n = direction.partition(":")
             if kind != "random" or not n.isdigit():
@@ -66,8 +78,9 @@ def visualize(
             dirs = Direction.random(info.name, info.units, int(n), seed=seed)
             syn = visualize_directions(subject, dirs, **opts)
         else:
-            syn = visualize_units(subject, info.name, parse_range(units), batch=batch_size,
-                                  neuron=neuron, **opts)
+            syn = visualize_units(
+                subject, info.name, parse_range(units), batch=batch_size, neuron=neuron, **opts
+            )
     finally:
         bar.stop()
     stem = f"{info.name}_{'directions' if direction else 'units'}"
@@ -78,15 +91,22 @@ def visualize(
 
 def classviz(
     model: ModelArg = DEFAULT_MODEL,
-    classes: Annotated[str, typer.Option(
-        "--classes", help="class indices or names, e.g. 285,967 or zebra,espresso")] = "285",
+    classes: Annotated[
+        str, typer.Option("--classes", help="class indices or names, e.g. 285,967 or zebra,espresso")
+    ] = "285",
     l2: Annotated[float, typer.Option("--l2", help="weight of the L2 image prior")] = 0.0,
-    plain: Annotated[bool, typer.Option(
-        "--plain", help="Simonyan et al.'s version: pixels, no transforms (use --l2)")] = False,
-    steps: StepsOpt = 256, size: SizeOpt = 224, param: ParamOpt = "fft",
+    plain: Annotated[
+        bool, typer.Option("--plain", help="Simonyan et al.'s version: pixels, no transforms (use --l2)")
+    ] = False,
+    steps: StepsOpt = 256,
+    size: SizeOpt = 224,
+    param: ParamOpt = "fft",
     out: OutOpt = Path("classviz-out"),
-    precision: PrecisionOpt = "fp32", channels_last: ChannelsLastOpt = None,
-    weights: WeightsOpt = "default", arch: ArchOpt = None, device: DeviceOpt = "cpu",
+    precision: PrecisionOpt = "fp32",
+    channels_last: ChannelsLastOpt = None,
+    weights: WeightsOpt = "default",
+    arch: ArchOpt = None,
+    device: DeviceOpt = "cpu",
     seed: SeedOpt = 0,
 ) -> None:
     """Class model visualisation: the image that maximises each class score."""
@@ -96,8 +116,9 @@ def classviz(
     cls = parse_classes(subject, classes)
     bar, progress = progress_bar("class models", steps, unit="steps")
     try:
-        opts = dict(steps=steps, size=size, seed=seed, accel=make_accel(precision, channels_last),
-                    progress=progress)
+        opts = dict(
+            steps=steps, size=size, seed=seed, accel=make_accel(precision, channels_last), progress=progress
+        )
         if not plain:
             opts["param"] = param
         syn = class_model(subject, cls, l2=l2, regularized=not plain, **opts)
@@ -108,15 +129,18 @@ def classviz(
     preds = subject.predict(subject.load_images([_pil(i) for i in syn.images]), k=1)
     o = Console()
     for i, (c, label) in enumerate(zip(cls, syn.labels)):
-        o.print(f"class {c} ({label}): the image is classified as {preds.names(i)[0]} "
-                f"(p = {preds.probs[i, 0]:.3f})")
+        o.print(
+            f"class {c} ({label}): the image is classified as {preds.names(i)[0]} "
+            f"(p = {preds.probs[i, 0]:.3f})"
+        )
     o.print(f"wrote {png}")
 
 
 def invert(
     model: ModelArg = DEFAULT_MODEL,
-    images: Annotated[list[str] | None, typer.Argument(
-        hidden=True, help="old spelling of --data: images after the model")] = None,
+    images: Annotated[
+        list[str] | None, typer.Argument(hidden=True, help="old spelling of --data: images after the model")
+    ] = None,
     data: DataOpt = None,
     layers: LayersOpt = "blocks.1",
     restarts: Annotated[int, typer.Option("--restarts", min=1)] = 2,
@@ -124,7 +148,9 @@ def invert(
     beta: Annotated[float, typer.Option("--beta", help="TV exponent")] = 2.0,
     steps: StepsOpt = 200,
     out: OutOpt = Path("invert-out"),
-    weights: WeightsOpt = "default", arch: ArchOpt = None, device: DeviceOpt = "cpu",
+    weights: WeightsOpt = "default",
+    arch: ArchOpt = None,
+    device: DeviceOpt = "cpu",
     seed: SeedOpt = 0,
 ) -> None:
     """Invert an image's representation at each layer (Mahendran & Vedaldi)."""
@@ -136,8 +162,17 @@ def invert(
     for name, img in read_images([*(images or []), *(data or [])]):
         bar, progress = progress_bar(f"inverting {name}", steps, unit="steps")
         try:
-            inv = run(subject, img, names, restarts=restarts, tv=tv, beta=beta, steps=steps, seed=seed,
-                      progress=progress)
+            inv = run(
+                subject,
+                img,
+                names,
+                restarts=restarts,
+                tv=tv,
+                beta=beta,
+                steps=steps,
+                seed=seed,
+                progress=progress,
+            )
         finally:
             bar.stop()
         png = inv.to_png(out / f"{name}_inversion.png")
@@ -148,8 +183,9 @@ def invert(
 
 def dream(
     model: ModelArg = DEFAULT_MODEL,
-    images: Annotated[list[str] | None, typer.Argument(
-        hidden=True, help="old spelling of --data: images after the model")] = None,
+    images: Annotated[
+        list[str] | None, typer.Argument(hidden=True, help="old spelling of --data: images after the model")
+    ] = None,
     data: DataOpt = None,
     layers: Annotated[str, typer.Option("--layers", help="the layer to amplify")] = ...,
     octaves: Annotated[int, typer.Option("--octaves", min=1)] = 4,
@@ -157,7 +193,9 @@ def dream(
     frames: Annotated[int, typer.Option("--frames", min=0, help="zoom-in frames (GIF)")] = 0,
     zoom: Annotated[float, typer.Option("--zoom", help="zoom per frame")] = 1.05,
     out: OutOpt = Path("dream-out"),
-    weights: WeightsOpt = "default", arch: ArchOpt = None, device: DeviceOpt = "cpu",
+    weights: WeightsOpt = "default",
+    arch: ArchOpt = None,
+    device: DeviceOpt = "cpu",
     seed: SeedOpt = 0,
 ) -> None:
     """DeepDream: amplify what a layer sees in an image, over octaves; --frames makes a zoom."""
@@ -168,8 +206,9 @@ def dream(
     layer = subject.layer(one_layer(layers)).name
     for name, img in read_images([*(images or []), *(data or [])]):
         if frames:
-            d = dream_zoom(subject, img, layer, frames=frames, zoom=zoom, octaves=octaves,
-                           steps=steps, seed=seed)
+            d = dream_zoom(
+                subject, img, layer, frames=frames, zoom=zoom, octaves=octaves, steps=steps, seed=seed
+            )
             gif = d.to_gif(out / f"{name}_dream.gif")
             Console().print(f"wrote {gif} ({frames} frames)")
         else:

@@ -16,10 +16,12 @@ def topk(
     layers: Annotated[str, typer.Option("--layers", help="the scanned layer (one)")],
     unit: Annotated[int, typer.Option("--unit", help="channel (or direction) number")],
     criterion: Annotated[str, typer.Option("--criterion", help="max, mean or area")] = "max",
-    direction: Annotated[bool, typer.Option(
-        "--direction", help="UNIT is a random direction, not a channel")] = False,
-    out: Annotated[Path | None, typer.Option(
-        "--out", help="PNG path (default: ATLAS/render/LAYER/...)")] = None,
+    direction: Annotated[
+        bool, typer.Option("--direction", help="UNIT is a random direction, not a channel")
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="PNG path (default: ATLAS/render/LAYER/...)")
+    ] = None,
     no_render: Annotated[bool, typer.Option("--no-render", help="print the table only")] = False,
     fmt: Annotated[str, typer.Option("--format", help="table or json")] = "table",
     device: Annotated[str, typer.Option("--device")] = "cpu",
@@ -45,20 +47,37 @@ def topk(
         kind = "direction" if direction else "unit"
         png = out or store.render_dir / layer / f"{kind}{unit:04d}_{criterion}.png"
         measured = [] if direction else [r["size"] for r in store.empirical_rfs(layer) if r["unit"] == unit]
-        save_image(render_topk(subject, source, top, direction=vec,
-                               empirical=measured[0] if measured else None), png)
-    rows = [{"rank": r, "image": int(i), "name": display_name(n), "score": float(s), "y": int(y), "x": int(x)}
-            for r, (i, n, s, y, x) in enumerate(zip(top.images, top.names, top.scores, top.ys, top.xs))]
+        save_image(
+            render_topk(subject, source, top, direction=vec, empirical=measured[0] if measured else None), png
+        )
+    rows = [
+        {"rank": r, "image": int(i), "name": display_name(n), "score": float(s), "y": int(y), "x": int(x)}
+        for r, (i, n, s, y, x) in enumerate(zip(top.images, top.names, top.scores, top.ys, top.xs))
+    ]
     names = [] if direction else store.unit_names().get(top.layer, [])
     unit_name = names[unit] if 0 <= unit < len(names) else None  # a classifier's class
     if fmt == "json":
-        typer.echo(json.dumps({"layer": layer, "unit": unit, "unit_name": unit_name, "criterion": criterion,
-                               "direction": direction, "png": str(png) if png else None,
-                               "top": rows}, indent=1))
+        typer.echo(
+            json.dumps(
+                {
+                    "layer": layer,
+                    "unit": unit,
+                    "unit_name": unit_name,
+                    "criterion": criterion,
+                    "direction": direction,
+                    "png": str(png) if png else None,
+                    "top": rows,
+                },
+                indent=1,
+            )
+        )
         return
     named = f" ({unit_name})" if unit_name else ""
-    table = Table(title=f"{layer} {'direction' if direction else 'unit'} {unit}{named}, top {len(rows)} "
-                        f"by {criterion}", box=None, header_style="bold")
+    table = Table(
+        title=f"{layer} {'direction' if direction else 'unit'} {unit}{named}, top {len(rows)} by {criterion}",
+        box=None,
+        header_style="bold",
+    )
     for c in ("rank", "score", "y", "x", "image"):
         table.add_column(c, justify="right" if c != "image" else "left")
     for r in rows:

@@ -23,16 +23,20 @@ from convscope.cli.common import (
 )
 
 TRAIN_DATA = "../shared/data/cifar10-jpg.tar.gz"
-TrainDataOpt = Annotated[str, typer.Option(
-    "--data", help="ImageFolder folder or archive (train/ and test/ inside)")]
+TrainDataOpt = Annotated[
+    str, typer.Option("--data", help="ImageFolder folder or archive (train/ and test/ inside)")
+]
 
 
 def _bar(label: str):
     bar, report = progress_bar(label, None, unit="steps")
 
     def progress(done, total, metrics):
-        note = (f"epoch {metrics.epoch}: loss {metrics.train_loss:.3f}, test acc {metrics.test_accuracy:.3f}"
-                if metrics else None)
+        note = (
+            f"epoch {metrics.epoch}: loss {metrics.train_loss:.3f}, test acc {metrics.test_accuracy:.3f}"
+            if metrics
+            else None
+        )
         report(done, total, note)
 
     return bar, progress
@@ -45,12 +49,15 @@ def _check_resume(out: Path, resume: bool) -> None:
 
     last = latest_checkpoint(out) if out.is_dir() else None
     if last is not None and not resume:
-        raise UserInputError(f"{out} holds a training run (last checkpoint {last.name}); pass --resume "
-                             "to continue it or choose another --out")
+        raise UserInputError(
+            f"{out} holds a training run (last checkpoint {last.name}); pass --resume "
+            "to continue it or choose another --out"
+        )
 
 
-TestLimitOpt = Annotated[int | None, typer.Option(
-    "--test-limit", help="test images per class [default: the whole test split]")]
+TestLimitOpt = Annotated[
+    int | None, typer.Option("--test-limit", help="test images per class [default: the whole test split]")
+]
 
 
 def _report(out: Path, model, result, test, config, classes, title: str) -> None:
@@ -78,8 +85,7 @@ def _report(out: Path, model, result, test, config, classes, title: str) -> None
 
 
 def train(
-    data_arg: Annotated[str | None, typer.Argument(
-        hidden=True, help="old spelling of --data")] = None,
+    data_arg: Annotated[str | None, typer.Argument(hidden=True, help="old spelling of --data")] = None,
     data: TrainDataOpt = TRAIN_DATA,
     arch: Annotated[str, typer.Option("--arch", help="small or resnet9")] = "small",
     epochs: Annotated[int, typer.Option("--epochs", min=1)] = 10,
@@ -113,8 +119,9 @@ def train(
 
     data = data_arg or data
     _check_resume(out, resume)
-    tr, te = load_split(data, train_pattern, test_pattern, size=size, limit=limit, test_limit=test_limit,
-                        cache=out / "cache")
+    tr, te = load_split(
+        data, train_pattern, test_pattern, size=size, limit=limit, test_limit=test_limit, cache=out / "cache"
+    )
     torch.manual_seed(seed)
     options = (
         {"widths": (32, 64, 128), "batchnorm": batchnorm, "padding": padding, "input_size": size}
@@ -217,8 +224,15 @@ def finetune(
         _check_resume(out / f"freeze_{k}", resume)
     subject = load_subject(model, weights, arch, "cpu")
     pre = subject.preprocess  # the model's own resize and crop, for training and testing alike
-    tr, te = load_split(data, train_pattern, test_pattern, preprocess=pre, limit=limit,
-                        test_limit=test_limit, cache=out / "cache")
+    tr, te = load_split(
+        data,
+        train_pattern,
+        test_pattern,
+        preprocess=pre,
+        limit=limit,
+        test_limit=test_limit,
+        cache=out / "cache",
+    )
     config = TrainConfig(
         epochs=epochs,
         batch_size=batch_size,
@@ -300,8 +314,9 @@ def _scan(subject, data, where: Path, layer: str, device: str) -> None:
 
 
 def filters(
-    target: Annotated[str, typer.Argument(
-        help="a `convscope train` run folder, or a model: " + MODEL_HELP)] = DEFAULT_MODEL,
+    target: Annotated[
+        str, typer.Argument(help="a `convscope train` run folder, or a model: " + MODEL_HELP)
+    ] = DEFAULT_MODEL,
     layers: Annotated[
         str | None, typer.Option("--layers", help="conv layers (default: first, middle, last)")
     ] = None,

@@ -11,6 +11,19 @@ from convscope.dissect.dissection import dissect, dissection_transform
 from convscope.dissect.result import Dissection, LayerDissection, LayerSummary, UnitLabel
 from convscope.dissect.synthetic import make_synthetic_broden
 
-__all__ = ["COLOR_NAMES", "BrodenDataset", "ColorConcepts", "ColorNamer", "Concept", "ConceptItem",
-           "Dissection", "LayerDissection", "LayerSummary", "UnitLabel", "decode_segmentation",
-           "dissect", "dissection_transform", "make_synthetic_broden"]
+__all__ = [
+    "COLOR_NAMES",
+    "BrodenDataset",
+    "ColorConcepts",
+    "ColorNamer",
+    "Concept",
+    "ConceptItem",
+    "Dissection",
+    "LayerDissection",
+    "LayerSummary",
+    "UnitLabel",
+    "decode_segmentation",
+    "dissect",
+    "dissection_transform",
+    "make_synthetic_broden",
+]

@@ -61,8 +61,9 @@ class BrodenDataset(torch.utils.data.Dataset):
     """A Broden-format directory; item ``i`` is a :class:`ConceptItem`. ``transform`` maps a PIL
     image to the model input (``dissect`` sets it to a squash resize, so that labels align)."""
 
-    def __init__(self, root: str | os.PathLike, transform=None, split: str | None = None,
-                 limit: int | None = None):
+    def __init__(
+        self, root: str | os.PathLike, transform=None, split: str | None = None, limit: int | None = None
+    ):
         self.root = Path(root)
         index, labels = self.root / "index.csv", self.root / "label.csv"
         if not index.exists() or not labels.exists():
@@ -81,12 +82,15 @@ class BrodenDataset(torch.utils.data.Dataset):
         if not self.rows:
             raise DataError(f"{index} lists no images")
         used = {c.category for c in self.concepts.values()}
-        self.categories = [c for c in PIXEL_CATEGORIES + IMAGE_CATEGORIES
-                           if c in self.rows[0] and c in used]
+        self.categories = [c for c in PIXEL_CATEGORIES + IMAGE_CATEGORIES if c in self.rows[0] and c in used]
         self.seg_size = (int(self.rows[0]["sh"]), int(self.rows[0]["sw"]))
         self.transform = transform
-        self.spec = {"kind": "broden", "source": str(self.root.resolve()), "split": split,
-                     "images": len(self.rows)}
+        self.spec = {
+            "kind": "broden",
+            "source": str(self.root.resolve()),
+            "split": split,
+            "images": len(self.rows),
+        }
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -111,8 +115,10 @@ class BrodenDataset(torch.utils.data.Dataset):
                 if cat in PIXEL_CATEGORIES:
                     seg = decode_segmentation(self.root / "images" / item)
                     if seg.shape != (sh, sw):  # other sizes are brought to the dataset's
-                        seg = np.asarray(Image.fromarray(seg.astype(np.int32)).resize(
-                            (sw, sh), Image.NEAREST), dtype=np.int64)
+                        seg = np.asarray(
+                            Image.fromarray(seg.astype(np.int32)).resize((sw, sh), Image.NEAREST),
+                            dtype=np.int64,
+                        )
                     planes.append(seg)
                 else:
                     image_level.append(int(item))
@@ -125,8 +131,7 @@ class BrodenDataset(torch.utils.data.Dataset):
             x = self.transform(img) if self.transform is not None else img
             planes, image_level, annotated = self.labels(i)
         except Exception as e:  # a bad file is skipped and counted, never fatal
-            return ConceptItem(i, None, torch.zeros(0, *self.seg_size, dtype=torch.long), [], [],
-                               _reason(e))
+            return ConceptItem(i, None, torch.zeros(0, *self.seg_size, dtype=torch.long), [], [], _reason(e))
         return ConceptItem(i, x, torch.as_tensor(planes), image_level, annotated)
 
 

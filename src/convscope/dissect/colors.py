@@ -23,13 +23,31 @@ from convscope.dissect.broden import Concept, ConceptItem
 from convscope.errors import DataError
 
 # The order of van de Weijer's table columns.
-COLOR_NAMES = ("black", "blue", "brown", "grey", "green", "orange", "pink", "purple", "red",
-               "white", "yellow")
+COLOR_NAMES = (
+    "black",
+    "blue",
+    "brown",
+    "grey",
+    "green",
+    "orange",
+    "pink",
+    "purple",
+    "red",
+    "white",
+    "yellow",
+)
 # sRGB prototypes of the eleven terms (focal colours, rounded).
 PROTOTYPES = {
-    "black": (20, 20, 20), "blue": (40, 70, 200), "brown": (120, 75, 35), "grey": (128, 128, 128),
-    "green": (50, 160, 60), "orange": (240, 140, 30), "pink": (240, 150, 190),
-    "purple": (120, 50, 150), "red": (200, 30, 35), "white": (240, 240, 240),
+    "black": (20, 20, 20),
+    "blue": (40, 70, 200),
+    "brown": (120, 75, 35),
+    "grey": (128, 128, 128),
+    "green": (50, 160, 60),
+    "orange": (240, 140, 30),
+    "pink": (240, 150, 190),
+    "purple": (120, 50, 150),
+    "red": (200, 30, 35),
+    "white": (240, 240, 240),
     "yellow": (240, 220, 40),
 }
 
@@ -38,13 +56,18 @@ def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     """CIELAB (D65) of sRGB values in [0, 255], shape (..., 3)."""
     c = np.asarray(rgb, dtype=np.float64) / 255.0
     lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-    m = np.array([[0.4124564, 0.3575761, 0.1804375],
-                  [0.2126729, 0.7151522, 0.0721750],
-                  [0.0193339, 0.1191920, 0.9503041]])
+    m = np.array(
+        [
+            [0.4124564, 0.3575761, 0.1804375],
+            [0.2126729, 0.7151522, 0.0721750],
+            [0.0193339, 0.1191920, 0.9503041],
+        ]
+    )
     xyz = lin @ m.T / np.array([0.95047, 1.0, 1.08883])
     f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
-    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]),
-                     200 * (f[..., 1] - f[..., 2])], axis=-1)
+    return np.stack(
+        [116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], axis=-1
+    )
 
 
 def _bin_centres() -> np.ndarray:
@@ -82,8 +105,9 @@ class ColorNamer:
         except (OSError, ValueError) as e:
             raise DataError(f"cannot read colour table {path}: {e}") from None
         if arr.ndim != 2 or arr.shape[0] != 32768 or arr.shape[1] not in (11, 14):
-            raise DataError(f"{path}: a colour table has 32768 rows of 11 (or 3 + 11) columns, "
-                            f"got {arr.shape}")
+            raise DataError(
+                f"{path}: a colour table has 32768 rows of 11 (or 3 + 11) columns, got {arr.shape}"
+            )
         return cls(arr[:, -11:].argmax(1), str(path.resolve()))
 
     def name(self, rgb: np.ndarray) -> np.ndarray:
@@ -98,8 +122,13 @@ class ColorConcepts(torch.utils.data.Dataset):
 
     categories = ["color"]
 
-    def __init__(self, source: ImageSource | str | os.PathLike, seg: int = 112,
-                 namer: ColorNamer | None = None, transform=None):
+    def __init__(
+        self,
+        source: ImageSource | str | os.PathLike,
+        seg: int = 112,
+        namer: ColorNamer | None = None,
+        transform=None,
+    ):
         self.source = source if isinstance(source, ImageSource) else open_images(source)
         if not len(self.source):
             raise DataError(f"{self.source.description} holds no images")
@@ -107,8 +136,13 @@ class ColorConcepts(torch.utils.data.Dataset):
         self.seg_size = (seg, seg)
         self.transform = transform
         self.concepts = {k + 1: Concept(k + 1, n, "color") for k, n in enumerate(COLOR_NAMES)}
-        self.spec = {"kind": "auto-color", "source": self.source.spec, "seg": seg,
-                     "table": self.namer.path, "images": len(self.source)}
+        self.spec = {
+            "kind": "auto-color",
+            "source": self.source.spec,
+            "seg": seg,
+            "table": self.namer.path,
+            "images": len(self.source),
+        }
 
     def __len__(self) -> int:
         return len(self.source)
@@ -130,6 +164,5 @@ class ColorConcepts(torch.utils.data.Dataset):
             x = self.transform(img) if self.transform is not None else img
             planes, _, annotated = self.labels(i, img)
         except Exception as e:
-            return ConceptItem(i, None, torch.zeros(0, *self.seg_size, dtype=torch.long), [], [],
-                               _reason(e))
+            return ConceptItem(i, None, torch.zeros(0, *self.seg_size, dtype=torch.long), [], [], _reason(e))
         return ConceptItem(i, x, torch.as_tensor(planes), [], annotated)

@@ -27,8 +27,7 @@ def _bilinear_matrix(n_out: int, n_in: int) -> np.ndarray:
     return w
 
 
-def reference_dissect(subject, data, layer: str, quantile: float = 0.005,
-                      timings: dict | None = None):
+def reference_dissect(subject, data, layer: str, quantile: float = 0.005, timings: dict | None = None):
     """Thresholds (U,) and IoU (U, C) of ``layer``; concepts in ``sorted(data.concepts)``.
     ``timings`` (optional) receives the seconds of the feature pass and of the tally."""
     t0 = time.perf_counter()
@@ -55,8 +54,9 @@ def reference_dissect(subject, data, layer: str, quantile: float = 0.005,
     size = max(numbers) + 1
     col = np.full(size, len(numbers))
     col[numbers] = np.arange(len(numbers))
-    cat_of = np.array([cats.index(data.concepts[c].category) if data.concepts[c].category in cats
-                       else 0 for c in numbers])
+    cat_of = np.array(
+        [cats.index(data.concepts[c].category) if data.concepts[c].category in cats else 0 for c in numbers]
+    )
     both = np.zeros((n_units, len(numbers) + 1))
     units_cat = np.zeros((n_units, len(cats)))
     labels = np.zeros(len(numbers) + 1)
@@ -82,8 +82,8 @@ def reference_dissect(subject, data, layer: str, quantile: float = 0.005,
                 both[u] += np.bincount(cols[:, mask].ravel(), minlength=len(numbers) + 1)
             for c in scalars:
                 both[u, c] += area
-    inter = both[:, :len(numbers)]
-    union = units_cat[:, cat_of] + labels[None, :len(numbers)] - inter
+    inter = both[:, : len(numbers)]
+    union = units_cat[:, cat_of] + labels[None, : len(numbers)] - inter
     iou = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
     if timings is not None:
         timings.update(features=t1 - t0, tally=time.perf_counter() - t1)

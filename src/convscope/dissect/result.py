@@ -96,8 +96,9 @@ class Dissection:
         con = self.concepts[c]
         cov = float(d.coverage[unit])
         broad = cov > self.max_coverage
-        return UnitLabel(layer, unit, c, con.name, con.category, v,
-                         v > self.iou_threshold and not broad, cov, broad)
+        return UnitLabel(
+            layer, unit, c, con.name, con.category, v, v > self.iou_threshold and not broad, cov, broad
+        )
 
     def labels(self, layer: str) -> list[UnitLabel]:
         return [self.label(layer, u) for u in range(self.layers[layer].units)]
@@ -124,10 +125,19 @@ class Dissection:
         d = self.layers[layer]
         rows = []
         for lab in self.labels(layer):
-            rows.append({"layer": layer, "unit": lab.unit, "label": lab.name,
-                         "category": lab.category, "iou": round(lab.iou, 6),
-                         "detector": lab.detector, "threshold": float(d.thresholds[lab.unit]),
-                         "coverage": round(lab.coverage, 6),
-                         "runners_up": [[self.concepts[c].name, round(v, 6)]
-                                        for c, v in d.ranking(lab.unit, 4)[1:]]})
+            rows.append(
+                {
+                    "layer": layer,
+                    "unit": lab.unit,
+                    "label": lab.name,
+                    "category": lab.category,
+                    "iou": round(lab.iou, 6),
+                    "detector": lab.detector,
+                    "threshold": float(d.thresholds[lab.unit]),
+                    "coverage": round(lab.coverage, 6),
+                    "runners_up": [
+                        [self.concepts[c].name, round(v, 6)] for c, v in d.ranking(lab.unit, 4)[1:]
+                    ],
+                }
+            )
         return rows

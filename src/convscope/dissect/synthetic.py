@@ -11,20 +11,23 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-COLORS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220),
-          "yellow": (230, 210, 30)}
+COLORS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220), "yellow": (230, 210, 30)}
 SHAPES = ("circle", "square", "triangle")
 TEXTURES = ("striped", "noisy")
 
 
-def make_synthetic_broden(root: str | Path, n: int = 64, size: int = 112, seg: int = 56,
-                          seed: int = 0) -> Path:
+def make_synthetic_broden(
+    root: str | Path, n: int = 64, size: int = 112, seg: int = 56, seed: int = 0
+) -> Path:
     """Write ``n`` images of ``size`` px with ``seg`` px segmentations into ``root``."""
     root = Path(root)
     (root / "images").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    concepts = ([(name, "color") for name in COLORS] + [(s, "object") for s in SHAPES]
-                + [(t, "texture") for t in TEXTURES])
+    concepts = (
+        [(name, "color") for name in COLORS]
+        + [(s, "object") for s in SHAPES]
+        + [(t, "texture") for t in TEXTURES]
+    )
     number = {name: i + 1 for i, (name, _) in enumerate(concepts)}
     with open(root / "label.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
@@ -51,9 +54,11 @@ def make_synthetic_broden(root: str | Path, n: int = 64, size: int = 112, seg: i
             r = int(rng.integers(size // 8, size // 4))
             cx, cy = (int(v) for v in rng.integers(r, size - r, 2))
             box = [cx - r, cy - r, cx + r, cy + r]
-            for draw, val in ((ImageDraw.Draw(img), COLORS[cname]),
-                              (ImageDraw.Draw(color_seg), number[cname]),
-                              (ImageDraw.Draw(shape_seg), number[shape])):
+            for draw, val in (
+                (ImageDraw.Draw(img), COLORS[cname]),
+                (ImageDraw.Draw(color_seg), number[cname]),
+                (ImageDraw.Draw(shape_seg), number[shape]),
+            ):
                 if shape == "circle":
                     draw.ellipse(box, fill=val)
                 elif shape == "square":
@@ -68,9 +73,22 @@ def make_synthetic_broden(root: str | Path, n: int = 64, size: int = 112, seg: i
             rgb = np.stack([lab % 256, lab // 256, np.zeros_like(lab)], axis=-1).astype(np.uint8)
             files[cat] = f"{i:05d}_{cat}.png"
             Image.fromarray(rgb).save(root / "images" / files[cat])
-        rows.append({"image": name, "split": "train", "ih": size, "iw": size, "sh": seg, "sw": seg,
-                     "color": files["color"], "object": files["object"], "part": "",
-                     "material": "", "scene": "", "texture": str(number[texture])})
+        rows.append(
+            {
+                "image": name,
+                "split": "train",
+                "ih": size,
+                "iw": size,
+                "sh": seg,
+                "sw": seg,
+                "color": files["color"],
+                "object": files["object"],
+                "part": "",
+                "material": "",
+                "scene": "",
+                "texture": str(number[texture]),
+            }
+        )
     with open(root / "index.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()

@@ -16,7 +16,24 @@ from convscope.represent.retrieval import (
 )
 from convscope.represent.similarity import linear_cka, rdm, rsa, similarity_matrix
 
-__all__ = ["POOLINGS", "FeatureSet", "NeighborIndex", "PostProcess", "ProbeResult",
-           "average_precision", "evaluate_labels", "evaluate_oxford", "extract_features",
-           "l2_normalize", "linear_cka", "linear_probe", "load_oxford_gt", "oxford_ap", "pool",
-           "project", "rdm", "rsa", "similarity_matrix"]
+__all__ = [
+    "POOLINGS",
+    "FeatureSet",
+    "NeighborIndex",
+    "PostProcess",
+    "ProbeResult",
+    "average_precision",
+    "evaluate_labels",
+    "evaluate_oxford",
+    "extract_features",
+    "l2_normalize",
+    "linear_cka",
+    "linear_probe",
+    "load_oxford_gt",
+    "oxford_ap",
+    "pool",
+    "project",
+    "rdm",
+    "rsa",
+    "similarity_matrix",
+]

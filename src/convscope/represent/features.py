@@ -93,21 +93,40 @@ class FeatureSet:
             raise UserInputError(f"{path} holds no features (no meta.json); run `convscope features`")
         meta = json.loads(meta_file.read_text())
         if meta["done"] < meta["batches"]:
-            raise UserInputError(f"{path}: the extraction stopped at batch {meta['done']} of "
-                                 f"{meta['batches']}; resume it first")
-        feats = {name: np.load(path / f"{i:03d}.npy", mmap_mode="r")
-                 for i, name in enumerate(meta["layers"])}
-        return cls(feats, meta["names"], np.load(path / "labels.npy"), meta["classes"],
-                   np.load(path / "valid.npy"), meta["pooling"], meta["model"], meta["source"], path,
-                   p=float(meta.get("p", 3.0)))
+            raise UserInputError(
+                f"{path}: the extraction stopped at batch {meta['done']} of "
+                f"{meta['batches']}; resume it first"
+            )
+        feats = {name: np.load(path / f"{i:03d}.npy", mmap_mode="r") for i, name in enumerate(meta["layers"])}
+        return cls(
+            feats,
+            meta["names"],
+            np.load(path / "labels.npy"),
+            meta["classes"],
+            np.load(path / "valid.npy"),
+            meta["pooling"],
+            meta["model"],
+            meta["source"],
+            path,
+            p=float(meta.get("p", 3.0)),
+        )
 
 
-def extract_features(subject: Subject, source: ImageSource, layers: Sequence[str], *,
-                     pooling: str = "gap", p: float = 3.0, out: str | os.PathLike | None = None,
-                     batch_size: int = 32, workers: int | None = None, resume: bool = True,
-                     accel: Accel | None = None,
-                     checkpoint_every: float = 10.0,
-                     progress: Callable[[int, int], None] | None = None) -> FeatureSet:
+def extract_features(
+    subject: Subject,
+    source: ImageSource,
+    layers: Sequence[str],
+    *,
+    pooling: str = "gap",
+    p: float = 3.0,
+    out: str | os.PathLike | None = None,
+    batch_size: int = 32,
+    workers: int | None = None,
+    resume: bool = True,
+    accel: Accel | None = None,
+    checkpoint_every: float = 10.0,
+    progress: Callable[[int, int], None] | None = None,
+) -> FeatureSet:
     """Pool ``layers`` of ``subject`` over every image of ``source``. With ``out``, features go
     to memory-mapped files there (``NNN.npy`` per layer, ``meta.json``), checkpointed every
     ``checkpoint_every`` seconds; a folder left by a killed run of the same configuration is
@@ -123,9 +142,17 @@ def extract_features(subject: Subject, source: ImageSource, layers: Sequence[str
     n_batches = (n + batch_size - 1) // batch_size
     accel = Accel.of(accel, subject)
     device = subject.device
-    config = {"layers": names, "dims": dims, "pooling": pooling, "p": p, "images": n,
-              "batch_size": batch_size, "model": subject.name, "source": source.spec,
-              **accel.config()}
+    config = {
+        "layers": names,
+        "dims": dims,
+        "pooling": pooling,
+        "p": p,
+        "images": n,
+        "batch_size": batch_size,
+        "model": subject.name,
+        "source": source.spec,
+        **accel.config(),
+    }
     labels = np.array([r.label if r.label is not None else -1 for r in source.records], np.int64)
     start = 0
     if out is None:
@@ -137,14 +164,18 @@ def extract_features(subject: Subject, source: ImageSource, layers: Sequence[str
         meta_file = out / "meta.json"
         old = json.loads(meta_file.read_text()) if meta_file.exists() else None
         if old is not None and {k: with_default_settings(old).get(k) for k in config} != config:
-            raise UserInputError(f"{out} holds features of another configuration; choose another "
-                                 "folder or delete it")
+            raise UserInputError(
+                f"{out} holds features of another configuration; choose another folder or delete it"
+            )
         if old is not None and resume:
             start = old["done"]
         mode = "r+" if start else "w+"
-        feats = {nm: np.lib.format.open_memmap(out / f"{i:03d}.npy", mode=mode, dtype=np.float32,
-                                               shape=None if start else (n, d))
-                 for i, (nm, d) in enumerate(zip(names, dims))}
+        feats = {
+            nm: np.lib.format.open_memmap(
+                out / f"{i:03d}.npy", mode=mode, dtype=np.float32, shape=None if start else (n, d)
+            )
+            for i, (nm, d) in enumerate(zip(names, dims))
+        }
         valid = np.load(out / "valid.npy") if start else np.zeros(n, bool)
         np.save(out / "labels.npy", labels)
 
@@ -155,14 +186,30 @@ def extract_features(subject: Subject, source: ImageSource, layers: Sequence[str
             f.flush()
         np.save(out / ".valid.tmp.npy", valid)
         os.replace(out / ".valid.tmp.npy", out / "valid.npy")
-        write_text(out / "meta.json", json.dumps(
-            {**config, "done": done, "batches": n_batches,
-             "names": [r.name for r in source.records], "classes": source.classes}, indent=1))
+        write_text(
+            out / "meta.json",
+            json.dumps(
+                {
+                    **config,
+                    "done": done,
+                    "batches": n_batches,
+                    "names": [r.name for r in source.records],
+                    "classes": source.classes,
+                },
+                indent=1,
+            ),
+        )
 
     workers = resolve_workers(workers, device, batch_bytes(batch_size, subject.input_size, accel.decode))
-    batches = Batches(source, batch_size=batch_size, workers=workers,
-                      indices=range(start * batch_size, n), pin_memory=device.type == "cuda",
-                      decode=accel.decode, device=device)
+    batches = Batches(
+        source,
+        batch_size=batch_size,
+        workers=workers,
+        indices=range(start * batch_size, n),
+        pin_memory=device.type == "cuda",
+        decode=accel.decode,
+        device=device,
+    )
     report = progress or (lambda d, t: None)
     last = time.monotonic()
     done = start
@@ -183,5 +230,16 @@ def extract_features(subject: Subject, source: ImageSource, layers: Sequence[str
                 checkpoint(done)
                 last = time.monotonic()
     checkpoint(n_batches)
-    return FeatureSet(feats, [r.name for r in source.records], labels, source.classes, valid,
-                      pooling, subject.name, source.spec, out, batches.report.items, p)
+    return FeatureSet(
+        feats,
+        [r.name for r in source.records],
+        labels,
+        source.classes,
+        valid,
+        pooling,
+        subject.name,
+        source.spec,
+        out,
+        batches.report.items,
+        p,
+    )

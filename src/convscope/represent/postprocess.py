@@ -92,5 +92,9 @@ class PostProcess:
         return y / np.sqrt(self.eigenvalues + self.eps)
 
     def to_dict(self) -> dict:
-        return {"steps": self.steps, "mean": self.mean, "components": self.components,
-                "eigenvalues": self.eigenvalues}
+        return {
+            "steps": self.steps,
+            "mean": self.mean,
+            "components": self.components,
+            "eigenvalues": self.eigenvalues,
+        }

@@ -44,16 +44,28 @@ def split(labels: np.ndarray, test_fraction: float = 0.3, seed: int = 0) -> tupl
     _, counts = np.unique(labels, return_counts=True)
     n_test = int(np.ceil(test_fraction * len(labels)))
     if n_test < len(counts) or len(labels) - n_test < len(counts):
-        raise UserInputError(f"{len(labels)} images are too few for a stratified split of "
-                             f"{len(counts)} classes at --test-fraction {test_fraction}")
-    return tuple(train_test_split(idx, test_size=test_fraction, random_state=seed,
-                                  stratify=labels if counts.min() > 1 else None))
+        raise UserInputError(
+            f"{len(labels)} images are too few for a stratified split of "
+            f"{len(counts)} classes at --test-fraction {test_fraction}"
+        )
+    return tuple(
+        train_test_split(
+            idx, test_size=test_fraction, random_state=seed, stratify=labels if counts.min() > 1 else None
+        )
+    )
 
 
-def linear_probe(features: Mapping[str, np.ndarray], labels: np.ndarray, *,
-                 train: np.ndarray | None = None, test: np.ndarray | None = None,
-                 test_fraction: float = 0.3, classifier: str = "logistic", c: float = 1.0,
-                 seed: int = 0) -> ProbeResult:
+def linear_probe(
+    features: Mapping[str, np.ndarray],
+    labels: np.ndarray,
+    *,
+    train: np.ndarray | None = None,
+    test: np.ndarray | None = None,
+    test_fraction: float = 0.3,
+    classifier: str = "logistic",
+    c: float = 1.0,
+    seed: int = 0,
+) -> ProbeResult:
     """Fit one linear classifier per layer on ``features[layer]`` (N, C) and ``labels`` (N,)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -64,17 +76,28 @@ def linear_probe(features: Mapping[str, np.ndarray], labels: np.ndarray, *,
     if classifier not in CLASSIFIERS:
         raise UserInputError(f"classifier must be one of {', '.join(CLASSIFIERS)}")
     if labels.min() < 0 or len(np.unique(labels)) < 2:
-        raise UserInputError("a linear probe needs class labels for every image and 2+ classes "
-                             "(an ImageFolder-style dataset: one sub-folder per class)")
+        raise UserInputError(
+            "a linear probe needs class labels for every image and 2+ classes "
+            "(an ImageFolder-style dataset: one sub-folder per class)"
+        )
     if train is None or test is None:
         train, test = split(labels, test_fraction, seed)
     rows = []
     for layer, x in features.items():
         x = np.asarray(x, dtype=np.float32)
-        clf = LogisticRegression(C=c, max_iter=2000) if classifier == "logistic" else \
-            LinearSVC(C=c, max_iter=5000, random_state=seed)
+        clf = (
+            LogisticRegression(C=c, max_iter=2000)
+            if classifier == "logistic"
+            else LinearSVC(C=c, max_iter=5000, random_state=seed)
+        )
         model = make_pipeline(StandardScaler(), clf).fit(x[train], labels[train])
-        rows.append(ProbeRow(layer, x.shape[1], float(model.score(x[train], labels[train])),
-                             float(model.score(x[test], labels[test]))))
+        rows.append(
+            ProbeRow(
+                layer,
+                x.shape[1],
+                float(model.score(x[train], labels[train])),
+                float(model.score(x[test], labels[test])),
+            )
+        )
     chance = float(np.bincount(labels[test]).max() / len(test))
     return ProbeResult(rows, len(train), len(test), chance, classifier)

@@ -9,8 +9,9 @@ from convscope.errors import UserInputError
 METHODS = ("pca", "tsne", "umap")
 
 
-def project(x: np.ndarray, method: str = "tsne", seed: int = 0, perplexity: float = 30.0,
-            neighbors: int = 15) -> np.ndarray:
+def project(
+    x: np.ndarray, method: str = "tsne", seed: int = 0, perplexity: float = 30.0, neighbors: int = 15
+) -> np.ndarray:
     """(N, C) features -> (N, 2) coordinates. t-SNE and UMAP first reduce to 50 PCA dimensions
     (the usual practice, and much faster on wide layers)."""
     from sklearn.decomposition import PCA
@@ -27,8 +28,9 @@ def project(x: np.ndarray, method: str = "tsne", seed: int = 0, perplexity: floa
     if method == "tsne":
         from sklearn.manifold import TSNE
 
-        return TSNE(2, perplexity=min(perplexity, (len(x) - 1) / 3), init="pca",
-                    random_state=seed).fit_transform(x)
+        return TSNE(
+            2, perplexity=min(perplexity, (len(x) - 1) / 3), init="pca", random_state=seed
+        ).fit_transform(x)
     try:
         import umap
     except ImportError:  # pragma: no cover - depends on the installation

@@ -30,8 +30,16 @@ class NeighborIndex:
     (scores are cosine similarities, larger is nearer). ``kind``: ``exact`` (flat), ``ivf``
     (inverted lists, ``nlist`` cells, ``nprobe`` visited) or ``hnsw`` (graph, ``m`` links)."""
 
-    def __init__(self, x: np.ndarray, metric: str = "l2", kind: str = "exact",
-                 nlist: int | None = None, nprobe: int = 8, m: int = 32, seed: int = 0):
+    def __init__(
+        self,
+        x: np.ndarray,
+        metric: str = "l2",
+        kind: str = "exact",
+        nlist: int | None = None,
+        nprobe: int = 8,
+        m: int = 32,
+        seed: int = 0,
+    ):
         if metric not in METRICS:
             raise UserInputError(f"metric must be one of {', '.join(METRICS)}")
         if kind not in KINDS:
@@ -89,14 +97,16 @@ class RetrievalScores:
     ap: np.ndarray
 
 
-def evaluate_labels(x: np.ndarray, labels: np.ndarray, metric: str = "l2",
-                    queries: np.ndarray | None = None, ks=(1, 5, 10)) -> RetrievalScores:
+def evaluate_labels(
+    x: np.ndarray, labels: np.ndarray, metric: str = "l2", queries: np.ndarray | None = None, ks=(1, 5, 10)
+) -> RetrievalScores:
     """Every image (or ``queries``, indices into ``x``) queries all the others; relevant = same
     class. Exact ranking through :class:`NeighborIndex`."""
     labels = np.asarray(labels)
     if (labels < 0).any():
-        raise UserInputError("retrieval evaluation needs a class label for every image "
-                             "(an ImageFolder-style dataset)")
+        raise UserInputError(
+            "retrieval evaluation needs a class label for every image (an ImageFolder-style dataset)"
+        )
     queries = np.arange(len(x)) if queries is None else np.asarray(queries)
     counts = np.bincount(labels)
     queries = queries[counts[labels[queries]] > 1]  # a query alone in its class has nothing to find
@@ -111,8 +121,9 @@ def evaluate_labels(x: np.ndarray, labels: np.ndarray, metric: str = "l2",
         aps.append(average_precision(rel, int((labels == labels[qi]).sum()) - 1))
         for k in ks:
             prec[k].append(rel[:k].mean() if k <= len(rel) else np.nan)
-    return RetrievalScores(float(np.mean(aps)), {k: float(np.nanmean(v)) for k, v in prec.items()},
-                           np.array(aps))
+    return RetrievalScores(
+        float(np.mean(aps)), {k: float(np.nanmean(v)) for k, v in prec.items()}, np.array(aps)
+    )
 
 
 @dataclass(frozen=True)
@@ -131,7 +142,7 @@ def load_oxford_gt(folder: str | os.PathLike) -> list[OxfordQuery]:
     folder = Path(folder)
     out = []
     for qf in sorted(folder.glob("*_query.txt")):
-        stem = qf.name[:-len("_query.txt")]
+        stem = qf.name[: -len("_query.txt")]
         parts = qf.read_text().split()
         if not parts:
             raise UserInputError(f"{qf} is empty")
@@ -168,8 +179,13 @@ def oxford_ap(ranked: list[str], query: OxfordQuery) -> float:
     return ap
 
 
-def evaluate_oxford(x: np.ndarray, names: list[str], queries: list[OxfordQuery],
-                    query_features: np.ndarray | None = None, metric: str = "l2") -> RetrievalScores:
+def evaluate_oxford(
+    x: np.ndarray,
+    names: list[str],
+    queries: list[OxfordQuery],
+    query_features: np.ndarray | None = None,
+    metric: str = "l2",
+) -> RetrievalScores:
     """mAP over ``queries``. ``names`` are the database images' names (suffix and folders
     ignored); query descriptors default to the database row of each query image."""
     stems = [Path(n).stem for n in names]

@@ -53,8 +53,9 @@ def rsa(x: np.ndarray, y: np.ndarray) -> float:
 MEASURES = {"cka": linear_cka, "rsa": rsa}
 
 
-def similarity_matrix(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray],
-                      measure: str = "cka") -> np.ndarray:
+def similarity_matrix(
+    a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], measure: str = "cka"
+) -> np.ndarray:
     """(len(a), len(b)) similarities between every layer of ``a`` and every layer of ``b``."""
     if measure not in MEASURES:
         raise UserInputError(f"measure must be one of {', '.join(MEASURES)}")

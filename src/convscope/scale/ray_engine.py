@@ -264,9 +264,16 @@ def _run(ray, actors, tasks: list[tuple[int, Callable]], done: Callable[[int, ob
         free.append(actor)
 
 
-def _run_shards(ray, parts: list[list[int]], submit: Callable, start_actors: Callable[[int], list],
-                file_of: Callable[[int], Path | None], report: Callable[[int, int], None],
-                offset: int, total: int) -> dict[int, object]:
+def _run_shards(
+    ray,
+    parts: list[list[int]],
+    submit: Callable,
+    start_actors: Callable[[int], list],
+    file_of: Callable[[int], Path | None],
+    report: Callable[[int, int], None],
+    offset: int,
+    total: int,
+) -> dict[int, object]:
     """Every shard's result: those kept in files (``file_of(i)``; None: not kept) are read back
     (tensors only, ``weights_only``), the others computed by ``submit(actor, i)`` on the actors
     ``start_actors(n)`` gives and each saved atomically as it arrives, so that a killed job run
@@ -557,11 +564,22 @@ def ray_dissect(
         if not resume:
             _clear_shards(state)
         state.mkdir(parents=True, exist_ok=True)
-        _check_manifest(state, {"kind": "dissect", "format": STATE_FORMAT, "layers": names,
-                                "images": len(data), "shards": len(parts), "model": model_spec,
-                                "concepts": spec,
-                                "quantile": quantile, "top": top, "batch_size": bs,
-                                **Accel.of(accel).config()})
+        _check_manifest(
+            state,
+            {
+                "kind": "dissect",
+                "format": STATE_FORMAT,
+                "layers": names,
+                "images": len(data),
+                "shards": len(parts),
+                "model": model_spec,
+                "concepts": spec,
+                "quantile": quantile,
+                "top": top,
+                "batch_size": bs,
+                **Accel.of(accel).config(),
+            },
+        )
 
     def run_pass(p: int, submit, offset: int) -> dict:
         return _run_shards(

@@ -107,9 +107,11 @@ def scan(
 
     channels = {i.name: i.units for i in infos}
     dirs = {
-        i.name: torch.stack([d.vector for d in Direction.random(
-            i.name, i.units, directions, seed=_layer_seed(seed, i.name))]).to(device)
-        for i in infos if directions
+        i.name: torch.stack(
+            [d.vector for d in Direction.random(i.name, i.units, directions, seed=_layer_seed(seed, i.name))]
+        ).to(device)
+        for i in infos
+        if directions
     }
     total_units = {n: channels[n] + (directions if directions else 0) for n in names}
     map_sizes = {i.name: tuple(i.shape[1:]) if len(i.shape) == 3 else (1, 1) for i in infos}
@@ -130,11 +132,20 @@ def scan(
     order = list(all_indices)  # the read order, calibration sample first once it is known
 
     config = {
-        "model": subject.name, "source": data.description, "n_source": len(data),
-        "layers": names, "k": k, "criteria": list(criteria), "directions": directions,
-        "seed": seed, "batch_size": batch_size, "threshold_sample": n_cal,
+        "model": subject.name,
+        "source": data.description,
+        "n_source": len(data),
+        "layers": names,
+        "k": k,
+        "criteria": list(criteria),
+        "directions": directions,
+        "seed": seed,
+        "batch_size": batch_size,
+        "threshold_sample": n_cal,
         "indices": hashlib.sha1(json.dumps(all_indices).encode()).hexdigest(),
-        "given_thresholds": thresholds is not None, "secondary_key": dict(SECONDARY), **accel.config(),
+        "given_thresholds": thresholds is not None,
+        "secondary_key": dict(SECONDARY),
+        **accel.config(),
     }
     position, processed, seconds = 0, 0, 0.0
     skipped: dict[int, str] = {}
@@ -144,12 +155,16 @@ def scan(
             saved = torch.load(ckpt, map_location="cpu", weights_only=True)
         except Exception as e:
             why = (str(e).strip().splitlines() or [""])[0][:160]
-            raise UserInputError(f"cannot resume: {ckpt} is not a readable scan checkpoint "
-                                 f"({type(e).__name__}: {why}); it is left as it is, start a new "
-                                 "scan with --overwrite") from None
+            raise UserInputError(
+                f"cannot resume: {ckpt} is not a readable scan checkpoint "
+                f"({type(e).__name__}: {why}); it is left as it is, start a new "
+                "scan with --overwrite"
+            ) from None
         if not isinstance(saved, dict) or "config" not in saved:
-            raise UserInputError(f"cannot resume: {ckpt} is not a scan checkpoint; it is left as it "
-                                 "is, start a new scan with --overwrite")
+            raise UserInputError(
+                f"cannot resume: {ckpt} is not a scan checkpoint; it is left as it "
+                "is, start a new scan with --overwrite"
+            )
         if saved.get("version") != CHECKPOINT_VERSION or with_default_settings(saved["config"]) != config:
             raise ConvscopeError(
                 f"the checkpoint {ckpt} belongs to a scan with other settings; "
@@ -165,10 +180,16 @@ def scan(
     def save_checkpoint() -> None:
         if ckpt is None:
             return
-        blob = {"version": CHECKPOINT_VERSION, "config": config, "position": position,
-                "processed": processed, "seconds": seconds, "sample": sample,
-                "skipped": [[i, r] for i, r in sorted(skipped.items())],
-                "states": {n: s.to_dict() for n, s in states.items()}}
+        blob = {
+            "version": CHECKPOINT_VERSION,
+            "config": config,
+            "position": position,
+            "processed": processed,
+            "seconds": seconds,
+            "sample": sample,
+            "skipped": [[i, r] for i, r in sorted(skipped.items())],
+            "states": {n: s.to_dict() for n, s in states.items()},
+        }
         with atomic_path(ckpt) as tmp:
             torch.save(blob, tmp)
 
@@ -176,9 +197,15 @@ def scan(
     report(position, len(order))
 
     def run_batches(start: int, stop: int, indices: list[int] | None = None):
-        batches = Batches(data, batch_size, workers,
-                          indices=order[start:stop] if indices is None else indices,
-                          pin_memory=device.type == "cuda", decode=accel.decode, device=device)
+        batches = Batches(
+            data,
+            batch_size,
+            workers,
+            indices=order[start:stop] if indices is None else indices,
+            pin_memory=device.type == "cuda",
+            decode=accel.decode,
+            device=device,
+        )
         for batch in batches:
             skipped.update(batch.skipped)
             yield batch
@@ -188,7 +215,7 @@ def scan(
         # further candidates as images are still missing, and records them in `read`.
         good, nxt = 0, 0
         while good < n_cal and nxt < len(candidates):
-            take = sorted(candidates[nxt:nxt + n_cal - good])
+            take = sorted(candidates[nxt : nxt + n_cal - good])
             nxt += len(take)
             read.extend(take)
             for batch in run_batches(0, 0, take):
@@ -252,11 +279,19 @@ def scan(
     check_finite(accel, {n: s.sum for n, s in states.items()})
 
     result = ScanResult(
-        layers=names, channels=channels, directions={n: d.cpu() for n, d in dirs.items()},
-        states=states, k=k, criteria=criteria,
-        image_names=[r.name for r in data.records], image_labels=[r.label for r in data.records],
-        classes=list(data.classes), skipped=sorted(skipped.items()), processed=processed,
-        seconds=seconds, config={**config, "versions": library_versions()},
+        layers=names,
+        channels=channels,
+        directions={n: d.cpu() for n, d in dirs.items()},
+        states=states,
+        k=k,
+        criteria=criteria,
+        image_names=[r.name for r in data.records],
+        image_labels=[r.label for r in data.records],
+        classes=list(data.classes),
+        skipped=sorted(skipped.items()),
+        processed=processed,
+        seconds=seconds,
+        config={**config, "versions": library_versions()},
     )
     if not calibration_only:
         result.record_ties()  # in the run's config; a SaturationWarning for saturating layers
@@ -303,6 +338,7 @@ def _layer_seed(seed: int, layer: str) -> int:
 def _calibration_order(data: ImageSource, indices: list[int], seed: int) -> list[int]:
     """``indices`` in the order calibration tries them: by a seeded hash of each image's name,
     so that the images a sample holds do not depend on the other files of the source."""
+
     def key(i: int) -> tuple[bytes, int]:
         name = data.records[i].name.encode("utf-8", "surrogateescape")
         return hashlib.blake2b(name, digest_size=8, key=str(seed).encode()).digest(), i
@@ -320,8 +356,9 @@ class _Engine:
 
     One Recorder stays attached for the whole scan (its hooks go when the engine exits)."""
 
-    def __init__(self, subject: Subject, layers: list[str], dirs: dict[str, torch.Tensor],
-                 accel: Accel | None = None):
+    def __init__(
+        self, subject: Subject, layers: list[str], dirs: dict[str, torch.Tensor], accel: Accel | None = None
+    ):
         self.subject = subject
         self.dirs = dirs
         self.device = subject.device

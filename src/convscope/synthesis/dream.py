@@ -38,13 +38,19 @@ class Dream:
         pics = [Image.fromarray(to_uint8(f)) for f in self.frames]
         path = Path(path)
         with atomic_path(path) as tmp:
-            pics[0].save(tmp, format="GIF", save_all=True, append_images=pics[1:], duration=ms,
-                         loop=0)
+            pics[0].save(tmp, format="GIF", save_all=True, append_images=pics[1:], duration=ms, loop=0)
         return path
 
 
-def _ascent(subject: Subject, img: torch.Tensor, layer: str, steps: int, step_size: float,
-            jitter: int, gen: torch.Generator) -> torch.Tensor:
+def _ascent(
+    subject: Subject,
+    img: torch.Tensor,
+    layer: str,
+    steps: int,
+    step_size: float,
+    jitter: int,
+    gen: torch.Generator,
+) -> torch.Tensor:
     """Normalised gradient ascent on mean(Phi^2) of a [0, 1] image (1, 3, h, w)."""
     for _ in range(steps):
         dy, dx = (int(v) - jitter for v in torch.randint(2 * jitter + 1, (2,), generator=gen))
@@ -57,16 +63,27 @@ def _ascent(subject: Subject, img: torch.Tensor, layer: str, steps: int, step_si
     return img
 
 
-def dream(subject: Subject, image, layer: str, *, octaves: int = 4, octave_scale: float = 1.4,
-          steps: int = 10, step_size: float = 0.01, jitter: int = 16, seed: int = 0) -> Dream:
+def dream(
+    subject: Subject,
+    image,
+    layer: str,
+    *,
+    octaves: int = 4,
+    octave_scale: float = 1.4,
+    steps: int = 10,
+    step_size: float = 0.01,
+    jitter: int = 16,
+    seed: int = 0,
+) -> Dream:
     """Dream on ``image`` (path, PIL, array or a [0, 1] tensor (1, 3, H, W)) at ``layer``:
     from the coarsest octave to the full size, the detail added at each scale is carried up."""
     name = subject.layer(layer).name
     gen = torch.Generator().manual_seed(seed)
     base = _as_unit_image(subject, image)
     h, w = base.shape[2:]
-    sizes = [(max(8, round(h / octave_scale ** o)), max(8, round(w / octave_scale ** o)))
-             for o in range(octaves)][::-1]
+    sizes = [
+        (max(8, round(h / octave_scale**o)), max(8, round(w / octave_scale**o))) for o in range(octaves)
+    ][::-1]
     detail = torch.zeros_like(F.interpolate(base, size=sizes[0], mode="bilinear", align_corners=False))
     for size in sizes:
         scaled = F.interpolate(base, size=size, mode="bilinear", align_corners=False)
@@ -77,8 +94,9 @@ def dream(subject: Subject, image, layer: str, *, octaves: int = 4, octave_scale
     return Dream(out[0].permute(1, 2, 0).cpu().numpy())
 
 
-def dream_zoom(subject: Subject, image, layer: str, *, frames: int = 30, zoom: float = 1.05,
-               **options) -> Dream:
+def dream_zoom(
+    subject: Subject, image, layer: str, *, frames: int = 30, zoom: float = 1.05, **options
+) -> Dream:
     """The zoom-in sequence: dream, crop the centre 1/zoom, scale back up, dream again..."""
     img = _as_unit_image(subject, image)
     h, w = img.shape[2:]
@@ -89,8 +107,9 @@ def dream_zoom(subject: Subject, image, layer: str, *, frames: int = 30, zoom: f
         t = torch.as_tensor(d.image).permute(2, 0, 1)[None]
         ch, cw = round(h / zoom), round(w / zoom)
         y0, x0 = (h - ch) // 2, (w - cw) // 2
-        img = F.interpolate(t[:, :, y0:y0 + ch, x0:x0 + cw], size=(h, w), mode="bilinear",
-                            align_corners=False).to(subject.device)
+        img = F.interpolate(
+            t[:, :, y0 : y0 + ch, x0 : x0 + cw], size=(h, w), mode="bilinear", align_corners=False
+        ).to(subject.device)
     return Dream(out[-1], np.stack(out))
 
 

@@ -47,14 +47,21 @@ class Synthesis:
 
         path = Path(path)
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez_compressed(f, images=self.images, scores=self.scores, history=self.history,
-                                labels=np.array(self.labels))
+            np.savez_compressed(
+                f, images=self.images, scores=self.scores, history=self.history, labels=np.array(self.labels)
+            )
         return path
 
 
-def evaluate(subject: Subject, objective: Objective, images: torch.Tensor,
-             transform: Transform | None = None, gen: torch.Generator | None = None,
-             grad: bool = False, accel: Accel | None = None) -> torch.Tensor:
+def evaluate(
+    subject: Subject,
+    objective: Objective,
+    images: torch.Tensor,
+    transform: Transform | None = None,
+    gen: torch.Generator | None = None,
+    grad: bool = False,
+    accel: Accel | None = None,
+) -> torch.Tensor:
     """Objective scores (N,) of images (N, 3, H, W) in [0, 1], optionally transformed first."""
     layers = list(objective.layers)
     stop = bool(layers) and not objective.needs_output
@@ -111,8 +118,11 @@ def render(
     h, w = (size, size) if isinstance(size, int) else size
     gen = torch.Generator().manual_seed(seed)
     device = subject.device
-    params, image_fn = init if init is not None else make_param(
-        param, (batch, 3, h, w), generator=gen, device=device, decorrelate=decorrelate)
+    params, image_fn = (
+        init
+        if init is not None
+        else make_param(param, (batch, 3, h, w), generator=gen, device=device, decorrelate=decorrelate)
+    )
     transform = standard() if transform is None else transform
     opt = optimizer(params) if optimizer is not None else torch.optim.Adam(params, lr=lr)
     layers = list(objective.layers)
@@ -120,8 +130,10 @@ def render(
     history, kept = [], []
     report = progress or (lambda done, total: None)
     accel = Accel.of(accel, subject)
-    with prepared(subject.model, accel, device), \
-            Recorder(subject, layers, detach=False, stop=stop) if layers else _nullrec() as rec:
+    with (
+        prepared(subject.model, accel, device),
+        Recorder(subject, layers, detach=False, stop=stop) if layers else _nullrec() as rec,
+    ):
         for step in range(steps):
             img = image_fn()
             x = accel.inputs(subject.preprocess.normalize(transform(img, gen)), device)
@@ -150,8 +162,14 @@ def render(
         history=np.array(history),
         labels=list(labels) if labels is not None else [objective.name] * batch,
         frames=np.stack(kept) if kept else None,
-        info={"steps": steps, "param": param, "size": (h, w), "lr": lr, "seed": seed,
-              "precision": accel.precision},
+        info={
+            "steps": steps,
+            "param": param,
+            "size": (h, w),
+            "lr": lr,
+            "seed": seed,
+            "precision": accel.precision,
+        },
     )
 
 

@@ -35,17 +35,28 @@ class Inversion:
         from convscope.render.grid import image_grid
 
         caps = ["original"] + [f"{n} err {e:.3f}" for n, e in zip(self.layers, self.errors)]
-        return image_grid([self.original] + list(self.images), ncols=len(self.layers) + 1,
-                          pad=3, captions=caps)
+        return image_grid(
+            [self.original] + list(self.images), ncols=len(self.layers) + 1, pad=3, captions=caps
+        )
 
     def to_png(self, path: str | Path) -> Path:
         return save_image(self.to_image(), path)
 
 
-def invert(subject: Subject, image, layers: Sequence[str], *, restarts: int = 2,
-           tv: float = 0.005, beta: float = 2.0, steps: int = 200, lr: float = 0.05,
-           init_sd: float = 0.05,
-           seed: int = 0, progress=None) -> Inversion:
+def invert(
+    subject: Subject,
+    image,
+    layers: Sequence[str],
+    *,
+    restarts: int = 2,
+    tv: float = 0.005,
+    beta: float = 2.0,
+    steps: int = 200,
+    lr: float = 0.05,
+    init_sd: float = 0.05,
+    seed: int = 0,
+    progress=None,
+) -> Inversion:
     """Reconstruct ``image`` (path, PIL, array or a preprocessed (1, 3, H, W) batch) from each
     layer in ``layers``, ``restarts`` random starts each (near-grey noise, ``init_sd`` in
     sigmoid-logit units), all optimised together in one batch (layers x restarts images), pixel
@@ -79,10 +90,19 @@ def invert(subject: Subject, image, layers: Sequence[str], *, restarts: int = 2,
     obj = -Objective(feature_error, names, name="feature error") - tv * O.total_variation(beta)
     h, w = x0.shape[2:]
     gen = torch.Generator().manual_seed(seed)
-    init = pixel_image((batch, 3, h, w), sd=init_sd, decorrelate=False, generator=gen,
-                       device=subject.device)
-    syn = render(subject, obj, batch=batch, size=(h, w), steps=steps, lr=lr, seed=seed,
-                 transform=none(), init=init, progress=progress)
+    init = pixel_image((batch, 3, h, w), sd=init_sd, decorrelate=False, generator=gen, device=subject.device)
+    syn = render(
+        subject,
+        obj,
+        batch=batch,
+        size=(h, w),
+        steps=steps,
+        lr=lr,
+        seed=seed,
+        transform=none(),
+        init=init,
+        progress=progress,
+    )
     imgs = torch.as_tensor(syn.images).permute(0, 3, 1, 2).to(subject.device)
     with torch.no_grad(), Recorder(subject, names, stop=True) as rec:
         subject(subject.preprocess.normalize(imgs))
@@ -94,6 +114,10 @@ def invert(subject: Subject, image, layers: Sequence[str], *, restarts: int = 2,
             errs[li, r] = float((rec[n][b] - t).norm() / t.norm().clamp_min(1e-12))
     best = errs.argmin(axis=1)
     original = subject.preprocess.denormalize(x0[0]).clamp(0, 1).permute(1, 2, 0).cpu().numpy()
-    return Inversion(names, original,
-                     np.stack([syn.images[li * restarts + best[li]] for li in range(n_layers)]),
-                     errs[np.arange(n_layers), best], errs)
+    return Inversion(
+        names,
+        original,
+        np.stack([syn.images[li * restarts + best[li]] for li in range(n_layers)]),
+        errs[np.arange(n_layers), best],
+        errs,
+    )

@@ -33,8 +33,13 @@ class Context:
 class Objective:
     """A score per image, plus the layers it reads and whether it needs the model output."""
 
-    def __init__(self, fn: Callable[[Context], torch.Tensor], layers: Iterable[str] = (),
-                 needs_output: bool = False, name: str = ""):
+    def __init__(
+        self,
+        fn: Callable[[Context], torch.Tensor],
+        layers: Iterable[str] = (),
+        needs_output: bool = False,
+        name: str = "",
+    ):
         self.fn = fn
         self.layers = tuple(dict.fromkeys(layers))
         self.needs_output = needs_output
@@ -45,11 +50,15 @@ class Objective:
 
     def _combine(self, other, op, sym: str) -> Objective:
         if isinstance(other, (int, float)):
-            return Objective(lambda c: op(self(c), other), self.layers, self.needs_output,
-                             f"({self.name} {sym} {other})")
-        return Objective(lambda c: op(self(c), other(c)), self.layers + other.layers,
-                         self.needs_output or other.needs_output,
-                         f"({self.name} {sym} {other.name})")
+            return Objective(
+                lambda c: op(self(c), other), self.layers, self.needs_output, f"({self.name} {sym} {other})"
+            )
+        return Objective(
+            lambda c: op(self(c), other(c)),
+            self.layers + other.layers,
+            self.needs_output or other.needs_output,
+            f"({self.name} {sym} {other.name})",
+        )
 
     def __add__(self, other):
         return self._combine(other, lambda a, b: a + b, "+")
@@ -90,17 +99,20 @@ def _per_image(values, n: int, what: str) -> torch.Tensor | None:
 
 def channel(layer: str, unit: int | Sequence[int]) -> Objective:
     """Mean activation of channel ``unit`` (or of ``unit[i]`` in image i) over the map."""
+
     def fn(c: Context):
         a = c.act(layer)
         idx = _per_image(unit, a.shape[0], "channel")
         if idx is None:
             return a[:, unit].mean(dim=(1, 2))
         return a[torch.arange(a.shape[0]), idx.to(a.device)].mean(dim=(1, 2))
+
     return Objective(fn, [layer], name=f"channel({layer}:{_fmt(unit)})")
 
 
 def neuron(layer: str, unit: int | Sequence[int], y: int | None = None, x: int | None = None) -> Objective:
     """One spatial neuron of channel ``unit`` (default: the centre of the map)."""
+
     def fn(c: Context):
         a = c.act(layer)
         yy = a.shape[2] // 2 if y is None else y
@@ -109,61 +121,70 @@ def neuron(layer: str, unit: int | Sequence[int], y: int | None = None, x: int |
         if idx is None:
             return a[:, unit, yy, xx]
         return a[torch.arange(a.shape[0]), idx.to(a.device), yy, xx]
+
     return Objective(fn, [layer], name=f"neuron({layer}:{_fmt(unit)})")
 
 
 def direction(layer: str, vectors: torch.Tensor) -> Objective:
     """Mean of sum_c v[c] a_c over the map; ``vectors`` (C,) for all images or (N, C), one each."""
+
     def fn(c: Context):
         a = c.act(layer)
         v = vectors.to(a.device, a.dtype)
         if v.dim() == 1:
             return torch.einsum("nchw,c->n", a, v) / (a.shape[2] * a.shape[3])
         return torch.einsum("nchw,nc->n", a, v) / (a.shape[2] * a.shape[3])
+
     return Objective(fn, [layer], name=f"direction({layer})")
 
 
 def class_logit(cls: int | Sequence[int]) -> Objective:
     """The pre-softmax score of class ``cls`` (or ``cls[i]`` in image i) (Simonyan et al. 2013)."""
+
     def fn(c: Context):
         out = c.output
         idx = _per_image(cls, out.shape[0], "class_logit")
         if idx is None:
             return out[:, cls]
         return out[torch.arange(out.shape[0]), idx.to(out.device)]
+
     return Objective(fn, needs_output=True, name=f"logit({_fmt(cls)})")
 
 
 def class_log_prob(cls: int | Sequence[int]) -> Objective:
     """log softmax probability of class ``cls`` (or ``cls[i]`` in image i): unlike the logit, it
     can only grow by beating every other class (fooling images, targeted attacks)."""
+
     def fn(c: Context):
         logp = c.output.log_softmax(-1)
         idx = _per_image(cls, logp.shape[0], "class_log_prob")
         if idx is None:
             return logp[:, cls]
         return logp[torch.arange(logp.shape[0]), idx.to(logp.device)]
+
     return Objective(fn, needs_output=True, name=f"logp({_fmt(cls)})")
 
 
 def cross_entropy(labels: Sequence[int]) -> Objective:
     """Cross-entropy of the model's output against ``labels[i]`` for image i (the loss an
     untargeted attack increases)."""
+
     def fn(c: Context):
         idx = torch.as_tensor(list(labels), device=c.output.device)
         return torch.nn.functional.cross_entropy(c.output, idx, reduction="none")
+
     return Objective(fn, needs_output=True, name="cross-entropy")
 
 
 def layer_norm(layer: str) -> Objective:
     """Mean squared activation of a whole layer, the DeepDream objective ||Phi(x)||^2."""
-    return Objective(lambda c: c.act(layer).pow(2).mean(dim=(1, 2, 3)), [layer],
-                     name=f"norm({layer})")
+    return Objective(lambda c: c.act(layer).pow(2).mean(dim=(1, 2, 3)), [layer], name=f"norm({layer})")
 
 
 def diversity(layer: str) -> Objective:
     """Minus the mean cosine similarity of each image's Gram matrix to the others' (Olah et al.
     2017): added with a weight, it pushes a batch for one objective towards different images."""
+
     def fn(c: Context):
         a = c.act(layer)
         n = a.shape[0]
@@ -173,6 +194,7 @@ def diversity(layer: str) -> Objective:
         sim = gram @ gram.T
         off = (sim.sum(dim=1) - sim.diagonal()) / max(n - 1, 1)
         return -off
+
     return Objective(fn, [layer], name=f"diversity({layer})")
 
 
@@ -188,20 +210,24 @@ def l1() -> Objective:
 
 def total_variation(beta: float = 2.0) -> Objective:
     """Mahendran & Vedaldi's TV^beta: mean over pixels of ((dx)^2 + (dy)^2)^(beta / 2)."""
+
     def fn(c: Context):
         x = c.image
         dx = x[:, :, :-1, 1:] - x[:, :, :-1, :-1]
         dy = x[:, :, 1:, :-1] - x[:, :, :-1, :-1]
         return (dx.pow(2) + dy.pow(2) + 1e-12).pow(beta / 2).mean(dim=(1, 2, 3))
+
     return Objective(fn, name=f"tv{beta:g}")
 
 
 def frequency_penalty(sigma: float = 1.0) -> Objective:
     """Energy of the image's high frequencies: mean squared difference to a blurred copy."""
+
     def fn(c: Context):
         from convscope.attribution.occlusion import gaussian_blur
 
         return (c.image - gaussian_blur(c.image, sigma)).pow(2).mean(dim=(1, 2, 3))
+
     return Objective(fn, name="freq")
 
 

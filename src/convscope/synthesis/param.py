@@ -31,8 +31,9 @@ def _decorrelated(t: torch.Tensor) -> torch.Tensor:
     return torch.einsum("nchw,dc->ndhw", t, m)
 
 
-def pixel_image(shape, sd: float = 0.01, decorrelate: bool = True,
-                generator: torch.Generator | None = None, device=None):
+def pixel_image(
+    shape, sd: float = 0.01, decorrelate: bool = True, generator: torch.Generator | None = None, device=None
+):
     """Free pixels (logits of the sigmoid), initialised near grey."""
     p = (torch.randn(shape, generator=generator) * sd).to(device).requires_grad_(True)
 
@@ -49,8 +50,14 @@ def _freqs(h: int, w: int) -> torch.Tensor:
     return torch.sqrt(fx * fx + fy * fy)
 
 
-def fft_image(shape, sd: float = 0.01, decay: float = 1.0, decorrelate: bool = True,
-              generator: torch.Generator | None = None, device=None):
+def fft_image(
+    shape,
+    sd: float = 0.01,
+    decay: float = 1.0,
+    decorrelate: bool = True,
+    generator: torch.Generator | None = None,
+    device=None,
+):
     """Spectrum parametrisation with 1 / f^decay scaling (whitened frequencies)."""
     n, c, h, w = shape
     freqs = _freqs(h, w)

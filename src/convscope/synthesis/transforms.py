@@ -21,14 +21,17 @@ def _choice(values: Sequence, gen: torch.Generator):
 def pad(width: int, value: float = 0.5) -> Transform:
     def t(x, gen):
         return F.pad(x, (width,) * 4, mode="constant", value=value)
+
     return t
 
 
 def jitter(d: int) -> Transform:
     """Random translation by up to ``d`` - 1 px (a crop)."""
+
     def t(x, gen):
         dy, dx = (int(v) for v in torch.randint(d, (2,), generator=gen))
-        return x[:, :, dy:x.shape[2] - d + dy + 1, dx:x.shape[3] - d + dx + 1]
+        return x[:, :, dy : x.shape[2] - d + dy + 1, dx : x.shape[3] - d + dx + 1]
+
     return t
 
 
@@ -37,16 +40,21 @@ def random_scale(scales: Sequence[float]) -> Transform:
         s = float(_choice(scales, gen))
         size = (max(1, round(x.shape[2] * s)), max(1, round(x.shape[3] * s)))
         return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
     return t
 
 
 def random_rotate(degrees: Sequence[float]) -> Transform:
     def t(x, gen):
         a = math.radians(float(_choice(degrees, gen)))
-        rot = torch.tensor([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]],
-                           dtype=x.dtype, device=x.device)
+        rot = torch.tensor(
+            [[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]],
+            dtype=x.dtype,
+            device=x.device,
+        )
         grid = F.affine_grid(rot.expand(x.shape[0], 2, 3), list(x.shape), align_corners=False)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
     return t
 
 
@@ -55,6 +63,7 @@ def blur(sigma: float = 0.5) -> Transform:
         from convscope.attribution.occlusion import gaussian_blur
 
         return gaussian_blur(x, sigma)
+
     return t
 
 
@@ -63,13 +72,21 @@ def compose(transforms: Sequence[Transform]) -> Transform:
         for f in transforms:
             x = f(x, gen)
         return x
+
     return t
 
 
 def standard() -> Transform:
     """Lucid's standard set: pad 12, jitter 8, scale 0.9-1.1, rotate +-10 deg, jitter 4."""
-    return compose([pad(12), jitter(8), random_scale([1 + (i - 5) / 50 for i in range(11)]),
-                    random_rotate(list(range(-10, 11))), jitter(4)])
+    return compose(
+        [
+            pad(12),
+            jitter(8),
+            random_scale([1 + (i - 5) / 50 for i in range(11)]),
+            random_rotate(list(range(-10, 11))),
+            jitter(4),
+        ]
+    )
 
 
 def none() -> Transform:

@@ -14,8 +14,9 @@ from convscope.synthesis.transforms import none
 from convscope.units import Direction
 
 
-def visualize_units(subject: Subject, layer: str, units: Sequence[int], *, batch: int = 32,
-                    neuron: bool = False, **options) -> Synthesis:
+def visualize_units(
+    subject: Subject, layer: str, units: Sequence[int], *, batch: int = 32, neuron: bool = False, **options
+) -> Synthesis:
     """One image per unit of ``layer`` that maximises its mean activation (``neuron=True``: the
     centre neuron), optimised ``batch`` units at a time in one run each. ``options`` go to
     :func:`~convscope.synthesis.engine.render` (``steps``, ``size``, ``param``, ``seed``...)."""
@@ -26,10 +27,11 @@ def visualize_units(subject: Subject, layer: str, units: Sequence[int], *, batch
         raise UserInputError(f"{info.name} has units 0..{(info.units or 1) - 1}; got {bad or units}")
     parts = []
     for s in range(0, len(units), batch):
-        chunk = units[s:s + batch]
+        chunk = units[s : s + batch]
         obj = O.neuron(info.name, chunk) if neuron else O.channel(info.name, chunk)
-        parts.append(render(subject, obj, batch=len(chunk), labels=[f"{info.name}:{u}" for u in chunk],
-                            **options))
+        parts.append(
+            render(subject, obj, batch=len(chunk), labels=[f"{info.name}:{u}" for u in chunk], **options)
+        )
     return _concat(parts)
 
 
@@ -44,12 +46,18 @@ def visualize_directions(subject: Subject, directions: Sequence[Direction], **op
     vecs = torch.stack([d.vector for d in directions])
     if vecs.shape[1] != info.units:
         raise UserInputError(f"directions have {vecs.shape[1]} entries, {layer} has {info.units}")
-    return render(subject, O.direction(info.name, vecs), batch=len(directions),
-                  labels=[str(d) for d in directions], **options)
+    return render(
+        subject,
+        O.direction(info.name, vecs),
+        batch=len(directions),
+        labels=[str(d) for d in directions],
+        **options,
+    )
 
 
-def class_model(subject: Subject, classes: Sequence[int | str], *, l2: float = 0.0,
-                regularized: bool = True, **options) -> Synthesis:
+def class_model(
+    subject: Subject, classes: Sequence[int | str], *, l2: float = 0.0, regularized: bool = True, **options
+) -> Synthesis:
     """Class model visualisation (Simonyan et al. 2013): argmax_x S_c(x) - l2 * ||x||^2, one
     image per class in one batch. ``regularized=False`` is the paper's plain version (pixel
     parametrisation, no transforms, ``l2`` > 0 advised); the default adds the Fourier
@@ -66,8 +74,7 @@ def class_model(subject: Subject, classes: Sequence[int | str], *, l2: float = 0
         options.setdefault("param", "pixel")
         options.setdefault("transform", none())
         options.setdefault("decorrelate", False)
-    return render(subject, obj, batch=len(classes), labels=[subject.label(c) for c in classes],
-                  **options)
+    return render(subject, obj, batch=len(classes), labels=[subject.label(c) for c in classes], **options)
 
 
 def _concat(parts: list[Synthesis]) -> Synthesis:

@@ -153,15 +153,19 @@ def train(
         saved = json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else {}
         diff = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
         if diff:
-            raise UserInputError(f"{out} holds a run with other settings ({', '.join(diff)}); "
-                                 "choose another --out to start a new run")
+            raise UserInputError(
+                f"{out} holds a run with other settings ({', '.join(diff)}); "
+                "choose another --out to start a new run"
+            )
         try:  # weights-only: a pickled or damaged epoch file is refused, never run
             state = torch.load(last, map_location=device, weights_only=True)
         except Exception as e:
             why = (str(e).strip().splitlines() or [""])[0][:160]
-            raise UserInputError(f"cannot resume: {last} is not a readable training checkpoint "
-                                 f"({type(e).__name__}: {why}); it is left as it is, remove it or "
-                                 "choose another --out") from None
+            raise UserInputError(
+                f"cannot resume: {last} is not a readable training checkpoint "
+                f"({type(e).__name__}: {why}); it is left as it is, remove it or "
+                "choose another --out"
+            ) from None
         model.load_state_dict(state["model"])
         if state["epoch"] > 0:
             opt.load_state_dict(state["optimizer"])
@@ -180,8 +184,10 @@ def train(
         model.train()
         for mod in model.modules():  # frozen batch norms keep their statistics too
             params = list(mod.parameters())
-            if isinstance(mod, nn.modules.batchnorm._BatchNorm) and params and not any(
-                p.requires_grad for p in params
+            if (
+                isinstance(mod, nn.modules.batchnorm._BatchNorm)
+                and params
+                and not any(p.requires_grad for p in params)
             ):
                 mod.eval()
         order = torch.randperm(len(train_data), generator=gen)
