@@ -232,3 +232,21 @@ def _release(key: str) -> None:
                 if folder == held.created_dir:
                     break
                 folder = folder.parent
+
+
+def load_weights_only(path: str | os.PathLike, what: str, advice: str, map_location="cpu"):
+    """``torch.load(path, weights_only=True)``; a pickled or damaged file is a one-line
+    :class:`~convscope.errors.UserInputError` ("cannot resume: PATH is not a readable WHAT
+    (...); it is left as it is, ADVICE") and the file is not touched."""
+    import torch
+
+    from convscope.errors import UserInputError
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        why = (str(e).strip().splitlines() or [""])[0][:160]
+        raise UserInputError(
+            f"cannot resume: {path} is not a readable {what} ({type(e).__name__}: {why}); "
+            f"it is left as it is, {advice}"
+        ) from None

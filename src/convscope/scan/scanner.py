@@ -43,7 +43,7 @@ from convscope.accel import (
 )
 from convscope.data import Batches, ImageSource
 from convscope.errors import ConvscopeError, UserInputError
-from convscope.fileio import atomic_path
+from convscope.fileio import atomic_path, load_weights_only
 from convscope.recorder import Recorder
 from convscope.scan.result import ScanResult
 from convscope.scan.state import CRITERIA, SECONDARY, LayerState, Scratch, TopValues, quantile_thresholds
@@ -151,15 +151,7 @@ def scan(
     skipped: dict[int, str] = {}
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if resume and ckpt is not None and ckpt.exists():
-        try:  # weights-only: a pickled or damaged file is refused, never run
-            saved = torch.load(ckpt, map_location="cpu", weights_only=True)
-        except Exception as e:
-            why = (str(e).strip().splitlines() or [""])[0][:160]
-            raise UserInputError(
-                f"cannot resume: {ckpt} is not a readable scan checkpoint "
-                f"({type(e).__name__}: {why}); it is left as it is, start a new "
-                "scan with --overwrite"
-            ) from None
+        saved = load_weights_only(ckpt, "scan checkpoint", "start a new scan with --overwrite")
         if not isinstance(saved, dict) or "config" not in saved:
             raise UserInputError(
                 f"cannot resume: {ckpt} is not a scan checkpoint; it is left as it "

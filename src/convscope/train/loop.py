@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from convscope.errors import UserInputError
-from convscope.fileio import write_text
+from convscope.fileio import load_weights_only, write_text
 from convscope.train.data import TensorImages, augment
 
 
@@ -157,15 +157,9 @@ def train(
                 f"{out} holds a run with other settings ({', '.join(diff)}); "
                 "choose another --out to start a new run"
             )
-        try:  # weights-only: a pickled or damaged epoch file is refused, never run
-            state = torch.load(last, map_location=device, weights_only=True)
-        except Exception as e:
-            why = (str(e).strip().splitlines() or [""])[0][:160]
-            raise UserInputError(
-                f"cannot resume: {last} is not a readable training checkpoint "
-                f"({type(e).__name__}: {why}); it is left as it is, remove it or "
-                "choose another --out"
-            ) from None
+        state = load_weights_only(
+            last, "training checkpoint", "remove it or choose another --out", map_location=device
+        )
         model.load_state_dict(state["model"])
         if state["epoch"] > 0:
             opt.load_state_dict(state["optimizer"])
