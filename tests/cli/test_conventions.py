@@ -418,3 +418,23 @@ def test_progress_interval_env(tiny_models, monkeypatch, capsys):
     monkeypatch.setenv("CONVSCOPE_PROGRESS_INTERVAL", "soon")
     assert main(["explain", "tiny", "--data", "sample:coffee", "--method", "saliency"]) == 2
     assert "CONVSCOPE_PROGRESS_INTERVAL" in capsys.readouterr().err
+
+
+def test_a_failed_attack_exits_1(tiny_models, tmp_path):
+    # a 1e-6 step changes no prediction, so the attack fails: its typer.Exit(1) is the exit code
+    code = main(
+        [
+            "attack",
+            "tiny",
+            "--data",
+            "sample:coffee",
+            "--method",
+            "fgsm",
+            "--eps",
+            "1e-6",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert code == 1
+    assert (tmp_path / "coffee_fgsm.png").exists()

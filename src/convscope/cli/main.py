@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     from convscope.errors import ConvscopeError
 
     try:
-        app(args=argv, standalone_mode=False)
+        # without standalone mode click returns a typer.Exit's code instead of raising it
+        code = app(args=argv, standalone_mode=False)
     except ConvscopeError as e:
         if debug():
             raise
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             e.show()
             return e.exit_code
         raise
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":
