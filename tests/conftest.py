@@ -40,10 +40,12 @@ def tiny():
     return tiny_subject()
 
 
-def extract_cifar(out: Path, per_class: int) -> Path:
-    """The first ``per_class`` CIFAR-10 test JPEGs of each class into ``out/<class>/``."""
+def extract_cifar(tmp_path_factory, per_class: int) -> Path:
+    """The first ``per_class`` CIFAR-10 test JPEGs of each class into a new temporary
+    ``<class>/`` folder tree (the test skips, saying so, without the shared data)."""
     if not CIFAR_TAR.exists():
         pytest.skip(f"{CIFAR_SKIP}: {CIFAR_TAR} not found")
+    out = tmp_path_factory.mktemp(f"cifar{per_class}")
     counts: dict[str, int] = {}
     with tarfile.open(CIFAR_TAR) as tf:
         for m in tf:
@@ -65,13 +67,13 @@ def extract_cifar(out: Path, per_class: int) -> Path:
 @pytest.fixture(scope="session")
 def cifar_dir(tmp_path_factory) -> Path:
     """A labelled folder of 10 CIFAR-10 test images per class (100 JPEGs), from shared data."""
-    return extract_cifar(tmp_path_factory.mktemp("cifar"), 10)
+    return extract_cifar(tmp_path_factory, 10)
 
 
 @pytest.fixture(scope="session")
 def cifar_dir_200(tmp_path_factory) -> Path:
     """20 CIFAR-10 test images per class (200 JPEGs), from shared data."""
-    return extract_cifar(tmp_path_factory.mktemp("cifar200"), 20)
+    return extract_cifar(tmp_path_factory, 20)
 
 
 def hook_count(model: torch.nn.Module) -> int:

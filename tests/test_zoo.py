@@ -303,6 +303,21 @@ def test_class_index_takes_names(default_subject):
         c("-1")
 
 
+def test_class_index_of_folder_style_and_repeated_names():
+    from convscope.testing import tiny_subject
+
+    tiny = tiny_subject(num_classes=4)
+    tiny.labels = ["golden_retriever", "Tabby  Cat", "crane", "crane"]
+    c = tiny.class_index
+    assert c("golden_retriever") == c("Golden Retriever") == c("golden  RETRIEVER") == 0
+    assert c("tabby_cat") == c("Tabby  Cat") == 1
+    with pytest.raises(UserInputError, match="'golden_retriever'"):
+        c("golden retreiver")
+    with pytest.raises(UserInputError, match=r"names 2 classes \(2, 3\).*class:2"):
+        c("crane")
+    assert c("3") == 3
+
+
 def test_class_index_without_names():
     from convscope.testing import tiny_subject
 

@@ -32,19 +32,20 @@ def umask() -> int:
 
 
 def _final_mode(path: Path) -> int:
-    """The mode a file written at ``path`` should have: that of the file it replaces, else what
-    ``open()`` would give a new file (0o666 less the umask)."""
-    try:
-        return stat.S_IMODE(os.stat(path).st_mode)
-    except OSError:
-        return 0o666 & ~umask()
+    """The mode a file written at ``path`` should have: what ``open()`` would give a new file
+    (0o666 less the umask), plus any further bit of the file it replaces (never fewer, so the
+    0600 files that earlier versions' atomic writes left behind open up when rewritten)."""
+    mode = 0o666 & ~umask()
+    with contextlib.suppress(OSError):
+        mode |= stat.S_IMODE(os.stat(path).st_mode)
+    return mode
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``, unique to this writer; on success it replaces
-    ``path`` in one rename, with the mode of the file it replaces or, for a new file, the mode
-    the umask gives (``tempfile.mkstemp`` alone would leave it readable by its owner only)."""
+    ``path`` in one rename, with the mode the umask gives a new file (plus the further bits of
+    the file it replaces) (``tempfile.mkstemp`` alone would leave it readable by its owner only)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -183,10 +184,21 @@ def exclusive_lock(
         missing = folder
         while not missing.parent.exists():
             missing = missing.parent
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except PermissionError:
+            raise UserInputError(
+                f"cannot make the folder {os.fsdecode(folder)!r}: permission denied"
+            ) from None
         created = missing
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except FileNotFoundError:  # a writer that made the folder for its lock just removed it
+            folder.mkdir(parents=True, exist_ok=True)
+            continue
+        except PermissionError:
+            raise UserInputError(f"cannot write in {os.fsdecode(folder)!r}: permission denied") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -239,8 +251,6 @@ def load_weights_only(path: str | os.PathLike, what: str, advice: str, map_locat
     :class:`~convscope.errors.UserInputError` ("cannot resume: PATH is not a readable WHAT
     (...); it is left as it is, ADVICE") and the file is not touched."""
     import torch
-
-    from convscope.errors import UserInputError
 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)

@@ -175,21 +175,26 @@ class Subject:
             return index
         if not self.labels:
             raise UserInputError(f"class {text!r}: {self.name} has no class names; give a class index")
-        if text in self._class_indices:
-            return self._class_indices[text]
-        folded = self._folded_class_indices
-        key = " ".join(text.replace("_", " ").split()).casefold()
-        if key in folded:
-            return folded[key]
-        raise UserInputError(f"unknown class {text!r}" + _class_hint(key, self.labels))
+        key = _fold_class_name(text)
+        hits = self._class_indices[0].get(text) or self._class_indices[1].get(key)
+        if not hits:
+            raise UserInputError(f"unknown class {text!r}" + _class_hint(key, self.labels))
+        if len(hits) > 1:  # ImageNet has two "crane"s (134 the bird, 517 the machine)
+            raise UserInputError(
+                f"class {text!r} names {len(hits)} classes ({', '.join(map(str, hits))}): give "
+                f"its index, e.g. class:{hits[0]}"
+            )
+        return hits[0]
 
     @cached_property
-    def _class_indices(self) -> dict[str, int]:
-        return {c: i for i, c in reversed(list(enumerate(self.labels or ())))}
-
-    @cached_property
-    def _folded_class_indices(self) -> dict[str, int]:
-        return {c.casefold(): i for i, c in reversed(list(enumerate(self.labels or ())))}
+    def _class_indices(self) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+        # class names exactly, and folded as a query is (case, "_" for spaces, runs of spaces)
+        exact: dict[str, list[int]] = {}
+        folded: dict[str, list[int]] = {}
+        for i, c in enumerate(self.labels or ()):
+            exact.setdefault(c, []).append(i)
+            folded.setdefault(_fold_class_name(c), []).append(i)
+        return exact, folded
 
     def unit_name(self, layer: str, unit: int) -> str | None:
         """The class name of ``unit`` when ``layer`` gives the model's class scores (its unit
@@ -259,12 +264,17 @@ class Predictions:
         return out
 
 
+def _fold_class_name(name: str) -> str:
+    """A class name as lookups compare it: case-folded, ``_`` as a space, runs of spaces as one."""
+    return " ".join(name.replace("_", " ").split()).casefold()
+
+
 def _class_hint(key: str, labels: Sequence[str]) -> str:
     """ "; did you mean ...?" with the class names closest to ``key`` (case-folded): names that
     contain it as whole words first (``cat``: ``tiger cat``), then difflib's close matches."""
     import difflib
 
-    folded = [c.casefold() for c in labels]
+    folded = [_fold_class_name(c) for c in labels]
     found = [c for c in folded if f" {key} " in f" {c} "][:5]
     for c in difflib.get_close_matches(key, folded, n=5, cutoff=0.6):
         if len(found) < 5 and c not in found:

@@ -44,13 +44,14 @@ def test_written_files_follow_the_umask(umask, mask, tmp_path):
     with atomic_path(tmp_path / "c.bin") as tmp:
         tmp.write_bytes(b"1")
     assert _mode(tmp_path / "c.bin") == want
-    # a file replaced keeps its own mode
+    # a file replaced gets the umask's mode plus its own further bits: a 0600 file left by the
+    # old writer opens up, a group-writable or executable one stays so
     os.chmod(tmp_path / "a.txt", 0o600)
     write_text(tmp_path / "a.txt", "y")
-    assert _mode(tmp_path / "a.txt") == 0o600 and (tmp_path / "a.txt").read_text() == "y"
-    os.chmod(tmp_path / "a.txt", 0o664)
+    assert _mode(tmp_path / "a.txt") == want and (tmp_path / "a.txt").read_text() == "y"
+    os.chmod(tmp_path / "a.txt", 0o674)
     write_text(tmp_path / "a.txt", "z")
-    assert _mode(tmp_path / "a.txt") == 0o664
+    assert _mode(tmp_path / "a.txt") == 0o674 | want
     assert not [p for p in tmp_path.rglob(".*.tmp")]
 
 

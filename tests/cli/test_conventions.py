@@ -414,6 +414,34 @@ def test_progress_lines_interval(monkeypatch):
     ]
 
 
+def test_progress_lines_of_a_second_phase():
+    # a new total starts a new phase: its own rate and its own closing line
+    import io
+
+    from convscope.cli.common import ProgressLines
+
+    clock = [0.0]
+    buf = io.StringIO()
+    bar = ProgressLines("dissecting", 10, "img", buf, interval=1)
+    bar.clock = lambda: clock[0]
+    for t, done, total in (
+        (0, 0, None),
+        (2, 5, None),
+        (4, 10, None),
+        (4, 0, 40),
+        (6, 10, None),
+        (8, 40, None),
+    ):
+        clock[0] = t
+        bar.update(done, total)
+    assert buf.getvalue().splitlines() == [
+        "dissecting: 5/10 (50%), 2.5 img/s, ETA 0:00:02",
+        "dissecting: 10/10 (100%), 2.5 img/s, took 0:00:04",
+        "dissecting: 10/40 (25%), 5.0 img/s, ETA 0:00:06",
+        "dissecting: 40/40 (100%), 10.0 img/s, took 0:00:04",
+    ]
+
+
 def test_progress_interval_env(tiny_models, monkeypatch, capsys):
     monkeypatch.setenv("CONVSCOPE_PROGRESS_INTERVAL", "soon")
     assert main(["explain", "tiny", "--data", "sample:coffee", "--method", "saliency"]) == 2

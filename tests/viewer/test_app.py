@@ -95,6 +95,21 @@ def test_path_traversal_is_rejected(client, viewer_atlas, path):
     assert r.status_code == 404 and "secret" not in r.text and "root:" not in r.text
 
 
+@pytest.mark.parametrize("name", ["atlas.lock", "scan.ckpt", "atlas.db-journal", ".atlas.db.x1.tmp"])
+def test_private_atlas_files_are_not_served(client, viewer_atlas, name):
+    # the lock names the writer's pid, host and command line; checkpoints and temporary files
+    # are convscope's own
+    path = viewer_atlas / name
+    existed = path.exists()
+    if not existed:
+        path.write_text("pid 123 on host: convscope scan /home/me/private")
+    try:
+        assert client.get(f"/files/{name}").status_code == 404
+    finally:
+        if not existed:
+            path.unlink()
+
+
 def test_files_inside_the_atlas_are_served(client, viewer_atlas):
     png = next((viewer_atlas / "render").rglob("*.png"))
     r = client.get(f"/files/{png.relative_to(viewer_atlas).as_posix()}")

@@ -33,6 +33,14 @@ from convscope.subject import Subject
 SCHEMA_VERSION = 4  # 2: empirical receptive fields; 3: dissections; 4: lossless names (raw)
 LOCK_NAME = "atlas.lock"
 
+
+def is_private_file(name: str) -> bool:
+    """Whether a file of an atlas folder is for convscope alone and never served or shared: the
+    database and its journals, the writer lock (pid, host and command line of the writer), the
+    scan checkpoint, and temporary files (dot-files)."""
+    return name.startswith((".", "atlas.db")) or name in (LOCK_NAME, "scan.ckpt")
+
+
 _SCHEMA = (
     """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -132,7 +132,8 @@ class ProgressLines:
         self.finished = False
 
     def line(self) -> str:
-        elapsed = self.clock() - (self.started or self.clock())
+        now = self.clock()
+        elapsed = now - (now if self.started is None else self.started)
         parts = []
         done = int(self.done) if self.done == int(self.done) else round(self.done, 1)
         if self.total:
@@ -155,7 +156,9 @@ class ProgressLines:
 
     def update(self, done=None, total=None, note: str | None = None) -> None:
         now = self.clock()
-        if total is not None:
+        if total is not None and total != self.total:
+            if self.started is not None:  # a new phase (dissection's second pass): its own rate
+                self.started, self.finished, self.lines = None, False, 0
             self.total = total
         if done is not None:
             self.done = done

@@ -32,6 +32,7 @@ from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from convscope.atlas import is_private_file
 from convscope.errors import UserInputError
 from convscope.viewer import pages
 from convscope.viewer.store import AtlasReader
@@ -621,7 +622,7 @@ def create_app(
             found = target.is_relative_to(st.path) and target.is_file()
         except (ValueError, OSError):
             found = False
-        if not found or target.name.startswith("atlas.db"):
+        if not found or is_private_file(target.name):
             raise HTTPException(404, "not found")
         media = {
             ".png": "image/png",
