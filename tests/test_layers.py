@@ -72,3 +72,17 @@ def test_table_format_has_every_layer(default_subject):
     assert lines[0].split() == ["name", "type", "output", "units", "rf", "stride"]
     row = next(r for r in lines if r.startswith("conv_stem "))
     assert row.split()[1:] == ["Conv2d", "32x112x112", "32", "3", "2"]
+
+
+def test_a_name_like_no_layer_lists_the_top_level_layers():
+    from convscope.testing import tiny_subject
+
+    subject = tiny_subject()
+    with pytest.raises(
+        LayerNotFoundError,
+        match=r"'layer4'; its top-level layers are conv1, relu, pool, block, conv2, gap, fc \(",
+    ) as e:
+        subject.layer("layer4")
+    assert e.value.close == []
+    with pytest.raises(LayerNotFoundError, match="did you mean block"):
+        subject.layer("blok")

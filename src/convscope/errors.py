@@ -21,10 +21,25 @@ class UserInputError(ConvscopeError, ValueError):
 class LayerNotFoundError(UserInputError, KeyError):
     """A layer address matches no layer of the model."""
 
-    def __init__(self, name: str, candidates: Iterable[str], what: str = "layer"):
+    def __init__(
+        self, name: str, candidates: Iterable[str], what: str = "layer", layers: Iterable[str] | None = None
+    ):
+        """``candidates``: every name that would have been accepted (close matches come from
+        them); ``layers``: the model's own layer names, without aliases (default: candidates),
+        listed by their top level when nothing is close."""
         self.name = name
+        candidates = list(candidates)
         self.close = close_matches(name, candidates)
-        hint = f"; did you mean {', '.join(self.close)}?" if self.close else ""
+        if self.close:
+            hint = f"; did you mean {', '.join(self.close)}?"
+        elif what.endswith("layer") and candidates:
+            # nothing alike (`layer4` on an EfficientNet): say what the model is made of
+            own = candidates if layers is None else layers
+            tops = list(dict.fromkeys(c.split(".")[0].split("#")[0] for c in own))
+            more = ", ..." if len(tops) > 8 else ""
+            hint = f"; its top-level layers are {', '.join(tops[:8])}{more} (all: convscope layers MODEL)"
+        else:
+            hint = ""
         super().__init__(f"unknown {what} {name!r}{hint}")
 
     def __str__(self) -> str:  # KeyError would otherwise quote the message

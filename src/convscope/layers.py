@@ -112,7 +112,7 @@ class LayerTable(Sequence[LayerInfo]):
                 f"{name!r} runs {len(calls)} times per forward pass; say which call: "
                 + ", ".join(c.name for c in calls)
             )
-        raise LayerNotFoundError(name, list(self._by_name) + list(self.aliases))
+        raise LayerNotFoundError(name, list(self._by_name) + list(self.aliases), layers=self._by_name)
 
     def resolve(self, spec: LayerSpec) -> list[str]:
         """Addresses named by ``spec``: addresses, aliases, globs (``"blocks.5.*"``, ``"conv*"``
@@ -133,7 +133,7 @@ class LayerTable(Sequence[LayerInfo]):
             else:
                 found = []
             if not found:
-                raise LayerNotFoundError(item, list(self._by_name) + list(self.aliases))
+                raise LayerNotFoundError(item, list(self._by_name) + list(self.aliases), layers=self._by_name)
             out.extend(f for f in found if f not in out)
         return out
 
