@@ -81,3 +81,9 @@ def close_matches(name: str, candidates: Iterable[str], n: int = 5) -> list[str]
             if stem and c.startswith(stem) and c not in found:
                 found.append(c)
     return found
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, at most ``limit`` characters: what a one-line
+    error quotes of the library error behind it."""
+    return (str(e).strip().splitlines() or [""])[0][:limit]

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from convscope.errors import UserInputError
+from convscope.errors import UserInputError, first_line
 
 
 def umask() -> int:
@@ -255,8 +255,7 @@ def load_weights_only(path: str | os.PathLike, what: str, advice: str, map_locat
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        why = (str(e).strip().splitlines() or [""])[0][:160]
         raise UserInputError(
-            f"cannot resume: {path} is not a readable {what} ({type(e).__name__}: {why}); "
+            f"cannot resume: {path} is not a readable {what} ({type(e).__name__}: {first_line(e, 160)}); "
             f"it is left as it is, {advice}"
         ) from None

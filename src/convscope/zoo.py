@@ -13,7 +13,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from convscope.errors import ConvscopeError, ModelLoadError, UserInputError, WeightsUnavailableError
+from convscope.errors import (
+    ConvscopeError,
+    ModelLoadError,
+    UserInputError,
+    WeightsUnavailableError,
+    first_line,
+)
 from convscope.preprocess import Preprocess
 from convscope.subject import Subject
 
@@ -180,7 +186,7 @@ def _load_torchvision(name: str, weights: Weights) -> Subject:
             state = enum.get_state_dict(progress=False, check_hash=False)
         except Exception as e:
             raise WeightsUnavailableError(
-                f"could not get torchvision weights {enum} ({type(e).__name__}: {_first_line(e)}); "
+                f"could not get torchvision weights {enum} ({type(e).__name__}: {first_line(e)}); "
                 f"offline? {_WEIGHTS_HELP}"
             ) from e
         model.load_state_dict(state)
@@ -218,7 +224,7 @@ def _load_timm(name: str, weights: Weights) -> Subject:
     except Exception as e:
         if weights == "default":
             raise WeightsUnavailableError(
-                f"could not get timm weights for {name!r} ({type(e).__name__}: {_first_line(e)}); "
+                f"could not get timm weights for {name!r} ({type(e).__name__}: {first_line(e)}); "
                 f"offline? {_WEIGHTS_HELP}"
             ) from e
         raise ModelLoadError(f"timm could not build {name!r}: {e}") from e
@@ -240,7 +246,7 @@ def _load_file(path: Path, arch: str | None) -> Subject:
                     warnings.simplefilter("ignore", FutureWarning)
                     model = torch.jit.load(str(path), map_location="cpu")
             except Exception as e:  # a zip that only looks like TorchScript
-                why = _first_line(e).split("  (Could this error message")[0]
+                why = first_line(e).split("  (Could this error message")[0]
                 raise UserInputError(
                     f"{path} is a zip archive but not a TorchScript model ({type(e).__name__}: "
                     f"{why}); a checkpoint needs --arch"
@@ -275,7 +281,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise ModelLoadError(
-            f"cannot read {path} as a weights-only checkpoint ({type(e).__name__}: {_first_line(e)})"
+            f"cannot read {path} as a weights-only checkpoint ({type(e).__name__}: {first_line(e)})"
         ) from e
     for key in ("state_dict", "model_state_dict", "model", "state_dict_ema"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
@@ -344,7 +350,3 @@ def _num_outputs_scripted(model) -> int | None:
             return int(model(torch.zeros(1, 3, 224, 224)).shape[-1])
     except Exception:
         return None
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [""])[0][:200]
