@@ -31,6 +31,7 @@ from PIL import Image, ImageOps
 
 from convscope.accel import PREFETCH
 from convscope.errors import DataError
+from convscope.fileio import name_bytes
 
 Transform = Callable[[Image.Image], torch.Tensor]
 _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
@@ -203,7 +204,7 @@ class ImageSource(torch.utils.data.Dataset):
 def display_name(name: str) -> str:
     """``name`` printable anywhere: the bytes of a non-UTF-8 file name as ``\\xe9`` escapes (the
     name itself, a surrogate-escaped str, cannot be written to a UTF-8 terminal or file)."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return name_bytes(name).decode("utf-8", "backslashreplace")
 
 
 def _reason(e: Exception) -> str:

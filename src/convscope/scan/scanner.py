@@ -43,7 +43,7 @@ from convscope.accel import (
 )
 from convscope.data import Batches, ImageSource
 from convscope.errors import ConvscopeError, UserInputError
-from convscope.fileio import atomic_path, load_weights_only
+from convscope.fileio import atomic_path, load_weights_only, name_bytes
 from convscope.recorder import Recorder
 from convscope.scan.result import ScanResult
 from convscope.scan.state import CRITERIA, SECONDARY, LayerState, Scratch, TopValues, quantile_thresholds
@@ -332,8 +332,9 @@ def _calibration_order(data: ImageSource, indices: list[int], seed: int) -> list
     so that the images a sample holds do not depend on the other files of the source."""
 
     def key(i: int) -> tuple[bytes, int]:
-        name = data.records[i].name.encode("utf-8", "surrogateescape")
-        return hashlib.blake2b(name, digest_size=8, key=str(seed).encode()).digest(), i
+        return hashlib.blake2b(
+            name_bytes(data.records[i].name), digest_size=8, key=str(seed).encode()
+        ).digest(), i
 
     return sorted(indices, key=key)
 
