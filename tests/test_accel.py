@@ -5,10 +5,11 @@ import pytest
 import torch
 from PIL import Image
 
-from convscope import accel as A
-from convscope.accel import Accel, auto_workers, prepared
-from convscope.data import open_images
+from convscope.accel import Accel, prepared
 from convscope.errors import ConvscopeError, UserInputError
+from convscope.inputs import workers as A
+from convscope.inputs.sources import open_images
+from convscope.inputs.workers import auto_workers
 from convscope.scan import scan
 from convscope.testing import tiny_subject
 
@@ -127,7 +128,7 @@ def test_device_decoding_scan_matches_pil(subject, folder):
 def test_features_and_synthesis_take_the_settings(subject, folder):
     from convscope.represent import extract_features
     from convscope.synthesis import objectives as O
-    from convscope.synthesis.engine import render
+    from convscope.synthesis.engine import optimize
 
     src = open_images(folder, transform=subject.transform)
     ref = extract_features(subject, src, ["conv2"], batch_size=8)
@@ -135,7 +136,7 @@ def test_features_and_synthesis_take_the_settings(subject, folder):
         got = extract_features(subject, src, ["conv2"], batch_size=8, accel=acc)
         x, y = ref.get("conv2"), got.get("conv2")
         assert np.abs(x - y).max() < 0.02 * np.abs(x).max()
-    syn = render(
+    syn = optimize(
         subject,
         O.channel("conv2", [0, 1]),
         batch=2,

@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from convscope.data import open_images
 from convscope.errors import UserInputError
+from convscope.inputs.sources import open_images
 from convscope.scan import scan
 from convscope.scan.patches import render_topk, unit_maps
 from convscope.testing import tiny_subject

@@ -86,3 +86,42 @@ def test_a_name_like_no_layer_lists_the_top_level_layers():
     assert e.value.close == []
     with pytest.raises(LayerNotFoundError, match="did you mean block"):
         subject.layer("blok")
+
+
+def test_select_is_the_one_vocabulary(alexnet, resnet18):
+    t = alexnet.layers
+    convs = [i.name for i in t.convolutions()]
+    assert (
+        t.select("all-conv")
+        == convs
+        == ["features.0", "features.3", "features.6", "features.8", "features.10"]
+    )
+    assert t.select("conv5, all-conv")[0] == "features.10"  # order follows the spec, no duplicates
+    assert len(t.select("all-conv,conv5")) == 5
+    assert t.select(lambda i: i.type == "Linear") == ["classifier.1", "classifier.4", "classifier.6"]
+    assert t.select([t["features.3"], "pool5"]) == ["features.3", "features.12"]
+    assert resnet18.layers.select("stages") == [i.name for i in resnet18.layers.stages()]
+    assert resnet18.layers.select("stages")[-4:] == ["layer1", "layer2", "layer3", "layer4"]
+    assert t.resolve("all-conv") == t.select("all-conv")  # the recorder's vocabulary is the same
+    with pytest.raises(LayerNotFoundError, match="all-conv"):
+        t.select("all-cnv")  # a misspelt word gets the word as a hint
+    with pytest.raises(UserInputError, match="accepts no layer"):
+        t.select(lambda i: False)
+
+
+def test_a_recorder_takes_the_words_too(alexnet):
+    import torch
+
+    with alexnet.record("all-conv") as rec:
+        alexnet(torch.zeros(1, 3, *alexnet.input_size))
+    assert rec.addresses == [i.name for i in alexnet.layers.convolutions()]
+    assert all(a in rec for a in rec.addresses)
+
+
+def test_unknown_names_that_are_not_layers_are_not_layer_errors():
+    import convscope
+    from convscope.errors import NameNotFoundError
+
+    with pytest.raises(NameNotFoundError, match="resnet18") as err:
+        convscope.load("torchvision:resnet1")
+    assert not isinstance(err.value, LayerNotFoundError)

@@ -6,6 +6,7 @@ from convscope.errors import (
     AmbiguousLayerError,
     ConvscopeError,
     LayerNotFoundError,
+    NameNotFoundError,
     WeightsUnavailableError,
 )
 from convscope.layers import LayerInfo, LayerTable
@@ -26,6 +27,7 @@ __all__ = [
     "Direction",
     "LayerInfo",
     "LayerNotFoundError",
+    "NameNotFoundError",
     "LayerTable",
     "Preprocess",
     "ReceptiveField",

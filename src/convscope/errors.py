@@ -18,7 +18,26 @@ class UserInputError(ConvscopeError, ValueError):
     exit_code = 2
 
 
-class LayerNotFoundError(UserInputError, KeyError):
+class NameNotFoundError(UserInputError, KeyError):
+    """A name (a model, a method, a class, a stored layer) is not one of those accepted; the
+    message suggests the close matches."""
+
+    def __init__(self, name: str, candidates: Iterable[str], what: str = "name"):
+        """``candidates``: every name that would have been accepted (close matches come from them)."""
+        self.name = name
+        self.what = what
+        candidates = list(candidates)
+        self.close = close_matches(name, candidates)
+        super().__init__(f"unknown {what} {name!r}{self._hint(candidates)}")
+
+    def _hint(self, candidates: list[str]) -> str:
+        return f"; did you mean {', '.join(self.close)}?" if self.close else ""
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return self.args[0]
+
+
+class LayerNotFoundError(NameNotFoundError):
     """A layer address matches no layer of the model."""
 
     def __init__(
@@ -27,23 +46,17 @@ class LayerNotFoundError(UserInputError, KeyError):
         """``candidates``: every name that would have been accepted (close matches come from
         them); ``layers``: the model's own layer names, without aliases (default: candidates),
         listed by their top level when nothing is close."""
-        self.name = name
-        candidates = list(candidates)
-        self.close = close_matches(name, candidates)
-        if self.close:
-            hint = f"; did you mean {', '.join(self.close)}?"
-        elif what.endswith("layer") and candidates:
-            # nothing alike (`layer4` on an EfficientNet): say what the model is made of
-            own = candidates if layers is None else layers
-            tops = list(dict.fromkeys(c.split(".")[0].split("#")[0] for c in own))
-            more = ", ..." if len(tops) > 8 else ""
-            hint = f"; its top-level layers are {', '.join(tops[:8])}{more} (all: convscope layers MODEL)"
-        else:
-            hint = ""
-        super().__init__(f"unknown {what} {name!r}{hint}")
+        self._layers = None if layers is None else list(layers)
+        super().__init__(name, candidates, what)
 
-    def __str__(self) -> str:  # KeyError would otherwise quote the message
-        return self.args[0]
+    def _hint(self, candidates: list[str]) -> str:
+        if self.close or not (self.what.endswith("layer") and candidates):
+            return super()._hint(candidates)
+        # nothing alike (`layer4` on an EfficientNet): say what the model is made of
+        own = candidates if self._layers is None else self._layers
+        tops = list(dict.fromkeys(c.split(".")[0].split("#")[0] for c in own))
+        more = ", ..." if len(tops) > 8 else ""
+        return f"; its top-level layers are {', '.join(tops[:8])}{more} (all: convscope layers MODEL)"
 
 
 class AmbiguousLayerError(UserInputError, KeyError):

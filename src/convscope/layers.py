@@ -8,7 +8,7 @@ per call, ``"layer1.0.relu#0"``, ``"layer1.0.relu#1"``; its bare path means "eve
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from torch import nn
@@ -16,7 +16,9 @@ from torch import nn
 from convscope.errors import AmbiguousLayerError, LayerNotFoundError, UserInputError
 from convscope.receptive import ReceptiveField
 
-LayerSpec = str | Iterable[str]
+LayerSpec = str | Callable[["LayerInfo"], bool] | Iterable["str | LayerInfo | Callable[[LayerInfo], bool]"]
+"""What every verb accepts as ``layers``: see :meth:`LayerTable.select`."""
+SELECTION_WORDS = ("stages", "all-conv")
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _POOL = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.LPPool2d)
@@ -114,28 +116,57 @@ class LayerTable(Sequence[LayerInfo]):
             )
         raise LayerNotFoundError(name, list(self._by_name) + list(self.aliases), layers=self._by_name)
 
-    def resolve(self, spec: LayerSpec) -> list[str]:
-        """Addresses named by ``spec``: addresses, aliases, globs (``"blocks.5.*"``, ``"conv*"``
-        over addresses and aliases), or a comma-separated string or list of those.
+    def select(self, spec: LayerSpec) -> list[str]:
+        """Addresses named by ``spec``, the one layer vocabulary of every verb and reader:
+
+        - an address (``"layer4.1.conv2"``, ``"layer1.0.relu#1"``) or an alias (``"conv5"``);
+        - a glob over addresses and aliases (``"blocks.5.*"``, ``"conv*"``);
+        - ``"stages"``: the last layer of each resolution stage (:meth:`stages`);
+        - ``"all-conv"``: every convolution that ran (:meth:`convolutions`);
+        - a callable ``LayerInfo -> bool``, keeping the layers it accepts, in forward order;
+        - a comma-separated string or a list of any of those.
+
+        The words win over a module of the same name (timm's ConvNeXt has a ``stages``
+        module): address that one with a glob such as ``"stage[s]"``.
 
         A bare module path of a module that runs several times stays as is (it means every
-        call). Order and duplicates follow the spec. Raises ``LayerNotFoundError`` with the
-        closest names for anything that matches nothing.
+        call). Order follows the spec, duplicates are dropped. Anything that matches nothing
+        raises :class:`~convscope.errors.LayerNotFoundError` with the closest names, before any
+        work starts.
         """
         out: list[str] = []
         for item in _split(spec):
-            item = self.aliases.get(item, item)
-            if item in self._by_name or item in self._calls:
-                found = [item]
-            elif any(ch in item for ch in "*?["):
-                found = [n for n in self._by_name if fnmatch.fnmatchcase(n, item)]
-                found += [t for a, t in self.aliases.items() if fnmatch.fnmatchcase(a, item)]
+            if callable(item):
+                found = [i.name for i in sorted(self._infos, key=lambda i: i.order) if item(i)]
+                what = getattr(item, "__name__", "layer filter")
+                if not found:
+                    raise UserInputError(f"the layer filter {what} accepts no layer of the model")
+            elif item in SELECTION_WORDS:
+                infos = self.stages() if item == "stages" else self.convolutions()
+                found = [i.name for i in infos]
+                if not found:
+                    raise UserInputError(f"the model has no layers for {item!r}")
             else:
-                found = []
-            if not found:
-                raise LayerNotFoundError(item, list(self._by_name) + list(self.aliases), layers=self._by_name)
+                found = self._match(item)
             out.extend(f for f in found if f not in out)
         return out
+
+    def resolve(self, spec: LayerSpec) -> list[str]:
+        """Same as :meth:`select` (the older name)."""
+        return self.select(spec)
+
+    def _match(self, item: str) -> list[str]:
+        item = self.aliases.get(item, item)
+        if item in self._by_name or item in self._calls:
+            return [item]
+        found: list[str] = []
+        if any(ch in item for ch in "*?["):
+            found = [n for n in self._by_name if fnmatch.fnmatchcase(n, item)]
+            found += [t for a, t in self.aliases.items() if fnmatch.fnmatchcase(a, item)]
+        if not found:
+            words = list(self._by_name) + list(self.aliases) + list(SELECTION_WORDS)
+            raise LayerNotFoundError(item, words, layers=self._by_name)
+        return found
 
     def convolutions(self) -> list[LayerInfo]:
         """Every convolution that ran, in forward order."""
@@ -197,6 +228,10 @@ def resolve_module_names(model: nn.Module, spec: LayerSpec) -> list[str]:
     known = set(names)
     out: list[str] = []
     for item in _split(spec):
+        if callable(item) or item in SELECTION_WORDS:
+            raise UserInputError(
+                f"layer {getattr(item, '__name__', item)!r} needs a layer table: use a Subject"
+            )
         module, _ = parse_address(item)
         if module in known:
             found = [item]
@@ -210,12 +245,19 @@ def resolve_module_names(model: nn.Module, spec: LayerSpec) -> list[str]:
     return out
 
 
-def _split(spec: LayerSpec) -> list[str]:
-    if isinstance(spec, str):
-        items = [s.strip() for s in spec.split(",")]
-    else:
-        items = [str(s).strip() for s in spec]
-    items = [s for s in items if s]
+def _split(spec: LayerSpec) -> list:
+    """The items of a spec: strings stripped and split at commas, LayerInfos as their names,
+    callables kept."""
+    parts = [spec] if isinstance(spec, str) or callable(spec) or isinstance(spec, LayerInfo) else list(spec)
+    items: list = []
+    for part in parts:
+        if isinstance(part, LayerInfo):
+            items.append(part.name)
+        elif callable(part):
+            items.append(part)
+        else:
+            items.extend(s.strip() for s in str(part).split(","))
+    items = [s for s in items if callable(s) or s]
     if not items:
         raise UserInputError("no layer given")
     return items

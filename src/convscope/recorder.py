@@ -17,17 +17,16 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
 from torch import nn
 
 from convscope.errors import AmbiguousLayerError, LayerNotFoundError, RecordingError
-from convscope.layers import LayerSpec, parse_address, resolve_module_names
+from convscope.layers import LayerSpec, LayerTable, parse_address, resolve_module_names
 
 if TYPE_CHECKING:
-    from convscope.subject import Subject
+    from convscope.tokens import TokenLayout
 
 Selector = int | str | Callable[[Any], torch.Tensor]
 Edit = Callable[[torch.Tensor], torch.Tensor]
@@ -35,31 +34,6 @@ Edit = Callable[[torch.Tensor], torch.Tensor]
 
 class StopForward(Exception):
     """Raised inside a forward pass once every requested layer is recorded (``stop=True``)."""
-
-
-@dataclass(frozen=True)
-class TokenLayout:
-    """How a transformer's token sequence (B, N, C) maps onto an image grid.
-
-    Rule: the first ``prefix`` tokens (class, distillation, register tokens) are dropped and the
-    remaining ``height * width`` patch tokens, in row-major order, become a map (B, C, H, W).
-    A sequence of exactly ``height * width`` tokens (no prefix yet) is reshaped the same way.
-    """
-
-    prefix: int
-    height: int
-    width: int
-
-    def to_map(self, t: torch.Tensor) -> torch.Tensor:
-        """(B, N, C) tokens -> (B, C, height, width); other shapes are returned unchanged."""
-        if t.dim() != 3:
-            return t
-        n = self.height * self.width
-        if t.shape[1] == n + self.prefix:
-            t = t[:, self.prefix :]
-        elif t.shape[1] != n:
-            return t
-        return t.transpose(1, 2).reshape(t.shape[0], t.shape[2], self.height, self.width)
 
 
 def ablate(channels: int | Sequence[int] | None = None) -> Edit:
@@ -73,6 +47,15 @@ def ablate(channels: int | Sequence[int] | None = None) -> Edit:
         return out
 
     return edit
+
+
+class Recordable(Protocol):
+    """What a :class:`Recorder` needs of a subject: its model, layer table and token layout
+    (:class:`~convscope.Subject` has them)."""
+
+    model: nn.Module
+    layers: LayerTable
+    token_layout: TokenLayout | None
 
 
 class Recorder:
@@ -101,7 +84,7 @@ class Recorder:
 
     def __init__(
         self,
-        target: Subject | nn.Module,
+        target: Recordable | nn.Module,
         layers: LayerSpec,
         *,
         stop: bool = False,
@@ -113,9 +96,9 @@ class Recorder:
         keep: bool = True,
         callback: Callable[[str, int, Any], None] | None = None,
     ):
-        from convscope.subject import Subject  # late: subject.py builds Recorders itself
-
-        if isinstance(target, Subject):
+        if not isinstance(target, nn.Module) and all(
+            hasattr(target, a) for a in ("model", "layers", "token_layout")
+        ):
             self.model = target.model
             self._table = target.layers
             self._layout = target.token_layout if tokens else None

@@ -15,7 +15,8 @@ from torch import nn
 
 from convscope.layers import LayerInfo, LayerSpec, LayerTable
 from convscope.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from convscope.recorder import Recorder, StopForward, TokenLayout
+from convscope.recorder import Recorder, StopForward
+from convscope.tokens import TokenLayout
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
 
@@ -121,7 +122,7 @@ class Subject:
     # -- images -------------------------------------------------------------------------------
     def load_images(self, images: ImageLike | Sequence[ImageLike]) -> torch.Tensor:
         """Preprocess paths, PIL images or uint8 arrays (H, W, 3) into a batch (N, 3, H, W)."""
-        from convscope.data import read_image
+        from convscope.imageops import read_image
 
         if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
             images = [images]

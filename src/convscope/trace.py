@@ -9,7 +9,8 @@ from torch import nn
 from convscope.errors import RecordingError
 from convscope.layers import LayerInfo, LayerTable
 from convscope.receptive import ReceptiveFieldMode
-from convscope.recorder import Recorder, TokenLayout, select_tensor
+from convscope.recorder import Recorder, select_tensor
+from convscope.tokens import TokenLayout
 
 
 def trace_layers(

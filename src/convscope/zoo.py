@@ -165,9 +165,9 @@ def _load_torchvision(name: str, weights: Weights) -> Subject:
     try:
         builder = tvm.get_model_builder(name)
     except ValueError:
-        from convscope.errors import LayerNotFoundError
+        from convscope.errors import NameNotFoundError
 
-        raise LayerNotFoundError(name, tvm.list_models(), what="torchvision model") from None
+        raise NameNotFoundError(name, tvm.list_models(), what="torchvision model") from None
     try:
         default = tvm.get_model_weights(name).DEFAULT
     except Exception:  # an architecture without published weights
@@ -216,9 +216,9 @@ def _load_timm(name: str, weights: Weights) -> Subject:
     import timm
 
     if not timm.is_model(name):
-        from convscope.errors import LayerNotFoundError
+        from convscope.errors import NameNotFoundError
 
-        raise LayerNotFoundError(name, timm.list_models(), what="timm model")
+        raise NameNotFoundError(name, timm.list_models(), what="timm model")
     try:
         model = timm.create_model(name, pretrained=weights == "default")
     except Exception as e:

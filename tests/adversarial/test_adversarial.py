@@ -7,7 +7,7 @@ from PIL import Image
 
 from convscope.adversarial import PixelModel, fgsm, fool, minimal, pgd
 from convscope.errors import UserInputError
-from convscope.samples import sample_images
+from convscope.inputs.samples import sample_images
 
 torchattacks = pytest.importorskip("torchattacks")
 

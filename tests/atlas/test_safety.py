@@ -16,8 +16,9 @@ import pytest
 from PIL import Image
 
 from convscope.atlas import Atlas, AtlasLockedError, scan_to_atlas, stored_dissection
-from convscope.data import display_name, open_images
-from convscope.fileio import atomic_path, save_image, write_text
+from convscope.inputs.fileio import atomic_path, save_image, write_text
+from convscope.inputs.images import display_name
+from convscope.inputs.sources import open_images
 from convscope.testing import tiny_subject
 
 CAFE = b"caf\xe9.jpg"  # Latin-1, not UTF-8
@@ -212,7 +213,7 @@ def test_second_process_is_refused_while_one_writes(images, tmp_path):
 RACER = textwrap.dedent("""
     import sys
     from convscope.atlas import scan_to_atlas
-    from convscope.data import open_images
+    from convscope.inputs.sources import open_images
     from convscope.errors import UserInputError
     from convscope.testing import tiny_subject
     s = tiny_subject()

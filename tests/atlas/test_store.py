@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from convscope.atlas import Atlas, AtlasConflictError, render_units, reopen, scan_to_atlas
-from convscope.data import open_images
 from convscope.errors import LayerNotFoundError, UserInputError
+from convscope.inputs.sources import open_images
 from convscope.testing import tiny_subject
 
 

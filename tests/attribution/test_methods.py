@@ -8,7 +8,7 @@ from PIL import Image
 import convscope
 from convscope.attribution import deletion_insertion, resolve_target, sanity_check
 from convscope.attribution.relu_rules import ReluRule
-from convscope.errors import LayerNotFoundError, UserInputError
+from convscope.errors import LayerNotFoundError, NameNotFoundError, UserInputError
 from convscope.testing import tiny_subject
 
 
@@ -28,7 +28,7 @@ def test_targets_fail_before_work(default_subject):
         resolve_target(default_subject, "blocks.22:1")
     with pytest.raises(UserInputError, match="outside"):
         resolve_target(default_subject, "blocks.2:1@30,0")
-    with pytest.raises(LayerNotFoundError, match="gradcam"):
+    with pytest.raises(NameNotFoundError, match="gradcam"):
         convscope.explain(default_subject, torch.zeros(1, 3, 224, 224), "gradcan")
     t = resolve_target(default_subject, "prob:285")
     assert t.kind == "prob" and t.classes == (285,)

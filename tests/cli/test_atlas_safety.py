@@ -20,7 +20,7 @@ from PIL import Image
 
 from convscope.atlas import Atlas
 from convscope.cli.main import main
-from convscope.data import display_name
+from convscope.inputs.images import display_name
 
 CAFE = b"caf\xe9.jpg"  # Latin-1, not UTF-8: os.fsdecode gives "caf\udce9.jpg"
 

@@ -208,7 +208,7 @@ def test_old_spellings_run(tiny_models, tmp_path, capsys):
 def test_new_spellings_run(tiny_models, tmp_path, capsys):
     folder = tmp_path / "imgs"
     folder.mkdir()
-    from convscope.samples import sample_view
+    from convscope.inputs.samples import sample_view
 
     sample_view("chelsea").save(folder / "cat.png")
     (folder / "broken.jpg").write_bytes(b"not an image")

@@ -14,7 +14,7 @@ import convscope
 from convscope.dissect import BrodenDataset, dissect, make_synthetic_broden
 from convscope.dissect.reference import reference_dissect
 from convscope.errors import DataError
-from convscope.scan.state import quantile_thresholds
+from convscope.quantiles import quantile_thresholds
 from convscope.testing import TinyCNN
 
 

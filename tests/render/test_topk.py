@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from convscope.data import open_images
+from convscope.inputs.sources import open_images
 from convscope.receptive import ReceptiveField
 from convscope.scan.patches import choose_patch, render_topk, unit_maps
 from convscope.scan.result import UnitTopK

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from convscope.data import open_images
+from convscope.inputs.sources import open_images
 from convscope.represent import FeatureSet, extract_features, linear_probe, pool, project
 from convscope.testing import tiny_subject
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from convscope.data import open_images
+from convscope.inputs.sources import open_images
 from convscope.represent import extract_features
 from convscope.scan import scan
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from convscope.data import open_images
+from convscope.inputs.sources import open_images
 from convscope.scan import scan
 from convscope.testing import tiny_subject
 

@@ -11,7 +11,7 @@ from PIL import Image
 from torch import nn
 
 import convscope
-from convscope.data import open_images
+from convscope.inputs.sources import open_images
 from convscope.preprocess import Preprocess
 from convscope.scan import scan
 from convscope.scan.result import SaturationWarning

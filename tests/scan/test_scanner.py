@@ -5,9 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
-from convscope.data import open_images
 from convscope.errors import LayerNotFoundError, UserInputError
-from convscope.scan import ScanMismatchError, quantile_thresholds, scan
+from convscope.inputs.sources import open_images
+from convscope.quantiles import quantile_thresholds
+from convscope.scan import ScanMismatchError, scan
 from convscope.testing import tiny_subject
 
 
@@ -223,10 +224,9 @@ def test_bad_arguments_fail_before_work(subject, folder):
 
 
 def test_stages_and_all_conv(subject, default_subject):
-    from convscope.scan import resolve_scan_layers
 
-    assert resolve_scan_layers(subject, "all-conv") == ["conv1", "block.conv1", "block.conv2", "conv2"]
-    stages = resolve_scan_layers(default_subject, "stages")
+    assert subject.layers.select("all-conv") == ["conv1", "block.conv1", "block.conv2", "conv2"]
+    stages = default_subject.layers.select("stages")
     assert stages[0] == "blocks.0" and len(stages) == 5
 
 

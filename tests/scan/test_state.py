@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from convscope.scan.state import LayerState, ScanMismatchError, TopK, quantile_thresholds
+from convscope.quantiles import quantile_thresholds
+from convscope.scan.state import LayerState, ScanMismatchError, TopK
 
 
 def _batches(n=40, units=6, hw=(3, 4), seed=0):
@@ -126,7 +127,7 @@ def test_ties_at_saturation_rank_by_spatial_mean_then_index():
 
 
 def test_separating_thresholds_count_the_same_values_and_survive_rounding():
-    from convscope.scan.state import TopValues
+    from convscope.quantiles import TopValues
 
     g = torch.Generator().manual_seed(5)
     acts = torch.rand(40, 3, 5, 5, generator=g)  # (N, U, H, W); 1000 values per unit

@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 
 import convscope
-from convscope.data import open_images
 from convscope.errors import UserInputError
+from convscope.inputs.sources import open_images
 from convscope.scan import scan
 from convscope.synthesis import (
     class_model,
@@ -15,7 +15,7 @@ from convscope.synthesis import (
     dream_zoom,
     evaluate,
     invert,
-    render,
+    optimize,
     visualize_directions,
     visualize_units,
 )
@@ -81,9 +81,9 @@ def test_inversion_from_an_early_layer(default_subject):
 def test_same_seed_same_image():
     subject = tiny_subject()
     kw = dict(batch=2, size=32, steps=5, seed=7)
-    a = render(subject, O.channel("block", [0, 1]), **kw)
-    b = render(subject, O.channel("block", [0, 1]), **kw)
-    c = render(subject, O.channel("block", [0, 1]), **{**kw, "seed": 8})
+    a = optimize(subject, O.channel("block", [0, 1]), **kw)
+    b = optimize(subject, O.channel("block", [0, 1]), **kw)
+    c = optimize(subject, O.channel("block", [0, 1]), **{**kw, "seed": 8})
     assert np.array_equal(a.images, b.images) and not np.array_equal(a.images, c.images)
 
 
@@ -144,5 +144,5 @@ def test_dream_zoom_frames_and_gif(default_subject, tmp_path):
 
 def test_frames_on_request():
     subject = tiny_subject()
-    syn = render(subject, O.channel("conv1", 0), size=32, steps=6, frames=[2, 4, 6])
+    syn = optimize(subject, O.channel("conv1", 0), size=32, steps=6, frames=[2, 4, 6])
     assert syn.frames.shape == (3, 1, 32, 32, 3)

@@ -9,7 +9,7 @@ import pytest
 @pytest.fixture(scope="module")
 def class_atlas(default_subject, tmp_path_factory):
     from convscope.atlas import scan_to_atlas
-    from convscope.data import open_images
+    from convscope.inputs.sources import open_images
 
     out = tmp_path_factory.mktemp("names") / "atlas"
     source = open_images("convscope:samples", transform=default_subject.transform, pattern="c*")

@@ -1,6 +1,6 @@
 """Adversarial perturbations: FGSM, PGD (L-infinity and L2, targeted or not, optional random
 start) and Szegedy et al.'s box-constrained minimal perturbation. All run on the synthesis
-engine (:func:`convscope.synthesis.render`) with an identity pixel parametrisation; they work in
+engine (:func:`convscope.synthesis.optimize`) with an identity pixel parametrisation; they work in
 [0, 1] pixel space, before the model's normalisation, so epsilons are in pixel units
 (``2/255``)."""
 
@@ -14,7 +14,7 @@ from convscope.adversarial.result import Adversarial, summarize
 from convscope.errors import UserInputError
 from convscope.subject import ImageLike, Subject
 from convscope.synthesis import objectives as O
-from convscope.synthesis.engine import render
+from convscope.synthesis.engine import optimize
 from convscope.synthesis.objectives import Objective
 from convscope.synthesis.transforms import none
 
@@ -119,7 +119,7 @@ def pgd(
             delta = delta * torch.clamp(eps / dn, max=1.0).view(-1, 1, 1, 1)
         adv.copy_((x0 + delta).clamp(0, 1))
 
-    render(
+    optimize(
         subject,
         obj,
         batch=n,
@@ -173,7 +173,7 @@ def minimal(
 
     size_pen = Objective(lambda c: lam * (c.image - x0).pow(2).mean(dim=(1, 2, 3)), name="lam*|r|^2")
     obj = O.class_log_prob(tgt) - size_pen
-    syn = render(
+    syn = optimize(
         subject,
         obj,
         batch=n,

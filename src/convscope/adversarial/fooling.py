@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 
 from convscope.errors import UserInputError
-from convscope.fileio import save_image
+from convscope.inputs.fileio import save_image
 from convscope.subject import Subject
 from convscope.synthesis import objectives as O
-from convscope.synthesis.engine import render
+from convscope.synthesis.engine import optimize
 from convscope.synthesis.param import pixel_image
 from convscope.synthesis.transforms import none
 
@@ -81,7 +81,7 @@ def fool(
     if method == "gradient":
         gen = torch.Generator().manual_seed(seed)
         init = pixel_image((n, 3, h, w), sd=1.0, decorrelate=False, generator=gen, device=subject.device)
-        syn = render(
+        syn = optimize(
             subject,
             O.class_log_prob(target),
             batch=n,

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from convscope.fileio import save_image
+from convscope.inputs.fileio import save_image
 from convscope.subject import Subject
 
 

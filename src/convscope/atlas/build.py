@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from convscope.atlas.store import Atlas
-from convscope.data import ImageSource, open_spec
 from convscope.errors import ConvscopeError
-from convscope.fileio import save_image
-from convscope.scan import ScanResult, resolve_scan_layers, scan
+from convscope.inputs.fileio import save_image
+from convscope.inputs.sources import ImageSource, open_spec
+from convscope.scan import ScanResult, scan
 from convscope.scan.patches import render_topk
 from convscope.subject import Subject
 
@@ -35,7 +35,7 @@ def scan_to_atlas(
     the result there, holding the atlas's writer lock throughout (another writer is refused
     with :class:`~convscope.atlas.store.AtlasLockedError`). ``options`` are ``scan``'s keyword
     arguments."""
-    for name in resolve_scan_layers(subject, layers):  # bad names fail before the atlas exists
+    for name in subject.layers.select(layers):  # bad names fail before the atlas exists
         subject.layers.get(name)
     with Atlas(out).lock():
         atlas = Atlas.create(out, model_spec(subject), source.spec, overwrite=overwrite, resume=resume)

@@ -8,7 +8,7 @@ One process writes an atlas at a time: every writer holds the exclusive lock ``a
 (:meth:`Atlas.lock`) and another gets a one-line error naming it; readers need no lock.
 
 Image and class names are stored losslessly: ``name`` holds the printable form
-(:func:`convscope.data.display_name`), and ``raw`` the file system's bytes of a name that is
+(:func:`convscope.inputs.display_name`), and ``raw`` the file system's bytes of a name that is
 not UTF-8 (NULL otherwise); the reading methods give back the original names.
 """
 
@@ -26,7 +26,14 @@ from pathlib import Path
 import numpy as np
 
 from convscope.errors import ConvscopeError, LayerNotFoundError, UserInputError
-from convscope.fileio import LockedError, atomic_path, exclusive_lock, is_text, name_bytes, name_from_bytes
+from convscope.inputs.fileio import (
+    LockedError,
+    atomic_path,
+    exclusive_lock,
+    is_text,
+    name_bytes,
+    name_from_bytes,
+)
 from convscope.scan.result import ScanResult, UnitStats, UnitTopK
 from convscope.subject import Subject
 
@@ -99,14 +106,14 @@ class AtlasLockedError(LockedError):
 
 def _stored_name(name: str) -> tuple[str, bytes | None]:
     """(printable text, raw bytes or None) of an image or class name."""
-    from convscope.data import display_name
+    from convscope.inputs.images import display_name
 
     return (name, None) if is_text(name) else (display_name(name), name_bytes(name))
 
 
 def _text(value: str | None) -> str | None:
     """A text column's value that SQLite can hold (a reason may quote a non-UTF-8 name)."""
-    from convscope.data import display_name
+    from convscope.inputs.images import display_name
 
     return value if value is None or is_text(value) else display_name(value)
 
@@ -607,7 +614,7 @@ class Atlas:
         """The stored :class:`~convscope.dissect.Dissection` of ``dataset`` (the only one when
         omitted), with every dissected layer (``settings``: only the layers dissected with this
         (iou_threshold, quantile, max_coverage))."""
-        from convscope.dissect.broden import Concept
+        from convscope.dissect.concepts import Concept
         from convscope.dissect.result import Dissection, LayerDissection
 
         sets = self.concept_sets()

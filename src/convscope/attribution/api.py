@@ -31,9 +31,9 @@ def method_names() -> list[str]:
 def get_method(name: str):
     key = ALIASES.get(name.lower(), name.lower())
     if key not in METHODS:
-        from convscope.errors import LayerNotFoundError
+        from convscope.errors import NameNotFoundError
 
-        raise LayerNotFoundError(name, list(METHODS) + list(ALIASES), what="attribution method")
+        raise NameNotFoundError(name, list(METHODS) + list(ALIASES), what="attribution method")
     return METHODS[key]
 
 

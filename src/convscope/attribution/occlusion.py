@@ -16,11 +16,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from convscope.attribution.base import Method, register
 from convscope.attribution.targets import Target
 from convscope.errors import UserInputError
+from convscope.imageops import gaussian_blur
 
 FILLS = ("gray", "zero", "mean", "blur", "noise")
 
@@ -138,23 +138,6 @@ def score_drops(
             if on_batch is not None:
                 on_batch(s + len(chunk))
     return out
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (N, C, H, W) with reflect padding."""
-    radius = max(1, int(math.ceil(3 * sigma)))
-    k = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
-    k = torch.exp(-0.5 * (k / sigma) ** 2)
-    k = k / k.sum()
-    c = x.shape[1]
-    pad = min(radius, x.shape[2] - 1, x.shape[3] - 1)
-    if pad < radius:
-        radius = pad
-        k = k[k.numel() // 2 - radius : k.numel() // 2 + radius + 1]
-        k = k / k.sum()
-    y = F.pad(x, (radius, radius, radius, radius), mode="reflect")
-    y = F.conv2d(y, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-    return F.conv2d(y, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
 
 
 def _pair(v) -> tuple[int, int]:

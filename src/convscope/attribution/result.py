@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from convscope.fileio import atomic_path, save_image
+from convscope.inputs.fileio import atomic_path, save_image
 
 
 @dataclass

@@ -100,7 +100,7 @@ def deletion_insertion(
     """Deletion: replace pixels by grey in order of decreasing importance and track the target's
     softmax probability (lower AUC is better). Insertion: start from a blurred image and put
     the original pixels back in the same order (higher AUC is better)."""
-    from convscope.attribution.occlusion import gaussian_blur
+    from convscope.imageops import gaussian_blur
 
     n, _, H, W = x.shape
     grey = subject.preprocess.normalize(torch.full_like(x, 0.5))

@@ -273,9 +273,10 @@ def read_images(items: list[str]):
     (a bundled photo, ``sample:chelsea/top-left`` for a crop), or folders, archives, list files
     and ``convscope:samples``, which give all their images (unreadable ones are skipped and
     counted on stderr)."""
-    from convscope.data import open_images, read_image
     from convscope.errors import UserInputError
-    from convscope.samples import SAMPLE_NAMES, sample_view
+    from convscope.imageops import read_image
+    from convscope.inputs.samples import SAMPLE_NAMES, sample_view
+    from convscope.inputs.sources import open_images
 
     if not items:
         raise UserInputError("no images given: name them with --data (files, a folder, sample:NAME)")
@@ -306,7 +307,7 @@ def read_images(items: list[str]):
     if skipped:
         from rich.console import Console
 
-        from convscope.data import SkipReport
+        from convscope.inputs.images import SkipReport
 
         Console(stderr=True).print(SkipReport(skipped).summary(), highlight=False)
     if not out:
@@ -320,8 +321,8 @@ def open_data(
     """The image source ``--data`` names, for commands that go over a dataset: one folder,
     .tar(.gz), list.txt or ``convscope:samples``; ``sample:NAME`` (a glob too: ``sample:c*``)
     for bundled photos; or several image files."""
-    from convscope.data import open_images
     from convscope.errors import UserInputError
+    from convscope.inputs.sources import open_images
 
     items = list(items or [default])
     if any(i.startswith("sample:") for i in items):

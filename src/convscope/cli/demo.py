@@ -29,7 +29,7 @@ def demo(
     seed: SeedOpt = 0,
 ) -> None:
     """Run everything convscope does so far and write the results (PNG, JSON, text) to --out."""
-    from convscope.demo import run_demo
+    from convscope.app.demo import run_demo
 
     bar, progress = progress_bar("demo", None, unit="steps", remaining=False)
     steps = []

@@ -131,20 +131,19 @@ def dissect(
     """Network dissection: label every unit by the concept its top-activation region segments
     best (IoU), store it in the atlas and draw the report."""
     from convscope.atlas import Atlas, stored_dissection
-    from convscope.data import display_name
     from convscope.dissect import dissect as run
     from convscope.errors import UserInputError
-    from convscope.fileio import save_image, write_text
+    from convscope.inputs.fileio import save_image, write_text
+    from convscope.inputs.images import display_name
     from convscope.render.dissect import concepts_figure, detectors_figure, unit_figure
     from convscope.render.plots import figure_to_image
-    from convscope.scan.scanner import resolve_scan_layers
 
     if not 0 < quantile < 1:
         raise UserInputError("--quantile must lie between 0 and 1")
     console = Console(stderr=True)
     accel = make_accel(precision, channels_last)
     subject = load_subject(model, weights, arch, device)
-    names = resolve_scan_layers(subject, layers)
+    names = subject.layers.select(layers)
     data, set_name = open_concepts(concepts, subject, out, images, color_table, synthetic_images, seed, limit)
     store = Atlas.for_model(
         out, subject.spec or {"name": subject.name}, {"description": f"concepts: {set_name}", **data.spec}
@@ -241,7 +240,7 @@ def dissect(
     o = Console()
     o.print(table)
     if result.skipped:
-        from convscope.data import SkipReport
+        from convscope.inputs.images import SkipReport
 
         o.print(SkipReport(list(result.skipped)).summary())
     if other:
@@ -270,7 +269,7 @@ def dissect_compare(
     category, as Bau et al.'s comparison of last convolutional layers."""
     from convscope.atlas import Atlas
     from convscope.errors import UserInputError
-    from convscope.fileio import save_image, write_text
+    from convscope.inputs.fileio import save_image, write_text
     from convscope.render.dissect import detectors_figure
     from convscope.render.plots import figure_to_image
 

@@ -30,7 +30,7 @@ def rf(
 
     from convscope.atlas import Atlas, reopen
     from convscope.empirical import empirical_rf, layer_summary
-    from convscope.fileio import save_image, write_text
+    from convscope.inputs.fileio import save_image, write_text
     from convscope.render.plots import figure_to_image, rf_sizes_figure
     from convscope.render.receptive import empirical_rf_panel
 
@@ -91,7 +91,7 @@ def stimuli(
     from convscope.atlas import Atlas, reopen
     from convscope.empirical import best_patch
     from convscope.empirical import stimuli as run
-    from convscope.fileio import save_image
+    from convscope.inputs.fileio import save_image
 
     store = Atlas.open(atlas)
     subject, source = reopen(store)

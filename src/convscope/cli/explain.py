@@ -66,7 +66,7 @@ def explain(
     import torch
 
     from convscope.attribution import deletion_insertion, explain, get_method, resolve_target
-    from convscope.fileio import save_image, write_text
+    from convscope.inputs.fileio import save_image, write_text
     from convscope.render.plots import curves_figure, figure_to_image
 
     torch.manual_seed(seed)

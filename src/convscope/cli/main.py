@@ -121,9 +121,9 @@ _add("export", viewer.export)
 
 def _version(value: bool) -> None:
     if value:
-        from convscope import __version__
+        from importlib.metadata import version
 
-        typer.echo(f"convscope {__version__}")
+        typer.echo(f"convscope {version('convscope')}")
         raise typer.Exit()
 
 

@@ -51,8 +51,8 @@ def _load(atlas: Path, pooling: str):
 
 
 def _source(fs, transform=None):
-    from convscope.data import open_spec
     from convscope.errors import UserInputError
+    from convscope.inputs.sources import open_spec
 
     if (fs.source.get("source") or fs.source.get("files")) is None:
         raise UserInputError("the features do not say where their images are")
@@ -95,14 +95,13 @@ def features(
     """Pool layers over a dataset into memory-mapped feature files in the atlas."""
     from convscope.atlas import Atlas
     from convscope.atlas.build import model_spec
-    from convscope.data import SkipReport
+    from convscope.inputs.images import SkipReport
     from convscope.represent import extract_features
-    from convscope.scan.scanner import resolve_scan_layers
 
     console = Console(stderr=True)
     accel = make_accel(precision, channels_last, decode)
     subject = load_subject(model, weights, arch, device)
-    names = resolve_scan_layers(subject, layers)
+    names = subject.layers.select(layers)
     source = open_data(data, subject.transform)
     Atlas.for_model(out, model_spec(subject), source.spec)
     bar, progress = progress_bar("features", len(source), console, unit="img")
@@ -175,7 +174,7 @@ def neighbors(
     """Nearest neighbours of query images in a layer's feature space, as picture grids."""
     from convscope.atlas import Atlas, reopen
     from convscope.cli.common import read_images
-    from convscope.fileio import save_image, write_text
+    from convscope.inputs.fileio import save_image, write_text
     from convscope.render.represent import neighbors_grid
     from convscope.represent import (
         NeighborIndex,
@@ -272,7 +271,7 @@ def probe(
     seed: SeedOpt = 0,
 ) -> None:
     """Linear probe per layer (one stratified split); accuracy plot and CSV."""
-    from convscope.fileio import save_image, write_text
+    from convscope.inputs.fileio import save_image, write_text
     from convscope.render.plots import figure_to_image
     from convscope.render.represent import probe_figure
     from convscope.represent import linear_probe
@@ -314,7 +313,7 @@ def project(
     """2-D map of a layer's features: scatter by class and an image-thumbnail map."""
     import numpy as np
 
-    from convscope.fileio import save_image, write_text
+    from convscope.inputs.fileio import save_image, write_text
     from convscope.render.plots import figure_to_image
     from convscope.render.represent import scatter_figure, thumbnail_map
     from convscope.represent import project as run
@@ -352,7 +351,7 @@ def compare(
     """Similarity of representations (linear CKA or RSA) between every pair of layers of one
     model, or of two models on the same images, as a heat map."""
     from convscope.errors import UserInputError
-    from convscope.fileio import save_image, write_text
+    from convscope.inputs.fileio import save_image, write_text
     from convscope.render.plots import figure_to_image
     from convscope.render.represent import similarity_figure
     from convscope.represent import similarity_matrix

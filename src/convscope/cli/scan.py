@@ -183,7 +183,7 @@ def _ray_scan(subject, source, out, layers, resume, overwrite, progress, address
 
 
 def _skips(result) -> str:
-    from convscope.data import SkipReport
+    from convscope.inputs.images import SkipReport
 
     report = SkipReport([(result.image_names[i], r) for i, r in result.skipped])
     return report.summary()

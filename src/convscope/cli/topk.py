@@ -29,9 +29,9 @@ def topk(
     """Print the top-K images of one unit and write its patch/heat-map grid."""
     from convscope.atlas import Atlas, reopen
     from convscope.cli.common import one_layer
-    from convscope.data import display_name
     from convscope.errors import UserInputError
-    from convscope.fileio import save_image
+    from convscope.inputs.fileio import save_image
+    from convscope.inputs.images import display_name
     from convscope.scan.patches import render_topk
 
     if fmt not in ("table", "json"):

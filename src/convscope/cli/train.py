@@ -61,7 +61,7 @@ TestLimitOpt = Annotated[
 
 
 def _report(out: Path, model, result, test, config, classes, title: str) -> None:
-    from convscope.fileio import save_image, write_text
+    from convscope.inputs.fileio import save_image, write_text
     from convscope.render.plots import figure_to_image
     from convscope.render.training import confusion_figure, curves_figure
     from convscope.train import confusion_matrix, evaluate
@@ -112,7 +112,7 @@ def train(
     and the confusion matrix. The same command with --resume continues a killed run."""
     import torch
 
-    from convscope.fileio import save_image
+    from convscope.inputs.fileio import save_image
     from convscope.render.training import filter_evolution_figure
     from convscope.train import TrainConfig, build, load_split
     from convscope.train import train as run
@@ -213,7 +213,7 @@ def finetune(
     import torch
 
     from convscope.cli.common import parse_range
-    from convscope.fileio import save_image, write_text
+    from convscope.inputs.fileio import save_image, write_text
     from convscope.render.plots import figure_to_image
     from convscope.render.training import transfer_figure
     from convscope.train import TrainConfig, blocks, freeze, load_split, replace_head
@@ -290,7 +290,7 @@ def finetune(
 def _scan(subject, data, where: Path, layer: str, device: str) -> None:
     """Scan ``data`` (uint8 tensors) through ``subject`` into an atlas at ``where``."""
     from convscope.atlas import scan_to_atlas
-    from convscope.fileio import save_image
+    from convscope.inputs.fileio import save_image
 
     img_dir = where.parent / "scan_images"
     if not img_dir.exists():
@@ -302,7 +302,7 @@ def _scan(subject, data, where: Path, layer: str, device: str) -> None:
             save_image(Image.fromarray(x.permute(1, 2, 0).numpy()), p)
     from dataclasses import replace
 
-    from convscope.data import open_images
+    from convscope.inputs.sources import open_images
     from convscope.subject import Subject
 
     # the images are already what the model sees (its own resize and crop): scanned as they are
@@ -336,7 +336,7 @@ def filters(
     RGB, or each layer's most activated filters on a dataset."""
     import torch
 
-    from convscope.fileio import save_image
+    from convscope.inputs.fileio import save_image
     from convscope.render.grid import image_grid
     from convscope.render.training import filter_evolution_figure, filter_tiles
 
@@ -371,7 +371,7 @@ def filters(
         Console().print(f"{len(tiles)} filters -> {out}")
         return
     from convscope.cli.common import open_data
-    from convscope.data import Batches
+    from convscope.inputs.batches import Batches
 
     source = open_data([data], subject.transform)
     sums = {nm: 0.0 for nm in names}
@@ -414,7 +414,7 @@ def compare_scans(
 
     from convscope.atlas import Atlas
     from convscope.cli.common import one_layer, parse_range
-    from convscope.fileio import save_image
+    from convscope.inputs.fileio import save_image
     from convscope.render.topk import _fit
 
     a, b = Atlas.open(before), Atlas.open(after)
@@ -437,6 +437,6 @@ def compare_scans(
 
 def _source_only(atlas):
     """The atlas's images, untransformed (for pictures)."""
-    from convscope.data import open_spec
+    from convscope.inputs.sources import open_spec
 
     return open_spec(atlas.source_spec)

@@ -5,9 +5,11 @@ names for any image folder), :func:`make_synthetic_broden` (planted shapes, colo
 :func:`dissect` scores every unit against every concept; :class:`Dissection` holds the result.
 """
 
-from convscope.dissect.broden import BrodenDataset, Concept, ConceptItem, decode_segmentation
+from convscope.dissect.broden import BrodenDataset, decode_segmentation
 from convscope.dissect.colors import COLOR_NAMES, ColorConcepts, ColorNamer
+from convscope.dissect.concepts import Concept, ConceptItem
 from convscope.dissect.dissection import dissect, dissection_transform
+from convscope.dissect.open import open_concept_data
 from convscope.dissect.result import Dissection, LayerDissection, LayerSummary, UnitLabel
 from convscope.dissect.synthetic import make_synthetic_broden
 
@@ -26,4 +28,5 @@ __all__ = [
     "dissect",
     "dissection_transform",
     "make_synthetic_broden",
+    "open_concept_data",
 ]

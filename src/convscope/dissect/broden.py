@@ -16,39 +16,19 @@ from __future__ import annotations
 
 import csv
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from convscope.data import _reason, read_image
+from convscope.dissect.concepts import Concept, ConceptItem
 from convscope.errors import DataError
+from convscope.imageops import read_image
+from convscope.inputs.images import skip_reason
 
 PIXEL_CATEGORIES = ("color", "object", "part", "material")
 IMAGE_CATEGORIES = ("scene", "texture")
-
-
-@dataclass(frozen=True)
-class Concept:
-    number: int
-    name: str
-    category: str
-
-
-@dataclass
-class ConceptItem:
-    """One image of a concept dataset: ``x`` (3, H, W) model input (None if unreadable, with
-    ``error``), ``planes`` (L, sh, sw) int64 pixel labels (0 = none), ``image_level`` labels
-    covering the whole image, and the ``annotated`` categories of this image."""
-
-    index: int
-    x: torch.Tensor | None
-    planes: torch.Tensor
-    image_level: list[int]
-    annotated: list[str]
-    error: str | None = None
 
 
 def decode_segmentation(path: str | os.PathLike) -> np.ndarray:
@@ -131,20 +111,7 @@ class BrodenDataset(torch.utils.data.Dataset):
             x = self.transform(img) if self.transform is not None else img
             planes, image_level, annotated = self.labels(i)
         except Exception as e:  # a bad file is skipped and counted, never fatal
-            return ConceptItem(i, None, torch.zeros(0, *self.seg_size, dtype=torch.long), [], [], _reason(e))
+            return ConceptItem(
+                i, None, torch.zeros(0, *self.seg_size, dtype=torch.long), [], [], skip_reason(e)
+            )
         return ConceptItem(i, x, torch.as_tensor(planes), image_level, annotated)
-
-
-def open_concept_data(spec: dict):
-    """A concept dataset again from its ``spec`` (what ``BrodenDataset.spec`` and
-    ``ColorConcepts.spec`` record), e.g. in another process."""
-    if spec.get("kind") == "broden":
-        return BrodenDataset(spec["source"], split=spec.get("split"), limit=spec.get("images"))
-    if spec.get("kind") == "auto-color":
-        from convscope.data import open_spec
-        from convscope.dissect.colors import ColorConcepts, ColorNamer
-
-        source = open_spec(spec["source"])
-        namer = ColorNamer.from_file(spec["table"]) if spec.get("table") else ColorNamer.prototypes()
-        return ColorConcepts(source, seg=spec["seg"], namer=namer)
-    raise DataError(f"cannot open concept data of kind {spec.get('kind')!r}")

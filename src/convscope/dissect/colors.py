@@ -18,9 +18,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from convscope.data import ImageSource, _reason, open_images
-from convscope.dissect.broden import Concept, ConceptItem
+from convscope.dissect.concepts import Concept, ConceptItem
 from convscope.errors import DataError
+from convscope.inputs.images import skip_reason
+from convscope.inputs.sources import ImageSource, open_images
 
 # The order of van de Weijer's table columns.
 COLOR_NAMES = (
@@ -164,5 +165,7 @@ class ColorConcepts(torch.utils.data.Dataset):
             x = self.transform(img) if self.transform is not None else img
             planes, _, annotated = self.labels(i, img)
         except Exception as e:
-            return ConceptItem(i, None, torch.zeros(0, *self.seg_size, dtype=torch.long), [], [], _reason(e))
+            return ConceptItem(
+                i, None, torch.zeros(0, *self.seg_size, dtype=torch.long), [], [], skip_reason(e)
+            )
         return ConceptItem(i, x, torch.as_tensor(planes), [], annotated)

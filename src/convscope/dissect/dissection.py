@@ -27,13 +27,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from convscope.accel import Accel, batch_bytes, check_finite, prepared, resolve_workers
-from convscope.data import SkipReport
-from convscope.dissect.broden import ConceptItem
+from convscope.accel import Accel, check_finite, prepared
+from convscope.dissect.concepts import ConceptItem
 from convscope.dissect.result import Dissection, LayerDissection
+from convscope.inputs.images import SkipReport
+from convscope.inputs.workers import batch_bytes, resolve_workers
 from convscope.preprocess import Preprocess
+from convscope.quantiles import TopValues, rank
 from convscope.recorder import Recorder
-from convscope.scan.state import TopValues, rank
 from convscope.subject import Subject
 
 # Elements of one (images x units x pixels) block in pass 2; bounds its memory.

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from convscope.dissect.dissection import dissection_transform
+from convscope.quantiles import saturation_rule
 from convscope.recorder import Recorder
-from convscope.scan.state import saturation_rule
 
 
 def _bilinear_matrix(n_out: int, n_in: int) -> np.ndarray:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from convscope.dissect.broden import Concept
+from convscope.dissect.concepts import Concept
 
 
 @dataclass

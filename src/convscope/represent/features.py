@@ -15,17 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from convscope.accel import (
-    Accel,
-    batch_bytes,
-    check_finite,
-    prepared,
-    resolve_workers,
-    with_default_settings,
-)
-from convscope.data import Batches, ImageSource
+from convscope.accel import Accel, check_finite, prepared, with_default_settings
 from convscope.errors import UserInputError
-from convscope.fileio import write_text
+from convscope.inputs.batches import Batches
+from convscope.inputs.fileio import write_text
+from convscope.inputs.sources import ImageSource
+from convscope.inputs.workers import batch_bytes, resolve_workers
 from convscope.recorder import Recorder
 from convscope.subject import Subject
 

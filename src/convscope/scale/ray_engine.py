@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from convscope.accel import Accel, check_finite, with_default_settings
-from convscope.data import ImageSource
 from convscope.errors import UserInputError
-from convscope.fileio import atomic_path
+from convscope.inputs.fileio import atomic_path
+from convscope.inputs.sources import ImageSource
 from convscope.scan.result import ScanResult
 from convscope.scan.scanner import CRITERIA, scan
 from convscope.scan.state import LayerState
@@ -104,13 +104,14 @@ class _Worker:
 
     def _workers(self, nbytes: int) -> int:
         """This actor's decoding workers for batches of ``nbytes``: its CPU share, within /dev/shm."""
-        from convscope.accel import fit_workers
+        from convscope.inputs.workers import fit_workers
 
         return fit_workers(self.loader_workers, nbytes)
 
     def _image_workers(self, options: dict) -> int:
         """Decoding workers for a scan or feature extraction with ``options``."""
-        from convscope.accel import Accel, batch_bytes
+        from convscope.accel import Accel
+        from convscope.inputs.workers import batch_bytes
 
         decode = Accel.of(options.get("accel")).decode
         return self._workers(batch_bytes(options.get("batch_size", 32), self.subject.input_size, decode))
@@ -119,8 +120,8 @@ class _Worker:
         """The image source (``kind="images"``) or concept data a spec describes, kept."""
         import json
 
-        from convscope.data import open_spec
-        from convscope.dissect.broden import open_concept_data
+        from convscope.dissect.open import open_concept_data
+        from convscope.inputs.sources import open_spec
 
         key = json.dumps([kind, spec], sort_keys=True, default=str)
         if key not in self.opened:
@@ -316,11 +317,10 @@ def ray_scan(
 ) -> ScanResult:
     """:func:`convscope.scan.scan` of ``source`` split over ``workers`` Ray actors (``n_shards``
     pieces, default 4 per worker) and merged. ``options`` are ``scan``'s keyword arguments."""
-    from convscope.scan.scanner import resolve_scan_layers
 
     ray = _init(address, workers, device)
     model_spec, source_spec = _specs(subject, source)
-    names = resolve_scan_layers(subject, layers)
+    names = subject.layers.select(layers)
     criteria = tuple(options.get("criteria", CRITERIA))
     n = len(source)
     # The calibration sample of the single-process scan gives the same `area` thresholds.
@@ -396,7 +396,7 @@ def _check_manifest(state: Path, config: dict) -> None:
     """Shards in ``state`` belong to ``config``; a folder left by other settings is refused."""
     import json
 
-    from convscope.fileio import write_text
+    from convscope.inputs.fileio import write_text
 
     f = state / "manifest.json"
     wanted = json.loads(json.dumps(config, sort_keys=True, default=str))
@@ -430,7 +430,7 @@ def ray_features(
     killed job continues where it stopped (``resume=False`` starts over)."""
     import json
 
-    from convscope.fileio import write_text
+    from convscope.inputs.fileio import write_text
     from convscope.represent.features import FeatureSet
 
     ray = _init(address, workers, device)

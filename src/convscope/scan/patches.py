@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from convscope.data import ImageSource
+from convscope.inputs.sources import ImageSource
 from convscope.preprocess import Preprocess
 from convscope.receptive import Box, ReceptiveField
 from convscope.recorder import Recorder

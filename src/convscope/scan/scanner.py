@@ -33,20 +33,16 @@ from pathlib import Path
 
 import torch
 
-from convscope.accel import (
-    Accel,
-    batch_bytes,
-    check_finite,
-    prepared,
-    resolve_workers,
-    with_default_settings,
-)
-from convscope.data import Batches, ImageSource
+from convscope.accel import Accel, check_finite, prepared, with_default_settings
 from convscope.errors import ConvscopeError, UserInputError
-from convscope.fileio import atomic_path, load_weights_only, name_bytes
+from convscope.inputs.batches import Batches
+from convscope.inputs.fileio import atomic_path, load_weights_only, name_bytes
+from convscope.inputs.sources import ImageSource
+from convscope.inputs.workers import batch_bytes, resolve_workers
+from convscope.quantiles import TopValues
 from convscope.recorder import Recorder
 from convscope.scan.result import ScanResult
-from convscope.scan.state import CRITERIA, SECONDARY, LayerState, Scratch, TopValues, quantile_thresholds
+from convscope.scan.state import CRITERIA, SECONDARY, LayerState, Scratch
 from convscope.subject import Subject
 from convscope.units import Direction
 
@@ -94,7 +90,7 @@ def scan(
         raise UserInputError(f"unknown criteria {unknown}; choose from {', '.join(CRITERIA)}")
     if k < 1 or batch_size < 1 or directions < 0:
         raise UserInputError("k and batch size must be >= 1 and directions >= 0")
-    infos = [subject.layers.get(a) for a in resolve_scan_layers(subject, layers)]
+    infos = [subject.layers.get(a) for a in subject.layers.select(layers)]
     for info in infos:
         if info.shape is None:
             raise UserInputError(f"layer {info.name} produces no single tensor and cannot be scanned")
@@ -305,24 +301,6 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def resolve_scan_layers(subject: Subject, spec: str | Sequence[str]) -> list[str]:
-    """Layer addresses for a scan; besides names and globs, ``"all-conv"`` selects every
-    convolution and ``"stages"`` the last layer of each resolution stage."""
-    items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
-    out: list[str] = []
-    for item in items:
-        if item == "all-conv":
-            found = [i.name for i in subject.layers.convolutions()]
-        elif item == "stages":
-            found = [i.name for i in subject.layers.stages()]
-        else:
-            found = subject.layers.resolve(item)
-        out.extend(f for f in found if f not in out)
-    if not out:
-        raise UserInputError("no layers selected")
-    return out
-
-
 def _layer_seed(seed: int, layer: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(layer.encode())) % (2**31)
 
@@ -402,4 +380,4 @@ class _Engine:
         self._run(images)
 
 
-__all__ = ["quantile_thresholds", "resolve_scan_layers", "scan"]
+__all__ = ["scan"]

@@ -3,7 +3,7 @@ inversion, DeepDream)."""
 
 from convscope.synthesis import objectives, param, transforms
 from convscope.synthesis.dream import Dream, dream, dream_zoom
-from convscope.synthesis.engine import Synthesis, evaluate, render
+from convscope.synthesis.engine import Synthesis, evaluate, optimize
 from convscope.synthesis.inversion import Inversion, invert
 from convscope.synthesis.visualize import class_model, visualize_directions, visualize_units
 
@@ -18,7 +18,7 @@ __all__ = [
     "invert",
     "objectives",
     "param",
-    "render",
+    "optimize",
     "transforms",
     "visualize_directions",
     "visualize_units",

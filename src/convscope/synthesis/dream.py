@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from convscope.fileio import atomic_path, save_image
+from convscope.inputs.fileio import atomic_path, save_image
 from convscope.recorder import Recorder
 from convscope.subject import Subject
 

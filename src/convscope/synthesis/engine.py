@@ -11,7 +11,7 @@ import torch
 
 from convscope.accel import Accel, prepared
 from convscope.errors import UserInputError
-from convscope.fileio import save_image
+from convscope.inputs.fileio import save_image
 from convscope.recorder import Recorder
 from convscope.subject import Subject
 from convscope.synthesis.objectives import Context, Objective
@@ -43,7 +43,7 @@ class Synthesis:
         return save_image(self.to_image(ncols, cell), path)
 
     def save(self, path: str | Path) -> Path:
-        from convscope.fileio import atomic_path
+        from convscope.inputs.fileio import atomic_path
 
         path = Path(path)
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
@@ -80,7 +80,7 @@ def evaluate(
         return objective(Context(acts, out, images)).float()
 
 
-def render(
+def optimize(
     subject: Subject,
     objective: Objective,
     *,

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from convscope.fileio import save_image
+import convscope.synthesis.objectives as O
+from convscope.inputs.fileio import save_image
 from convscope.recorder import Recorder
 from convscope.subject import Subject
-from convscope.synthesis import objectives as O
-from convscope.synthesis.engine import render
+from convscope.synthesis.engine import optimize
 from convscope.synthesis.objectives import Context, Objective
 from convscope.synthesis.param import pixel_image
 from convscope.synthesis.transforms import none
@@ -91,7 +91,7 @@ def invert(
     h, w = x0.shape[2:]
     gen = torch.Generator().manual_seed(seed)
     init = pixel_image((batch, 3, h, w), sd=init_sd, decorrelate=False, generator=gen, device=subject.device)
-    syn = render(
+    syn = optimize(
         subject,
         obj,
         batch=batch,

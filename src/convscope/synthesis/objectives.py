@@ -224,7 +224,7 @@ def frequency_penalty(sigma: float = 1.0) -> Objective:
     """Energy of the image's high frequencies: mean squared difference to a blurred copy."""
 
     def fn(c: Context):
-        from convscope.attribution.occlusion import gaussian_blur
+        from convscope.imageops import gaussian_blur
 
         return (c.image - gaussian_blur(c.image, sigma)).pow(2).mean(dim=(1, 2, 3))
 

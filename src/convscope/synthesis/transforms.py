@@ -60,7 +60,7 @@ def random_rotate(degrees: Sequence[float]) -> Transform:
 
 def blur(sigma: float = 0.5) -> Transform:
     def t(x, gen):
-        from convscope.attribution.occlusion import gaussian_blur
+        from convscope.imageops import gaussian_blur
 
         return gaussian_blur(x, sigma)
 

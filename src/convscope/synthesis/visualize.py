@@ -6,10 +6,10 @@ from collections.abc import Sequence
 
 import torch
 
+import convscope.synthesis.objectives as O
 from convscope.errors import UserInputError
 from convscope.subject import Subject
-from convscope.synthesis import objectives as O
-from convscope.synthesis.engine import Synthesis, render
+from convscope.synthesis.engine import Synthesis, optimize
 from convscope.synthesis.transforms import none
 from convscope.units import Direction
 
@@ -19,7 +19,7 @@ def visualize_units(
 ) -> Synthesis:
     """One image per unit of ``layer`` that maximises its mean activation (``neuron=True``: the
     centre neuron), optimised ``batch`` units at a time in one run each. ``options`` go to
-    :func:`~convscope.synthesis.engine.render` (``steps``, ``size``, ``param``, ``seed``...)."""
+    :func:`~convscope.synthesis.engine.optimize` (``steps``, ``size``, ``param``, ``seed``...)."""
     info = subject.layer(layer)
     units = list(units)
     bad = [u for u in units if not 0 <= u < (info.units or 0)]
@@ -30,7 +30,7 @@ def visualize_units(
         chunk = units[s : s + batch]
         obj = O.neuron(info.name, chunk) if neuron else O.channel(info.name, chunk)
         parts.append(
-            render(subject, obj, batch=len(chunk), labels=[f"{info.name}:{u}" for u in chunk], **options)
+            optimize(subject, obj, batch=len(chunk), labels=[f"{info.name}:{u}" for u in chunk], **options)
         )
     return _concat(parts)
 
@@ -46,7 +46,7 @@ def visualize_directions(subject: Subject, directions: Sequence[Direction], **op
     vecs = torch.stack([d.vector for d in directions])
     if vecs.shape[1] != info.units:
         raise UserInputError(f"directions have {vecs.shape[1]} entries, {layer} has {info.units}")
-    return render(
+    return optimize(
         subject,
         O.direction(info.name, vecs),
         batch=len(directions),
@@ -74,7 +74,7 @@ def class_model(
         options.setdefault("param", "pixel")
         options.setdefault("transform", none())
         options.setdefault("decorrelate", False)
-    return render(subject, obj, batch=len(classes), labels=[subject.label(c) for c in classes], **options)
+    return optimize(subject, obj, batch=len(classes), labels=[subject.label(c) for c in classes], **options)
 
 
 def _concat(parts: list[Synthesis]) -> Synthesis:

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torchvision.transforms import functional as TF
 
-from convscope.data import open_images
 from convscope.errors import DataError, UserInputError
+from convscope.inputs.sources import open_images
 from convscope.preprocess import Preprocess
 
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from convscope.errors import UserInputError
-from convscope.fileio import load_weights_only, write_text
+from convscope.inputs.fileio import load_weights_only, write_text
 from convscope.train.data import TensorImages, augment
 
 

@@ -260,7 +260,7 @@ class ViewerState:
             return self._source
         with self._lock:
             if self._images is None:
-                from convscope.data import open_spec
+                from convscope.inputs.sources import open_spec
 
                 self._images = open_spec(self.meta["source"])
             return self._images
@@ -470,7 +470,7 @@ def create_app(
                 if fmt not in ALLOWED_FORMATS or w * h > MAX_PIXELS:
                     raise ValueError(fmt)
                 probe.verify()
-            from convscope.data import read_image
+            from convscope.imageops import read_image
 
             img = read_image(data)
         except Exception:

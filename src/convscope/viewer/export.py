@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from convscope.fileio import save_image, write_text
+from convscope.inputs.fileio import save_image, write_text
 from convscope.viewer import pages
 from convscope.viewer.store import AtlasReader
 from convscope.viewer.weights import weight_neighbors

@@ -6,7 +6,7 @@ torchvision's image decoders, deprecated since 0.29, and applies EXIF orientatio
 torchvision's otherwise (its CUDA decoder ignores orientation, so convscope reads the EXIF tag
 and turns or mirrors the decoded image on the device). Other formats (PNG, GIF) and JPEGs the
 batch decoder refuses (broken ones, kinds it does not support) are decoded by PIL exactly as
-:func:`convscope.data.read_image` does, so transparency, palettes and 16-bit, float and
+:func:`convscope.inputs.read_image` does, so transparency, palettes and 16-bit, float and
 L*a*b* images are converted by the same rules (CMYK JPEGs: the batch decoder's colours are
 PIL's).
 Files neither can decode are skipped with their reason. Resizing and cropping use the subject's
@@ -21,8 +21,9 @@ import io
 
 import torch
 
-from convscope.data import ImageSource, read_image
 from convscope.errors import UserInputError
+from convscope.imageops import read_image
+from convscope.inputs.sources import ImageSource
 from convscope.preprocess import Preprocess
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -39,15 +40,15 @@ class RawImages(torch.utils.data.Dataset):
         return len(self.source)
 
     def __getitem__(self, i: int):
-        from convscope.data import _reason
+        from convscope.inputs.images import skip_reason
 
         try:
-            blob = self.source._reader(self.source.records[i].name)
+            blob = self.source.read_bytes(i)
             if isinstance(blob, (bytes, bytearray)):
                 return torch.frombuffer(bytearray(blob), dtype=torch.uint8), i, None
             return _pil_pixels(read_image(blob)), i, None
         except Exception as e:  # a bad file must never end a run
-            return None, i, _reason(e)
+            return None, i, skip_reason(e)
 
 
 def exif_orientation(blob: bytes) -> int:
@@ -179,9 +180,9 @@ def decode_batch(
         try:
             pixels[i] = _pil_pixels(read_image(t.numpy().tobytes())).to(device)
         except Exception as e:
-            from convscope.data import _reason
+            from convscope.inputs.images import skip_reason
 
-            bad.append((i, _reason(e)))
+            bad.append((i, skip_reason(e)))
     order = [i for _, i in items if i in pixels]
     h, w = preprocess.size
     batch = torch.empty((len(order), 3, h, w), device=device)

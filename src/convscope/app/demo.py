@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from convscope.fileio import save_image, write_text
+from convscope.inputs.fileio import save_image, write_text
+from convscope.inputs.samples import sample_images
 from convscope.layers import layer_row
 from convscope.render import (
     figure_to_image,
@@ -22,7 +23,6 @@ from convscope.render import (
     receptive_fields_figure,
     to_uint8,
 )
-from convscope.samples import sample_images
 from convscope.subject import Subject
 
 Progress = Callable[[str], None]
@@ -153,7 +153,7 @@ def _demo_train(where: Path, seed: int, result: DemoResult) -> None:
 def _demo_represent(subject: Subject, where: Path, seed: int, result: DemoResult) -> None:
     """GAP features of three stages over the bundled photos and their crops: neighbours of two
     images, a t-SNE map (scatter and thumbnails) and the CKA between the stages."""
-    from convscope.data import open_images
+    from convscope.inputs.sources import open_images
     from convscope.render.represent import (
         neighbors_grid,
         scatter_figure,
@@ -349,7 +349,7 @@ def _demo_scan(subject: Subject, where: Path, seed: int, result: DemoResult, ste
     and two random directions."""
     from convscope.atlas import Atlas, render_units, scan_to_atlas
     from convscope.atlas.build import model_spec
-    from convscope.data import open_images
+    from convscope.inputs.sources import open_images
 
     source = open_images("convscope:samples", transform=subject.transform)
     layers = scan_layers(subject)

@@ -35,7 +35,7 @@ def sample_image(name: str) -> Image.Image:
     arr = np.asarray(getattr(skimage.data, name)())
     if arr.dtype == bool:
         arr = arr.astype(np.uint8) * 255
-    from convscope.data import to_rgb
+    from convscope.imageops import to_rgb
 
     return to_rgb(Image.fromarray(arr))
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from convscope.demo import best_labels, scan_layers
+from convscope.app.demo import best_labels, scan_layers
 
 
 def test_demo_scans_the_convolution_before_the_saturating_activation(default_subject):

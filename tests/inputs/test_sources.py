@@ -9,8 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from convscope.data import Batches, open_images, read_image
 from convscope.errors import DataError
+from convscope.imageops import read_image
+from convscope.inputs.batches import Batches
+from convscope.inputs.sources import open_images
 from convscope.preprocess import Preprocess
 
 PRE = Preprocess(size=(16, 16), resize=None, mode="squash")

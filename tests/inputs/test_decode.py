@@ -8,9 +8,10 @@ import skimage.data
 import torch
 from PIL import Image
 
-from convscope.data import Batches, collate, open_images
-from convscope.decode import decode_batch, jpeg_decoder
 from convscope.errors import UserInputError
+from convscope.inputs.batches import Batches, collate
+from convscope.inputs.decode import decode_batch, jpeg_decoder
+from convscope.inputs.sources import open_images
 from convscope.preprocess import Preprocess
 
 BACKENDS = [
@@ -51,7 +52,7 @@ def folder(tmp_path_factory):
     "pre", [Preprocess(size=(224, 224), resize=256), Preprocess(size=(96, 128), resize=None, mode="squash")]
 )
 def test_device_decoding_matches_pil_within_one_level(folder, backend, pre, monkeypatch):
-    import convscope.decode as D
+    import convscope.inputs.decode as D
 
     monkeypatch.setattr(D, "jpeg_decoder", lambda b=None, _j=jpeg_decoder: _j(backend))
     # torchvision leaves orientation to convscope (its CUDA decoder ignores it): tested here
@@ -90,7 +91,7 @@ def test_samples_and_equal_sizes(folder):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_nvjpeg_matches_cpu(folder, backend, monkeypatch):
-    import convscope.decode as D
+    import convscope.inputs.decode as D
 
     monkeypatch.setattr(D, "jpeg_decoder", lambda b=None, _j=jpeg_decoder: _j(backend))
     pre = Preprocess(size=(224, 224), resize=256)
@@ -109,7 +110,7 @@ def test_nvjpeg_matches_cpu(folder, backend, monkeypatch):
 def test_orientation_matches_pil(code):
     from PIL import ImageOps
 
-    from convscope.decode import orient
+    from convscope.inputs.decode import orient
 
     arr = np.random.default_rng(code).integers(0, 255, (5, 7, 3), dtype=np.uint8)
     img = Image.fromarray(arr)
@@ -120,7 +121,7 @@ def test_orientation_matches_pil(code):
 
 
 def test_rotated_jpegs_travel_as_bytes_and_are_oriented(folder):
-    from convscope.decode import RawImages, exif_orientation
+    from convscope.inputs.decode import RawImages, exif_orientation
 
     src = open_images(folder)
     raw = RawImages(src)
@@ -167,7 +168,7 @@ def test_device_decoding_converts_every_mode_like_read_image(tmp_path):
     """16-bit, float, premultiplied, keyed, L*a*b* and CMYK files through the device path: the
     same pixels as the documented reference conversions (the image size is the model's, so no
     resampling hides a wrong conversion)."""
-    from tests.test_data import MODE_CASES
+    from tests.inputs.test_sources import MODE_CASES
 
     suffix = {"png": ".png", "tiff": ".tif", "pgm": ".pgm"}
     want = {}

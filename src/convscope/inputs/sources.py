@@ -1,6 +1,4 @@
-"""Image sources: folders, file lists and tar archives, decoded robustly and batched.
-
-Every source lists its images in a deterministic order (sorted paths). Files that cannot be
+"""Every source lists its images in a deterministic order (sorted paths). Files that cannot be
 decoded are skipped, never fatal: each batch says which indices it skipped and why, and
 :class:`Batches` adds them up into a :class:`SkipReport` for the end-of-run summary.
 Labels follow ImageFolder: when every image lies in a sub-folder below the images' common
@@ -15,139 +13,23 @@ name; :func:`display_name` shows it printably. A source that holds no file at al
 
 from __future__ import annotations
 
-import io
 import os
 import posixpath
 import tarfile
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from fnmatch import fnmatch
 from pathlib import Path, PurePosixPath
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
-from convscope.accel import PREFETCH
 from convscope.errors import DataError
-from convscope.fileio import name_bytes
+from convscope.imageops import read_image
+from convscope.inputs.images import ImageRecord, display_name, skip_reason
 
 Transform = Callable[[Image.Image], torch.Tensor]
 _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
-
-
-def read_image(source: str | os.PathLike | bytes | Image.Image) -> Image.Image:
-    """Decode a file path or bytes to an RGB PIL image: EXIF orientation applied, then
-    :func:`to_rgb`. Raises on unreadable data."""
-    if isinstance(source, Image.Image):
-        return to_rgb(source)
-    fp = io.BytesIO(source) if isinstance(source, bytes) else source
-    with Image.open(fp) as img:
-        img.load()
-        return to_rgb(ImageOps.exif_transpose(img))
-
-
-_WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """RGB copy of ``img``, for every mode Pillow opens files in:
-
-    - 16-bit grey (``I;16``, ``I;16L``, ``I;16B``, ``I;16N``): the high byte, ``value >> 8``,
-      which is how Pillow itself reduces 16-bit RGB, RGBA and grey+alpha PNGs and TIFFs;
-    - 32-bit integers (``I``, Pillow's mode for 16-bit PGM/PPM and 32-bit integer TIFFs): taken
-      as 16-bit values, clipped to 0..65535, then ``>> 8``;
-    - 32-bit floats (``F``): intensities in 0..1, clipped (NaN as 0), times 255, rounded;
-    - transparency (``RGBA``, ``LA``, ``PA``, premultiplied ``La``/``RGBa``, a palette's alpha, a
-      PNG transparency colour key) composited onto white;
-    - CIE L*a*b* (``LAB``, from TIFFs): to sRGB relative to the D65 white, by the CIE formulas
-      (Pillow's own conversion is off by tens of levels for some in-gamut colours);
-    - everything else (``1``, ``L``, ``P``, ``RGB``, ``RGBX``, ``CMYK``, ``YCbCr``, ``HSV``) by
-      Pillow's own conversion.
-    """
-    if img.mode in _WIDE_MODES:
-        img = _wide_to_grey(img)
-    elif img.mode == "LAB":
-        return _lab_to_rgb(img)
-    elif img.mode in ("La", "RGBa"):  # premultiplied: Pillow converts La to nothing but LA
-        img = img.convert("LA" if img.mode == "La" else "RGBA")
-    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
-        rgba = img.convert("RGBA")
-        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(canvas, rgba).convert("RGB")
-    return img.convert("RGB")
-
-
-_XYZ_TO_SRGB = np.array(
-    [
-        [3.2404542, -1.5371385, -0.4985314],
-        [-0.9692660, 1.8760108, 0.0415560],
-        [0.0556434, -0.2040259, 1.0572252],
-    ]
-)
-_D65 = np.array([0.95047, 1.0, 1.08883])
-
-
-def _lab_to_rgb(img: Image.Image) -> Image.Image:
-    """sRGB of a Pillow ``LAB`` image (L* scaled to 0..255, a* and b* signed bytes), D65 white."""
-    raw = np.asarray(img)
-    lum = raw[..., 0].astype(np.float64) * (100.0 / 255.0)
-    ab = raw[..., 1:].view(np.int8).astype(np.float64)
-    fy = (lum + 16.0) / 116.0
-    f = np.stack([fy + ab[..., 0] / 500.0, fy, fy - ab[..., 1] / 200.0], axis=-1)
-    delta = 6.0 / 29.0
-    xyz = np.where(f > delta, f**3, 3 * delta**2 * (f - 4.0 / 29.0)) * _D65
-    lin = (xyz @ _XYZ_TO_SRGB.T).clip(0.0, 1.0)  # out-of-gamut colours clipped in RGB
-    srgb = np.where(lin <= 0.0031308, 12.92 * lin, 1.055 * lin ** (1 / 2.4) - 0.055)
-    return Image.fromarray(np.round(srgb * 255).astype(np.uint8))
-
-
-def _wide_to_grey(img: Image.Image) -> Image.Image:
-    """An 8-bit ``L`` (``LA`` with a transparency key) image of a 16-bit, 32-bit integer or
-    float image, by the rules of :func:`to_rgb` (Pillow would clip every value above 255)."""
-    raw = np.asarray(img)
-    if img.mode == "F":
-        grey = np.round(np.nan_to_num(raw.astype(np.float64), nan=0.0).clip(0.0, 1.0) * 255)
-    else:
-        grey = raw.astype(np.int64).clip(0, 65535) >> 8
-    out = Image.fromarray(grey.astype(np.uint8))
-    key = img.info.get("transparency")
-    if isinstance(key, (int, float)) and not isinstance(key, bool):
-        alpha = Image.fromarray(np.where(raw == key, 0, 255).astype(np.uint8))
-        out = Image.merge("LA", (out, alpha))
-    return out
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    """One image of a source: position, name (path relative to the source) and class index."""
-
-    index: int
-    name: str
-    label: int | None = None
-
-
-@dataclass
-class SkipReport:
-    """Files that could not be used, with the reason for each."""
-
-    items: list[tuple[str, str]] = field(default_factory=list)
-
-    def add(self, name: str, reason: str) -> None:
-        self.items.append((name, reason))
-
-    @property
-    def count(self) -> int:
-        return len(self.items)
-
-    def summary(self, limit: int = 5) -> str:
-        """One line, e.g. ``"skipped 2 files: a.jpg (truncated), notes.txt (not an image)"``."""
-        if not self.items:
-            return "skipped 0 files"
-        shown = ", ".join(f"{display_name(n)} ({display_name(r)})" for n, r in self.items[:limit])
-        more = f", +{self.count - limit} more" if self.count > limit else ""
-        return f"skipped {self.count} file{'s' * (self.count != 1)}: {shown}{more}"
 
 
 class ImageSource(torch.utils.data.Dataset):
@@ -176,16 +58,20 @@ class ImageSource(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def read_bytes(self, i: int) -> bytes:
+        """The stored bytes of image ``i`` (its file or archive member), undecoded."""
+        return self._reader(self.records[i].name)
+
     def read(self, i: int) -> Image.Image:
         """Decoded RGB image ``i`` (raises if it cannot be decoded)."""
-        return read_image(self._reader(self.records[i].name))
+        return read_image(self.read_bytes(i))
 
     def __getitem__(self, i: int):
         try:
             img = self.read(i)
             return (self.transform(img) if self.transform else img), i, None
         except Exception as e:  # a bad file must never end a run
-            return None, i, _reason(e)
+            return None, i, skip_reason(e)
 
     def with_transform(self, transform: Transform | None) -> ImageSource:
         out = ImageSource(self.records, self.classes, self._reader, self.description, transform)
@@ -199,22 +85,6 @@ class ImageSource(torch.utils.data.Dataset):
 
     def __repr__(self) -> str:
         return f"ImageSource({self.description!r}, {len(self)} images, {len(self.classes)} classes)"
-
-
-def display_name(name: str) -> str:
-    """``name`` printable anywhere: the bytes of a non-UTF-8 file name as ``\\xe9`` escapes (the
-    name itself, a surrogate-escaped str, cannot be written to a UTF-8 terminal or file)."""
-    return name_bytes(name).decode("utf-8", "backslashreplace")
-
-
-def _reason(e: Exception) -> str:
-    from PIL import UnidentifiedImageError
-
-    if isinstance(e, UnidentifiedImageError):
-        return "not an image"
-    if isinstance(e, OSError) and e.errno is not None and e.strerror:
-        return f"{type(e).__name__}: {e.strerror}"  # the name is shown beside the reason
-    return f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}".rstrip(": ")
 
 
 def open_images(
@@ -344,7 +214,7 @@ def _from_tar(path: Path, transform, pattern) -> ImageSource:
 
 
 def _from_samples(transform, pattern) -> ImageSource:
-    from convscope.samples import sample_view, sample_view_names
+    from convscope.inputs.samples import sample_view, sample_view_names
 
     names = sample_view_names()
     if pattern:
@@ -426,111 +296,3 @@ def _make(names, reader, description, transform, labels_from_dirs) -> ImageSourc
             labels = [index[p[common]] for p in parts]
     records = [ImageRecord(i, n, lab) for i, (n, lab) in enumerate(zip(names, labels))]
     return ImageSource(records, classes, reader, description, transform)
-
-
-# --- batching ------------------------------------------------------------------------------
-
-
-@dataclass
-class ImageBatch:
-    """A batch: ``images`` (B, 3, H, W), their source ``indices`` (B,), and what was skipped."""
-
-    images: torch.Tensor
-    indices: torch.Tensor
-    skipped: list[tuple[int, str]]
-
-    def pin_memory(self) -> ImageBatch:
-        """The batch in page-locked memory (the DataLoader calls this with ``pin_memory=True``;
-        without it a custom batch type is silently left unpinned)."""
-        return ImageBatch(self.images.pin_memory(), self.indices.pin_memory(), self.skipped)
-
-
-def collate(items) -> ImageBatch:
-    """DataLoader collate that drops undecodable items and keeps their reasons."""
-    good = [(t, i) for t, i, err in items if err is None]
-    skipped = [(i, err) for t, i, err in items if err is not None]
-    if good:
-        images = torch.stack([t for t, _ in good])
-        indices = torch.tensor([i for _, i in good], dtype=torch.long)
-    else:
-        images = torch.empty(0)
-        indices = torch.empty(0, dtype=torch.long)
-    return ImageBatch(images, indices, skipped)
-
-
-class Batches:
-    """Iterate a source in batches through a DataLoader (``workers`` processes decode).
-
-    Batch ``j`` holds positions ``j * batch_size ...`` of the read order, minus the files that
-    could not be decoded (so a batch may be empty). ``report`` collects every skipped file;
-    ``indices`` (optional) restricts and orders the images read. With ``decode="device"`` the
-    workers only read bytes and :mod:`convscope.decode` decodes each batch on ``device`` (the
-    batch's images are then already there).
-    """
-
-    def __init__(
-        self,
-        source: ImageSource,
-        batch_size: int = 32,
-        workers: int = 0,
-        indices: Sequence[int] | None = None,
-        pin_memory: bool = False,
-        decode: str = "cpu",
-        device: torch.device | str = "cpu",
-    ):
-        if source.transform is None:
-            raise DataError("the image source needs a transform (e.g. subject.transform)")
-        self.source = source
-        self.batch_size = batch_size
-        self.workers = workers
-        self.indices = list(indices) if indices is not None else None
-        self.pin_memory = pin_memory
-        self.decode = decode
-        self.device = torch.device(device)
-        self.report = SkipReport()
-        if decode == "device":
-            from convscope.decode import device_transform
-
-            self._preprocess = device_transform(source)
-        elif decode != "cpu":
-            raise DataError(f"decode must be cpu or device, not {decode!r}")
-
-    def __len__(self) -> int:
-        n = len(self.indices) if self.indices is not None else len(self.source)
-        return (n + self.batch_size - 1) // self.batch_size
-
-    def __iter__(self) -> Iterator[ImageBatch]:
-        on_device = self.decode == "device"
-        if on_device:
-            from convscope.decode import RawImages, decode_batch
-
-            dataset = RawImages(self.source)
-        else:
-            dataset = self.source
-        if self.indices is not None:
-            dataset = torch.utils.data.Subset(dataset, self.indices)
-        loader = torch.utils.data.DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=False,
-            num_workers=self.workers,
-            collate_fn=_collate_raw if on_device else collate,
-            pin_memory=self.pin_memory and not on_device,
-            persistent_workers=False,
-            prefetch_factor=PREFETCH if self.workers else None,
-        )
-        for batch in loader:
-            if on_device:
-                good, skipped = batch
-                images, order, bad = decode_batch(good, self._preprocess, self.device)
-                batch = ImageBatch(images, torch.tensor(order, dtype=torch.long), skipped + bad)
-            for i, reason in batch.skipped:
-                self.report.add(self.source.records[i].name, reason)
-            yield batch
-
-
-def _collate_raw(items):
-    return (
-        [(t, i) for t, i, err in items if err is None],
-        [(i, err) for t, i, err in items if err is not None],
-    )

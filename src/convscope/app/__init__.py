@@ -1,0 +1,1 @@
+"""The application layer: reports written from results, and the demo."""
