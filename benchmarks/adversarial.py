@@ -19,7 +19,7 @@ import torch
 
 import convscope
 from convscope.adversarial import PixelModel, pgd
-from convscope.samples import sample_images
+from convscope.inputs.samples import sample_images
 
 
 def main() -> None:

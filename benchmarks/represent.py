@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 import convscope
-from convscope.data import open_images
+from convscope.inputs.sources import open_images
 from convscope.represent import NeighborIndex, extract_features
 
 

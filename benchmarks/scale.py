@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 import convscope
-from convscope.data import open_images
-from convscope.samples import sample_view, sample_view_names
+from convscope.inputs.samples import sample_view, sample_view_names
+from convscope.inputs.sources import open_images
 from convscope.scan import scan
 
 
@@ -164,8 +164,8 @@ def device_main(argv) -> None:
     whole 50k-image training set once and reports the wall time."""
     import platform
 
-    from convscope.accel import Accel, auto_workers
-    from convscope.scan.scanner import resolve_scan_layers
+    from convscope.accel import Accel
+    from convscope.inputs.workers import auto_workers
 
     ap = argparse.ArgumentParser(prog="scale.py device")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -189,7 +189,7 @@ def device_main(argv) -> None:
     for model in args.models.split(","):
         weights = "default" if model == "efficientnet_lite0" else None
         subject = convscope.load(model, weights=weights, device=args.device)
-        layers = resolve_scan_layers(subject, "stages")
+        layers = subject.layers.select("stages")
         gen = torch.Generator().manual_seed(0)
         batches = [
             torch.randn(bs, 3, *subject.input_size, generator=gen).to(subject.device)

@@ -31,7 +31,8 @@ import torch
 
 import convscope
 from convscope.accel import Accel, prepared
-from convscope.data import ImageRecord, ImageSource
+from convscope.inputs.images import ImageRecord
+from convscope.inputs.sources import ImageSource
 from convscope.scan import scan
 from convscope.scan.scanner import _Engine
 from convscope.scan.state import LayerState

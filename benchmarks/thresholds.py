@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 import convscope
-from convscope.data import open_images
-from convscope.scan import quantile_thresholds, saturation_rule, scan
+from convscope.inputs.sources import open_images
+from convscope.quantiles import quantile_thresholds, saturation_rule
+from convscope.scan import scan
 
 LAYERS = ["blocks.1", "blocks.3", "blocks.5", "bn2"]
 SHARED = Path(os.environ.get("CONVSCOPE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
