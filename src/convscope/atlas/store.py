@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from convscope.atlas.paths import AtlasPaths, is_private_file  # noqa: F401 (is_private_file: re-exported)
 from convscope.errors import ConvscopeError, LayerNotFoundError, UserInputError
 from convscope.inputs.fileio import (
     LockedError,
@@ -38,14 +39,6 @@ from convscope.scan.result import ScanResult, UnitStats, UnitTopK
 from convscope.subject import Subject
 
 SCHEMA_VERSION = 4  # 2: empirical receptive fields; 3: dissections; 4: lossless names (raw)
-LOCK_NAME = "atlas.lock"
-
-
-def is_private_file(name: str) -> bool:
-    """Whether a file of an atlas folder is for convscope alone and never served or shared: the
-    database and its journals, the writer lock (pid, host and command line of the writer), the
-    scan checkpoint, and temporary files (dot-files)."""
-    return name.startswith((".", "atlas.db")) or name in (LOCK_NAME, "scan.ckpt")
 
 
 _SCHEMA = (
@@ -141,14 +134,9 @@ def _migrate(con: sqlite3.Connection) -> None:
     )
 
 
-class Atlas:
-    """An atlas directory. Use :meth:`create` before a scan and :meth:`open` to read one."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.db_path = self.path / "atlas.db"
-        self.checkpoint_path = self.path / "scan.ckpt"
-        self.render_dir = self.path / "render"
+class Atlas(AtlasPaths):
+    """An atlas directory. Use :meth:`create` before a scan and :meth:`open` to read one; the
+    path helpers (:class:`~convscope.atlas.paths.AtlasPaths`) name every file it holds."""
 
     # -- lifecycle ----------------------------------------------------------------------------
     @classmethod
@@ -706,7 +694,7 @@ class _AtlasLock:
                 f"{os.fsdecode(where)!r} is a file, not an atlas folder; choose another --out"
             )
         self._cm = exclusive_lock(
-            where / LOCK_NAME,
+            self.atlas.lock_path,
             what=f"the atlas {os.fsdecode(where)!r}",
             hint="wait for it to finish or choose another --out",
         )
