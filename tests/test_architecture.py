@@ -27,12 +27,12 @@ KERNEL = {
     "imageops",
     "accel",
     "zoo",
-    "results",
     "testing",
 }
 RANKS = {
     **dict.fromkeys(KERNEL, 0),
     "inputs": 1,
+    "results": 1,  # the result protocol writes through inputs.fileio
     "render": 2,
     **dict.fromkeys(
         [

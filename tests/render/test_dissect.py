@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from convscope.dissect import BrodenDataset, dissect, make_synthetic_broden
-from convscope.render.dissect import concepts_figure, detectors_figure, region_overlay, unit_figure
+from convscope.dissect.regions import unit_figure
+from convscope.render.dissect import concepts_figure, detectors_figure, region_overlay
 from convscope.render.plots import figure_to_image
 from convscope.testing import tiny_subject
 
@@ -42,7 +43,7 @@ def _bars_and_legend(fig):
 
 def test_detector_chart_legend_does_not_cover_the_bars():
     from convscope.dissect.result import LayerSummary
-    from convscope.render.plots import _plt
+    from convscope.render.plots import pyplot
 
     # the auto-colour chart: one layer, one category with all the detectors
     one = LayerSummary("blocks.1", 24, {"color": 11}, {"color": 9})
@@ -54,4 +55,4 @@ def test_detector_chart_legend_does_not_cover_the_bars():
         fig = detectors_figure(summaries)
         bars, legend = _bars_and_legend(fig)
         assert bars and not any(legend.overlaps(b) for b in bars)
-        _plt().close(fig)
+        pyplot().close(fig)

@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 
 from convscope.empirical.stimuli import Stimuli
-from convscope.render.plots import _plt, stimuli_figure
+from convscope.render.plots import pyplot, stimuli_figure
 
 
 def _visible_labels(ax):
@@ -36,4 +36,4 @@ def test_stimuli_chart_labels_do_not_overlap():
     boxes = [(t.get_text(), t.get_window_extent(r)) for ax in fig.axes for t in _visible_labels(ax)]
     clashes = [(a, b) for (a, ba), (b, bb) in itertools.combinations(boxes, 2) if ba.overlaps(bb)]
     assert not clashes
-    _plt().close(fig)
+    pyplot().close(fig)

@@ -30,7 +30,7 @@ def test_filter_evolution_shows_each_weight_at_least_12_px_wide():
 def test_curves_have_whole_epoch_ticks():
     from types import SimpleNamespace
 
-    from convscope.render.plots import _plt
+    from convscope.render.plots import pyplot
     from convscope.render.training import curves_figure
 
     hist = [
@@ -43,4 +43,4 @@ def test_curves_have_whole_epoch_ticks():
         lo, hi = ax.get_xlim()
         ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
         assert ticks and all(float(t).is_integer() for t in ticks), ticks
-    _plt().close(fig)
+    pyplot().close(fig)

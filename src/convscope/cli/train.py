@@ -415,7 +415,7 @@ def compare_scans(
     from convscope.atlas import Atlas
     from convscope.cli.common import one_layer, parse_range
     from convscope.inputs.fileio import save_image
-    from convscope.render.topk import _fit
+    from convscope.render.topk import fit_image
 
     a, b = Atlas.open(before), Atlas.open(after)
     src_a, src_b = _source_only(a), _source_only(b)
@@ -428,9 +428,9 @@ def compare_scans(
         draw.text((2, 2), f"{name}:{u} before", fill=(0, 0, 0))
         draw.text((k * (cell + pad) + 20, 2), "after", fill=(0, 0, 0))
         for j, i in enumerate(ta.images[:k]):
-            canvas.paste(_fit(src_a.read(int(i)), cell), (j * (cell + pad), 16))
+            canvas.paste(fit_image(src_a.read(int(i)), cell), (j * (cell + pad), 16))
         for j, i in enumerate(tb.images[:k]):
-            canvas.paste(_fit(src_b.read(int(i)), cell), (k * (cell + pad) + 20 + j * (cell + pad), 16))
+            canvas.paste(fit_image(src_b.read(int(i)), cell), (k * (cell + pad) + 20 + j * (cell + pad), 16))
         png = save_image(canvas, out / f"{name}_unit{u:04d}.png")
         Console().print(f"{name}:{u} -> {png}")
 

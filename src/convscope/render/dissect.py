@@ -1,18 +1,19 @@
 """Pictures of a dissection: a unit's top images with its thresholded region, and the
-per-layer and per-model detector charts of Bau et al. (2017)."""
+per-layer and per-model detector charts of Bau et al. (2017). Arrays and the dissection's own
+fields in, pictures out: the regions are computed in :mod:`convscope.dissect.regions`."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from convscope.dissect.result import Dissection, LayerSummary
-from convscope.recorder import Recorder
-from convscope.render.plots import _plt
+from convscope.render.plots import pyplot
+
+if TYPE_CHECKING:  # drawn from their fields only: render/ does not import the capabilities
+    from convscope.dissect.result import Dissection, LayerSummary
 
 CATEGORY_COLORS = {
     "color": "#d62728",
@@ -39,34 +40,27 @@ def _erode(mask: np.ndarray) -> np.ndarray:
     return m[1:-1, 1:-1] & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
 
 
-def unit_figure(
-    subject, data, dissection: Dissection, layer: str, unit: int, n: int = 6, cell: int = 112
+def unit_regions_figure(
+    pixels: Sequence[np.ndarray], masks: Sequence[np.ndarray], title: str, subtitle: str = "", cell: int = 112
 ) -> Image.Image:
-    """The unit's ``n`` most activating concept images with its region above threshold (the
-    activation map upsampled to the image), under a title with its label and IoU."""
-    d = dissection.layers[layer]
-    idx = [int(i) for i, v in zip(d.top_images[unit], d.top_values[unit]) if np.isfinite(v)][:n]
-    lab = dissection.label(layer, unit)
-    items = [data[i] for i in idx]
-    items = [it for it in items if it.error is None]
-    tiles = []
-    if items:
-        x = torch.stack([it.x for it in items]).to(subject.device)
-        with Recorder(subject, [layer], stop=True) as rec, torch.inference_mode():
-            subject(x)
-        a = rec[layer].float()
-        a = a[:, unit][:, None] if a.dim() == 4 else a[:, unit, None, None, None]
-        up = F.interpolate(a, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-        masks = (up > float(d.thresholds[unit])).cpu().numpy()
-        pixels = subject.preprocess.denormalize(x).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
-        for img, m in zip(pixels, masks):
-            tiles.append(
-                region_overlay((img * 255 + 0.5).astype(np.uint8), m).resize((cell, cell), Image.BILINEAR)
-            )
+    """A unit's images ``pixels`` (H, W, 3) uint8 with its regions ``masks`` (H, W) bool
+    (:func:`region_overlay`), ``cell`` px each, under a ``title`` line and a grey ``subtitle``."""
+    tiles = [region_overlay(p, m).resize((cell, cell), Image.BILINEAR) for p, m in zip(pixels, masks)]
     pad, head = 4, 30
     width = max(1, len(tiles)) * (cell + pad) + pad
     canvas = Image.new("RGB", (max(width, 360), head + cell + pad), "white")
     draw = ImageDraw.Draw(canvas)
+    draw.text((pad, 2), title, fill=(0, 0, 0))
+    draw.text((pad, 15), subtitle, fill=(90, 90, 90))
+    for k, t in enumerate(tiles):
+        canvas.paste(t, (pad + k * (cell + pad), head))
+    return canvas
+
+
+def unit_title(dissection: Dissection, layer: str, unit: int) -> tuple[str, str]:
+    """The title line (unit, label, IoU, whether it is a detector) and the runners-up line of a
+    unit's picture."""
+    lab = dissection.label(layer, unit)
     tag = (
         "detector"
         if lab.detector
@@ -74,14 +68,10 @@ def unit_figure(
             f"too broad: region covers {lab.coverage:.0%} of pixels" if lab.too_broad else "below threshold"
         )
     )
-    draw.text(
-        (pad, 2), f"{layer}:{unit}  {lab.name} ({lab.category})  IoU {lab.iou:.3f}  [{tag}]", fill=(0, 0, 0)
-    )
-    others = ", ".join(f"{dissection.concepts[c].name} {v:.3f}" for c, v in d.ranking(unit, 4)[1:])
-    draw.text((pad, 15), f"next: {others}", fill=(90, 90, 90))
-    for k, t in enumerate(tiles):
-        canvas.paste(t, (pad + k * (cell + pad), head))
-    return canvas
+    title = f"{layer}:{unit}  {lab.name} ({lab.category})  IoU {lab.iou:.3f}  [{tag}]"
+    ranking = dissection.layers[layer].ranking(unit, 4)[1:]
+    others = ", ".join(f"{dissection.concepts[c].name} {v:.3f}" for c, v in ranking)
+    return title, f"next: {others}"
 
 
 def detectors_figure(
@@ -92,7 +82,7 @@ def detectors_figure(
 ):
     """Grouped bars: unique detectors (or all detectors) per category for each layer or model,
     as the paper's comparisons of layers and of networks."""
-    plt = _plt()
+    plt = pyplot()
     names = list(names or [s.layer for s in summaries])
     cats = [
         c for c in CATEGORY_COLORS if any((s.unique if unique else s.detectors).get(c, 0) for s in summaries)
@@ -126,7 +116,7 @@ def detectors_figure(
 def concepts_figure(dissection: Dissection, layer: str, limit: int = 40):
     """NetDissect's layer bar graph: detector units per concept, coloured by category, most
     frequent first."""
-    plt = _plt()
+    plt = pyplot()
     det = dissection.detectors(layer)
     by_name = {c.name: c.category for c in dissection.concepts.values()}
     rows = sorted(det.items(), key=lambda kv: (-len(kv[1]), kv[0]))[:limit]

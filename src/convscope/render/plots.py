@@ -11,7 +11,8 @@ from PIL import Image
 from convscope.receptive import ReceptiveField
 
 
-def _plt():
+def pyplot():
+    """``matplotlib.pyplot`` on the non-interactive Agg backend (unless one was chosen)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -22,7 +23,7 @@ def _plt():
 
 def figure_to_image(fig, dpi: int = 100) -> Image.Image:
     """Render a matplotlib figure to a PIL image and close it."""
-    plt = _plt()
+    plt = pyplot()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
@@ -37,7 +38,7 @@ def predictions_figure(
     top_probs: Sequence[Sequence[float]],
 ):
     """One row per image: the image as the model sees it, and a bar chart of its top-k."""
-    plt = _plt()
+    plt = pyplot()
     n = len(images)
     fig, axes = plt.subplots(
         n, 2, figsize=(8, 2.2 * n), squeeze=False, gridspec_kw={"width_ratios": [1, 1.6]}
@@ -62,7 +63,7 @@ def receptive_fields_figure(image: np.ndarray, fields: Sequence[tuple[str, Recep
 
     ``fields`` holds ``(layer name, receptive field, (map height, map width))``.
     """
-    plt = _plt()
+    plt = pyplot()
     from matplotlib.patches import Rectangle
 
     fig, ax = plt.subplots(figsize=(6, 6))
@@ -99,7 +100,7 @@ def receptive_fields_figure(image: np.ndarray, fields: Sequence[tuple[str, Recep
 
 def sanity_figure(method: str, layers, corr, corr_abs):
     """Rank correlation with the trained model's map as layers are randomised from the top."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(5, 0.35 * len(layers) + 2), 3.5))
     xs = np.arange(len(layers))
     ax.plot(xs, corr, "o-", label="Spearman (signed)")
@@ -117,7 +118,7 @@ def sanity_figure(method: str, layers, corr, corr_abs):
 
 def curves_figure(deletion, insertion, title: str = ""):
     """Deletion and insertion curves (mean over images) with their AUCs."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for c in (deletion, insertion):
         ax.plot(c.fractions, c.scores.mean(0), label=f"{c.kind} (AUC {c.auc.mean():.3f})")
@@ -131,7 +132,7 @@ def curves_figure(deletion, insertion, title: str = ""):
 
 def stimuli_figure(st):
     """Position tuning (centre unit, anywhere) and the intact / shuffled / scrambled bars."""
-    plt = _plt()
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), gridspec_kw={"wspace": 0.45})
@@ -165,7 +166,7 @@ def stimuli_figure(st):
 
 def rf_sizes_figure(rows):
     """Empirical vs theoretical receptive-field size per layer (rows of layer summaries)."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(rows) + 2), 3.5))
     xs = np.arange(len(rows))
     ax.plot(xs, [r["theoretical"] for r in rows], "s--", label="theoretical")

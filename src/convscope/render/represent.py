@@ -8,8 +8,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from convscope.render.plots import _plt
-from convscope.render.topk import _fit
+from convscope.render.plots import pyplot
+from convscope.render.topk import fit_image
 
 
 def neighbors_grid(
@@ -33,7 +33,7 @@ def neighbors_grid(
         draw.text((pad, 2), title, fill=(0, 0, 0))
     for k, (img, text) in enumerate(zip([query, *neighbors], lines)):
         x = pad + k * (cell + pad)
-        out.paste(_fit(img, cell), (x, head + pad))
+        out.paste(fit_image(img, cell), (x, head + pad))
         for i, line in enumerate(text):
             draw.text((x, head + pad + cell + 1 + 12 * i), line, fill=(0, 0, 0))
     draw.rectangle(
@@ -44,7 +44,7 @@ def neighbors_grid(
 
 def probe_figure(result, title: str = ""):
     """Train and test accuracy of the linear probe per layer, with the chance level."""
-    plt = _plt()
+    plt = pyplot()
     names = [r.layer for r in result.rows]
     fig, ax = plt.subplots(figsize=(max(4.5, 0.7 * len(names) + 2), 3.4))
     pos = np.arange(len(names))
@@ -64,7 +64,7 @@ def probe_figure(result, title: str = ""):
 
 def scatter_figure(xy: np.ndarray, labels: np.ndarray, classes: Sequence[str], title: str = ""):
     """2-D coordinates coloured by class."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 5))
     cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
     for c in np.unique(labels):
@@ -103,7 +103,7 @@ def similarity_figure(
     ylabel: str = "",
 ):
     """A heat map of layer-by-layer similarities (CKA or RSA), values written in the cells."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(cols) + 2.5), max(3.5, 0.5 * len(rows) + 2)))
     im = ax.imshow(matrix, cmap="magma", vmin=min(0.0, float(np.nanmin(matrix))), vmax=1.0)
     ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right", fontsize=8)

@@ -94,17 +94,17 @@ def topk_grid(
         draw.text((pad, 3 + line), note[: max(1, (width - pad) // 6)], fill=(90, 90, 90))
     for i, p in enumerate(patches):
         x = pad + i * (cell + pad)
-        grid.paste(_fit(p, cell), (x, head))
+        grid.paste(fit_image(p, cell), (x, head))
         draw.text((x, head + cell + 1), captions[i], fill=(0, 0, 0))
         if overlays:
-            grid.paste(_fit(overlays[i], cell), (x, head + cell + cap))
+            grid.paste(fit_image(overlays[i], cell), (x, head + cell + cap))
     if bar is not None:
         grid.paste(bar, (pad, head + 2 * cell + cap + pad))
     return grid
 
 
-def _fit(img: Image.Image, cell: int) -> Image.Image:
-    """Resize to fit in ``cell x cell`` keeping the aspect ratio, centred on white."""
+def fit_image(img: Image.Image, cell: int) -> Image.Image:
+    """``img`` resized to fit in ``cell x cell`` px keeping its aspect ratio, centred on white."""
     w, h = img.size
     s = cell / max(w, h)
     small = img.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BICUBIC)

@@ -10,12 +10,12 @@ import torch
 from PIL import Image, ImageDraw
 
 from convscope.render.grid import image_grid, to_uint8
-from convscope.render.plots import _plt
+from convscope.render.plots import pyplot
 
 
 def curves_figure(history, title: str = ""):
     """Loss and accuracy per epoch, train and test."""
-    plt = _plt()
+    plt = pyplot()
     ep = [h.epoch for h in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.3))
     a.plot(ep, [h.train_loss for h in history], "o-", label="train")
@@ -86,7 +86,7 @@ def filter_evolution_figure(
 
 def confusion_figure(matrix: np.ndarray, classes: Sequence[str], title: str = ""):
     """Row-normalised confusion matrix with the counts written in."""
-    plt = _plt()
+    plt = pyplot()
     norm = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(0.45 * len(classes) + 2.5, 0.45 * len(classes) + 2))
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
@@ -112,7 +112,7 @@ def confusion_figure(matrix: np.ndarray, classes: Sequence[str], title: str = ""
 
 def transfer_figure(ks: Sequence[int], accuracies: Sequence[float], blocks: Sequence[str], title: str = ""):
     """Test accuracy after fine-tuning against the number of frozen blocks."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(4.5, 0.5 * len(ks) + 2), 3.3))
     ax.plot(ks, accuracies, "o-")
     ax.set_xticks(list(ks), [f"{k}\n{blocks[k - 1] if k else 'none'}" for k in ks], fontsize=7)
