@@ -393,3 +393,261 @@ def test_fool(tmp_path):
     res = fool(tiny(), 2, "gradient", n=1, seed=0, steps=3, generations=200, population=16, elite=4)
     same_picture(tmp_path / "fool_2_gradient.png", res.to_image())
     assert f"p(class2) = {res.confidence[0]:.4f}" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# representations: features, and the commands that read them
+
+
+@pytest.fixture(scope="module")
+def featured(photos, tmp_path_factory):
+    """The CLI's atlas with gap features of two layers, and the same features in Python."""
+    from convscope.represent import extract_features
+
+    atlas = tmp_path_factory.mktemp("features") / "atlas"
+    cli(
+        "features",
+        "tiny",
+        "--data",
+        photos,
+        "--layers",
+        "conv1,conv2",
+        "--out",
+        atlas,
+        "--workers",
+        0,
+        "--batch-size",
+        4,
+    )
+    subject = tiny()
+    source = open_images(photos, transform=subject.transform)
+    fs = extract_features(subject, source, ["conv1", "conv2"], pooling="gap", batch_size=4, workers=0)
+    return atlas, fs
+
+
+def stored_features(atlas):
+    from convscope.atlas import AtlasPaths
+    from convscope.represent import FeatureSet
+
+    return FeatureSet.load(AtlasPaths(atlas).features_dir("gap"))
+
+
+def test_features(featured):
+    atlas, fs = featured
+    saved = stored_features(atlas)
+    assert saved.layers == fs.layers == ["conv1", "conv2"]
+    assert saved.names == fs.names
+    np.testing.assert_array_equal(saved.labels, fs.labels)
+    np.testing.assert_array_equal(saved.valid, fs.valid)
+    for layer in fs.layers:
+        np.testing.assert_allclose(saved.get(layer), fs.get(layer), rtol=1e-5, atol=1e-6)
+
+
+def test_neighbors(featured):
+    from convscope.atlas import AtlasPaths
+    from convscope.represent import NeighborIndex, PostProcess, evaluate_labels
+
+    atlas, fs = featured
+    cli(
+        "neighbors",
+        atlas,
+        "--layers",
+        "conv2",
+        "--query",
+        0,
+        "--query",
+        7,
+        "--k",
+        3,
+        "--post",
+        "l2",
+        "--eval",
+    )
+    shown = json.loads(
+        (AtlasPaths(atlas).neighbors_render("conv2", "q").parent / "neighbors.json").read_text()
+    )
+    x = fs.get("conv2")
+    pp = PostProcess.parse("l2").fit(x)
+    db = pp.transform(x)
+    index = NeighborIndex(db, "cosine", "exact")
+    for q, record in zip((0, 7), shown["queries"]):
+        scores, found = index.search(db[q : q + 1], 4)
+        hits = [(int(j), float(s)) for j, s in zip(found[0], scores[0]) if j != q][:3]
+        assert record["query"] == fs.names[q]
+        assert [n["image"] for n in record["neighbors"]] == [fs.names[j] for j, _ in hits]
+        np.testing.assert_allclose([n["score"] for n in record["neighbors"]], [s for _, s in hits], rtol=1e-5)
+    scores = evaluate_labels(db, fs.labels, "cosine")
+    assert shown["map"] == pytest.approx(scores.map)
+    assert shown["precision"] == {str(k): pytest.approx(v) for k, v in scores.precision.items()}
+
+
+def test_probe(featured):
+    from convscope.atlas import AtlasPaths
+    from convscope.represent import linear_probe
+
+    atlas, fs = featured
+    cli("probe", atlas, "--test-fraction", 0.5)
+    rows = read_csv(AtlasPaths(atlas).probe_render("gap", "logistic").with_suffix(".csv"))
+    result = linear_probe(
+        {n: fs.get(n) for n in fs.layers},
+        fs.valid_labels(),
+        classifier="logistic",
+        c=1.0,
+        test_fraction=0.5,
+        seed=0,
+    )
+    assert rows[0] == ["layer", "dims", "train_accuracy", "test_accuracy", "chance"]
+    assert rows[1:] == [
+        [r.layer, str(r.dims), f"{r.train_accuracy:.4f}", f"{r.test_accuracy:.4f}", f"{result.chance:.4f}"]
+        for r in result.rows
+    ]
+
+
+def test_project(featured):
+    from convscope.atlas import AtlasPaths
+    from convscope.represent import project
+
+    atlas, fs = featured
+    cli("project", atlas, "--layers", "conv2", "--method", "pca", "--thumbnails", 0)
+    rows = read_csv(AtlasPaths(atlas).projection_render("conv2", "pca").with_suffix(".csv"))
+    xy = project(fs.get("conv2"), "pca", seed=0)
+    assert rows[0] == ["image", "label", "x", "y"]
+    assert [r[:2] for r in rows[1:]] == [[n, str(lab)] for n, lab in zip(fs.names, fs.labels)]
+    np.testing.assert_allclose([[float(a), float(b)] for _, _, a, b in rows[1:]], xy, atol=2e-5)
+
+
+def test_compare(featured, tmp_path):
+    from convscope.represent import similarity_matrix
+
+    atlas, fs = featured
+    cli("compare", atlas, "--measure", "cka", "--out", tmp_path / "cka.png")
+    rows = read_csv(tmp_path / "cka.csv")
+    m = similarity_matrix({n: fs.get(n) for n in fs.layers}, {n: fs.get(n) for n in fs.layers}, "cka")
+    assert rows[0] == ["", *fs.layers]
+    assert [r[0] for r in rows[1:]] == fs.layers
+    np.testing.assert_allclose([[float(v) for v in r[1:]] for r in rows[1:]], m, atol=6e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# empirical receptive fields and stimuli, on the scan's atlas
+
+
+@pytest.fixture()
+def atlas_copy(scanned, tmp_path):
+    """A copy of the scan's atlas (these commands add to it)."""
+    import shutil
+
+    atlas, subject, source, result = scanned
+    copy = tmp_path / "atlas"
+    shutil.copytree(atlas, copy)
+    return copy, subject, source, result
+
+
+def test_rf(atlas_copy):
+    import torch
+
+    from convscope.atlas import Atlas
+    from convscope.empirical import empirical_rf
+    from convscope.render.receptive import empirical_rf_panel
+
+    atlas, subject, source, result = atlas_copy
+    cli("rf", atlas, "--layers", "conv2", "--units", "0-1", "--top", 2, "--occluder", 5, "--stride", 4)
+    store = Atlas.open(atlas)
+    stored = store.empirical_rfs("conv2")
+    assert [r["unit"] for r in stored] == [0, 1]
+    for row in stored:
+        top = result.topk("conv2", row["unit"], "max")
+        x = torch.stack([source[int(i)][0] for i in top.images[:2]])
+        rf = empirical_rf(subject, x, "conv2", row["unit"], patch=5, stride=4, fill="noise")
+        assert row["size"] == pytest.approx(rf.size)
+        assert (row["height"], row["width"]) == (rf.height, rf.width)
+        assert row["theoretical"] == pytest.approx(rf.theoretical)
+        np.testing.assert_allclose(row["average"], rf.average, rtol=1e-5, atol=1e-6)
+        same_picture(store.empirical_rf_render("conv2", row["unit"]), empirical_rf_panel(subject, x, rf))
+    sizes = json.loads(store.rf_sizes(".json").read_text())
+    assert sizes[0]["layer"] == "conv2" and sizes[0]["units"] == 2
+    assert sizes[0]["empirical_mean"] == pytest.approx(np.mean([r["size"] for r in stored]))
+
+
+def test_stimuli(atlas_copy):
+    from convscope.atlas import Atlas
+    from convscope.empirical import best_patch, stimuli
+
+    atlas, subject, source, result = atlas_copy
+    text = cli("stimuli", atlas, "--layers", "conv2", "--unit", 1, "--stride", 8)
+    top = result.topk("conv2", 1, "max")
+    patch = best_patch(subject, source.read(int(top.images[0])), "conv2", int(top.ys[0]), int(top.xs[0]))
+    st = stimuli(subject, patch, "conv2", 1, stride=8)
+    same_picture(Atlas.open(atlas).stimuli_render("conv2", 1), st.to_image())
+    assert (
+        f"intact {st.intact:.3g}, pixels shuffled {st.shuffled:.3g}, blocks scrambled {st.scrambled:.3g}"
+        in text
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# dissection
+
+
+DISSECT = dict(quantile=0.005, iou_threshold=0.04, max_coverage=0.2, batch_size=4, workers=0)
+
+
+@pytest.fixture(scope="module")
+def dissected(tmp_path_factory):
+    """The CLI's atlas of a dissection against 8 synthetic Broden-format images, and the same
+    dissection in Python."""
+    from convscope.dissect import BrodenDataset, dissect, make_synthetic_broden
+
+    root = tmp_path_factory.mktemp("dissect")
+    atlas = root / "atlas"
+    cli(
+        *("dissect", "tiny", "--concepts", "synthetic", "--synthetic-images", 8, "--layers", "conv1,conv2"),
+        *("--out", atlas, "--batch-size", 4, "--workers", 0, "--show", 2),
+    )
+    subject = tiny()
+    make_synthetic_broden(root / "concepts", n=8, size=32, seg=16, seed=0)
+    result = dissect(subject, BrodenDataset(root / "concepts"), ["conv1", "conv2"], **DISSECT)
+    return atlas, subject, result
+
+
+def test_dissect(dissected):
+    from convscope.atlas import Atlas
+
+    atlas, subject, result = dissected
+    store = Atlas.open(atlas)
+    for layer in ("conv1", "conv2"):
+        records = result.to_records(layer)
+        assert json.loads(
+            store.dissection_layer_file("synthetic", layer, "units.json").read_text()
+        ) == json.loads(json.dumps(records))  # as JSON writes them
+        rows = read_csv(store.dissection_layer_file("synthetic", layer, "units.csv"))
+        assert rows[0] == ["layer", "unit", "label", "category", "iou", "detector", "threshold"]
+        assert [(r[1], r[2], r[3]) for r in rows[1:]] == [
+            (str(r["unit"]), r["label"], r["category"]) for r in records
+        ]
+        np.testing.assert_allclose([float(r[4]) for r in rows[1:]], [r["iou"] for r in records], rtol=1e-6)
+    summary = json.loads(store.dissection_file("synthetic", "summary.json").read_text())
+    assert summary["images"] == result.images == 8
+    for entry in summary["layers"]:
+        s = result.summary(entry["layer"])
+        assert (entry["units"], entry["detectors"], entry["unique"]) == (s.units, s.detectors, s.unique)
+    stored = store.dissection("synthetic")
+    for layer in ("conv1", "conv2"):
+        assert [(u.unit, u.name, pytest.approx(u.iou)) for u in stored.labels(layer)] == [
+            (u.unit, u.name, u.iou) for u in result.labels(layer)
+        ]
+
+
+def test_dissect_compare(dissected, tmp_path):
+    from convscope.atlas import Atlas
+
+    atlas, subject, result = dissected
+    cli("dissect-compare", f"{atlas}:conv1", f"{atlas}:conv2", "--out", tmp_path / "cmp.png")
+    rows = json.loads((tmp_path / "cmp.json").read_text())
+    stored = Atlas.open(atlas).dissection()
+    for row, layer in zip(rows, ("conv1", "conv2"), strict=True):
+        s = stored.summary(layer)
+        assert row["model"] == f"{stored.model} {layer}"
+        assert (row["units"], row["detectors"], row["unique"]) == (s.units, s.detectors, s.unique)
+        ours = result.summary(layer)
+        assert (s.units, s.detectors, s.unique) == (ours.units, ours.detectors, ours.unique)
