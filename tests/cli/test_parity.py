@@ -198,9 +198,9 @@ def test_explain(tmp_path):
         ("occlusion", {"window": 8, "stride": 4, "fill": "gray", "seed": 0}),
     ):
         amap = convscope.explain(subject, images, method, target="class:3", **options)
-        saved = np.load(out / f"{method}.npz")
-        np.testing.assert_allclose(saved["maps"], amap.maps, rtol=1e-5, atol=1e-7)
-        assert saved["targets"].tolist() == list(amap.targets)
+        saved = convscope.AttributionMap.load(out / f"{method}.npz")
+        np.testing.assert_allclose(saved.maps, amap.maps, rtol=1e-5, atol=1e-7)
+        assert list(saved.targets) == list(amap.targets)
         for i, stem in enumerate(("coffee", "chelsea")):
             same_picture(out / f"{stem}_{method}.png", amap.to_image(i))
         from convscope.attribution import deletion_insertion, resolve_target
@@ -215,7 +215,7 @@ def test_explain(tmp_path):
 
 
 def test_visualize(tmp_path):
-    from convscope.synthesis import visualize_directions, visualize_units
+    from convscope.synthesis import Synthesis, visualize_directions, visualize_units
     from convscope.units import Direction
 
     opts = dict(steps=4, size=32, param="fft", seed=0)
@@ -234,9 +234,9 @@ def test_visualize(tmp_path):
         tmp_path,
     )
     syn = visualize_units(tiny(), "conv2", [0, 1, 2], batch=32, **opts)
-    saved = np.load(tmp_path / "conv2_units.npz")
-    np.testing.assert_allclose(saved["images"], syn.images, atol=1e-6)
-    np.testing.assert_allclose(saved["scores"], syn.scores, rtol=1e-5)
+    saved = Synthesis.load(tmp_path / "conv2_units.npz")
+    np.testing.assert_allclose(saved.images, syn.images, atol=1e-6)
+    np.testing.assert_allclose(saved.scores, syn.scores, rtol=1e-5)
     same_picture(tmp_path / "conv2_units.png", syn.to_image(ncols=3))
 
     cli(
@@ -257,18 +257,20 @@ def test_visualize(tmp_path):
     syn = visualize_directions(
         subject, Direction.random("conv2", subject.layer("conv2").units, 2, seed=0), **opts
     )
-    np.testing.assert_allclose(np.load(tmp_path / "conv2_directions.npz")["images"], syn.images, atol=1e-6)
+    np.testing.assert_allclose(
+        Synthesis.load(tmp_path / "conv2_directions.npz").images, syn.images, atol=1e-6
+    )
 
 
 def test_classviz(tmp_path, capsys):
-    from convscope.synthesis import class_model
+    from convscope.synthesis import Synthesis, class_model
 
     text = cli("classviz", "tiny", "--classes", "1,class4", "--steps", 4, "--size", 32, "--out", tmp_path)
     subject = tiny()
     syn = class_model(subject, [1, 4], l2=0.0, regularized=True, steps=4, size=32, seed=0, param="fft")
-    saved = np.load(tmp_path / "classes.npz")
-    np.testing.assert_allclose(saved["images"], syn.images, atol=1e-6)
-    assert saved["labels"].tolist() == list(syn.labels)
+    saved = Synthesis.load(tmp_path / "classes.npz")
+    np.testing.assert_allclose(saved.images, syn.images, atol=1e-6)
+    assert list(saved.labels) == list(syn.labels)
     same_picture(tmp_path / "classes.png", syn.to_image(ncols=2))
     assert "class 4 (class4)" in text
 
