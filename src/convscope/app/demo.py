@@ -153,48 +153,33 @@ def _demo_train(where: Path, seed: int, result: DemoResult) -> None:
 def _demo_represent(subject: Subject, where: Path, seed: int, result: DemoResult) -> None:
     """GAP features of three stages over the bundled photos and their crops: neighbours of two
     images, a t-SNE map (scatter and thumbnails) and the CKA between the stages."""
+    from convscope.atlas import AtlasPaths
     from convscope.inputs.sources import open_images
-    from convscope.render.represent import (
-        neighbors_grid,
-        scatter_figure,
-        similarity_figure,
-        thumbnail_map,
-    )
-    from convscope.represent import NeighborIndex, extract_features, project, similarity_matrix
+    from convscope.render.represent import scatter_figure, similarity_figure, thumbnail_map
+    from convscope.represent import extract_features, project, similarity_matrix
+    from convscope.represent.report import write_neighbors_report
 
     source = open_images("convscope:samples", transform=subject.transform)
     layers = [i.name for i in subject.layers.stages()][-3:]
-    fs = extract_features(
-        subject, source, layers, out=where / "features" / "gap", resume=False, batch_size=16
-    )
-    out = where / "render"
+    atlas = AtlasPaths(where)
+    fs = extract_features(subject, source, layers, out=atlas.features_dir("gap"), resume=False, batch_size=16)
     last = layers[-1]
     x = fs.get(last)
-    index = NeighborIndex(x, "cosine")
-    for q in (0, len(x) // 2):
-        scores, found = index.search(x[q : q + 1], 7)
-        hits = [(int(j), float(v)) for j, v in zip(found[0], scores[0]) if j != q][:6]
-        grid = neighbors_grid(
-            source.read(q),
-            [source.read(j) for j, _ in hits],
-            [f"{v:.2f} {fs.names[j].split('/')[0]}" for j, v in hits],
-            title=f"{last} (GAP, cosine): neighbours of {fs.names[q]}",
-        )
-        result.files[f"nearest neighbours of {fs.names[q]}"] = save_image(
-            grid, out / "neighbors" / last / f"{fs.names[q].replace('/', '_')}.png"
-        )
+    found = write_neighbors_report(fs, last, [0, len(x) // 2], atlas, k=6, record=False)
+    for q in found["queries"]:
+        result.files[f"nearest neighbours of {q['query']}"] = Path(q["png"])
     xy = project(x, "tsne", seed=seed)
     fig = scatter_figure(xy, fs.valid_labels(), fs.classes, f"{last} (GAP), t-SNE")
     result.files[f"t-SNE of {last}, by photo"] = save_image(
-        figure_to_image(fig), out / "project" / last / "tsne.png"
+        figure_to_image(fig), atlas.projection_render(last, "tsne")
     )
     result.files[f"t-SNE of {last}, thumbnails"] = save_image(
         thumbnail_map(xy, [source.read(i) for i in range(len(source))], size=900, thumb=48),
-        out / "project" / last / "tsne_thumbnails.png",
+        atlas.projection_render(last, "tsne", thumbnails=True),
     )
     m = similarity_matrix({n: fs.get(n) for n in layers}, {n: fs.get(n) for n in layers}, "cka")
     result.files["linear CKA between stages"] = save_image(
-        figure_to_image(similarity_figure(m, layers, layers, "linear CKA")), out / "compare" / "cka.png"
+        figure_to_image(similarity_figure(m, layers, layers, "linear CKA")), atlas.comparison_render("cka")
     )
 
 
@@ -203,37 +188,30 @@ def _demo_dissect(subject: Subject, where: Path, seed: int, result: DemoResult) 
     and one stage against the colour names of the bundled photos; stored in the demo atlas."""
     from convscope.atlas import Atlas
     from convscope.dissect import BrodenDataset, ColorConcepts, dissect, make_synthetic_broden
-    from convscope.render.dissect import concepts_figure, detectors_figure, unit_figure
 
     atlas = Atlas.open(where)
     size = subject.input_size[0]
     root = make_synthetic_broden(where / "concepts" / "synthetic", n=64, size=size, seg=size // 2, seed=seed)
     stages = [i.name for i in subject.layers.stages()]
     layers = [stages[1], stages[-1]]
-    out = atlas.render_dir / "dissect"
     for set_name, data, names in (
         ("synthetic", BrodenDataset(root), layers),
         ("auto-color", ColorConcepts("convscope:samples", seg=size // 2), layers[:1]),
     ):
         d = dissect(subject, data, names, batch_size=16)
         atlas.write_dissection(d, set_name)
-        fig = detectors_figure(
-            [d.summary(n) for n in names], title=f"unique detectors per category ({set_name})"
+        files = d.write_report(
+            atlas,
+            set_name,
+            subject,
+            data,
+            units=2,
+            broad=False,
+            tables=False,
+            summary=False,
+            title=f"unique detectors per category ({set_name})",
         )
-        result.files[f"dissection ({set_name}): unique detectors per layer"] = save_image(
-            figure_to_image(fig), out / set_name / "layers.png"
-        )
-        for name in names:
-            result.files[f"dissection ({set_name}): detectors of {name} per concept"] = save_image(
-                figure_to_image(concepts_figure(d, name)), out / set_name / f"{name}_concepts.png"
-            )
-            for lab in best_labels(d.labels(name)):
-                result.files[
-                    f"dissection ({set_name}): {name}:{lab.unit} = {lab.name} (IoU {lab.iou:.2f})"
-                ] = save_image(
-                    unit_figure(subject, data, d, name, lab.unit),
-                    out / set_name / name / f"unit{lab.unit:04d}.png",
-                )
+        result.files.update({f"dissection ({set_name}): {what}": path for what, path in files.items()})
 
 
 def _demo_adversarial(subject: Subject, where: Path, samples, seed: int, result: DemoResult) -> None:
@@ -340,8 +318,10 @@ def scan_layers(subject: Subject) -> list[str]:
 
 def best_labels(labels, n: int = 2) -> list:
     """The ``n`` dissection labels with the highest IoU among units that are not flagged too
-    broad (a unit whose region covers nearly every pixel matches every large concept)."""
-    return sorted((lab for lab in labels if not lab.too_broad), key=lambda lab: -lab.iou)[:n]
+    broad (the units the demo draws)."""
+    from convscope.dissect.report import best_labels as best
+
+    return best(labels, n, broad=False)
 
 
 def _demo_scan(subject: Subject, where: Path, seed: int, result: DemoResult, step: Progress):

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 from typing import Annotated
@@ -132,11 +130,8 @@ def dissect(
     best (IoU), store it in the atlas and draw the report."""
     from convscope.atlas import Atlas, stored_dissection
     from convscope.dissect import dissect as run
+    from convscope.dissect.report import best_labels
     from convscope.errors import UserInputError
-    from convscope.inputs.fileio import save_image, write_text
-    from convscope.inputs.images import display_name
-    from convscope.render.dissect import concepts_figure, detectors_figure, unit_figure
-    from convscope.render.plots import figure_to_image
 
     if not 0 < quantile < 1:
         raise UserInputError("--quantile must lie between 0 and 1")
@@ -187,56 +182,26 @@ def dissect(
     finally:
         bar.stop()
     store.write_dissection(result, set_name)
-    where = store.render_dir / "dissect" / set_name
+    # the per-model chart and summary cover every layer the atlas holds on these concepts
+    stored, other = stored_dissection(store, set_name, result, subject.layers.names())
+    result.write_report(
+        store,
+        set_name,
+        subject,
+        data,
+        units=show,
+        summaries=[stored.summary(n) for n in stored.layers],
+        other_settings=other,
+    )
     table = Table(title=f"{subject.name} on {set_name} concepts ({result.images} images)")
     for col in ("layer", "units", "detectors", "unique", "best units"):
         table.add_column(col)
-    summaries = []
     for name in names:
         s = result.summary(name)
-        summaries.append(s)
-        labels = sorted(result.labels(name), key=lambda lab: -lab.iou)
-        best = ", ".join(f"{lab.unit}:{lab.name} {lab.iou:.2f}" for lab in labels[:3])
+        best = ", ".join(
+            f"{lab.unit}:{lab.name} {lab.iou:.2f}" for lab in best_labels(result.labels(name), 3)
+        )
         table.add_row(name, str(s.units), str(s.total_detectors), str(s.total_unique), best)
-        records = result.to_records(name)
-        write_text(where / f"{_safe(name)}_units.json", json.dumps(records, indent=1))
-        write_text(where / f"{_safe(name)}_units.csv", _csv(records))
-        save_image(figure_to_image(concepts_figure(result, name)), where / f"{_safe(name)}_concepts.png")
-        for lab in labels[:show]:
-            save_image(
-                unit_figure(subject, data, result, name, lab.unit),
-                where / _safe(name) / f"unit{lab.unit:04d}.png",
-            )
-    # the per-model chart and summary cover every layer the atlas holds on these concepts
-    report, other = stored_dissection(store, set_name, result, subject.layers.names())
-    stored = [report.summary(n) for n in report.layers]
-    save_image(
-        figure_to_image(
-            detectors_figure(stored, title=f"{subject.name}: unique detectors per category ({set_name})")
-        ),
-        where / "layers.png",
-    )
-    write_text(
-        where / "summary.json",
-        json.dumps(
-            {
-                "model": subject.name,
-                "concepts": set_name,
-                "images": result.images,
-                "iou_threshold": iou,
-                "quantile": quantile,
-                "max_coverage": max_coverage,
-                "seconds": result.seconds,
-                "skipped": [[display_name(n), display_name(r)] for n, r in result.skipped],
-                "layers": [
-                    {"layer": s.layer, "units": s.units, "detectors": s.detectors, "unique": s.unique}
-                    for s in stored
-                ],
-                "other_settings": other,
-            },
-            indent=1,
-        ),
-    )
     o = Console()
     o.print(table)
     if result.skipped:
@@ -248,7 +213,7 @@ def dissect(
             f"not in the report's charts: {', '.join(other)} (dissected with other --iou, "
             "--quantile or --max-coverage)"
         )
-    o.print(f"atlas: {out}/atlas.db; report in {where}/")
+    o.print(f"atlas: {store.db_path}; report in {store.dissection_dir(set_name)}/")
 
 
 def dissect_compare(
@@ -294,18 +259,3 @@ def dissect_compare(
             f"{sum(r['detectors'].values())} detectors of {r['units']} units"
         )
     Console().print(f"wrote {out}")
-
-
-def _safe(name: str) -> str:
-    return name.replace("/", "_").replace("#", "@")
-
-
-def _csv(records: list[dict]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["layer", "unit", "label", "category", "iou", "detector", "threshold"])
-    for r in records:
-        w.writerow(
-            [r["layer"], r["unit"], r["label"], r["category"], r["iou"], int(r["detector"]), r["threshold"]]
-        )
-    return buf.getvalue()

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -48,15 +45,6 @@ def _load(atlas: Path, pooling: str):
     from convscope.represent import FeatureSet
 
     return FeatureSet.load(_features_dir(atlas, pooling))
-
-
-def _source(fs, transform=None):
-    from convscope.errors import UserInputError
-    from convscope.inputs.sources import open_spec
-
-    if (fs.source.get("source") or fs.source.get("files")) is None:
-        raise UserInputError("the features do not say where their images are")
-    return open_spec(fs.source, transform)
 
 
 def _layers(fs, spec: str | None) -> list[str]:
@@ -174,91 +162,38 @@ def neighbors(
     """Nearest neighbours of query images in a layer's feature space, as picture grids."""
     from convscope.atlas import Atlas, reopen
     from convscope.cli.common import read_images
-    from convscope.inputs.fileio import save_image, write_text
-    from convscope.render.represent import neighbors_grid
-    from convscope.represent import (
-        NeighborIndex,
-        PostProcess,
-        evaluate_labels,
-        evaluate_oxford,
-        load_oxford_gt,
-        pool,
-    )
+    from convscope.represent.report import feature_images, write_neighbors_report
 
     layer = one_layer(layers)
     fs = _load(atlas, pooling)
-    x = fs.get(layer, valid_only=False)
-    rows = fs.valid_indices()
-    pp = PostProcess.parse(post).fit(x[rows]) if post else None
-    db = pp.transform(x[rows]) if pp else x[rows]
-    idx = NeighborIndex(db, metric, index)
-    source = _source(fs)
-    subject = None
-    out_dir = atlas / "render" / "neighbors" / layer
-    records = []
-    for q in query:
-        if q.isdigit():
-            qi = int(q)
-            if qi >= len(fs.names) or not fs.valid[qi]:
-                from convscope.errors import UserInputError
 
-                raise UserInputError(
-                    f"--query {qi}: the features hold images 0..{len(fs.names) - 1}, "
-                    "and this one is missing or was unreadable"
-                )
-            vec, img, label = x[qi : qi + 1], source.read(qi), fs.names[qi]
-        else:
-            if subject is None:
-                subject, _ = reopen(Atlas.open(atlas), source=source)
-                subject.to(device)
-            label, img = read_images([q])[0]
-            with subject.record([layer], stop=True) as rec:
-                import torch
+    def subject():
+        model, _ = reopen(Atlas.open(atlas), source=feature_images(fs))
+        return model.to(device)
 
-                with torch.inference_mode():
-                    subject(subject.load_images([img]))
-            vec = pool(rec[layer].float(), pooling, fs.p).cpu().numpy()
-        vec = pp.transform(vec) if pp else vec
-        scores, found = idx.search(vec, k + 1)
-        hits = [
-            (int(rows[j]), float(s))
-            for j, s in zip(found[0], scores[0])
-            if j >= 0 and not (q.isdigit() and int(rows[j]) == int(q))
-        ][:k]
-        grid = neighbors_grid(
-            img,
-            [source.read(i) for i, _ in hits],
-            [f"{s:.3f} {fs.names[i].split('/')[0]}" for i, s in hits],
-            title=f"{layer} ({pooling}, {metric}): neighbours of {label}",
-        )
-        png = save_image(grid, out_dir / f"{Path(label.replace('/', '_')).stem}.png")
-        records.append(
-            {
-                "query": label,
-                "neighbors": [{"image": fs.names[i], "score": s} for i, s in hits],
-                "png": str(png),
-            }
-        )
-        Console().print(f"{label}: {', '.join(fs.names[i] for i, _ in hits[:5])} ... -> {png}")
-    result = {
-        "layer": layer,
-        "pooling": pooling,
-        "metric": metric,
-        "index": index,
-        "post": post,
-        "queries": records,
-    }
+    result = write_neighbors_report(
+        fs,
+        layer,
+        [q if q.isdigit() else read_images([q])[0] for q in query],
+        Atlas(atlas),
+        k=k,
+        metric=metric,
+        index=index,
+        post=post,
+        pooling=pooling,
+        subject=subject,
+        evaluate=evaluate,
+        gt=gt,
+    )
+    for r in result["queries"]:
+        names = ", ".join(n["image"] for n in r["neighbors"][:5])
+        Console().print(f"{r['query']}: {names} ... -> {r['png']}")
     if evaluate:
-        scores = evaluate_labels(db, fs.labels[rows], metric)
-        result["map"], result["precision"] = scores.map, scores.precision
-        Console().print(
-            f"mAP {scores.map:.3f}; " + ", ".join(f"P@{kk} {v:.3f}" for kk, v in scores.precision.items())
-        )
+        precision = ", ".join(f"P@{kk} {v:.3f}" for kk, v in result["precision"].items())
+        Console().print(f"mAP {result['map']:.3f}; {precision}")
     if gt is not None:
-        scores = evaluate_oxford(db, [fs.names[i] for i in rows], load_oxford_gt(gt), metric=metric)
-        result["oxford_map"] = scores.map
-        Console().print(f"Oxford-protocol mAP {scores.map:.3f} over {len(scores.ap)} queries")
-    write_text(out_dir / "neighbors.json", json.dumps(result, indent=1, default=float))
+        n = result["oxford_queries"]
+        Console().print(f"Oxford-protocol mAP {result['oxford_map']:.3f} over {n} queries")
 
 
 def probe(
@@ -271,9 +206,7 @@ def probe(
     seed: SeedOpt = 0,
 ) -> None:
     """Linear probe per layer (one stratified split); accuracy plot and CSV."""
-    from convscope.inputs.fileio import save_image, write_text
-    from convscope.render.plots import figure_to_image
-    from convscope.render.represent import probe_figure
+    from convscope.atlas import Atlas
     from convscope.represent import linear_probe
 
     fs = _load(atlas, pooling)
@@ -286,19 +219,11 @@ def probe(
         test_fraction=test_fraction,
         seed=seed,
     )
-    where = atlas / "render" / "probe"
-    png = save_image(figure_to_image(probe_figure(result)), where / f"probe_{pooling}_{classifier}.png")
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["layer", "dims", "train_accuracy", "test_accuracy", "chance"])
+    png, _ = result.write_report(Atlas(atlas).probe_render(pooling, classifier))
     for r in result.rows:
-        w.writerow(
-            [r.layer, r.dims, f"{r.train_accuracy:.4f}", f"{r.test_accuracy:.4f}", f"{result.chance:.4f}"]
-        )
         Console().print(
             f"{r.layer:>20} {r.dims:6d}-d  test {r.test_accuracy:.3f}  train {r.train_accuracy:.3f}"
         )
-    write_text(png.with_suffix(".csv"), buf.getvalue())
     Console().print(f"chance {result.chance:.3f}; best {result.best().layer}; {png}")
 
 
@@ -317,6 +242,7 @@ def project(
     from convscope.render.plots import figure_to_image
     from convscope.render.represent import scatter_figure, thumbnail_map
     from convscope.represent import project as run
+    from convscope.represent.report import feature_images
 
     layer = one_layer(layers)
     fs = _load(atlas, pooling)
@@ -332,7 +258,7 @@ def project(
     Console().print(f"scatter {png}")
     if thumbnails:
         pick = np.random.default_rng(seed).permutation(len(rows))[:thumbnails]
-        source = _source(fs)
+        source = feature_images(fs)
         thumbs = save_image(
             thumbnail_map(xy[pick], [source.read(int(rows[j])) for j in pick]),
             where / f"{method}_thumbnails.png",

@@ -141,3 +141,11 @@ class Dissection:
                 }
             )
         return rows
+
+    def write_report(self, paths, concepts: str, subject=None, data=None, **options) -> dict:
+        """Write the dissection report (unit tables, charts, unit figures, summary) where the
+        atlas path helpers ``paths`` put the report of concept set ``concepts``; returns what
+        each file shows -> its path. Options: see :func:`convscope.dissect.report.write_report`."""
+        from convscope.dissect.report import write_report  # the report draws; results stay light
+
+        return write_report(self, paths, concepts, subject, data, **options)

@@ -35,6 +35,12 @@ class ProbeResult:
     def best(self) -> ProbeRow:
         return max(self.rows, key=lambda r: r.test_accuracy)
 
+    def write_report(self, png) -> list:
+        """The accuracy figure at ``png`` and the table (CSV) beside it; returns both paths."""
+        from convscope.represent.report import write_probe_report  # drawing stays out of results
+
+        return write_probe_report(self, png)
+
 
 def split(labels: np.ndarray, test_fraction: float = 0.3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A stratified train/test split of indices."""
