@@ -653,3 +653,164 @@ def test_dissect_compare(dissected, tmp_path):
         assert (row["units"], row["detectors"], row["unique"]) == (s.units, s.detectors, s.unique)
         ours = result.summary(layer)
         assert (s.units, s.detectors, s.unique) == (ours.units, ours.detectors, ours.unique)
+
+
+# ---------------------------------------------------------------------------------------------
+# the training lab
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory) -> Path:
+    """An ImageFolder source with train/ and test/ parts (2 classes, 16 px)."""
+    root = tmp_path_factory.mktemp("lab")
+    _photos(root / "train", 4, 16)
+    _photos(root / "test", 2, 16, offset=5)
+    return root
+
+
+def metrics(path) -> list[list[str]]:
+    """metrics.csv without its seconds column (time differs from run to run)."""
+    return [r[:-1] for r in read_csv(path)]
+
+
+def history(result) -> list[list[str]]:
+    """A training result's epochs as metrics.csv writes them (without seconds)."""
+    return [
+        [str(h.epoch), *(f"{v:.5f}" for v in (h.train_loss, h.train_accuracy, h.test_loss, h.test_accuracy))]
+        for h in result.history
+    ]
+
+
+def test_train(lab, tmp_path):
+    import torch
+
+    from convscope.train import TrainConfig, build, confusion_matrix, evaluate, load_split, train
+    from convscope.train.finetune import confusion_csv
+
+    cli("train", "--data", lab, "--epochs", 2, "--batch-size", 4, "--size", 16, "--out", tmp_path / "cli")
+    tr, te = load_split(lab, size=16)
+    torch.manual_seed(0)
+    model = build(
+        "small", len(tr.classes), widths=(32, 64, 128), batchnorm=True, padding="same", input_size=16
+    )
+    config = TrainConfig(epochs=2, batch_size=4, lr=0.1, weight_decay=5e-4, seed=0)
+    result = train(model, tr, te, config, tmp_path / "py")
+    lines = metrics(tmp_path / "cli" / "metrics.csv")
+    assert lines[0] == ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy"]
+    assert lines[1:] == history(result)
+    _, _, pred = evaluate(model, te, config)
+    m = confusion_matrix(te.labels.numpy(), pred, len(tr.classes))
+    assert (tmp_path / "cli" / "confusion.csv").read_text() == confusion_csv(m, tr.classes)
+    cli_weights = torch.load(tmp_path / "cli" / "epoch_002.pt", weights_only=True)
+    py_weights = torch.load(tmp_path / "py" / "epoch_002.pt", weights_only=True)
+    for k, v in py_weights["model"].items():
+        torch.testing.assert_close(cli_weights["model"][k], v)
+
+
+def test_finetune(lab, tmp_path):
+    import copy
+
+    import torch
+
+    from convscope.train import TrainConfig, blocks, freeze, load_split, replace_head, train
+
+    cli(
+        *("finetune", "tiny", "--data", lab, "--limit", 2, "--epochs", 1, "--batch-size", 4),
+        *("--freeze", "0,1", "--out", tmp_path / "cli"),
+    )
+    subject = tiny()
+    pre = subject.preprocess
+    tr, te = load_split(lab, preprocess=pre, limit=2)
+    config = TrainConfig(
+        epochs=1, batch_size=4, lr=0.01, weight_decay=1e-4, seed=0, mean=tuple(pre.mean), std=tuple(pre.std)
+    )
+    rows = []
+    for k in (0, 1):
+        torch.manual_seed(0)
+        m = copy.deepcopy(subject.model)
+        replace_head(m, len(tr.classes))
+        frozen = freeze(m, k)
+        result = train(m, tr, te, config, tmp_path / "py" / f"freeze_{k}")
+        rows.append({"freeze": k, "frozen": frozen, "test_accuracy": result.final.test_accuracy})
+        assert metrics(tmp_path / "cli" / f"freeze_{k}" / "metrics.csv")[1:] == history(result)
+    shown = json.loads((tmp_path / "cli" / "transfer.json").read_text())
+    assert shown == {"blocks": blocks(subject.model), "rows": rows}
+
+
+def test_filters(tmp_path):
+    from convscope.render.grid import image_grid
+    from convscope.render.training import filter_tiles
+
+    subject = tiny()
+    cli("filters", "tiny", "--layers", "conv1", "--n", 4, "--out", tmp_path / "f.png")
+    tiles = filter_tiles(subject.model.conv1.weight, 4, 48)
+    grid = image_grid(tiles, ncols=4, pad=3, captions=[f"conv1:{i}" for i in range(len(tiles))])
+    same_picture(tmp_path / "f.png", grid)
+
+
+# ---------------------------------------------------------------------------------------------
+# the viewer, its static export, and the demo
+
+
+def test_serve(scanned, monkeypatch):
+    pytest.importorskip("fastapi")
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    from convscope.viewer.app import create_app
+
+    atlas, subject, source, result = scanned
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.update(app=app, **options))
+    cli("serve", atlas, "--port", 8123)
+    assert served["port"] == 8123 and served["host"] == "127.0.0.1"
+    local = "http://127.0.0.1:8123"  # the viewer answers only its own host names
+    with (
+        TestClient(served["app"], base_url=local) as ours,
+        TestClient(create_app(atlas), base_url=local) as theirs,
+    ):
+        for route in ("/api/layers", "/api/layer/conv2", "/api/unit/conv2/3"):
+            got = ours.get(route)
+            assert got.status_code == 200, route
+            assert got.json() == theirs.get(route).json(), route
+        unit = ours.get("/api/unit/conv2/3").json()
+    top = result.topk("conv2", 3, "max")
+    assert [r["image"] for r in unit["topk"]["max"]] == top.images.tolist()
+    np.testing.assert_allclose([r["score"] for r in unit["topk"]["max"]], top.scores, rtol=1e-5)
+
+
+def test_export(scanned, tmp_path):
+    pytest.importorskip("fastapi")
+    from convscope.viewer.export import export_html
+
+    atlas, subject, source, result = scanned
+    cli("export", atlas, "--html", tmp_path / "cli", "--units", 2)
+    export_html(atlas, tmp_path / "py", units_per_layer=2)
+    files = sorted(p.relative_to(tmp_path / "cli") for p in (tmp_path / "cli").rglob("*") if p.is_file())
+    assert files == sorted(
+        p.relative_to(tmp_path / "py") for p in (tmp_path / "py").rglob("*") if p.is_file()
+    )
+    assert any(f.suffix == ".html" for f in files)
+    for f in files:
+        assert (tmp_path / "cli" / f).read_bytes() == (tmp_path / "py" / f).read_bytes(), f
+
+
+def test_demo(monkeypatch, tmp_path):
+    """The demo is one library call, ``run_demo(subject, out, seed=...)`` (its output is checked
+    by tests/app): the command passes its subject, folder and seed through and prints the files."""
+    import convscope.app.demo
+    from convscope.app.demo import DemoResult
+
+    calls = []
+
+    def run_demo(subject, out, *, seed=0, progress=None):
+        calls.append((subject.name, out, seed))
+        (out / "layers.txt").parent.mkdir(parents=True, exist_ok=True)
+        (out / "layers.txt").write_text(subject.layers.format())
+        return DemoResult(out, files={"the layer table": out / "layers.txt"})
+
+    monkeypatch.setattr(convscope.app.demo, "run_demo", run_demo)
+    text = cli("demo", "tiny", "--out", tmp_path / "d", "--seed", 3)
+    assert calls == [("tiny", tmp_path / "d", 3)]
+    assert "layers.txt" in text and "the layer table" in text
+    assert (tmp_path / "d" / "layers.txt").read_text() == tiny().layers.format()
