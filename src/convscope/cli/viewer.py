@@ -32,17 +32,22 @@ def serve(
     from convscope.errors import UserInputError
 
     try:
-        import uvicorn
-
-        from convscope.viewer.app import create_app
+        from convscope.viewer.app import serve as serve_atlas
     except ImportError:
         raise UserInputError("the viewer needs the web extra: pip install 'convscope[web]'") from None
-    from convscope.viewer.app import default_hosts
 
-    hosts = default_hosts(host) + list(allow_host or [])
-    app = create_app(atlas, device=device, upload_limit=upload_mb << 20, allowed_hosts=hosts)
-    Console(stderr=True).print(f"convscope viewer on http://{host}:{port}/ (Ctrl-C to stop)")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    def ready(url: str) -> None:
+        Console(stderr=True).print(f"convscope viewer on {url} (Ctrl-C to stop)")
+
+    serve_atlas(
+        atlas,
+        host,
+        port,
+        upload_limit=upload_mb << 20,
+        device=device,
+        allow_hosts=allow_host or [],
+        ready=ready,
+    )
 
 
 def export(

@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from pathlib import Path
 
-from PIL import Image
-
 from convscope.inputs.fileio import save_image, write_text
 from convscope.viewer import pages
-from convscope.viewer.store import AtlasReader
+from convscope.viewer.pictures import rf_picture, thumbnail, unit_patch
+from convscope.viewer.state import open_reader, reopen_atlas
 from convscope.viewer.weights import weight_neighbors
 
 
-def _jpeg(img: Image.Image, path: Path, size: int) -> None:
-    img = img.convert("RGB")
-    img.thumbnail((size, size))
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=88)
+def _write(data: bytes, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(buf.getvalue())
+    path.write_bytes(data)
 
 
 def export_html(
@@ -33,15 +27,13 @@ def export_html(
     """Write ``index.html``, paginated layer pages, unit pages for the first
     ``units_per_layer`` units of each layer (with their patches and top-K grids), and a page for
     every image those units show. Returns ``out/index.html``."""
-    from convscope.render.topk import heat_overlay, patch_from_original
     from convscope.scan.patches import render_topk
-    from convscope.viewer.store import reopen_from_meta
 
     out = Path(out)
-    reader = AtlasReader(atlas)
+    reader = open_reader(atlas)
     meta = reader.meta()
     links = pages.StaticLinks()
-    subject, source = reopen_from_meta(meta)
+    subject, source = reopen_atlas(meta)
     layers = reader.layers()
     write_text(
         out / links.home(),
@@ -70,11 +62,7 @@ def export_html(
             row = reader.unit(name, u)
             tops = {c: reader.topk(name, u, c) for c in crits}
             if tops.get("max"):
-                t0 = tops["max"][0]
-                img = source.read(t0["image"])
-                if info.rf is not None and not info.rf.is_global and info.is_map:
-                    img = patch_from_original(img, subject.preprocess, info.rf.box(t0["y"], t0["x"]))
-                _jpeg(img, out / links.patch(name, u), 112)
+                _write(unit_patch(subject, source, info, tops["max"][0]), out / links.patch(name, u))
             for c, rows in tops.items():
                 images.update(r["image"] for r in rows)
                 if rows:
@@ -84,14 +72,7 @@ def export_html(
                     )
             rf = reader.empirical_rf(name, u)
             if rf is not None:
-                import numpy as np
-
-                avg = rf["average"] / max(float(rf["average"].max()), 1e-12)
-                grey = np.full((*avg.shape, 3), 128, np.uint8)
-                save_image(
-                    heat_overlay(grey, avg, alpha=1.0).resize((160, 160), Image.NEAREST),
-                    out / links.rf(name, u),
-                )
+                save_image(rf_picture(rf), out / links.rf(name, u))
             write_text(
                 out / links.unit(name, u),
                 pages.unit_page(
@@ -112,8 +93,8 @@ def export_html(
     for idx in sorted(images):
         row = reader.image(idx)
         img = source.read(idx)
-        _jpeg(img, out / links.source_image(idx), 112)
-        _jpeg(img, out / links.source_image(idx, 448), 448)
+        _write(thumbnail(img, 112), out / links.source_image(idx))
+        _write(thumbnail(img, 448), out / links.source_image(idx, 448))
         units = [r for r in reader.image_units(idx) if r["unit"] < units_per_layer]
         write_text(
             out / links.image(idx),
