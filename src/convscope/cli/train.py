@@ -60,30 +60,6 @@ TestLimitOpt = Annotated[
 ]
 
 
-def _report(out: Path, model, result, test, config, classes, title: str) -> None:
-    from convscope.inputs.fileio import save_image, write_text
-    from convscope.render.plots import figure_to_image
-    from convscope.render.training import confusion_figure, curves_figure
-    from convscope.train import confusion_matrix, evaluate
-    from convscope.train.finetune import confusion_csv
-
-    lines = ["epoch,train_loss,train_accuracy,test_loss,test_accuracy,seconds"]
-    lines += [
-        f"{h.epoch},{h.train_loss:.5f},{h.train_accuracy:.5f},{h.test_loss:.5f},"
-        f"{h.test_accuracy:.5f},{h.seconds:.2f}"
-        for h in result.history
-    ]
-    write_text(out / "metrics.csv", "\n".join(lines) + "\n")
-    save_image(figure_to_image(curves_figure(result.history, title)), out / "curves.png")
-    _, acc, pred = evaluate(model, test, config)
-    m = confusion_matrix(test.labels.numpy(), pred, len(classes))
-    write_text(out / "confusion.csv", confusion_csv(m, classes))
-    save_image(
-        figure_to_image(confusion_figure(m, classes, f"{title}: test accuracy {acc:.3f}")),
-        out / "confusion.png",
-    )
-
-
 def train(
     data_arg: Annotated[str | None, typer.Argument(hidden=True, help="old spelling of --data")] = None,
     data: TrainDataOpt = TRAIN_DATA,
@@ -112,10 +88,10 @@ def train(
     and the confusion matrix. The same command with --resume continues a killed run."""
     import torch
 
-    from convscope.inputs.fileio import save_image
-    from convscope.render.training import filter_evolution_figure
     from convscope.train import TrainConfig, build, load_split
     from convscope.train import train as run
+    from convscope.train.filters import spread
+    from convscope.train.report import write_report
 
     data = data_arg or data
     _check_resume(out, resume)
@@ -156,31 +132,14 @@ def train(
     finally:
         bar.stop()
     title = f"{arch}{' (random labels)' if random_labels else ''}"
-    _report(out, model, result, te, config, tr.classes, title)
-    snaps, epochs_seen = _snapshots(out)
     convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
-    layers = [convs[0], convs[len(convs) // 2], convs[-1]] if len(convs) > 2 else convs
-    save_image(
-        filter_evolution_figure(snaps, epochs_seen, [f"{n}.weight" for n in layers]),
-        out / "filters_evolution.png",
-    )
+    write_report(out, model, result, te, config, tr.classes, title, evolution=spread(convs))
     f = result.final
     Console().print(
         f"{len(tr)} train / {len(te)} test images, {epochs} epochs: test accuracy "
         f"{f.test_accuracy:.4f} (train {f.train_accuracy:.4f}); "
         f"{sum(h.seconds for h in result.history):.0f} s of training; {out}/"
     )
-
-
-def _snapshots(out: Path, every: int = 1):
-    from convscope.train import load_weights
-
-    paths = sorted(out.glob("epoch_*.pt"))
-    keep = paths[::every] if paths[-1] in paths[::every] else paths[::every] + [paths[-1]]
-    if len(keep) > 8:  # at most 8 columns
-        idx = [round(i * (len(paths) - 1) / 7) for i in range(8)]
-        keep = [paths[i] for i in idx]
-    return [load_weights(p)[0] for p in keep], [int(p.stem.split("_")[1]) for p in keep]
 
 
 def finetune(
@@ -218,6 +177,7 @@ def finetune(
     from convscope.render.training import transfer_figure
     from convscope.train import TrainConfig, blocks, freeze, load_split, replace_head
     from convscope.train import train as run
+    from convscope.train.report import write_report
 
     ks = parse_range(freeze_blocks)
     for k in ks:
@@ -267,7 +227,7 @@ def finetune(
             )
         finally:
             bar.stop()
-        _report(where, m, result, te, config, tr.classes, f"{subject.name}, {k} blocks frozen")
+        write_report(where, m, result, te, config, tr.classes, f"{subject.name}, {k} blocks frozen")
         rows.append({"freeze": k, "frozen": frozen, "test_accuracy": result.final.test_accuracy})
         Console().print(
             f"freeze {k} ({frozen[-1] if frozen else 'none'}): test accuracy "
@@ -334,71 +294,28 @@ def filters(
 ) -> None:
     """Filters: their evolution over a training run's epochs, a model's first-layer filters as
     RGB, or each layer's most activated filters on a dataset."""
-    import torch
-
     from convscope.inputs.fileio import save_image
-    from convscope.render.grid import image_grid
-    from convscope.render.training import filter_evolution_figure, filter_tiles
+    from convscope.train.filters import conv_layers, evolution_figure, filters_grid, is_run, rank_filters
 
-    path = Path(target)
-    if path.is_dir() and list(path.glob("epoch_*.pt")):
-        snaps, epochs = _snapshots(path)
-        convs = [k for k, v in snaps[-1].items() if k.endswith(".weight") and v.dim() == 4]
-        names = (
-            [f"{s.strip()}.weight" for s in layers.split(",")]
-            if layers
-            else [convs[0], convs[len(convs) // 2], convs[-1]]
-        )
-        save_image(filter_evolution_figure(snaps, epochs, names, n=min(n, 8)), out)
-        Console().print(f"{len(names)} layers x {len(epochs)} epochs -> {out}")
+    names = [s.strip() for s in layers.split(",")] if layers else None
+    if is_run(target):
+        fig, drawn, epochs = evolution_figure(target, names, n=min(n, 8))
+        save_image(fig, out)
+        Console().print(f"{len(drawn)} layers x {len(epochs)} epochs -> {out}")
         return
     subject = load_subject(target, weights, arch, device)
-    modules = dict(subject.model.named_modules())
-    convs = [
-        i.name
-        for i in subject.layers
-        if i.shape is not None and isinstance(modules.get(i.module), torch.nn.Conv2d)
-    ]
-    names = [s.strip() for s in layers.split(",")] if layers else [convs[0]]
-    tiles, captions = [], []
-    if data is None:
-        for name in names:
-            w = modules[subject.layer(name).module].weight
-            t = filter_tiles(w, n, 48)
-            tiles += t
-            captions += [f"{name}:{i}" for i in range(len(t))]
-        save_image(image_grid(tiles, ncols=min(n, 16), pad=3, captions=captions), out)
-        Console().print(f"{len(tiles)} filters -> {out}")
-        return
-    from convscope.cli.common import open_data
-    from convscope.inputs.batches import Batches
+    names = names or conv_layers(subject)[:1]
+    ranking = None
+    if data is not None:
+        from convscope.cli.common import open_data
 
-    source = open_data([data], subject.transform)
-    sums = {nm: 0.0 for nm in names}
-    count = 0
-    with subject.record(names, stop=True) as rec:
-        for batch in Batches(source, batch_size=16):
-            if not len(batch.indices):
-                continue
-            with torch.inference_mode():
-                subject(batch.images.to(subject.device))
-            for nm in names:
-                sums[nm] = sums[nm] + rec[nm].float().mean(dim=(2, 3)).sum(0)
-            count += len(batch.indices)
-    if count == 0:
-        from convscope.errors import DataError
-
-        raise DataError(f"no readable image in {data}")
-    for nm in names:
-        mean = sums[nm] / max(count, 1)
-        top = mean.argsort(descending=True)[:n]
-        w = modules[subject.layer(nm).module].weight[top]
-        t = filter_tiles(w, n, 48)
-        tiles += t
-        captions += [f"{nm}:{int(u)} {float(mean[u]):.2f}" for u in top]
-        Console().print(f"{nm}: most activated filters {', '.join(str(int(u)) for u in top[:8])} ...")
-    save_image(image_grid(tiles, ncols=min(n, 16), pad=3, captions=captions), out)
-    Console().print(f"-> {out}")
+        ranking = rank_filters(subject, open_data([data], subject.transform), names, name=data)
+        for nm in names:
+            top = ", ".join(str(u) for u in ranking.top(nm, 8))
+            Console().print(f"{nm}: most activated filters {top} ...")
+    grid, drawn = filters_grid(subject, names, n, ranking)
+    save_image(grid, out)
+    Console().print(f"{len(drawn)} filters -> {out}" if ranking is None else f"-> {out}")
 
 
 def compare_scans(
