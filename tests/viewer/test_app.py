@@ -509,3 +509,24 @@ def test_replaced_atlas_is_reopened(viewer_atlas, tmp_path):
     (atlas / "atlas.db").unlink()
     missing = client.get("/")
     assert missing.status_code == 503 and "rewritten" in missing.text
+
+
+def test_unknown_names_are_a_404_with_a_one_line_hint(client, monkeypatch):
+    from convscope.errors import NameNotFoundError
+
+    page = client.get("/layer/block.2")
+    assert page.status_code == 404 and "did you mean blocks.2" in page.text
+    detail = client.get("/api/layer/block.4").json()["detail"]
+    assert detail.startswith("no scanned layer 'block.4'; did you mean blocks.4") and "\n" not in detail
+
+    # an unknown name the atlas reader reports (a layer, a unit, a concept set) is a 404, not a 400
+    def unknown(*args, **kwargs):
+        raise NameNotFoundError("stripes", ["stripe", "dots"], "concept set")
+
+    monkeypatch.setattr(client.app.state.viewer.reader, "concepts", unknown)
+    api = client.get("/api/unit/blocks.2/1")
+    assert api.status_code == 404 and api.json() == {
+        "detail": "unknown concept set 'stripes'; did you mean stripe?"
+    }
+    html = client.get("/unit/blocks.2/1")
+    assert html.status_code == 404 and "unknown concept set &#x27;stripes&#x27;" in html.text

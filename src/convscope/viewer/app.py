@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from convscope.atlas import is_private_file
-from convscope.errors import NameNotFoundError, UserInputError
+from convscope.errors import NameNotFoundError, UserInputError, close_matches
 from convscope.viewer import pages
 from convscope.viewer.analysis import analyse_image
 from convscope.viewer.pictures import encode, rf_picture, thumbnail, unit_patch
@@ -185,8 +185,8 @@ def _check_index(value: int, what: str) -> int:
 def _layer_or_404(st: ViewerState, name: str) -> dict:
     try:
         return st.reader.layer(name)
-    except KeyError as e:  # NameNotFoundError too: its close matches are the hint
-        close = getattr(e, "close", None)
+    except KeyError:  # NameNotFoundError too
+        close = close_matches(name, [r["name"] for r in st.reader.layers()])
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise HTTPException(404, f"no scanned layer {name!r}{hint}") from None
 
