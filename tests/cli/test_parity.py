@@ -445,11 +445,13 @@ def test_features(featured):
         np.testing.assert_allclose(saved.get(layer), fs.get(layer), rtol=1e-5, atol=1e-6)
 
 
-def test_neighbors(featured):
+def test_neighbors(featured, tmp_path):
     from convscope.atlas import AtlasPaths
     from convscope.represent import NeighborIndex, PostProcess, evaluate_labels
+    from convscope.represent.report import write_neighbors_report
 
     atlas, fs = featured
+    report = write_neighbors_report(fs, "conv2", [0, 7], AtlasPaths(tmp_path), k=3, post="l2", evaluate=True)
     cli(
         "neighbors",
         atlas,
@@ -480,10 +482,16 @@ def test_neighbors(featured):
         np.testing.assert_allclose([n["score"] for n in record["neighbors"]], [s for _, s in hits], rtol=1e-5)
     scores = evaluate_labels(db, fs.labels, "cosine")
     assert shown["map"] == pytest.approx(scores.map)
+    for q in report["queries"]:  # the library's report: the same record and grids
+        png = Path(q.pop("png"))
+        same_picture(atlas / png.relative_to(tmp_path), Image.open(png))
+    for q in shown["queries"]:
+        q.pop("png")
+    assert json.loads(json.dumps(report, default=float)) == shown
     assert shown["precision"] == {str(k): pytest.approx(v) for k, v in scores.precision.items()}
 
 
-def test_probe(featured):
+def test_probe(featured, tmp_path):
     from convscope.atlas import AtlasPaths
     from convscope.represent import linear_probe
 
@@ -498,6 +506,9 @@ def test_probe(featured):
         test_fraction=0.5,
         seed=0,
     )
+    png, table = result.write_report(tmp_path / "probe.png")
+    same_picture(AtlasPaths(atlas).probe_render("gap", "logistic"), Image.open(png))
+    assert read_csv(table) == rows
     assert rows[0] == ["layer", "dims", "train_accuracy", "test_accuracy", "chance"]
     assert rows[1:] == [
         [r.layer, str(r.dims), f"{r.train_accuracy:.4f}", f"{r.test_accuracy:.4f}", f"{result.chance:.4f}"]
@@ -608,31 +619,42 @@ def dissected(tmp_path_factory):
     )
     subject = tiny()
     make_synthetic_broden(root / "concepts", n=8, size=32, seg=16, seed=0)
-    result = dissect(subject, BrodenDataset(root / "concepts"), ["conv1", "conv2"], **DISSECT)
-    return atlas, subject, result
+    data = BrodenDataset(root / "concepts")
+    result = dissect(subject, data, ["conv1", "conv2"], **DISSECT)
+    return atlas, subject, result, data
 
 
-def test_dissect(dissected):
-    from convscope.atlas import Atlas
+def test_dissect(dissected, tmp_path):
+    from convscope.atlas import Atlas, AtlasPaths
 
-    atlas, subject, result = dissected
+    atlas, subject, result, data = dissected
     store = Atlas.open(atlas)
-    for layer in ("conv1", "conv2"):
-        records = result.to_records(layer)
-        assert json.loads(
-            store.dissection_layer_file("synthetic", layer, "units.json").read_text()
-        ) == json.loads(json.dumps(records))  # as JSON writes them
-        rows = read_csv(store.dissection_layer_file("synthetic", layer, "units.csv"))
-        assert rows[0] == ["layer", "unit", "label", "category", "iou", "detector", "threshold"]
-        assert [(r[1], r[2], r[3]) for r in rows[1:]] == [
-            (str(r["unit"]), r["label"], r["category"]) for r in records
-        ]
-        np.testing.assert_allclose([float(r[4]) for r in rows[1:]], [r["iou"] for r in records], rtol=1e-6)
-    summary = json.loads(store.dissection_file("synthetic", "summary.json").read_text())
-    assert summary["images"] == result.images == 8
-    for entry in summary["layers"]:
-        s = result.summary(entry["layer"])
-        assert (entry["units"], entry["detectors"], entry["unique"]) == (s.units, s.detectors, s.unique)
+    files = result.write_report(AtlasPaths(tmp_path), "synthetic", subject, data, units=2)
+    ours = sorted(
+        p.relative_to(tmp_path) for p in AtlasPaths(tmp_path).dissection_dir("synthetic").rglob("*")
+    )
+    theirs = sorted(p.relative_to(atlas) for p in store.dissection_dir("synthetic").rglob("*"))
+    assert ours == theirs and sorted(p.relative_to(tmp_path) for p in files.values()) == [
+        p for p in ours if (tmp_path / p).is_file()
+    ]
+    for path in files.values():
+        cli_file = atlas / path.relative_to(tmp_path)
+        if path.suffix == ".png":
+            same_picture(cli_file, Image.open(path))
+        elif path.name == "summary.json":  # all but the seconds the run took
+            a, b = json.loads(cli_file.read_text()), json.loads(path.read_text())
+            a.pop("seconds"), b.pop("seconds")
+            assert a == b
+        else:
+            assert cli_file.read_text() == path.read_text(), path.name
+    assert json.loads(
+        store.dissection_layer_file("synthetic", "conv2", "units.json").read_text()
+    ) == json.loads(json.dumps(result.to_records("conv2")))
+    assert (
+        json.loads(store.dissection_file("synthetic", "summary.json").read_text())["images"]
+        == result.images
+        == 8
+    )
     stored = store.dissection("synthetic")
     for layer in ("conv1", "conv2"):
         assert [(u.unit, u.name, pytest.approx(u.iou)) for u in stored.labels(layer)] == [
@@ -643,7 +665,7 @@ def test_dissect(dissected):
 def test_dissect_compare(dissected, tmp_path):
     from convscope.atlas import Atlas
 
-    atlas, subject, result = dissected
+    atlas, subject, result, data = dissected
     cli("dissect-compare", f"{atlas}:conv1", f"{atlas}:conv2", "--out", tmp_path / "cmp.png")
     rows = json.loads((tmp_path / "cmp.json").read_text())
     stored = Atlas.open(atlas).dissection()
