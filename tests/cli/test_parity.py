@@ -706,8 +706,9 @@ def history(result) -> list[list[str]]:
 def test_train(lab, tmp_path):
     import torch
 
-    from convscope.train import TrainConfig, build, confusion_matrix, evaluate, load_split, train
-    from convscope.train.finetune import confusion_csv
+    from convscope.train import TrainConfig, build, load_split, train
+    from convscope.train.filters import spread
+    from convscope.train.report import write_report
 
     cli("train", "--data", lab, "--epochs", 2, "--batch-size", 4, "--size", 16, "--out", tmp_path / "cli")
     tr, te = load_split(lab, size=16)
@@ -717,12 +718,25 @@ def test_train(lab, tmp_path):
     )
     config = TrainConfig(epochs=2, batch_size=4, lr=0.1, weight_decay=5e-4, seed=0)
     result = train(model, tr, te, config, tmp_path / "py")
+    convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    written = write_report(
+        tmp_path / "py", model, result, te, config, tr.classes, "small", evolution=spread(convs)
+    )
+    assert {p.name for p in written} == {
+        "metrics.csv",
+        "curves.png",
+        "confusion.csv",
+        "confusion.png",
+        "filters_evolution.png",
+    }
     lines = metrics(tmp_path / "cli" / "metrics.csv")
     assert lines[0] == ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy"]
-    assert lines[1:] == history(result)
-    _, _, pred = evaluate(model, te, config)
-    m = confusion_matrix(te.labels.numpy(), pred, len(tr.classes))
-    assert (tmp_path / "cli" / "confusion.csv").read_text() == confusion_csv(m, tr.classes)
+    assert lines[1:] == history(result) == metrics(tmp_path / "py" / "metrics.csv")[1:]
+    for path in written:
+        if path.suffix == ".csv" and path.name != "metrics.csv":
+            assert (tmp_path / "cli" / path.name).read_text() == path.read_text(), path.name
+        elif path.suffix == ".png":
+            same_picture(tmp_path / "cli" / path.name, Image.open(path))
     cli_weights = torch.load(tmp_path / "cli" / "epoch_002.pt", weights_only=True)
     py_weights = torch.load(tmp_path / "py" / "epoch_002.pt", weights_only=True)
     for k, v in py_weights["model"].items():
@@ -759,15 +773,23 @@ def test_finetune(lab, tmp_path):
     assert shown == {"blocks": blocks(subject.model), "rows": rows}
 
 
-def test_filters(tmp_path):
-    from convscope.render.grid import image_grid
-    from convscope.render.training import filter_tiles
+def test_filters(photos, tmp_path):
+    from convscope.train.filters import filters_grid, rank_filters
 
     subject = tiny()
     cli("filters", "tiny", "--layers", "conv1", "--n", 4, "--out", tmp_path / "f.png")
-    tiles = filter_tiles(subject.model.conv1.weight, 4, 48)
-    grid = image_grid(tiles, ncols=4, pad=3, captions=[f"conv1:{i}" for i in range(len(tiles))])
+    grid, captions = filters_grid(subject, ["conv1"], 4)
     same_picture(tmp_path / "f.png", grid)
+    assert captions == [f"conv1:{i}" for i in range(4)]
+
+    text = cli(
+        "filters", "tiny", "--layers", "conv2", "--n", 4, "--data", photos, "--out", tmp_path / "r.png"
+    )
+    ranking = rank_filters(subject, open_images(photos, transform=subject.transform), ["conv2"])
+    grid, _ = filters_grid(subject, ["conv2"], 4, ranking)
+    same_picture(tmp_path / "r.png", grid)
+    assert ranking.images == 12
+    assert ", ".join(str(u) for u in ranking.top("conv2", 4)) in text
 
 
 # ---------------------------------------------------------------------------------------------
