@@ -6,7 +6,7 @@
 
 ``ray``: 2 local Ray workers vs one process, same images, one run. The images are the bundled
 photos and their crops, repeated to ``--images`` through a list file. One process:
-``convscope.scan.scan`` with all threads. Ray: ``ray_scan`` with 2 actors of one thread each
+``convscope.scan.scanner.scan`` with all threads. Ray: ``RayEngine.scan`` with 2 actors of one thread each
 (started and warmed before the clock starts, as a long-running cluster would be), 8 shards.
 Reports images/s of both, the speed-up, and whether the top-K lists are identical.
 
@@ -40,7 +40,7 @@ def ray_main(argv) -> None:
     args = ap.parse_args(argv)
     import ray
 
-    from convscope.scale import ray_scan
+    from convscope.scale import RayEngine
 
     root = Path(tempfile.mkdtemp())
     files = []
@@ -64,9 +64,10 @@ def ray_main(argv) -> None:
 
     ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
     # warm-up: starts the workers (kept for the measured run) and runs one small pass through each
-    ray_scan(subject, source, layers, workers=args.workers, n_shards=args.workers, **{**options, "k": 1})
+    warm, measured = RayEngine(workers=args.workers, n_shards=args.workers), RayEngine(workers=args.workers)
+    warm.scan(subject, source, layers, **{**options, "k": 1})
     t0 = time.perf_counter()
-    merged = ray_scan(subject, source, layers, workers=args.workers, n_shards=4 * args.workers, **options)
+    merged = measured.scan(subject, source, layers, **options)  # 4 shards per worker
     t_ray = time.perf_counter() - t0
     ray.shutdown()
     same = all(

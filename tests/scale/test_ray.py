@@ -15,7 +15,7 @@ from convscope.scan import scan
 
 ray = pytest.importorskip("ray", reason="pip install 'convscope[ray]'")
 
-from convscope.scale import ray_features, ray_scan, shards, shutdown_workers  # noqa: E402
+from convscope.scale import RayEngine, shards, shutdown_workers  # noqa: E402
 
 OPTIONS = {"k": 4, "threshold_sample": 16, "batch_size": 8, "directions": 2}
 LAYERS = ["features.4", "features.8"]
@@ -31,7 +31,7 @@ def subject(tmp_path_factory):
     path = tmp_path_factory.mktemp("weights") / "squeezenet.pth"
     torch.save(random.model.state_dict(), path)
     with pytest.raises(Exception, match="random weights"):
-        ray_scan(random, open_images("convscope:samples"), LAYERS)
+        RayEngine().scan(random, open_images("convscope:samples"), LAYERS)
     return convscope.load("torchvision:squeezenet1_1", weights=str(path))
 
 
@@ -54,7 +54,7 @@ def images():
 
 
 def test_gpu_actors_ask_for_a_share_every_gpu_node_has():
-    from convscope.scale.ray_engine import _cpus_per_gpu
+    from convscope.scale.ray import cpus_per_gpu
 
     class FakeRay:  # a CPU-only head, an 8-core 1-GPU node, a 16-core 4-GPU node, a dead node
         @staticmethod
@@ -66,7 +66,7 @@ def test_gpu_actors_ask_for_a_share_every_gpu_node_has():
                 {"Alive": False, "Resources": {"CPU": 1.0, "GPU": 1.0}},
             ]
 
-    assert _cpus_per_gpu(FakeRay) == 4  # cluster totals (28 CPUs / 5 GPUs) would not place
+    assert cpus_per_gpu(FakeRay) == 4  # cluster totals (28 CPUs / 5 GPUs) would not place
 
 
 def test_shards():
@@ -78,13 +78,11 @@ def test_ray_scan_equals_one_process(cluster, subject, images, tmp_path):
     single = scan(subject, images.with_transform(subject.transform), LAYERS, **OPTIONS)
     marker = tmp_path / "died"
     seen = []
-    merged = ray_scan(
+    merged = RayEngine(workers=2, n_shards=3).scan(
         subject,
         images,
         LAYERS,
-        workers=2,
-        n_shards=3,
-        state_dir=tmp_path / "state",
+        state=tmp_path / "state",
         fail_once=str(marker),
         progress=lambda d, t: seen.append(d),
         **OPTIONS,
@@ -111,13 +109,12 @@ def test_ray_scan_equals_one_process(cluster, subject, images, tmp_path):
     assert len(files) == 3
     files[1].unlink()
     seen.clear()
-    again = ray_scan(
+    again = RayEngine(workers=2, n_shards=3).scan(
         subject,
         images,
         LAYERS,
-        workers=2,
-        n_shards=3,
-        state_dir=tmp_path / "state",
+        state=tmp_path / "state",
+        resume=True,
         progress=lambda d, t: seen.append(d),
         **OPTIONS,
     )
@@ -134,13 +131,11 @@ def test_ray_features_equal_one_process(cluster, subject, images, tmp_path):
     single = extract_features(subject, images, LAYERS, pooling="gem", batch_size=8)
     # the speed settings travel to the workers (device decoding changes pixels by <= 1 level)
     accel = Accel(channels_last=True, decode="device")
-    merged = ray_features(
+    merged = RayEngine(workers=2, n_shards=3).features(
         subject,
         images,
         LAYERS,
         out=tmp_path / "f",
-        workers=2,
-        n_shards=3,
         pooling="gem",
         batch_size=8,
         accel=accel,
@@ -188,8 +183,6 @@ def test_scan_command_with_ray(cluster, subject, tmp_path, capsys):
 
 def test_ray_dissect_equals_one_process_and_resumes(cluster, subject, tmp_path):
     from convscope.dissect import BrodenDataset, dissect, make_synthetic_broden
-    from convscope.scale import ray_dissect
-
     root = make_synthetic_broden(tmp_path / "b", n=12, size=96, seg=48)
     single = dissect(subject, BrodenDataset(root), LAYERS, batch_size=4)
     threads = torch.get_num_threads()
@@ -210,28 +203,24 @@ def test_ray_dissect_equals_one_process_and_resumes(cluster, subject, tmp_path):
     (state / "keep.txt").parent.mkdir(parents=True)
     (state / "keep.txt").write_text("not ours")
     with pytest.raises(Killed):
-        ray_dissect(
+        RayEngine(workers=2, n_shards=3).dissect(
             subject,
             BrodenDataset(root),
             LAYERS,
-            workers=2,
-            n_shards=3,
             batch_size=4,
-            state_dir=state,
+            state=state,
             progress=die_in_pass_two,
         )
     kept = sorted(f.name for f in state.glob("pass*.pt"))
     assert [f for f in kept if f.startswith("pass1")] == [f"pass1_shard_{i:04d}_of_0003.pt" for i in range(3)]
     assert any(f.startswith("pass2") for f in kept)
     starts = []
-    merged = ray_dissect(
+    merged = RayEngine(workers=2, n_shards=3).dissect(
         subject,
         BrodenDataset(root),
         LAYERS,
-        workers=2,
-        n_shards=3,
         batch_size=4,
-        state_dir=state,
+        state=state,
         resume=True,
         progress=lambda d, t: starts.append(d),
     )
@@ -262,6 +251,6 @@ def test_ray_scan_with_broken_files_equals_one_process_without_them(cluster, sub
     write_textures(dirty, 24)
     add_broken_files(dirty)
     single = scan(subject, open_images(clean, transform=subject.transform), LAYERS, **OPTIONS)
-    merged = ray_scan(subject, open_images(dirty), LAYERS, workers=2, n_shards=3, **OPTIONS)
+    merged = RayEngine(workers=2, n_shards=3).scan(subject, open_images(dirty), LAYERS, **OPTIONS)
     assert merged.processed == single.processed == 24 and len(merged.skipped) > 10
     assert_same_scan(single, merged, LAYERS)

@@ -3,16 +3,19 @@ gather the stored dissections a report is drawn from."""
 
 from __future__ import annotations
 
+import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from convscope.atlas.store import Atlas
 from convscope.errors import ConvscopeError
 from convscope.inputs.fileio import save_image
 from convscope.inputs.sources import ImageSource, open_spec
-from convscope.scan import ScanResult, scan
+from convscope.layers import LayerSpec
+from convscope.scale.engine import Engine, resolve_engine
 from convscope.scan.patches import render_topk
+from convscope.scan.result import ScanResult
 from convscope.subject import Subject
 
 
@@ -25,24 +28,83 @@ def scan_to_atlas(
     subject: Subject,
     source: ImageSource,
     out: str | Path,
-    layers,
+    layers: LayerSpec,
     *,
+    engine: str | Engine | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
     **options,
 ) -> tuple[Atlas, ScanResult]:
-    """Run :func:`convscope.scan.scan` with its checkpoint inside the atlas at ``out`` and store
-    the result there, holding the atlas's writer lock throughout (another writer is refused
-    with :class:`~convscope.atlas.store.AtlasLockedError`). ``options`` are ``scan``'s keyword
-    arguments."""
-    for name in subject.layers.select(layers):  # bad names fail before the atlas exists
+    """Scan ``source`` through ``layers`` (any layer spec, resolved once) of ``subject`` on
+    ``engine`` (None or ``"local"``, ``"ray"``, or an engine object such as
+    ``RayEngine(workers=8)``) and store the result in the atlas at ``out``, holding the atlas's
+    writer lock throughout (another writer is refused with
+    :class:`~convscope.atlas.store.AtlasLockedError`). A local scan keeps its checkpoint in the
+    atlas, a Ray scan its finished shards (removed once the scan is stored); ``resume=True``
+    continues from them. ``options`` are :func:`convscope.scan.scanner.scan`'s keywords.
+
+    Unknown layers and an engine that cannot run this subject on these images (Ray: random
+    weights, images not from a path, Ray missing) fail before the atlas is created, replaced
+    (``overwrite``) or locked."""
+    run = resolve_engine(engine)
+    names = subject.layers.select(layers)
+    for name in names:  # a module that runs several times must say which call, also before
         subject.layers.get(name)
+    run.check(subject, source)
     with Atlas(out).lock():
         atlas = Atlas.create(out, model_spec(subject), source.spec, overwrite=overwrite, resume=resume)
+        state = atlas.shards_dir("scan") if run.keeps_shards else atlas.checkpoint_path
         started = time.time()
-        result = scan(subject, source, layers, checkpoint=atlas.checkpoint_path, resume=resume, **options)
+        result = run.scan(subject, source, names, state=state, resume=resume, progress=progress, **options)
         atlas.write_scan(result, subject, started)
+        if run.keeps_shards:
+            shutil.rmtree(state, ignore_errors=True)
     return atlas, result
+
+
+def features_to_atlas(
+    subject: Subject,
+    source: ImageSource,
+    out: str | Path,
+    layers: LayerSpec,
+    *,
+    pooling: str = "gap",
+    engine: str | Engine | None = None,
+    resume: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+    **options,
+):
+    """Pool ``layers`` (any layer spec, resolved once) over ``source`` on ``engine`` into the
+    feature folder of ``pooling`` in the atlas at ``out`` (created for this model and data, or
+    one of theirs). Unknown layers and an engine that cannot run fail before anything is
+    written. ``options`` are :func:`convscope.represent.features.extract_features`'s keywords.
+    Returns the :class:`~convscope.represent.features.FeatureSet`."""
+    run = resolve_engine(engine)
+    names = subject.layers.select(layers)
+    run.check(subject, source)
+    atlas = Atlas.for_model(out, model_spec(subject), source.spec)
+    return run.features(
+        subject,
+        source,
+        names,
+        out=atlas.features_dir(pooling),
+        pooling=pooling,
+        resume=resume,
+        progress=progress,
+        **options,
+    )
+
+
+def render_layers(
+    atlas: Atlas, subject: Subject, source: ImageSource, result: ScanResult, units: int
+) -> list[Path]:
+    """:func:`render_units` for the first ``units`` units of every layer of the scan
+    ``result`` stored in ``atlas``; the PNGs written."""
+    paths: list[Path] = []
+    for name in result.layers if units else []:
+        paths += render_units(atlas, subject, source, name, range(min(units, result.channels[name])))
+    return paths
 
 
 def stored_dissection(atlas: Atlas, dataset: str, like, order: Sequence[str] = ()):
@@ -81,8 +143,7 @@ def render_units(
             top = atlas.topk(layer, unit, crit, direction=direction)
             if not len(top):
                 continue
-            kind = "direction" if direction else "unit"
-            path = atlas.render_dir / layer / f"{kind}{unit:04d}_{crit}.png"
+            path = atlas.unit_render(layer, unit, crit, direction=direction)
             paths.append(
                 save_image(
                     render_topk(subject, source, top, direction=vec, empirical=measured.get(unit)), path
@@ -110,3 +171,47 @@ def reopen(
                 f"{spec['images']}; rescan it"
             )
     return subject, source
+
+
+def unit_top(
+    atlas: Atlas,
+    layer: str,
+    unit: int,
+    criterion: str = "max",
+    *,
+    direction: bool = False,
+    render: bool = True,
+    out: str | Path | None = None,
+    device: str = "cpu",
+) -> dict:
+    """One unit's (or random direction's) top-K images stored in ``atlas``, as a record:
+    ``layer``, ``unit``, ``unit_name`` (a classifier's class, else None), ``criterion``,
+    ``direction``, ``top`` (rank, image index, name, score, y, x per image) and ``png``: with
+    ``render``, the patch/heat-map grid written to ``out`` (default: the atlas's render path of
+    that unit), the model and images reopened from the atlas on ``device``."""
+    from convscope.inputs.images import display_name
+
+    top = atlas.topk(layer, unit, criterion, direction=direction)
+    png = None
+    if render and len(top):
+        subject, source = reopen(atlas)
+        subject.to(device)
+        vec = atlas.direction(layer, unit) if direction else None
+        png = Path(out) if out is not None else atlas.unit_render(layer, unit, criterion, direction=direction)
+        measured = [] if direction else [r["size"] for r in atlas.empirical_rfs(layer) if r["unit"] == unit]
+        image = render_topk(subject, source, top, direction=vec, empirical=measured[0] if measured else None)
+        save_image(image, png)
+    rows = [
+        {"rank": r, "image": int(i), "name": display_name(n), "score": float(s), "y": int(y), "x": int(x)}
+        for r, (i, n, s, y, x) in enumerate(zip(top.images, top.names, top.scores, top.ys, top.xs))
+    ]
+    names = [] if direction else atlas.unit_names().get(top.layer, [])
+    return {
+        "layer": layer,
+        "unit": unit,
+        "unit_name": names[unit] if 0 <= unit < len(names) else None,
+        "criterion": criterion,
+        "direction": direction,
+        "png": str(png) if png else None,
+        "top": rows,
+    }

@@ -25,7 +25,6 @@ from convscope.cli.common import (
     SeedOpt,
     WeightsOpt,
     WorkersOpt,
-    check_engine,
     load_subject,
     make_accel,
     open_data,
@@ -129,9 +128,9 @@ def dissect(
     """Network dissection: label every unit by the concept its top-activation region segments
     best (IoU), store it in the atlas and draw the report."""
     from convscope.atlas import Atlas, stored_dissection
-    from convscope.dissect import dissect as run
     from convscope.dissect.report import best_labels
     from convscope.errors import UserInputError
+    from convscope.scale.engine import resolve_engine
 
     if not 0 < quantile < 1:
         raise UserInputError("--quantile must lie between 0 and 1")
@@ -140,45 +139,28 @@ def dissect(
     subject = load_subject(model, weights, arch, device)
     names = subject.layers.select(layers)
     data, set_name = open_concepts(concepts, subject, out, images, color_table, synthetic_images, seed, limit)
+    on = resolve_engine(engine, address=address, workers=ray_workers, device=device)
+    on.check(subject, data)  # before the atlas is written
     store = Atlas.for_model(
         out, subject.spec or {"name": subject.name}, {"description": f"concepts: {set_name}", **data.spec}
     )
     bar, progress = progress_bar("dissecting", len(data), console, unit="img")
 
-    check_engine(engine)
     try:
-        if engine == "ray":
-            from convscope.scale import ray_dissect
-
-            result = ray_dissect(
-                subject,
-                data,
-                names,
-                workers=ray_workers,
-                address=address,
-                device=device,
-                quantile=quantile,
-                iou_threshold=iou,
-                max_coverage=max_coverage,
-                batch_size=batch_size,
-                progress=progress,
-                accel=accel,
-                state_dir=store.path / "ray_dissect_shards",
-                resume=resume,
-            )
-        else:
-            result = run(
-                subject,
-                data,
-                names,
-                quantile=quantile,
-                iou_threshold=iou,
-                max_coverage=max_coverage,
-                batch_size=batch_size,
-                workers=workers,
-                accel=accel,
-                progress=progress,
-            )
+        result = on.dissect(
+            subject,
+            data,
+            names,
+            state=store.shards_dir("dissect"),
+            resume=resume,
+            progress=progress,
+            quantile=quantile,
+            iou_threshold=iou,
+            max_coverage=max_coverage,
+            batch_size=batch_size,
+            workers=workers,
+            accel=accel,
+        )
     finally:
         bar.stop()
     store.write_dissection(result, set_name)

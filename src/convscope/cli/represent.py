@@ -24,7 +24,6 @@ from convscope.cli.common import (
     SeedOpt,
     WeightsOpt,
     WorkersOpt,
-    check_engine,
     load_subject,
     make_accel,
     one_layer,
@@ -81,53 +80,31 @@ def features(
     device: DeviceOpt = "cpu",
 ) -> None:
     """Pool layers over a dataset into memory-mapped feature files in the atlas."""
-    from convscope.atlas import Atlas
-    from convscope.atlas.build import model_spec
+    from convscope.atlas.build import features_to_atlas
     from convscope.inputs.images import SkipReport
-    from convscope.represent import extract_features
+    from convscope.scale.engine import resolve_engine
 
     console = Console(stderr=True)
     accel = make_accel(precision, channels_last, decode)
     subject = load_subject(model, weights, arch, device)
-    names = subject.layers.select(layers)
     source = open_data(data, subject.transform)
-    Atlas.for_model(out, model_spec(subject), source.spec)
+    run = resolve_engine(engine, address=address, workers=ray_workers, device=device)
     bar, progress = progress_bar("features", len(source), console, unit="img")
-
-    check_engine(engine)
     try:
-        if engine == "ray":
-            from convscope.scale import ray_features
-
-            fs = ray_features(
-                subject,
-                source,
-                names,
-                out=_features_dir(out, pooling),
-                workers=ray_workers,
-                address=address,
-                device=device,
-                pooling=pooling,
-                p=gem_p,
-                batch_size=batch_size,
-                progress=progress,
-                resume=resume,
-                accel=accel,
-            )
-        else:
-            fs = extract_features(
-                subject,
-                source,
-                names,
-                pooling=pooling,
-                p=gem_p,
-                out=_features_dir(out, pooling),
-                batch_size=batch_size,
-                workers=workers,
-                resume=resume,
-                accel=accel,
-                progress=progress,
-            )
+        fs = features_to_atlas(
+            subject,
+            source,
+            out,
+            layers,
+            pooling=pooling,
+            engine=run,
+            resume=resume,
+            progress=progress,
+            p=gem_p,
+            batch_size=batch_size,
+            workers=workers,
+            accel=accel,
+        )
     except KeyboardInterrupt:
         bar.stop()
         console.print(f"interrupted; continue with the same command and --resume ({out})")

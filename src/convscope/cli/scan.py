@@ -25,7 +25,6 @@ from convscope.cli.common import (
     SeedOpt,
     WeightsOpt,
     WorkersOpt,
-    check_engine,
     load_subject,
     make_accel,
     open_data,
@@ -73,7 +72,8 @@ def scan(
     seed: SeedOpt = 0,
 ) -> None:
     """Scan a dataset: the top-K images and patches of every unit, into an atlas folder."""
-    from convscope.atlas import render_units, scan_to_atlas
+    from convscope.atlas.build import render_layers, scan_to_atlas
+    from convscope.scale.engine import resolve_engine
 
     console = Console(stderr=True)
     if amp:  # it meant bf16 autocast on CUDA and nothing on a CPU
@@ -85,50 +85,30 @@ def scan(
     crits = [c.strip() for c in criteria.split(",") if c.strip()]
     bar, progress = progress_bar("scanning", len(source), console, unit="img")
 
-    check_engine(engine)
+    run = resolve_engine(engine, address=address, workers=ray_workers, device=device)
     quiet = warnings.catch_warnings()  # a saturating layer: one line at the end instead
     quiet.__enter__()
     warnings.simplefilter("ignore", SaturationWarning)
     try:
-        if engine == "ray":
-            atlas, result = _ray_scan(
-                subject,
-                source,
-                out,
-                layers,
-                resume,
-                overwrite,
-                progress,
-                address,
-                ray_workers,
-                device,
-                k=k,
-                criteria=crits,
-                directions=directions,
-                seed=seed,
-                batch_size=batch_size,
-                threshold_sample=threshold_sample,
-                accel=accel,
-            )
-        else:
-            atlas, result = scan_to_atlas(
-                subject,
-                source,
-                out,
-                layers,
-                resume=resume,
-                overwrite=overwrite,
-                k=k,
-                criteria=crits,
-                directions=directions,
-                seed=seed,
-                batch_size=batch_size,
-                workers=workers,
-                threshold_sample=threshold_sample,
-                checkpoint_every=checkpoint_every,
-                accel=accel,
-                progress=progress,
-            )
+        atlas, result = scan_to_atlas(
+            subject,
+            source,
+            out,
+            layers,
+            engine=run,
+            resume=resume,
+            overwrite=overwrite,
+            progress=progress,
+            k=k,
+            criteria=crits,
+            directions=directions,
+            seed=seed,
+            batch_size=batch_size,
+            threshold_sample=threshold_sample,
+            accel=accel,
+            workers=workers,
+            checkpoint_every=checkpoint_every,
+        )
     except KeyboardInterrupt:
         bar.stop()
         console.print(f"interrupted; continue with the same command and --resume (atlas {out})")
@@ -136,50 +116,17 @@ def scan(
     finally:
         bar.stop()
         quiet.__exit__(None, None, None)
-    rendered = []
-    for name in result.layers if render else []:
-        units = range(min(render, result.channels[name]))
-        rendered += render_units(atlas, subject, source, name, units)
+    rendered = render_layers(atlas, subject, source, result, render)
     o = Console()
     o.print(
         f"scanned {result.processed} images of {source.description} through "
         f"{subject.name}: {', '.join(result.layers)}"
     )
     o.print(f"{result.images_per_second:.1f} images/s; {_skips(result)}")
-    o.print(f"atlas: {out}/atlas.db" + (f"; {len(rendered)} grids in {out}/render/" if rendered else ""))
+    grids = f"; {len(rendered)} grids in {atlas.render_dir}/" if rendered else ""
+    o.print(f"atlas: {atlas.db_path}{grids}")
     if result.saturation_message():
         typer.echo(f"warning: {result.saturation_message()}", err=True)  # one line, unwrapped
-
-
-def _ray_scan(subject, source, out, layers, resume, overwrite, progress, address, workers, device, **options):
-    """The scan sharded over Ray actors; finished shards are kept in ``ATLAS/ray_shards`` so that
-    the same command with --resume continues a killed job."""
-    import shutil
-    import time
-
-    from convscope.atlas import Atlas
-    from convscope.atlas.build import model_spec
-    from convscope.scale import ray_scan
-
-    atlas = Atlas.create(out, model_spec(subject), source.spec, overwrite=overwrite, resume=resume)
-    state = atlas.path / "ray_shards"
-    if not resume:
-        shutil.rmtree(state, ignore_errors=True)
-    started = time.time()
-    result = ray_scan(
-        subject,
-        source,
-        layers,
-        workers=workers,
-        address=address,
-        device=device,
-        state_dir=state,
-        progress=progress,
-        **options,
-    )
-    atlas.write_scan(result, subject, started)
-    shutil.rmtree(state, ignore_errors=True)
-    return atlas, result
 
 
 def _skips(result) -> str:

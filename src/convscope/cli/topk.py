@@ -27,51 +27,27 @@ def topk(
     device: Annotated[str, typer.Option("--device")] = "cpu",
 ) -> None:
     """Print the top-K images of one unit and write its patch/heat-map grid."""
-    from convscope.atlas import Atlas, reopen
+    from convscope.atlas import Atlas
+    from convscope.atlas.build import unit_top
     from convscope.cli.common import one_layer
     from convscope.errors import UserInputError
-    from convscope.inputs.fileio import save_image
-    from convscope.inputs.images import display_name
-    from convscope.scan.patches import render_topk
 
     if fmt not in ("table", "json"):
         raise UserInputError("--format must be 'table' or 'json'")
-    layer = one_layer(layers)
-    store = Atlas.open(atlas)
-    top = store.topk(layer, unit, criterion, direction=direction)
-    png = None
-    if not no_render and len(top):
-        subject, source = reopen(store)
-        subject.to(device)
-        vec = store.direction(layer, unit) if direction else None
-        kind = "direction" if direction else "unit"
-        png = out or store.render_dir / layer / f"{kind}{unit:04d}_{criterion}.png"
-        measured = [] if direction else [r["size"] for r in store.empirical_rfs(layer) if r["unit"] == unit]
-        save_image(
-            render_topk(subject, source, top, direction=vec, empirical=measured[0] if measured else None), png
-        )
-    rows = [
-        {"rank": r, "image": int(i), "name": display_name(n), "score": float(s), "y": int(y), "x": int(x)}
-        for r, (i, n, s, y, x) in enumerate(zip(top.images, top.names, top.scores, top.ys, top.xs))
-    ]
-    names = [] if direction else store.unit_names().get(top.layer, [])
-    unit_name = names[unit] if 0 <= unit < len(names) else None  # a classifier's class
+    report = unit_top(
+        Atlas.open(atlas),
+        one_layer(layers),
+        unit,
+        criterion,
+        direction=direction,
+        render=not no_render,
+        out=out,
+        device=device,
+    )
     if fmt == "json":
-        typer.echo(
-            json.dumps(
-                {
-                    "layer": layer,
-                    "unit": unit,
-                    "unit_name": unit_name,
-                    "criterion": criterion,
-                    "direction": direction,
-                    "png": str(png) if png else None,
-                    "top": rows,
-                },
-                indent=1,
-            )
-        )
+        typer.echo(json.dumps(report, indent=1))
         return
+    layer, rows, unit_name, png = report["layer"], report["top"], report["unit_name"], report["png"]
     named = f" ({unit_name})" if unit_name else ""
     table = Table(
         title=f"{layer} {'direction' if direction else 'unit'} {unit}{named}, top {len(rows)} by {criterion}",

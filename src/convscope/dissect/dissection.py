@@ -476,3 +476,21 @@ class _Counts:
             for lvl in range(lab.cols.shape[1]):
                 keys = pu[rows] * width + lab.cols[pb[rows], lvl, pix].long()
                 self.inter += torch.bincount(keys, minlength=self.inter.numel()).view_as(self.inter)
+
+
+def dissection_plan(subject: Subject, data, layers: Sequence[str]):
+    """What a sharded dissection's driver needs of ``layers`` (exact names) on ``data``:
+    ``names``, ``maps`` (layer -> activation map size) for :func:`merge_threshold_states`, and
+    the concept tables :func:`merge_count_states` and :func:`finish` use."""
+    return _Plan(subject, data, layers)
+
+
+def merge_count_states(plan, thresholds: dict, top: int, states: list[dict]) -> dict:
+    """Per layer of ``plan`` the sum of the :func:`count_state` results of disjoint parts, and
+    their merged top images: what :func:`finish` turns into IoU."""
+    return {
+        n: _Counts.from_dicts(
+            thresholds[n], plan.n_c, len(plan.cats), top, plan.seg, plan.device, [s[n] for s in states]
+        )
+        for n in plan.names
+    }

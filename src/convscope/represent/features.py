@@ -5,23 +5,24 @@ extraction resumes where its last checkpoint left it."""
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from convscope.accel import Accel, check_finite, prepared, with_default_settings
+from convscope.accel import Accel, check_finite, prepared
 from convscope.errors import UserInputError
 from convscope.inputs.batches import Batches
-from convscope.inputs.fileio import write_text
 from convscope.inputs.sources import ImageSource
 from convscope.inputs.workers import batch_bytes, resolve_workers
+from convscope.layers import LayerSpec
 from convscope.recorder import Recorder
+from convscope.represent.folder import FeatureWriter, read_folder, write_folder
+from convscope.results import Result
 from convscope.subject import Subject
 
 POOLINGS = ("gap", "mac", "spoc", "gem")
@@ -45,7 +46,7 @@ def pool(a: torch.Tensor, method: str = "gap", p: float = 3.0, eps: float = 1e-6
 
 
 @dataclass
-class FeatureSet:
+class FeatureSet(Result):
     """Pooled features of ``layers``: ``features[layer]`` (N, C) float32 over the N images of the
     source in its order (rows of unreadable images are zero and ``valid`` False), ``labels``
     (N,) class indices (-1 when unknown), ``names`` the images' names."""
@@ -79,38 +80,55 @@ class FeatureSet:
     def valid_indices(self) -> np.ndarray:
         return np.flatnonzero(self.valid)
 
+    def to_image(self, channels: int = 64):
+        """Per layer, the readable images (rows, by class) by their first ``channels`` dimensions."""
+        from convscope.render.plots import figure_to_image
+        from convscope.render.represent import feature_figure
+
+        feats = {n: self.get(n) for n in self.layers}
+        return figure_to_image(feature_figure(feats, self.valid_labels(), self.headline(), channels))
+
+    def headline(self) -> str:
+        n = int(np.asarray(self.valid).sum())
+        return f"{self.model} features ({self.pooling}) of {n} images: {', '.join(self.layers)}"
+
     @classmethod
     def load(cls, path: str | os.PathLike) -> FeatureSet:
-        """A finished feature folder written by :func:`extract_features`."""
-        path = Path(path)
-        meta_file = path / "meta.json"
-        if not meta_file.exists():
-            raise UserInputError(f"{path} holds no features (no meta.json); run `convscope features`")
-        meta = json.loads(meta_file.read_text())
-        if meta["done"] < meta["batches"]:
-            raise UserInputError(
-                f"{path}: the extraction stopped at batch {meta['done']} of "
-                f"{meta['batches']}; resume it first"
-            )
-        feats = {name: np.load(path / f"{i:03d}.npy", mmap_mode="r") for i, name in enumerate(meta["layers"])}
+        """A finished feature folder (written by :func:`extract_features`, a Ray engine or
+        :meth:`save`); the features stay memory-mapped."""
+        got = read_folder(path)
+        meta = got["meta"]
         return cls(
-            feats,
+            got["features"],
             meta["names"],
-            np.load(path / "labels.npy"),
+            got["labels"],
             meta["classes"],
-            np.load(path / "valid.npy"),
+            got["valid"],
             meta["pooling"],
             meta["model"],
             meta["source"],
-            path,
+            Path(path),
             p=float(meta.get("p", 3.0)),
+        )
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write these features as a feature folder at ``path`` (what :meth:`load` reads)."""
+        config = {"pooling": self.pooling, "p": self.p, "images": len(self.names), "model": self.model}
+        return write_folder(
+            path,
+            {**config, "source": self.source},
+            {n: np.asarray(f) for n, f in self.features.items()},
+            self.valid,
+            image_names=self.names,
+            labels=self.labels,
+            classes=self.classes,
         )
 
 
 def extract_features(
     subject: Subject,
     source: ImageSource,
-    layers: Sequence[str],
+    layers: LayerSpec,
     *,
     pooling: str = "gap",
     p: float = 3.0,
@@ -122,7 +140,8 @@ def extract_features(
     checkpoint_every: float = 10.0,
     progress: Callable[[int, int], None] | None = None,
 ) -> FeatureSet:
-    """Pool ``layers`` of ``subject`` over every image of ``source``. With ``out``, features go
+    """Pool ``layers`` of ``subject`` (any layer spec: :meth:`~convscope.layers.LayerTable.select`)
+    over every image of ``source``. With ``out``, features go
     to memory-mapped files there (``NNN.npy`` per layer, ``meta.json``), checkpointed every
     ``checkpoint_every`` seconds; a folder left by a killed run of the same configuration is
     continued (``resume``). ``accel``: precision, layout and decoding (:mod:`convscope.accel`)."""
@@ -130,7 +149,7 @@ def extract_features(
         raise UserInputError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
     if source.transform is None:
         source = source.with_transform(subject.transform)
-    infos = [subject.layer(n) for n in layers]
+    infos = [subject.layers.get(a) for a in subject.layers.select(layers)]
     names = [i.name for i in infos]
     dims = [int(i.shape[0]) for i in infos]
     n = len(source)
@@ -150,50 +169,28 @@ def extract_features(
     }
     labels = np.array([r.label if r.label is not None else -1 for r in source.records], np.int64)
     start = 0
+    folder = None
     if out is None:
         feats = {nm: np.zeros((n, d), np.float32) for nm, d in zip(names, dims)}
         valid = np.zeros(n, bool)
     else:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        meta_file = out / "meta.json"
-        old = json.loads(meta_file.read_text()) if meta_file.exists() else None
-        if old is not None and {k: with_default_settings(old).get(k) for k in config} != config:
-            raise UserInputError(
-                f"{out} holds features of another configuration; choose another folder or delete it"
-            )
-        if old is not None and resume:
-            start = old["done"]
-        mode = "r+" if start else "w+"
-        feats = {
-            nm: np.lib.format.open_memmap(
-                out / f"{i:03d}.npy", mode=mode, dtype=np.float32, shape=None if start else (n, d)
-            )
-            for i, (nm, d) in enumerate(zip(names, dims))
-        }
-        valid = np.load(out / "valid.npy") if start else np.zeros(n, bool)
-        np.save(out / "labels.npy", labels)
+        folder = FeatureWriter(
+            out,
+            config,
+            dims,
+            image_names=[r.name for r in source.records],
+            labels=labels,
+            classes=source.classes,
+            parts=n_batches,
+            resume=resume,
+        )
+        start = folder.first_missing()
+        feats, valid = folder.features, folder.valid
 
     def checkpoint(done: int) -> None:
-        if out is None:
-            return
-        for f in feats.values():
-            f.flush()
-        np.save(out / ".valid.tmp.npy", valid)
-        os.replace(out / ".valid.tmp.npy", out / "valid.npy")
-        write_text(
-            out / "meta.json",
-            json.dumps(
-                {
-                    **config,
-                    "done": done,
-                    "batches": n_batches,
-                    "names": [r.name for r in source.records],
-                    "classes": source.classes,
-                },
-                indent=1,
-            ),
-        )
+        if folder is not None:
+            folder.finish_parts(range(done))
+            folder.checkpoint()
 
     workers = resolve_workers(workers, device, batch_bytes(batch_size, subject.input_size, accel.decode))
     batches = Batches(
@@ -234,7 +231,7 @@ def extract_features(
         pooling,
         subject.name,
         source.spec,
-        out,
+        None if folder is None else folder.path,
         batches.report.items,
         p,
     )

@@ -1,0 +1,210 @@
+"""The verbs at the package top level: one per family, the layer spec resolved once, the engine
+chosen by name or object, and an unknown layer (or a model Ray cannot reload) failing before an
+atlas is created, replaced or Ray started."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import convscope
+from convscope.errors import LayerNotFoundError, NameNotFoundError, UserInputError
+from convscope.inputs.sources import open_images
+from convscope.scale import LocalEngine, RayEngine, resolve_engine
+from convscope.testing import tiny_subject
+
+VERBS = [
+    "scan",
+    "features",
+    "dissect",
+    "explain",
+    "visualize",
+    "class_model",
+    "invert",
+    "dream",
+    "attack",
+    "fool",
+    "empirical_rf",
+    "stimuli",
+    "probe",
+    "neighbors",
+    "project",
+    "compare",
+    "train",
+]
+
+
+def _ray_running() -> bool:
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and ray.is_initialized())
+
+
+@pytest.fixture(scope="module")
+def subject():
+    return tiny_subject()
+
+
+@pytest.fixture(scope="module")
+def images():
+    return open_images("convscope:samples", pattern="co*")
+
+
+def test_every_family_has_a_documented_verb():
+    for name in VERBS:
+        verb = getattr(convscope, name)
+        assert callable(verb) and verb.__doc__, name
+        assert name in convscope.__all__
+    for gone in ("ray_scan", "ray_features", "ray_dissect"):
+        assert not hasattr(convscope.scale, gone)
+
+
+def test_importing_a_subpackage_does_not_shadow_its_verb():
+    code = (
+        "import convscope.scan.scanner, convscope.dissect.result, convscope.train.loop\n"
+        "from convscope.scan import ScanResult\n"
+        "import convscope, convscope.verbs as v\n"
+        "assert convscope.scan is v.scan and convscope.dissect is v.dissect, convscope.scan\n"
+        "assert convscope.train is v.train and callable(convscope.scan)\n"
+        "import sys; convscope.scan = sys.modules['convscope.scan']  # what a first import does\n"
+        "assert convscope.scan is v.scan\n"
+        "from convscope.scan.result import ScanResult as R; assert R is ScanResult\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+def test_engines_by_name_or_object():
+    assert isinstance(resolve_engine(None), LocalEngine) and isinstance(resolve_engine("local"), LocalEngine)
+    ray = resolve_engine("ray", workers=3, address="auto")
+    assert isinstance(ray, RayEngine) and ray.workers == 3 and ray.address == "auto"
+    mine = RayEngine(workers=5)
+    assert resolve_engine(mine) is mine
+    with pytest.raises(NameNotFoundError, match="did you mean ray"):
+        resolve_engine("rya")
+    with pytest.raises(UserInputError):
+        resolve_engine(42)
+
+
+def test_scan_verb_resolves_the_spec_once_and_equals_the_scan(subject, images):
+    from convscope.scan.scanner import scan
+
+    seen = []
+
+    def late(info):  # a callable spec: called once per layer per resolution
+        seen.append(info.name)
+        return info.name in ("block", "conv2")
+
+    options = {"k": 3, "threshold_sample": 8, "batch_size": 8}
+    got = convscope.scan(subject, images, late, **options)
+    assert sorted(seen) == sorted(set(seen)) and set(got.layers) == {"block", "conv2"}
+    want = scan(subject, images.with_transform(subject.transform), ["block", "conv2"], **options)
+    for layer in want.layers:
+        for crit in want.criteria:
+            assert got.topk(layer, 1, crit).images.tolist() == want.topk(layer, 1, crit).images.tolist()
+    calls = []
+    convscope.scan(subject, images, "conv2", progress=lambda d, t: calls.append((d, t)), **options)
+    assert calls and calls[-1][0] == calls[-1][1] == len(images)
+
+
+def test_scan_to_atlas_resolves_the_spec_once(subject, images, tmp_path):
+    from convscope.atlas import scan_to_atlas
+
+    seen = []
+
+    def only(info):
+        seen.append(info.name)
+        return info.name == "conv2"
+
+    _, result = scan_to_atlas(subject, images, tmp_path / "a", only, k=2, threshold_sample=8, batch_size=8)
+    assert result.layers == ["conv2"] and sorted(seen) == sorted(set(seen))
+
+
+def test_features_verb_takes_a_spec(subject, images):
+    from convscope.represent import extract_features
+
+    fs = convscope.features(subject, images, "conv1,conv2", batch_size=8)
+    want = extract_features(subject, images, ["conv1", "conv2"], batch_size=8)
+    assert fs.layers == ["conv1", "conv2"]
+    assert np.array_equal(fs.get("conv2"), want.get("conv2"))
+    got, same = convscope.probe(fs, seed=0), convscope.probe(dict(want.features), want.labels, seed=0)
+    assert [r.test_accuracy for r in got.rows] == [r.test_accuracy for r in same.rows]
+    scores, found = convscope.neighbors(fs, [0, 1], "conv2", k=3)
+    assert found.shape == (2, 3) and found[0, 0] == 0 and found[1, 0] == 1
+    assert convscope.project(fs, "conv2", "pca").shape == (len(images), 2)
+    sim = convscope.compare(fs)
+    assert sim.shape == (2, 2) and np.allclose(np.diag(sim), 1, atol=1e-4)
+
+
+def test_one_layer_verbs_refuse_several(subject):
+    with pytest.raises(UserInputError, match="one layer"):
+        convscope.dream(subject, torch.rand(1, 3, 32, 32), "conv1,conv2")
+    with pytest.raises(LayerNotFoundError, match="conv2"):
+        convscope.visualize(subject, "conv22", [0])
+
+
+# -- an unknown layer fails before anything is written or started (Ray included) ----------------
+@pytest.fixture(scope="module")
+def atlas(subject, images, tmp_path_factory):
+    from convscope.atlas import scan_to_atlas
+
+    out = tmp_path_factory.mktemp("old") / "atlas"
+    scan_to_atlas(subject, images, out, "conv2", k=2, threshold_sample=8, batch_size=8)
+    return out
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("engine", ["local", "ray", RayEngine(workers=1)])
+def test_a_layer_typo_with_overwrite_leaves_the_atlas(subject, images, atlas, engine):
+    from convscope.atlas import scan_to_atlas
+
+    before = _snapshot(atlas)
+    with pytest.raises(LayerNotFoundError, match="conv2"):
+        scan_to_atlas(subject, images, atlas, "conv22", engine=engine, overwrite=True)
+    assert _snapshot(atlas) == before and not _ray_running()
+
+
+def test_a_model_ray_cannot_reload_fails_before_the_atlas_is_replaced(subject, images, atlas):
+    pytest.importorskip("ray")
+    from convscope.atlas import scan_to_atlas
+
+    before = _snapshot(atlas)
+    with pytest.raises(UserInputError, match="loaded by name or file"):
+        scan_to_atlas(subject, images, atlas, "conv2", engine="ray", overwrite=True)
+    assert _snapshot(atlas) == before and not _ray_running()
+
+
+def test_features_and_dissect_typos_fail_before_ray_or_a_folder(subject, images, tmp_path):
+    from convscope.atlas.build import features_to_atlas
+    from convscope.dissect import BrodenDataset, make_synthetic_broden
+
+    data = BrodenDataset(make_synthetic_broden(tmp_path / "b", n=8, size=32, seg=16))
+    for engine in ("ray", RayEngine()):
+        with pytest.raises(LayerNotFoundError, match="conv2"):
+            convscope.features(subject, images, "conv22", engine=engine, out=tmp_path / "f")
+        with pytest.raises(LayerNotFoundError, match="conv2"):
+            features_to_atlas(subject, images, tmp_path / "atlas", "conv22", engine=engine)
+        with pytest.raises(LayerNotFoundError, match="conv2"):
+            convscope.dissect(subject, data, "conv22", engine=engine, state=tmp_path / "s")
+    assert not any(p.name in ("f", "atlas", "s") for p in tmp_path.iterdir()) and not _ray_running()
+
+
+def test_scan_command_with_ray_and_a_typo_keeps_the_atlas(tmp_path, capsys):
+    from convscope.cli.main import main
+
+    out = tmp_path / "atlas"
+    common = ["scan", "torchvision:squeezenet1_1", "--weights", "none", "--data", "convscope:samples"]
+    common += ["--pattern", "co*", "--k", "2", "--threshold-sample", "8", "--out", str(out)]
+    assert main([*common, "--layers", "features.4"]) == 0
+    before = _snapshot(out)
+    capsys.readouterr()
+    code = main([*common, "--layers", "features.44", "--engine", "ray", "--overwrite"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "features.4" in err, err
+    assert _snapshot(out) == before and not _ray_running()
