@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
@@ -37,6 +37,38 @@ def get_method(name: str):
     return METHODS[key]
 
 
+def method_options(method: str) -> tuple[str, ...]:
+    """The keyword options that ``method`` (a name or alias) takes, e.g. ``("layer",)`` for
+    the CAMs and ``("window", "stride", "batch", "fill", "seed")`` for occlusion."""
+    return get_method(method).takes
+
+
+def options_for(method: str, options: Mapping[str, object]) -> dict:
+    """The entries of ``options`` that ``method`` takes: one set of settings (a command line's)
+    for several methods at once."""
+    takes = method_options(method)
+    return {k: v for k, v in options.items() if k in takes}
+
+
+def check_options(method: str, options: Mapping[str, object]) -> None:
+    """Raise a one-line :class:`UserInputError` for an option ``method`` does not take (with the
+    closest option it does take, or the ones it takes)."""
+    import difflib
+
+    cls = get_method(method)
+    for key in options:
+        if key not in cls.takes:
+            close = difflib.get_close_matches(key, cls.takes, n=1)
+            hint = (
+                f"did you mean {close[0]!r}?"
+                if close
+                else f"it takes {', '.join(cls.takes)}"
+                if cls.takes
+                else "it takes no options"
+            )
+            raise UserInputError(f"{cls.name} has no option {key!r}; {hint}")
+
+
 def explain(
     subject: Subject,
     images: ImageLike | Sequence[ImageLike] | torch.Tensor,
@@ -50,12 +82,14 @@ def explain(
     ``images`` are paths, PIL images, uint8 arrays or a preprocessed batch (N, 3, H, W);
     ``target`` is ``"top"``, ``"class:285"``, ``"prob:285"``, ``"layer:channel[@y,x]"``, an int,
     a :class:`~convscope.Unit` or a :class:`~convscope.Direction`; ``options`` go to the method
-    (see each method's docstring; CAMs take ``layer=``). The target is checked before any work.
+    (see each method's docstring and :func:`method_options`; CAMs take ``layer=``); an option
+    the method does not take is refused. The target and options are checked before any work.
     ``progress(done, total)`` is told how many of the ``total`` images are done: when each
     image is, for occlusion and Score-CAM after each batch of positions or channels (fractional),
     and for the methods that take the batch at once when it is.
     """
     cls = get_method(method)
+    check_options(cls.name, options)
     x = images if isinstance(images, torch.Tensor) else subject.load_images(images)
     x = x.to(subject.device)
     if x.dim() != 4 or x.shape[1] != 3:
@@ -84,4 +118,12 @@ def target_of(subject: Subject, target, x: torch.Tensor) -> Target:
     return resolve_target(subject, target, x)
 
 
-__all__ = ["explain", "get_method", "method_names", "target_of"]
+__all__ = [
+    "check_options",
+    "explain",
+    "get_method",
+    "method_names",
+    "method_options",
+    "options_for",
+    "target_of",
+]

@@ -20,6 +20,7 @@ class Method:
 
     name = "method"
     signed = False
+    takes: tuple[str, ...] = ()  # the options the method reads; explain refuses any other
     progress: Callable[[float, int], None] | None = None  # set by ``explain(progress=...)``
 
     def __init__(self, subject: Subject, **options):

@@ -28,6 +28,8 @@ def default_cam_layer(subject) -> str:
 
 
 class _CamMethod(Method):
+    takes = ("layer",)
+
     def layer(self, target: Target | None = None) -> str:
         """The CAM layer: ``layer=`` or, by default, the last stage (for a unit target, the last
         stage that runs before the unit's layer, else that layer itself)."""
@@ -107,6 +109,7 @@ class ScoreCAM(_CamMethod):
     class targets, as the authors' code). ``batch=32`` masked inputs per forward pass."""
 
     name = "scorecam"
+    takes = ("layer", "batch")
 
     def attribute(self, x, target):
         layer = self.layer(target)

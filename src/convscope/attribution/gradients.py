@@ -46,6 +46,7 @@ class SmoothGrad(Method):
     absolute values); ``seed=0``. The map is the channel-wise max of |average|."""
 
     name = "smoothgrad"
+    takes = ("samples", "noise", "magnitude", "seed")
 
     def attribute(self, x, target):
         samples = int(self.options.get("samples", 50))
@@ -73,6 +74,7 @@ class IntegratedGradients(Method):
     over channels (signed)."""
 
     name = "integrated_gradients"
+    takes = ("steps", "batch", "baseline")
     signed = True
 
     def attribute(self, x, target):

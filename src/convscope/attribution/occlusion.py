@@ -34,6 +34,7 @@ class Occlusion(Method):
     positive where hiding the pixels lowers the score."""
 
     name = "occlusion"
+    takes = ("window", "stride", "batch", "fill", "seed")
     signed = True
 
     def attribute(self, x, target):

@@ -63,6 +63,7 @@ class ZeilerFergus(Method):
     figures). Returns the reconstruction (N, 3, H, W) as ``raw``; the map is its channel max |.|."""
 
     name = "zeiler_fergus"
+    takes = ("even_overlap", "keep")
     signed = False
 
     def attribute(self, x, target: Target):

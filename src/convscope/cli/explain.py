@@ -65,7 +65,7 @@ def explain(
     """Explain images: one PNG per method and image (image | map | overlay) and its arrays."""
     import torch
 
-    from convscope.attribution import deletion_insertion, explain, get_method, resolve_target
+    from convscope.attribution import deletion_insertion, explain, get_method, options_for, resolve_target
     from convscope.inputs.fileio import save_image, write_text
     from convscope.render.plots import curves_figure, figure_to_image
 
@@ -76,15 +76,16 @@ def explain(
     pics = read_images([*(images or []), *(data or [])])
     x = subject.load_images([img for _, img in pics])
     tgt = resolve_target(subject, target_spec(target), x)  # checked before any work
-    options = {
-        "gradcam": {"layer": layer},
-        "gradcam++": {"layer": layer},
-        "scorecam": {"layer": layer},
-        "guided_gradcam": {"layer": layer},
-        "occlusion": {"window": window, "stride": stride, "fill": fill, "seed": seed},
-        "smoothgrad": {"samples": samples, "seed": seed},
-        "integrated_gradients": {"steps": steps},
-        "zeiler_fergus": {"even_overlap": even_overlap},
+    # one set of settings; each method gets the ones it takes (convscope.attribution.method_options)
+    settings = {
+        "layer": layer,
+        "window": window,
+        "stride": stride,
+        "fill": fill,
+        "seed": seed,
+        "samples": samples,
+        "steps": steps,
+        "even_overlap": even_overlap,
     }
     written, summary = [], []
     n = len(pics)
@@ -95,7 +96,7 @@ def explain(
             def step(done, total, m=m, name=name):
                 progress(m * n + done, len(methods) * n, name)
 
-            amap = explain(subject, x, name, target=tgt, progress=step, **options.get(name, {}))
+            amap = explain(subject, x, name, target=tgt, progress=step, **options_for(name, settings))
             for i, (stem, _) in enumerate(pics):
                 written.append(amap.to_png(out / f"{stem}_{name}.png", i))
                 entry = {"image": stem, "method": name, "target": amap.targets[i]}
