@@ -130,9 +130,7 @@ def scanned(photos, tmp_path_factory):
     )
     subject = tiny()
     source = open_images(photos, transform=subject.transform)
-    from convscope.scan import scan
-
-    result = scan(subject, source, SCAN_LAYERS, **SCAN)
+    result = convscope.scan(subject, source, SCAN_LAYERS, **SCAN)
     return atlas, subject, source, result
 
 
@@ -215,7 +213,7 @@ def test_explain(tmp_path):
 
 
 def test_visualize(tmp_path):
-    from convscope.synthesis import Synthesis, visualize_directions, visualize_units
+    from convscope.synthesis import Synthesis
     from convscope.units import Direction
 
     opts = dict(steps=4, size=32, param="fft", seed=0)
@@ -233,7 +231,7 @@ def test_visualize(tmp_path):
         "--out",
         tmp_path,
     )
-    syn = visualize_units(tiny(), "conv2", [0, 1, 2], batch=32, **opts)
+    syn = convscope.visualize(tiny(), "conv2", [0, 1, 2], batch=32, **opts)
     saved = Synthesis.load(tmp_path / "conv2_units.npz")
     np.testing.assert_allclose(saved.images, syn.images, atol=1e-6)
     np.testing.assert_allclose(saved.scores, syn.scores, rtol=1e-5)
@@ -254,20 +252,21 @@ def test_visualize(tmp_path):
         tmp_path,
     )
     subject = tiny()
-    syn = visualize_directions(
-        subject, Direction.random("conv2", subject.layer("conv2").units, 2, seed=0), **opts
-    )
+    directions = Direction.random("conv2", subject.layer("conv2").units, 2, seed=0)
+    syn = convscope.visualize(subject, "conv2", directions=directions, **opts)
     np.testing.assert_allclose(
         Synthesis.load(tmp_path / "conv2_directions.npz").images, syn.images, atol=1e-6
     )
 
 
 def test_classviz(tmp_path, capsys):
-    from convscope.synthesis import Synthesis, class_model
+    from convscope.synthesis import Synthesis
 
     text = cli("classviz", "tiny", "--classes", "1,class4", "--steps", 4, "--size", 32, "--out", tmp_path)
     subject = tiny()
-    syn = class_model(subject, [1, 4], l2=0.0, regularized=True, steps=4, size=32, seed=0, param="fft")
+    syn = convscope.class_model(
+        subject, [1, 4], l2=0.0, regularized=True, steps=4, size=32, seed=0, param="fft"
+    )
     saved = Synthesis.load(tmp_path / "classes.npz")
     np.testing.assert_allclose(saved.images, syn.images, atol=1e-6)
     assert list(saved.labels) == list(syn.labels)
@@ -276,8 +275,6 @@ def test_classviz(tmp_path, capsys):
 
 
 def test_invert(tmp_path):
-    from convscope.synthesis import invert
-
     text = cli(
         "invert",
         "tiny",
@@ -292,7 +289,7 @@ def test_invert(tmp_path):
         "--out",
         tmp_path,
     )
-    inv = invert(tiny(), sample_image("coffee"), ["conv1", "conv2"], restarts=1, steps=5, seed=0)
+    inv = convscope.invert(tiny(), sample_image("coffee"), "conv1,conv2", restarts=1, steps=5, seed=0)
     same_picture(tmp_path / "coffee_inversion.png", inv.to_image())
     for name, e in zip(inv.layers, inv.errors):
         assert f"{name:<24} normalised feature error {e:.4f}" in text
@@ -300,7 +297,6 @@ def test_invert(tmp_path):
 
 def test_dream(tmp_path):
     from convscope.render.grid import to_uint8
-    from convscope.synthesis import dream, dream_zoom
 
     cli(
         "dream",
@@ -316,7 +312,7 @@ def test_dream(tmp_path):
         "--out",
         tmp_path,
     )
-    d = dream(tiny(), sample_image("coffee"), "conv2", octaves=2, steps=2, seed=0)
+    d = convscope.dream(tiny(), sample_image("coffee"), "conv2", octaves=2, steps=2, seed=0)
     same_picture(tmp_path / "coffee_dream.png", Image.fromarray(to_uint8(d.image)))
     cli(
         "dream",
@@ -334,14 +330,14 @@ def test_dream(tmp_path):
         "--out",
         tmp_path / "z",
     )
-    d = dream_zoom(tiny(), sample_image("coffee"), "conv2", frames=2, zoom=1.05, octaves=1, steps=1, seed=0)
+    d = convscope.dream(
+        tiny(), sample_image("coffee"), "conv2", frames=2, zoom=1.05, octaves=1, steps=1, seed=0
+    )
     with Image.open(tmp_path / "z" / "coffee_dream.gif") as gif:
         assert gif.n_frames == len(d.frames) == 2
 
 
 def test_attack(tmp_path):
-    from convscope.adversarial import fgsm, pgd
-
     cli(
         "attack",
         "tiny",
@@ -357,17 +353,7 @@ def test_attack(tmp_path):
         tmp_path,
         code=None,
     )
-    res = pgd(
-        tiny(),
-        [sample_image("coffee")],
-        eps=8 / 255,
-        alpha=None,
-        steps=3,
-        norm="linf",
-        target=None,
-        random_start=False,
-        seed=0,
-    )
+    res = convscope.attack(tiny(), [sample_image("coffee")], method="pgd", eps=8 / 255, steps=3, seed=0)
     same_picture(tmp_path / "coffee_pgd.png", res.to_image(0))
     cli(
         "attack",
@@ -384,15 +370,13 @@ def test_attack(tmp_path):
         tmp_path,
         code=None,
     )
-    res = fgsm(tiny(), [sample_image("coffee")], eps=0.05, target=4)
+    res = convscope.attack(tiny(), [sample_image("coffee")], method="fgsm", eps=0.05, target=4)
     same_picture(tmp_path / "coffee_fgsm.png", res.to_image(0))
 
 
 def test_fool(tmp_path):
-    from convscope.adversarial import fool
-
     text = cli("fool", "tiny", "--classes", "class2", "--method", "gradient", "--steps", 3, "--out", tmp_path)
-    res = fool(tiny(), 2, "gradient", n=1, seed=0, steps=3, generations=200, population=16, elite=4)
+    res = convscope.fool(tiny(), 2, "gradient", n=1, seed=0, steps=3, generations=200, population=16, elite=4)
     same_picture(tmp_path / "fool_2_gradient.png", res.to_image())
     assert f"p(class2) = {res.confidence[0]:.4f}" in text
 
@@ -404,8 +388,6 @@ def test_fool(tmp_path):
 @pytest.fixture(scope="module")
 def featured(photos, tmp_path_factory):
     """The CLI's atlas with gap features of two layers, and the same features in Python."""
-    from convscope.represent import extract_features
-
     atlas = tmp_path_factory.mktemp("features") / "atlas"
     cli(
         "features",
@@ -423,7 +405,7 @@ def featured(photos, tmp_path_factory):
     )
     subject = tiny()
     source = open_images(photos, transform=subject.transform)
-    fs = extract_features(subject, source, ["conv1", "conv2"], pooling="gap", batch_size=4, workers=0)
+    fs = convscope.features(subject, source, "conv1,conv2", pooling="gap", batch_size=4, workers=0)
     return atlas, fs
 
 
@@ -447,7 +429,7 @@ def test_features(featured):
 
 def test_neighbors(featured, tmp_path):
     from convscope.atlas import AtlasPaths
-    from convscope.represent import NeighborIndex, PostProcess, evaluate_labels
+    from convscope.represent import PostProcess, evaluate_labels
     from convscope.represent.report import write_neighbors_report
 
     atlas, fs = featured
@@ -470,16 +452,13 @@ def test_neighbors(featured, tmp_path):
     shown = json.loads(
         (AtlasPaths(atlas).neighbors_render("conv2", "q").parent / "neighbors.json").read_text()
     )
-    x = fs.get("conv2")
-    pp = PostProcess.parse("l2").fit(x)
-    db = pp.transform(x)
-    index = NeighborIndex(db, "cosine", "exact")
-    for q, record in zip((0, 7), shown["queries"]):
-        scores, found = index.search(db[q : q + 1], 4)
-        hits = [(int(j), float(s)) for j, s in zip(found[0], scores[0]) if j != q][:3]
+    scores, found = convscope.neighbors(fs, [0, 7], "conv2", k=4, post="l2")  # each query finds itself too
+    for q, record, s, f in zip((0, 7), shown["queries"], scores, found):
+        hits = [(int(j), float(v)) for j, v in zip(f, s) if j != q][:3]
         assert record["query"] == fs.names[q]
         assert [n["image"] for n in record["neighbors"]] == [fs.names[j] for j, _ in hits]
         np.testing.assert_allclose([n["score"] for n in record["neighbors"]], [s for _, s in hits], rtol=1e-5)
+    db = PostProcess.parse("l2").fit(fs.get("conv2")).transform(fs.get("conv2"))
     scores = evaluate_labels(db, fs.labels, "cosine")
     assert shown["map"] == pytest.approx(scores.map)
     for q in report["queries"]:  # the library's report: the same record and grids
@@ -493,19 +472,11 @@ def test_neighbors(featured, tmp_path):
 
 def test_probe(featured, tmp_path):
     from convscope.atlas import AtlasPaths
-    from convscope.represent import linear_probe
 
     atlas, fs = featured
     cli("probe", atlas, "--test-fraction", 0.5)
     rows = read_csv(AtlasPaths(atlas).probe_render("gap", "logistic").with_suffix(".csv"))
-    result = linear_probe(
-        {n: fs.get(n) for n in fs.layers},
-        fs.valid_labels(),
-        classifier="logistic",
-        c=1.0,
-        test_fraction=0.5,
-        seed=0,
-    )
+    result = convscope.probe(fs, classifier="logistic", c=1.0, test_fraction=0.5, seed=0)
     png, table = result.write_report(tmp_path / "probe.png")
     same_picture(AtlasPaths(atlas).probe_render("gap", "logistic"), Image.open(png))
     assert read_csv(table) == rows
@@ -518,24 +489,21 @@ def test_probe(featured, tmp_path):
 
 def test_project(featured):
     from convscope.atlas import AtlasPaths
-    from convscope.represent import project
 
     atlas, fs = featured
     cli("project", atlas, "--layers", "conv2", "--method", "pca", "--thumbnails", 0)
     rows = read_csv(AtlasPaths(atlas).projection_render("conv2", "pca").with_suffix(".csv"))
-    xy = project(fs.get("conv2"), "pca", seed=0)
+    xy = convscope.project(fs, "conv2", "pca", seed=0)
     assert rows[0] == ["image", "label", "x", "y"]
     assert [r[:2] for r in rows[1:]] == [[n, str(lab)] for n, lab in zip(fs.names, fs.labels)]
     np.testing.assert_allclose([[float(a), float(b)] for _, _, a, b in rows[1:]], xy, atol=2e-5)
 
 
 def test_compare(featured, tmp_path):
-    from convscope.represent import similarity_matrix
-
     atlas, fs = featured
     cli("compare", atlas, "--measure", "cka", "--out", tmp_path / "cka.png")
     rows = read_csv(tmp_path / "cka.csv")
-    m = similarity_matrix({n: fs.get(n) for n in fs.layers}, {n: fs.get(n) for n in fs.layers}, "cka")
+    m = convscope.compare(fs, measure="cka")
     assert rows[0] == ["", *fs.layers]
     assert [r[0] for r in rows[1:]] == fs.layers
     np.testing.assert_allclose([[float(v) for v in r[1:]] for r in rows[1:]], m, atol=6e-5)
@@ -560,7 +528,6 @@ def test_rf(atlas_copy):
     import torch
 
     from convscope.atlas import Atlas
-    from convscope.empirical import empirical_rf
     from convscope.render.receptive import empirical_rf_panel
 
     atlas, subject, source, result = atlas_copy
@@ -571,7 +538,7 @@ def test_rf(atlas_copy):
     for row in stored:
         top = result.topk("conv2", row["unit"], "max")
         x = torch.stack([source[int(i)][0] for i in top.images[:2]])
-        rf = empirical_rf(subject, x, "conv2", row["unit"], patch=5, stride=4, fill="noise")
+        rf = convscope.empirical_rf(subject, x, "conv2", row["unit"], patch=5, stride=4, fill="noise")
         assert row["size"] == pytest.approx(rf.size)
         assert (row["height"], row["width"]) == (rf.height, rf.width)
         assert row["theoretical"] == pytest.approx(rf.theoretical)
@@ -584,13 +551,13 @@ def test_rf(atlas_copy):
 
 def test_stimuli(atlas_copy):
     from convscope.atlas import Atlas
-    from convscope.empirical import best_patch, stimuli
+    from convscope.empirical import best_patch
 
     atlas, subject, source, result = atlas_copy
     text = cli("stimuli", atlas, "--layers", "conv2", "--unit", 1, "--stride", 8)
     top = result.topk("conv2", 1, "max")
     patch = best_patch(subject, source.read(int(top.images[0])), "conv2", int(top.ys[0]), int(top.xs[0]))
-    st = stimuli(subject, patch, "conv2", 1, stride=8)
+    st = convscope.stimuli(subject, patch, "conv2", 1, stride=8)
     same_picture(Atlas.open(atlas).stimuli_render("conv2", 1), st.to_image())
     assert (
         f"intact {st.intact:.3g}, pixels shuffled {st.shuffled:.3g}, blocks scrambled {st.scrambled:.3g}"
@@ -609,7 +576,7 @@ DISSECT = dict(quantile=0.005, iou_threshold=0.04, max_coverage=0.2, batch_size=
 def dissected(tmp_path_factory):
     """The CLI's atlas of a dissection against 8 synthetic Broden-format images, and the same
     dissection in Python."""
-    from convscope.dissect import BrodenDataset, dissect, make_synthetic_broden
+    from convscope.dissect import BrodenDataset, make_synthetic_broden
 
     root = tmp_path_factory.mktemp("dissect")
     atlas = root / "atlas"
@@ -620,7 +587,7 @@ def dissected(tmp_path_factory):
     subject = tiny()
     make_synthetic_broden(root / "concepts", n=8, size=32, seg=16, seed=0)
     data = BrodenDataset(root / "concepts")
-    result = dissect(subject, data, ["conv1", "conv2"], **DISSECT)
+    result = convscope.dissect(subject, data, "conv1,conv2", **DISSECT)
     return atlas, subject, result, data
 
 
@@ -706,7 +673,7 @@ def history(result) -> list[list[str]]:
 def test_train(lab, tmp_path):
     import torch
 
-    from convscope.train import TrainConfig, build, load_split, train
+    from convscope.train import TrainConfig, build, load_split
     from convscope.train.filters import spread
     from convscope.train.report import write_report
 
@@ -717,7 +684,7 @@ def test_train(lab, tmp_path):
         "small", len(tr.classes), widths=(32, 64, 128), batchnorm=True, padding="same", input_size=16
     )
     config = TrainConfig(epochs=2, batch_size=4, lr=0.1, weight_decay=5e-4, seed=0)
-    result = train(model, tr, te, config, tmp_path / "py")
+    result = convscope.train(model, tr, te, config, tmp_path / "py")
     convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
     written = write_report(
         tmp_path / "py", model, result, te, config, tr.classes, "small", evolution=spread(convs)
@@ -748,7 +715,7 @@ def test_finetune(lab, tmp_path):
 
     import torch
 
-    from convscope.train import TrainConfig, blocks, freeze, load_split, replace_head, train
+    from convscope.train import TrainConfig, blocks, freeze, load_split, replace_head
 
     cli(
         *("finetune", "tiny", "--data", lab, "--limit", 2, "--epochs", 1, "--batch-size", 4),
@@ -766,7 +733,7 @@ def test_finetune(lab, tmp_path):
         m = copy.deepcopy(subject.model)
         replace_head(m, len(tr.classes))
         frozen = freeze(m, k)
-        result = train(m, tr, te, config, tmp_path / "py" / f"freeze_{k}")
+        result = convscope.train(m, tr, te, config, tmp_path / "py" / f"freeze_{k}")
         rows.append({"freeze": k, "frozen": frozen, "test_accuracy": result.final.test_accuracy})
         assert metrics(tmp_path / "cli" / f"freeze_{k}" / "metrics.csv")[1:] == history(result)
     shown = json.loads((tmp_path / "cli" / "transfer.json").read_text())
