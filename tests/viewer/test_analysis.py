@@ -66,7 +66,7 @@ def test_analysis_of_an_atlas_image_matches_its_stored_maxima(viewer_atlas):
     from convscope.viewer.state import open_reader, reopen_atlas
 
     reader = open_reader(viewer_atlas)
-    subject, source = reopen_atlas(reader.meta())
+    subject, source = reopen_atlas(reader)
     found = analyse_image(subject, source.read(0), reader)
     assert len(found.predictions) == 5 and len(found.units) == 16  # 8 of each of 2 layers
     for r in found.units:

@@ -39,7 +39,7 @@ def test_topk_picture_title_names_the_class(default_subject, class_atlas, monkey
         titles.append(title)
         return real(patches, overlays, captions, title, *args, **kwargs)
 
-    import convscope.scan.patches as patches_module
+    from convscope.scan import patches as patches_module  # convscope.scan is the verb
 
     monkeypatch.setattr(patches_module, "topk_grid", spy)
     store = Atlas.open(class_atlas)
@@ -51,8 +51,8 @@ def test_topk_picture_title_names_the_class(default_subject, class_atlas, monkey
 
 
 def test_viewer_pages_name_the_class(class_atlas):
+    from convscope.atlas.queries import AtlasReader
     from convscope.viewer import pages
-    from convscope.viewer.store import AtlasReader
 
     reader = AtlasReader(class_atlas)
     meta = reader.meta()

@@ -179,9 +179,9 @@ def topk(
         "AND t.unit = ? AND t.criterion = ? ORDER BY t.rank",
         (layer, kind, unit, criterion),
     ).fetchall()
-    keys = ("rank", "image", "name", "score", "y", "x")
+    keys = ("rank", "image", "score", "y", "x", "name")
     return [
-        dict(zip(keys, (r, i, original_name(n, raw) if original else n, s, y, x)))
+        dict(zip(keys, (r, i, s, y, x, original_name(n, raw) if original else n)))
         for r, i, n, s, y, x, raw in rows
     ]
 

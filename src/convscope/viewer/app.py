@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from convscope.atlas import is_private_file
+from convscope.atlas.queries import SORTS
 from convscope.errors import NameNotFoundError, UserInputError, close_matches
 from convscope.viewer import pages
 from convscope.viewer.analysis import analyse_image
@@ -51,7 +52,6 @@ __all__ = ["create_app", "default_hosts", "serve"]
 
 MAX_INDEX = 2**63 - 1  # SQLite integers: a unit or image number past this cannot exist
 MAX_PAGE = 2**31
-SORTS = ("unit", "max", "iou", "label")
 SOURCE_SIZES = (112, 224, 448, 1024)  # px: few sizes of a source image, so the cache stays bounded
 MEDIA = {
     ".png": "image/png",

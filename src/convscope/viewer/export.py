@@ -33,7 +33,7 @@ def export_html(
     reader = open_reader(atlas)
     meta = reader.meta()
     links = pages.StaticLinks()
-    subject, source = reopen_atlas(meta)
+    subject, source = reopen_atlas(reader)
     layers = reader.layers()
     write_text(
         out / links.home(),

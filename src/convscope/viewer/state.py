@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from convscope.viewer.store import AtlasReader, reopen_from_meta
+from convscope.atlas.queries import AtlasReader
 
 MAX_UPLOADS = 200  # uploads kept in the private temporary folder (oldest removed first)
 
@@ -22,10 +22,10 @@ def open_reader(atlas: str | Path) -> AtlasReader:
     return AtlasReader(atlas)
 
 
-def reopen_atlas(meta: dict, subject=None):
-    """The (subject, image source) an atlas was made from, from its meta (``subject``: one
-    already loaded, whose images are opened again)."""
-    return reopen_from_meta(meta, subject)
+def reopen_atlas(reader: AtlasReader, subject=None):
+    """The (subject, image source) an atlas was made from, from its stored specs (``subject``:
+    one already loaded, whose images are opened again)."""
+    return reader.reopen(subject)
 
 
 class Cache:
@@ -80,7 +80,7 @@ class ViewerState:
         """The subject and image source the atlas was made from (loaded on first use)."""
         with self._lock:
             if self._subject is None or self._source is None:
-                self._subject, self._source = reopen_atlas(self.meta, self._subject)
+                self._subject, self._source = reopen_atlas(self.reader, self._subject)
                 self._subject.to(self.device)
             return self._subject, self._source
 

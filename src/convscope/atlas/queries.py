@@ -1,0 +1,221 @@
+"""Read-only, paginated queries on an atlas for the viewer and the static export: the same
+:class:`~convscope.atlas.store.Atlas`, opened with ``readonly=True`` (SQLite ``mode=ro``: the
+viewer can never change an atlas), one connection per thread, reopened when ``atlas.db`` is
+replaced (:meth:`AtlasReader.refresh`). Unknown layers raise
+:class:`~convscope.errors.LayerNotFoundError` (close matches in ``.close``), other unknown names
+:class:`~convscope.errors.NameNotFoundError`; both are ``KeyError`` s, which the viewer answers
+with 404."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from convscope.atlas import dissections, empirical, scans
+from convscope.atlas.schema import has_table
+from convscope.atlas.store import Atlas
+from convscope.errors import LayerNotFoundError, NameNotFoundError, UserInputError
+
+SORTS = ("unit", "max", "iou", "label")  # what a layer's units can be sorted by
+
+
+class AtlasReader:
+    """Queries for the pages of one atlas; one read-only connection per thread."""
+
+    def __init__(self, path: str | Path):
+        self.atlas = Atlas.open(path, readonly=True)  # a one-line error when it is no atlas
+        self.path = self.atlas.path
+        self.db = self.atlas.db_path
+        self._local = threading.local()
+        self._stamp = self._file_stamp()
+        self._generation = 0  # bumped when atlas.db is replaced: every thread reconnects
+
+    def _file_stamp(self) -> tuple[int, int, int] | None:
+        """Which file ``atlas.db`` is now: (device, inode, mtime); None while it is missing.
+        The mtime tells a new file from an old one that got the freed inode number."""
+        try:
+            s = self.db.stat()
+        except OSError:
+            return None
+        return (s.st_dev, s.st_ino, s.st_mtime_ns)
+
+    def refresh(self) -> bool:
+        """Notice an ``atlas.db`` replaced since the last call (``scan --overwrite`` deletes it
+        and writes a new one): True when it changed; connections then reopen on next use."""
+        stamp = self._file_stamp()
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        self._generation += 1
+        return True
+
+    def available(self) -> bool:
+        """Whether ``atlas.db`` exists now (it is briefly missing while a scan replaces it)."""
+        return self._stamp is not None
+
+    def con(self) -> sqlite3.Connection:
+        """This thread's read-only connection (rows as :class:`sqlite3.Row`)."""
+        c = getattr(self._local, "con", None)
+        if c is not None and self._local.generation != self._generation:
+            c.close()  # a connection to the replaced (deleted) file
+            c = None
+        if c is None:
+            c = self.atlas.connect(check_same_thread=False)
+            c.row_factory = sqlite3.Row
+            self._local.con, self._local.generation = c, self._generation
+        return c
+
+    # -- the atlas as a whole -----------------------------------------------------------------
+    def meta(self) -> dict:
+        """The model and source specs, the schema version and the names of units by layer."""
+        rows = {r["key"]: r["value"] for r in self.con().execute("SELECT key, value FROM meta")}
+        return {
+            "model": json.loads(rows.get("model", "{}")),
+            "source": json.loads(rows.get("source", "{}")),
+            "schema": rows.get("schema_version"),
+            # names of units by layer (a classifier's classes); absent in older atlases
+            "unit_names": json.loads(rows.get("unit_names", "{}")),
+        }
+
+    def reopen(self, subject=None):
+        """The (subject, image source) the atlas was made from, loaded again from its stored
+        model and source specs (``subject``: one already loaded, whose images are opened again)."""
+        from convscope.atlas.build import reopen
+
+        return reopen(self.atlas, subject)
+
+    def n_images(self) -> int:
+        return self.con().execute("SELECT COUNT(*) FROM images").fetchone()[0]
+
+    def classes(self) -> list[str]:
+        """The printable class names, by index."""
+        return [r[0] for r in self.con().execute("SELECT name FROM classes ORDER BY idx")]
+
+    def image(self, idx: int) -> dict | None:
+        """One image's row (printable ``name``, ``label``, ``status``, ``reason``)."""
+        r = self.con().execute("SELECT * FROM images WHERE idx = ?", (idx,)).fetchone()
+        return dict(r) if r else None
+
+    def image_units(self, idx: int, limit: int = 24) -> list[dict]:
+        """Units that list this image in their top-K (best rank first)."""
+        return [
+            dict(r)
+            for r in self.con().execute(
+                "SELECT layer, unit, criterion, rank, score FROM topk WHERE image = ? AND kind = 'channel' "
+                "ORDER BY rank, score DESC LIMIT ?",
+                (idx, limit),
+            )
+        ]
+
+    # -- layers -------------------------------------------------------------------------------
+    def layers(self) -> list[dict]:
+        return scans.layers(self.con())
+
+    def layer(self, name: str) -> dict:
+        """One scanned layer's row (:class:`LayerNotFoundError` with close matches otherwise)."""
+        row = scans.layer(self.con(), name)
+        if row is None:
+            raise LayerNotFoundError(name, [r["name"] for r in self.layers()], what="scanned layer")
+        return row
+
+    def dissection_summary(self) -> dict[str, dict]:
+        """Per layer: concept set, detectors and unique concepts."""
+        return dissections.summary(self.con())
+
+    def empirical_summary(self) -> dict[str, dict]:
+        """Per layer: how many units have an empirical RF, and their mean size."""
+        return empirical.summary(self.con())
+
+    def units(
+        self, layer: str, page: int = 0, per_page: int = 100, sort: str = "unit", label: str | None = None
+    ) -> tuple[list[dict], int]:
+        """One page of a layer's units: unit, max, mean, top image and position, concept label
+        and IoU (first concept set) — and the total count after filtering."""
+        if sort not in SORTS:
+            raise UserInputError(f"sort by one of {', '.join(SORTS)}")
+        labels = has_table(self.con(), "unit_labels")
+        join = (
+            (
+                "LEFT JOIN (SELECT layer, unit, name, category, iou, detector FROM unit_labels "
+                "WHERE dataset = (SELECT MIN(dataset) FROM unit_labels)) l "
+                "ON l.layer = u.layer AND l.unit = u.unit"
+            )
+            if labels
+            else ""
+        )
+        cols = (
+            ", l.name AS label, l.category, l.iou, l.detector"
+            if labels
+            else ", NULL AS label, NULL AS category, NULL AS iou, NULL AS detector"
+        )
+        where = "u.layer = ? AND u.kind = 'channel'"
+        args: list = [layer]
+        if label and labels:  # a substring, case-insensitive; % and _ are literal
+            where += " AND l.name LIKE ? ESCAPE '\\'"
+            args.append("%" + label.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
+        order = {
+            "unit": "u.unit",
+            "max": "u.max DESC",
+            "iou": "l.iou DESC" if labels else "u.unit",
+            "label": "l.name, l.iou DESC" if labels else "u.unit",
+        }[sort]
+        total = self.con().execute(f"SELECT COUNT(*) FROM units u {join} WHERE {where}", args).fetchone()[0]
+        rows = self.con().execute(
+            f"SELECT u.unit, u.max, u.mean, t.image, t.score, t.y, t.x{cols} FROM units u {join} "
+            "LEFT JOIN topk t ON t.layer = u.layer AND t.kind = 'channel' AND t.unit = u.unit "
+            "AND t.criterion = 'max' AND t.rank = 0 "
+            f"WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?",
+            [*args, per_page, page * per_page],
+        )
+        return [dict(r) for r in rows], total
+
+    def criteria(self, layer: str) -> list[str]:
+        """The layer's top-K criteria, ``max`` first."""
+        found = [
+            r[0]
+            for r in self.con().execute(
+                "SELECT DISTINCT criterion FROM topk WHERE layer = ? AND kind = 'channel' AND unit = 0",
+                (layer,),
+            )
+        ]
+        return sorted(found, key=lambda c: (c != "max", c))
+
+    def directions(self, layer: str) -> int:
+        """How many random directions the layer was scanned with."""
+        row = scans.layer(self.con(), layer)
+        return int(row["directions"] or 0) if row else 0
+
+    # -- units --------------------------------------------------------------------------------
+    def unit(self, layer: str, unit: int, kind: str = "channel") -> dict | None:
+        """Statistics of a unit (``kind="direction"``: of a random direction)."""
+        return scans.unit(self.con(), layer, unit, kind)
+
+    def topk(self, layer: str, unit: int, criterion: str = "max", kind: str = "channel") -> list[dict]:
+        """Top-K rows of a unit (``kind="direction"``: of a random direction) with printable
+        image names."""
+        return scans.topk(self.con(), layer, unit, criterion, kind, original=False)
+
+    def unit_topk(self, layer: str, unit: int, criterion: str = "max", direction: bool = False):
+        """The same :class:`~convscope.scan.result.UnitTopK` as ``Atlas.topk``, read-only."""
+        rows = self.topk(layer, unit, criterion, "direction" if direction else "channel")
+        return scans.unit_topk(rows, layer, unit, criterion, direction)
+
+    def direction_vector(self, layer: str, idx: int) -> np.ndarray:
+        """Random direction ``idx`` of a layer (:class:`NameNotFoundError` when there is none)."""
+        vec = scans.direction(self.con(), layer, idx)
+        if vec is None:
+            have = [f"{layer}:{i}" for i in range(self.directions(layer))]
+            raise NameNotFoundError(f"{layer}:{idx}", have, what="random direction")
+        return vec
+
+    def concepts(self, layer: str, unit: int, n: int = 5) -> list[dict]:
+        """The unit's best concepts per concept set, from the stored IoU matrices."""
+        return dissections.best_concepts(self.con(), layer, unit, n)
+
+    def empirical_rf(self, layer: str, unit: int) -> dict | None:
+        """The unit's stored empirical receptive field (``average`` as an array), or None."""
+        return empirical.read_one(self.con(), layer, unit)
