@@ -88,3 +88,38 @@ def test_probe_on_cifar(default_subject, cifar_dir_200):
     assert acc["bn2"] >= 0.4 and acc["bn2"] > acc["bn1"] + 0.15, acc
     xy = project(fs.get("bn2"), "pca")
     assert xy.shape == (200, 2)
+
+
+def test_save_load_round_trip(folder, tmp_path):
+    subject = tiny_subject()
+    source = open_images(folder, transform=subject.transform)
+    mem = extract_features(subject, source, ["block", "conv2"], pooling="mac", batch_size=8)
+    mem.save(tmp_path / "saved")
+    back = FeatureSet.load(tmp_path / "saved")
+    assert back.layers == mem.layers and back.pooling == "mac" and back.names == mem.names
+    assert np.array_equal(back.valid, mem.valid) and np.array_equal(back.labels, mem.labels)
+    for layer in mem.layers:
+        assert np.array_equal(back.get(layer, valid_only=False), mem.get(layer, valid_only=False))
+
+
+def test_feature_folder_records_parts_done_out_of_order(tmp_path):
+    from convscope.represent.folder import FeatureWriter, read_folder, read_meta
+
+    config = {"layers": ["a"], "dims": [2], "pooling": "gap", "images": 4}
+    kw = {"image_names": list("wxyz"), "labels": np.zeros(4), "classes": [], "parts": 4}
+    w = FeatureWriter(tmp_path, config, [2], **kw)
+    w.features["a"][2] = 7
+    w.finish_parts([0, 2])  # shards finish in any order on Ray
+    w.checkpoint()
+    meta = read_meta(tmp_path)
+    assert (meta["done"], meta["batches"], meta["done_shards"]) == (2, 4, [0, 2])
+    with pytest.raises(Exception, match="resume"):
+        read_folder(tmp_path)
+    again = FeatureWriter(tmp_path, config, [2], **kw)
+    assert again.done == {0, 2} and again.first_missing() == 1 and again.features["a"][2].tolist() == [7, 7]
+    again.finish_parts([1, 3])
+    again.checkpoint()
+    assert "done_shards" not in read_meta(tmp_path) and read_folder(tmp_path)["features"]["a"].shape == (4, 2)
+    assert FeatureWriter(tmp_path, config, [2], **kw, resume=False).done == set()
+    with pytest.raises(Exception, match="another configuration"):
+        FeatureWriter(tmp_path, {**config, "pooling": "mac"}, [2], **kw)
