@@ -335,7 +335,7 @@ def _demo_scan(subject: Subject, where: Path, seed: int, result: DemoResult, ste
     layers = scan_layers(subject)
     # The demo may replace its own earlier atlas of this model, never another model's.
     again = (
-        (where / "atlas.db").exists()
+        Atlas(where).db_path.exists()
         and Atlas.open(where).model_spec == model_spec(subject)
         and Atlas.open(where).source_spec == source.spec
     )
@@ -382,12 +382,8 @@ def _demo_rf(subject: Subject, atlas, source, layer: str, result: DemoResult) ->
         result.files[
             f"empirical receptive field, {layer}:{unit} "
             f"({rf.size:.0f} px vs theoretical {rf.theoretical:.0f})"
-        ] = save_image(
-            empirical_rf_panel(subject, x, rf), atlas.render_dir / layer / f"unit{unit:04d}_rf.png"
-        )
+        ] = save_image(empirical_rf_panel(subject, x, rf), atlas.empirical_rf_render(layer, unit))
     top = atlas.topk(layer, 0, "max")
     patch = best_patch(subject, source.read(int(top.images[0])), layer, int(top.ys[0]), int(top.xs[0]))
     st = stimuli(subject, patch, layer, 0, stride=16, n=4)
-    result.files[f"stimuli, {layer}:0"] = save_image(
-        st.to_image(), atlas.render_dir / layer / "unit0000_stimuli.png"
-    )
+    result.files[f"stimuli, {layer}:0"] = save_image(st.to_image(), atlas.stimuli_render(layer, 0))

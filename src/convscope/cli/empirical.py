@@ -47,9 +47,7 @@ def rf(
         x = torch.stack([source[int(i)][0] for i in tk.images[:top]])
         result = empirical_rf(subject, x, name, u, patch=occluder, stride=stride, fill=fill)
         store.write_empirical_rf(result, occluder, stride)
-        png = save_image(
-            empirical_rf_panel(subject, x, result), store.render_dir / name / f"unit{u:04d}_rf.png"
-        )
+        png = save_image(empirical_rf_panel(subject, x, result), store.empirical_rf_render(name, u))
         done.append(result)
         o.print(
             f"{name}:{u:<5} empirical {result.size:6.1f} px ({result.height}x{result.width}), "
@@ -68,8 +66,8 @@ def rf(
                 "theoretical": stored[0]["theoretical"],
             }
         )
-    write_text(store.render_dir / "rf_sizes.json", json.dumps(rows, indent=1))
-    png = save_image(figure_to_image(rf_sizes_figure(rows)), store.render_dir / "rf_sizes.png")
+    write_text(store.rf_sizes(".json"), json.dumps(rows, indent=1))
+    png = save_image(figure_to_image(rf_sizes_figure(rows)), store.rf_sizes(".png"))
     if done:
         s = layer_summary(done)
         o.print(
@@ -100,7 +98,7 @@ def stimuli(
     tk = store.topk(info.name, unit, "max")
     patch = best_patch(subject, source.read(int(tk.images[0])), info.name, int(tk.ys[0]), int(tk.xs[0]))
     st = run(subject, patch, info.name, unit, stride=stride)
-    png = save_image(st.to_image(), store.render_dir / info.name / f"unit{unit:04d}_stimuli.png")
+    png = save_image(st.to_image(), store.stimuli_render(info.name, unit))
     Console().print(
         f"{info.name}:{unit} intact {st.intact:.3g}, pixels shuffled {st.shuffled:.3g}, "
         f"blocks scrambled {st.scrambled:.3g}; wrote {png}"

@@ -37,7 +37,9 @@ PoolingOpt = Annotated[str, typer.Option("--pooling", help="gap, mac, spoc or ge
 
 
 def _features_dir(atlas: Path, pooling: str) -> Path:
-    return atlas / "features" / pooling
+    from convscope.atlas import AtlasPaths
+
+    return AtlasPaths(atlas).features_dir(pooling)
 
 
 def _load(atlas: Path, pooling: str):
@@ -213,34 +215,19 @@ def project(
     seed: SeedOpt = 0,
 ) -> None:
     """2-D map of a layer's features: scatter by class and an image-thumbnail map."""
-    import numpy as np
-
-    from convscope.inputs.fileio import save_image, write_text
-    from convscope.render.plots import figure_to_image
-    from convscope.render.represent import scatter_figure, thumbnail_map
+    from convscope.atlas import AtlasPaths
     from convscope.represent import project as run
-    from convscope.represent.report import feature_images
+    from convscope.represent.report import write_projection_report
 
     layer = one_layer(layers)
     fs = _load(atlas, pooling)
     xy = run(fs.get(layer), method, seed=seed)
-    rows = fs.valid_indices()
-    where = atlas / "render" / "project" / layer
-    fig = scatter_figure(xy, fs.labels[rows], fs.classes, f"{layer} ({pooling}), {method}")
-    png = save_image(figure_to_image(fig), where / f"{method}.png")
-    lines = ["image,label,x,y"] + [
-        f"{fs.names[i]},{fs.labels[i]},{a:.5f},{b:.5f}" for i, (a, b) in zip(rows, xy)
-    ]
-    write_text(where / f"{method}.csv", "\n".join(lines) + "\n")
-    Console().print(f"scatter {png}")
+    written = write_projection_report(
+        fs, layer, xy, AtlasPaths(atlas), method, pooling=pooling, thumbnails=thumbnails, seed=seed
+    )
+    Console().print(f"scatter {written[0]}")
     if thumbnails:
-        pick = np.random.default_rng(seed).permutation(len(rows))[:thumbnails]
-        source = feature_images(fs)
-        thumbs = save_image(
-            thumbnail_map(xy[pick], [source.read(int(rows[j])) for j in pick]),
-            where / f"{method}_thumbnails.png",
-        )
-        Console().print(f"thumbnails {thumbs}")
+        Console().print(f"thumbnails {written[2]}")
 
 
 def compare(
@@ -253,11 +240,10 @@ def compare(
 ) -> None:
     """Similarity of representations (linear CKA or RSA) between every pair of layers of one
     model, or of two models on the same images, as a heat map."""
+    from convscope.atlas import AtlasPaths
     from convscope.errors import UserInputError
-    from convscope.inputs.fileio import save_image, write_text
-    from convscope.render.plots import figure_to_image
-    from convscope.render.represent import similarity_figure
     from convscope.represent import similarity_matrix
+    from convscope.represent.report import write_similarity_report
 
     a = _load(atlas, pooling)
     b = _load(other, pooling) if other else a
@@ -266,8 +252,6 @@ def compare(
     la, lb = _layers(a, layers), _layers(b, layers if other is None else "all")
     m = similarity_matrix({n: a.get(n) for n in la}, {n: b.get(n) for n in lb}, measure)
     title = f"{measure.upper()}: {a.model}" + (f" vs {b.model}" if other else "")
-    png = out or atlas / "render" / "compare" / f"{measure}{'_' + other.name if other else ''}.png"
-    save_image(figure_to_image(similarity_figure(m, la, lb, title, b.model, a.model)), png)
-    lines = ["," + ",".join(lb)] + [n + "," + ",".join(f"{v:.4f}" for v in row) for n, row in zip(la, m)]
-    write_text(Path(png).with_suffix(".csv"), "\n".join(lines) + "\n")
+    png = out or AtlasPaths(atlas).comparison_render(measure, other.name if other else None)
+    png, _ = write_similarity_report(m, la, lb, png, title, a.model, b.model)
     Console().print(f"{title}: {len(la)} x {len(lb)} layers -> {png}")

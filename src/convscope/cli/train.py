@@ -327,33 +327,17 @@ def compare_scans(
     out: Annotated[Path, typer.Option("--out", help="folder for the PNGs")] = Path("compare_scans"),
 ) -> None:
     """A unit's top images before and after (e.g. fine-tuning), side by side."""
-    from PIL import Image, ImageDraw
-
     from convscope.atlas import Atlas
     from convscope.cli.common import one_layer, parse_range
     from convscope.inputs.fileio import save_image
-    from convscope.render.topk import fit_image
+    from convscope.inputs.sources import open_spec
+    from convscope.train.report import compare_scans_figure
 
     a, b = Atlas.open(before), Atlas.open(after)
-    src_a, src_b = _source_only(a), _source_only(b)
+    sources = open_spec(a.source_spec), open_spec(b.source_spec)
     name = a.layer(one_layer(layers))["name"]
-    cell, pad = 72, 3
     for u in parse_range(units):
-        ta, tb = a.topk(name, u), b.topk(name, u)
-        canvas = Image.new("RGB", (2 * k * (cell + pad) + 20, cell + 20), "white")
-        draw = ImageDraw.Draw(canvas)
-        draw.text((2, 2), f"{name}:{u} before", fill=(0, 0, 0))
-        draw.text((k * (cell + pad) + 20, 2), "after", fill=(0, 0, 0))
-        for j, i in enumerate(ta.images[:k]):
-            canvas.paste(fit_image(src_a.read(int(i)), cell), (j * (cell + pad), 16))
-        for j, i in enumerate(tb.images[:k]):
-            canvas.paste(fit_image(src_b.read(int(i)), cell), (k * (cell + pad) + 20 + j * (cell + pad), 16))
-        png = save_image(canvas, out / f"{name}_unit{u:04d}.png")
+        png = save_image(
+            compare_scans_figure(a, b, name, u, k, sources=sources), out / f"{name}_unit{u:04d}.png"
+        )
         Console().print(f"{name}:{u} -> {png}")
-
-
-def _source_only(atlas):
-    """The atlas's images, untransformed (for pictures)."""
-    from convscope.inputs.sources import open_spec
-
-    return open_spec(atlas.source_spec)

@@ -162,3 +162,61 @@ def write_neighbors_report(
     if gt is not None:
         result["oxford_queries"] = len(scores.ap)  # for the caller's message, not the record
     return result
+
+
+def write_projection_report(
+    fs: FeatureSet,
+    layer: str,
+    xy: np.ndarray,
+    paths,
+    method: str = "tsne",
+    *,
+    pooling: str = "gap",
+    thumbnails: int = 400,
+    seed: int = 0,
+) -> list[Path]:
+    """The 2-D map ``xy`` (N valid images, 2) of ``layer``: a scatter by class at
+    ``paths.projection_render(layer, method)``, its coordinates beside it (``.csv``: image,
+    label, x, y) and, with ``thumbnails`` > 0, that many images (a seeded random pick) on the map.
+    Returns the paths written."""
+    from convscope.render.plots import figure_to_image
+    from convscope.render.represent import scatter_figure, thumbnail_map
+
+    rows = fs.valid_indices()
+    fig = scatter_figure(xy, fs.labels[rows], fs.classes, f"{layer} ({pooling}), {method}")
+    png = save_image(figure_to_image(fig), paths.projection_render(layer, method))
+    lines = ["image,label,x,y"] + [
+        f"{fs.names[i]},{fs.labels[i]},{a:.5f},{b:.5f}" for i, (a, b) in zip(rows, xy)
+    ]
+    written = [png, write_text(png.with_suffix(".csv"), "\n".join(lines) + "\n")]
+    if thumbnails:
+        pick = np.random.default_rng(seed).permutation(len(rows))[:thumbnails]
+        source = feature_images(fs)
+        written.append(
+            save_image(
+                thumbnail_map(xy[pick], [source.read(int(rows[j])) for j in pick]),
+                paths.projection_render(layer, method, thumbnails=True),
+            )
+        )
+    return written
+
+
+def write_similarity_report(
+    values: np.ndarray,
+    rows: Sequence[str],
+    cols: Sequence[str],
+    png: str | Path,
+    title: str = "",
+    row_model: str = "",
+    col_model: str = "",
+) -> list[Path]:
+    """The layer-by-layer similarity matrix ``values`` (len(rows), len(cols)) as a heat map at
+    ``png`` and a table beside it (``.csv``, 4 decimals). Returns both paths."""
+    from convscope.render.plots import figure_to_image
+    from convscope.render.represent import similarity_figure
+
+    png = save_image(figure_to_image(similarity_figure(values, rows, cols, title, col_model, row_model)), png)
+    lines = ["," + ",".join(cols)] + [
+        n + "," + ",".join(f"{v:.4f}" for v in row) for n, row in zip(rows, values)
+    ]
+    return [png, write_text(png.with_suffix(".csv"), "\n".join(lines) + "\n")]

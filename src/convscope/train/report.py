@@ -57,3 +57,26 @@ def write_report(
     if evolution:
         written.append(save_image(evolution_figure(out, evolution)[0], out / "filters_evolution.png"))
     return written
+
+
+def compare_scans_figure(before, after, layer: str, unit: int, k: int = 6, cell: int = 72, sources=None):
+    """A unit's ``k`` top images in the atlas ``before`` (left) and ``after`` (right, e.g. after
+    fine-tuning), ``cell`` px each, under a title. ``before``/``after``: atlases (their ``topk``
+    and ``source_spec``); ``sources``: their images already opened, to reuse over units."""
+    from PIL import Image, ImageDraw
+
+    from convscope.inputs.sources import open_spec
+    from convscope.render.topk import fit_image
+
+    src_a, src_b = sources or (open_spec(before.source_spec), open_spec(after.source_spec))
+    ta, tb = before.topk(layer, unit), after.topk(layer, unit)
+    pad = 3
+    canvas = Image.new("RGB", (2 * k * (cell + pad) + 20, cell + 20), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((2, 2), f"{layer}:{unit} before", fill=(0, 0, 0))
+    draw.text((k * (cell + pad) + 20, 2), "after", fill=(0, 0, 0))
+    for j, i in enumerate(ta.images[:k]):
+        canvas.paste(fit_image(src_a.read(int(i)), cell), (j * (cell + pad), 16))
+    for j, i in enumerate(tb.images[:k]):
+        canvas.paste(fit_image(src_b.read(int(i)), cell), (k * (cell + pad) + 20 + j * (cell + pad), 16))
+    return canvas
