@@ -840,3 +840,19 @@ def test_compare_scans(scanned, tmp_path):
     store = Atlas.open(atlas)
     for u in (0, 1):
         same_picture(tmp_path / f"conv2_unit{u:04d}.png", compare_scans_figure(store, store, "conv2", u, k=3))
+
+
+def test_engine_choice(photos, tmp_path, capsys):
+    """``--engine`` is the verbs' ``engine=``: the same one-line refusal of an unknown engine,
+    before anything is written, from the command and from Python."""
+    from convscope.errors import NameNotFoundError
+
+    subject = tiny()
+    with pytest.raises(NameNotFoundError) as e:
+        convscope.scan(subject, open_images(photos, transform=subject.transform), "conv1", engine="rya")
+    capsys.readouterr()
+    for command, data in (("scan", photos), ("features", photos), ("dissect", "--synthetic-images=8")):
+        args = ("--data", data) if command != "dissect" else (data,)
+        cli(command, "tiny", *args, "--layers", "conv1", "--engine", "rya", "--out", tmp_path / "a", code=2)
+        assert str(e.value) in capsys.readouterr().err.replace("\n", " ")
+    assert not (tmp_path / "a").exists()

@@ -138,8 +138,9 @@ def dissect(
     accel = make_accel(precision, channels_last)
     subject = load_subject(model, weights, arch, device)
     names = subject.layers.select(layers)
-    data, set_name = open_concepts(concepts, subject, out, images, color_table, synthetic_images, seed, limit)
+    # an unknown engine is refused before the synthetic concepts are written into --out
     on = resolve_engine(engine, address=address, workers=ray_workers, device=device)
+    data, set_name = open_concepts(concepts, subject, out, images, color_table, synthetic_images, seed, limit)
     on.check(subject, data)  # before the atlas is written
     store = Atlas.for_model(
         out, subject.spec or {"name": subject.name}, {"description": f"concepts: {set_name}", **data.spec}
