@@ -86,7 +86,7 @@ __all__ = [
     "visualize",
 ]
 
-_VERBS = frozenset(__all__) - {"Accel", "AttributionMap", "Direction", "LayerInfo", "LayerTable"}
+_VERBS = frozenset(_sys.modules["convscope.verbs"].__all__)
 
 
 class _Package(_types.ModuleType):
