@@ -183,6 +183,7 @@ def test_scan_command_with_ray(cluster, subject, tmp_path, capsys):
 
 def test_ray_dissect_equals_one_process_and_resumes(cluster, subject, tmp_path):
     from convscope.dissect import BrodenDataset, dissect, make_synthetic_broden
+
     root = make_synthetic_broden(tmp_path / "b", n=12, size=96, seg=48)
     single = dissect(subject, BrodenDataset(root), LAYERS, batch_size=4)
     threads = torch.get_num_threads()
