@@ -161,6 +161,8 @@ def test_scan(scanned):
 
 
 def test_topk(scanned, tmp_path):
+    from convscope.atlas import Atlas
+    from convscope.atlas.build import unit_top
     from convscope.inputs.images import display_name
     from convscope.scan.patches import render_topk
 
@@ -174,6 +176,18 @@ def test_topk(scanned, tmp_path):
     np.testing.assert_allclose([r["score"] for r in shown["top"]], top.scores, rtol=1e-5)
     assert [(r["y"], r["x"]) for r in shown["top"]] == list(zip(top.ys.tolist(), top.xs.tolist()))
     same_picture(tmp_path / "t.png", render_topk(subject, source, top))
+    record = unit_top(Atlas.open(atlas), "conv2", 3, out=tmp_path / "py.png")  # what the command calls
+    assert Path(record.pop("png")) == tmp_path / "py.png" and Path(shown.pop("png")) == tmp_path / "t.png"
+    assert json.loads(json.dumps(record)) == shown
+    same_picture(tmp_path / "t.png", Image.open(tmp_path / "py.png"))
+
+    shown = json.loads(
+        cli("topk", atlas, "--layers", "conv1", "--unit", 1, "--direction", "--format", "json")
+    )
+    top = result.topk("conv1", 1, "max", direction=True)
+    assert [r["image"] for r in shown["top"]] == top.images.tolist()
+    vec = result.directions["conv1"][1]
+    same_picture(shown["png"], render_topk(subject, source, top, direction=vec))
 
 
 # ---------------------------------------------------------------------------------------------
