@@ -841,19 +841,32 @@ def test_demo(monkeypatch, tmp_path):
     assert (tmp_path / "d" / "layers.txt").read_text() == tiny().layers.format()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="compare-scans draws its before/after picture in cli/train.py: no library function yet",
-)
-def test_compare_scans(scanned, tmp_path):
+def test_compare_scans(scanned, lab, tmp_path):
     from convscope.atlas import Atlas
     from convscope.train.report import compare_scans_figure
 
     atlas, subject, source, result = scanned
-    cli("compare-scans", atlas, atlas, "--layers", "conv2", "--units", "0-1", "--k", 3, "--out", tmp_path)
-    store = Atlas.open(atlas)
+    other = tmp_path / "other"  # the same model over other images: other top lists
+    cli(
+        "scan", "tiny", "--data", lab / "train", "--layers", "conv2", "--k", 4, "--workers", 0, "--out", other
+    )
+    cli(
+        "compare-scans",
+        atlas,
+        other,
+        "--layers",
+        "conv2",
+        "--units",
+        "0-1",
+        "--k",
+        3,
+        "--out",
+        tmp_path / "cmp",
+    )
+    before, after = Atlas.open(atlas), Atlas.open(other)
     for u in (0, 1):
-        same_picture(tmp_path / f"conv2_unit{u:04d}.png", compare_scans_figure(store, store, "conv2", u, k=3))
+        picture = compare_scans_figure(before, after, "conv2", u, k=3)
+        same_picture(tmp_path / "cmp" / f"conv2_unit{u:04d}.png", picture)
 
 
 def test_engine_choice(photos, tmp_path, capsys):
