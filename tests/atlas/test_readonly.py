@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from convscope.atlas import Atlas, scan_to_atlas, schema
-from convscope.atlas.store import AtlasReadOnlyError
+from convscope.atlas import Atlas, AtlasReadOnlyError, scan_to_atlas, schema
 from convscope.inputs.sources import open_images
 from convscope.testing import tiny_subject
 

@@ -7,6 +7,7 @@ from convscope.atlas.store import (
     Atlas,
     AtlasConflictError,
     AtlasLockedError,
+    AtlasReadOnlyError,
 )
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "AtlasPaths",
     "AtlasConflictError",
     "AtlasLockedError",
+    "AtlasReadOnlyError",
     "is_private_file",
     "render_units",
     "reopen",
