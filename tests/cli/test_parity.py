@@ -883,3 +883,15 @@ def test_engine_choice(photos, tmp_path, capsys):
         cli(command, "tiny", *args, "--layers", "conv1", "--engine", "rya", "--out", tmp_path / "a", code=2)
         assert str(e.value) in capsys.readouterr().err.replace("\n", " ")
     assert not (tmp_path / "a").exists()
+
+
+def test_every_command_has_a_parity_test():
+    """A new command comes with its test here (named test_<command>, dashes as underscores)."""
+    import typer
+
+    from convscope.cli.main import app
+
+    commands = typer.main.get_command(app).commands
+    assert len(commands) >= 26
+    missing = [c for c in commands if f"test_{c.replace('-', '_')}" not in globals()]
+    assert not missing, f"no parity test for: {', '.join(missing)}"
