@@ -53,9 +53,9 @@ class Result:
         """One line saying what the result is (shown above the picture in a notebook)."""
         return type(self).__name__
 
-    def to_png(self, path: str | os.PathLike, **options) -> Path:
-        """Write :meth:`to_image` (with ``options``) to ``path`` as a PNG, atomically."""
-        return save_image(self.to_image(**options), path)
+    def to_png(self, path: str | os.PathLike, *args, **options) -> Path:
+        """Write :meth:`to_image` (with ``args`` and ``options``) to ``path``, atomically."""
+        return save_image(self.to_image(*args, **options), path)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write every field to one ``.npz`` file at ``path``, atomically (see the module docs)."""
@@ -141,7 +141,9 @@ def _decode(value: Any, arrays) -> Any:
 
 
 def _fields(obj) -> list[dataclasses.Field]:
-    return [f for f in dataclasses.fields(obj) if f.init]
+    """The fields saved: those the constructor takes, less those marked
+    ``field(metadata={"save": False})`` (live objects such as an image source)."""
+    return [f for f in dataclasses.fields(obj) if f.init and f.metadata.get("save", True)]
 
 
 def _dataclass(name: str) -> type:

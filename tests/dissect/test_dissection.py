@@ -12,6 +12,7 @@ from torch import nn
 
 import convscope
 from convscope.dissect import BrodenDataset, dissect, make_synthetic_broden
+from convscope.dissect.dissection import dissection_transform
 from convscope.dissect.reference import reference_dissect
 from convscope.errors import DataError
 from convscope.quantiles import quantile_thresholds
@@ -122,7 +123,9 @@ def test_equals_numpy_references(partial, cache):
     torch.manual_seed(0)
     net = TinyCNN().eval()
     subject = _wrap(net, 64)
-    data = BrodenDataset(partial)
+    # the transform dissect() uses: the reference below reads the same tensors (dissect no
+    # longer sets it on the caller's data)
+    data = BrodenDataset(partial, transform=dissection_transform(subject))
     result = dissect(subject, data, ["conv2"], batch_size=5, cache_bytes=1 << 30 if cache else 0)
     assert result.images == 23 and result.skipped[0][0] == data.name(5)
     upto_conv2 = nn.Sequential(net.conv1, nn.ReLU(), net.pool, net.block, net.conv2)
@@ -206,11 +209,12 @@ def test_thresholds_and_top_images_do_not_depend_on_sharding(red_net, broden):
         _Counts,
         _Plan,
         count_state,
+        dissection_transform,
         merge_threshold_states,
         threshold_state,
     )
 
-    data = BrodenDataset(broden)
+    data = BrodenDataset(broden, transform=dissection_transform(red_net))  # the peaks below read it
     plan = _Plan(red_net, data, ["1"])
     parts = [[0, 5, 9, 13, 21], [1, 2, 3, 4, 6, 7, 8], list(range(10, 24))]
     parts[2].remove(13)
@@ -250,3 +254,19 @@ def test_thresholds_and_top_images_do_not_depend_on_sharding(red_net, broden):
         expected = sorted(range(len(data)), key=lambda i: (-p[i], i))[:6]
         assert one.top_images[u].tolist() == expected, u
         assert merged.best_i[u].tolist() == expected, u
+
+
+def test_dissect_leaves_the_callers_data_as_it_was(tmp_path):
+    """dissect() used to set the caller's ``data.transform`` to its own: the data then read
+    squashed, normalised images everywhere else."""
+    from convscope.testing import tiny_subject
+
+    subject = tiny_subject(size=48)
+    data = BrodenDataset(make_synthetic_broden(tmp_path, n=4, size=48, seg=24))
+    assert data.transform is None
+    d = dissect(subject, data, ["conv2"], batch_size=4, iou_threshold=0.01)
+    assert data.transform is None and d.images == 4
+    own = dissection_transform(subject)
+    data.transform = own
+    dissect(subject, data, ["conv2"], batch_size=4)
+    assert data.transform is own  # a transform of the caller's is used as it is

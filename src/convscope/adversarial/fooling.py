@@ -20,14 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from convscope.errors import UserInputError
-from convscope.inputs.fileio import save_image
+from convscope.results import Result
 from convscope.subject import Subject
 from convscope.synthesis import objectives as O
 from convscope.synthesis.engine import optimize
@@ -38,7 +37,7 @@ Progress = Callable[[int, int], None]
 
 
 @dataclass
-class Fooling:
+class Fooling(Result):
     """Best image per run (N, H, W, 3), the target's probability for it, the model's top-1
     label and probability, and the best fitness per generation or step."""
 
@@ -55,8 +54,9 @@ class Fooling:
         caps = [f"{t} ({c:.3f})" for t, c in zip(self.top1, self.confidence)]
         return image_grid(list(self.images), pad=4, captions=caps)
 
-    def to_png(self, path: str | Path) -> Path:
-        return save_image(self.to_image(), path)
+    def headline(self) -> str:
+        best = float(np.max(self.confidence)) if len(self.confidence) else 0.0
+        return f"{self.method} fooling images for class {self.target}: best confidence {best:.3f}"
 
 
 def fool(

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from convscope.inputs.fileio import save_image
+from convscope.results import Result
 from convscope.subject import Subject
 
 
 @dataclass
-class Adversarial:
+class Adversarial(Result):
     """``original`` and ``adversarial`` (N, H, W, 3) in [0, 1]; ``perturbation`` = their
     difference; ``linf`` in 1/255 units and ``l2`` (pixel values in [0, 1]) per image; top-5
     ``before`` and ``after`` as (indices, probs) arrays (N, 5); ``success`` per image (the
@@ -46,8 +45,6 @@ class Adversarial:
 
     def to_image(self, i: int = 0):
         """Original | perturbation (amplified to the full range) | adversarial, with labels."""
-        from PIL import ImageDraw
-
         from convscope.render.grid import image_grid
 
         p = self.perturbation[i]
@@ -57,12 +54,12 @@ class Adversarial:
             f"x{0.5 / max(float(np.abs(p).max()), 1e-12):.0f}, Linf {self.linf[i]:.1f}/255",
             f"{self.describe(i, 'after')}",
         ]
-        grid = image_grid([self.original[i], amp, self.adversarial[i]], ncols=3, pad=4, captions=caps)
-        ImageDraw.Draw(grid)
-        return grid
+        return image_grid([self.original[i], amp, self.adversarial[i]], ncols=3, pad=4, captions=caps)
 
-    def to_png(self, path: str | Path, i: int = 0) -> Path:
-        return save_image(self.to_image(i), path)
+    def headline(self) -> str:
+        won = int(np.asarray(self.success).sum())
+        n, top = len(self.original), float(np.max(self.linf))
+        return f"{self.method}: {won} of {n} image(s) changed, max Linf {top:.1f}/255"
 
 
 def summarize(

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from convscope.inputs.fileio import atomic_path, save_image
+from convscope.results import Result
 
 
 @dataclass
-class AttributionMap:
+class AttributionMap(Result):
     """Result of :func:`convscope.explain`.
 
     ``maps`` (N, H, W) is the per-pixel importance at model-input resolution (higher = more
@@ -46,19 +45,8 @@ class AttributionMap:
             return np.zeros_like(m)
         return np.clip(m / top, -1 if self.signed else 0, 1)
 
-    def save(self, path: str | Path) -> Path:
-        """Write ``maps`` (and ``raw``, images, targets) to an ``.npz`` file atomically."""
-        path = Path(path)
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez_compressed(
-                f,
-                maps=self.maps,
-                images=self.images,
-                raw=self.raw if self.raw is not None else np.zeros(0),
-                targets=np.array(self.targets),
-                method=np.array(self.method),
-            )
-        return path
+    def headline(self) -> str:
+        return f"{self.method} on {len(self)} image(s): {', '.join(self.targets[:4])}"
 
     def to_image(self, i: int = 0) -> Image.Image:
         """Image, map and overlay side by side for image ``i`` (gradient images such as guided
@@ -69,6 +57,3 @@ class AttributionMap:
         return attribution_panel(
             self.images[i], self.maps[i], self.signed, f"{self.method}: {self.targets[i]}", rgb=rgb
         )
-
-    def to_png(self, path: str | Path, i: int = 0) -> Path:
-        return save_image(self.to_image(i), path)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from convscope.attribution.targets import Target
+from convscope.results import Result
 from convscope.subject import Subject
 
 
@@ -24,7 +25,7 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @dataclass
-class SanityCheck:
+class SanityCheck(Result):
     """Rank correlation between the map of the trained model and the maps after cumulatively
     re-initialising its layers from the top: ``correlations[i]`` (images averaged) after
     randomising ``layers[: i + 1]``. A method that explains the model should lose correlation
@@ -36,11 +37,16 @@ class SanityCheck:
     abs_correlations: np.ndarray  # (L,), on |map|
 
     def to_image(self):
+        """The rank correlations against the number of randomised layers."""
         from convscope.render.plots import figure_to_image, sanity_figure
 
         return figure_to_image(
             sanity_figure(self.method, self.layers, self.correlations, self.abs_correlations)
         )
+
+    def headline(self) -> str:
+        what = f" of {self.method}" if self.method else ""
+        return f"sanity check{what}: {len(self.layers)} layers randomised from the top"
 
 
 def sanity_check(
@@ -80,7 +86,7 @@ def sanity_check(
 
 
 @dataclass
-class Curve:
+class Curve(Result):
     """Target probability as the most important pixels are deleted (or inserted), per step."""
 
     kind: str  # "deletion" or "insertion"
@@ -92,6 +98,15 @@ class Curve:
         """Area under each image's curve (trapezoid over the fraction axis), (N,)."""
         trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 names it trapz
         return trapezoid(self.scores, self.fractions, axis=1)
+
+    def to_image(self):
+        """The mean curve over the images, with its AUC."""
+        from convscope.render.plots import curve_figure, figure_to_image
+
+        return figure_to_image(curve_figure([self]))
+
+    def headline(self) -> str:
+        return f"{self.kind} curve over {len(self.scores)} image(s), mean AUC {float(self.auc.mean()):.3f}"
 
 
 def deletion_insertion(

@@ -20,6 +20,7 @@ when that IoU exceeds ``iou_threshold`` (0.04, the paper's value).
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -48,6 +49,16 @@ def dissection_transform(subject: Subject) -> Preprocess:
     return Preprocess(
         size=p.size, resize=None, mode="squash", mean=p.mean, std=p.std, interpolation=p.interpolation
     )
+
+
+def with_dissection_transform(data, subject: Subject):
+    """``data`` itself when it has a transform, else a shallow copy of it with
+    :func:`dissection_transform` (the caller's concept data is never changed)."""
+    if data.transform is not None:
+        return data
+    out = copy.copy(data)
+    out.transform = dissection_transform(subject)
+    return out
 
 
 def _collate(items: list[ConceptItem]):
@@ -122,8 +133,6 @@ class _Plan:
     """What both passes need: layers, map sizes, the label -> column table, categories."""
 
     def __init__(self, subject: Subject, data, layers: Sequence[str]):
-        if data.transform is None:
-            data.transform = dissection_transform(subject)
         self.infos = [subject.layer(n) for n in layers]
         self.names = [i.name for i in self.infos]
         self.maps = {i.name: tuple(i.shape[1:]) if len(i.shape) == 3 else (1, 1) for i in self.infos}
@@ -216,6 +225,7 @@ def threshold_state(
     """Pass 1 on part of the data (``indices``): per layer the largest activations needed for
     the exact quantile over the *whole* dataset, and the images skipped. Merge the states of
     disjoint parts with :func:`merge_threshold_states`."""
+    data = with_dissection_transform(data, subject)
     plan = _Plan(subject, data, layers)
     tops = TopValues(len(data), plan.maps, quantile=1 - quantile)
     skipped = SkipReport()
@@ -260,6 +270,7 @@ def count_state(
 ) -> dict:
     """Pass 2 on part of the data: per layer the IoU counts (mergeable by addition) and the
     part's top images."""
+    data = with_dissection_transform(data, subject)
     plan = _Plan(subject, data, layers)
     counts = _new_counts(plan, thresholds, top)
     with _Forward(subject, plan.names, accel, workers) as fwd:
@@ -295,6 +306,7 @@ def dissect(
     and 64 on an accelerator. Unreadable images are skipped and listed in the result."""
     if batch_size is None:
         batch_size = 4 if subject.device.type == "cpu" else 64
+    data = with_dissection_transform(data, subject)  # the caller's data keeps its transform (None)
     plan = _Plan(subject, data, layers)
     cache = len(data) * plan.per_image_bytes() <= cache_bytes
     report = progress or (lambda d, t: None)

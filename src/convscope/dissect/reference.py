@@ -10,7 +10,7 @@ import time
 import numpy as np
 import torch
 
-from convscope.dissect.dissection import dissection_transform
+from convscope.dissect.dissection import with_dissection_transform
 from convscope.quantiles import saturation_rule
 from convscope.recorder import Recorder
 
@@ -31,8 +31,7 @@ def reference_dissect(subject, data, layer: str, quantile: float = 0.005, timing
     """Thresholds (U,) and IoU (U, C) of ``layer``; concepts in ``sorted(data.concepts)``.
     ``timings`` (optional) receives the seconds of the feature pass and of the tally."""
     t0 = time.perf_counter()
-    if data.transform is None:
-        data.transform = dissection_transform(subject)
+    data = with_dissection_transform(data, subject)
     feats, items = [], []
     with Recorder(subject, [layer], stop=True) as rec, torch.inference_mode():
         for i in range(len(data)):

@@ -3,14 +3,18 @@ forward pass behind the per-unit pictures (:mod:`convscope.render.dissect` only 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from convscope.dissect.result import Dissection
 from convscope.recorder import Recorder
 from convscope.subject import Subject
+
+if TYPE_CHECKING:  # read through its fields only (the dissection report imports this module)
+    from convscope.dissect.result import Dissection
 
 
 def unit_regions(

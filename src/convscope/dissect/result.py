@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from convscope.dissect.concepts import Concept
+from convscope.results import Result
 
 
 @dataclass
@@ -73,7 +74,7 @@ class LayerSummary:
 
 
 @dataclass
-class Dissection:
+class Dissection(Result):
     """Result of :func:`convscope.dissect.dissect` over ``layers``."""
 
     layers: dict[str, LayerDissection]
@@ -102,6 +103,30 @@ class Dissection:
 
     def labels(self, layer: str) -> list[UnitLabel]:
         return [self.label(layer, u) for u in range(self.layers[layer].units)]
+
+    def headline(self) -> str:
+        parts = ", ".join(f"{n} {self.summary(n).total_detectors}/{d.units}" for n, d in self.layers.items())
+        head = f"dissection of {self.model} on {self.images} images"
+        return f"{head}, detectors (IoU > {self.iou_threshold}): {parts}"
+
+    def to_image(self, top: int = 12):
+        """Unique detectors per category for each layer, then the ``top`` units of all layers
+        by IoU with their labels."""
+        from convscope.render.dissect import detectors_figure, top_units_figure
+        from convscope.render.grid import stack
+        from convscope.render.plots import figure_to_image
+
+        summaries = [self.summary(n) for n in self.layers]
+        labels = sorted((lab for n in self.layers for lab in self.labels(n)), key=lambda lab: -lab.iou)
+        rows = [(f"{lab.layer}:{lab.unit} {lab.name}", lab.iou, lab.category) for lab in labels[:top]]
+        return stack(
+            [
+                figure_to_image(
+                    detectors_figure(summaries, title=f"{self.model}: unique detectors per category")
+                ),
+                figure_to_image(top_units_figure(rows, self.iou_threshold, f"best {len(rows)} units by IoU")),
+            ]
+        )
 
     def detectors(self, layer: str) -> dict[str, list[int]]:
         """Detector units grouped by their concept's name."""

@@ -26,6 +26,7 @@ from convscope.attribution.occlusion import relevant_boxes, score_drops
 from convscope.attribution.targets import Target
 from convscope.errors import UserInputError
 from convscope.recorder import Recorder
+from convscope.results import Result
 from convscope.subject import Subject
 from convscope.units import Unit
 
@@ -33,7 +34,7 @@ FILLS = ("noise", "gray", "zero", "mean")
 
 
 @dataclass
-class DiscrepancyMap:
+class DiscrepancyMap(Result):
     """``values`` (Py, Px): |change| of the unit for the occluder at each grid position;
     ``pixels`` (H, W): each pixel's mean over the occluders covering it; ``peak``: the unit's
     map position (y, x) measured; ``evaluated``: occluded forward passes actually run."""
@@ -43,6 +44,20 @@ class DiscrepancyMap:
     pixels: np.ndarray
     peak: tuple[int, int]
     evaluated: int
+
+    def to_image(self, cell: int = 224):
+        """The per-pixel map on a grey ground (inferno, scaled to its maximum), ``cell`` px wide."""
+        from PIL import Image
+
+        from convscope.render.topk import heat_overlay
+
+        grey = np.full((*self.pixels.shape, 3), 128, dtype=np.uint8)
+        top = float(self.pixels.max())
+        img = heat_overlay(grey, self.pixels, top if top > 0 else None, alpha=1.0)
+        return img.resize((cell, round(cell * img.height / img.width)), Image.NEAREST)
+
+    def headline(self) -> str:
+        return f"discrepancy map of {self.unit} at peak {self.peak} ({self.evaluated} occlusions)"
 
 
 def _filler(subject: Subject, x: torch.Tensor, fill: str, patch: int, seed: int) -> torch.Tensor:
@@ -193,10 +208,11 @@ class _MapChange(Target):
 
 
 @dataclass
-class EmpiricalRF:
+class EmpiricalRF(Result):
     """Averaged, re-centred discrepancy map of a unit (``average`` (S, S), centred on the unit's
     peak), its size (px, side of the equal-area square above ``threshold`` x max), bounding box
-    height/width, and the theoretical size for comparison."""
+    height/width, and the theoretical size for comparison; ``images`` (K, H, W, 3) in [0, 1]
+    are the top images as the model saw them (for the picture)."""
 
     unit: Unit
     average: np.ndarray
@@ -206,6 +222,18 @@ class EmpiricalRF:
     theoretical: float
     threshold: float
     maps: list[DiscrepancyMap]
+    images: np.ndarray | None = None
+
+    def to_image(self):
+        """The top images with their discrepancy maps, then the averaged map (one row)."""
+        from convscope.render.receptive import empirical_rf_figure
+
+        if self.images is None:
+            raise ValueError("this empirical RF holds no images to draw on")
+        return empirical_rf_figure(self.images, self)
+
+    def headline(self) -> str:
+        return f"empirical RF of {self.unit}: {self.size:.0f} px (theoretical {self.theoretical:.0f} px)"
 
 
 def empirical_rf(
@@ -251,8 +279,17 @@ def empirical_rf(
     ys, xs = np.nonzero(mask)
     height = int(ys.max() - ys.min() + 1) if len(ys) else 0
     width = int(xs.max() - xs.min() + 1) if len(xs) else 0
+    seen = subject.preprocess.denormalize(images).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
     return EmpiricalRF(
-        Unit(info.name, channel), avg, float(np.sqrt(mask.sum())), height, width, theo, threshold, maps
+        Unit(info.name, channel),
+        avg,
+        float(np.sqrt(mask.sum())),
+        height,
+        width,
+        theo,
+        threshold,
+        maps,
+        seen.astype(np.float32),
     )
 
 

@@ -11,11 +11,12 @@ import torch
 
 from convscope.errors import UserInputError
 from convscope.recorder import Recorder
+from convscope.results import Result
 from convscope.subject import Subject
 
 
 @dataclass
-class Stimuli:
+class Stimuli(Result):
     """``centre`` (Py, Px): response of the unit at the centre of the map with the patch's
     top-left corner at each grid position; ``anywhere`` (Py, Px): the unit's maximum over its
     map (detection wherever the patch is); ``intact``, ``shuffled`` and ``scrambled``: maximum
@@ -32,9 +33,16 @@ class Stimuli:
     stride: int
 
     def to_image(self):
+        """Position tuning (centre unit, anywhere) and the intact / shuffled / scrambled bars."""
         from convscope.render.plots import figure_to_image, stimuli_figure
 
         return figure_to_image(stimuli_figure(self))
+
+    def headline(self) -> str:
+        return (
+            f"stimuli for {self.layer}:{self.channel}: intact {self.intact:.3g}, "
+            f"shuffled {self.shuffled:.3g}, scrambled {self.scrambled:.3g}"
+        )
 
 
 def best_patch(subject: Subject, image, layer: str, y: int, x: int) -> np.ndarray:

@@ -142,3 +142,20 @@ def concepts_figure(dissection: Dissection, layer: str, limit: int = 40):
     )
     ax.spines[["top", "right"]].set_visible(False)
     return fig
+
+
+def top_units_figure(rows: Sequence[tuple[str, float, str]], threshold: float, title: str = ""):
+    """The best units as horizontal bars of their IoU, labelled ``"layer:unit concept"`` and
+    coloured by the concept's category; ``rows`` holds (label, IoU, category), best first; the
+    detector threshold is the dotted line."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.0, max(2.0, 0.28 * len(rows) + 1.2)))
+    pos = np.arange(len(rows))[::-1]
+    ax.barh(pos, [r[1] for r in rows], color=[CATEGORY_COLORS.get(r[2], "#7f7f7f") for r in rows])
+    ax.set_yticks(pos, [r[0] for r in rows], fontsize=7)
+    ax.axvline(threshold, color="grey", lw=1, ls=":")
+    ax.set_xlabel("IoU", fontsize=8)
+    ax.set_title(title or "best units", fontsize=9)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    return fig

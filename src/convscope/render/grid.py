@@ -61,6 +61,19 @@ def image_grid(
     return grid
 
 
+def stack(images: Sequence[Image.Image], pad: int = 6, background=(255, 255, 255)) -> Image.Image:
+    """Images one under the other, left-aligned, ``pad`` px apart."""
+    if not images:
+        raise ValueError("no images to stack")
+    width = max(i.width for i in images)
+    out = Image.new("RGB", (width, sum(i.height for i in images) + pad * (len(images) - 1)), background)
+    y = 0
+    for img in images:
+        out.paste(img.convert("RGB"), (0, y))
+        y += img.height + pad
+    return out
+
+
 def filters_to_images(weight: torch.Tensor) -> list[np.ndarray]:
     """First-layer filters (C_out, 3, kh, kw) -> RGB images in [0, 1], one per filter.
 

@@ -118,9 +118,15 @@ def sanity_figure(method: str, layers, corr, corr_abs):
 
 def curves_figure(deletion, insertion, title: str = ""):
     """Deletion and insertion curves (mean over images) with their AUCs."""
+    return curve_figure([deletion, insertion], title)
+
+
+def curve_figure(curves, title: str = ""):
+    """Deletion or insertion curves (objects with ``kind``, ``fractions`` (S,), ``scores``
+    (N, S) and ``auc`` (N,)): the mean over images of each, with its mean AUC."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for c in (deletion, insertion):
+    for c in curves:
         ax.plot(c.fractions, c.scores.mean(0), label=f"{c.kind} (AUC {c.auc.mean():.3f})")
     ax.set_xlabel("fraction of pixels")
     ax.set_ylabel("target probability")

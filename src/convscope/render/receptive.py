@@ -10,16 +10,24 @@ from convscope.render.topk import heat_overlay
 
 
 def empirical_rf_panel(subject, x, result) -> Image.Image:
-    """Top images with their discrepancy maps overlaid (one colour scale, shown by the colour
-    bar), then the averaged, re-centred map (scaled to its own maximum)."""
+    """:func:`empirical_rf_figure` of ``result`` (an empirical RF) over its top images ``x``,
+    a preprocessed batch (K, 3, H, W) shown as the model saw it."""
+    images = subject.preprocess.denormalize(x).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+    return empirical_rf_figure(images, result)
+
+
+def empirical_rf_figure(images: np.ndarray, result) -> Image.Image:
+    """Top images (K, H, W, 3) in [0, 1] with ``result``'s discrepancy maps overlaid (one colour
+    scale, shown by the colour bar), then the averaged, re-centred map (scaled to its own
+    maximum). ``result`` has ``maps`` (each with ``pixels`` (H, W) and ``peak``), ``average``,
+    ``size`` and ``theoretical``."""
     tiles, caps = [], []
     vmax = max((float(dm.pixels.max()) for dm in result.maps), default=0.0)
-    for i, dm in enumerate(result.maps):
-        img = subject.preprocess.denormalize(x[i]).clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+    for img, dm in zip(images, result.maps):
         tiles.append(heat_overlay((img * 255).astype(np.uint8), dm.pixels, vmax if vmax > 0 else None))
         caps.append(f"peak {dm.peak}")
     avg = result.average / max(float(result.average.max()), 1e-12)
-    side = x.shape[2]
+    side = images.shape[1]
     grey = np.full((avg.shape[0], avg.shape[1], 3), 128, dtype=np.uint8)
     tiles.append(heat_overlay(grey, avg, alpha=1.0).resize((side, side), Image.NEAREST))
     caps.append(f"avg {result.size:.0f}px (theo {result.theoretical:.0f})")

@@ -125,3 +125,42 @@ def similarity_figure(
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046)
     return fig
+
+
+def retrieval_figure(ap: np.ndarray, title: str = ""):
+    """The average precision of every query, best first, with its mean."""
+    plt = pyplot()
+    ap = np.sort(np.asarray(ap, dtype=np.float64))[::-1]
+    fig, ax = plt.subplots(figsize=(max(4.0, min(0.08 * len(ap) + 2, 9.0)), 3.0))
+    ax.bar(np.arange(len(ap)), ap, width=1.0, color="tab:blue")
+    if len(ap):
+        ax.axhline(float(ap.mean()), color="grey", lw=1, ls=":", label=f"mean {ap.mean():.3f}")
+        ax.legend(frameon=False, fontsize=8)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("query (sorted)")
+    ax.set_ylabel("average precision")
+    ax.set_title(title, fontsize=9)
+    ax.spines[["top", "right"]].set_visible(False)
+    return fig
+
+
+def feature_figure(features: dict[str, np.ndarray], labels: np.ndarray, title: str = "", channels: int = 64):
+    """One heat map per layer: images (rows, sorted by class) by their first ``channels``
+    feature dimensions, each dimension scaled to its own range."""
+    plt = pyplot()
+    names = list(features)
+    fig, axes = plt.subplots(1, len(names), figsize=(2.6 * len(names) + 1, 3.2), squeeze=False)
+    order = np.argsort(np.asarray(labels), kind="stable")
+    for ax, name in zip(axes[0], names):
+        x = np.asarray(features[name], dtype=np.float64)[order][:, :channels]
+        lo, hi = x.min(0, keepdims=True), x.max(0, keepdims=True)
+        ax.imshow(
+            (x - lo) / np.maximum(hi - lo, 1e-12), aspect="auto", cmap="viridis", interpolation="nearest"
+        )
+        ax.set_title(f"{name} ({features[name].shape[1]}-d)", fontsize=8)
+        ax.set_xlabel("dimension", fontsize=7)
+        ax.tick_params(labelsize=6)
+    axes[0][0].set_ylabel("image (by class)", fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -111,3 +111,52 @@ def fit_image(img: Image.Image, cell: int) -> Image.Image:
     out = Image.new("RGB", (cell, cell), "white")
     out.paste(small, ((cell - small.width) // 2, (cell - small.height) // 2))
     return out
+
+
+def unit_rows(
+    rows: Sequence[tuple[str, Sequence[Image.Image], Sequence[str]]], title: str = "", cell: int = 64
+) -> Image.Image:
+    """One row per unit: its label on the left, then its images (``cell`` px, aspect kept) with
+    a caption under each; ``title`` on top. ``rows`` holds (label, images, captions)."""
+    pad, left, cap, head = 4, 120, 12, 16 if title else 0
+    n = max((len(r[1]) for r in rows), default=1)
+    width = left + max(n, 1) * (cell + pad) + pad
+    out = Image.new("RGB", (width, head + len(rows) * (cell + cap + pad) + pad), "white")
+    draw = ImageDraw.Draw(out)
+    if title:
+        draw.text((pad, 2), title[: max(1, (width - pad) // 6)], fill=(0, 0, 0))
+    for r, (label, images, captions) in enumerate(rows):
+        y = head + pad + r * (cell + cap + pad)
+        draw.text((pad, y + cell // 2 - 6), label[: (left - pad) // 6], fill=(0, 0, 0))
+        for j, (img, text) in enumerate(zip(images, captions)):
+            x = left + j * (cell + pad)
+            out.paste(fit_image(img, cell), (x, y))
+            draw.text((x, y + cell), str(text)[: max(1, cell // 6)], fill=(60, 60, 60))
+    return out
+
+
+def scores_figure(scores: np.ndarray, images: np.ndarray, units: Sequence[int], title: str = ""):
+    """Top-K scores (U, K) of ``units`` as a heat map, each cell labelled with its image index
+    (``images`` (U, K), -1 for an empty slot): the ranking when the images are not at hand."""
+    from convscope.render.plots import pyplot
+
+    plt = pyplot()
+    s = np.where(images >= 0, scores, np.nan).astype(np.float64)
+    u, k = s.shape
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.55 * k + 2), max(2.5, 0.35 * u + 1.5)))
+    im = ax.imshow(s, cmap="viridis", aspect="auto")
+    if s.size <= 400:
+        top = np.nanmax(s) if np.isfinite(s).any() else 0.0
+        for i in range(u):
+            for j in range(k):
+                if images[i, j] >= 0:
+                    dark = not s[i, j] > 0.6 * top
+                    color = "white" if dark else "black"
+                    ax.text(j, i, str(int(images[i, j])), ha="center", va="center", fontsize=6, color=color)
+    ax.set_yticks(range(u), [str(x) for x in units], fontsize=7)
+    ax.set_xticks(range(k), [str(j + 1) for j in range(k)], fontsize=7)
+    ax.set_xlabel("rank (cell: image index)", fontsize=8)
+    ax.set_ylabel("unit", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046).ax.tick_params(labelsize=7)
+    return fig

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from convscope.errors import UserInputError
+from convscope.results import Result
 
 CLASSIFIERS = ("logistic", "svm")
 
@@ -22,7 +23,7 @@ class ProbeRow:
 
 
 @dataclass
-class ProbeResult:
+class ProbeResult(Result):
     """Accuracy per layer, the split's sizes and the chance level (the majority-class rate of
     the test set)."""
 
@@ -34,6 +35,20 @@ class ProbeResult:
 
     def best(self) -> ProbeRow:
         return max(self.rows, key=lambda r: r.test_accuracy)
+
+    def to_image(self, title: str = ""):
+        """Train and test accuracy per layer, with the chance level."""
+        from convscope.render.plots import figure_to_image
+        from convscope.render.represent import probe_figure
+
+        return figure_to_image(probe_figure(self, title))
+
+    def headline(self) -> str:
+        b = self.best()
+        return (
+            f"linear probe ({self.classifier}) over {len(self.rows)} layer(s): best {b.layer} "
+            f"test {b.test_accuracy:.3f} (chance {self.chance:.3f})"
+        )
 
     def write_report(self, png) -> list:
         """The accuracy figure at ``png`` and the table (CSV) beside it; returns both paths."""

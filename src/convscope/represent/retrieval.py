@@ -5,6 +5,7 @@ ok / junk lists)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import numpy as np
 
 from convscope.errors import UserInputError
 from convscope.represent.postprocess import l2_normalize
+from convscope.results import Result
 
 METRICS = ("l2", "cosine")
 KINDS = ("exact", "ivf", "hnsw")
@@ -89,12 +91,109 @@ def average_precision(relevant: np.ndarray, n_relevant: int | None = None) -> fl
 
 
 @dataclass
-class RetrievalScores:
+class RetrievalScores(Result):
     """``map`` (mean AP), ``precision`` {k: mean precision@k}, per-query ``ap``."""
 
     map: float
     precision: dict[int, float]
     ap: np.ndarray
+
+    def to_image(self):
+        """The AP of every query, sorted, with the mAP and precision@k in the title."""
+        from convscope.render.plots import figure_to_image
+        from convscope.render.represent import retrieval_figure
+
+        return figure_to_image(retrieval_figure(self.ap, self.headline()))
+
+    def headline(self) -> str:
+        prec = "".join(f", P@{k} {v:.3f}" for k, v in self.precision.items())
+        return f"mAP {self.map:.3f} over {len(self.ap)} queries{prec}"
+
+
+@dataclass
+class Neighbors(Result):
+    """The ``k`` nearest database images of one query in ``layer``'s feature space, nearest
+    first: ``indices`` (k,) database indices, ``scores`` (k,) (cosine similarity or squared
+    L2, by ``metric``), ``names`` their names; ``query_image`` (H, W, 3) and ``images``
+    (k, h, w, 3) uint8 thumbnails, for the picture."""
+
+    layer: str
+    metric: str
+    query: str
+    query_image: np.ndarray
+    indices: np.ndarray
+    scores: np.ndarray
+    names: list[str]
+    images: np.ndarray
+    pooling: str = ""
+
+    def to_image(self, cell: int = 112):
+        """The query (outlined) and its neighbours with score and class (first folder) each."""
+        from PIL import Image
+
+        from convscope.render.represent import neighbors_grid
+
+        return neighbors_grid(
+            Image.fromarray(self.query_image),
+            [Image.fromarray(i) for i in self.images],
+            [f"{s:.3f} {n.split('/')[0]}" for s, n in zip(self.scores, self.names)],
+            title=self.headline(),
+            cell=cell,
+        )
+
+    def headline(self) -> str:
+        how = f"{self.pooling}, {self.metric}" if self.pooling else self.metric
+        return f"{self.layer} ({how}): neighbours of {self.query}"
+
+
+def _thumb(img, side: int) -> np.ndarray:
+    from PIL import Image
+
+    pil = img if isinstance(img, Image.Image) else Image.fromarray(np.asarray(img))
+    pil = pil.convert("RGB")
+    pil.thumbnail((side, side), Image.BICUBIC)
+    return np.asarray(pil)
+
+
+def search_neighbors(
+    index: NeighborIndex,
+    vector: np.ndarray,
+    k: int,
+    names: Sequence[str],
+    read: Callable[[int], object],
+    *,
+    query: str,
+    query_image,
+    layer: str = "",
+    ids: np.ndarray | None = None,
+    exclude: int | None = None,
+    pooling: str = "",
+    thumb: int = 112,
+) -> Neighbors:
+    """The ``k`` nearest neighbours of ``vector`` (1, d) in ``index`` as :class:`Neighbors`.
+    ``ids`` maps index rows to database indices (default: the same); ``exclude`` is a database
+    index left out (the query itself when it is in the database); ``names[i]`` and ``read(i)``
+    (a PIL image) are database image ``i``'s name and picture; ``query_image`` the query's."""
+    scores, found = index.search(vector, k + (exclude is not None))
+    ids = np.arange(index.size) if ids is None else np.asarray(ids)
+    hits = [(int(ids[j]), float(s)) for j, s in zip(found[0], scores[0]) if j >= 0 and int(ids[j]) != exclude]
+    hits = hits[:k]
+    sizes = [_thumb(read(i), thumb) for i, _ in hits]
+    tiles = np.zeros((len(sizes), thumb, thumb, 3), np.uint8) + 255
+    for t, img in zip(tiles, sizes):  # one array: thumbnails keep their aspect ratio, on white
+        h, w = img.shape[:2]
+        t[(thumb - h) // 2 : (thumb - h) // 2 + h, (thumb - w) // 2 : (thumb - w) // 2 + w] = img
+    return Neighbors(
+        layer,
+        index.metric,
+        query,
+        _thumb(query_image, max(thumb, 224)),
+        np.array([i for i, _ in hits], dtype=np.int64),
+        np.array([s for _, s in hits], dtype=np.float64),
+        [names[i] for i, _ in hits],
+        tiles,
+        pooling,
+    )
 
 
 def evaluate_labels(

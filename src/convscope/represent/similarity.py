@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
 from convscope.errors import UserInputError
+from convscope.results import Result
 
 
 def _check(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -61,3 +63,47 @@ def similarity_matrix(
         raise UserInputError(f"measure must be one of {', '.join(MEASURES)}")
     f = MEASURES[measure]
     return np.array([[f(xa, xb) for xb in b.values()] for xa in a.values()])
+
+
+@dataclass
+class SimilarityMatrix(Result):
+    """``values`` (R, C): the ``measure`` (cka or rsa) between layer ``rows[i]`` of the model
+    ``row_model`` and layer ``cols[j]`` of ``col_model``, over the same images."""
+
+    measure: str
+    rows: list[str]
+    cols: list[str]
+    values: np.ndarray
+    row_model: str = ""
+    col_model: str = ""
+
+    def to_image(self, title: str = ""):
+        """The heat map, values written in the cells."""
+        from convscope.render.plots import figure_to_image
+        from convscope.render.represent import similarity_figure
+
+        return figure_to_image(
+            similarity_figure(
+                self.values, self.rows, self.cols, title or self.headline(), self.col_model, self.row_model
+            )
+        )
+
+    def headline(self) -> str:
+        other = f" vs {self.col_model}" if self.col_model and self.col_model != self.row_model else ""
+        return f"{self.measure.upper()}: {self.row_model}{other}" if self.row_model else self.measure.upper()
+
+
+def compare_layers(
+    a: Mapping[str, np.ndarray],
+    b: Mapping[str, np.ndarray] | None = None,
+    measure: str = "cka",
+    *,
+    row_model: str = "",
+    col_model: str | None = None,
+) -> SimilarityMatrix:
+    """:func:`similarity_matrix` of the layers of ``a`` (N, C features per layer) against those
+    of ``b`` (default ``a`` itself), as a :class:`SimilarityMatrix` that draws its heat map."""
+    other = a if b is None else b
+    values = similarity_matrix(a, other, measure)
+    col = row_model if col_model is None else col_model
+    return SimilarityMatrix(measure, list(a), list(other), values, row_model, col)

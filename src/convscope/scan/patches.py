@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,8 +17,10 @@ from convscope.preprocess import Preprocess
 from convscope.receptive import Box, ReceptiveField
 from convscope.recorder import Recorder
 from convscope.render.topk import heat_overlay, patch_from_original, topk_grid
-from convscope.scan.result import UnitTopK
 from convscope.subject import Subject
+
+if TYPE_CHECKING:  # ScanResult.to_image draws with render_topk: no import back at run time
+    from convscope.scan.result import UnitTopK
 
 
 def unit_maps(

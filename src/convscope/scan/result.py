@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from convscope.errors import LayerNotFoundError, UserInputError
+from convscope.results import Result
 from convscope.scan.state import LayerState, ScanMismatchError
 
 # A layer "saturates" when at least this fraction of its units reach their best `max` score in
@@ -58,8 +59,9 @@ class UnitStats:
 
 
 @dataclass
-class ScanResult:
-    """Scan of ``layers``: ``states[layer]`` holds channels then ``directions[layer]`` (N, C)."""
+class ScanResult(Result):
+    """Scan of ``layers``: ``states[layer]`` holds channels then ``directions[layer]`` (N, C).
+    ``source``: the images scanned, when known (for pictures; not saved)."""
 
     layers: list[str]
     channels: dict[str, int]
@@ -74,6 +76,7 @@ class ScanResult:
     processed: int = 0
     seconds: float = 0.0
     config: dict = field(default_factory=dict)
+    source: object | None = field(default=None, repr=False, compare=False, metadata={"save": False})
 
     @property
     def images_per_second(self) -> float:
@@ -189,3 +192,55 @@ class ScanResult:
         if "tied_at_max" in self.config:
             self.config["tied_at_max"] = self.tied_at_max()
         return self
+
+    def headline(self) -> str:
+        layers = ", ".join(f"{n} ({self.channels[n]} units)" for n in self.layers)
+        return f"scan of {self.processed} images, top {self.k} by {', '.join(self.criteria)}: {layers}"
+
+    def to_image(
+        self,
+        layer: str | None = None,
+        units: int | list[int] = 8,
+        criterion: str | None = None,
+        source=None,
+        subject=None,
+        cell: int = 64,
+    ):
+        """The top-K of the first ``units`` units (or those listed) of ``layer`` (default: the
+        first scanned) by ``criterion`` (default ``max``): with the scanned images (``source``,
+        default the one scanned, when known) one row of images per unit with their scores; with
+        a ``subject`` too, each unit's receptive-field patches and activation maps
+        (:func:`convscope.scan.patches.render_topk`); without images, the scores and image
+        indices as a heat map."""
+        layer = layer or self.layers[0]
+        criterion = criterion or ("max" if "max" in self.criteria else self.criteria[0])
+        state = self._state(layer)
+        if criterion not in state.topk:
+            raise UserInputError(f"criterion {criterion!r} was not scanned (have {', '.join(state.topk)})")
+        shown = list(range(min(units, self.channels[layer]))) if isinstance(units, int) else list(units)
+        tops = [self.topk(layer, u, criterion) for u in shown]
+        source = source if source is not None else self.source
+        title = f"{layer}: top {self.k} by {criterion}, units {shown[0]}..{shown[-1]}" if shown else layer
+        if source is not None and subject is not None:
+            from convscope.render.grid import stack
+            from convscope.scan.patches import render_topk
+
+            return stack([render_topk(subject, source, t, cell=max(cell, 64)) for t in tops if len(t)])
+        if source is not None:
+            from convscope.render.topk import unit_rows
+
+            rows = [
+                (f"unit {t.unit}", [source.read(int(i)) for i in t.images], [f"{s:.3g}" for s in t.scores])
+                for t in tops
+            ]
+            return unit_rows(rows, title, cell)
+        from convscope.render.plots import figure_to_image
+        from convscope.render.topk import scores_figure
+
+        top = state.topk[criterion]
+        rows = torch.as_tensor(shown, dtype=torch.long)
+        return figure_to_image(
+            scores_figure(
+                top.scores[rows].cpu().numpy(), top.valid_images()[rows].cpu().numpy(), shown, title
+            )
+        )

@@ -280,6 +280,7 @@ def scan(
         processed=processed,
         seconds=seconds,
         config={**config, "versions": library_versions()},
+        source=data,
     )
     if not calibration_only:
         result.record_ties()  # in the run's config; a SaturationWarning for saturating layers

@@ -12,22 +12,29 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from convscope.inputs.fileio import atomic_path, save_image
+from convscope.inputs.fileio import atomic_path
 from convscope.recorder import Recorder
+from convscope.results import Result
 from convscope.subject import Subject
 
 
 @dataclass
-class Dream:
+class Dream(Result):
     """The dreamed image (H, W, 3) in [0, 1], and the zoom frames (K, H, W, 3) if made."""
 
     image: np.ndarray
     frames: np.ndarray | None = None
 
-    def to_png(self, path: str | Path) -> Path:
+    def to_image(self) -> Image.Image:
+        """The dreamed image at its own size."""
         from convscope.render.grid import to_uint8
 
-        return save_image(Image.fromarray(to_uint8(self.image)), path)
+        return Image.fromarray(to_uint8(self.image))
+
+    def headline(self) -> str:
+        h, w = self.image.shape[:2]
+        zoom = f", {len(self.frames)} zoom frames" if self.frames is not None else ""
+        return f"dream {w}x{h}{zoom}"
 
     def to_gif(self, path: str | Path, ms: int = 80) -> Path:
         """The zoom frames as an animated GIF (written atomically)."""

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from convscope.accel import Accel, prepared
 from convscope.errors import UserInputError
-from convscope.inputs.fileio import save_image
 from convscope.recorder import Recorder
+from convscope.results import Result
 from convscope.subject import Subject
 from convscope.synthesis.objectives import Context, Objective
 from convscope.synthesis.param import make_param
@@ -22,7 +21,7 @@ Progress = Callable[[int, int], None]
 
 
 @dataclass
-class Synthesis:
+class Synthesis(Result):
     """Optimised images (N, H, W, 3) in [0, 1], the objective's final score for each (on the
     untransformed image), the mean score per step, and frames (K, N, H, W, 3) if asked."""
 
@@ -34,23 +33,15 @@ class Synthesis:
     info: dict = field(default_factory=dict)
 
     def to_image(self, ncols: int | None = None, cell: int | None = None):
+        """The images in a grid, each captioned with its label and final score."""
         from convscope.render.grid import image_grid
 
         caps = [f"{lab} {s:.3g}" for lab, s in zip(self.labels, self.scores)]
         return image_grid(list(self.images), ncols=ncols, cell=cell, pad=3, captions=caps)
 
-    def to_png(self, path: str | Path, ncols: int | None = None, cell: int | None = None) -> Path:
-        return save_image(self.to_image(ncols, cell), path)
-
-    def save(self, path: str | Path) -> Path:
-        from convscope.inputs.fileio import atomic_path
-
-        path = Path(path)
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez_compressed(
-                f, images=self.images, scores=self.scores, history=self.history, labels=np.array(self.labels)
-            )
-        return path
+    def headline(self) -> str:
+        steps = self.info.get("steps", len(self.history))
+        return f"{len(self.images)} image(s) of {', '.join(dict.fromkeys(self.labels))} after {steps} steps"
 
 
 def evaluate(

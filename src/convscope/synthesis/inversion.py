@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 import convscope.synthesis.objectives as O
-from convscope.inputs.fileio import save_image
 from convscope.recorder import Recorder
+from convscope.results import Result
 from convscope.subject import Subject
 from convscope.synthesis.engine import optimize
 from convscope.synthesis.objectives import Context, Objective
@@ -21,7 +20,7 @@ from convscope.synthesis.transforms import none
 
 
 @dataclass
-class Inversion:
+class Inversion(Result):
     """Best reconstruction per layer: ``images`` (L, H, W, 3), ``errors`` (L,) the normalised
     feature error ||Phi(x*) - Phi(x0)|| / ||Phi(x0)||, and every restart's error (L, R)."""
 
@@ -32,6 +31,7 @@ class Inversion:
     restart_errors: np.ndarray
 
     def to_image(self):
+        """The original, then the best reconstruction from each layer with its error."""
         from convscope.render.grid import image_grid
 
         caps = ["original"] + [f"{n} err {e:.3f}" for n, e in zip(self.layers, self.errors)]
@@ -39,8 +39,8 @@ class Inversion:
             [self.original] + list(self.images), ncols=len(self.layers) + 1, pad=3, captions=caps
         )
 
-    def to_png(self, path: str | Path) -> Path:
-        return save_image(self.to_image(), path)
+    def headline(self) -> str:
+        return "inversion from " + ", ".join(f"{n} (err {e:.3f})" for n, e in zip(self.layers, self.errors))
 
 
 def invert(

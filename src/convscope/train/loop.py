@@ -22,6 +22,7 @@ from torch import nn
 
 from convscope.errors import UserInputError
 from convscope.inputs.fileio import load_weights_only, write_text
+from convscope.results import Result
 from convscope.train.data import TensorImages, augment
 
 
@@ -58,13 +59,29 @@ class EpochMetrics:
 
 
 @dataclass
-class TrainResult:
+class TrainResult(Result):
+    """Metrics per epoch (``history``) and the checkpoints written, in order."""
+
     history: list[EpochMetrics]
     checkpoints: list[Path] = field(default_factory=list)
 
     @property
     def final(self) -> EpochMetrics:
         return self.history[-1]
+
+    def to_image(self, title: str = ""):
+        """Loss and accuracy per epoch, train and test."""
+        from convscope.render.plots import figure_to_image
+        from convscope.render.training import curves_figure
+
+        return figure_to_image(curves_figure(self.history, title))
+
+    def headline(self) -> str:
+        if not self.history:
+            return "training: no epoch"
+        f = self.final
+        n = len(self.history)
+        return f"training: {n} epoch(s), test accuracy {f.test_accuracy:.3f} (epoch {f.epoch})"
 
 
 def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
