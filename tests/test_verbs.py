@@ -63,18 +63,33 @@ def test_every_family_has_a_documented_verb():
 
 
 def test_importing_a_subpackage_does_not_shadow_its_verb():
+    """``convscope.scan`` is the verb and the subpackage at once, whatever was imported first."""
     code = (
         "import convscope.scan.scanner, convscope.dissect.result, convscope.train.loop\n"
+        "import convscope.scan.patches as patches\n"
         "from convscope.scan import ScanResult\n"
-        "import convscope, convscope.verbs as v\n"
-        "assert convscope.scan is v.scan and convscope.dissect is v.dissect, convscope.scan\n"
-        "assert convscope.train is v.train and callable(convscope.scan)\n"
-        "import sys; convscope.scan = sys.modules['convscope.scan']  # what a first import does\n"
-        "assert convscope.scan is v.scan\n"
+        "import convscope, convscope.verbs as v, inspect, sys\n"
+        "for name in ('scan', 'dissect', 'train'):\n"
+        "    obj = getattr(convscope, name)\n"
+        "    assert callable(obj) and obj.__verb__ is getattr(v, name), obj\n"
+        "    assert obj is sys.modules['convscope.' + name]\n"
+        "    assert inspect.signature(obj) == inspect.signature(getattr(v, name))\n"
+        "assert convscope.scan.ScanResult is ScanResult and patches.__name__ == 'convscope.scan.patches'\n"
         "from convscope.scan.result import ScanResult as R; assert R is ScanResult\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_verb_packages_run_their_verb(subject, images, monkeypatch):
+    import convscope
+    import convscope.verbs as v
+
+    seen = []
+    monkeypatch.setattr(convscope.scan, "__verb__", lambda *a, **k: seen.append((a, k)) or "ran")
+    assert convscope.scan(subject, images, "conv1", k=2) == "ran"
+    assert seen == [((subject, images, "conv1"), {"k": 2})]
+    assert callable(v.scan)
 
 
 def test_engines_by_name_or_object():

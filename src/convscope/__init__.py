@@ -3,11 +3,13 @@
 One verb per family (:mod:`convscope.verbs`): ``convscope.scan``, ``features``, ``dissect``
 (each on a local or a Ray ``engine``), ``explain``, ``visualize``, ``class_model``, ``invert``,
 ``dream``, ``attack``, ``fool``, ``empirical_rf``, ``stimuli``, ``probe``, ``neighbors``,
-``project``, ``compare``, ``train``. ``convscope.scan`` and ``convscope.dissect`` (and
-``train``) are the verbs even after ``import convscope.scan.scanner``: import the families'
-classes from their modules (``from convscope.scan import ScanResult``).
+``project``, ``compare``, ``train``. ``convscope.scan``, ``convscope.dissect`` and
+``convscope.train`` are both the verb and the family's subpackage (calling one runs the verb;
+``convscope.scan.ScanResult`` and ``import convscope.scan.patches`` reach the package).
 """
 
+import importlib as _importlib
+import inspect as _inspect
 import sys as _sys
 import types as _types
 
@@ -30,7 +32,6 @@ from convscope.verbs import (
     attack,
     class_model,
     compare,
-    dissect,
     dream,
     empirical_rf,
     explain,
@@ -40,9 +41,7 @@ from convscope.verbs import (
     neighbors,
     probe,
     project,
-    scan,
     stimuli,
-    train,
     visualize,
 )
 from convscope.zoo import load
@@ -86,17 +85,26 @@ __all__ = [
     "visualize",
 ]
 
-_VERBS = frozenset(_sys.modules["convscope.verbs"].__all__)
+class _VerbPackage(_types.ModuleType):
+    """A family's subpackage that is also its verb: ``convscope.scan(subject, data, layers)``
+    runs the verb, while ``convscope.scan.ScanResult`` and ``import convscope.scan.patches as m``
+    reach the package. One object for both, so no import order can shadow either."""
+
+    def __call__(self, *args, **kwargs):
+        return self.__verb__(*args, **kwargs)
 
 
-class _Package(_types.ModuleType):
-    """The package module: importing a subpackage that shares a verb's name for the first time
-    (``import convscope.scan.scanner``) sets ``convscope.scan`` to that subpackage; the verb stays."""
+def _verb_package(name: str):
+    package = _importlib.import_module(f"convscope.{name}")
+    verb = getattr(_sys.modules["convscope.verbs"], name)
+    if not isinstance(package, _VerbPackage):
+        package.__class__ = _VerbPackage
+        package.__verb__ = verb
+        package.__signature__ = _inspect.signature(verb)
+        package.__doc__ = f"{package.__doc__ or ''}\n\nCalled as a function: {verb.__doc__ or ''}"
+    return package
 
-    def __setattr__(self, name, value):
-        if name in _VERBS and isinstance(value, _types.ModuleType) and callable(self.__dict__.get(name)):
-            return
-        super().__setattr__(name, value)
 
-
-_sys.modules[__name__].__class__ = _Package
+scan = _verb_package("scan")
+dissect = _verb_package("dissect")
+train = _verb_package("train")

@@ -71,14 +71,23 @@ class LayerInfo:
 class LayerTable(Sequence[LayerInfo]):
     """All addressable layers of a model, in module order, with aliases and glob selection."""
 
-    def __init__(self, infos: Iterable[LayerInfo], module_types: dict[str, type] | None = None):
+    def __init__(
+        self,
+        infos: Iterable[LayerInfo],
+        module_types: dict[str, type] | None = None,
+        aliases: dict[str, str] | None = None,
+        what: str = "layer",
+    ):
+        """``aliases``: the short names to use (default: made from the layers, see
+        :func:`_make_aliases`); ``what``: how errors name a layer (``"scanned layer"``)."""
         self._infos = list(infos)
         self._by_name = {i.name: i for i in self._infos}
         self._calls: dict[str, list[LayerInfo]] = {}
         for info in self._infos:
             self._calls.setdefault(info.module, []).append(info)
         self._types = module_types or {}
-        self.aliases = _make_aliases(self._infos, self._types)
+        self.what = what
+        self.aliases = _make_aliases(self._infos, self._types) if aliases is None else dict(aliases)
 
     def __len__(self) -> int:
         return len(self._infos)
@@ -114,7 +123,9 @@ class LayerTable(Sequence[LayerInfo]):
                 f"{name!r} runs {len(calls)} times per forward pass; say which call: "
                 + ", ".join(c.name for c in calls)
             )
-        raise LayerNotFoundError(name, list(self._by_name) + list(self.aliases), layers=self._by_name)
+        raise LayerNotFoundError(
+            name, list(self._by_name) + list(self.aliases), what=self.what, layers=self._by_name
+        )
 
     def select(self, spec: LayerSpec) -> list[str]:
         """Addresses named by ``spec``, the one layer vocabulary of every verb and reader:
@@ -165,7 +176,7 @@ class LayerTable(Sequence[LayerInfo]):
             found += [t for a, t in self.aliases.items() if fnmatch.fnmatchcase(a, item)]
         if not found:
             words = list(self._by_name) + list(self.aliases) + list(SELECTION_WORDS)
-            raise LayerNotFoundError(item, words, layers=self._by_name)
+            raise LayerNotFoundError(item, words, what=self.what, layers=self._by_name)
         return found
 
     def convolutions(self) -> list[LayerInfo]:

@@ -138,3 +138,21 @@ def test_for_model_refuses_another_model(setup, tmp_path):
         Atlas.for_model(atlas.path, {"name": "other"}, {"description": "x"})
     fresh = Atlas.for_model(tmp_path / "new", {"name": "m"}, {"description": "concepts"})
     assert fresh.source_spec == {"description": "concepts"}
+
+
+def test_readers_take_the_layer_vocabulary(setup, tmp_path):
+    """An atlas reader takes the verbs' layer specs: aliases (the model's numbering), globs,
+    comma lists, the words, callables; an unknown name lists the close scanned ones."""
+    subject, source, _, _ = setup
+    atlas, _ = scan_to_atlas(subject, source, tmp_path / "a", "conv1,block.conv2,conv2", k=2, batch_size=8)
+    assert atlas.select("all-conv") == ["conv1", "block.conv2", "conv2"]
+    assert atlas.select("block.*") == ["block.conv2"]
+    assert atlas.select(lambda i: i.name.startswith("conv")) == ["conv1", "conv2"]
+    alias = next(a for a, n in subject.layers.aliases.items() if n == "block.conv2")
+    assert alias != "block.conv2"
+    assert atlas.select(alias) == ["block.conv2"]
+    assert atlas.layer(alias)["name"] == "block.conv2"
+    assert list(atlas.topk(alias, 0).images) == list(atlas.topk("block.conv2", 0).images)
+    assert (atlas.stats(alias).max == atlas.stats("block.conv2").max).all()
+    with pytest.raises(LayerNotFoundError, match="scanned layer 'blok.conv2'.*block.conv2"):
+        atlas.select("blok.conv2")

@@ -9,8 +9,11 @@ import sqlite3
 import time
 
 import numpy as np
+from torch import nn
 
 from convscope.atlas.schema import has_table, original_name, raw_column, stored_name, stored_text
+from convscope.layers import LayerInfo, LayerTable, parse_address
+from convscope.receptive import ReceptiveField
 from convscope.scan.result import ScanResult, UnitStats, UnitTopK
 from convscope.subject import Subject
 
@@ -46,6 +49,11 @@ def write(con: sqlite3.Connection, result: ScanResult, subject: Subject, started
         "INSERT OR REPLACE INTO meta VALUES ('unit_names', ?)",
         (json.dumps({n: v for n, v in names.items() if any(v)}),),
     )
+    # the model's short names (conv5, fc8) of the scanned layers: their numbering counts every
+    # layer of the model, so a reader without the model cannot rebuild them
+    scanned = set(result.layers)
+    aliases = {a: n for a, n in subject.layers.aliases.items() if n in scanned}
+    con.execute("INSERT OR REPLACE INTO meta VALUES ('aliases', ?)", (json.dumps(aliases),))
     con.executemany(
         "INSERT INTO images(idx, name, label, status, reason, raw) VALUES (?, ?, ?, ?, ?, ?)",
         [
@@ -153,6 +161,30 @@ def layers(con: sqlite3.Connection) -> list[dict]:
     cur = con.execute("SELECT * FROM layers ORDER BY position")
     names = [d[0] for d in cur.description]
     return [dict(zip(names, r)) for r in cur]
+
+
+def layer_table(con: sqlite3.Connection) -> LayerTable:
+    """The scanned layers as a :class:`~convscope.layers.LayerTable`, so that a reader takes the
+    same layer specs as a verb: names, the model's aliases, globs, comma lists, ``stages`` (one
+    scanned layer per stride), ``all-conv`` (the scanned convolutions) and callables."""
+    infos = []
+    for row in layers(con):
+        module, call = parse_address(row["name"])
+        shape = (row["channels"], row["height"], row["width"]) if row["height"] else (row["channels"],)
+        rf = None
+        if row["rf_global"]:
+            rf = ReceptiveField.whole()
+        elif row["rf_size_y"] is not None:
+            rf = ReceptiveField(
+                (row["rf_size_y"], row["rf_size_x"]),
+                (row["rf_jump_y"], row["rf_jump_x"]),
+                (row["rf_start_y"], row["rf_start_x"]),
+            )
+        infos.append(LayerInfo(row["name"], module, call, row["type"], shape, rf, order=row["position"]))
+    types = {i.module: getattr(nn, i.type, object) for i in infos}
+    cur = con.execute("SELECT value FROM meta WHERE key = 'aliases'")
+    found = cur.fetchone()
+    return LayerTable(infos, types, aliases=json.loads(found[0]) if found else {}, what="scanned layer")
 
 
 def layer(con: sqlite3.Connection, name: str) -> dict | None:

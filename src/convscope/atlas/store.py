@@ -32,6 +32,7 @@ from convscope.atlas.paths import AtlasPaths, is_private_file  # noqa: F401 (is_
 from convscope.atlas.schema import SCHEMA_VERSION
 from convscope.errors import ConvscopeError, LayerNotFoundError, UserInputError
 from convscope.inputs.fileio import LockedError, atomic_path, exclusive_lock
+from convscope.layers import LayerSpec, LayerTable
 from convscope.scan.result import ScanResult, UnitStats, UnitTopK
 from convscope.subject import Subject
 
@@ -260,16 +261,39 @@ class Atlas(AtlasPaths):
         with self._read() as con:
             return scans.layers(con)
 
+    def layer_table(self) -> LayerTable:
+        """The scanned layers as a :class:`~convscope.layers.LayerTable` (see :meth:`select`)."""
+        with self._read() as con:
+            return scans.layer_table(con)
+
+    def select(self, spec: LayerSpec) -> list[str]:
+        """Scanned layers named by ``spec``, in the one layer vocabulary of the verbs
+        (:meth:`convscope.layers.LayerTable.select`): names, the model's aliases, globs, comma
+        lists, ``stages``, ``all-conv``, callables; unknown names raise
+        :class:`LayerNotFoundError` with the close scanned ones."""
+        return self.layer_table().select(spec)
+
+    def _stored_layers(self, spec: LayerSpec) -> list[str]:
+        """``spec`` over the scanned layers; a plain name that was not scanned stays as it is
+        (dissections and empirical RFs may hold layers the scan did not)."""
+        try:
+            return self.select(spec)
+        except LayerNotFoundError:
+            if isinstance(spec, str) and not any(ch in spec for ch in "*?[,"):
+                return [spec]
+            raise
+
     def layer(self, name: str) -> dict:
-        """One scanned layer (:class:`LayerNotFoundError` with close matches otherwise)."""
-        found = {r["name"]: r for r in self.layers()}
-        if name not in found:
-            raise LayerNotFoundError(name, list(found), what="scanned layer")
-        return found[name]
+        """One scanned layer, by name or alias (:class:`LayerNotFoundError` with close matches
+        otherwise)."""
+        name = self.layer_table().get(name).name
+        with self._read() as con:
+            return scans.layer(con, name)
 
     def topk(self, layer: str, unit: int, criterion: str = "max", direction: bool = False) -> UnitTopK:
-        """Top-K of one unit (or random direction), best first."""
+        """Top-K of one unit (or random direction) of ``layer`` (a name or alias), best first."""
         info = self.layer(layer)
+        layer = info["name"]
         kind = "direction" if direction else "channel"
         n = info["directions"] if direction else info["channels"]
         if not 0 <= unit < n:
@@ -284,12 +308,13 @@ class Atlas(AtlasPaths):
 
     def stats(self, layer: str, direction: bool = False) -> UnitStats:
         """Per-unit statistics of a scanned layer (or of its random directions)."""
-        self.layer(layer)
+        layer = self.layer(layer)["name"]
         with self._read() as con:
             return scans.stats(con, layer, "direction" if direction else "channel")
 
     def direction(self, layer: str, idx: int) -> np.ndarray:
         """Random direction ``idx`` of a layer (float32, one weight per channel)."""
+        layer = self.layer(layer)["name"]
         with self._read() as con:
             vec = scans.direction(con, layer, idx)
         if vec is None:
@@ -324,10 +349,17 @@ class Atlas(AtlasPaths):
         with self._write() as con:
             empirical.write(con, rf, occluder, stride)
 
-    def empirical_rfs(self, layer: str | None = None) -> list[dict]:
-        """Stored empirical receptive fields (with ``average`` as an array), by layer and unit."""
-        with self._read() as con:
-            return empirical.read(con, layer)
+    def empirical_rfs(self, layers: LayerSpec | None = None) -> list[dict]:
+        """Stored empirical receptive fields (with ``average`` as an array), by layer and unit;
+        ``layers``: a layer spec (see :meth:`select`), default every layer."""
+        if layers is None:
+            with self._read() as con:
+                return empirical.read(con, None)
+        out = []
+        for name in self._stored_layers(layers):
+            with self._read() as con:
+                out.extend(empirical.read(con, name))
+        return out
 
     # -- dissection ---------------------------------------------------------------------------
     def write_dissection(self, dissection, dataset: str) -> None:
@@ -396,7 +428,9 @@ class Atlas(AtlasPaths):
         )
 
     def unit_labels(self, layer: str, dataset: str | None = None) -> list[dict]:
-        """Stored labels of a layer's units (``unit``, ``name``, ``category``, ``iou``, ...)."""
+        """Stored labels of a layer's units (``unit``, ``name``, ``category``, ``iou``, ...);
+        ``layer``: a name or alias."""
+        (layer,) = self._stored_layers(layer)[:1] or [layer]
         with self._read() as con:
             return dissections.unit_labels(con, layer, dataset)
 
