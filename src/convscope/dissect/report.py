@@ -84,6 +84,10 @@ def write_report(
     from convscope.render.plots import figure_to_image
 
     files: dict[str, Path] = {}
+    if subject is not None and data is not None:
+        from convscope.dissect.dissection import with_dissection_transform
+
+        data = with_dissection_transform(data, subject)  # as dissect() saw it; the caller's unchanged
     for name in dissection.layers:
         if tables:
             records = dissection.to_records(name)

@@ -68,6 +68,13 @@ def embed_image(subject, image, layer: str, pooling: str = "gap", p: float = 3.0
     return pool(rec[layer].float(), pooling, p).cpu().numpy()
 
 
+def write_neighbors_grid(neighbors, paths) -> Path:
+    """The picture of one :class:`~convscope.represent.retrieval.Neighbors` at
+    ``paths.neighbors_render(layer, query)`` (the query's name without folders or suffix)."""
+    name = Path(neighbors.query.replace("/", "_")).stem
+    return save_image(neighbors.to_image(), paths.neighbors_render(neighbors.layer, name))
+
+
 def write_neighbors_report(
     fs: FeatureSet,
     layer: str,
@@ -92,7 +99,6 @@ def write_neighbors_report(
     post-processing fitted on the database (``l2,pca:128,whiten,l2``). ``evaluate``: mAP and
     precision@k with the class labels; ``gt``: an Oxford/Paris ground-truth folder. Returns the
     record: layer, settings, per query its neighbours (image, score) and ``png``, the scores."""
-    from convscope.render.represent import neighbors_grid
     from convscope.represent import (
         NeighborIndex,
         PostProcess,
@@ -100,6 +106,7 @@ def write_neighbors_report(
         evaluate_oxford,
         load_oxford_gt,
     )
+    from convscope.represent.retrieval import search_neighbors
 
     x = fs.get(layer, valid_only=False)
     rows = fs.valid_indices()
@@ -124,21 +131,24 @@ def write_neighbors_report(
             label, img = q
             vec = embed_image(model, img, layer, pooling, fs.p)
         vec = pp.transform(vec) if pp else vec
-        scores, found = idx.search(vec, k + 1)
-        hits = [
-            (int(rows[j]), float(s)) for j, s in zip(found[0], scores[0]) if j >= 0 and int(rows[j]) != own
-        ][:k]
-        grid = neighbors_grid(
-            img,
-            [source.read(i) for i, _ in hits],
-            [f"{s:.3f} {fs.names[i].split('/')[0]}" for i, s in hits],
-            title=f"{layer} ({pooling}, {metric}): neighbours of {label}",
+        found = search_neighbors(
+            idx,
+            vec,
+            k,
+            fs.names,
+            source.read,
+            query=label,
+            query_image=img,
+            layer=layer,
+            ids=rows,
+            exclude=own,
+            pooling=pooling,
         )
-        png = save_image(grid, paths.neighbors_render(layer, Path(label.replace("/", "_")).stem))
+        png = found.write_report(paths)
         records.append(
             {
                 "query": label,
-                "neighbors": [{"image": fs.names[i], "score": s} for i, s in hits],
+                "neighbors": [{"image": n, "score": float(v)} for n, v in zip(found.names, found.scores)],
                 "png": str(png),
             }
         )

@@ -141,6 +141,13 @@ class Neighbors(Result):
             cell=cell,
         )
 
+    def write_report(self, paths):
+        """The neighbour grid where the atlas path helpers ``paths`` (an Atlas or AtlasPaths)
+        put this query's picture; returns its path."""
+        from convscope.represent.report import write_neighbors_grid  # the report writes files
+
+        return write_neighbors_grid(self, paths)
+
     def headline(self) -> str:
         how = f"{self.pooling}, {self.metric}" if self.pooling else self.metric
         return f"{self.layer} ({how}): neighbours of {self.query}"
