@@ -32,8 +32,8 @@ import torch
 
 import convscope
 from convscope.dissect import BrodenDataset, dissect, make_synthetic_broden
-from convscope.dissect.dissection import dissection_transform
 from convscope.dissect.reference import reference_dissect
+from convscope.dissect.transform import dissection_transform
 
 
 def main() -> None:

@@ -12,8 +12,8 @@ from torch import nn
 
 import convscope
 from convscope.dissect import BrodenDataset, dissect, make_synthetic_broden
-from convscope.dissect.dissection import dissection_transform
 from convscope.dissect.reference import reference_dissect
+from convscope.dissect.transform import dissection_transform
 from convscope.errors import DataError
 from convscope.quantiles import quantile_thresholds
 from convscope.testing import TinyCNN
@@ -209,7 +209,6 @@ def test_thresholds_and_top_images_do_not_depend_on_sharding(red_net, broden):
         _Counts,
         _Plan,
         count_state,
-        dissection_transform,
         merge_threshold_states,
         threshold_state,
     )

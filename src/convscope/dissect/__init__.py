@@ -8,10 +8,11 @@ names for any image folder), :func:`make_synthetic_broden` (planted shapes, colo
 from convscope.dissect.broden import BrodenDataset, decode_segmentation
 from convscope.dissect.colors import COLOR_NAMES, ColorConcepts, ColorNamer
 from convscope.dissect.concepts import Concept, ConceptItem
-from convscope.dissect.dissection import dissect, dissection_transform
+from convscope.dissect.dissection import dissect
 from convscope.dissect.open import open_concept_data
 from convscope.dissect.result import Dissection, LayerDissection, LayerSummary, UnitLabel
 from convscope.dissect.synthetic import make_synthetic_broden
+from convscope.dissect.transform import dissection_transform
 
 __all__ = [
     "COLOR_NAMES",

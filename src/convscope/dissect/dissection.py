@@ -20,7 +20,6 @@ when that IoU exceeds ``iou_threshold`` (0.04, the paper's value).
 from __future__ import annotations
 
 import contextlib
-import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,34 +30,15 @@ import torch.nn.functional as F
 from convscope.accel import Accel, check_finite, prepared
 from convscope.dissect.concepts import ConceptItem
 from convscope.dissect.result import Dissection, LayerDissection
+from convscope.dissect.transform import with_dissection_transform
 from convscope.inputs.images import SkipReport
 from convscope.inputs.workers import batch_bytes, resolve_workers
-from convscope.preprocess import Preprocess
 from convscope.quantiles import TopValues, rank
 from convscope.recorder import Recorder
 from convscope.subject import Subject
 
 # Elements of one (images x units x pixels) block in pass 2; bounds its memory.
 _BLOCK = 1 << 23  # also keeps float32 counts per block exact (< 2**24)
-
-
-def dissection_transform(subject: Subject) -> Preprocess:
-    """The subject's normalisation after resizing the *whole* image to its input size, so that
-    every pixel of the segmentation has a place in the activation map (no crop)."""
-    p = subject.preprocess
-    return Preprocess(
-        size=p.size, resize=None, mode="squash", mean=p.mean, std=p.std, interpolation=p.interpolation
-    )
-
-
-def with_dissection_transform(data, subject: Subject):
-    """``data`` itself when it has a transform, else a shallow copy of it with
-    :func:`dissection_transform` (the caller's concept data is never changed)."""
-    if data.transform is not None:
-        return data
-    out = copy.copy(data)
-    out.transform = dissection_transform(subject)
-    return out
 
 
 def _collate(items: list[ConceptItem]):

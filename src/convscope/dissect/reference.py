@@ -10,7 +10,7 @@ import time
 import numpy as np
 import torch
 
-from convscope.dissect.dissection import with_dissection_transform
+from convscope.dissect.transform import with_dissection_transform
 from convscope.quantiles import saturation_rule
 from convscope.recorder import Recorder
 

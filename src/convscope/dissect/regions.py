@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from convscope.dissect.transform import with_dissection_transform
 from convscope.recorder import Recorder
 from convscope.subject import Subject
 
@@ -21,9 +22,11 @@ def unit_regions(
     subject: Subject, data, dissection: Dissection, layer: str, unit: int, n: int = 6
 ) -> tuple[np.ndarray, np.ndarray]:
     """(pixels (n, H, W, 3) uint8 as the model saw them, masks (n, H, W) bool) of the unit's
-    ``n`` most activating readable images of ``data``: where its activation map, upsampled
+    ``n`` most activating readable images of ``data`` (the concept data dissected, read through
+    its own transform or, without one, the dissection's): where its activation map, upsampled
     bilinearly to the input, is above its threshold. Fewer than ``n`` when fewer exist."""
     d = dissection.layers[layer]
+    data = with_dissection_transform(data, subject)  # the images as dissect() saw them
     idx = [int(i) for i, v in zip(d.top_images[unit], d.top_values[unit]) if np.isfinite(v)][:n]
     items = [it for it in (data[i] for i in idx) if it.error is None]
     if not items:

@@ -85,7 +85,7 @@ def write_report(
 
     files: dict[str, Path] = {}
     if subject is not None and data is not None:
-        from convscope.dissect.dissection import with_dissection_transform
+        from convscope.dissect.transform import with_dissection_transform
 
         data = with_dissection_transform(data, subject)  # as dissect() saw it; the caller's unchanged
     for name in dissection.layers:
