@@ -68,13 +68,6 @@ def embed_image(subject, image, layer: str, pooling: str = "gap", p: float = 3.0
     return pool(rec[layer].float(), pooling, p).cpu().numpy()
 
 
-def write_neighbors_grid(neighbors, paths) -> Path:
-    """The picture of one :class:`~convscope.represent.retrieval.Neighbors` at
-    ``paths.neighbors_render(layer, query)`` (the query's name without folders or suffix)."""
-    name = Path(neighbors.query.replace("/", "_")).stem
-    return save_image(neighbors.to_image(), paths.neighbors_render(neighbors.layer, name))
-
-
 def write_neighbors_report(
     fs: FeatureSet,
     layer: str,
@@ -99,14 +92,14 @@ def write_neighbors_report(
     post-processing fitted on the database (``l2,pca:128,whiten,l2``). ``evaluate``: mAP and
     precision@k with the class labels; ``gt``: an Oxford/Paris ground-truth folder. Returns the
     record: layer, settings, per query its neighbours (image, score) and ``png``, the scores."""
-    from convscope.represent import (
+    from convscope.represent.postprocess import PostProcess
+    from convscope.represent.retrieval import (
         NeighborIndex,
-        PostProcess,
         evaluate_labels,
         evaluate_oxford,
         load_oxford_gt,
+        search_neighbors,
     )
-    from convscope.represent.retrieval import search_neighbors
 
     x = fs.get(layer, valid_only=False)
     rows = fs.valid_indices()

@@ -142,11 +142,14 @@ class Neighbors(Result):
         )
 
     def write_report(self, paths):
-        """The neighbour grid where the atlas path helpers ``paths`` (an Atlas or AtlasPaths)
-        put this query's picture; returns its path."""
-        from convscope.represent.report import write_neighbors_grid  # the report writes files
+        """The neighbour grid at ``paths.neighbors_render(layer, query)`` (``paths``: an Atlas or
+        AtlasPaths; the query's name without folders or suffix); returns its path."""
+        from pathlib import Path
 
-        return write_neighbors_grid(self, paths)
+        from convscope.inputs.fileio import save_image
+
+        name = Path(self.query.replace("/", "_")).stem
+        return save_image(self.to_image(), paths.neighbors_render(self.layer, name))
 
     def headline(self) -> str:
         how = f"{self.pooling}, {self.metric}" if self.pooling else self.metric
