@@ -101,3 +101,21 @@ def test_explain_refuses_an_option_the_method_does_not_take(tiny):
     assert options_for("occlusion", settings) == {"window": 8, "seed": 1}
     assert options_for("ig", settings) == {"steps": 4}
     assert options_for("saliency", settings) == {}
+
+
+def test_explain_report_from_python(tiny, tmp_path):
+    import convscope
+    from convscope.attribution.report import write_explain_report
+
+    x = tiny.load_images([np.full((32, 32, 3), 120, np.uint8)])
+    summary, written = write_explain_report(
+        tiny, x, ["grey"], ["saliency", "occlusion"], tmp_path / "py", target=0, settings={"window": 8}
+    )
+    assert [(e["image"], e["method"]) for e in summary] == [("grey", "saliency"), ("grey", "occlusion")]
+    assert sorted(p.name for p in written) == sorted(
+        ["grey_saliency.png", "saliency.npz", "grey_occlusion.png", "occlusion.npz"]
+    )
+    assert json.loads((tmp_path / "py" / "explain.json").read_text()) == summary
+    occ = np.load(tmp_path / "py" / "occlusion.npz")
+    full = convscope.explain(tiny, x, "occlusion", target=0, window=8)
+    np.testing.assert_allclose(occ["maps"], full.maps, rtol=1e-5)

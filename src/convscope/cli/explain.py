@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -65,9 +64,8 @@ def explain(
     """Explain images: one PNG per method and image (image | map | overlay) and its arrays."""
     import torch
 
-    from convscope.attribution import deletion_insertion, explain, get_method, options_for, resolve_target
-    from convscope.inputs.fileio import save_image, write_text
-    from convscope.render.plots import curves_figure, figure_to_image
+    from convscope.attribution import get_method, resolve_target
+    from convscope.attribution.report import write_explain_report
 
     torch.manual_seed(seed)
     methods = [get_method(m.strip()).name for m in method.split(",") if m.strip()]
@@ -87,30 +85,13 @@ def explain(
         "steps": steps,
         "even_overlap": even_overlap,
     }
-    written, summary = [], []
-    n = len(pics)
-    bar, progress = progress_bar("explaining", len(methods) * n, unit="maps")
+    bar, progress = progress_bar("explaining", len(methods) * len(pics), unit="maps")
     try:
-        for m, name in enumerate(methods):
-
-            def step(done, total, m=m, name=name):
-                progress(m * n + done, len(methods) * n, name)
-
-            amap = explain(subject, x, name, target=tgt, progress=step, **options_for(name, settings))
-            for i, (stem, _) in enumerate(pics):
-                written.append(amap.to_png(out / f"{stem}_{name}.png", i))
-                entry = {"image": stem, "method": name, "target": amap.targets[i]}
-                if trust:
-                    one = tgt.for_image(i)
-                    dele, ins = deletion_insertion(subject, x[i : i + 1], amap.maps[i : i + 1], one)
-                    fig = curves_figure(dele, ins, f"{stem}, {name}")
-                    written.append(save_image(figure_to_image(fig), out / f"{stem}_{name}_curves.png"))
-                    entry.update(deletion_auc=float(dele.auc[0]), insertion_auc=float(ins.auc[0]))
-                summary.append(entry)
-            written.append(amap.save(out / f"{name}.npz"))
+        summary, written = write_explain_report(
+            subject, x, [stem for stem, _ in pics], methods, out, tgt, settings, trust, progress
+        )
     finally:
         bar.stop()
-    write_text(out / "explain.json", json.dumps(summary, indent=1))
     o = Console()
     for e in summary:
         extra = (
