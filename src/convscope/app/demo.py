@@ -371,18 +371,14 @@ def _demo_scan(subject: Subject, where: Path, seed: int, result: DemoResult, ste
 def _demo_rf(subject: Subject, atlas, source, layer: str, result: DemoResult) -> None:
     """Empirical receptive fields of two units of the first scanned layer (2 top images each,
     11 px random occluder, stride 6) and one unit's manufactured-stimulus test."""
-    from convscope.empirical import best_patch, empirical_rf, stimuli
-    from convscope.render.receptive import empirical_rf_panel
+    from convscope.empirical import best_patch, stimuli
+    from convscope.empirical.report import write_rf_report
 
-    for unit in (0, 1):
-        top = atlas.topk(layer, unit, "max")
-        x = torch.stack([source[int(i)][0] for i in top.images[:2]])
-        rf = empirical_rf(subject, x, layer, unit, stride=6)
-        atlas.write_empirical_rf(rf, 11, 6)
+    for unit, rf, png in write_rf_report(atlas, subject, source, layer, (0, 1), top=2, stride=6):
         result.files[
             f"empirical receptive field, {layer}:{unit} "
             f"({rf.size:.0f} px vs theoretical {rf.theoretical:.0f})"
-        ] = save_image(empirical_rf_panel(subject, x, rf), atlas.empirical_rf_render(layer, unit))
+        ] = png
     top = atlas.topk(layer, 0, "max")
     patch = best_patch(subject, source.read(int(top.images[0])), layer, int(top.ys[0]), int(top.xs[0]))
     st = stimuli(subject, patch, layer, 0, stride=16, n=4)

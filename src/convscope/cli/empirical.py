@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -26,50 +25,35 @@ def rf(
 ) -> None:
     """Empirical receptive fields from discrepancy maps of each unit's top images, stored in the
     atlas and drawn per unit, with the layer's empirical-vs-theoretical size plot."""
-    import torch
-
     from convscope.atlas import Atlas, reopen
-    from convscope.empirical import empirical_rf, layer_summary
-    from convscope.inputs.fileio import save_image, write_text
-    from convscope.render.plots import figure_to_image, rf_sizes_figure
-    from convscope.render.receptive import empirical_rf_panel
+    from convscope.empirical import layer_summary
+    from convscope.empirical.report import write_rf_report, write_rf_sizes
 
     store = Atlas.open(atlas)
     subject, source = reopen(store)
     subject.to(device)
     name = store.layer(one_layer(layers))["name"]
     o = Console()
-    done = []
-    for u in parse_range(units):
-        tk = store.topk(name, u, criterion)
-        if not len(tk):
-            continue
-        x = torch.stack([source[int(i)][0] for i in tk.images[:top]])
-        result = empirical_rf(subject, x, name, u, patch=occluder, stride=stride, fill=fill)
-        store.write_empirical_rf(result, occluder, stride)
-        png = save_image(empirical_rf_panel(subject, x, result), store.empirical_rf_render(name, u))
-        done.append(result)
+    done = write_rf_report(
+        store,
+        subject,
+        source,
+        name,
+        parse_range(units),
+        top=top,
+        criterion=criterion,
+        patch=occluder,
+        stride=stride,
+        fill=fill,
+    )
+    for u, result, png in done:
         o.print(
             f"{name}:{u:<5} empirical {result.size:6.1f} px ({result.height}x{result.width}), "
             f"theoretical {result.theoretical:.0f} px   {png}"
         )
-    rows = []
-    for lay in dict.fromkeys(r["layer"] for r in store.empirical_rfs()):
-        stored = store.empirical_rfs(lay)
-        sizes = [r["size"] for r in stored]
-        rows.append(
-            {
-                "layer": lay,
-                "units": len(stored),
-                "empirical_mean": float(sum(sizes) / len(sizes)),
-                "empirical_std": float(torch.tensor(sizes).std(unbiased=False)),
-                "theoretical": stored[0]["theoretical"],
-            }
-        )
-    write_text(store.rf_sizes(".json"), json.dumps(rows, indent=1))
-    png = save_image(figure_to_image(rf_sizes_figure(rows)), store.rf_sizes(".png"))
+    _, png = write_rf_sizes(store)
     if done:
-        s = layer_summary(done)
+        s = layer_summary([r for _, r, _ in done])
         o.print(
             f"{name}: mean empirical RF {s['empirical_mean']:.1f} px vs theoretical "
             f"{s['theoretical']:.0f} px over {s['units']} units; plot {png}"
