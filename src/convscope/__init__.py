@@ -85,6 +85,7 @@ __all__ = [
     "visualize",
 ]
 
+
 class _VerbPackage(_types.ModuleType):
     """A family's subpackage that is also its verb: ``convscope.scan(subject, data, layers)``
     runs the verb, while ``convscope.scan.ScanResult`` and ``import convscope.scan.patches as m``
