@@ -1,15 +1,19 @@
-"""Scan a dataset into an atlas, render unit pictures, reopen an atlas's model and data, and
-gather the stored dissections a report is drawn from."""
+"""Scan a dataset into an atlas, dissect a model into one, render unit pictures, reopen an
+atlas's model and data, gather the stored dissections a report is drawn from, and compare
+atlases (dissected layers, a unit's top images before and after)."""
 
 from __future__ import annotations
 
 import shutil
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from convscope.atlas.store import Atlas
-from convscope.errors import ConvscopeError
+from convscope.dissect.compare import DissectionComparison
+from convscope.dissect.result import Dissection
+from convscope.errors import ConvscopeError, UserInputError
 from convscope.inputs.fileio import save_image
 from convscope.inputs.sources import ImageSource, open_spec
 from convscope.layers import LayerSpec
@@ -215,3 +219,168 @@ def unit_top(
         "png": str(png) if png else None,
         "top": rows,
     }
+
+
+def open_concepts(
+    concepts: str,
+    subject: Subject,
+    out: str | Path,
+    *,
+    images: ImageSource | None = None,
+    color_table: str | Path | None = None,
+    synthetic_images: int = 256,
+    seed: int = 0,
+    limit: int | None = None,
+):
+    """The concept dataset ``concepts`` names and its short name in the atlas: a Broden-format
+    directory (named after the folder), ``"auto-color"`` (the colour names of ``images``, default
+    the bundled samples, by the van de Weijer ``color_table`` or colour prototypes) or
+    ``"synthetic"`` (``synthetic_images`` generated shapes, colours and textures at the subject's
+    input size, written once into the atlas folder ``out``). ``limit``: the first N images."""
+    from convscope.dissect import BrodenDataset, ColorConcepts, ColorNamer, make_synthetic_broden
+    from convscope.inputs.sources import open_images
+
+    size = subject.input_size[0]
+    if concepts == "synthetic":
+        root = Path(out) / "concepts" / f"synthetic-{synthetic_images}-{size}-{seed}"
+        if not (root / "index.csv").exists():
+            make_synthetic_broden(root, n=synthetic_images, size=size, seg=size // 2, seed=seed)
+        return BrodenDataset(root, limit=limit), "synthetic"
+    if concepts == "auto-color":
+        namer = ColorNamer.from_file(color_table) if color_table else ColorNamer.prototypes()
+        source = images if images is not None else open_images("convscope:samples")
+        if limit is not None:
+            source = source.subset(range(min(limit, len(source))))
+        return ColorConcepts(source, seg=size // 2, namer=namer), "auto-color"
+    path = Path(concepts)
+    if not path.is_dir():
+        raise UserInputError(
+            f"--concepts {concepts!r} is not a Broden directory, 'auto-color' or 'synthetic'"
+        )
+    return BrodenDataset(path, limit=limit), path.resolve().name
+
+
+@dataclass
+class DissectedAtlas:
+    """What :func:`dissect_to_atlas` did: the ``atlas`` written, the new dissection ``result``,
+    the concept set's name ``concepts`` in the atlas, and ``other``: layers the atlas holds on
+    that set with other settings (left out of the report's charts)."""
+
+    atlas: Atlas
+    result: Dissection
+    concepts: str
+    other: list[str]
+
+
+def dissect_to_atlas(
+    subject: Subject,
+    concepts: str,
+    out: str | Path,
+    layers: LayerSpec,
+    *,
+    engine: str | Engine | None = None,
+    resume: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    units: int = 12,
+    images: ImageSource | None = None,
+    color_table: str | Path | None = None,
+    synthetic_images: int = 256,
+    seed: int = 0,
+    limit: int | None = None,
+    **options,
+) -> DissectedAtlas:
+    """Network dissection of ``layers`` (any layer spec) of ``subject`` on the concept set
+    ``concepts`` (see :func:`open_concepts`, which takes ``images`` … ``limit``) on ``engine``,
+    stored in the atlas at ``out`` (created for this model, or added to), with its report under
+    the atlas's dissection folder: charts and summary over every layer the atlas holds on these
+    concepts with the same settings, and the figures of the ``units`` best units per layer.
+    ``options`` are :func:`convscope.dissect.dissect`'s keywords (``quantile``,
+    ``iou_threshold``, ``max_coverage``, ``batch_size``, ``workers``, ``accel``).
+
+    Unknown layers, an unknown engine, unusable concepts and an engine that cannot run them fail
+    before the atlas is written (the synthetic concepts are generated after the engine is
+    known)."""
+    names = subject.layers.select(layers)
+    run = resolve_engine(engine)
+    data, set_name = open_concepts(
+        concepts,
+        subject,
+        out,
+        images=images,
+        color_table=color_table,
+        synthetic_images=synthetic_images,
+        seed=seed,
+        limit=limit,
+    )
+    run.check(subject, data)
+    atlas = Atlas.for_model(out, model_spec(subject), {"description": f"concepts: {set_name}", **data.spec})
+    result = run.dissect(
+        subject, data, names, state=atlas.shards_dir("dissect"), resume=resume, progress=progress, **options
+    )
+    atlas.write_dissection(result, set_name)
+    stored, other = stored_dissection(atlas, set_name, result, subject.layers.names())
+    result.write_report(
+        atlas,
+        set_name,
+        subject,
+        data,
+        units=units,
+        summaries=[stored.summary(n) for n in stored.layers],
+        other_settings=other,
+    )
+    return DissectedAtlas(atlas, result, set_name, other)
+
+
+def compare_dissections(
+    items: Sequence[str | Path | tuple[str | Path, str | None]],
+    concepts: str | None = None,
+    unique: bool = True,
+) -> DissectionComparison:
+    """The dissected layers ``items`` of several atlases (or of one) side by side: each an
+    atlas folder, ``"ATLAS:LAYER"`` or an ``(atlas, layer)`` pair; without a layer, the last one
+    dissected. ``concepts``: the concept set (needed when an atlas holds several); ``unique``:
+    chart unique concepts, else every detector unit."""
+    summaries, names = [], []
+    for item in items:
+        if isinstance(item, tuple):
+            path, layer = item
+        elif Path(item).exists():
+            path, layer = item, ""
+        else:
+            path, _, layer = str(item).partition(":")
+        d = Atlas.open(path, readonly=True).dissection(concepts)
+        layer = layer or list(d.layers)[-1]
+        if layer not in d.layers:
+            raise UserInputError(f"{path} has no dissection of {layer!r}; it has {list(d.layers)}")
+        summaries.append(d.summary(layer))
+        names.append(f"{d.model}\n{layer}")
+    return DissectionComparison(summaries, names, unique=unique)
+
+
+def compare_scans(
+    before: str | Path,
+    after: str | Path,
+    layer: str,
+    units: Sequence[int],
+    out: str | Path,
+    k: int = 6,
+) -> list[tuple[str, int, Path]]:
+    """For each of ``units`` of ``layer`` (a name or alias of the scanned layer), its ``k`` top
+    images in the atlas ``before`` beside those in the atlas ``after`` (e.g. fine-tuning), one
+    PNG per unit in the folder ``out`` (``LAYER_unitNNNN.png``). Returns (layer name, unit, PNG)
+    per unit."""
+    from convscope.train.report import compare_scans_figure
+
+    a, b = Atlas.open(before, readonly=True), Atlas.open(after, readonly=True)
+    sources = open_spec(a.source_spec), open_spec(b.source_spec)
+    name = a.layer(layer)["name"]
+    return [
+        (
+            name,
+            u,
+            save_image(
+                compare_scans_figure(a, b, name, u, k, sources=sources), Path(out) / f"{name}_unit{u:04d}.png"
+            ),
+        )
+        for u in units
+    ]

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -31,40 +30,6 @@ from convscope.cli.common import (
     progress_bar,
     writes_atlas,
 )
-
-
-def open_concepts(
-    concepts: str,
-    subject,
-    out: Path,
-    images: list[str] | None,
-    color_table: Path | None,
-    synthetic_images: int,
-    seed: int,
-    limit: int | None,
-):
-    """The concept dataset named on the command line, and its short name in the atlas."""
-    from convscope.dissect import BrodenDataset, ColorConcepts, ColorNamer, make_synthetic_broden
-    from convscope.errors import UserInputError
-
-    size = subject.input_size[0]
-    if concepts == "synthetic":
-        root = out / "concepts" / f"synthetic-{synthetic_images}-{size}-{seed}"
-        if not (root / "index.csv").exists():
-            make_synthetic_broden(root, n=synthetic_images, size=size, seg=size // 2, seed=seed)
-        return BrodenDataset(root, limit=limit), "synthetic"
-    if concepts == "auto-color":
-        namer = ColorNamer.from_file(color_table) if color_table else ColorNamer.prototypes()
-        source = open_data(images)
-        if limit is not None:
-            source = source.subset(range(min(limit, len(source))))
-        return ColorConcepts(source, seg=size // 2, namer=namer), "auto-color"
-    path = Path(concepts)
-    if not path.is_dir():
-        raise UserInputError(
-            f"--concepts {concepts!r} is not a Broden directory, 'auto-color' or 'synthetic'"
-        )
-    return BrodenDataset(path, limit=limit), path.resolve().name
 
 
 @writes_atlas("out")
@@ -127,7 +92,7 @@ def dissect(
 ) -> None:
     """Network dissection: label every unit by the concept its top-activation region segments
     best (IoU), store it in the atlas and draw the report."""
-    from convscope.atlas import Atlas, stored_dissection
+    from convscope.atlas.build import dissect_to_atlas
     from convscope.dissect.report import best_labels
     from convscope.errors import UserInputError
     from convscope.scale.engine import resolve_engine
@@ -137,24 +102,23 @@ def dissect(
     console = Console(stderr=True)
     accel = make_accel(precision, channels_last)
     subject = load_subject(model, weights, arch, device)
-    names = subject.layers.select(layers)
-    # an unknown engine is refused before the synthetic concepts are written into --out
     on = resolve_engine(engine, address=address, workers=ray_workers, device=device)
-    data, set_name = open_concepts(concepts, subject, out, images, color_table, synthetic_images, seed, limit)
-    on.check(subject, data)  # before the atlas is written
-    store = Atlas.for_model(
-        out, subject.spec or {"name": subject.name}, {"description": f"concepts: {set_name}", **data.spec}
-    )
-    bar, progress = progress_bar("dissecting", len(data), console, unit="img")
-
+    bar, progress = progress_bar("dissecting", None, console, unit="img")
     try:
-        result = on.dissect(
+        done = dissect_to_atlas(
             subject,
-            data,
-            names,
-            state=store.shards_dir("dissect"),
+            concepts,
+            out,
+            layers,
+            engine=on,
             resume=resume,
             progress=progress,
+            units=show,
+            images=open_data(images) if concepts == "auto-color" else None,
+            color_table=color_table,
+            synthetic_images=synthetic_images,
+            seed=seed,
+            limit=limit,
             quantile=quantile,
             iou_threshold=iou,
             max_coverage=max_coverage,
@@ -164,22 +128,11 @@ def dissect(
         )
     finally:
         bar.stop()
-    store.write_dissection(result, set_name)
-    # the per-model chart and summary cover every layer the atlas holds on these concepts
-    stored, other = stored_dissection(store, set_name, result, subject.layers.names())
-    result.write_report(
-        store,
-        set_name,
-        subject,
-        data,
-        units=show,
-        summaries=[stored.summary(n) for n in stored.layers],
-        other_settings=other,
-    )
+    store, result, set_name, other = done.atlas, done.result, done.concepts, done.other
     table = Table(title=f"{subject.name} on {set_name} concepts ({result.images} images)")
     for col in ("layer", "units", "detectors", "unique", "best units"):
         table.add_column(col)
-    for name in names:
+    for name in result.layers:
         s = result.summary(name)
         best = ", ".join(
             f"{lab.unit}:{lab.name} {lab.iou:.2f}" for lab in best_labels(result.labels(name), 3)
@@ -215,28 +168,11 @@ def dissect_compare(
 ) -> None:
     """Compare dissected layers of several atlases (models) or of one: unique detectors per
     category, as Bau et al.'s comparison of last convolutional layers."""
-    from convscope.atlas import Atlas
-    from convscope.errors import UserInputError
-    from convscope.inputs.fileio import save_image, write_text
-    from convscope.render.dissect import detectors_figure
-    from convscope.render.plots import figure_to_image
+    from convscope.atlas.build import compare_dissections
 
-    summaries, names = [], []
-    for item in atlases:
-        path, _, layer = item.partition(":") if not Path(item).exists() else (item, "", "")
-        d = Atlas.open(path).dissection(concepts)
-        layer = layer or list(d.layers)[-1]
-        if layer not in d.layers:
-            raise UserInputError(f"{path} has no dissection of {layer!r}; it has {list(d.layers)}")
-        summaries.append(d.summary(layer))
-        names.append(f"{d.model}\n{layer}")
-    save_image(figure_to_image(detectors_figure(summaries, names, unique=not all_detectors)), out)
-    rows = [
-        {"model": n.replace("\n", " "), "units": s.units, "detectors": s.detectors, "unique": s.unique}
-        for n, s in zip(names, summaries)
-    ]
-    write_text(out.with_suffix(".json"), json.dumps(rows, indent=1))
-    for r in rows:
+    comparison = compare_dissections(atlases, concepts, unique=not all_detectors)
+    comparison.write_report(out)
+    for r in comparison.rows():
         Console().print(
             f"{r['model']}: {sum(r['unique'].values())} unique concepts, "
             f"{sum(r['detectors'].values())} detectors of {r['units']} units"
