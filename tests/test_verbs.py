@@ -147,11 +147,131 @@ def test_features_verb_takes_a_spec(subject, images):
     assert np.array_equal(fs.get("conv2"), want.get("conv2"))
     got, same = convscope.probe(fs, seed=0), convscope.probe(dict(want.features), want.labels, seed=0)
     assert [r.test_accuracy for r in got.rows] == [r.test_accuracy for r in same.rows]
-    scores, found = convscope.neighbors(fs, [0, 1], "conv2", k=3)
+    scores, found = convscope.neighbors(fs, [0, 1], "conv2", k=3, images=False)
     assert found.shape == (2, 3) and found[0, 0] == 0 and found[1, 0] == 1
-    assert convscope.project(fs, "conv2", "pca").shape == (len(images), 2)
-    sim = convscope.compare(fs)
+    assert convscope.project(fs, "conv2", "pca").xy.shape == (len(images), 2)
+    sim = convscope.compare(fs).values
     assert sim.shape == (2, 2) and np.allclose(np.diag(sim), 1, atol=1e-4)
+
+
+# -- the representation verbs return Results, with the numbers of the functions under them --------
+@pytest.fixture(scope="module")
+def fs(subject, images):
+    return convscope.features(subject, images, "conv1,conv2,fc", batch_size=8)
+
+
+def test_neighbors_verb_returns_neighbors_with_the_index_numbers(fs, images):
+    from convscope.represent import NeighborIndex, PostProcess
+    from convscope.represent.retrieval import Neighbors
+
+    x = fs.get("conv2")
+    db = PostProcess.parse("l2").fit(x).transform(x)
+    want_s, want_i = NeighborIndex(db, "cosine").search(db[[0, 2]], 3)
+    one = convscope.neighbors(fs, 2, "conv2", k=3, post="l2")
+    assert isinstance(one, Neighbors) and one.layer == "conv2" and one.pooling == fs.pooling
+    assert one.indices.tolist() == want_i[1].tolist() and one.indices[0] == 2  # finds itself first
+    np.testing.assert_array_equal(one.scores, want_s[1].astype(np.float64))
+    assert one.names == [fs.names[i] for i in want_i[1]] and one.query == fs.names[2]
+    assert one.images.shape[:2] == (3, 112) and one.images.dtype == np.uint8
+    several = convscope.neighbors(fs, [0, 2], "conv2", k=3, post="l2")
+    assert [n.indices.tolist() for n in several] == want_i.tolist()
+    assert [n.query for n in several] == [fs.names[0], fs.names[2]]
+    scores, found = convscope.neighbors(fs, [0, 2], "conv2", k=3, post="l2", images=False)
+    np.testing.assert_array_equal(scores, want_s)
+    np.testing.assert_array_equal(found, want_i)
+    assert one.to_image().size[0] > 0  # the grid draws
+
+
+def test_neighbors_skip_self_and_vector_queries(fs):
+    from convscope.represent import NeighborIndex
+
+    x = fs.get("conv2")
+    s, i = NeighborIndex(x, "l2").search(x[[1, 3]], 4)
+    skipped = convscope.neighbors(fs, [1, 3], "conv2", k=3, metric="l2", skip_self=True)
+    assert [n.indices.tolist() for n in skipped] == [
+        [j for j in row if j != q][:3] for q, row in zip((1, 3), i)
+    ]
+    _, arrays = convscope.neighbors(fs, [1, 3], "conv2", k=3, metric="l2", skip_self=True, images=False)
+    assert arrays.tolist() == [n.indices.tolist() for n in skipped]
+    vec = convscope.neighbors(fs, x[1], "conv2", k=2, metric="l2")  # one vector: one Neighbors
+    assert vec.indices.tolist() == i[0][:2].tolist() and vec.query == "query vector 0"
+    raw_s, raw_i = convscope.neighbors(x, x[[1, 3]], k=4, metric="l2")  # an array has no images
+    np.testing.assert_array_equal(raw_s, s)
+    np.testing.assert_array_equal(raw_i, i)
+    with pytest.raises(UserInputError, match="images=False"):
+        convscope.neighbors(x, [1], k=2, images=True)
+
+
+def test_neighbors_without_images_says_how_to_do_without(fs):
+    import dataclasses
+
+    lost = dataclasses.replace(fs, source={})
+    with pytest.raises(UserInputError, match="images=False"):
+        convscope.neighbors(lost, 0, "conv2", k=2)
+    assert convscope.neighbors(lost, [0], "conv2", k=2, images=False)[1].shape == (1, 2)
+    with pytest.raises(UserInputError, match="one layer"):
+        convscope.neighbors(fs, 0, "conv*", k=2)
+    with pytest.raises(UserInputError, match="images 0"):
+        convscope.neighbors(fs, [len(fs.names)], "conv2", k=2)
+
+
+def test_project_verb_returns_a_projection(fs):
+    from convscope.represent import project
+    from convscope.represent.projection import Projection
+
+    got = convscope.project(fs, "conv2", "pca", seed=0)
+    assert isinstance(got, Projection) and (got.layer, got.method) == ("conv2", "pca")
+    np.testing.assert_array_equal(got.xy, project(fs.get("conv2"), "pca", seed=0))
+    np.testing.assert_array_equal(got.labels, fs.valid_labels())
+    assert got.classes == fs.classes and got.names == [fs.names[i] for i in fs.valid_indices()]
+    plain = convscope.project(fs.get("conv1"), method="pca")
+    np.testing.assert_array_equal(plain.xy, project(fs.get("conv1"), "pca"))
+    assert (plain.labels == -1).all() and plain.to_image().size[0] > 0
+
+
+def test_compare_verb_returns_a_similarity_matrix(fs):
+    import dataclasses
+
+    from convscope.represent import similarity_matrix
+    from convscope.represent.similarity import SimilarityMatrix
+
+    got = convscope.compare(fs, measure="rsa", layers="conv*")
+    feats = {n: fs.get(n) for n in ("conv1", "conv2")}
+    assert isinstance(got, SimilarityMatrix) and got.rows == got.cols == ["conv1", "conv2"]
+    np.testing.assert_array_equal(got.values, similarity_matrix(feats, feats, "rsa"))
+    assert got.row_model == got.col_model == fs.model and got.headline() == f"RSA: {fs.model}"
+    other = dataclasses.replace(fs, model="other")
+    two = convscope.compare(fs, other, layers="fc")
+    assert (
+        two.rows == ["fc"] and two.cols == fs.layers and (two.row_model, two.col_model) == (fs.model, "other")
+    )
+    np.testing.assert_array_equal(
+        two.values, similarity_matrix({"fc": fs.get("fc")}, dict(feats, fc=fs.get("fc")), "cka")
+    )
+    fewer = dataclasses.replace(fs, names=fs.names[::-1])
+    with pytest.raises(UserInputError, match="same images"):
+        convscope.compare(fs, fewer)
+
+
+def test_stored_layers_take_the_layer_vocabulary(fs):
+    def convs(name):
+        convs.calls.append(name)
+        return name.startswith("conv")
+
+    convs.calls = []
+    by_glob = convscope.probe(fs, layers="conv*", seed=0)
+    by_call = convscope.probe(fs, layers=convs, seed=0)
+    by_list = convscope.probe(fs, layers=["conv2", "conv1, conv2"], seed=0)
+    assert [r.layer for r in by_glob.rows] == [r.layer for r in by_call.rows] == ["conv1", "conv2"]
+    assert convs.calls == fs.layers  # resolved once: one call per stored layer
+    assert [r.layer for r in by_list.rows] == ["conv2", "conv1"]
+    assert [r.layer for r in convscope.probe(fs, layers="all", seed=0).rows] == fs.layers
+    with pytest.raises(NameNotFoundError, match="did you mean conv2"):
+        convscope.probe(fs, layers="conv1,conv22")
+    with pytest.raises(NameNotFoundError):
+        convscope.project(fs, "bn*")
+    with pytest.raises(UserInputError, match="accepts none"):
+        convscope.compare(fs, layers=lambda n: False)
 
 
 def test_one_layer_verbs_refuse_several(subject):

@@ -31,6 +31,9 @@ from convscope.errors import UserInputError
 from convscope.layers import LayerSpec
 from convscope.represent.features import FeatureSet
 from convscope.represent.probe import ProbeResult
+from convscope.represent.projection import Projection
+from convscope.represent.retrieval import Neighbors
+from convscope.represent.similarity import SimilarityMatrix
 from convscope.scale.engine import Engine, resolve_engine
 from convscope.scan.result import ScanResult
 from convscope.subject import Subject
@@ -227,9 +230,12 @@ def stimuli(subject: Subject, patch, layers: LayerSpec, channel: int, **options)
 
 
 # -- representations --------------------------------------------------------------------------------
+StoredSpec = str | Callable[[str], bool] | Sequence["str | Callable[[str], bool]"]
+
+
 def _features_of(data: FeatureSet | Mapping[str, np.ndarray], layers) -> dict[str, np.ndarray]:
-    """Per layer (N, C) rows of readable images: of a FeatureSet (``layers``: its names, None:
-    all) or of a mapping as it is."""
+    """Per layer (N, C) rows of readable images: of a FeatureSet (``layers``: a spec over its
+    layers, None: all) or of a mapping as it is."""
     if isinstance(data, FeatureSet):
         names = data.layers if layers is None else _stored(data.layers, layers)
         return {n: data.get(n) for n in names}
@@ -237,19 +243,55 @@ def _features_of(data: FeatureSet | Mapping[str, np.ndarray], layers) -> dict[st
     return {n: np.asarray(data[n]) for n in names}
 
 
-def _stored(have: list[str], layers) -> list[str]:
+def _stored(have: list[str], layers: StoredSpec) -> list[str]:
+    """The stored layers of ``have`` that ``layers`` names, as far as the one layer vocabulary
+    applies without a model: exact names, ``"all"``, globs (fnmatch over the stored names), a
+    callable ``name -> bool``, or a comma-separated string or list of those. Order follows the
+    spec, duplicates are dropped; a name or glob that matches nothing raises
+    :class:`~convscope.errors.NameNotFoundError` with the close matches."""
+    from fnmatch import fnmatchcase
+
     from convscope.errors import NameNotFoundError
 
-    names = [s.strip() for s in layers.split(",")] if isinstance(layers, str) else list(layers)
-    for n in names:
-        if n not in have:
-            raise NameNotFoundError(n, have, what="layer with features")
-    return names
+    parts = [layers] if isinstance(layers, str) or callable(layers) else list(layers)
+    items = [p for part in parts for p in ([part] if callable(part) else str(part).split(","))]
+    items = [p if callable(p) else p.strip() for p in items]
+    if not [p for p in items if callable(p) or p]:
+        raise UserInputError("no layer given")
+    out: list[str] = []
+    for item in items:
+        if callable(item):
+            found = [n for n in have if item(n)]
+            if not found:
+                what = getattr(item, "__name__", "layer filter")
+                raise UserInputError(f"the layer filter {what} accepts none of {', '.join(have)}")
+        elif not item:
+            continue
+        elif item == "all":
+            found = list(have)
+        elif item in have:
+            found = [item]
+        else:
+            found = [n for n in have if fnmatchcase(n, item)] if any(c in item for c in "*?[") else []
+            if not found:
+                raise NameNotFoundError(item, have, what="layer with features")
+        out.extend(n for n in found if n not in out)
+    return out
+
+
+def _one_stored(data: FeatureSet, layers, verb: str) -> str:
+    """The one stored layer of ``data`` that ``layers`` names (None: its only layer)."""
+    names = data.layers if layers is None else _stored(data.layers, layers)
+    if len(names) != 1:
+        raise UserInputError(f"{verb} works on one layer; choose one of {', '.join(names)}")
+    return names[0]
 
 
 def probe(data: FeatureSet | Mapping[str, np.ndarray], labels=None, layers=None, **options) -> ProbeResult:
     """Linear probe accuracy of each layer's features (a FeatureSet, or a mapping layer ->
-    (N, C) with ``labels`` (N,)). ``options``: train, test, test_fraction, classifier, c, seed."""
+    (N, C) with ``labels`` (N,)). ``layers``: a spec over the stored layers (names, globs,
+    comma lists, ``"all"``, a callable ``name -> bool``; None: all).
+    ``options``: train, test, test_fraction, classifier, c, seed."""
     from convscope.represent.probe import linear_probe
 
     if labels is None:
@@ -261,62 +303,149 @@ def probe(data: FeatureSet | Mapping[str, np.ndarray], labels=None, layers=None,
 
 def neighbors(
     data: FeatureSet | np.ndarray,
-    queries: np.ndarray | Sequence[int],
-    layers: str | None = None,
+    queries: int | np.ndarray | Sequence[int],
+    layers: StoredSpec | None = None,
     *,
     k: int = 8,
     metric: str = "cosine",
     index: str = "exact",
     post: str = "",
-) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` nearest database rows of each query: ``queries`` are database image indices
-    (ints) or vectors (nq, d), in the features of the one layer ``layers`` of a FeatureSet (or
-    an (N, d) array). ``post``: post-processing fitted on the database (``l2,pca:128,whiten``).
-    Returns (scores (nq, k), database image indices (nq, k)), nearest first."""
-    from convscope.represent import NeighborIndex, PostProcess
+    skip_self: bool = False,
+    images: bool | None = None,
+) -> Neighbors | list[Neighbors] | tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest database images of each query, nearest first, in the features of the
+    one layer ``layers`` names of a FeatureSet (or of an (N, d) array). ``queries``: a database
+    image index (int) or a vector (d,) -- one query -- or a sequence of indices or an (nq, d)
+    array. ``metric``: cosine (scores are similarities) or l2 (squared distances); ``index``:
+    exact, ivf or hnsw; ``post``: post-processing fitted on the database (``l2,pca:128,whiten``);
+    ``skip_self``: leave an index query out of its own neighbours (as ``convscope neighbors``
+    does; by default an index query finds itself first).
 
-    if isinstance(data, FeatureSet):
-        if layers is None and len(data.layers) != 1:
-            raise UserInputError(f"neighbors works on one layer; choose one of {', '.join(data.layers)}")
-        (layer,) = _stored(data.layers, layers) if layers is not None else data.layers
-        x = np.asarray(data.get(layer, valid_only=False))
-        rows = data.valid_indices()
+    Returns, for a FeatureSet (``images`` None or True), a
+    :class:`~convscope.represent.retrieval.Neighbors` for one query and a list of them (one per
+    query) for several: the hits with their names and thumbnails, a picture grid that
+    ``to_image()`` draws (vector queries show a blank query tile). The images are opened from
+    where the features were extracted; a UserInputError says so when they cannot be.
+    With ``images=False`` (and always for an array database, which has no images) nothing is
+    read: the arrays ``(scores (nq, k), database image indices (nq, k))``, -1 where fewer than
+    ``k`` exist, for large batches of queries."""
+    from convscope.represent import NeighborIndex, PostProcess
+    from convscope.represent.retrieval import search_neighbors
+
+    fs = data if isinstance(data, FeatureSet) else None
+    if images is None:
+        images = fs is not None
+    if images and fs is None:
+        raise UserInputError("neighbors of an array have no images to show; pass images=False")
+    if fs is not None:
+        layer = _one_stored(fs, layers, "neighbors")
+        x = np.asarray(fs.get(layer, valid_only=False))
+        rows = fs.valid_indices()
     else:
-        x = np.asarray(data)
+        layer, x = "", np.asarray(data)
         rows = np.arange(len(x))
     q = np.asarray(queries)
-    q = x[q] if q.ndim == 1 and np.issubdtype(q.dtype, np.integer) else np.atleast_2d(q)
+    one = q.ndim == 0 or (q.ndim == 1 and not np.issubdtype(q.dtype, np.integer))
+    own = np.atleast_1d(q) if q.ndim <= 1 and np.issubdtype(q.dtype, np.integer) else None
+    if own is not None:
+        readable = set(rows.tolist())
+        bad = [int(i) for i in own if int(i) not in readable]
+        if bad:
+            raise UserInputError(
+                f"query {bad[0]}: the features hold images 0..{len(x) - 1}, "
+                "and this one is missing or was unreadable"
+            )
+        vectors = x[own]
+    else:
+        vectors = np.atleast_2d(q)
     pp = PostProcess.parse(post).fit(x[rows]) if post else None
-    db, q = (pp.transform(x[rows]), pp.transform(q)) if pp else (x[rows], q)
-    scores, found = NeighborIndex(db, metric, index).search(q.astype(np.float32), k)
-    return scores, np.where(found >= 0, rows[np.clip(found, 0, None)], -1)
+    db, vectors = (pp.transform(x[rows]), pp.transform(vectors)) if pp else (x[rows], vectors)
+    vectors = np.asarray(vectors, np.float32)
+    search = NeighborIndex(db, metric, index)
+    if not images:
+        extra = int(skip_self and own is not None)
+        scores, found = search.search(vectors, k + extra)
+        ids = np.where(found >= 0, rows[np.clip(found, 0, None)], -1)
+        if extra:  # drop each query's own row (or the last hit when it was not found)
+            keep = ids != own[:, None]
+            keep[keep.all(1), -1] = False
+            scores = scores[keep].reshape(len(ids), -1)
+            ids = ids[keep].reshape(len(ids), -1)
+        return scores, ids
+    source = _images_of(fs)
+    blank = np.full((224, 224, 3), 255, np.uint8)
+    found = [
+        search_neighbors(
+            search,
+            vectors[j : j + 1],
+            k,
+            fs.names,
+            source.read,
+            query=fs.names[own[j]] if own is not None else f"query vector {j}",
+            query_image=source.read(int(own[j])) if own is not None else blank,
+            layer=layer,
+            ids=rows,
+            exclude=int(own[j]) if own is not None and skip_self else None,
+            pooling=fs.pooling,
+        )
+        for j in range(len(vectors))
+    ]
+    return found[0] if one else found
+
+
+def _images_of(fs: FeatureSet):
+    """The images ``fs`` was extracted from, or a UserInputError that says how to do without."""
+    from convscope.represent.report import feature_images
+
+    try:
+        return feature_images(fs)
+    except (UserInputError, OSError) as e:
+        raise UserInputError(f"{e}; neighbors(..., images=False) gives the scores and indices only") from e
 
 
 def project(
-    data: FeatureSet | np.ndarray, layers: str | None = None, method: str = "tsne", **options
-) -> np.ndarray:
-    """2-D coordinates (N, 2) of each readable image in the features of the one layer
-    ``layers`` (a FeatureSet; or an (N, d) array): ``method`` pca, tsne or umap.
-    ``options``: seed, perplexity, neighbors."""
-    from convscope.represent.projection import project as run
+    data: FeatureSet | np.ndarray, layers: StoredSpec | None = None, method: str = "tsne", **options
+) -> Projection:
+    """The 2-D map of the features of the one layer ``layers`` names (a FeatureSet, over its
+    readable images, with their labels, classes and names; or an (N, d) array) by ``method``
+    pca, tsne or umap, as a :class:`~convscope.represent.projection.Projection`: ``xy`` (N, 2),
+    ``to_image()`` the scatter by class. ``options``: seed, perplexity, neighbors."""
+    from convscope.represent.projection import project_features
 
     if isinstance(data, FeatureSet):
-        feats = _features_of(data, layers)
-        if len(feats) != 1:
-            raise UserInputError(f"project works on one layer; choose one of {', '.join(feats)}")
-        data = next(iter(feats.values()))
-    return run(np.asarray(data), method, **options)
+        layer = _one_stored(data, layers, "project")
+        rows = data.valid_indices()
+        return project_features(
+            data.get(layer),
+            data.valid_labels(),
+            data.classes,
+            method,
+            layer=layer,
+            names=[data.names[i] for i in rows],
+            **options,
+        )
+    name = layers if isinstance(layers, str) else ""
+    return project_features(np.asarray(data), None, (), method, layer=name, **options)
 
 
 def compare(
     a: FeatureSet | Mapping[str, np.ndarray],
     b: FeatureSet | Mapping[str, np.ndarray] | None = None,
     measure: str = "cka",
-    layers=None,
-) -> np.ndarray:
-    """Similarity of every layer of ``a`` with every layer of ``b`` (default: ``a`` itself),
-    over the same images: ``measure`` cka (linear CKA) or rsa. Returns (layers of a, layers of b)."""
-    from convscope.represent.similarity import similarity_matrix
+    layers: StoredSpec | None = None,
+) -> SimilarityMatrix:
+    """Similarity of every layer of ``a`` (``layers``: a spec over its stored layers, None:
+    all) with every layer of ``b`` (default: the same layers of ``a``), over the same images:
+    ``measure`` cka (linear CKA) or rsa. Returns a
+    :class:`~convscope.represent.similarity.SimilarityMatrix`: ``values`` (layers of a, layers
+    of b), rows and columns named, the models from the FeatureSets; ``to_image()`` the heat map."""
+    from convscope.represent.similarity import compare_layers
 
+    both = isinstance(a, FeatureSet) and isinstance(b, FeatureSet)
+    if both and (a.names != b.names or not np.array_equal(a.valid, b.valid)):
+        raise UserInputError("the two feature sets are not over the same images")
     fa = _features_of(a, layers)
-    return similarity_matrix(fa, fa if b is None else _features_of(b, None), measure)
+    fb = None if b is None else _features_of(b, None)
+    row = a.model if isinstance(a, FeatureSet) else ""
+    col = row if b is None else (b.model if isinstance(b, FeatureSet) else "")
+    return compare_layers(fa, fb, measure, row_model=row, col_model=col)

@@ -466,12 +466,17 @@ def test_neighbors(featured, tmp_path):
     shown = json.loads(
         (AtlasPaths(atlas).neighbors_render("conv2", "q").parent / "neighbors.json").read_text()
     )
-    scores, found = convscope.neighbors(fs, [0, 7], "conv2", k=4, post="l2")  # each query finds itself too
-    for q, record, s, f in zip((0, 7), shown["queries"], scores, found):
+    # the arrays (each query finds itself too) and the Neighbors results (without it, as the CLI)
+    scores, found = convscope.neighbors(fs, [0, 7], "conv2", k=4, post="l2", images=False)
+    results = convscope.neighbors(fs, [0, 7], "conv2", k=3, post="l2", skip_self=True)
+    grids = convscope.neighbors(stored_features(atlas), [0, 7], "conv2", k=3, post="l2", skip_self=True)
+    for q, record, s, f, got, grid in zip((0, 7), shown["queries"], scores, found, results, grids):
         hits = [(int(j), float(v)) for j, v in zip(f, s) if j != q][:3]
-        assert record["query"] == fs.names[q]
-        assert [n["image"] for n in record["neighbors"]] == [fs.names[j] for j, _ in hits]
+        assert record["query"] == fs.names[q] == got.query
+        assert [n["image"] for n in record["neighbors"]] == [fs.names[j] for j, _ in hits] == got.names
         np.testing.assert_allclose([n["score"] for n in record["neighbors"]], [s for _, s in hits], rtol=1e-5)
+        np.testing.assert_allclose([n["score"] for n in record["neighbors"]], got.scores, rtol=1e-5)
+        same_picture(record["png"], grid.to_image())  # the same features: the same grid
     db = PostProcess.parse("l2").fit(fs.get("conv2")).transform(fs.get("conv2"))
     scores = evaluate_labels(db, fs.labels, "cosine")
     assert shown["map"] == pytest.approx(scores.map)
@@ -507,20 +512,27 @@ def test_project(featured):
     atlas, fs = featured
     cli("project", atlas, "--layers", "conv2", "--method", "pca", "--thumbnails", 0)
     rows = read_csv(AtlasPaths(atlas).projection_render("conv2", "pca").with_suffix(".csv"))
-    xy = convscope.project(fs, "conv2", "pca", seed=0)
+    projection = convscope.project(fs, "conv2", "pca", seed=0)
+    xy = projection.xy
     assert rows[0] == ["image", "label", "x", "y"]
     assert [r[:2] for r in rows[1:]] == [[n, str(lab)] for n, lab in zip(fs.names, fs.labels)]
     np.testing.assert_allclose([[float(a), float(b)] for _, _, a, b in rows[1:]], xy, atol=2e-5)
+    assert [[n, str(lab)] for n, lab in zip(projection.names, projection.labels)] == [r[:2] for r in rows[1:]]
+    saved = convscope.project(stored_features(atlas), "conv2", "pca", seed=0)  # the CLI's features
+    png = AtlasPaths(atlas).projection_render("conv2", "pca")
+    same_picture(png, saved.to_image(title="conv2 (gap), pca"))
 
 
 def test_compare(featured, tmp_path):
     atlas, fs = featured
     cli("compare", atlas, "--measure", "cka", "--out", tmp_path / "cka.png")
     rows = read_csv(tmp_path / "cka.csv")
-    m = convscope.compare(fs, measure="cka")
-    assert rows[0] == ["", *fs.layers]
-    assert [r[0] for r in rows[1:]] == fs.layers
+    result = convscope.compare(fs, measure="cka")
+    m = result.values
+    assert rows[0] == ["", *fs.layers] == ["", *result.cols]
+    assert [r[0] for r in rows[1:]] == fs.layers == result.rows
     np.testing.assert_allclose([[float(v) for v in r[1:]] for r in rows[1:]], m, atol=6e-5)
+    same_picture(tmp_path / "cka.png", convscope.compare(stored_features(atlas), measure="cka").to_image())
 
 
 # ---------------------------------------------------------------------------------------------
