@@ -384,3 +384,65 @@ def compare_scans(
         )
         for u in units
     ]
+
+
+def scan_split(subject: Subject, split, out: str | Path, layer: LayerSpec, device: str = "cpu") -> Atlas:
+    """Scan the images of ``split`` (a :class:`~convscope.train.data.TensorImages`: uint8
+    (N, 3, H, W) tensors, already resized and cropped for the model) through ``layer`` of
+    ``subject`` on ``device`` into a new atlas at ``out`` (replacing one there; top 8 per unit).
+    The images are written once as PNGs, one folder per class, into ``scan_images/`` beside
+    ``out``, so that the atlas can show them again."""
+    from dataclasses import replace
+
+    from PIL import Image
+
+    from convscope.inputs.sources import open_images
+
+    img_dir = Path(out).parent / "scan_images"
+    if not img_dir.exists():
+        for i, (x, y) in enumerate(zip(split.images, split.labels)):
+            save_image(
+                Image.fromarray(x.permute(1, 2, 0).numpy()), img_dir / split.classes[int(y)] / f"{i:05d}.png"
+            )
+    # the images are already what the model sees (its own resize and crop): scanned as they are
+    pre = replace(subject.preprocess, resize=None, mode="squash")
+    seen = Subject(subject.model, pre, subject.labels, name=subject.name)
+    source = open_images(img_dir, transform=seen.transform)
+    seen.to(device)
+    atlas, _ = scan_to_atlas(
+        seen, source, out, layer, overwrite=True, k=8, batch_size=16, threshold_sample=32
+    )
+    return atlas
+
+
+def finetune_and_scan(
+    subject: Subject,
+    data: str | Path,
+    out: str | Path,
+    freeze_blocks: Sequence[int] = (0,),
+    *,
+    scan_layer: LayerSpec | None = None,
+    device: str = "cpu",
+    **options,
+):
+    """:func:`convscope.train.workflow.finetune_run` (``options`` are its keywords) into the
+    folder ``out``; with ``scan_layer`` (one layer), the test images are also scanned through it
+    before fine-tuning (atlas ``out/scan_before``) and after the last run (``out/scan_after``),
+    for ``convscope compare-scans``. An unknown ``scan_layer`` fails before anything is written.
+    Returns the :class:`~convscope.train.workflow.FinetuneSweep`."""
+    from convscope.train.workflow import finetune_run
+
+    out = Path(out)
+    if scan_layer is None:
+        return finetune_run(subject, data, out, freeze_blocks, device=device, **options)
+    layer = subject.layers.select(scan_layer)  # resolved once, and checked before anything is written
+    return finetune_run(
+        subject,
+        data,
+        out,
+        freeze_blocks,
+        device=device,
+        before=lambda s, test: scan_split(s, test, out / "scan_before", layer, device),
+        after=lambda s, test: scan_split(s, test, out / "scan_after", layer, device),
+        **options,
+    )

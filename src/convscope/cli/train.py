@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -42,19 +41,6 @@ def _bar(label: str):
     return bar, progress
 
 
-def _check_resume(out: Path, resume: bool) -> None:
-    """Without --resume, a run folder that holds a run is refused (nothing is overwritten)."""
-    from convscope.errors import UserInputError
-    from convscope.train.loop import latest_checkpoint
-
-    last = latest_checkpoint(out) if out.is_dir() else None
-    if last is not None and not resume:
-        raise UserInputError(
-            f"{out} holds a training run (last checkpoint {last.name}); pass --resume "
-            "to continue it or choose another --out"
-        )
-
-
 TestLimitOpt = Annotated[
     int | None, typer.Option("--test-limit", help="test images per class [default: the whole test split]")
 ]
@@ -86,59 +72,45 @@ def train(
 ) -> None:
     """Train a small CNN from scratch: per-epoch checkpoints, metrics, curves, filter evolution
     and the confusion matrix. The same command with --resume continues a killed run."""
-    import torch
+    from convscope.train.workflow import train_run
 
-    from convscope.train import TrainConfig, build, load_split
-    from convscope.train import train as run
-    from convscope.train.filters import spread
-    from convscope.train.report import write_report
-
-    data = data_arg or data
-    _check_resume(out, resume)
-    tr, te = load_split(
-        data, train_pattern, test_pattern, size=size, limit=limit, test_limit=test_limit, cache=out / "cache"
-    )
-    torch.manual_seed(seed)
-    options = (
-        {"widths": (32, 64, 128), "batchnorm": batchnorm, "padding": padding, "input_size": size}
-        if arch == "small"
-        else {"width": width}
-    )
-    model = build(arch, len(tr.classes), **options)
-    config = TrainConfig(
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        label_smoothing=label_smoothing,
-        augment=augment,
-        random_labels=random_labels,
-        seed=seed,
-    )
-    meta = {
-        "arch": arch,
-        "options": {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()},
-        "classes": tr.classes,
-        "data": str(data),
-        "size": size,
-    }
     bar, progress = _bar("training")
     try:
-        result = run(model, tr, te, config, out, device=device, progress=progress, meta=meta)
+        done = train_run(
+            data_arg or data,
+            out,
+            arch=arch,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            label_smoothing=label_smoothing,
+            batchnorm=batchnorm,
+            padding=padding,
+            width=width,
+            augment=augment,
+            random_labels=random_labels,
+            size=size,
+            train_pattern=train_pattern,
+            test_pattern=test_pattern,
+            limit=limit,
+            test_limit=test_limit,
+            resume=resume,
+            device=device,
+            seed=seed,
+            progress=progress,
+        )
     except KeyboardInterrupt:
         bar.stop()
         Console(stderr=True).print(f"interrupted; continue with the same command and --resume ({out})")
         raise typer.Exit(130) from None
     finally:
         bar.stop()
-    title = f"{arch}{' (random labels)' if random_labels else ''}"
-    convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
-    write_report(out, model, result, te, config, tr.classes, title, evolution=spread(convs))
-    f = result.final
+    f = done.result.final
     Console().print(
-        f"{len(tr)} train / {len(te)} test images, {epochs} epochs: test accuracy "
+        f"{done.train_images} train / {done.test_images} test images, {epochs} epochs: test accuracy "
         f"{f.test_accuracy:.4f} (train {f.train_accuracy:.4f}); "
-        f"{sum(h.seconds for h in result.history):.0f} s of training; {out}/"
+        f"{sum(h.seconds for h in done.result.history):.0f} s of training; {out}/"
     )
 
 
@@ -167,110 +139,50 @@ def finetune(
 ) -> None:
     """Fine-tune a pretrained model on an image folder: new head, first k blocks frozen;
     accuracy, confusion matrix, and a transferability sweep over k."""
-    import copy
-
-    import torch
-
+    from convscope.atlas.build import finetune_and_scan
     from convscope.cli.common import parse_range
-    from convscope.inputs.fileio import save_image, write_text
-    from convscope.render.plots import figure_to_image
-    from convscope.render.training import transfer_figure
-    from convscope.train import TrainConfig, blocks, freeze, load_split, replace_head
-    from convscope.train import train as run
-    from convscope.train.report import write_report
 
     ks = parse_range(freeze_blocks)
-    for k in ks:
-        _check_resume(out / f"freeze_{k}", resume)
     subject = load_subject(model, weights, arch, "cpu")
-    pre = subject.preprocess  # the model's own resize and crop, for training and testing alike
-    tr, te = load_split(
-        data,
-        train_pattern,
-        test_pattern,
-        preprocess=pre,
-        limit=limit,
-        test_limit=test_limit,
-        cache=out / "cache",
-    )
-    config = TrainConfig(
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=1e-4,
-        seed=seed,
-        mean=tuple(pre.mean),
-        std=tuple(pre.std),
-    )
-    names = blocks(subject.model)
-    base = subject.model
-    if scan_layer:
-        _scan(subject, te, out / "scan_before", scan_layer, device)
-    rows = []
-    for k in ks:
-        torch.manual_seed(seed)
-        m = copy.deepcopy(base)
-        replace_head(m, len(tr.classes))
-        frozen = freeze(m, k)
-        where = out / f"freeze_{k}"
-        bar, progress = _bar(f"freeze {k}")
-        try:
-            result = run(
-                m,
-                tr,
-                te,
-                config,
-                where,
-                device=device,
-                progress=progress,
-                meta={"model": model, "freeze": k, "classes": tr.classes},
-            )
-        finally:
+    bars = []
+
+    def progress(k):
+        for bar in bars:  # the previous run's bar ends where the next begins
             bar.stop()
-        write_report(where, m, result, te, config, tr.classes, f"{subject.name}, {k} blocks frozen")
-        rows.append({"freeze": k, "frozen": frozen, "test_accuracy": result.final.test_accuracy})
+        bar, report = _bar(f"freeze {k}")
+        bars.append(bar)
+        return report
+
+    try:
+        sweep = finetune_and_scan(
+            subject,
+            data,
+            out,
+            ks,
+            scan_layer=scan_layer,
+            device=device,
+            train_pattern=train_pattern,
+            test_pattern=test_pattern,
+            limit=limit,
+            test_limit=test_limit,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            resume=resume,
+            seed=seed,
+            model_name=model,
+            progress=progress,
+        )
+    finally:
+        for bar in bars:
+            bar.stop()
+    for r in sweep.rows:
         Console().print(
-            f"freeze {k} ({frozen[-1] if frozen else 'none'}): test accuracy "
-            f"{result.final.test_accuracy:.4f}; {where}/confusion.png"
+            f"freeze {r.freeze} ({r.frozen[-1] if r.frozen else 'none'}): test accuracy "
+            f"{r.test_accuracy:.4f}; {r.folder}/confusion.png"
         )
-        if scan_layer and k == ks[-1]:
-            from convscope.subject import Subject
-
-            after = Subject(m.cpu().eval(), subject.preprocess, tr.classes, name=f"{subject.name}-finetuned")
-            _scan(after, te, out / "scan_after", scan_layer, device)
-    write_text(out / "transfer.json", json.dumps({"blocks": names, "rows": rows}, indent=1))
-    if len(ks) > 1:
-        png = save_image(
-            figure_to_image(transfer_figure(ks, [r["test_accuracy"] for r in rows], names)),
-            out / "transfer.png",
-        )
-        Console().print(f"transferability sweep: {png}")
-
-
-def _scan(subject, data, where: Path, layer: str, device: str) -> None:
-    """Scan ``data`` (uint8 tensors) through ``subject`` into an atlas at ``where``."""
-    from convscope.atlas import scan_to_atlas
-    from convscope.inputs.fileio import save_image
-
-    img_dir = where.parent / "scan_images"
-    if not img_dir.exists():
-        from PIL import Image
-
-        for i, (x, y) in enumerate(zip(data.images, data.labels)):
-            p = img_dir / data.classes[int(y)] / f"{i:05d}.png"
-            p.parent.mkdir(parents=True, exist_ok=True)
-            save_image(Image.fromarray(x.permute(1, 2, 0).numpy()), p)
-    from dataclasses import replace
-
-    from convscope.inputs.sources import open_images
-    from convscope.subject import Subject
-
-    # the images are already what the model sees (its own resize and crop): scanned as they are
-    pre = replace(subject.preprocess, resize=None, mode="squash")
-    seen = Subject(subject.model, pre, subject.labels, name=subject.name)
-    source = open_images(img_dir, transform=seen.transform)
-    seen.to(device)
-    scan_to_atlas(seen, source, where, [layer], overwrite=True, k=8, batch_size=16, threshold_sample=32)
+    if sweep.transfer_png is not None:
+        Console().print(f"transferability sweep: {sweep.transfer_png}")
 
 
 def filters(
@@ -327,17 +239,8 @@ def compare_scans(
     out: Annotated[Path, typer.Option("--out", help="folder for the PNGs")] = Path("compare_scans"),
 ) -> None:
     """A unit's top images before and after (e.g. fine-tuning), side by side."""
-    from convscope.atlas import Atlas
+    from convscope.atlas.build import compare_scans as compare
     from convscope.cli.common import one_layer, parse_range
-    from convscope.inputs.fileio import save_image
-    from convscope.inputs.sources import open_spec
-    from convscope.train.report import compare_scans_figure
 
-    a, b = Atlas.open(before), Atlas.open(after)
-    sources = open_spec(a.source_spec), open_spec(b.source_spec)
-    name = a.layer(one_layer(layers))["name"]
-    for u in parse_range(units):
-        png = save_image(
-            compare_scans_figure(a, b, name, u, k, sources=sources), out / f"{name}_unit{u:04d}.png"
-        )
+    for name, u, png in compare(before, after, one_layer(layers), parse_range(units), out, k=k):
         Console().print(f"{name}:{u} -> {png}")
