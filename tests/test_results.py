@@ -86,6 +86,13 @@ def build(kind: str, subject, samples, x, tmp: Path):
         return _scan(subject, samples)
     if kind == "Dissection":
         return _dissection(subject, tmp / "broden")
+    if kind == "DissectionComparison":
+        from convscope.atlas import Atlas
+        from convscope.atlas.build import compare_dissections
+
+        atlas = Atlas.for_model(tmp / "atlas", {"name": "tiny"}, {"description": "synthetic"})
+        atlas.write_dissection(_dissection(subject, tmp / "broden"), "synthetic")
+        return compare_dissections([f"{atlas.path}:block", f"{atlas.path}:conv2"])
     if kind == "FeatureSet":
         return _features()
     if kind == "ProbeResult":
@@ -165,6 +172,7 @@ def build(kind: str, subject, samples, x, tmp: Path):
 KINDS = [
     "ScanResult",
     "Dissection",
+    "DissectionComparison",
     "FeatureSet",
     "ProbeResult",
     "RetrievalScores",
