@@ -76,3 +76,40 @@ def test_dissect_synthetic_then_compare(tmp_path, capsys):
 def test_dissect_bad_concepts(tmp_path, capsys):
     assert main(["dissect", "--concepts", str(tmp_path / "nope"), "--out", str(tmp_path / "a")]) == 2
     assert "Broden" in capsys.readouterr().err
+
+
+def test_dissect_to_atlas_is_the_command_in_python(tmp_path):
+    """What ``convscope dissect`` does, as one call: the atlas, its stored dissection and the
+    report; an unknown layer or engine fails before anything (not even the synthetic concepts)
+    is written; compare_dissections reads the layers back for dissect-compare."""
+    import pytest
+
+    from convscope.atlas.build import compare_dissections, dissect_to_atlas
+    from convscope.errors import LayerNotFoundError, NameNotFoundError, UserInputError
+    from convscope.testing import tiny_subject
+
+    subject = tiny_subject(size=32)
+    out = tmp_path / "atlas"
+    with pytest.raises(LayerNotFoundError):
+        dissect_to_atlas(subject, "synthetic", out, "conv9", synthetic_images=8)
+    with pytest.raises(NameNotFoundError):
+        dissect_to_atlas(subject, "synthetic", out, "conv1", engine="rya", synthetic_images=8)
+    assert not out.exists()
+    done = dissect_to_atlas(
+        subject, "synthetic", out, "conv1,conv2", synthetic_images=8, units=1, batch_size=4, workers=0
+    )
+    assert (
+        done.concepts == "synthetic" and done.other == [] and list(done.result.layers) == ["conv1", "conv2"]
+    )
+    summary = json.loads(done.atlas.dissection_file("synthetic", "summary.json").read_text())
+    assert [r["layer"] for r in summary["layers"]] == ["conv1", "conv2"] and summary["images"] == 8
+    stored = done.atlas.dissection("synthetic")
+    assert [u.name for u in stored.labels("conv2")] == [u.name for u in done.result.labels("conv2")]
+
+    cmp = compare_dissections([(out, "conv1"), f"{out}:conv2", out])
+    assert [r["model"] for r in cmp.rows()] == ["tiny conv1", "tiny conv2", "tiny conv2"]
+    assert cmp.rows()[0]["unique"] == done.result.summary("conv1").unique
+    files = cmp.write_report(tmp_path / "cmp.png")
+    assert json.loads(files["json"].read_text()) == cmp.rows() and Image.open(files["png"]).width > 200
+    with pytest.raises(UserInputError, match="no dissection of 'conv9'"):
+        compare_dissections([(out, "conv9")])

@@ -126,3 +126,14 @@ def test_finetune_sweep_and_before_after(split_dir, tmp_path, capsys):
         == 0
     )
     assert len(list((tmp_path / "cmp").glob("*.png"))) == 2
+
+
+def test_finetune_unknown_scan_layer_writes_nothing(split_dir, tmp_path, capsys):
+    """An unknown --scan-layer fails with the layer error before the split cache, the scan
+    images or any run folder is written (it used to surface only once the first scan began)."""
+    out = tmp_path / "ft"
+    args = ["finetune", "efficientnet_lite0", "--weights", "none", "--data", str(split_dir)]
+    args += ["--scan-layer", "blocks.99", "--out", str(out)]
+    assert main(args) == 2
+    assert "blocks.99" in capsys.readouterr().err
+    assert not out.exists()
