@@ -137,3 +137,17 @@ def test_finetune_unknown_scan_layer_writes_nothing(split_dir, tmp_path, capsys)
     assert main(args) == 2
     assert "blocks.99" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_write_filters_is_the_filters_command_in_python(tmp_path):
+    """``convscope filters MODEL`` as one call: the grid filters_grid draws, in the PNG asked for."""
+    import numpy as np
+
+    from convscope.testing import tiny_subject
+    from convscope.train.filters import filters_grid, write_filters
+
+    subject = tiny_subject()
+    pic = write_filters(tmp_path / "f.png", subject, ["conv1"], 4)
+    grid, captions = filters_grid(subject, ["conv1"], 4)
+    assert pic.drawn == captions == [f"conv1:{i}" for i in range(4)] and pic.ranking is None
+    assert np.array_equal(np.asarray(Image.open(pic.path).convert("RGB")), np.asarray(grid.convert("RGB")))

@@ -206,28 +206,26 @@ def filters(
 ) -> None:
     """Filters: their evolution over a training run's epochs, a model's first-layer filters as
     RGB, or each layer's most activated filters on a dataset."""
-    from convscope.inputs.fileio import save_image
-    from convscope.train.filters import conv_layers, evolution_figure, filters_grid, is_run, rank_filters
+    from convscope.train.filters import is_run, write_filters
 
     names = [s.strip() for s in layers.split(",")] if layers else None
-    if is_run(target):
-        fig, drawn, epochs = evolution_figure(target, names, n=min(n, 8))
-        save_image(fig, out)
-        Console().print(f"{len(drawn)} layers x {len(epochs)} epochs -> {out}")
+    subject = None if is_run(target) else load_subject(target, weights, arch, device)
+    if subject is None:
+        pic = write_filters(out, target, names, n)
+        Console().print(f"{len(pic.drawn)} layers x {len(pic.epochs)} epochs -> {out}")
         return
-    subject = load_subject(target, weights, arch, device)
-    names = names or conv_layers(subject)[:1]
-    ranking = None
-    if data is not None:
-        from convscope.cli.common import open_data
+    from convscope.cli.common import open_data
 
-        ranking = rank_filters(subject, open_data([data], subject.transform), names, name=data)
-        for nm in names:
-            top = ", ".join(str(u) for u in ranking.top(nm, 8))
-            Console().print(f"{nm}: most activated filters {top} ...")
-    grid, drawn = filters_grid(subject, names, n, ranking)
-    save_image(grid, out)
-    Console().print(f"{len(drawn)} filters -> {out}" if ranking is None else f"-> {out}")
+    source = open_data([data], subject.transform) if data is not None else None
+    pic = write_filters(out, subject, names, n, source, name=data)
+    if pic.ranking is None:
+        Console().print(f"{len(pic.drawn)} filters -> {out}")
+        return
+    for nm in pic.ranking.means:
+        Console().print(
+            f"{nm}: most activated filters {', '.join(str(u) for u in pic.ranking.top(nm, 8))} ..."
+        )
+    Console().print(f"-> {out}")
 
 
 def compare_scans(

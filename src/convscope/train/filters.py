@@ -121,3 +121,38 @@ def filters_grid(
             captions += [f"{name}:{u} {float(ranking.means[name][u]):.2f}" for u in top]
         tiles += t
     return image_grid(tiles, ncols=min(n, 16), pad=3, captions=captions), captions
+
+
+@dataclass
+class FiltersPicture:
+    """What :func:`write_filters` drew into ``path``: the weights (run) or filter captions
+    (model) drawn, the ``epochs`` of a run, the ``ranking`` when filters were ranked."""
+
+    path: Path
+    drawn: list[str]
+    epochs: list[int] | None = None
+    ranking: FilterRanking | None = None
+
+
+def write_filters(
+    out: str | Path,
+    target,
+    layers: Sequence[str] | None = None,
+    n: int = 16,
+    source=None,
+    name: str | None = None,
+) -> FiltersPicture:
+    """Draw filters into the PNG ``out``. ``target`` a training run folder: the evolution of
+    the first ``min(n, 8)`` filters of conv ``layers`` (module names; default first, middle and
+    last) over its epochs. ``target`` a subject: the first ``n`` filters of each of ``layers``
+    (default its first convolution), or with ``source`` (images transformed for it, ``name``
+    in errors) its ``n`` most activated ones by mean activation."""
+    from convscope.inputs.fileio import save_image
+
+    if not hasattr(target, "layers"):
+        fig, drawn, epochs = evolution_figure(target, layers, n=min(n, 8))
+        return FiltersPicture(save_image(fig, out), drawn, epochs)
+    names = list(layers) if layers else conv_layers(target)[:1]
+    ranking = rank_filters(target, source, names, name=name) if source is not None else None
+    grid, drawn = filters_grid(target, names, n, ranking)
+    return FiltersPicture(save_image(grid, out), drawn, ranking=ranking)
