@@ -21,7 +21,7 @@ from convscope.inputs.sources import ImageSource
 from convscope.inputs.workers import batch_bytes, resolve_workers
 from convscope.layers import LayerSpec
 from convscope.recorder import Recorder
-from convscope.represent.folder import FeatureWriter, read_folder, write_folder
+from convscope.represent.folder import FeatureWriter, folder_config, read_folder, source_labels, write_folder
 from convscope.results import Result
 from convscope.subject import Subject
 
@@ -156,18 +156,10 @@ def extract_features(
     n_batches = (n + batch_size - 1) // batch_size
     accel = Accel.of(accel, subject)
     device = subject.device
-    config = {
-        "layers": names,
-        "dims": dims,
-        "pooling": pooling,
-        "p": p,
-        "images": n,
-        "batch_size": batch_size,
-        "model": subject.name,
-        "source": source.spec,
-        **accel.config(),
-    }
-    labels = np.array([r.label if r.label is not None else -1 for r in source.records], np.int64)
+    config = folder_config(
+        subject, source, names, dims, pooling, p, batch_size=batch_size, accel=accel.config()
+    )
+    labels = source_labels(source)
     start = 0
     folder = None
     if out is None:

@@ -31,6 +31,30 @@ from convscope.inputs.fileio import write_text
 META = "meta.json"
 
 
+def folder_config(
+    subject, source, names: Sequence[str], dims: Sequence[int], pooling: str, p: float, **extra
+) -> dict:
+    """The configuration a feature folder records (and a resumed run must match): layers and
+    their widths, pooling (and GeM's ``p``), the number of images, model and source, plus the
+    engine's own settings in ``extra`` (batch size or shards, accel settings)."""
+    return {
+        "layers": list(names),
+        "dims": list(dims),
+        "pooling": pooling,
+        "p": p,
+        "images": len(source),
+        **{k: v for k, v in extra.items() if k not in ("accel",)},
+        "model": subject.name,
+        "source": source.spec,
+        **extra.get("accel", {}),
+    }
+
+
+def source_labels(source) -> np.ndarray:
+    """(N,) int64 class index of every image of ``source`` (-1 when unknown)."""
+    return np.array([r.label if r.label is not None else -1 for r in source.records], np.int64)
+
+
 def layer_file(path: str | os.PathLike, i: int) -> Path:
     """The ``.npy`` file of the ``i``-th layer of a feature folder."""
     return Path(path) / f"{i:03d}.npy"

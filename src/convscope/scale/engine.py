@@ -289,7 +289,7 @@ class RayEngine:
         finished shards are recorded there so that a killed job continues where it stopped
         (``resume=False`` starts over). ``options``: pooling, p, batch_size, accel."""
         from convscope.represent.features import POOLINGS, FeatureSet
-        from convscope.represent.folder import FeatureWriter
+        from convscope.represent.folder import FeatureWriter, folder_config, source_labels
         from convscope.scale.ray import run_tasks, specs
 
         model_spec, source_spec = specs(subject, source)
@@ -303,19 +303,11 @@ class RayEngine:
         n = len(source)
         parts = self._parts(n)
         p = options.get("p", 3.0)
-        config = {
-            "layers": names,
-            "dims": dims,
-            "pooling": pooling,
-            "p": p,
-            "images": n,
-            "engine": "ray",
-            "shards": len(parts),
-            "model": subject.name,
-            "source": source.spec,
-            **Accel.of(options.get("accel")).config(),
-        }
-        labels = np.array([r.label if r.label is not None else -1 for r in source.records], np.int64)
+        accel = Accel.of(options.get("accel")).config()
+        config = folder_config(
+            subject, source, names, dims, pooling, p, engine="ray", shards=len(parts), accel=accel
+        )
+        labels = source_labels(source)
         image_names = [r.name for r in source.records]
         folder = None
         if out is not None:
