@@ -64,14 +64,6 @@ DecodeOpt = Annotated[
 ]
 
 
-def check_engine(engine: str) -> None:
-    """``--engine`` is ``local`` or ``ray``."""
-    if engine not in ("local", "ray"):
-        from convscope.errors import UserInputError
-
-        raise UserInputError(f"--engine must be local or ray, not {engine!r}")
-
-
 def make_accel(precision: str = "fp32", channels_last: bool | None = None, decode: str = "cpu"):
     """The :class:`~convscope.accel.Accel` the speed options describe."""
     from convscope.accel import Accel
