@@ -336,8 +336,8 @@ def _demo_scan(subject: Subject, where: Path, seed: int, result: DemoResult, ste
     # The demo may replace its own earlier atlas of this model, never another model's.
     again = (
         Atlas(where).db_path.exists()
-        and Atlas.open(where).model_spec == model_spec(subject)
-        and Atlas.open(where).source_spec == source.spec
+        and Atlas.open(where, readonly=True).model_spec == model_spec(subject)
+        and Atlas.open(where, readonly=True).source_spec == source.spec
     )
     atlas, scanned = scan_to_atlas(
         subject,
