@@ -113,3 +113,33 @@ def test_dissect_to_atlas_is_the_command_in_python(tmp_path):
     assert json.loads(files["json"].read_text()) == cmp.rows() and Image.open(files["png"]).width > 200
     with pytest.raises(UserInputError, match="no dissection of 'conv9'"):
         compare_dissections([(out, "conv9")])
+
+
+def test_dissect_to_atlas_holds_the_writer_lock(tmp_path):
+    """A Python caller of dissect_to_atlas is one writer for the whole run (dissection, store,
+    report), not only for each database write: another writer cannot slip in between."""
+    import fcntl
+    import os
+
+    from convscope.atlas.build import dissect_to_atlas
+    from convscope.atlas.paths import AtlasPaths
+    from convscope.scale.engine import LocalEngine
+    from convscope.testing import tiny_subject
+
+    out = tmp_path / "atlas"
+    seen = []
+
+    class Probe(LocalEngine):
+        def dissect(self, *args, **kwargs):
+            fd = os.open(AtlasPaths(out).lock_path, os.O_RDWR | os.O_CREAT)
+            try:  # what another process trying to write gets meanwhile
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                seen.append("free")
+            except BlockingIOError:
+                seen.append("held")
+            finally:
+                os.close(fd)
+            return super().dissect(*args, **kwargs)
+
+    dissect_to_atlas(tiny_subject(), "synthetic", out, "conv2", engine=Probe(), synthetic_images=8)
+    assert seen == ["held"]

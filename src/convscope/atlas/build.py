@@ -313,21 +313,22 @@ def dissect_to_atlas(
         limit=limit,
     )
     run.check(subject, data)
-    atlas = Atlas.for_model(out, model_spec(subject), {"description": f"concepts: {set_name}", **data.spec})
-    result = run.dissect(
-        subject, data, names, state=atlas.shards_dir("dissect"), resume=resume, progress=progress, **options
-    )
-    atlas.write_dissection(result, set_name)
-    stored, other = stored_dissection(atlas, set_name, result, subject.layers.names())
-    result.write_report(
-        atlas,
-        set_name,
-        subject,
-        data,
-        units=units,
-        summaries=[stored.summary(n) for n in stored.layers],
-        other_settings=other,
-    )
+    spec = {"description": f"concepts: {set_name}", **data.spec}
+    with Atlas(out).lock():  # one writer: the dissection and its report are written together
+        atlas = Atlas.for_model(out, model_spec(subject), spec)
+        state = atlas.shards_dir("dissect")
+        result = run.dissect(subject, data, names, state=state, resume=resume, progress=progress, **options)
+        atlas.write_dissection(result, set_name)
+        stored, other = stored_dissection(atlas, set_name, result, subject.layers.names())
+        result.write_report(
+            atlas,
+            set_name,
+            subject,
+            data,
+            units=units,
+            summaries=[stored.summary(n) for n in stored.layers],
+            other_settings=other,
+        )
     return DissectedAtlas(atlas, result, set_name, other)
 
 
