@@ -1,6 +1,22 @@
-"""The atlas: one directory per (model, dataset) holding scan results in SQLite plus renders."""
+"""The atlas: one directory per (model, dataset) holding scans, dissections, empirical receptive
+fields and feature folders in SQLite plus renders; this package alone knows its SQL and layout.
 
-from convscope.atlas.build import render_units, reopen, scan_to_atlas, stored_dissection
+Writers that compute and store in one call: :func:`scan_to_atlas`, :func:`features_to_atlas`,
+:func:`dissect_to_atlas` (local or Ray ``engine``); readers: :meth:`Atlas.open` (``readonly=True``
+for a shared or read-only atlas), :mod:`convscope.atlas.queries` (the viewer's paginated queries).
+"""
+
+from convscope.atlas.build import (
+    DissectedAtlas,
+    compare_dissections,
+    compare_scans,
+    dissect_to_atlas,
+    features_to_atlas,
+    render_units,
+    reopen,
+    scan_to_atlas,
+    stored_dissection,
+)
 from convscope.atlas.paths import AtlasPaths, is_private_file, safe_name
 from convscope.atlas.store import (
     SCHEMA_VERSION,
@@ -17,6 +33,11 @@ __all__ = [
     "AtlasConflictError",
     "AtlasLockedError",
     "AtlasReadOnlyError",
+    "DissectedAtlas",
+    "compare_dissections",
+    "compare_scans",
+    "dissect_to_atlas",
+    "features_to_atlas",
     "is_private_file",
     "render_units",
     "reopen",
