@@ -28,6 +28,7 @@ KERNEL = {
     "accel",
     "zoo",
     "testing",
+    "version",
 }
 RANKS = {
     **dict.fromkeys(KERNEL, 0),

@@ -291,3 +291,46 @@ def test_scan_picture_with_images_and_without(subject, samples, tmp_path):
     assert rows.height >= 3 * 48  # one row of images per unit
     with_patches = result.to_image(units=2, subject=subject)
     assert with_patches.height > rows.height / 3 * 2
+
+
+def test_a_damaged_or_hostile_file_is_a_one_line_error(tmp_path):
+    import json
+
+    import numpy as np
+    import pytest
+
+    from convscope.errors import UserInputError
+    from convscope.results import META
+    from convscope.synthesis import Synthesis
+
+    def write(name, meta):
+        path = tmp_path / name
+        np.savez(path, **{META: np.array(json.dumps(meta))})
+        return path
+
+    cases = [
+        write(
+            "a.npz",
+            {"class": "convscope.synthesis.engine:Synthesis", "fields": {"images": {"__array__": "x"}}},
+        ),
+        write("b.npz", {"class": "convscope.synthesis.engine:Synthesis", "fields": {"nope": 1}}),
+        write("c.npz", {"fields": {}}),
+        write(
+            "d.npz",
+            {
+                "class": "convscope.synthesis.engine:Synthesis",
+                "fields": {"x": {"__dataclass__": "convscope.nothing:Thing", "fields": {}}},
+            },
+        ),
+        write(
+            "e.npz",
+            {
+                "class": "convscope.synthesis.engine:Synthesis",
+                "fields": {"x": {"__dataclass__": "os:system"}},
+            },
+        ),
+    ]
+    for path in cases:
+        with pytest.raises(UserInputError) as err:
+            Synthesis.load(path)
+        assert "\n" not in str(err.value)

@@ -254,9 +254,9 @@ def test_compare_verb_returns_a_similarity_matrix(fs):
 
 
 def test_stored_layers_take_the_layer_vocabulary(fs):
-    def convs(name):
-        convs.calls.append(name)
-        return name.startswith("conv")
+    def convs(info):
+        convs.calls.append(info.name)
+        return info.name.startswith("conv")
 
     convs.calls = []
     by_glob = convscope.probe(fs, layers="conv*", seed=0)
@@ -270,7 +270,7 @@ def test_stored_layers_take_the_layer_vocabulary(fs):
         convscope.probe(fs, layers="conv1,conv22")
     with pytest.raises(NameNotFoundError):
         convscope.project(fs, "bn*")
-    with pytest.raises(UserInputError, match="accepts none"):
+    with pytest.raises(UserInputError, match="accepts no layer"):
         convscope.compare(fs, layers=lambda n: False)
 
 

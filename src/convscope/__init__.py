@@ -44,9 +44,8 @@ from convscope.verbs import (
     stimuli,
     visualize,
 )
+from convscope.version import __version__ as __version__
 from convscope.zoo import load
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Accel",

@@ -89,6 +89,16 @@ class LayerTable(Sequence[LayerInfo]):
         self.what = what
         self.aliases = _make_aliases(self._infos, self._types) if aliases is None else dict(aliases)
 
+    @classmethod
+    def from_names(cls, names: Iterable[str], what: str = "layer") -> LayerTable:
+        """A table of stored layers known by name only (a feature set's, say): it selects by
+        names, globs, comma lists and callables, as the model's table does."""
+        infos = [
+            LayerInfo(n, parse_address(n)[0], parse_address(n)[1], "", None, None, order=i)
+            for i, n in enumerate(names)
+        ]
+        return cls(infos, aliases={}, what=what)
+
     def __len__(self) -> int:
         return len(self._infos)
 

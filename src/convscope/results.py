@@ -181,8 +181,15 @@ def load_fields(cls: type, path: str | os.PathLike):
         raise UserInputError(f"{path}: not a saved result ({e})") from None
     if META not in arrays:
         raise UserInputError(f"{path}: not a saved convscope result (no {META})")
-    meta = json.loads(str(arrays.pop(META)))
-    saved = meta["class"].rpartition(":")[2]
+    try:
+        meta = json.loads(str(arrays.pop(META)))
+        saved = meta["class"].rpartition(":")[2]
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserInputError(f"{path}: not a saved convscope result ({type(e).__name__}: {e})") from None
     if saved != cls.__qualname__:
         raise UserInputError(f"{path} holds a {saved}, not a {cls.__qualname__}")
-    return cls(**{k: _decode(v, arrays) for k, v in meta["fields"].items()})
+    try:
+        return cls(**{k: _decode(v, arrays) for k, v in meta["fields"].items()})
+    except (ValueError, KeyError, TypeError, AttributeError, ImportError) as e:
+        # a damaged or hand-made file: one line, not a traceback from deep in the decoder
+        raise UserInputError(f"{path}: a damaged saved {saved} ({type(e).__name__}: {e})") from None

@@ -28,7 +28,7 @@ from convscope.attribution import explain
 from convscope.dissect.result import Dissection
 from convscope.empirical import EmpiricalRF, Stimuli
 from convscope.errors import UserInputError
-from convscope.layers import LayerSpec
+from convscope.layers import LayerSpec, LayerTable
 from convscope.represent.features import FeatureSet
 from convscope.represent.probe import ProbeResult
 from convscope.represent.projection import Projection
@@ -230,58 +230,25 @@ def stimuli(subject: Subject, patch, layers: LayerSpec, channel: int, **options)
 
 
 # -- representations --------------------------------------------------------------------------------
-StoredSpec = str | Callable[[str], bool] | Sequence["str | Callable[[str], bool]"]
-
-
 def _features_of(data: FeatureSet | Mapping[str, np.ndarray], layers) -> dict[str, np.ndarray]:
     """Per layer (N, C) rows of readable images: of a FeatureSet (``layers``: a spec over its
     layers, None: all) or of a mapping as it is."""
     if isinstance(data, FeatureSet):
-        names = data.layers if layers is None else _stored(data.layers, layers)
-        return {n: data.get(n) for n in names}
+        return {n: data.get(n) for n in data.select(layers)}
     names = list(data) if layers is None else _stored(list(data), layers)
     return {n: np.asarray(data[n]) for n in names}
 
 
-def _stored(have: list[str], layers: StoredSpec) -> list[str]:
-    """The stored layers of ``have`` that ``layers`` names, as far as the one layer vocabulary
-    applies without a model: exact names, ``"all"``, globs (fnmatch over the stored names), a
-    callable ``name -> bool``, or a comma-separated string or list of those. Order follows the
-    spec, duplicates are dropped; a name or glob that matches nothing raises
-    :class:`~convscope.errors.NameNotFoundError` with the close matches."""
-    from fnmatch import fnmatchcase
-
-    from convscope.errors import NameNotFoundError
-
-    parts = [layers] if isinstance(layers, str) or callable(layers) else list(layers)
-    items = [p for part in parts for p in ([part] if callable(part) else str(part).split(","))]
-    items = [p if callable(p) else p.strip() for p in items]
-    if not [p for p in items if callable(p) or p]:
-        raise UserInputError("no layer given")
-    out: list[str] = []
-    for item in items:
-        if callable(item):
-            found = [n for n in have if item(n)]
-            if not found:
-                what = getattr(item, "__name__", "layer filter")
-                raise UserInputError(f"the layer filter {what} accepts none of {', '.join(have)}")
-        elif not item:
-            continue
-        elif item == "all":
-            found = list(have)
-        elif item in have:
-            found = [item]
-        else:
-            found = [n for n in have if fnmatchcase(n, item)] if any(c in item for c in "*?[") else []
-            if not found:
-                raise NameNotFoundError(item, have, what="layer with features")
-        out.extend(n for n in found if n not in out)
-    return out
+def _stored(have: list[str], layers: LayerSpec) -> list[str]:
+    """The stored layers of ``have`` that ``layers`` names (see :meth:`FeatureSet.select`)."""
+    if layers is None or layers == "all":
+        return list(have)
+    return LayerTable.from_names(have, what="layer with features").select(layers)
 
 
 def _one_stored(data: FeatureSet, layers, verb: str) -> str:
     """The one stored layer of ``data`` that ``layers`` names (None: its only layer)."""
-    names = data.layers if layers is None else _stored(data.layers, layers)
+    names = data.select(layers)
     if len(names) != 1:
         raise UserInputError(f"{verb} works on one layer; choose one of {', '.join(names)}")
     return names[0]
@@ -290,7 +257,7 @@ def _one_stored(data: FeatureSet, layers, verb: str) -> str:
 def probe(data: FeatureSet | Mapping[str, np.ndarray], labels=None, layers=None, **options) -> ProbeResult:
     """Linear probe accuracy of each layer's features (a FeatureSet, or a mapping layer ->
     (N, C) with ``labels`` (N,)). ``layers``: a spec over the stored layers (names, globs,
-    comma lists, ``"all"``, a callable ``name -> bool``; None: all).
+    comma lists, ``"all"``, a callable ``LayerInfo -> bool``; None: all).
     ``options``: train, test, test_fraction, classifier, c, seed."""
     from convscope.represent.probe import linear_probe
 
@@ -304,7 +271,7 @@ def probe(data: FeatureSet | Mapping[str, np.ndarray], labels=None, layers=None,
 def neighbors(
     data: FeatureSet | np.ndarray,
     queries: int | np.ndarray | Sequence[int],
-    layers: StoredSpec | None = None,
+    layers: LayerSpec | None = None,
     *,
     k: int = 8,
     metric: str = "cosine",
@@ -404,7 +371,7 @@ def _images_of(fs: FeatureSet):
 
 
 def project(
-    data: FeatureSet | np.ndarray, layers: StoredSpec | None = None, method: str = "tsne", **options
+    data: FeatureSet | np.ndarray, layers: LayerSpec | None = None, method: str = "tsne", **options
 ) -> Projection:
     """The 2-D map of the features of the one layer ``layers`` names (a FeatureSet, over its
     readable images, with their labels, classes and names; or an (N, d) array) by ``method``
@@ -432,7 +399,7 @@ def compare(
     a: FeatureSet | Mapping[str, np.ndarray],
     b: FeatureSet | Mapping[str, np.ndarray] | None = None,
     measure: str = "cka",
-    layers: StoredSpec | None = None,
+    layers: LayerSpec | None = None,
 ) -> SimilarityMatrix:
     """Similarity of every layer of ``a`` (``layers``: a spec over its stored layers, None:
     all) with every layer of ``b`` (default: the same layers of ``a``), over the same images:

@@ -43,3 +43,28 @@ def test_private_files_follow_the_layout(tmp_path):
     for f in (p.db_path, p.lock_path, p.checkpoint_path, tmp_path / "atlas.db-wal"):
         assert is_private_file(f.name)
     assert not is_private_file(p.unit_render("x", 0).name)
+
+
+def test_a_name_cannot_place_a_file_outside_the_atlas(tmp_path):
+    import pytest
+
+    from convscope.atlas.paths import AtlasPaths
+    from convscope.errors import UserInputError
+
+    a = AtlasPaths(tmp_path / "atlas")
+    hostile = [
+        lambda: a.dissection_dir("../../tmp"),
+        lambda: a.unit_render("../x", 1),
+        lambda: a.empirical_rf_render("..", 1),
+        lambda: a.features_dir("a/b"),
+        lambda: a.comparison_render("cka", "../../y"),
+        lambda: a.dissection_unit_render("set", "..", 1),
+        lambda: a.neighbors_render("a\\b", "q"),
+        lambda: a.projection_render("x\0", "pca"),
+    ]
+    for make in hostile:
+        with pytest.raises(UserInputError, match="cannot name a file in the atlas"):
+            make()
+    # real layer names of every kind still work
+    assert a.unit_render("layer1.0.relu#1", 3).parent.name == "layer1.0.relu#1"
+    assert a.dissection_unit_render("set", "blocks.0/x", 1).parent.name == "blocks.0_x"

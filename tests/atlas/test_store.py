@@ -156,3 +156,20 @@ def test_readers_take_the_layer_vocabulary(setup, tmp_path):
     assert (atlas.stats(alias).max == atlas.stats("block.conv2").max).all()
     with pytest.raises(LayerNotFoundError, match="scanned layer 'blok.conv2'.*block.conv2"):
         atlas.select("blok.conv2")
+
+    # the viewer's reader and pages take the alias too
+    from fastapi.testclient import TestClient
+
+    from convscope.atlas.queries import AtlasReader
+    from convscope.viewer.app import create_app
+
+    assert AtlasReader(atlas.path).layer(alias)["name"] == "block.conv2"
+    client = TestClient(create_app(atlas.path), base_url="http://127.0.0.1")
+    assert client.get(f"/layer/{alias}").text == client.get("/layer/block.conv2").text
+    api = client.get(f"/api/layer/{alias}")
+    assert api.status_code == 200 and api.json() == client.get("/api/layer/block.conv2").json()
+
+    from convscope.atlas.build import unit_top
+
+    # topk by an alias names and files the scanned layer
+    assert unit_top(atlas, alias, 0, render=False)["layer"] == "block.conv2"

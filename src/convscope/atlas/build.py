@@ -87,17 +87,12 @@ def features_to_atlas(
     run = resolve_engine(engine)
     names = subject.layers.select(layers)
     run.check(subject, source)
-    atlas = Atlas.for_model(out, model_spec(subject), source.spec)
-    return run.features(
-        subject,
-        source,
-        names,
-        out=atlas.features_dir(pooling),
-        pooling=pooling,
-        resume=resume,
-        progress=progress,
-        **options,
-    )
+    folder = Atlas(out).features_dir(pooling)  # a bad pooling name fails before the atlas exists
+    with Atlas(out).lock():  # one writer of the atlas and its feature folders
+        Atlas.for_model(out, model_spec(subject), source.spec)
+        return run.features(
+            subject, source, names, out=folder, pooling=pooling, resume=resume, progress=progress, **options
+        )
 
 
 def render_layers(
@@ -196,6 +191,7 @@ def unit_top(
     from convscope.inputs.images import display_name
 
     top = atlas.topk(layer, unit, criterion, direction=direction)
+    layer = top.layer  # an alias (conv5) names the scanned layer's files and record
     png = None
     if render and len(top):
         subject, source = reopen(atlas)

@@ -27,11 +27,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from convscope.errors import UserInputError
+
 DB_NAME = "atlas.db"
 LOCK_NAME = "atlas.lock"
 CHECKPOINT_NAME = "scan.ckpt"
 RENDER = "render"
 SHARDS = {"scan": "ray_shards", "dissect": "ray_dissect_shards"}
+
+
+def component(name: str, what: str = "name") -> str:
+    """``name`` as one folder or file name inside the atlas: a name that is empty, ``.``,
+    ``..`` or holds a path separator or NUL would place the file elsewhere, and is refused."""
+    name = str(name)
+    if name in ("", ".", "..") or any(c in name for c in "/\\\0"):
+        raise UserInputError(f"{what} {name!r} cannot name a file in the atlas")
+    return name
 
 
 def safe_name(name: str) -> str:
@@ -76,7 +87,7 @@ class AtlasPaths:
     # -- features -----------------------------------------------------------------------------
     def features_dir(self, pooling: str) -> Path:
         """``ATLAS/features/POOLING``, the feature folder of one pooling (gap, mac, spoc, gem)."""
-        return self.path / "features" / pooling
+        return self.path / "features" / component(pooling, "pooling")
 
     # -- renders of units ---------------------------------------------------------------------
     @property
@@ -87,15 +98,15 @@ class AtlasPaths:
     def unit_render(self, layer: str, unit: int, criterion: str = "max", direction: bool = False) -> Path:
         """Top-K grid PNG of one unit (or random direction) and criterion."""
         kind = "direction" if direction else "unit"
-        return self.render_dir / layer / f"{kind}{unit:04d}_{criterion}.png"
+        return self.render_dir / component(layer, "layer") / component(f"{kind}{unit:04d}_{criterion}.png")
 
     def empirical_rf_render(self, layer: str, unit: int) -> Path:
         """Empirical receptive field panel PNG of one unit."""
-        return self.render_dir / layer / f"unit{unit:04d}_rf.png"
+        return self.render_dir / component(layer, "layer") / f"unit{unit:04d}_rf.png"
 
     def stimuli_render(self, layer: str, unit: int) -> Path:
         """Manufactured-stimulus test PNG of one unit."""
-        return self.render_dir / layer / f"unit{unit:04d}_stimuli.png"
+        return self.render_dir / component(layer, "layer") / f"unit{unit:04d}_stimuli.png"
 
     def rf_sizes(self, suffix: str = ".png") -> Path:
         """The per-layer empirical RF size summary: ``.png`` (plot) or ``.json`` (numbers)."""
@@ -104,34 +115,40 @@ class AtlasPaths:
     # -- dissection reports -------------------------------------------------------------------
     def dissection_dir(self, concepts: str) -> Path:
         """``ATLAS/render/dissect/SET``: the report of the dissections on concept set ``concepts``."""
-        return self.render_dir / "dissect" / concepts
+        return self.render_dir / "dissect" / component(concepts, "concept set")
 
     def dissection_file(self, concepts: str, name: str) -> Path:
         """A file of the report as a whole: ``layers.png``, ``summary.json``."""
-        return self.dissection_dir(concepts) / name
+        return self.dissection_dir(concepts) / component(name)
 
     def dissection_layer_file(self, concepts: str, layer: str, suffix: str) -> Path:
         """A file of one layer of the report: ``suffix`` is ``units.json``, ``units.csv`` or
         ``concepts.png`` (``SET/LAYER_units.csv``)."""
-        return self.dissection_dir(concepts) / f"{safe_name(layer)}_{suffix}"
+        return self.dissection_dir(concepts) / component(f"{safe_name(layer)}_{suffix}")
 
     def dissection_unit_render(self, concepts: str, layer: str, unit: int) -> Path:
         """The figure of one labelled unit (``SET/LAYER/unit0001.png``)."""
-        return self.dissection_dir(concepts) / safe_name(layer) / f"unit{unit:04d}.png"
+        return self.dissection_dir(concepts) / component(safe_name(layer), "layer") / f"unit{unit:04d}.png"
 
     # -- representation figures ---------------------------------------------------------------
     def neighbors_render(self, layer: str, query: str) -> Path:
         """Nearest-neighbour grid of the query image named ``query`` (folders flattened)."""
-        return self.render_dir / "neighbors" / layer / f"{query.replace('/', '_')}.png"
+        return (
+            self.render_dir
+            / "neighbors"
+            / component(layer, "layer")
+            / component(f"{query.replace('/', '_')}.png")
+        )
 
     def probe_render(self, pooling: str, classifier: str) -> Path:
         """Linear-probe accuracy figure of one pooling and classifier."""
-        return self.render_dir / "probe" / f"probe_{pooling}_{classifier}.png"
+        return self.render_dir / "probe" / component(f"probe_{pooling}_{classifier}.png")
 
     def projection_render(self, layer: str, method: str, thumbnails: bool = False) -> Path:
         """2-D projection (``tsne``, ``umap``, ``pca``) scatter, or its thumbnail map."""
-        return self.render_dir / "project" / layer / f"{method}{'_thumbnails' if thumbnails else ''}.png"
+        name = f"{method}{'_thumbnails' if thumbnails else ''}.png"
+        return self.render_dir / "project" / component(layer, "layer") / component(name)
 
     def comparison_render(self, measure: str, other: str | None = None) -> Path:
         """Layer-similarity matrix (``cka``, ...) of this atlas, or against the atlas ``other``."""
-        return self.render_dir / "compare" / f"{measure}{'_' + other if other else ''}.png"
+        return self.render_dir / "compare" / component(f"{measure}{'_' + other if other else ''}.png")

@@ -18,7 +18,7 @@ import numpy as np
 from convscope.atlas import dissections, empirical, scans
 from convscope.atlas.schema import has_table
 from convscope.atlas.store import Atlas
-from convscope.errors import LayerNotFoundError, NameNotFoundError, UserInputError
+from convscope.errors import NameNotFoundError, UserInputError
 
 SORTS = ("unit", "max", "iou", "label")  # what a layer's units can be sorted by
 
@@ -116,10 +116,11 @@ class AtlasReader:
         return scans.layers(self.con())
 
     def layer(self, name: str) -> dict:
-        """One scanned layer's row (:class:`LayerNotFoundError` with close matches otherwise)."""
+        """One scanned layer's row, by name or the model's alias (``conv5``);
+        :class:`LayerNotFoundError` with close matches otherwise."""
         row = scans.layer(self.con(), name)
         if row is None:
-            raise LayerNotFoundError(name, [r["name"] for r in self.layers()], what="scanned layer")
+            row = scans.layer(self.con(), scans.layer_table(self.con()).get(name).name)
         return row
 
     def dissection_summary(self) -> dict[str, dict]:

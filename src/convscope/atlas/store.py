@@ -349,14 +349,14 @@ class Atlas(AtlasPaths):
         with self._write() as con:
             empirical.write(con, rf, occluder, stride)
 
-    def empirical_rfs(self, layers: LayerSpec | None = None) -> list[dict]:
+    def empirical_rfs(self, layer: LayerSpec | None = None) -> list[dict]:
         """Stored empirical receptive fields (with ``average`` as an array), by layer and unit;
-        ``layers``: a layer spec (see :meth:`select`), default every layer."""
-        if layers is None:
+        ``layer``: a layer spec (see :meth:`select`), default every layer."""
+        if layer is None:
             with self._read() as con:
                 return empirical.read(con, None)
         out = []
-        for name in self._stored_layers(layers):
+        for name in self._stored_layers(layer):
             with self._read() as con:
                 out.extend(empirical.read(con, name))
         return out
@@ -430,7 +430,12 @@ class Atlas(AtlasPaths):
     def unit_labels(self, layer: str, dataset: str | None = None) -> list[dict]:
         """Stored labels of a layer's units (``unit``, ``name``, ``category``, ``iou``, ...);
         ``layer``: a name or alias."""
-        (layer,) = self._stored_layers(layer)[:1] or [layer]
+        names = self._stored_layers(layer)
+        if len(names) != 1:
+            raise UserInputError(
+                f"unit labels are per layer; {layer!r} names {len(names)}: {', '.join(names)}"
+            )
+        (layer,) = names
         with self._read() as con:
             return dissections.unit_labels(con, layer, dataset)
 

@@ -121,9 +121,9 @@ _add("export", viewer.export)
 
 def _version(value: bool) -> None:
     if value:
-        from importlib.metadata import version
+        from convscope.version import __version__
 
-        typer.echo(f"convscope {version('convscope')}")
+        typer.echo(f"convscope {__version__}")
         raise typer.Exit()
 
 

@@ -48,18 +48,6 @@ def _load(atlas: Path, pooling: str):
     return FeatureSet.load(_features_dir(atlas, pooling))
 
 
-def _layers(fs, spec: str | None) -> list[str]:
-    from convscope.errors import UserInputError
-
-    if not spec or spec == "all":
-        return fs.layers
-    names = [s.strip() for s in spec.split(",") if s.strip()]
-    for n in names:
-        if n not in fs.features:
-            raise UserInputError(f"no features of {n!r}; have {', '.join(fs.layers)}")
-    return names
-
-
 @writes_atlas("out")
 def features(
     model: ModelArg = "efficientnet_lite0",
@@ -189,7 +177,7 @@ def probe(
     from convscope.represent import linear_probe
 
     fs = _load(atlas, pooling)
-    names = _layers(fs, layers)
+    names = fs.select(layers or None)
     result = linear_probe(
         {n: fs.get(n) for n in names},
         fs.valid_labels(),
@@ -249,7 +237,7 @@ def compare(
     b = _load(other, pooling) if other else a
     if a.names != b.names or not (a.valid == b.valid).all():
         raise UserInputError("the two feature sets are not over the same images")
-    la, lb = _layers(a, layers), _layers(b, layers if other is None else "all")
+    la, lb = a.select(layers or None), b.select(layers if other is None else None)
     m = similarity_matrix({n: a.get(n) for n in la}, {n: b.get(n) for n in lb}, measure)
     title = f"{measure.upper()}: {a.model}" + (f" vs {b.model}" if other else "")
     png = out or AtlasPaths(atlas).comparison_render(measure, other.name if other else None)

@@ -19,7 +19,7 @@ from convscope.errors import UserInputError
 from convscope.inputs.batches import Batches
 from convscope.inputs.sources import ImageSource
 from convscope.inputs.workers import batch_bytes, resolve_workers
-from convscope.layers import LayerSpec
+from convscope.layers import LayerSpec, LayerTable
 from convscope.recorder import Recorder
 from convscope.represent.folder import FeatureWriter, folder_config, read_folder, source_labels, write_folder
 from convscope.results import Result
@@ -66,6 +66,14 @@ class FeatureSet(Result):
     @property
     def layers(self) -> list[str]:
         return list(self.features)
+
+    def select(self, spec: LayerSpec | None = None) -> list[str]:
+        """The stored layers ``spec`` names, in the one layer vocabulary as far as names go
+        (:meth:`convscope.layers.LayerTable.select`: names, globs, comma lists, callables
+        ``LayerInfo -> bool``); None or ``"all"``: every stored layer."""
+        if spec is None or spec == "all":
+            return self.layers
+        return LayerTable.from_names(self.layers, what="layer with features").select(spec)
 
     def get(self, layer: str, valid_only: bool = True) -> np.ndarray:
         """(N', C) features of ``layer`` (only readable images unless ``valid_only=False``)."""

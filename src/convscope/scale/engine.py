@@ -239,7 +239,8 @@ class RayEngine:
                     "shards": len(parts),
                     "model": model_spec,
                     "source": source_spec,
-                    **{k: v for k, v in opts.items() if k not in ("thresholds", "accel")},
+                    # decoding workers change no result: a resume may use another number
+                    **{k: v for k, v in opts.items() if k not in ("thresholds", "accel", "workers")},
                     **Accel.of(opts.get("accel")).config(),
                 },
             )

@@ -258,6 +258,7 @@ def page_routes(st: ViewerState, links: pages.Links) -> APIRouter:
     @r.get("/layer/{layer}", response_class=HTMLResponse)
     def layer(layer: str, page: int = 0, sort: str = "unit", label: str | None = None, per_page: int = 100):
         info = _layer_or_404(st, layer)
+        layer = info["name"]  # an alias (conv5) shows the scanned layer
         page, per_page = _paging(page, per_page, sort)
         units, total = st.reader.units(layer, page, per_page, sort, label)
         return pages.layer_page(st.meta, info, units, total, page, per_page, sort, label, links)
@@ -265,6 +266,7 @@ def page_routes(st: ViewerState, links: pages.Links) -> APIRouter:
     @r.get("/unit/{layer}/{unit}", response_class=HTMLResponse)
     def unit(layer: str, unit: int, direction: bool = False):
         info = _layer_or_404(st, layer)
+        layer = info["name"]  # an alias (conv5) shows the scanned layer
         kind = "direction" if direction else "channel"
         row = _unit_or_404(st, layer, unit, kind, what=kind)
         crits = st.reader.criteria(layer)
@@ -355,7 +357,7 @@ def image_routes(st: ViewerState) -> APIRouter:
 
     @r.get("/img/patch/{layer}/{unit}")
     def patch(layer: str, unit: int):
-        _layer_or_404(st, layer)
+        layer = _layer_or_404(st, layer)["name"]
         top = st.reader.topk(layer, _check_index(unit, "unit"), "max")
         if not top:
             raise HTTPException(404, "no top images")
@@ -370,7 +372,7 @@ def image_routes(st: ViewerState) -> APIRouter:
 
     @r.get("/img/topk/{layer}/{unit}/{criterion}")
     def topk(layer: str, unit: int, criterion: str, direction: bool = False):
-        _layer_or_404(st, layer)
+        layer = _layer_or_404(st, layer)["name"]
         if criterion not in st.reader.criteria(layer):
             raise HTTPException(404, "no such criterion")
         kind = "direction" if direction else "channel"
@@ -390,7 +392,7 @@ def image_routes(st: ViewerState) -> APIRouter:
 
     @r.get("/img/fv/{layer}/{unit}")
     def feature_visualization(layer: str, unit: int):
-        _layer_or_404(st, layer)
+        layer = _layer_or_404(st, layer)["name"]
         _unit_or_404(st, layer, unit)
 
         def make():
@@ -442,14 +444,14 @@ def api_routes(st: ViewerState) -> APIRouter:
     def api_layer(
         layer: str, page: int = 0, sort: str = "unit", label: str | None = None, per_page: int = 100
     ):
-        _layer_or_404(st, layer)
+        layer = _layer_or_404(st, layer)["name"]
         page, per_page = _paging(page, per_page, sort)
         units, total = st.reader.units(layer, page, per_page, sort, label)
         return _clean({"total": total, "units": units})
 
     @r.get("/unit/{layer}/{unit}")
     def api_unit(layer: str, unit: int):
-        _layer_or_404(st, layer)
+        layer = _layer_or_404(st, layer)["name"]
         row = _unit_or_404(st, layer, unit)
         topk = {c: st.reader.topk(layer, unit, c) for c in st.reader.criteria(layer)}
         return _clean({"unit": row, "topk": topk, "concepts": st.reader.concepts(layer, unit)})
