@@ -51,6 +51,7 @@ RANKS = {
     ),
     "scale": 4,
     "verbs": 4,
+    "conformance": 4,  # the suite over architectures runs the verbs
     "atlas": 5,
     "app": 6,
     "viewer": 6,

@@ -1,0 +1,116 @@
+"""The conformance suite (issue 19): every capability on every registry architecture, random weights.
+
+One test body parametrised over (architecture, capability), as timm's tests are. The fast members
+run always; the slow ones carry the ``slow`` marker and run only with ``CONVSCOPE_SLOW=1``.
+A known failure is ``xfail(strict=True)`` with the recorded error, so that a fix shows up as an
+unexpected pass. Regenerate the table: ``python -m convscope.conformance --all --out FILE``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from convscope.conformance import (
+    ARCHITECTURES,
+    CAPABILITIES,
+    ConformanceReport,
+    Fixture,
+    hook_count,
+    run_check,
+    run_conformance,
+)
+from convscope.errors import NameNotFoundError
+
+SLOW = os.environ.get("CONVSCOPE_SLOW") == "1"
+
+# A timm model with a module named 'stages' (ConvNeXt, MaxViT): trace_layers hands the module
+# names to Recorder, whose bare-module resolver reads 'stages' as the selection word.
+STAGES_MODULE = "UserInputError: layer 'stages' needs a layer table: use a Subject"
+# Grad-CAM on the deepest map of a class-token ViT: its patch tokens do not reach the output.
+CAM_CLS = (
+    "gradcam, gradcam++, guided_gradcam: RuntimeError: The differentiated Tensor at index 0 "
+    "appears to not have been used in the graph"
+)
+# visualize's jitter/scale augmentations change the input size of a fixed-size transformer.
+SYNTH_SIZE = "Input height (136) doesn't match model (its fixed input size)"
+
+# (architecture, capability) -> the recorded error; the fixes are later work (issue 19).
+KNOWN_FAILURES: dict[tuple[str, str], str] = {
+    ("convnext_tiny", "layers"): "UserInputError: the model has no layers for 'stages'",
+    **{("convnext_atto", c): STAGES_MODULE for c in CAPABILITIES if c != "attack"},
+    **{("maxvit_tiny_tf_224", c): STAGES_MODULE for c in CAPABILITIES if c != "attack"},
+    **{
+        (vit, c): reason
+        for vit in (
+            "vit_b_16",
+            "vit_tiny_patch16_224",
+            "vit_small_patch14_reg4_dinov2",
+            "vit_base_patch16_clip_224",
+        )
+        for c, reason in (("explain", CAM_CLS), ("visualize", SYNTH_SIZE))
+    },
+    ("swin_tiny_patch4_window7_224", "visualize"): SYNTH_SIZE,
+}
+
+
+def _params():
+    for arch in ARCHITECTURES:
+        for cap in CAPABILITIES:
+            marks = []
+            if arch.slow:
+                marks += [pytest.mark.slow, pytest.mark.skipif(not SLOW, reason="slow; CONVSCOPE_SLOW=1")]
+            if (arch.name, cap) in KNOWN_FAILURES:
+                marks.append(pytest.mark.xfail(strict=True, reason=KNOWN_FAILURES[(arch.name, cap)]))
+            yield pytest.param(arch, cap, marks=marks, id=f"{arch.name}-{cap}")
+
+
+@pytest.fixture(scope="module")
+def fixtures(tmp_path_factory):
+    """One loaded member per architecture, shared by its capability tests."""
+    made: dict[str, Fixture] = {}
+
+    def get(arch):
+        if arch.name not in made:
+            made[arch.name] = Fixture(arch, tmp_path_factory.mktemp(arch.name))
+        return made[arch.name]
+
+    yield get
+    made.clear()
+
+
+@pytest.mark.parametrize("arch,capability", list(_params()))
+def test_conformance(fixtures, arch, capability):
+    result = run_check(fixtures(arch), capability)
+    if result.status == "n/a":
+        pytest.skip(f"not applicable: {result.detail}")
+    assert result.status == "ok", result.detail
+
+
+def test_hook_count_sees_a_left_hook():
+    """The hooks check can fail: a hook left on a module is counted."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    assert hook_count(model) == 0
+    handle = model[1].register_forward_hook(lambda *a: None)
+    assert hook_count(model) == 1
+    handle.remove()
+    assert hook_count(model) == 0
+
+
+def test_report_table_says_what_failed():
+    report = run_conformance(["resnet18"], ["layers", "record"])
+    assert [r.status for r in report.results] == ["ok", "ok"]
+    report.results[1].status, report.results[1].detail = "failed", "ValueError: boom"
+    table = report.table()
+    assert "| resnet18 | ok | **FAIL** |" in table
+    assert "- resnet18 / record (failed): ValueError: boom" in table
+    assert isinstance(report, ConformanceReport)
+
+
+def test_unknown_names_are_refused_before_work():
+    with pytest.raises(NameNotFoundError, match="resnet19"):
+        run_conformance(["resnet19"])
+    with pytest.raises(NameNotFoundError, match="scann"):
+        run_conformance(["resnet18"], ["scann"])
