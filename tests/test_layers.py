@@ -125,3 +125,18 @@ def test_unknown_names_that_are_not_layers_are_not_layer_errors():
     with pytest.raises(NameNotFoundError, match="resnet18") as err:
         convscope.load("torchvision:resnet1")
     assert not isinstance(err.value, LayerNotFoundError)
+
+
+def test_a_module_named_like_a_word_is_that_module():
+    """timm's ConvNeXt and MaxViT have a module named ``stages``: a bare module's addresses (what
+    the layer trace records through) name it, the word needs a layer table."""
+    from torch import nn
+
+    from convscope.layers import resolve_module_names
+
+    model = nn.Sequential()
+    model.add_module("stem", nn.Conv2d(3, 4, 3))
+    model.add_module("stages", nn.Sequential(nn.Conv2d(4, 4, 3)))
+    assert resolve_module_names(model, ["stem", "stages", "stages.0"]) == ["stem", "stages", "stages.0"]
+    with pytest.raises(UserInputError, match="needs a layer table"):
+        resolve_module_names(nn.Sequential(nn.Conv2d(3, 4, 3)), "stages")

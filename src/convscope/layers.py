@@ -249,13 +249,12 @@ def resolve_module_names(model: nn.Module, spec: LayerSpec) -> list[str]:
     known = set(names)
     out: list[str] = []
     for item in _split(spec):
-        if callable(item) or item in SELECTION_WORDS:
-            raise UserInputError(
-                f"layer {getattr(item, '__name__', item)!r} needs a layer table: use a Subject"
-            )
-        module, _ = parse_address(item)
-        if module in known:
+        module, _ = (None, None) if callable(item) else parse_address(item)
+        if module in known:  # a module named like a word (timm's ConvNeXt has `stages`) is that module
             found = [item]
+        elif callable(item) or item in SELECTION_WORDS:
+            what = getattr(item, "__name__", item)
+            raise UserInputError(f"layer {what!r} needs a layer table: use a Subject")
         elif any(ch in item for ch in "*?["):
             found = [n for n in names if fnmatch.fnmatchcase(n, item)]
         else:
