@@ -36,7 +36,10 @@ class Subject:
         name: str = "model",
         token_layout: TokenLayout | None = None,
         transform: Callable[[Image.Image], torch.Tensor] | None = None,
+        fixed_input_size: bool | None = None,
     ):
+        """``fixed_input_size``: whether the model runs only at its input size (None: detect it,
+        see :attr:`fixed_input_size`)."""
         self.model = model.eval()
         self.preprocess = preprocess
         self.transform = transform or preprocess
@@ -45,6 +48,8 @@ class Subject:
         self.token_layout = (
             token_layout if token_layout is not None else detect_token_layout(model, preprocess.size)
         )
+        if fixed_input_size is not None:
+            self.__dict__["fixed_input_size"] = bool(fixed_input_size)
         # How to load this subject again (set by convscope.load; None for wrapped modules).
         self.spec: dict | None = None
 
@@ -100,6 +105,27 @@ class Subject:
     def input_size(self) -> tuple[int, int]:
         """(H, W) in pixels of the model input."""
         return self.preprocess.size
+
+    @cached_property
+    def fixed_input_size(self) -> bool:
+        """Whether the model runs only at :attr:`input_size`: vision transformers with fixed
+        position embeddings, windowed attention (Swin, MaxViT), a Linear layer after a flatten.
+        Detected once by one forward pass of a zero image 1/8 larger per side: if it raises,
+        the size is fixed. Synthesis then keeps every augmented image at the input size.
+        Pass ``fixed_input_size=`` to :class:`Subject` to say it instead."""
+        h, w = self.input_size
+        dh, dw = max(8, h // 8), max(8, w // 8)
+        param = next((p for p in self.model.parameters() if p.is_floating_point()), None)
+        dtype = param.dtype if param is not None else torch.float32
+        x = torch.zeros(1, 3, h + dh, w + dw, device=self.device, dtype=dtype)
+        try:
+            with torch.no_grad():
+                self.model(x)
+        except StopForward:
+            return False
+        except Exception:  # any failure at another size: the model takes its own size only
+            return True
+        return False
 
     # -- layers -------------------------------------------------------------------------------
     @cached_property
