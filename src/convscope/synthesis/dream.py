@@ -57,13 +57,19 @@ def _ascent(
     step_size: float,
     jitter: int,
     gen: torch.Generator,
+    model_size: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """Normalised gradient ascent on mean(Phi^2) of a [0, 1] image (1, 3, h, w)."""
+    """Normalised gradient ascent on mean(Phi^2) of a [0, 1] image (1, 3, h, w); with
+    ``model_size`` (a model that runs only at its input size) the model sees the image resized
+    to it, and the gradient comes back through the resize at the octave's own size."""
     for _ in range(steps):
         dy, dx = (int(v) - jitter for v in torch.randint(2 * jitter + 1, (2,), generator=gen))
         shifted = torch.roll(img, (dy, dx), dims=(2, 3)).detach().requires_grad_(True)
         with torch.enable_grad(), Recorder(subject, [layer], detach=False, stop=True) as rec:
-            subject(subject.preprocess.normalize(shifted))
+            x = shifted
+            if model_size is not None and tuple(x.shape[2:]) != tuple(model_size):
+                x = F.interpolate(x, size=model_size, mode="bilinear", align_corners=False, antialias=True)
+            subject(subject.preprocess.normalize(x))
             (g,) = torch.autograd.grad(rec[layer].pow(2).mean(), shifted)
         g = torch.roll(g, (-dy, -dx), dims=(2, 3))
         img = (img + step_size * g / g.abs().mean().clamp_min(1e-12)).clamp(0, 1).detach()
@@ -83,8 +89,14 @@ def dream(
     seed: int = 0,
 ) -> Dream:
     """Dream on ``image`` (path, PIL, array or a [0, 1] tensor (1, 3, H, W)) at ``layer``:
-    from the coarsest octave to the full size, the detail added at each scale is carried up."""
+    from the coarsest octave to the full size, the detail added at each scale is carried up.
+    For a model that runs only at its input size (``subject.fixed_input_size``) each octave is
+    resized to that size for the forward pass (the jitter is a roll, which keeps the size), so
+    a coarse octave is seen as a blurred full-size image and gains coarser detail, as on a
+    convnet."""
     name = subject.layer(layer).name
+    # read before the Recorder in _ascent is on: the size probe is a forward pass
+    model_size = tuple(subject.input_size) if subject.fixed_input_size else None
     gen = torch.Generator().manual_seed(seed)
     base = _as_unit_image(subject, image)
     h, w = base.shape[2:]
@@ -95,7 +107,9 @@ def dream(
     for size in sizes:
         scaled = F.interpolate(base, size=size, mode="bilinear", align_corners=False)
         detail = F.interpolate(detail, size=size, mode="bilinear", align_corners=False)
-        dreamed = _ascent(subject, (scaled + detail).clamp(0, 1), name, steps, step_size, jitter, gen)
+        dreamed = _ascent(
+            subject, (scaled + detail).clamp(0, 1), name, steps, step_size, jitter, gen, model_size
+        )
         detail = dreamed - scaled
     out = (base + F.interpolate(detail, size=(h, w), mode="bilinear", align_corners=False)).clamp(0, 1)
     return Dream(out[0].permute(1, 2, 0).cpu().numpy())

@@ -15,7 +15,7 @@ from convscope.results import Result
 from convscope.subject import Subject
 from convscope.synthesis.objectives import Context, Objective
 from convscope.synthesis.param import make_param
-from convscope.synthesis.transforms import Transform, standard
+from convscope.synthesis.transforms import Transform, at_size, standard
 
 Progress = Callable[[int, int], None]
 
@@ -53,9 +53,11 @@ def evaluate(
     grad: bool = False,
     accel: Accel | None = None,
 ) -> torch.Tensor:
-    """Objective scores (N,) of images (N, 3, H, W) in [0, 1], optionally transformed first."""
+    """Objective scores (N,) of images (N, 3, H, W) in [0, 1], optionally transformed first
+    (for a fixed-size model, see :func:`model_transform`, resized to its input size)."""
     layers = list(objective.layers)
     stop = bool(layers) and not objective.needs_output
+    transform = model_transform(subject, transform)
     x = transform(images, gen) if transform is not None else images
     accel = Accel.of(accel, subject)
     device = subject.device
@@ -71,12 +73,22 @@ def evaluate(
         return objective(Context(acts, out, images)).float()
 
 
+def model_transform(subject: Subject, transform: Transform | None) -> Transform | None:
+    """``transform`` as the model must see it: unchanged where the model takes any size;
+    for a model that runs only at its input size (``subject.fixed_input_size``), wrapped by
+    :func:`~convscope.synthesis.transforms.at_size` so that every image reaching it has exactly
+    ``subject.input_size``. Read before any Recorder is on: the size probe is a forward pass."""
+    if not subject.fixed_input_size:
+        return transform
+    return at_size(subject.input_size, transform)
+
+
 def optimize(
     subject: Subject,
     objective: Objective,
     *,
     batch: int = 1,
-    size: int | tuple[int, int] = 128,
+    size: int | tuple[int, int] | None = None,
     param: str = "fft",
     decorrelate: bool = True,
     steps: int = 256,
@@ -94,6 +106,9 @@ def optimize(
 ) -> Synthesis:
     """Optimise ``batch`` images for ``objective`` (maximised) with Adam.
 
+    ``size`` is the canvas (H, W) in px (default 128, or the input size of a model that runs
+    only at its input size; such a model sees the canvas resized to its input size, and every
+    augmented image centre-cropped or padded back to it: see :func:`model_transform`).
     ``param`` is ``"fft"`` (default) or ``"pixel"``; ``transform`` defaults to the standard
     jitter/scale/rotate set (``transforms.none()`` for none); ``frames`` lists the steps whose
     images are kept; ``init`` is ``(params, image_fn)`` from :mod:`convscope.synthesis.param`
@@ -106,6 +121,9 @@ def optimize(
     """
     if steps < 1 or batch < 1:
         raise UserInputError("steps and batch must be >= 1")
+    fixed = subject.fixed_input_size  # before the Recorder below: its probe is a forward pass
+    if size is None:
+        size = subject.input_size if fixed else 128
     h, w = (size, size) if isinstance(size, int) else size
     gen = torch.Generator().manual_seed(seed)
     device = subject.device
@@ -114,7 +132,7 @@ def optimize(
         if init is not None
         else make_param(param, (batch, 3, h, w), generator=gen, device=device, decorrelate=decorrelate)
     )
-    transform = standard() if transform is None else transform
+    transform = model_transform(subject, standard() if transform is None else transform)
     opt = optimizer(params) if optimizer is not None else torch.optim.Adam(params, lr=lr)
     layers = list(objective.layers)
     stop = bool(layers) and not objective.needs_output

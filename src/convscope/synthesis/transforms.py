@@ -91,3 +91,46 @@ def standard() -> Transform:
 
 def none() -> Transform:
     return compose([])
+
+
+def crop_or_pad(size: tuple[int, int], value: float = 0.5) -> Transform:
+    """Centre crop or pad (with grey ``value``, like :func:`pad`) each side to exactly ``size``
+    (H, W); deterministic, so any random shift drawn before it is kept."""
+    th, tw = size
+
+    def t(x, gen):
+        h, w = x.shape[2:]
+        if (h, w) == (th, tw):
+            return x
+        y0, x0 = max(0, (h - th) // 2), max(0, (w - tw) // 2)
+        x = x[:, :, y0 : y0 + th, x0 : x0 + tw]
+        ph, pw = th - x.shape[2], tw - x.shape[3]
+        if ph or pw:
+            x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), mode="constant", value=value)
+        return x
+
+    return t
+
+
+def at_size(size: tuple[int, int], transform: Transform | None = None) -> Transform:
+    """``transform`` for a model that runs only at ``size`` (H, W) (vision transformers, Swin,
+    MaxViT): the canvas is resized (bilinear) to ``size`` if it differs, ``transform`` is
+    applied, and the result is centre-cropped or grey-padded back to ``size``.
+
+    Crop/pad rather than resizing back: resizing would undo the random scale (the model would
+    see the same object size at every step), while crop/pad keeps every augmentation honest:
+    a scaled image shows its content larger or smaller in the model's fixed field of view,
+    jitter stays a shift (the random crop offset survives the centred crop), rotation is
+    unchanged. The canvas itself is resized first because its pixels are what the user asked
+    for (any ``size``), and the model's field of view should cover all of them."""
+    size = (int(size[0]), int(size[1]))
+    fit = crop_or_pad(size)
+
+    def t(x, gen):
+        if tuple(x.shape[2:]) != size:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        if transform is not None:
+            x = transform(x, gen)
+        return fit(x, gen)
+
+    return t
