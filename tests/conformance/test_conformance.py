@@ -31,17 +31,12 @@ CAM_CLS = (
     "gradcam, gradcam++, guided_gradcam: RuntimeError: The differentiated Tensor at index 0 "
     "appears to not have been used in the graph"
 )
-# visualize's jitter/scale augmentations change the input size of a fixed-size transformer.
-SYNTH_SIZE = "Input height (136) doesn't match model (its fixed input size)"
-
 # (architecture, capability) -> the recorded error; the fixes are later work (issue 19).
 KNOWN_FAILURES: dict[tuple[str, str], str] = {
     # channels-last (B, H, W, C) block outputs: no RF traced through them, and 'stages' names none
     ("convnext_tiny", "layers"): "198 layers have no receptive field: features, features.0, ...",
     ("convnext_atto", "layers"): "170 layers have no receptive field: stem, stem.1, stages, ...",
     ("maxvit_tiny_tf_224", "layers"): "515 layers have no receptive field: stages, stages.0, ...",
-    # the synthesis augmentations give a size the window partition cannot take
-    ("maxvit_tiny_tf_224", "visualize"): "height (34) must be divisible by window (7)",
     **{
         (vit, c): reason
         for vit in (
@@ -50,9 +45,8 @@ KNOWN_FAILURES: dict[tuple[str, str], str] = {
             "vit_small_patch14_reg4_dinov2",
             "vit_base_patch16_clip_224",
         )
-        for c, reason in (("explain", CAM_CLS), ("visualize", SYNTH_SIZE))
+        for c, reason in (("explain", CAM_CLS),)
     },
-    ("swin_tiny_patch4_window7_224", "visualize"): SYNTH_SIZE,
     # the patch embedding's (B, H, W, C) output and the LayerNorms after it: no RF traced
     ("swin_tiny_patch4_window7_224", "layers"): "4 layers have no receptive field: patch_embed, ...",
 }
