@@ -121,6 +121,10 @@ def build(kind: str, subject, samples, x, tmp: Path):
 
         rf = empirical_rf(subject, x, "conv1", 0, patch=5, stride=4)
         return rf.maps[0] if kind == "DiscrepancyMap" else rf
+    if kind == "SupportCheck":
+        from convscope.empirical import gradient_support
+
+        return gradient_support(subject, "conv2", samples=2)
     if kind == "Stimuli":
         from convscope.empirical import stimuli
 
@@ -182,6 +186,7 @@ KINDS = [
     "DiscrepancyMap",
     "EmpiricalRF",
     "Stimuli",
+    "SupportCheck",
     "Adversarial",
     "Fooling",
     "Synthesis",

@@ -78,6 +78,7 @@ BY_NAME = {a.name: a for a in ARCHITECTURES}
 
 CAPABILITIES = (
     "layers",
+    "rf",
     "record",
     "scan",
     "explain",
@@ -284,6 +285,68 @@ def check_layers(f: Fixture) -> str:
     return ""
 
 
+# The rf check measures at most this many layers per member, spread over depth.
+RF_LAYERS = 4
+
+
+def _rf_layers(subject) -> list:
+    """Up to :data:`RF_LAYERS` map layers spread over depth: the ``stages`` and the deepest map
+    (a ViT's token blocks); where ``stages`` names none, every map larger than 1 x 1."""
+    from convscope.errors import UserInputError
+
+    try:
+        names = subject.layers.select("stages")
+    except UserInputError:
+        names = []
+    maps = [i for i in subject.layers if i.is_map and i.shape[1] * i.shape[2] > 1]
+    pool = [subject.layers.get(n) for n in names] or maps
+    if maps:
+        pool.append(max(maps, key=lambda i: i.order))
+    pool = sorted({i.name: i for i in pool}.values(), key=lambda i: i.order)
+    if len(pool) <= RF_LAYERS:
+        return pool
+    picks = sorted({round(k * (len(pool) - 1) / (RF_LAYERS - 1)) for k in range(RF_LAYERS)})
+    return [pool[k] for k in picks]
+
+
+def check_rf(f: Fixture) -> str:
+    """Theoretical receptive fields against gradient support: at the centre unit of each layer
+    of :func:`_rf_layers`, no input pixel outside the theoretical box may have a gradient."""
+    from convscope.empirical import gradient_supports
+
+    infos = _rf_layers(f.subject)
+    if not infos:
+        raise NotApplicable("no spatial map layer")
+    missing = [i.name for i in infos if i.rf is None]
+    if missing:
+        raise AssertionError(
+            f"{len(missing)} of the {len(infos)} layers checked have no receptive field: "
+            + ", ".join(missing)
+        )
+    checks = gradient_supports(f.subject, [i.name for i in infos], samples=2)
+    left = [c for c in checks if not c.inside]
+    if left:
+        raise AssertionError(
+            "; ".join(
+                f"{c.layer} at {c.position}: gradient support {_box(c.support_box)} leaves the "
+                f"theoretical box {_box(c.box)} ({c.rf}), {c.outside} px outside"
+                for c in left
+            )
+        )
+    _renders(checks[-1])
+    notes = [
+        f"{c.layer}: {c.claim.replace('_', ' ')} claim, support covers {c.coverage:.0%} of the image"
+        for c in checks
+        if c.backed is False
+    ]
+    notes += [f"{c.layer}: no pixel has a gradient" for c in checks if c.support_box is None]
+    return "; ".join(notes)
+
+
+def _box(b) -> str:
+    return "(empty)" if b is None else f"y {b[0]}..{b[2]}, x {b[1]}..{b[3]}"
+
+
 def check_record(f: Fixture) -> str:
     names = _stage_layers(f.subject)
     with f.subject.record(names) as rec:
@@ -317,11 +380,14 @@ def check_scan(f: Fixture) -> str:
 
 def _explain_options(f: Fixture, method: str) -> dict:
     from convscope.attribution import method_options
+    from convscope.attribution.cam import default_cam_layer
 
     takes = set(method_options(method))
     h, _ = f.subject.input_size
     wanted = {
-        "layer": f.layer,
+        # the default CAM layer: a class-token ViT's deepest map (after its last attention) is
+        # refused, its patch tokens do not reach the output
+        "layer": default_cam_layer(f.subject),
         "steps": 4,
         "samples": 2,
         "window": max(h // 4, 4),
@@ -338,11 +404,12 @@ SCORECAM_BUDGET = 10_000_000
 def check_explain(f: Fixture) -> str:
     import convscope.verbs as verbs
     from convscope.attribution import method_names
+    from convscope.attribution.cam import default_cam_layer
     from convscope.errors import UserInputError
 
     x = f.x[:1]
     failed, skipped = [], []
-    units = f.subject.layers.get(f.layer).units or 0
+    units = f.subject.layers.get(default_cam_layer(f.subject)).units or 0
     for method in method_names():
         h, w = f.subject.input_size
         if method == "scorecam" and units * h * w > SCORECAM_BUDGET:
@@ -443,6 +510,7 @@ def check_empirical_rf(f: Fixture) -> str:
 
 CHECKS: dict[str, Callable[[Fixture], str]] = {
     "layers": check_layers,
+    "rf": check_rf,
     "record": check_record,
     "scan": check_scan,
     "explain": check_explain,

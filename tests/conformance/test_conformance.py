@@ -49,6 +49,15 @@ KNOWN_FAILURES: dict[tuple[str, str], str] = {
     },
     # the patch embedding's (B, H, W, C) output and the LayerNorms after it: no RF traced
     ("swin_tiny_patch4_window7_224", "layers"): "4 layers have no receptive field: patch_embed, ...",
+    # rf: the channels-last layers checked have no receptive field (the layout rewrite fixes it)
+    ("convnext_tiny", "rf"): "3 of the 4 layers checked have no receptive field: features.3.2...",
+    ("convnext_atto", "rf"): "1 of the 2 layers checked have no receptive field: norm_pre",
+    ("maxvit_tiny_tf_224", "rf"): "1 of the 2 layers checked have no receptive field: norm",
+    # rf: an adaptive average pool that enlarges a map (AlexNet 1x1 -> 6x6, VGG 2x2 -> 7x7 at 64 px)
+    # replicates its input, but the traced RF keeps the input's stride: units off the centre get a
+    # box shifted by up to 3 strides (receptive.py's adaptive-pool rule)
+    ("alexnet", "rf"): "avgpool at (3, 3): support y 0..63 leaves the theoretical box y 30..63",
+    ("vgg11", "rf"): "avgpool at (3, 3): support y 0..63 leaves the theoretical box y 37..63",
 }
 
 
@@ -108,6 +117,21 @@ def test_run_check_fails_on_a_hook_left_behind(monkeypatch, tmp_path):
     monkeypatch.setitem(conformance.CHECKS, "record", leaky)
     result = run_check(member, "record")
     assert result.status == "failed" and "1 hooks left on the model" in result.detail
+
+
+def test_rf_check_fails_on_a_wrong_receptive_field(tmp_path):
+    """A layer whose table claims a too-small receptive field fails the rf check, by name."""
+    import convscope.conformance as conformance
+    from convscope.receptive import ReceptiveField
+
+    member = Fixture(conformance.BY_NAME["resnet18"], tmp_path)  # its own: its table is changed
+    assert run_check(member, "rf").status == "ok"
+    info = member.subject.layer("layer1")
+    rf = info.rf
+    object.__setattr__(info, "rf", ReceptiveField((3.0, 3.0), rf.jump, rf.start))
+    result = run_check(member, "rf")
+    assert result.status == "failed"
+    assert "layer1 at (8, 8): gradient support y 11..53, x 11..53 leaves the theoretical box" in result.detail
 
 
 def test_report_table_says_what_failed():

@@ -1,4 +1,5 @@
-"""Empirical receptive fields (discrepancy maps) and manufactured-stimulus tests."""
+"""Empirical receptive fields (discrepancy maps), manufactured-stimulus tests, and theoretical
+receptive fields checked against gradient support."""
 
 from convscope.empirical.discrepancy import (
     DiscrepancyMap,
@@ -9,14 +10,18 @@ from convscope.empirical.discrepancy import (
     peak_position,
 )
 from convscope.empirical.stimuli import Stimuli, best_patch, stimuli
+from convscope.empirical.support import SupportCheck, gradient_support, gradient_supports
 
 __all__ = [
     "DiscrepancyMap",
     "EmpiricalRF",
     "Stimuli",
+    "SupportCheck",
     "best_patch",
     "discrepancy_map",
     "empirical_rf",
+    "gradient_support",
+    "gradient_supports",
     "layer_summary",
     "peak_position",
     "stimuli",

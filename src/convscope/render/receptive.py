@@ -37,3 +37,57 @@ def empirical_rf_figure(images: np.ndarray, result) -> Image.Image:
     out.paste(grid, (0, 0))
     out.paste(bar, (3, grid.height))
     return out
+
+
+def support_figure(check, cell: int = 224) -> Image.Image:
+    """A gradient-support check drawn ``cell`` px wide: log10 |gradient| of the support pixels
+    (inferno over its range, black where the gradient is zero, red where the support leaves the
+    theoretical box), the theoretical box in green and the support's bounding box in dashed cyan,
+    the headline's verdict under it. ``check`` has ``magnitude`` and ``support`` (H, W), ``box``
+    and ``support_box`` (inclusive (y0, x0, y1, x1) or None) and ``claim``."""
+    import matplotlib
+    from PIL import ImageDraw
+
+    mag = np.asarray(check.magnitude, dtype=np.float64)
+    sup = np.asarray(check.support, dtype=bool)
+    H, W = sup.shape
+    rgb = np.zeros((H, W, 3), dtype=np.float64)
+    if sup.any():
+        logs = np.log10(np.where(sup, np.maximum(mag, 1e-300), 1.0))
+        lo, hi = float(logs[sup].min()), float(logs[sup].max())
+        norm = (logs - lo) / (hi - lo) if hi > lo else np.ones_like(logs)
+        heat = matplotlib.colormaps["inferno"](0.25 + 0.75 * np.clip(norm, 0, 1))[..., :3]
+        rgb[sup] = heat[sup]
+    if check.box is not None and check.claim == "local":
+        y0, x0, y1, x1 = check.box
+        out = sup.copy()
+        out[max(y0, 0) : y1 + 1, max(x0, 0) : x1 + 1] = False
+        rgb[out] = (1.0, 0.0, 0.0)
+    img = Image.fromarray((rgb * 255 + 0.5).astype(np.uint8))
+    scale = cell / W
+    img = img.resize((cell, max(1, round(H * scale))), Image.NEAREST)
+    draw = ImageDraw.Draw(img)
+
+    def rect(b):
+        y0, x0, y1, x1 = b
+        return [x0 * scale, y0 * scale, (x1 + 1) * scale - 1, (y1 + 1) * scale - 1]
+
+    if check.box is not None:
+        draw.rectangle(rect(check.box), outline=(0, 230, 0), width=2)
+    if check.support_box is not None:
+        x0, y0, x1, y1 = rect(check.support_box)
+        for a in range(int(x0), int(x1), 8):  # dashed: 4 px on, 4 px off
+            draw.line([(a, y0), (min(a + 4, x1), y0)], fill=(0, 220, 255))
+            draw.line([(a, y1), (min(a + 4, x1), y1)], fill=(0, 220, 255))
+        for a in range(int(y0), int(y1), 8):
+            draw.line([(x0, a), (x0, min(a + 4, y1))], fill=(0, 220, 255))
+            draw.line([(x1, a), (x1, min(a + 4, y1))], fill=(0, 220, 255))
+    verdict = (
+        ("inside the box" if check.outside == 0 else f"{check.outside} px outside the box")
+        if check.claim == "local"
+        else f"{check.claim.replace('_', ' ')}: {check.coverage:.0%} of the image"
+    )
+    canvas = Image.new("RGB", (img.width, img.height + 16), "white")
+    canvas.paste(img, (0, 0))
+    ImageDraw.Draw(canvas).text((3, img.height + 2), f"{check.layer}: {verdict}", fill=(0, 0, 0))
+    return canvas
