@@ -1,6 +1,7 @@
 """Class activation maps: Grad-CAM, Grad-CAM++, Score-CAM and Guided Grad-CAM.
 
-All take ``layer=`` (any layer with a spatial map; default: the last stage of the model) and
+All take ``layer=`` (any layer with a spatial map; default: the last stage whose positions reach
+the output, see :func:`default_cam_layer`) and
 return the map upsampled bilinearly to the input size, as in the papers' code (Captum's
 ``LayerGradCam`` + ``interpolate`` upsamples with nearest-neighbour by default). Maps are not
 normalised: ``AttributionMap.normalized`` scales them for display.
@@ -8,37 +9,180 @@ normalised: ``AttributionMap.normalized`` scales them for display.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 
 from convscope.attribution.base import Method, input_gradient, register
 from convscope.attribution.targets import Target, logits
 from convscope.errors import UserInputError
-from convscope.recorder import Recorder
+from convscope.layers import LayerInfo
+from convscope.recorder import Recorder, select_tensor
+
+# subject -> {target layer (None: the model output) -> default CAM layer}; weak so that a
+# subject's cache goes with it.
+_DEFAULTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def default_cam_layer(subject) -> str:
-    """The last resolution stage with a map larger than 1 x 1."""
-    stages = subject.layers.stages()
-    if not stages:
+def cam_candidates(subject) -> list[LayerInfo]:
+    """The layers a default CAM layer is chosen from, in forward order: the stages (see
+    :meth:`LayerTable.stages`) and, for a vision transformer, every patch-token map (at the token
+    grid) outside an attention module (its query/key/value projections mix roles and heads)."""
+    found = {i.name: i for i in subject.layers.stages()}
+    layout = subject.token_layout
+    if layout is not None:
+        types = {i.module: i.type for i in subject.layers}
+        for info in subject.layers:
+            if (
+                info.is_map
+                and tuple(info.shape[1:]) == (layout.height, layout.width)
+                and layout.height * layout.width > 1
+                and not _in_attention(info.module, types)
+            ):
+                found.setdefault(info.name, info)
+    return sorted(found.values(), key=lambda i: i.order)
+
+
+def _in_attention(module: str, types: dict[str, str]) -> bool:
+    parts = module.split(".")
+    return any("attention" in types.get(".".join(parts[:k]), "").lower() for k in range(1, len(parts) + 1))
+
+
+def reaching_layers(subject, names: list[str], target_layer: str | None = None) -> set[str]:
+    """Those of ``names`` (map layers) whose gradient, from one forward and backward pass of a
+    random image, is nonzero at more than one spatial position: their positions reach the model
+    output (``target_layer``: that layer's output). A class-token transformer's patch tokens after
+    its last attention reach nothing (only the class token goes on)."""
+    names = [n for n in names if n != target_layer]
+    if not names:
+        return set()
+    h, w = subject.input_size
+    param = next((p for p in subject.model.parameters() if p.is_floating_point()), None)
+    dtype = param.dtype if param is not None else torch.float32
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 3, h, w, generator=gen).to(subject.device, dtype)
+
+    def project(t):  # onto a fixed random direction: a plain sum can cancel (e.g. after a softmax)
+        return (t * torch.randn(t.shape, generator=gen).to(t.device, t.dtype)).sum()
+
+    head_in: list[torch.Tensor] = []
+
+    def score(rec):
+        if target_layer is not None:
+            subject(x)
+            return project(rec[target_layer])
+        out = project(logits(subject, x))
+        return out + sum(project(t) for t in head_in)
+
+    head = _head(subject) if target_layer is None else None
+    handle = None
+    if head is not None:
+        # The head's input too: a head initialised to zero (torchvision's ViT) passes no
+        # gradient back, yet the positions that feed it are the ones that matter.
+        module = dict(subject.model.named_modules())[head]
+        handle = module.register_forward_pre_hook(
+            lambda m, args: head_in.extend(a for a in args[:1] if isinstance(a, torch.Tensor))
+        )
+    extra = [target_layer] if target_layer else []
+    try:
+        found = maps_and_grads(subject, names, score, extra, stop=bool(extra))
+    finally:
+        if handle is not None:
+            handle.remove()
+    return {n for n, (_, g) in found.items() if g is not None and _positions_reached(g) > 1}
+
+
+def maps_and_grads(subject, names: list[str], score, extra: list[str] = (), stop: bool = False) -> dict:
+    """``{name: (map, gradient map or None)}`` for map layers ``names``: one forward pass records
+    them (and ``extra``, for the score) and ``score(recorder)`` runs it and returns a scalar;
+    ``stop`` ends the pass once they are recorded.
+
+    The gradient is taken with respect to each layer's raw output and then put in map form as
+    the recording is (a token map is a slice of the sequence, not a tensor the model used);
+    None where the score does not depend on the layer at all."""
+    raw: dict[str, torch.Tensor] = {}
+
+    def keep(address, call, output):
+        raw[address] = output
+
+    with (
+        torch.enable_grad(),
+        Recorder(subject, list(names) + list(extra), detach=False, stop=stop, callback=keep) as rec,
+    ):
+        value = score(rec)
+        maps = {n: rec[n] for n in names}  # also checks each ran once
+        outs = [select_tensor(raw[n], None, n) for n in names]
+        grads = torch.autograd.grad(value, outs, allow_unused=True)
+    return {
+        n: (m.detach(), None if g is None else rec.extract(n, g).detach())
+        for (n, m), g in zip(maps.items(), grads)
+    }
+
+
+def _head(subject) -> str | None:
+    """The leaf module that finishes last, if its output is not a map (a classifier head)."""
+    modules = {i.module for i in subject.layers}
+    leaves = [
+        i
+        for i in subject.layers
+        if i.shape is not None and i.module and not any(m.startswith(i.module + ".") for m in modules)
+    ]
+    if not leaves:
+        return None
+    last = max(leaves, key=lambda i: i.order)
+    return None if last.is_map else last.module
+
+
+def _positions_reached(grad: torch.Tensor) -> int:
+    """How many spatial positions of a map gradient (N, C, H, W) are nonzero."""
+    return int((grad.detach().abs().sum(dim=(0, 1)) > 0).sum())
+
+
+def default_cam_layer(subject, target_layer: str | None = None) -> str:
+    """The default CAM layer: the last of :func:`cam_candidates` whose spatial positions reach the
+    model output (a CNN's last stage; a class-token ViT's last patch-token map before its last
+    attention). With ``target_layer`` (a unit target), the last such layer that runs before it
+    and reaches it, else that layer itself. Found once per subject by one forward and backward
+    pass (:func:`reaching_layers`)."""
+    cache = _DEFAULTS.setdefault(subject, {})
+    if target_layer in cache:
+        return cache[target_layer]
+    candidates = cam_candidates(subject)
+    if target_layer is not None:
+        tinfo = subject.layer(target_layer)
+        candidates = [i for i in candidates if i.order < tinfo.order]
+        if not candidates:
+            cache[target_layer] = tinfo.name
+            return tinfo.name
+    elif not candidates:
         raise UserInputError(
             "the model has no spatial layer for a CAM; name one with --layers (layer= in Python)"
         )
-    return stages[-1].name
+    reached = reaching_layers(subject, [i.name for i in candidates], target_layer)
+    chosen = [i.name for i in candidates if i.name in reached]
+    if not chosen and target_layer is not None:
+        chosen = [subject.layer(target_layer).name]
+    if not chosen:
+        raise UserInputError(
+            "no spatial layer's positions reach the model output, so a CAM has nothing to weigh; "
+            "name one with --layers (layer= in Python)"
+        )
+    cache[target_layer] = chosen[-1]
+    return chosen[-1]
 
 
 class _CamMethod(Method):
     takes = ("layer",)
 
     def layer(self, target: Target | None = None) -> str:
-        """The CAM layer: ``layer=`` or, by default, the last stage (for a unit target, the last
-        stage that runs before the unit's layer, else that layer itself)."""
+        """The CAM layer: ``layer=`` or, by default, :func:`default_cam_layer` (the last stage
+        whose positions reach the output; for a unit target, the last one before the unit's
+        layer that reaches it, else that layer itself)."""
         name = self.options.get("layer")
-        tinfo = self.subject.layer(target.layer) if target is not None and target.layer else None
-        if name is None and tinfo is not None:
-            before = [i for i in self.subject.layers.stages() if i.order < tinfo.order]
-            name = before[-1].name if before else tinfo.name
-        info = self.subject.layer(name or default_cam_layer(self.subject))
+        tlayer = target.layer if target is not None and target.layer else None
+        tinfo = self.subject.layer(tlayer) if tlayer else None
+        info = self.subject.layer(name or default_cam_layer(self.subject, tinfo and tinfo.name))
         if not info.is_map:
             raise UserInputError(f"{info.name} has no spatial map ({info.shape}); CAMs need one")
         if tinfo is not None and info.order > tinfo.order:
@@ -49,20 +193,37 @@ class _CamMethod(Method):
 
     def activations_and_grads(self, x: torch.Tensor, target: Target):
         layer = self.layer(target)
-        names = [layer] + ([target.layer] if target.layer and target.layer != layer else [])
+        extra = [target.layer] if target.layer and target.layer != layer else []
         x = x.detach().clone().requires_grad_(True)
-        with (
-            torch.enable_grad(),
-            Recorder(self.subject, names, detach=False, stop=target.layer is not None) as rec,
-        ):
+
+        def score(rec):
             out = self.subject(x)
             if target.layer is not None:
-                score = target.from_activation(rec[target.layer])
-            else:
-                score = target.from_logits(out)
-            acts = rec[layer]
-            (grads,) = torch.autograd.grad(score.sum(), acts)
-        return acts.detach(), grads.detach()
+                return target.from_activation(rec[target.layer]).sum()
+            return target.from_logits(out).sum()
+
+        stop = target.layer is not None
+        acts, grads = maps_and_grads(self.subject, [layer], score, extra, stop)[layer]
+        if grads is None or (
+            not bool((grads != 0).any()) and layer not in reaching_layers(self.subject, [layer], target.layer)
+        ):
+            self.unreached(layer, target)
+        return acts, grads
+
+    def unreached(self, layer: str, target: Target):
+        """Refuse a CAM layer whose positions do not reach the score (a class-token transformer's
+        patch tokens after its last attention): no gradient flows back to it (a zero gradient
+        of this batch alone, e.g. from dead rectifiers, is a valid all-zero map)."""
+        where = f"layer {target.layer}" if target.layer else "the model output"
+        try:
+            default = default_cam_layer(self.subject, target.layer)
+            hint = f"; the default CAM layer is {default}" if default != layer else ""
+        except UserInputError:
+            hint = ""
+        raise UserInputError(
+            f"CAM layer {layer}: its positions do not reach {where} (no gradient flows back to "
+            f"them), so Grad-CAM has nothing to weigh{hint}"
+        )
 
     def upsample(self, cam: torch.Tensor, size) -> torch.Tensor:
         return F.interpolate(cam[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
