@@ -26,27 +26,12 @@ from convscope.errors import NameNotFoundError
 
 SLOW = os.environ.get("CONVSCOPE_SLOW") == "1"
 
-# Grad-CAM on the deepest map of a class-token ViT: its patch tokens do not reach the output.
-CAM_CLS = (
-    "gradcam, gradcam++, guided_gradcam: RuntimeError: The differentiated Tensor at index 0 "
-    "appears to not have been used in the graph"
-)
 # (architecture, capability) -> the recorded error; the fixes are later work (issue 19).
 KNOWN_FAILURES: dict[tuple[str, str], str] = {
     # channels-last (B, H, W, C) block outputs: no RF traced through them, and 'stages' names none
     ("convnext_tiny", "layers"): "198 layers have no receptive field: features, features.0, ...",
     ("convnext_atto", "layers"): "170 layers have no receptive field: stem, stem.1, stages, ...",
     ("maxvit_tiny_tf_224", "layers"): "515 layers have no receptive field: stages, stages.0, ...",
-    **{
-        (vit, c): reason
-        for vit in (
-            "vit_b_16",
-            "vit_tiny_patch16_224",
-            "vit_small_patch14_reg4_dinov2",
-            "vit_base_patch16_clip_224",
-        )
-        for c, reason in (("explain", CAM_CLS),)
-    },
     # the patch embedding's (B, H, W, C) output and the LayerNorms after it: no RF traced
     ("swin_tiny_patch4_window7_224", "layers"): "4 layers have no receptive field: patch_embed, ...",
     # rf: the channels-last layers checked have no receptive field (the layout rewrite fixes it)
