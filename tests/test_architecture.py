@@ -16,6 +16,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "convscope"
 KERNEL = {
     "errors",
     "tokens",
+    "layout",
     "layers",
     "receptive",
     "preprocess",

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from convscope.errors import AmbiguousLayerError, LayerNotFoundError, UserInputError
+from convscope.layout import Layout
 from convscope.receptive import ReceptiveField
 
 LayerSpec = str | Callable[["LayerInfo"], bool] | Iterable["str | LayerInfo | Callable[[LayerInfo], bool]"]
@@ -45,6 +46,10 @@ class LayerInfo:
     did not run or returned no single tensor; ``units`` is the channel count (the last dimension
     for non-map outputs); ``order`` is the position in which the layer finished during forward.
     ``mutated`` says a later in-place operation overwrites this output (so recordings copy it).
+    ``layout`` says where the raw output holds the image grid (NCHW, NHWC, tokens: see
+    :mod:`convscope.layout`); recordings are laid out as (C, H, W) maps, which ``shape`` gives.
+    ``per_image`` is False for outputs whose leading axis is not the image batch (windowed
+    attention folds windows into it: Swin's, MaxViT's ``attn``): they record as they are.
     """
 
     name: str
@@ -55,6 +60,8 @@ class LayerInfo:
     rf: ReceptiveField | None
     mutated: bool = False
     order: int = -1
+    layout: Layout | None = None
+    per_image: bool = True
 
     @property
     def units(self) -> int | None:
@@ -200,15 +207,12 @@ class LayerTable(Sequence[LayerInfo]):
 
     def stages(self) -> list[LayerInfo]:
         """The last shallow layer (module depth <= 1) of each resolution stage, in forward order:
-        one representative map per stride (e.g. ResNet's layer1..layer4)."""
+        one representative map per stride (e.g. ResNet's layer1..layer4; a ViT's final norm,
+        its one stage: attention makes its fields global, but its tokens keep their grid)."""
         maps = [
             i
             for i in self._infos
-            if i.is_map
-            and i.rf is not None
-            and not i.rf.is_global
-            and i.module.count(".") <= 1
-            and i.shape[1] > 1
+            if i.is_map and i.rf is not None and i.rf.has_grid and i.module.count(".") <= 1 and i.shape[1] > 1
         ]
         by_stride: dict = {}
         for info in sorted(maps, key=lambda i: i.order):

@@ -75,7 +75,9 @@ class Recorder:
             what is recorded). :func:`ablate` builds the common one.
         select: ``{address: int | str | fn}`` picks the tensor from tuple, dict or
             ``ModelOutput`` outputs; a single tensor inside a container is picked automatically.
-        tokens: turn (B, N, C) token outputs into maps by the subject's :class:`TokenLayout`.
+        tokens: lay out every output with a grid as a (B, C, H, W) map, by its layer's
+            :class:`~convscope.layout.Layout` (channels-last blocks, transformer tokens); edits
+            then see and return that map too. False records raw outputs.
         keep: store values (False with ``callback`` to stream them instead).
         callback: ``fn(address, call_index, raw_output)`` called for every recorded call.
 
@@ -101,13 +103,13 @@ class Recorder:
         ):
             self.model = target.model
             self._table = target.layers
-            self._layout = target.token_layout if tokens else None
+            self._maps = tokens
             self.addresses = self._table.resolve(layers)
             resolve = self._table.resolve
         elif isinstance(target, nn.Module):
             self.model = target
             self._table = None
-            self._layout = None
+            self._maps = False
             self.addresses = resolve_module_names(target, layers)
             resolve = lambda spec: resolve_module_names(target, spec)  # noqa: E731
         else:
@@ -185,7 +187,10 @@ class Recorder:
             replaced = None
             edit = self._edits.get(address) or self._edits.get(name)
             if edit is not None:
-                replaced = _replace(output, edit(self._pick(address, name, output)))
+                raw = self._pick(address, name, output)
+                layout = self._layout(name, call, raw)
+                new = edit(layout.to_map(raw) if layout else raw)
+                replaced = _replace(output, layout.from_map(new, raw) if layout else new)
                 output = replaced
             if self.callback is not None:
                 self.callback(address, call, output)
@@ -202,9 +207,10 @@ class Recorder:
                     # then changes the copy, and gradients with respect to `value` stay those
                     # of this layer's output.
                     replaced = output.clone()
-                    self._values[name][call] = self._layout.to_map(value) if self._layout else value
+                    layout = self._layout(name, call, value)
+                    self._values[name][call] = layout.to_map(value) if layout else value
                 else:
-                    self._values[name][call] = self._store(address, name, value)
+                    self._values[name][call] = self._store(address, name, call, value)
             self._pending.discard((name, call))
             if self.stop and not self._pending:
                 raise StopForward
@@ -215,21 +221,33 @@ class Recorder:
     def extract(self, address: str, output: Any) -> torch.Tensor:
         """The recorded form of a raw layer output (as a ``callback`` receives it): the selected
         tensor, token outputs turned into maps; not detached or copied."""
-        t = self._pick(address, parse_address(address)[0], output)
-        return self._layout.to_map(t) if self._layout is not None else t
+        module, call = parse_address(address)
+        t = self._pick(address, module, output)
+        layout = self._layout(module, call or 0, t)
+        return layout.to_map(t) if layout is not None else t
+
+    def _layout(self, module: str, call: int, t: torch.Tensor):
+        """The layout to record call ``call`` of ``module`` with (None: as it is): the layer
+        table's, where this output still fits it (another input size may not)."""
+        if not self._maps or not isinstance(t, torch.Tensor):
+            return None
+        infos = self._table.calls(module)
+        layout = infos[call].layout if call < len(infos) else None
+        if layout is None or layout.kind == "channels_first" or not layout.fits(t):
+            return None
+        return layout
 
     def _pick(self, address: str, name: str, output) -> torch.Tensor:
         sel = self._select.get(address, self._select.get(name))
         return select_tensor(output, sel, name)
 
-    def _store(self, address: str, name: str, t: torch.Tensor) -> torch.Tensor:
+    def _store(self, address: str, name: str, call: int, t: torch.Tensor) -> torch.Tensor:
         if self.detach:
             t = t.detach()
         if self.clone is True or (self.clone == "auto" and self._overwritten_later(address, name)):
             t = t.clone()
-        if self._layout is not None:
-            t = self._layout.to_map(t)
-        return t
+        layout = self._layout(name, call, t)
+        return layout.to_map(t) if layout is not None else t
 
     def _overwritten_later(self, address: str, name: str) -> bool:
         if self._table is None:

@@ -37,9 +37,12 @@ class Subject:
         token_layout: TokenLayout | None = None,
         transform: Callable[[Image.Image], torch.Tensor] | None = None,
         fixed_input_size: bool | None = None,
+        layouts: dict[str, object] | None = None,
     ):
         """``fixed_input_size``: whether the model runs only at its input size (None: detect it,
-        see :attr:`fixed_input_size`)."""
+        see :attr:`fixed_input_size`). ``layouts``: ``{module glob: layout}`` overriding the
+        detected layouts (``"NHWC"``, ``"NCHW"``, ``"tokens"``, ``"tokens+N"``, a
+        :class:`~convscope.layout.Layout`, or None to record a layer's output as it is)."""
         self.model = model.eval()
         self.preprocess = preprocess
         self.transform = transform or preprocess
@@ -48,6 +51,7 @@ class Subject:
         self.token_layout = (
             token_layout if token_layout is not None else detect_token_layout(model, preprocess.size)
         )
+        self.layouts = dict(layouts or {})
         if fixed_input_size is not None:
             self.__dict__["fixed_input_size"] = bool(fixed_input_size)
         # How to load this subject again (set by convscope.load; None for wrapped modules).
@@ -130,10 +134,11 @@ class Subject:
     # -- layers -------------------------------------------------------------------------------
     @cached_property
     def layers(self) -> LayerTable:
-        """Every addressable layer, from one probe forward pass (computed once, on first use)."""
+        """Every addressable layer, from one probe forward pass (computed once, on first use):
+        shapes, receptive fields, layouts (see :mod:`convscope.layout`)."""
         from convscope.trace import trace_layers
 
-        return trace_layers(self.model, self.input_size, self.device, self.token_layout)
+        return trace_layers(self.model, self.input_size, self.device, self.token_layout, self.layouts)
 
     @property
     def num_outputs(self) -> int:

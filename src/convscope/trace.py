@@ -1,5 +1,6 @@
 """One probe forward pass that tells, for every layer, its output shape, call count, receptive
-field, and whether a later in-place operation overwrites its output."""
+field, layout (where its output holds the image grid), and whether a later in-place operation
+overwrites its output."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from torch import nn
 
 from convscope.errors import RecordingError
 from convscope.layers import LayerInfo, LayerTable
+from convscope.layout import Layout, override, parse_layout
 from convscope.receptive import ReceptiveFieldMode
 from convscope.recorder import Recorder, select_tensor
 from convscope.tokens import TokenLayout
@@ -18,10 +20,19 @@ def trace_layers(
     input_size: tuple[int, int],
     device: torch.device | str = "cpu",
     token_layout: TokenLayout | None = None,
+    layouts: dict[str, object] | None = None,
 ) -> LayerTable:
-    """Build the layer table of ``model`` from one forward pass of a (1, 3, H, W) zero image."""
+    """Build the layer table of ``model`` from one forward pass of two (3, H, W) zero images (two,
+    so that reshapes that fold windows into the batch show, and layers whose leading axis is
+    not the image batch are known: ``LayerInfo.per_image``).
+
+    Each layer's :class:`~convscope.layout.Layout` is detected from the pass (NCHW, NHWC,
+    tokens with their prefix count); ``token_layout`` (the subject's) lays out token outputs the
+    pass could not place; ``layouts`` (``{module glob: Layout | "NHWC" | "tokens+1" | None}``)
+    overrides both, ``None`` meaning "record this output as it is". Shapes are those of the
+    laid-out map (C, H, W)."""
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    x = torch.zeros(1, 3, *input_size, device=device, dtype=dtype)
+    x = torch.zeros(2, 3, *input_size, device=device, dtype=dtype)
     modules = [n for n, _ in model.named_modules() if n]
     types = {n: type(m) for n, m in model.named_modules() if n}
     mode = ReceptiveFieldMode(x)
@@ -42,10 +53,11 @@ def trace_layers(
         ncalls[name] = ncalls.get(name, 0) + 1
     by_module: dict[str, list[LayerInfo]] = {}
     for order, (name, call, t, version) in enumerate(seen):
-        shape = rf = None
+        shape = rf = layout = None
+        per_image = t is None or (t.dim() > 0 and t.shape[0] == x.shape[0])
         if t is not None:
-            shaped = token_layout.to_map(t) if token_layout is not None else t
-            shape = tuple(shaped.shape[1:])
+            layout = _layout(mode, t, name, token_layout, layouts) if per_image else None
+            shape = tuple((layout.to_map(t) if layout is not None else t).shape[1:])
             rf = mode.field_of(t)
         address = f"{name}#{call}" if ncalls[name] > 1 else name
         info = LayerInfo(
@@ -55,6 +67,8 @@ def trace_layers(
             type=types[name].__name__,
             shape=shape,
             rf=rf,
+            layout=layout,
+            per_image=per_image,
             mutated=t is not None and t._version != version,
             order=order,
         )
@@ -63,3 +77,26 @@ def trace_layers(
     for name in modules:  # module order; modules that never ran are listed without a shape
         infos.extend(by_module.get(name) or [LayerInfo(name, name, None, types[name].__name__, None, None)])
     return LayerTable(infos, types)
+
+
+def _layout(mode, t, module, token_layout, layouts) -> Layout | None:
+    """The layout of ``t``, the output of ``module``: the user's, else the detected one, else the
+    subject's token layout where the tensor fits it; channels-first maps need no conversion."""
+    detected = mode.layout_of(t)
+    if detected is None and token_layout is not None and t.dim() == 3:
+        grid = (token_layout.height, token_layout.width)
+        candidate = Layout("tokens", grid, token_layout.prefix)
+        if candidate.fits(t):
+            detected = candidate
+        elif t.shape[1] == grid[0] * grid[1]:
+            detected = Layout("tokens", grid, 0)
+    wanted = override(layouts, module)
+    if wanted != "detect":
+        grid = detected.grid if detected is not None else (tuple(t.shape[-2:]) if t.dim() == 4 else None)
+        layout = parse_layout(wanted, grid)
+        if layout is not None and not layout.fits(t):
+            raise RecordingError(
+                f"layout {layout} given for {module!r} does not fit its output {tuple(t.shape)}"
+            )
+        return layout
+    return detected

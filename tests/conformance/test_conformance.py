@@ -26,24 +26,8 @@ from convscope.errors import NameNotFoundError
 
 SLOW = os.environ.get("CONVSCOPE_SLOW") == "1"
 
-# (architecture, capability) -> the recorded error; the fixes are later work (issue 19).
-KNOWN_FAILURES: dict[tuple[str, str], str] = {
-    # channels-last (B, H, W, C) block outputs: no RF traced through them, and 'stages' names none
-    ("convnext_tiny", "layers"): "198 layers have no receptive field: features, features.0, ...",
-    ("convnext_atto", "layers"): "170 layers have no receptive field: stem, stem.1, stages, ...",
-    ("maxvit_tiny_tf_224", "layers"): "515 layers have no receptive field: stages, stages.0, ...",
-    # the patch embedding's (B, H, W, C) output and the LayerNorms after it: no RF traced
-    ("swin_tiny_patch4_window7_224", "layers"): "4 layers have no receptive field: patch_embed, ...",
-    # rf: the channels-last layers checked have no receptive field (the layout rewrite fixes it)
-    ("convnext_tiny", "rf"): "3 of the 4 layers checked have no receptive field: features.3.2...",
-    ("convnext_atto", "rf"): "1 of the 2 layers checked have no receptive field: norm_pre",
-    ("maxvit_tiny_tf_224", "rf"): "1 of the 2 layers checked have no receptive field: norm",
-    # rf: an adaptive average pool that enlarges a map (AlexNet 1x1 -> 6x6, VGG 2x2 -> 7x7 at 64 px)
-    # replicates its input, but the traced RF keeps the input's stride: units off the centre get a
-    # box shifted by up to 3 strides (receptive.py's adaptive-pool rule)
-    ("alexnet", "rf"): "avgpool at (3, 3): support y 0..63 leaves the theoretical box y 30..63",
-    ("vgg11", "rf"): "avgpool at (3, 3): support y 0..63 leaves the theoretical box y 37..63",
-}
+# (architecture, capability) -> the recorded error of a check that fails (a strict xfail): none now.
+KNOWN_FAILURES: dict[tuple[str, str], str] = {}
 
 
 def _params():
