@@ -69,9 +69,9 @@ def test_table_format_has_every_layer(default_subject):
     text = default_subject.layers.format()
     lines = text.splitlines()
     assert len(lines) == len(default_subject.layers) + 1
-    assert lines[0].split() == ["name", "type", "output", "units", "rf", "stride"]
+    assert lines[0].split() == ["name", "type", "output", "units", "rf", "stride", "layout", "why"]
     row = next(r for r in lines if r.startswith("conv_stem "))
-    assert row.split()[1:] == ["Conv2d", "32x112x112", "32", "3", "2"]
+    assert row.split()[1:] == ["Conv2d", "32x112x112", "32", "3", "2", "NCHW"]
 
 
 def test_a_name_like_no_layer_lists_the_top_level_layers():

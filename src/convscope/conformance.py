@@ -280,6 +280,8 @@ def check_layers(f: Fixture) -> str:
         rf = i.rf
         if not rf.is_global and not all(math.isfinite(s) and s >= 1 for s in rf.size):
             raise AssertionError(f"{i.name}: receptive field {rf.size} is neither finite nor global")
+        if rf.is_global and not rf.reason:
+            raise AssertionError(f"{i.name}: its receptive field is global without a reason")
     if not f.subject.layers.select("stages"):
         raise AssertionError("'stages' names no layer")
     return ""

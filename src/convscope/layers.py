@@ -220,8 +220,9 @@ class LayerTable(Sequence[LayerInfo]):
         return list(by_stride.values())
 
     def format(self) -> str:
-        """A plain-text table: name, type, output shape, units, receptive field size, stride."""
-        rows = [("name", "type", "output", "units", "rf", "stride")]
+        """A plain-text table: name, type, output shape, units, receptive field size, stride,
+        layout (where the raw output holds the grid) and, for global fields, why."""
+        rows = [LAYER_COLUMNS]
         for i in self._infos:
             rows.append(layer_row(i))
         widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
@@ -231,20 +232,29 @@ class LayerTable(Sequence[LayerInfo]):
         return f"LayerTable({len(self)} layers)"
 
 
-def layer_row(info: LayerInfo) -> tuple[str, str, str, str, str, str]:
-    """One table row of strings for ``info``."""
+LAYER_COLUMNS = ("name", "type", "output", "units", "rf", "stride", "layout", "why")
+"""The columns of :func:`layer_row`."""
+
+
+def layer_row(info: LayerInfo) -> tuple[str, ...]:
+    """One table row of strings for ``info``, in :data:`LAYER_COLUMNS` order. A global field
+    keeps the stride of its grid (a transformer's tokens) and says why it is global."""
     shape = "x".join(str(s) for s in info.shape) if info.shape else "-"
     units = str(info.units) if info.units is not None else "-"
     rf = info.rf
+    why = ""
     if rf is None:
         size = stride = "?"
     elif rf.is_global:
-        size, stride = "global", "-"
+        size, why = "global", rf.reason
+        grid = ReceptiveField((1.0, 1.0), rf.jump, rf.start)
+        stride = str(grid).split("stride ")[1] if rf.has_grid else "-"
     else:
         text = str(rf)
         size = text.split(" px")[0] + ("+g" if rf.global_context else "")
         stride = text.split("stride ")[1].split(" ")[0]
-    return info.name, info.type, shape, units, size, stride
+    layout = str(info.layout) if info.layout is not None else ("-" if info.per_image else "windows")
+    return info.name, info.type, shape, units, size, stride, layout, why
 
 
 def resolve_module_names(model: nn.Module, spec: LayerSpec) -> list[str]:

@@ -74,6 +74,22 @@ def one_layer(subject: Subject, layers: LayerSpec, verb: str) -> str:
     return names[0]
 
 
+def image_layers(subject: Subject, layers: LayerSpec, verb: str) -> list[str]:
+    """The addresses of ``layers`` for a verb that reduces per image (scan, features, dissect);
+    a layer whose output's leading axis is not the image batch (windowed attention folds its
+    windows into it) is a one-line error naming the block that holds it."""
+    names = subject.layers.select(layers)
+    for name in names:
+        infos = subject.layers.calls(name) or [subject.layers.get(name)]
+        if any(not i.per_image for i in infos):
+            parent = name.rsplit(".", 1)[0] if "." in name else name
+            raise UserInputError(
+                f"{verb}: the output of {name} holds attention windows folded into the batch, "
+                f"not one map per image; use an enclosing layer such as {parent}"
+            )
+    return names
+
+
 # -- dataset reductions (engines) ----------------------------------------------------------------
 def scan(
     subject: Subject,
@@ -93,7 +109,7 @@ def scan(
     :func:`convscope.scan.scanner.scan` (k, criteria, directions, seed, batch_size, accel...).
     To store the scan in an atlas, use :func:`convscope.atlas.scan_to_atlas`."""
     run = resolve_engine(engine)
-    names = subject.layers.select(layers)
+    names = image_layers(subject, layers, "scan")
     run.check(subject, data)
     return run.scan(subject, data, names, state=state, resume=resume, progress=progress, **options)
 
@@ -115,7 +131,7 @@ def features(
     streamed to a feature folder there (:mod:`convscope.represent.folder`), continued when
     ``resume``. ``options``: p (GeM exponent), batch_size, workers, accel."""
     run = resolve_engine(engine)
-    names = subject.layers.select(layers)
+    names = image_layers(subject, layers, "features")
     run.check(subject, data)
     return run.features(
         subject, data, names, out=out, pooling=pooling, resume=resume, progress=progress, **options
@@ -139,7 +155,7 @@ def dissect(
     ``state`` (Ray): a folder for the finished shards, reused with ``resume=True``.
     ``options``: quantile, iou_threshold, max_coverage, top, batch_size, workers, accel."""
     run = resolve_engine(engine)
-    names = subject.layers.select(layers)
+    names = image_layers(subject, layers, "dissect")
     run.check(subject, data)
     return run.dissect(subject, data, names, state=state, resume=resume, progress=progress, **options)
 

@@ -23,7 +23,7 @@ def test_layers_alexnet_table(capsys):
     assert main(["layers", "torchvision:alexnet", "--weights", "none"]) == 0
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.strip().startswith("features.12 "))
-    assert row.split()[1:] == ["MaxPool2d", "256x6x6", "256", "195", "32"]
+    assert row.split()[1:] == ["MaxPool2d", "256x6x6", "256", "195", "32", "NCHW"]
 
 
 def test_layers_json_and_filter(capsys):

@@ -100,10 +100,10 @@ def read_csv(path) -> list[list[str]]:
 
 
 def test_layers(capsys):
-    from convscope.layers import layer_row
+    from convscope.layers import LAYER_COLUMNS, layer_row
 
     subject = tiny()
-    cols = ("name", "type", "output", "units", "rf", "stride")
+    cols = LAYER_COLUMNS
     shown = json.loads(cli("layers", "tiny", "--format", "json"))
     assert shown == [dict(zip(cols, layer_row(i))) for i in subject.layers]
     picked = json.loads(cli("layers", "tiny", "--format", "json", "--filter", "conv*"))

@@ -21,6 +21,7 @@ from convscope.scale.engine import Engine, resolve_engine
 from convscope.scan.patches import render_topk
 from convscope.scan.result import ScanResult
 from convscope.subject import Subject
+from convscope.verbs import image_layers
 
 
 def model_spec(subject: Subject) -> dict:
@@ -52,7 +53,7 @@ def scan_to_atlas(
     weights, images not from a path, Ray missing) fail before the atlas is created, replaced
     (``overwrite``) or locked."""
     run = resolve_engine(engine)
-    names = subject.layers.select(layers)
+    names = image_layers(subject, layers, "scan")
     for name in names:  # a module that runs several times must say which call, also before
         subject.layers.get(name)
     run.check(subject, source)
@@ -85,7 +86,7 @@ def features_to_atlas(
     written. ``options`` are :func:`convscope.represent.features.extract_features`'s keywords.
     Returns the :class:`~convscope.represent.features.FeatureSet`."""
     run = resolve_engine(engine)
-    names = subject.layers.select(layers)
+    names = image_layers(subject, layers, "features")
     run.check(subject, source)
     folder = Atlas(out).features_dir(pooling)  # a bad pooling name fails before the atlas exists
     with Atlas(out).lock():  # one writer of the atlas and its feature folders
@@ -296,7 +297,7 @@ def dissect_to_atlas(
     Unknown layers, an unknown engine, unusable concepts and an engine that cannot run them fail
     before the atlas is written (the synthetic concepts are generated after the engine is
     known)."""
-    names = subject.layers.select(layers)
+    names = image_layers(subject, layers, "dissect")
     run = resolve_engine(engine)
     data, set_name = open_concepts(
         concepts,

@@ -23,9 +23,10 @@ def layers(
     ] = None,
     fmt: Annotated[str, typer.Option("--format", help="table or json")] = "table",
 ) -> None:
-    """Print every layer: name, type, output shape, units, receptive field size and stride."""
+    """Print every layer: name, type, output shape, units, receptive field size and stride,
+    layout (NCHW, NHWC, tokens) and, for global fields, why they are global."""
     from convscope.errors import UserInputError
-    from convscope.layers import layer_row
+    from convscope.layers import LAYER_COLUMNS, layer_row
 
     if fmt not in ("table", "json"):
         raise UserInputError("--format must be 'table' or 'json'")
@@ -34,7 +35,7 @@ def layers(
     if filter:
         names = set(subject.layers.resolve(filter))
         infos = [i for i in infos if i.name in names or i.module in names]
-    cols = ("name", "type", "output", "units", "rf", "stride")
+    cols = LAYER_COLUMNS
     if fmt == "json":
         typer.echo(json.dumps([dict(zip(cols, layer_row(i))) for i in infos], indent=1))
         return

@@ -1,0 +1,202 @@
+"""Layouts detected from the probe pass: channels-last blocks, tokens, attention, windows."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import convscope
+from convscope.errors import RecordingError, UserInputError
+from convscope.layers import layer_row
+from convscope.layout import Layout, parse_layout
+from convscope.receptive import ATTENTION, WINDOWED
+from convscope.recorder import ablate
+from convscope.trace import trace_layers
+
+
+class ChannelsLast(nn.Module):
+    """A ConvNeXt-like block: conv, then LayerNorm, Linear, GELU in (B, H, W, C), then back."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.norm = nn.LayerNorm(8)
+        self.fc = nn.Linear(8, 16)
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+
+    def forward(self, x):
+        x = self.conv(x).permute(0, 2, 3, 1)
+        x = F.gelu(self.fc(self.norm(x)))
+        return self.dw(x.permute(0, 3, 1, 2))
+
+
+class Windows(nn.Module):
+    """Swin-like: (B, H, W, C) split into 4x4 windows folded into the batch, attention in each."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Conv2d(3, 8, 4, stride=4)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.out = nn.Identity()
+
+    def forward(self, x):
+        x = self.embed(x).permute(0, 2, 3, 1)  # B, 8, 8, C
+        b, h, w, c = x.shape
+        win = x.view(b, h // 4, 4, w // 4, 4, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, 16, c)
+        y, _ = self.attn(win, win, win, need_weights=False)
+        y = y.view(b, h // 4, w // 4, 4, 4, c).permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
+        return self.out(x + y)
+
+
+def _support(model, layer, size, y, x):
+    """Bounding box of the input pixels the unit (y, x) of ``layer`` depends on."""
+    model = model.double()
+    inp = torch.randn(1, 3, size, size, dtype=torch.double, requires_grad=True)
+    subject = convscope.Subject.wrap(model, input_size=size)
+    with subject.record([layer], detach=False) as rec:
+        model(inp)
+    (g,) = torch.autograd.grad(rec[layer][0, :, y, x].sum(), inp)
+    ys, xs = torch.nonzero(g.abs().sum(dim=(0, 1)) > 0, as_tuple=True)
+    return ys.min().item(), xs.min().item(), ys.max().item(), xs.max().item()
+
+
+def test_layout_round_trips():
+    t = torch.randn(2, 5, 6, 7)
+    nhwc = Layout("channels_last", (5, 6))
+    assert nhwc.fits(t) and torch.equal(nhwc.to_map(t), t.permute(0, 3, 1, 2))
+    assert torch.equal(nhwc.from_map(nhwc.to_map(t), t), t)
+    tokens = torch.randn(2, 3 + 12, 4)
+    lay = Layout("tokens", (3, 4), prefix=3)
+    m = lay.to_map(tokens)
+    assert m.shape == (2, 4, 3, 4) and torch.equal(m[0, :, 0, 1], tokens[0, 4])
+    assert torch.equal(lay.from_map(m, tokens), tokens)
+    assert str(lay) == "tokens 3x4 +3" and str(nhwc) == "NHWC"
+
+
+def test_parse_layout():
+    assert parse_layout("NHWC", (4, 4)) == Layout("channels_last", (4, 4))
+    assert parse_layout("tokens+2", (4, 4)) == Layout("tokens", (4, 4), 2)
+    assert parse_layout("none") is None
+    with pytest.raises(UserInputError, match="unknown layout"):
+        parse_layout("HWCN", (4, 4))
+
+
+def test_channels_last_block_is_a_map_with_its_field():
+    torch.manual_seed(0)
+    model = ChannelsLast().eval()
+    table = trace_layers(model, (16, 16))
+    for name in ("norm", "fc"):
+        info = table[name]
+        assert str(info.layout) == "NHWC" and info.shape[1:] == (8, 8)
+        assert str(info.rf) == "3 px / stride 2"
+    assert table["dw"].rf.size == (7, 7) and not table["dw"].rf.is_global
+    box = table["fc"].rf.box(4, 4).clip(16, 16)
+    assert _support(ChannelsLast().eval(), "fc", 16, 4, 4) == (box.y0, box.x0, box.y1, box.x1)
+
+
+def test_channels_last_recorded_and_edited_as_maps():
+    torch.manual_seed(0)
+    model = ChannelsLast().eval()
+    subject = convscope.Subject.wrap(model, input_size=16)
+    x = torch.randn(2, 3, 16, 16)
+    raw = {}
+    handle = model.fc.register_forward_hook(lambda m, i, o: raw.setdefault("fc", o))
+    with subject.record(["fc"]) as rec:
+        model(x)
+    handle.remove()
+    assert rec["fc"].shape == (2, 16, 8, 8)
+    assert torch.equal(rec["fc"], raw["fc"].permute(0, 3, 1, 2))
+    # ablate() zeroes channel 3 on dim 1 of the map: the last axis of the (B, H, W, C) output
+    onward = {}
+    handle = model.dw.register_forward_pre_hook(lambda m, args: onward.setdefault("x", args[0]))
+    with subject.record(["fc"], edits={"fc": ablate(3)}) as rec:
+        model(x)
+    handle.remove()
+    assert rec["fc"][:, 3].abs().sum() == 0 and rec["fc"][:, 2].abs().sum() > 0
+    assert onward["x"][:, 3].abs().sum() == 0 and onward["x"][:, 2].abs().sum() > 0
+
+
+def test_user_layout_overrides_and_is_checked():
+    model = ChannelsLast().eval()
+    raw = convscope.Subject(
+        model, convscope.Subject.wrap(model, input_size=16).preprocess, layouts={"fc": None}
+    )
+    assert raw.layer("fc").layout is None and raw.layer("fc").shape == (8, 8, 16)
+    with raw.record(["fc"]) as rec:
+        raw(torch.randn(1, 3, 16, 16))
+    assert rec["fc"].shape == (1, 8, 8, 16)
+    bad = convscope.Subject(model, raw.preprocess, layouts={"fc": Layout("tokens", (8, 8), 1)})
+    with pytest.raises(RecordingError, match="does not fit"):
+        bad.layers  # noqa: B018
+
+
+def test_vit_tokens_prefix_attention_and_stages():
+    timm = pytest.importorskip("timm")
+    vit = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=8,
+        depth=2,
+        reg_tokens=4,
+        num_classes=10,
+    )
+    subject = convscope.Subject.wrap(vit.eval(), input_size=32)
+    table = subject.layers
+    assert str(table["patch_embed"].layout) == "tokens 4x4"
+    assert str(table["blocks.0.norm1"].layout) == "tokens 4x4 +5"  # class + 4 registers
+    assert str(table["patch_embed"].rf) == "8 px / stride 8"
+    assert not table["blocks.0.norm1"].rf.is_global  # before the first attention
+    block = table["blocks.0"].rf
+    assert block.is_global and block.reason == ATTENTION and block.jump == (8, 8)
+    assert layer_row(table["blocks.0"])[4:6] == ("global", "8")
+    assert table.select("stages") == ["norm"]
+    with subject.record(["blocks.1"]) as rec:
+        subject(torch.randn(2, 3, 32, 32))
+    assert rec["blocks.1"].shape == (2, 192, 4, 4)
+
+
+def test_windows_folded_into_the_batch():
+    table = trace_layers(Windows().eval(), (32, 32))
+    assert not table["attn"].per_image and table["attn"].layout is None
+    out = table["out"]
+    assert out.per_image and str(out.layout) == "NHWC"
+    assert out.rf.is_global and out.rf.reason == WINDOWED and out.rf.jump == (4, 4)
+    assert not table["embed"].rf.is_global
+    subject = convscope.Subject.wrap(Windows().eval(), input_size=32)
+    with pytest.raises(UserInputError, match="attention windows folded into the batch"):
+        convscope.scan(subject, [], "attn")
+
+
+def test_roll_and_mixing_over_positions_are_global():
+    class Mix(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.rolled = nn.Identity()
+            self.mixed = nn.Identity()
+
+        def forward(self, x):
+            x = self.conv(x)
+            r = self.rolled(torch.roll(x, (2, 2), dims=(2, 3)))
+            return self.mixed(x.flatten(2).softmax(-1).view_as(x)), r
+
+    table = trace_layers(Mix().eval(), (8, 8))
+    assert "roll" in table["rolled"].rf.reason
+    assert table["mixed"].rf.is_global and "softmax" in table["mixed"].rf.reason
+
+
+def test_adaptive_pool_that_enlarges_contains_its_support():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=4), nn.AdaptiveAvgPool2d(5)).eval()
+    table = trace_layers(model, (16, 16))  # a 4x4 map pooled up to 5x5
+    rf = table["1"].rf
+    for y, x in [(0, 0), (2, 3), (4, 4)]:
+        box = rf.box(y, x).clip(16, 16)
+        y0, x0, y1, x1 = _support(nn.Sequential(*model).eval(), "1", 16, y, x)
+        assert box.y0 <= y0 and box.x0 <= x0 and y1 <= box.y1 and x1 <= box.x1, (y, x)
+
+
+def test_channels_last_memory_format_is_still_nchw():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval().to(memory_format=torch.channels_last)
+    table = trace_layers(model, (8, 8))
+    assert str(table["1"].layout) == "NCHW" and table["1"].shape == (4, 6, 6)
