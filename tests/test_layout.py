@@ -200,3 +200,26 @@ def test_channels_last_memory_format_is_still_nchw():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval().to(memory_format=torch.channels_last)
     table = trace_layers(model, (8, 8))
     assert str(table["1"].layout) == "NCHW" and table["1"].shape == (4, 6, 6)
+
+
+def test_depth_to_space_by_views_keeps_a_sound_field():
+    class Shuffle(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 16, 3, stride=2, padding=1)
+            self.up = nn.Conv2d(4, 4, 3, padding=1)
+
+        def forward(self, x):
+            x = self.conv(x)
+            b, c, h, w = x.shape
+            x = x.view(b, c // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3).reshape(b, c // 4, 2 * h, 2 * w)
+            return self.up(x)
+
+    torch.manual_seed(0)
+    table = trace_layers(Shuffle().eval(), (16, 16))
+    rf = table["up"].rf
+    assert not rf.is_global and rf.jump == (1, 1) and str(table["up"].layout) == "NCHW"
+    for y, x in [(0, 0), (5, 6), (15, 15)]:
+        box = rf.box(y, x).clip(16, 16)
+        y0, x0, y1, x1 = _support(Shuffle().eval(), "up", 16, y, x)
+        assert box.y0 <= y0 and box.x0 <= x0 and y1 <= box.y1 and x1 <= box.x1, (y, x)

@@ -253,11 +253,6 @@ def test_transposed_grid_is_not_called_nchw():
     assert s.layer("t").rf.size == (1.0, 5.0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LayerInfo.is_map is len(shape) == 3 whatever the layout: a (B, C, W, H) or (B, heads, N, d) "
-    "output with a local field is read as a map on its last two axes (gradient_support, stages)",
-)
 def test_layout_less_output_is_not_read_as_a_map():
     s = _subject(TransposeHW())
     info = s.layer("t")
@@ -358,11 +353,6 @@ class ComputedPrefix(nn.Module):
         return self.cat(torch.cat([t.mean(1, keepdim=True), t], 1))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_concat: a prefix token that is itself derived from the input (grid None) makes the "
-    "concatenation REGROUPED with no grid, so the patch tokens lose their layout (CaiT's norm, eva02)",
-)
 def test_computed_prefix_token_keeps_the_token_layout():
     s = _subject(ComputedPrefix())
     assert str(s.layer("cat").layout) == "tokens 8x8 +1"
@@ -415,11 +405,6 @@ class NamedStages(nn.Module):
         return self.head(self.stages(self.stem(x)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="subject.layer('stages') is the module, but gradient_supports hands the name to Recorder, "
-    "whose select() expands the word 'stages' instead (timm efficientformer, coatnet, edgenext)",
-)
 def test_module_named_stages_can_be_checked():
     s = _subject(NamedStages())
     assert gradient_support(s, "stages", samples=1).inside
@@ -465,11 +450,6 @@ def test_pvt_v2_stages():
     _check_recordings(s, ["stages.0.blocks.0.norm1", "stages.0"], 64)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="eva02 splits the class token off q/k for RoPE (q[:, :, :1] -> REGROUPED) and concatenates it "
-    "back: every block's reason reads 'positions regrouped (windows, batch)' instead of attention",
-)
 def test_eva02_reason_is_attention():
     s = _subject(timm.create_model("eva02_tiny_patch14_224", pretrained=False, depth=1), 224)
     assert "attention" in s.layer("blocks.0").rf.reason
@@ -485,11 +465,6 @@ def test_levit_per_token_linear_is_local():
     assert not s.layer("stages.0.blocks.0.attn.qkv").rf.is_global
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MobileViT folds patches back into (B, C, H, W) by reshape/transpose (depth-to-space); the grid "
-    "is lost and never recovered, so every later layer has no layout and 'stages' stops at stride 4",
-)
 def test_mobilevit_stages_reach_stride_32():
     s = _subject(timm.create_model("mobilevit_xxs", pretrained=False), 64)
     assert s.layer(s.layers.select("stages")[-1]).rf.jump == (32.0, 32.0)
@@ -504,11 +479,6 @@ def test_torchvision_swin_t_stages_are_nhwc():
     _check_recordings(s, names, 64)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="torchvision MaxViT's WindowDepartition (reshape + permute merging (windows, p) back into H) is "
-    "not followed: 657/686 layers have no layout and 'stages' is ['stem']",
-)
 def test_torchvision_maxvit_t_keeps_its_grid():
     torchvision = pytest.importorskip("torchvision")
     s = _subject(torchvision.models.maxvit_t(weights=None), 224)

@@ -21,6 +21,15 @@ LayerSpec = str | Callable[["LayerInfo"], bool] | Iterable["str | LayerInfo | Ca
 """What every verb accepts as ``layers``: see :meth:`LayerTable.select`."""
 SELECTION_WORDS = ("stages", "all-conv")
 
+
+class Address(str):
+    """A layer address that :meth:`LayerTable.select` returned: selecting it again gives it back
+    as is (a module named like a word, timm's ``stages``, stays that module), never re-expanded
+    or split at commas."""
+
+    __slots__ = ()
+
+
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _POOL = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.LPPool2d)
 
@@ -48,6 +57,7 @@ class LayerInfo:
     ``mutated`` says a later in-place operation overwrites this output (so recordings copy it).
     ``layout`` says where the raw output holds the image grid (NCHW, NHWC, tokens: see
     :mod:`convscope.layout`); recordings are laid out as (C, H, W) maps, which ``shape`` gives.
+    ``traced`` says the facts come from a probe pass (not from stored names or an atlas).
     ``per_image`` is False for outputs whose leading axis is not the image batch (windowed
     attention folds windows into it: Swin's, MaxViT's ``attn``): they record as they are.
     """
@@ -62,6 +72,7 @@ class LayerInfo:
     order: int = -1
     layout: Layout | None = None
     per_image: bool = True
+    traced: bool = False
 
     @property
     def units(self) -> int | None:
@@ -71,8 +82,12 @@ class LayerInfo:
 
     @property
     def is_map(self) -> bool:
-        """Whether the output is a spatial map (C, H, W)."""
-        return self.shape is not None and len(self.shape) == 3
+        """Whether the output is a spatial map (C, H, W). In a traced table (``traced``) that
+        needs a layout: a 3-d output whose grid is elsewhere (per-head queries (heads, N, d),
+        a transposed (C, W, H) map) is not one."""
+        if self.shape is None or len(self.shape) != 3:
+            return False
+        return self.layout is not None or not self.traced
 
 
 class LayerTable(Sequence[LayerInfo]):
@@ -164,7 +179,11 @@ class LayerTable(Sequence[LayerInfo]):
         """
         out: list[str] = []
         for item in _split(spec):
-            if callable(item):
+            if isinstance(item, Address):
+                if item not in self._by_name and item not in self._calls:
+                    raise LayerNotFoundError(item, list(self._by_name), what=self.what, layers=self._by_name)
+                found = [item]
+            elif callable(item):
                 found = [i.name for i in sorted(self._infos, key=lambda i: i.order) if item(i)]
                 what = getattr(item, "__name__", "layer filter")
                 if not found:
@@ -176,7 +195,7 @@ class LayerTable(Sequence[LayerInfo]):
                     raise UserInputError(f"the model has no layers for {item!r}")
             else:
                 found = self._match(item)
-            out.extend(f for f in found if f not in out)
+            out.extend(Address(f) for f in found if f not in out)
         return out
 
     def resolve(self, spec: LayerSpec) -> list[str]:
@@ -286,8 +305,8 @@ def _split(spec: LayerSpec) -> list:
     items: list = []
     for part in parts:
         if isinstance(part, LayerInfo):
-            items.append(part.name)
-        elif callable(part):
+            items.append(Address(part.name))
+        elif isinstance(part, Address) or callable(part):
             items.append(part)
         else:
             items.extend(s.strip() for s in str(part).split(","))

@@ -204,6 +204,7 @@ class ReceptiveFieldMode(TorchFunctionMode):
     def __init__(self, x: torch.Tensor):
         super().__init__()
         grid = _Grid("map", (x.dim() - 2, x.dim() - 1), tuple(x.shape[-2:]))
+        self.batch, self.image_hw = x.shape[0], tuple(x.shape[-2:])
         self.fields: dict[int, tuple[torch.Tensor, ReceptiveField | None, _Grid | None]] = {
             id(x): (x, ReceptiveField.pixel(), grid)
         }
@@ -309,6 +310,13 @@ class ReceptiveFieldMode(TorchFunctionMode):
             start = tuple(rf.start[i] - shift[i] * rf.jump[i] for i in range(2))
             moved = ReceptiveField(rf.size, rf.jump, start, rf.global_context, rf.is_global, rf.reason)
             return moved, _Grid("map", g.axes, tuple(out.shape[a] for a in g.axes))
+        if g is None and ndim == 4 and rf is not None and rf.is_global and x.shape[0] == self.batch:
+            # a map rebuilt by views the mode did not follow (MobileViT's fold, torchvision
+            # MaxViT's window departition): global already; anchor its grid evenly on the image
+            # so that its layout and stride are known again
+            jump = tuple(self.image_hw[i] / x.shape[2 + i] for i in range(2))
+            rf = ReceptiveField.whole(rf.reason, jump, tuple((j - 1) / 2 for j in jump))
+            g = _Grid("map", (2, 3), tuple(x.shape[2:]))
         if g is None or g.kind != "map" or g.axes != (ndim - 2, ndim - 1) or rf is None:
             return _as_global(rf, f"{name} on a tensor whose grid is not in its last two axes"), None
         out_hw = tuple(out.shape[-2:])
@@ -356,12 +364,15 @@ class ReceptiveFieldMode(TorchFunctionMode):
             return rf, g.moved(a + (a >= dim) for a in g.axes)
         if len(grids) == 1 and None not in grids and dim not in next(iter(grids)).axes:
             return rf, next(iter(grids))  # channels (DenseNet, Inception)
-        if len(tracked) == 1 and tracked[0][1][2] is not None:
-            i, (t, rf1, g) = tracked[0]
-            if g.kind == "tokens" and g.axes == (dim,) and i == len(tensors) - 1:
-                # class and register tokens in front of the patch tokens (ViT, DINOv2)
-                before = sum(tensors[j].shape[dim] for j in range(i))
-                return rf1, _Grid("tokens", g.axes, g.grid, g.prefix + before)
+        i, last = len(tensors) - 1, self._entry(tensors[-1])
+        tokens = last is not None and last[2] is not None and last[2].kind == "tokens"
+        if tokens and last[2].axes == (dim,) and all(e[2] is None for j, e in tracked if j != i):
+            # class, distillation and register tokens in front of the patch tokens (ViT, DeiT,
+            # DINOv2), parameters or computed from the image (CaiT's class attention): the
+            # laid-out map holds the patch tokens only, so their field is the map's
+            g = last[2]
+            before = sum(tensors[j].shape[dim] for j in range(i))
+            return last[1], _Grid("tokens", g.axes, g.grid, g.prefix + before)
         return _as_global(rf, REGROUPED), None
 
     def _matmul(self, name, args, kwargs, rf, g, x, out):
@@ -534,8 +545,16 @@ def _regroup(rf, g: _Grid, a: tuple[int, ...], b: tuple[int, ...]):
             if ga_h == list(g.axes) and len(gb_h) == 1:
                 return rf, _Grid("tokens", (gb_h[0],), g.grid)
             return lost
-        axes, cell = [], []
+        axes, cell, fine = [], [], []
         for ga, gb in ((ga_h, gb_h), (ga_w, gb_w)):
+            if len(ga) == 2 and len(gb) == 1 and ga[1] not in g.axes and ga[0] in g.axes:
+                # depth-to-space: (blocks, k) merged back into one axis (MobileViT's fold,
+                # torchvision MaxViT's window departition)
+                axes.append(gb[0])
+                cell.append(1)
+                fine.append(a[ga[1]])
+                continue
+            fine.append(1)
             if len(ga) != 1:
                 return lost
             if len(gb) == 1:
@@ -549,6 +568,8 @@ def _regroup(rf, g: _Grid, a: tuple[int, ...], b: tuple[int, ...]):
         grid = tuple(b[ax] for ax in axes)
         if cell != [1, 1]:
             rf = _on_grid(rf, lambda r: _window(r, cell, cell, (0, 0), (1, 1)))
+        if fine != [1, 1]:
+            rf = _on_grid(rf, lambda r: _depth_to_space(r, fine))
         return rf, _Grid("map", tuple(axes), grid)
     ga, gb = of[g.axes[0]]
     if len(ga) != 1:
@@ -744,6 +765,16 @@ def _window(rf: ReceptiveField, k, s, p, d) -> ReceptiveField:
     size = tuple(rf.size[i] + (k[i] - 1) * d[i] * rf.jump[i] for i in range(2))
     start = tuple(rf.start[i] + ((k[i] - 1) / 2 * d[i] - p[i]) * rf.jump[i] for i in range(2))
     jump = tuple(rf.jump[i] * s[i] for i in range(2))
+    return ReceptiveField(size, jump, start, rf.global_context)
+
+
+def _depth_to_space(rf: ReceptiveField, k) -> ReceptiveField:
+    """Each block of ``k`` fine positions holds what one coarse unit saw: the fine grid is ``k``
+    times denser, and a fine unit's field is the coarse one, whose centre is within half a
+    coarse step of the fine unit's: one coarse step wider keeps the box sound."""
+    jump = tuple(rf.jump[i] / k[i] for i in range(2))
+    start = tuple(rf.start[i] - (k[i] - 1) / 2 * jump[i] for i in range(2))
+    size = tuple(rf.size[i] + (rf.jump[i] if k[i] > 1 else 0) for i in range(2))
     return ReceptiveField(size, jump, start, rf.global_context)
 
 

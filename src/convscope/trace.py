@@ -69,6 +69,7 @@ def trace_layers(
             rf=rf,
             layout=layout,
             per_image=per_image,
+            traced=True,
             mutated=t is not None and t._version != version,
             order=order,
         )

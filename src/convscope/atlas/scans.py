@@ -5,6 +5,7 @@ directions. Every function takes an open connection (:mod:`convscope.atlas.schem
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import time
 
@@ -173,7 +174,11 @@ def layer_table(con: sqlite3.Connection) -> LayerTable:
         shape = (row["channels"], row["height"], row["width"]) if row["height"] else (row["channels"],)
         rf = None
         if row["rf_global"]:
-            rf = ReceptiveField.whole()
+            jump = (row["rf_jump_y"], row["rf_jump_x"])
+            if None in jump or not all(math.isfinite(j) for j in jump):
+                rf = ReceptiveField.whole("stored as global")
+            else:  # a transformer's tokens: global, on a grid whose stride 'stages' groups by
+                rf = ReceptiveField.whole("stored as global", jump, (row["rf_start_y"], row["rf_start_x"]))
         elif row["rf_size_y"] is not None:
             rf = ReceptiveField(
                 (row["rf_size_y"], row["rf_size_x"]),

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from convscope.errors import UserInputError
+from convscope.layers import Address
 from convscope.recorder import Recorder
 from convscope.results import Result
 from convscope.subject import Subject
@@ -166,7 +167,8 @@ def gradient_supports(
         elif pos is not None:
             raise UserInputError(f"{info.name} is not a spatial map: it takes no position")
         where.append(pos)
-    grads, dtype = _input_gradients(subject, [i.name for i in infos], where, channel, samples, seed)
+    # exact addresses: a module named like a selection word (timm's `stages`) stays that module
+    grads, dtype = _input_gradients(subject, [Address(i.name) for i in infos], where, channel, samples, seed)
     H, W = subject.input_size
     out = []
     for info, pos, g in zip(infos, where, grads):
@@ -209,7 +211,7 @@ def _gradients(subject, names, positions, channel, x, seed):
         units = []
         for name, pos in zip(names, positions):
             a = rec[name]
-            if a.dim() == 4:
+            if pos is not None:
                 a = a[:, :, pos[0], pos[1]]
             elif a.dim() > 2:  # a non-map output with extra axes: all of them form the unit
                 a = a.flatten(2).sum(2)
