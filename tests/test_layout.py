@@ -223,3 +223,111 @@ def test_depth_to_space_by_views_keeps_a_sound_field():
         box = rf.box(y, x).clip(16, 16)
         y0, x0, y1, x1 = _support(Shuffle().eval(), "up", 16, y, x)
         assert box.y0 <= y0 and box.x0 <= x0 and y1 <= box.y1 and x1 <= box.x1, (y, x)
+
+
+def _inside(model, layer, size, points):
+    table = trace_layers(model, (size, size))
+    rf = table[layer].rf
+    assert not rf.is_global, rf
+    for y, x in points:
+        box = rf.box(y, x).clip(size, size)
+        y0, x0, y1, x1 = _support(model, layer, size, y, x)
+        assert box.y0 <= y0 and box.x0 <= x0 and y1 <= box.y1 and x1 <= box.x1, (layer, y, x)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear", "bicubic", "nearest-exact"])
+def test_upsampling_boxes_hold_their_support(mode):
+    class Up(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 4, stride=4)
+            self.up = nn.Identity()
+
+        def forward(self, x):
+            return self.up(F.interpolate(self.conv(x), scale_factor=2, mode=mode))
+
+    torch.manual_seed(0)
+    _inside(Up().eval(), "up", 32, [(0, 0), (3, 5), (8, 8), (15, 15)])
+
+
+def test_ops_not_known_to_be_pointwise_are_global():
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Conv2d(3, 8, 4, stride=4)
+            self.mix = nn.Conv1d(8, 8, 5, padding=2)
+            self.out = nn.Identity()
+            self.small, self.big, self.most = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 9, padding=4), nn.Identity()
+            self.wrap = nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular")
+
+        def forward(self, x):
+            t = self.embed(x).flatten(2)  # (B, C, N): a conv1d over the tokens mixes positions
+            y = self.out(self.mix(t).transpose(1, 2))
+            m = self.most(torch.max(self.small(x), other=self.big(x)))
+            return y.sum() + m.sum() + self.wrap(x).sum()
+
+    table = trace_layers(Odd().eval(), (16, 16))
+    assert table["out"].rf.is_global and "conv1d" in table["out"].rf.reason
+    assert table["most"].rf.size == (9, 9)  # max(a, other=b) is elementwise: b's 9 px count
+    assert table["wrap"].rf.is_global and "circular" in table["wrap"].rf.reason
+
+
+def test_recorded_maps_at_another_input_size():
+    torch.manual_seed(0)
+    model = ChannelsLast().eval()
+    subject = convscope.Subject.wrap(model, input_size=16)
+    with subject.record(["fc"]) as rec:
+        model(torch.randn(1, 3, 24, 24))
+    assert rec["fc"].shape == (1, 16, 12, 12)  # channels first although the probe saw 8 x 8
+    timm = pytest.importorskip("timm")
+    vit = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=1, dynamic_img_size=True
+    )
+    subject = convscope.Subject.wrap(vit.eval(), input_size=32)
+    with subject.record(["blocks.0"]) as rec:
+        vit(torch.randn(1, 3, 48, 32))
+    assert rec["blocks.0"].shape == (1, 192, 6, 4)
+
+
+def test_string_override_where_nothing_was_detected():
+    class Opaque(nn.Module):
+        def forward(self, x):
+            return self.out(
+                x.reshape(x.shape[0], 3, -1)[:, :, torch.arange(64)].view(-1, 3, 8, 8).permute(0, 2, 3, 1)
+            )
+
+    model = Opaque()
+    model.out = nn.Identity()
+    assert trace_layers(model.eval(), (8, 8))["out"].layout is None
+    subject = convscope.Subject.wrap(model.eval(), input_size=8, layouts={"out": "NHWC"})
+    assert str(subject.layer("out").layout) == "NHWC" and subject.layer("out").shape == (3, 8, 8)
+
+
+def test_fixed_input_size_probe_under_a_recording():
+    class Flat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 3, padding=1)
+            self.fc = nn.Linear(2 * 8 * 8, 3)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).flatten(1))
+
+    subject = convscope.Subject.wrap(Flat().eval(), input_size=8)
+    x = torch.randn(1, 3, 8, 8)
+    with subject.record(["conv"], stop=True) as rec:
+        subject(x)
+        kept = rec["conv"].clone()
+        assert subject.fixed_input_size  # the probe ran without the recording's hooks
+        assert torch.equal(rec["conv"], kept)
+
+
+def test_load_keeps_overrides_in_its_spec():
+    from convscope.zoo import load_spec
+
+    subject = convscope.load(
+        "torchvision:resnet18", weights=None, layouts={"fc": None}, fixed_input_size=False
+    )
+    assert subject.spec["layouts"] == {"fc": None} and subject.spec["fixed_input_size"] is False
+    again = load_spec(subject.spec)
+    assert again.layouts == {"fc": None} and again.fixed_input_size is False

@@ -202,8 +202,9 @@ def test_space_to_depth_is_a_window():
 
 
 class Unfollowable(nn.Module):
-    """Roll, pixel shuffle (module and function), unfold, a flatten-and-back view, windows folded
-    into the batch: each must end up global (a sound upper bound), never a wrong local box."""
+    """Roll, unfold, a flatten-and-back view, windows folded into the batch: each must end up
+    global (a sound upper bound), never a wrong local box; pixel shuffle (module and function)
+    is followed (depth-to-space) with a box that holds its support."""
 
     def __init__(self):
         super().__init__()
@@ -229,13 +230,16 @@ def test_unfollowable_ops_are_global_with_a_reason():
     s = _subject(Unfollowable())
     assert "roll" in s.layer("roll").rf.reason
     assert str(s.layer("roll").layout) == "NCHW"  # a roll keeps the grid
-    for n in ("roll", "ps", "psf", "unf", "flat", "win", "back"):
+    for n in ("roll", "unf", "flat", "win", "back"):
         rf = s.layer(n).rf
         assert rf is not None and rf.is_global and rf.reason, n
-    assert "pixel_shuffle" in s.layer("ps").rf.reason
     assert not s.layer("win").per_image  # windows folded into the batch
-    for c in gradient_supports(s, ["ps", "unf", "back"], samples=1):
+    for n in ("ps", "psf"):
+        assert not s.layer(n).rf.is_global and s.layer(n).rf.jump == (0.5, 0.5), n
+    for c in gradient_supports(s, ["unf", "back"], samples=1):
         assert c.claim == "global"
+    for c in gradient_supports(s, ["ps", "psf"], samples=1):
+        assert c.inside, c.headline()
 
 
 class TransposeHW(nn.Module):

@@ -312,8 +312,9 @@ def _rf_layers(subject) -> list:
 
 
 def check_rf(f: Fixture) -> str:
-    """Theoretical receptive fields against gradient support: at the centre unit of each layer
-    of :func:`_rf_layers`, no input pixel outside the theoretical box may have a gradient."""
+    """Theoretical receptive fields against gradient support: at the centre and the top-left
+    unit of each layer of :func:`_rf_layers`, no input pixel outside the theoretical box may
+    have a gradient."""
     from convscope.empirical import gradient_supports
 
     infos = _rf_layers(f.subject)
@@ -326,6 +327,10 @@ def check_rf(f: Fixture) -> str:
             + ", ".join(missing)
         )
     checks = gradient_supports(f.subject, [i.name for i in infos], samples=2)
+    # and at the top-left unit, where padding, crops and wrap-around show
+    corners = [i for i in infos if i.is_map]
+    if corners:
+        checks += gradient_supports(f.subject, [i.name for i in corners], [(0, 0)] * len(corners), samples=2)
     left = [c for c in checks if not c.inside]
     if left:
         raise AssertionError(

@@ -59,6 +59,29 @@ class Layout:
             return tuple(t.shape[1:3]) == (h, w)
         return t.shape[1] == self.prefix + h * w
 
+    def adapt(self, t: torch.Tensor, image_hw: tuple[int, int] | None = None) -> Layout | None:
+        """This layout for ``t`` at another input size (ConvNeXt at 128 px after a 224 px
+        probe): the same kind and prefix, the grid read from ``t`` (tokens: the factorisation of
+        the patch count closest to the aspect ratio of ``image_hw``, the model input, else of
+        this grid); None if ``t`` cannot have it."""
+        if self.fits(t):
+            return self
+        if t.dim() != self.ndim:
+            return None
+        if self.kind == "channels_first":
+            return Layout(self.kind, tuple(t.shape[2:]), 0)
+        if self.kind == "channels_last":
+            return Layout(self.kind, tuple(t.shape[1:3]), 0)
+        n = t.shape[1] - self.prefix
+        if n <= 0:
+            return None
+        h0, w0 = image_hw if image_hw is not None else self.grid
+        h = max(1, round((n * h0 / w0) ** 0.5))
+        for cand in sorted(range(1, n + 1), key=lambda c: abs(c - h)):
+            if n % cand == 0:
+                return Layout("tokens", (cand, n // cand), self.prefix)
+        return None
+
     def to_map(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` in this layout -> a (B, C, H, W) view or copy (position-less tokens dropped)."""
         if self.kind == "channels_first":
@@ -83,8 +106,8 @@ class Layout:
 def parse_layout(value, grid: tuple[int, int] | None = None) -> Layout | None:
     """A layout from what a user writes: a :class:`Layout`, ``"NCHW"``/``"channels_first"``,
     ``"NHWC"``/``"channels_last"``, ``"tokens"`` or ``"tokens+N"`` (N prefix tokens), or
-    ``None``/``"none"`` (no grid: the output is recorded as it is). ``grid`` is the detected
-    (H, W), needed by the string forms."""
+    ``None``/``"none"`` (no grid: the output is recorded as it is). ``grid`` (H, W) is needed by
+    the string forms; :meth:`Layout.adapt` fits it to a tensor afterwards."""
     if value is None or isinstance(value, Layout):
         return value
     text = str(value).strip().lower()

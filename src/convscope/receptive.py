@@ -205,6 +205,7 @@ class ReceptiveFieldMode(TorchFunctionMode):
         super().__init__()
         grid = _Grid("map", (x.dim() - 2, x.dim() - 1), tuple(x.shape[-2:]))
         self.batch, self.image_hw = x.shape[0], tuple(x.shape[-2:])
+        self.grids: set[tuple[int, int]] = {self.image_hw}  # map sizes seen, for re-anchoring
         self.fields: dict[int, tuple[torch.Tensor, ReceptiveField | None, _Grid | None]] = {
             id(x): (x, ReceptiveField.pixel(), grid)
         }
@@ -228,6 +229,8 @@ class ReceptiveFieldMode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
+        if getattr(func, "__name__", "") == "__setitem__":
+            self._written(args)
         outs = [o for o in (out if isinstance(out, (tuple, list)) else (out,)) if isinstance(o, torch.Tensor)]
         if not outs:
             return out
@@ -247,7 +250,25 @@ class ReceptiveFieldMode(TorchFunctionMode):
             except Exception:  # an op we misread must never break the model's forward pass
                 rf, grid = _UNKNOWN, None
             self.fields[id(o)] = (o, rf, grid)
+            if grid is not None and grid.kind == "map":
+                self.grids.add(grid.grid)
         return out
+
+    def _written(self, args) -> None:
+        """``x[index] = value``: a tracked value written into ``x`` lets its pixels in somewhere
+        the index decides; the field of ``x`` gets global context (a sound bound)."""
+        if len(args) < 3 or not isinstance(args[0], torch.Tensor) or not isinstance(args[2], torch.Tensor):
+            return
+        value = self._entry(args[2])
+        if value is None:
+            return
+        target = self._entry(args[0])
+        rf, grid = (target[1], target[2]) if target is not None else (None, None)
+        if rf is None or rf.is_global:
+            rf = _as_global(rf, "an in-place write (x[...] = y) of image-derived values")
+        else:
+            rf = ReceptiveField(rf.size, rf.jump, rf.start, True)
+        self.fields[id(args[0])] = (args[0], rf, grid)
 
     # -- one operation ------------------------------------------------------------------------
     def _propagate(self, name, args, kwargs, inputs, out, k):
@@ -280,7 +301,8 @@ class ReceptiveFieldMode(TorchFunctionMode):
         if name in ("split", "chunk", "tensor_split", "split_with_sizes", "unsafe_split"):
             dim = _norm_dim(kwargs.get("dim", args[2] if len(args) > 2 else 0), x.dim())
             return (rf, g) if dim not in g.axes else (_as_global(rf, REGROUPED), None)
-        if name in _REDUCTIONS and not (len(args) > 1 and isinstance(args[1], torch.Tensor)):
+        binary = (len(args) > 1 and isinstance(args[1], torch.Tensor)) or "other" in kwargs
+        if name in _REDUCTIONS and not binary:
             return _reduce(name, args, kwargs, rf, g, x, out)
         if name in _ALONG_DIM:
             return _along_dim(name, args, kwargs, rf, g, x)
@@ -295,13 +317,24 @@ class ReceptiveFieldMode(TorchFunctionMode):
             if over_positions and rf is not None and not rf.is_global:
                 rf = ReceptiveField(rf.size, rf.jump, rf.start, True)
             return rf, g
-        return _elementwise(name, inputs, out)
+        if name.rstrip("_") in _POINTWISE or name in _POINTWISE or (binary and name in ("max", "min")):
+            return _elementwise(name, inputs, out)
+        # an operation not known to act position by position (conv1d over tokens, grid_sample,
+        # gather, rot90...): its positions may mix, so the field is global (a sound bound)
+        rf, g = _elementwise(name, inputs, out)
+        return _as_global(rf, f"{name} (not followed position by position)"), g
 
     def _spatial_op(self, name, args, kwargs, x, rf, g, out):
         ndim = x.dim()
         if name == "pad":
             if g is None or g.kind != "map" or rf is None:
                 return _as_global(rf, REGROUPED), None
+            if _arg(args, kwargs, 2, "mode", "constant") == "circular":
+                pads = list(_arg(args, kwargs, 1, "pad"))
+                grid = _Grid("map", g.axes, tuple(out.shape[a] for a in g.axes))
+                if any(pads):
+                    return _as_global(rf, "circular padding wraps the image around"), grid
+                return rf, grid
             pad = list(_arg(args, kwargs, 1, "pad"))
             shift = []
             for a in g.axes:
@@ -310,7 +343,14 @@ class ReceptiveFieldMode(TorchFunctionMode):
             start = tuple(rf.start[i] - shift[i] * rf.jump[i] for i in range(2))
             moved = ReceptiveField(rf.size, rf.jump, start, rf.global_context, rf.is_global, rf.reason)
             return moved, _Grid("map", g.axes, tuple(out.shape[a] for a in g.axes))
-        if g is None and ndim == 4 and rf is not None and rf.is_global and x.shape[0] == self.batch:
+        if (
+            g is None
+            and ndim == 4
+            and rf is not None
+            and rf.is_global
+            and x.shape[0] == self.batch
+            and tuple(x.shape[2:]) in self.grids
+        ):
             # a map rebuilt by views the mode did not follow (MobileViT's fold, torchvision
             # MaxViT's window departition): global already; anchor its grid evenly on the image
             # so that its layout and stride are known again
@@ -321,8 +361,18 @@ class ReceptiveFieldMode(TorchFunctionMode):
             return _as_global(rf, f"{name} on a tensor whose grid is not in its last two axes"), None
         out_hw = tuple(out.shape[-2:])
         grid = _Grid("map", (out.dim() - 2, out.dim() - 1), out_hw)
+        if name in ("pixel_shuffle", "pixel_unshuffle"):
+            r = int(
+                _arg(args, kwargs, 1, "upscale_factor" if name == "pixel_shuffle" else "downscale_factor")
+            )
+            if name == "pixel_shuffle":
+                return _on_grid(rf, lambda f: _depth_to_space(f, (r, r))), grid
+            return _on_grid(rf, lambda f: _window(f, (r, r), (r, r), (0, 0), (1, 1))), grid
         if name in ("conv2d", "conv_transpose2d"):
             weight = _arg(args, kwargs, 1, "weight")
+            if self._entry(weight) is not None and not rf.is_global:
+                # weights computed from the image (CondConv, dynamic convolution)
+                rf = ReceptiveField(rf.size, rf.jump, rf.start, True)
             kk = tuple(weight.shape[-2:])
             s = _pair(_arg(args, kwargs, 3, "stride", 1))
             d = _pair(_arg(args, kwargs, 5 if name == "conv2d" else 7, "dilation", 1))
@@ -348,8 +398,16 @@ class ReceptiveFieldMode(TorchFunctionMode):
             return _on_grid(rf, lambda r: _window(r, kk, s, p, d)), grid
         if name.startswith("adaptive_"):
             return _on_grid(rf, lambda r: _adaptive(r, tuple(x.shape[-2:]), out_hw)), grid
-        mode = _arg(args, kwargs, 3, "mode", "nearest")  # interpolate, upsample*
-        return _on_grid(rf, lambda r: _resample(r, x.shape[-2:], out_hw, mode)), grid
+        if name == "upsample_bilinear":
+            mode, corners = "bilinear", True
+        elif name == "upsample_nearest":
+            mode, corners = "nearest", False
+        else:  # interpolate, upsample
+            mode = _arg(args, kwargs, 3, "mode", "nearest")
+            corners = bool(_arg(args, kwargs, 4, "align_corners", False))
+        if mode == "area":
+            return _on_grid(rf, lambda r: _adaptive(r, tuple(x.shape[-2:]), out_hw)), grid
+        return _on_grid(rf, lambda r: _resample(r, x.shape[-2:], out_hw, mode, corners)), grid
 
     def _concat(self, name, args, kwargs, out):
         tensors = list(_arg(args, kwargs, 0, "tensors"))
@@ -449,6 +507,8 @@ _SPATIAL = {
     "pad",
     "interpolate",
     "upsample",
+    "pixel_shuffle",
+    "pixel_unshuffle",
     "upsample_bilinear",
     "upsample_nearest",
 }
@@ -466,6 +526,28 @@ _REDUCTIONS = {
 _ALONG_DIM = {
     "softmax", "log_softmax", "softmin", "_softmax", "cumsum", "cumprod", "cummax", "cummin",
     "logcumsumexp", "normalize", "sort", "argsort", "flip", "roll", "topk",
+}  # fmt: skip
+_POINTWISE = {
+    "add", "sub", "mul", "div", "true_divide", "floor_divide", "rsub", "neg", "negative", "pow",
+    "float_power", "abs", "exp", "exp2", "expm1", "log", "log2", "log10", "log1p", "sqrt", "rsqrt",
+    "square", "reciprocal", "sign", "sgn", "erf", "erfc", "erfinv", "sin", "cos", "tan", "tanh",
+    "sinh", "cosh", "asin", "acos", "atan", "atan2", "sigmoid", "logit", "relu", "relu6", "elu",
+    "selu", "celu", "gelu", "silu", "mish", "hardtanh", "hardsigmoid", "hardswish", "hardshrink",
+    "softshrink", "tanhshrink", "leaky_relu", "prelu", "rrelu", "threshold", "softplus",
+    "softsign", "logsigmoid", "glu", "dropout", "dropout1d", "dropout2d", "dropout3d",
+    "alpha_dropout", "feature_alpha_dropout", "native_dropout", "batch_norm", "clamp", "clip",
+    "clamp_min", "clamp_max", "maximum", "minimum", "fmax", "fmin", "where", "masked_fill",
+    "lerp", "addcmul", "addcdiv", "floor", "ceil", "round", "trunc", "frac", "nan_to_num",
+    "clone", "contiguous", "detach", "to", "float", "half", "double", "bfloat16", "type",
+    "type_as", "cpu", "cuda", "requires_grad", "expand", "expand_as", "copy", "fill", "zero",
+    "zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like", "bernoulli",
+    "eq", "ne", "gt", "lt", "ge", "le", "logical_and", "logical_or", "logical_not", "isnan",
+    "isfinite", "data", "real", "numpy", "new_zeros", "new_ones", "new_empty", "new_full",
+    "__add__", "__radd__", "__iadd__", "__sub__", "__rsub__", "__isub__", "__mul__", "__rmul__",
+    "__imul__", "__truediv__", "__rtruediv__", "__itruediv__", "__div__", "__idiv__", "__neg__",
+    "__pow__", "__rpow__", "__ipow__", "__abs__", "__and__", "__or__", "__xor__", "__invert__",
+    "__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__floordiv__", "__mod__",
+    "remainder", "fmod", "stochastic_depth", "drop_path", "__getattribute__",
 }  # fmt: skip
 _MATMULS = {"linear", "matmul", "mm", "bmm", "baddbmm", "addmm", "addbmm", "einsum", "__matmul__"}
 
@@ -682,7 +764,7 @@ def _along_dim(name, args, kwargs, rf, g, x):
         return _as_global(rf, "a cyclic shift (roll) of positions"), g
     if name == "flip":
         dims = _dims(kwargs.get("dims", args[1] if len(args) > 1 else None), ndim)
-        return (rf, g) if not dims & set(g.axes) else (_as_global(rf, REGROUPED), None)
+        return (rf, g) if not dims & set(g.axes) else (_as_global(rf, "a flip of positions"), g)
     if name == "normalize":
         dims = _dims(kwargs.get("dim", args[2] if len(args) > 2 else 1), ndim)
     elif name == "topk":
@@ -786,6 +868,14 @@ def _adaptive(rf: ReceptiveField, in_hw, out_hw) -> ReceptiveField:
     size, jump, start = [], [], []
     for i in range(2):
         n, m = int(in_hw[i]), int(out_hw[i])
+        k, stride = math.ceil(n / m), max(n // m, 1)
+        bins = [(math.floor(j * n / m), math.ceil((j + 1) * n / m)) for j in range(m)]
+        if all(lo == j * stride and hi - lo == k for j, (lo, hi) in enumerate(bins)):
+            # the bins are a window of k with stride s (8 -> 7: k 2, s 1): exact
+            size.append(rf.size[i] + (k - 1) * rf.jump[i])
+            jump.append(rf.jump[i] * stride)
+            start.append(rf.start[i] + (k - 1) / 2 * rf.jump[i])
+            continue
         if n % m == 0:
             k = n // m
             size.append(rf.size[i] + (k - 1) * rf.jump[i])
@@ -820,14 +910,33 @@ def _transposed(rf, k, s, p, d) -> ReceptiveField:
     return ReceptiveField(size, jump, start, rf.global_context)
 
 
-def _resample(rf, in_hw, out_hw, mode) -> ReceptiveField:
-    scale = tuple(out_hw[i] / in_hw[i] for i in range(2))
-    jump = tuple(rf.jump[i] / scale[i] for i in range(2))
-    # Output pixel i samples input coordinate (i + 0.5) / scale - 0.5 (align_corners=False).
-    start = tuple(rf.start[i] + (0.5 / scale[i] - 0.5) * rf.jump[i] for i in range(2))
-    extra = 0.0 if mode == "nearest" else 1.0  # linear modes read two neighbours
-    size = tuple(rf.size[i] + extra * rf.jump[i] for i in range(2))
-    return ReceptiveField(size, jump, start, rf.global_context)
+def _resample(rf, in_hw, out_hw, mode, align_corners=False) -> ReceptiveField:
+    """Interpolation: output ``i`` samples input coordinate ``c = (i + 1/2) / scale - 1/2``
+    (``i (n - 1) / (m - 1)`` with ``align_corners``) and reads the pixels around it: nearest
+    one within ``(r + 1) / 2`` of ``c`` (``r = n / m``; torch's legacy nearest is not centred),
+    linear modes the two either side, bicubic four."""
+    size, jump, start = [], [], []
+    for i in range(2):
+        n, m = float(in_hw[i]), float(out_hw[i])
+        r = n / m
+        if align_corners and m > 1:
+            step = (n - 1) / (m - 1)
+            jump.append(rf.jump[i] * step)
+            start.append(rf.start[i])
+        else:
+            step = r
+            jump.append(rf.jump[i] * r)
+            start.append(rf.start[i] + (0.5 * r - 0.5) * rf.jump[i])
+        if mode.startswith("nearest"):
+            extra = r + 1.0 if mode == "nearest" else 1.0
+        elif mode == "bicubic":
+            extra = 4.0
+        else:  # linear, bilinear, trilinear (no antialias): the neighbours either side
+            extra = 2.0
+        if step > 1 and not mode.startswith("nearest"):
+            extra += step - 1  # antialiased downsampling reads a wider support
+        size.append(rf.size[i] + extra * rf.jump[i])
+    return ReceptiveField(tuple(size), tuple(jump), tuple(start), rf.global_context)
 
 
 def _tensors(args, kwargs):

@@ -139,6 +139,7 @@ class Recorder:
         self._counts: dict[str, int] = defaultdict(int)
         self._values: dict[str, dict[int, torch.Tensor]] = defaultdict(dict)
         self._pending: set[tuple[str, int]] = set()
+        self._image_hw: tuple[int, int] | None = None  # the latest model input (H, W)
 
     # -- context -----------------------------------------------------------------------------
     def __enter__(self) -> Recorder:
@@ -163,6 +164,8 @@ class Recorder:
 
     # -- hooks -------------------------------------------------------------------------------
     def _reset(self, module, args) -> None:
+        x = args[0] if args else None
+        self._image_hw = tuple(x.shape[-2:]) if isinstance(x, torch.Tensor) and x.dim() == 4 else None
         self._counts.clear()
         self._values.clear()
         self._pending = self._required_calls()
@@ -228,14 +231,15 @@ class Recorder:
 
     def _layout(self, module: str, call: int, t: torch.Tensor):
         """The layout to record call ``call`` of ``module`` with (None: as it is): the layer
-        table's, where this output still fits it (another input size may not)."""
+        table's, its grid fitted to this output (another input size gives another grid)."""
         if not self._maps or not isinstance(t, torch.Tensor):
             return None
         infos = self._table.calls(module)
         layout = infos[call].layout if call < len(infos) else None
-        if layout is None or layout.kind == "channels_first" or not layout.fits(t):
+        if layout is None or layout.kind == "channels_first":
             return None
-        return layout
+        # the grid of this input size, which may not be the probe's
+        return layout.adapt(t, self._image_hw)
 
     def _pick(self, address: str, name: str, output) -> torch.Tensor:
         sel = self._select.get(address, self._select.get(name))

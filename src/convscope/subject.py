@@ -68,6 +68,8 @@ class Subject:
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         name: str | None = None,
+        layouts: dict[str, object] | None = None,
+        fixed_input_size: bool | None = None,
     ) -> Subject:
         """Wrap any ``nn.Module``. ``transform`` is a :class:`Preprocess` or any PIL -> tensor
         callable; with a plain callable, ``input_size``, ``mean`` and ``std`` describe what it
@@ -78,7 +80,15 @@ class Subject:
         else:
             preprocess = Preprocess(size=size, resize=None, mode="squash", mean=tuple(mean), std=tuple(std))
             custom = transform
-        return cls(model, preprocess, labels, name or type(model).__name__, transform=custom)
+        return cls(
+            model,
+            preprocess,
+            labels,
+            name or type(model).__name__,
+            transform=custom,
+            fixed_input_size=fixed_input_size,
+            layouts=layouts,
+        )
 
     # -- running ------------------------------------------------------------------------------
     @property
@@ -122,13 +132,25 @@ class Subject:
         param = next((p for p in self.model.parameters() if p.is_floating_point()), None)
         dtype = param.dtype if param is not None else torch.float32
         x = torch.zeros(1, 3, h + dh, w + dw, device=self.device, dtype=dtype)
+        # The probe must not run the hooks of a recording in progress (they would stop it early
+        # or overwrite what was recorded): they are set aside for this one pass.
+        hooked = [
+            (m, dict(m._forward_hooks), dict(m._forward_pre_hooks))
+            for m in self.model.modules()
+            if m._forward_hooks or m._forward_pre_hooks
+        ]
+        for m, _, _ in hooked:
+            m._forward_hooks.clear()
+            m._forward_pre_hooks.clear()
         try:
             with torch.no_grad():
                 self.model(x)
-        except StopForward:
-            return False
         except Exception:  # any failure at another size: the model takes its own size only
             return True
+        finally:
+            for m, post, pre in hooked:
+                m._forward_hooks.update(post)
+                m._forward_pre_hooks.update(pre)
         return False
 
     # -- layers -------------------------------------------------------------------------------

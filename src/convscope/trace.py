@@ -82,9 +82,9 @@ def trace_layers(
 
 def _layout(mode, t, module, token_layout, layouts) -> Layout | None:
     """The layout of ``t``, the output of ``module``: the user's, else the detected one, else the
-    subject's token layout where the tensor fits it; channels-first maps need no conversion."""
+    subject's token layout where the tensor fits it and the pass did not follow it at all."""
     detected = mode.layout_of(t)
-    if detected is None and token_layout is not None and t.dim() == 3:
+    if detected is None and token_layout is not None and t.dim() == 3 and mode.field_of(t) is None:
         grid = (token_layout.height, token_layout.width)
         candidate = Layout("tokens", grid, token_layout.prefix)
         if candidate.fits(t):
@@ -92,12 +92,13 @@ def _layout(mode, t, module, token_layout, layouts) -> Layout | None:
         elif t.shape[1] == grid[0] * grid[1]:
             detected = Layout("tokens", grid, 0)
     wanted = override(layouts, module)
-    if wanted != "detect":
-        grid = detected.grid if detected is not None else (tuple(t.shape[-2:]) if t.dim() == 4 else None)
-        layout = parse_layout(wanted, grid)
-        if layout is not None and not layout.fits(t):
-            raise RecordingError(
-                f"layout {layout} given for {module!r} does not fit its output {tuple(t.shape)}"
-            )
-        return layout
-    return detected
+    if wanted == "detect":
+        return detected
+    if isinstance(wanted, Layout) or wanted is None:
+        layout = wanted
+    else:  # a string: its grid is read from the output (also where nothing was detected)
+        layout = parse_layout(wanted, detected.grid if detected is not None else (1, 1))
+        layout = layout.adapt(t) if layout is not None else None
+    if layout is not None and not layout.fits(t):
+        raise RecordingError(f"layout {layout} given for {module!r} does not fit its output {tuple(t.shape)}")
+    return layout

@@ -82,10 +82,18 @@ def image_layers(subject: Subject, layers: LayerSpec, verb: str) -> list[str]:
     for name in names:
         infos = subject.layers.calls(name) or [subject.layers.get(name)]
         if any(not i.per_image for i in infos):
-            parent = name.rsplit(".", 1)[0] if "." in name else name
+            parent = name
+            while "." in parent:
+                parent = parent.rsplit(".", 1)[0]
+                calls = subject.layers.calls(parent)
+                if calls and all(c.per_image and c.shape is not None for c in calls):
+                    break
+            else:
+                parent = None
+            hint = f"; use an enclosing layer such as {parent}" if parent else ""
             raise UserInputError(
                 f"{verb}: the output of {name} holds attention windows folded into the batch, "
-                f"not one map per image; use an enclosing layer such as {parent}"
+                f"not one map per image{hint}"
             )
     return names
 

@@ -45,7 +45,21 @@ def load_spec(spec: dict, device: str | torch.device | None = None) -> Subject:
         raise ConvscopeError(
             f"the atlas was made from a wrapped model ({spec.get('name')}); pass the subject"
         )
-    return load(spec["model"], weights=spec["weights"] or "none", arch=spec["arch"], device=device)
+    return load(
+        spec["model"],
+        weights=spec["weights"] or "none",
+        arch=spec["arch"],
+        device=device,
+        layouts=spec.get("layouts"),
+        fixed_input_size=spec.get("fixed_input_size"),
+    )
+
+
+def _layout_text(value) -> str | None:
+    """A layout override as the text :func:`convscope.layout.parse_layout` reads back (JSON)."""
+    if value is None or isinstance(value, str):
+        return value
+    return f"tokens+{value.prefix}" if value.kind == "tokens" else value.kind
 
 
 def load(
@@ -54,8 +68,12 @@ def load(
     weights: Weights = "default",
     arch: str | None = None,
     device: str | torch.device | None = None,
+    layouts: dict[str, object] | None = None,
+    fixed_input_size: bool | None = None,
 ) -> Subject:
-    """Load a model as a :class:`Subject`.
+    """Load a model as a :class:`Subject`. ``layouts`` and ``fixed_input_size`` override what
+    the subject detects (see :class:`Subject`); they are part of :attr:`Subject.spec`, so Ray
+    workers and atlases load the model with them again.
 
     ``spec`` is one of:
 
@@ -92,6 +110,12 @@ def load(
         "weights": weights if weights in (None, "default") else str(Path(weights).resolve()),
         "arch": arch,
     }
+    if layouts:
+        subject.layouts = dict(layouts)
+        subject.spec["layouts"] = {k: _layout_text(v) for k, v in layouts.items()}
+    if fixed_input_size is not None:
+        subject.__dict__["fixed_input_size"] = bool(fixed_input_size)
+        subject.spec["fixed_input_size"] = bool(fixed_input_size)
     if device is not None:
         subject.to(device)
     return subject
