@@ -331,3 +331,20 @@ def test_load_keeps_overrides_in_its_spec():
     assert subject.spec["layouts"] == {"fc": None} and subject.spec["fixed_input_size"] is False
     again = load_spec(subject.spec)
     assert again.layouts == {"fc": None} and again.fixed_input_size is False
+
+
+def test_a_conv_head_gives_the_class_scores():
+    class ConvHead(nn.Module):  # SqueezeNet-style: no Linear, the classes are a 1x1 conv's channels
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+            self.classifier = nn.Sequential(nn.Conv2d(8, 5, 1), nn.AdaptiveAvgPool2d(1))
+
+        def forward(self, x):
+            return torch.flatten(self.classifier(self.features(x)), 1)
+
+    subject = convscope.Subject.wrap(ConvHead().eval(), labels=list("abcde"), input_size=16)
+    assert subject.num_outputs == 5
+    assert subject.unit_name("classifier", 2) == "c"  # (5, 1, 1) scores, nothing else after
+    assert subject.unit_name("features", 2) is None
+    assert subject.predict(torch.randn(1, 3, 16, 16), k=2).indices.shape == (1, 2)
