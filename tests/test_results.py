@@ -169,6 +169,10 @@ def build(kind: str, subject, samples, x, tmp: Path):
 
         history = [EpochMetrics(e, 2.0 / e, 0.3 * e, 2.1 / e, 0.25 * e, 1.5, 0.1 / e) for e in (1, 2, 3)]
         return TrainResult(history, [tmp / f"epoch_{e:03d}.pt" for e in (0, 1, 2, 3)])
+    if kind == "ConceptSet":
+        from convscope.concepts import fit_concepts
+
+        return fit_concepts(subject, samples, "block", "nmf", 4, per_image=4, max_samples=200, workers=0)
     raise AssertionError(kind)
 
 
@@ -196,6 +200,7 @@ KINDS = [
     "SanityCheck",
     "Curve",
     "TrainResult",
+    "ConceptSet",
 ]
 
 

@@ -35,6 +35,7 @@ VERBS = [
     "project",
     "compare",
     "train",
+    "concepts",
 ]
 
 
@@ -69,7 +70,7 @@ def test_importing_a_subpackage_does_not_shadow_its_verb():
         "import convscope.scan.patches as patches\n"
         "from convscope.scan import ScanResult\n"
         "import convscope, convscope.verbs as v, inspect, sys\n"
-        "for name in ('scan', 'dissect', 'train'):\n"
+        "for name in ('scan', 'dissect', 'train', 'concepts'):\n"
         "    obj = getattr(convscope, name)\n"
         "    assert callable(obj) and obj.__verb__ is getattr(v, name), obj\n"
         "    assert obj is sys.modules['convscope.' + name]\n"

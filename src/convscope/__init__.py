@@ -3,9 +3,10 @@
 One verb per family (:mod:`convscope.verbs`): ``convscope.scan``, ``features``, ``dissect``
 (each on a local or a Ray ``engine``), ``explain``, ``visualize``, ``class_model``, ``invert``,
 ``dream``, ``attack``, ``fool``, ``empirical_rf``, ``stimuli``, ``probe``, ``neighbors``,
-``project``, ``compare``, ``train``. ``convscope.scan``, ``convscope.dissect`` and
-``convscope.train`` are both the verb and the family's subpackage (calling one runs the verb;
-``convscope.scan.ScanResult`` and ``import convscope.scan.patches`` reach the package).
+``project``, ``compare``, ``train``, ``concepts``. ``convscope.scan``, ``convscope.dissect``,
+``convscope.train`` and ``convscope.concepts`` are both the verb and the family's subpackage
+(calling one runs the verb; ``convscope.scan.ScanResult`` and ``import convscope.scan.patches``
+reach the package).
 """
 
 import importlib as _importlib
@@ -67,6 +68,7 @@ __all__ = [
     "attack",
     "class_model",
     "compare",
+    "concepts",
     "dissect",
     "dream",
     "empirical_rf",
@@ -108,3 +110,4 @@ def _verb_package(name: str):
 scan = _verb_package("scan")
 dissect = _verb_package("dissect")
 train = _verb_package("train")
+concepts = _verb_package("concepts")

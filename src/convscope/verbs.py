@@ -25,6 +25,7 @@ import numpy as np
 
 from convscope.adversarial import Adversarial, fgsm, fool, minimal, pgd
 from convscope.attribution import explain
+from convscope.concepts.result import ConceptSet
 from convscope.dissect.result import Dissection
 from convscope.empirical import EmpiricalRF, Stimuli
 from convscope.errors import UserInputError
@@ -47,6 +48,7 @@ __all__ = [
     "attack",
     "class_model",
     "compare",
+    "concepts",
     "dissect",
     "dream",
     "empirical_rf",
@@ -166,6 +168,28 @@ def dissect(
     names = image_layers(subject, layers, "dissect")
     run.check(subject, data)
     return run.dissect(subject, data, names, state=state, resume=resume, progress=progress, **options)
+
+
+def concepts(
+    subject: Subject,
+    data,
+    layers: LayerSpec,
+    *,
+    method: str = "nmf",
+    n: int = 32,
+    progress: Progress | None = None,
+    **options,
+) -> ConceptSet:
+    """Learn ``n`` concepts of the one layer ``layers`` names from the images of ``data``
+    (``method``: nmf, pca, ica, sae-topk, sae-batchtopk), as a
+    :class:`~convscope.concepts.result.ConceptSet` (dictionary, encoder, reconstruction error,
+    sparsity, dead atoms). ``options``: those of :func:`convscope.concepts.fit_concepts`
+    (per_image, max_samples, seed, device, batch_size...) and of the method."""
+    from convscope.concepts.dictionary import check_method, fit_concepts
+
+    layer = one_layer(subject, layers, "concepts")
+    check_method(method, n)
+    return fit_concepts(subject, data, layer, method, n, progress=progress, **options)
 
 
 # -- synthesis ------------------------------------------------------------------------------------

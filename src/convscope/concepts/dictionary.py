@@ -1,0 +1,270 @@
+"""Dictionaries of concepts learned from a layer's activations: NMF (CRAFT, Fel et al. 2023), PCA
+and ICA through scikit-learn, TopK / BatchTopK sparse autoencoders (:mod:`convscope.concepts.sae`).
+
+NMF needs non-negative activations. A layer whose sampled activations go below zero (a conv
+before its ReLU, a transformer block) is a one-line error suggesting a post-activation layer;
+``clip=True`` instead clips the activations at 0 before fitting and encoding (the rule: NMF then
+factorises ``max(x, 0)``, and says so in ``settings["clip"]``).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+from convscope.concepts.activations import Progress, collect_activations
+from convscope.concepts.result import NMF_ENCODE, ConceptSet
+from convscope.errors import UserInputError
+from convscope.subject import Subject
+
+METHODS = ("nmf", "pca", "ica", "sae-topk", "sae-batchtopk")
+
+
+def fit_concepts(
+    subject: Subject,
+    data,
+    layer: str,
+    method: str = "nmf",
+    n: int = 32,
+    *,
+    per_image: int | None = 16,
+    max_samples: int = 100_000,
+    seed: int = 0,
+    device=None,
+    progress: Progress | None = None,
+    batch_size: int = 32,
+    workers: int | None = None,
+    accel=None,
+    **options,
+) -> ConceptSet:
+    """Learn ``n`` concepts of ``layer`` from the images of ``data``: activations sampled by
+    :func:`~convscope.concepts.activations.collect_activations` (``per_image`` positions per
+    image, a uniform reservoir of at most ``max_samples``, seeded), then factorised by ``method``
+    (see :func:`fit_dictionary` for ``options``). ``device``: where the images run and the SAE
+    trains (None: the subject's device; the model is moved there for the call and back after).
+    ``progress(done, total)`` counts images. Returns a :class:`ConceptSet`."""
+    check_method(method, n)
+    old = subject.device
+    if device is not None:
+        subject.to(device)
+    try:
+        acts = collect_activations(
+            subject,
+            data,
+            layer,
+            per_image=per_image,
+            max_samples=max_samples,
+            seed=seed,
+            batch_size=batch_size,
+            workers=workers,
+            accel=accel,
+            progress=progress,
+        )
+        run_on = subject.device
+    finally:
+        subject.to(old)
+    return fit_dictionary(
+        acts.x, method, n, layer=acts.layer, seed=seed, device=run_on, model=subject.name, **options
+    )
+
+
+def check_method(method: str, n: int) -> None:
+    if method not in METHODS:
+        from difflib import get_close_matches
+
+        close = get_close_matches(method, METHODS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UserInputError(f"unknown concept method {method!r}{hint}; choose one of {', '.join(METHODS)}")
+    if n < 1:
+        raise UserInputError(f"n (the number of concepts) must be >= 1, not {n}")
+
+
+def fit_dictionary(
+    x: torch.Tensor,
+    method: str = "nmf",
+    n: int = 32,
+    *,
+    layer: str = "layer",
+    seed: int = 0,
+    device=None,
+    model: str = "model",
+    **options,
+) -> ConceptSet:
+    """Factorise activations ``x`` (N, C) into ``n`` concepts by ``method``.
+
+    ``options`` per method: nmf: ``init`` (scikit-learn's; None: its default), ``solver``
+    ("cd"), ``beta_loss``, ``max_iter`` (400), ``tol`` (1e-4), ``alpha_W``, ``alpha_H``,
+    ``l1_ratio``, ``clip`` (False: see the module docs); pca: ``whiten``; ica: ``max_iter``,
+    ``tol``; sae-*: ``k`` (default max(1, n // 8)), ``steps`` (2000), ``lr`` (1e-3),
+    ``batch_size`` (1024), trained on ``device``."""
+    check_method(method, n)
+    x = torch.as_tensor(x).detach().float().cpu()
+    if x.dim() != 2 or len(x) < 2:
+        raise UserInputError(f"need (N, C) activations with N >= 2, not {tuple(x.shape)}")
+    if method == "nmf":
+        return _nmf(x, n, layer, seed, model, **options)
+    if method in ("pca", "ica"):
+        return _linear(x, method, n, layer, seed, model, **options)
+    return _sae(x, method, n, layer, seed, device, model, **options)
+
+
+def _nmf(x, n, layer, seed, model, *, clip: bool = False, **options) -> ConceptSet:
+    from sklearn.decomposition import NMF
+
+    low = float(x.min())
+    if low < 0 and not clip:
+        raise UserInputError(
+            f"NMF needs non-negative activations, {layer} goes down to {low:.3g}: choose a post-activation "
+            "layer (after a ReLU) or pass clip=True to factorise max(x, 0)"
+        )
+    settings = {"init": None, "solver": "cd", "beta_loss": "frobenius", "max_iter": 400, "tol": 1e-4}
+    settings.update(alpha_W=0.0, alpha_H="same", l1_ratio=0.0)
+    unknown = set(options) - set(settings)
+    if unknown:
+        raise UserInputError(f"unknown NMF options {sorted(unknown)}; have {', '.join(settings)}, clip")
+    settings.update(options)
+    data = (x.clamp_min(0) if clip else x).double().numpy()
+    nmf = NMF(n_components=n, random_state=seed, **settings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning: max_iter is the user's budget
+        w = nmf.fit_transform(data)
+    h = nmf.components_
+    settings["clip"] = bool(clip)
+    settings["n_iter"] = int(nmf.n_iter_)
+    codes = torch.from_numpy(np.asarray(w, np.float32))
+    rebuilt = w @ h
+    return _result(
+        x if not clip else x.clamp_min(0),
+        layer,
+        "nmf",
+        n,
+        torch.from_numpy(np.asarray(h, np.float32)),
+        codes,
+        rebuilt,
+        {},
+        {k: v for k, v in settings.items() if k in NMF_ENCODE or k in ("init", "clip", "n_iter")},
+        [],
+        seed,
+        model,
+    )
+
+
+def _linear(x, method, n, layer, seed, model, **options) -> ConceptSet:
+    from sklearn.decomposition import PCA, FastICA
+
+    data = x.double().numpy()
+    if n > min(data.shape):
+        raise UserInputError(f"{method} finds at most {min(data.shape)} components here, not {n}")
+    if method == "pca":
+        fit = PCA(n_components=n, random_state=seed, **options).fit(data)
+        if fit.whiten:
+            unmixing = fit.components_ / np.sqrt(fit.explained_variance_)[:, None]
+            dictionary = fit.components_ * np.sqrt(fit.explained_variance_)[:, None]
+        else:
+            unmixing = dictionary = fit.components_
+    else:
+        settings = {"max_iter": 400, "tol": 1e-4, "whiten": "unit-variance"} | options
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fit = FastICA(n_components=n, random_state=seed, **settings).fit(data)
+        unmixing, dictionary = fit.components_, fit.mixing_.T
+    mean = fit.mean_
+    codes = (data - mean) @ unmixing.T
+    rebuilt = codes @ dictionary + mean
+    state = {
+        "mean": torch.from_numpy(np.asarray(mean, np.float32)),
+        "unmixing": torch.from_numpy(np.asarray(unmixing, np.float32)),
+    }
+    return _result(
+        x,
+        layer,
+        method,
+        n,
+        torch.from_numpy(np.asarray(dictionary, np.float32)),
+        torch.from_numpy(np.asarray(codes, np.float32)),
+        rebuilt,
+        state,
+        {k: v for k, v in options.items() if isinstance(v, bool | int | float | str)},
+        [],
+        seed,
+        model,
+    )
+
+
+def _sae(x, method, n, layer, seed, device, model, **options) -> ConceptSet:
+    try:
+        from convscope.concepts.sae import train_sae
+    except ImportError as e:  # the SAE module is a separate piece of work
+        raise UserInputError(f"{method} needs convscope.concepts.sae, which is not available ({e})") from None
+    settings = {"k": max(1, n // 8), "steps": 2000, "lr": 1e-3, "batch_size": 1024} | options
+    fit = train_sae(x, n, method=method.removeprefix("sae-"), seed=seed, device=device, **settings)
+    with torch.no_grad():
+        codes = torch.cat([fit.encode(x[i : i + 8192]).cpu() for i in range(0, len(x), 8192)])
+        rebuilt = fit.decode(codes.to(fit.dictionary.device)).cpu().double().numpy()
+    state = {
+        "pre_bias": fit.pre_bias.detach().float().cpu(),
+        "encoder_weight": fit.encoder_weight.detach().float().cpu(),
+        "encoder_bias": fit.encoder_bias.detach().float().cpu(),
+    }
+    settings = {**settings, "threshold": fit.threshold}
+    out = _result(
+        x,
+        layer,
+        method,
+        n,
+        fit.dictionary.detach().float().cpu(),
+        codes.float(),
+        rebuilt,
+        state,
+        settings,
+        [float(v) for v in fit.curve],
+        seed,
+        model,
+    )
+    out.dead = int(fit.dead)
+    return out
+
+
+def sae_encode(concepts: ConceptSet, x: torch.Tensor) -> torch.Tensor:
+    """The SAE codes (N, n) of ``x`` (N, C) for a concept set of an SAE method."""
+    from convscope.concepts.sae import SAEFit
+
+    s = concepts.state
+    fit = SAEFit(
+        dictionary=concepts.dictionary.float(),
+        pre_bias=s["pre_bias"],
+        encoder_weight=s["encoder_weight"],
+        encoder_bias=s["encoder_bias"],
+        k=int(concepts.settings["k"]),
+        method=concepts.method.removeprefix("sae-"),
+        threshold=concepts.settings.get("threshold"),
+    )
+    with torch.no_grad():
+        return fit.encode(x.float()).cpu()
+
+
+def _result(x, layer, method, n, dictionary, codes, rebuilt, state, settings, curve, seed, model):
+    data = x.double().numpy()
+    norm = float(np.linalg.norm(data)) or 1.0
+    error = float(np.linalg.norm(data - rebuilt)) / norm
+    nonzero = codes != 0
+    active = nonzero.float().mean(dim=0)
+    return ConceptSet(
+        layer=str(layer),  # a plain name (an Address is a str subclass that would not round-trip)
+        method=method,
+        n=n,
+        dictionary=dictionary,
+        state=state,
+        settings=settings,
+        curve=curve,
+        error=error,
+        sparsity=float(nonzero.float().mean()),
+        dead=int((active == 0).sum()),
+        usage=codes.mean(dim=0),
+        active=active,
+        samples=len(x),
+        seed=seed,
+        model=model,
+    )

@@ -1,0 +1,161 @@
+"""A concept set: a dictionary learned from one layer's activations, with its encoder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from convscope.errors import UserInputError
+from convscope.results import Result
+
+LINEAR = ("pca", "ica")  # codes = (x - mean) @ unmixing.T
+NMF_ENCODE = ("beta_loss", "tol", "max_iter", "alpha_W", "alpha_H", "l1_ratio", "solver")
+
+
+@dataclass
+class ConceptSet(Result):
+    """``n`` concepts of ``layer`` learned by ``method`` (nmf, pca, ica, sae-topk, sae-batchtopk).
+
+    ``dictionary`` (n, C) float32: the concepts as directions of the layer's C channels (NMF's H,
+    PCA's components, ICA's mixing columns, the SAE's decoder rows). ``state``: the tensors
+    :meth:`encode` needs (PCA/ICA: ``mean`` (C,), ``unmixing`` (n, C); SAE: its encoder's);
+    ``settings``: the method's settings (NMF's solver, tolerance...). ``curve``: the training
+    objective per step where the method has one (NMF: none kept by scikit-learn, the SAE: MSE per
+    step). ``error``: relative Frobenius reconstruction error ||X - X^||_F / ||X||_F on the
+    ``samples`` fitted rows; ``sparsity``: mean fraction of nonzero codes; ``dead``: atoms that
+    never fire on the fitted rows (the SAE's own count for the SAE methods); ``usage`` (n,) and
+    ``active`` (n,): each concept's mean code and fraction of rows where it is nonzero.
+    """
+
+    layer: str
+    method: str
+    n: int
+    dictionary: torch.Tensor
+    state: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+    curve: list = field(default_factory=list)
+    error: float = float("nan")
+    sparsity: float = float("nan")
+    dead: int = 0
+    usage: torch.Tensor | None = None
+    active: torch.Tensor | None = None
+    samples: int = 0
+    seed: int = 0
+    model: str = "model"
+
+    def headline(self) -> str:
+        return (
+            f"{self.model} {self.layer}: {self.n} {self.method} concepts from {self.samples} positions, "
+            f"error {self.error:.3f}, {100 * self.sparsity:.0f}% nonzero, {self.dead} dead"
+        )
+
+    # -- encoding -----------------------------------------------------------------------------
+    def encode(self, acts: torch.Tensor) -> torch.Tensor:
+        """Concept codes (N, n) float32 of activations ``acts`` (N, C) (on the CPU)."""
+        x = torch.as_tensor(acts).detach().float().cpu()
+        if x.dim() != 2 or x.shape[1] != self.dictionary.shape[1]:
+            raise UserInputError(
+                f"encode takes (N, {self.dictionary.shape[1]}) activations of {self.layer}, "
+                f"not {tuple(x.shape)}"
+            )
+        if self.method == "nmf":
+            from sklearn.decomposition import non_negative_factorization
+
+            s = {k: self.settings[k] for k in NMF_ENCODE if k in self.settings}
+            # NMF.transform: solve for the codes with the fitted components held fixed
+            w, _, _ = non_negative_factorization(
+                x.clamp_min(0).double().numpy() if self.settings.get("clip") else x.double().numpy(),
+                H=self.dictionary.double().numpy(),
+                n_components=self.n,
+                init="custom",
+                update_H=False,
+                random_state=self.seed,
+                **s,
+            )
+            return torch.from_numpy(np.asarray(w, np.float32))
+        if self.method in LINEAR:
+            return (x - self.state["mean"]) @ self.state["unmixing"].T
+        if self.method.startswith("sae-"):
+            from convscope.concepts.dictionary import sae_encode
+
+            return sae_encode(self, x)
+        raise UserInputError(f"unknown concept method {self.method!r}")
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Activations (N, C) rebuilt from concept codes (N, n)."""
+        x = torch.as_tensor(codes).float() @ self.dictionary
+        if "mean" in self.state:
+            x = x + self.state["mean"]
+        if "pre_bias" in self.state:  # the SAE's
+            x = x + self.state["pre_bias"]
+        return x
+
+    def heatmaps(self, subject, images) -> torch.Tensor:
+        """Concept maps (B, n, H, W) of ``images`` (a preprocessed batch (B, 3, H, W), or paths,
+        PIL images, uint8 arrays) on the layer's grid."""
+        from convscope.concepts.activations import as_maps
+
+        x = images if isinstance(images, torch.Tensor) else subject.load_images(images)
+        with torch.inference_mode(), subject.record([self.layer], stop=True) as rec:
+            subject(x.to(subject.device))
+        maps = as_maps(rec[self.layer], self.layer).float()
+        b, c, h, w = maps.shape
+        codes = self.encode(maps.permute(0, 2, 3, 1).reshape(-1, c).cpu())
+        return codes.reshape(b, h, w, self.n).permute(0, 3, 1, 2).contiguous()
+
+    # -- picture --------------------------------------------------------------------------------
+    def to_image(self, **options):
+        """Three panels: the atoms' cosine similarity (n x n), each concept's usage (mean code and
+        fraction of positions where it fires) and the training curve when there is one."""
+        from convscope.render.plots import figure_to_image, pyplot
+
+        plt = pyplot()
+        d = torch.nn.functional.normalize(self.dictionary.float(), dim=1)
+        cos = (d @ d.T).numpy()
+        panels = 3 if self.curve else 2
+        fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.8))
+        im = axes[0].imshow(cos, cmap="RdBu_r", vmin=-1, vmax=1)
+        axes[0].set_title("atom cosine similarity")
+        axes[0].set_xlabel("concept")
+        axes[0].set_ylabel("concept")
+        fig.colorbar(im, ax=axes[0], fraction=0.046)
+        idx = np.arange(self.n)
+        if self.active is not None:
+            axes[1].bar(idx, self.active.numpy(), color="tab:blue", label="fraction active")
+        if self.usage is not None:
+            u = self.usage.numpy()
+            top = float(np.abs(u).max()) or 1.0
+            axes[1].plot(idx, np.abs(u) / top, "o", color="tab:orange", ms=3, label="|mean code| (scaled)")
+        axes[1].set_title("concept usage")
+        axes[1].set_xlabel("concept")
+        axes[1].legend(fontsize=7)
+        if self.curve:
+            axes[2].plot(np.arange(1, len(self.curve) + 1), self.curve, color="tab:green")
+            axes[2].set_yscale("log")
+            axes[2].set_title("training curve (MSE)")
+            axes[2].set_xlabel("step")
+        fig.suptitle(self.headline(), fontsize=9)
+        fig.tight_layout()
+        return figure_to_image(fig)
+
+
+def stability(a: ConceptSet, b: ConceptSet) -> float:
+    """Mean cosine similarity of the two dictionaries' atoms matched one to one (Hungarian
+    matching, :func:`scipy.optimize.linear_sum_assignment`, maximising total similarity). PCA and
+    ICA atoms have no sign, so for them the absolute cosine is used. 1.0: the same dictionary up
+    to the order of its atoms."""
+    from scipy.optimize import linear_sum_assignment
+
+    if a.dictionary.shape[1] != b.dictionary.shape[1]:
+        raise UserInputError(
+            f"cannot compare dictionaries of {a.dictionary.shape[1]} and {b.dictionary.shape[1]} channels"
+        )
+    da = torch.nn.functional.normalize(a.dictionary.double(), dim=1)
+    db = torch.nn.functional.normalize(b.dictionary.double(), dim=1)
+    cos = (da @ db.T).numpy()
+    if a.method in LINEAR or b.method in LINEAR:
+        cos = np.abs(cos)
+    rows, cols = linear_sum_assignment(cos, maximize=True)
+    return float(np.clip(cos[rows, cols], -1.0, 1.0).mean())
