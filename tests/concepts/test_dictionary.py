@@ -185,6 +185,22 @@ def test_the_verb(subject, folder):
     same = fit_concepts(subject, folder, LAYER, "pca", 3, per_image=8, max_samples=50, workers=0)
     assert isinstance(cs, ConceptSet) and torch.equal(cs.dictionary, same.dictionary)
     assert seen[-1] == 12 and cs.model == "tiny"
+    sae = convscope.concepts(
+        subject,
+        folder,
+        LAYER,
+        method="sae-batchtopk",
+        n=8,
+        per_image=8,
+        max_samples=50,
+        workers=0,
+        device="cpu",
+        steps=10,
+        sae_batch_size=32,
+        k=2,
+    )
+    assert sae.settings["batch_size"] == 32 and len(sae.curve) == 10 and sae.settings["threshold"] > 0
+    assert sae.encode(torch.zeros(1, 8)).shape == (1, 8)
     with pytest.raises(convscope.LayerNotFoundError):
         convscope.concepts(subject, folder, "blokc", n=3)
     with pytest.raises(UserInputError, match="one layer"):

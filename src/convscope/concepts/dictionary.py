@@ -98,7 +98,8 @@ def fit_dictionary(
     ("cd"), ``beta_loss``, ``max_iter`` (400), ``tol`` (1e-4), ``alpha_W``, ``alpha_H``,
     ``l1_ratio``, ``clip`` (False: see the module docs); pca: ``whiten``; ica: ``max_iter``,
     ``tol``; sae-*: ``k`` (default max(1, n // 8)), ``steps`` (2000), ``lr`` (1e-3),
-    ``batch_size`` (1024), trained on ``device``."""
+    ``batch_size`` (1024 rows; ``sae_batch_size`` through :func:`fit_concepts`, whose
+    ``batch_size`` is the image batch), trained on ``device``."""
     check_method(method, n)
     x = torch.as_tensor(x).detach().float().cpu()
     if x.dim() != 2 or len(x) < 2:
@@ -198,6 +199,8 @@ def _sae(x, method, n, layer, seed, device, model, **options) -> ConceptSet:
         from convscope.concepts.sae import train_sae
     except ImportError as e:  # the SAE module is a separate piece of work
         raise UserInputError(f"{method} needs convscope.concepts.sae, which is not available ({e})") from None
+    if "sae_batch_size" in options:  # fit_concepts' own batch_size is the image batch
+        options["batch_size"] = options.pop("sae_batch_size")
     settings = {"k": max(1, n // 8), "steps": 2000, "lr": 1e-3, "batch_size": 1024} | options
     fit = train_sae(x, n, method=method.removeprefix("sae-"), seed=seed, device=device, **settings)
     with torch.no_grad():
@@ -225,24 +228,6 @@ def _sae(x, method, n, layer, seed, device, model, **options) -> ConceptSet:
     )
     out.dead = int(fit.dead)
     return out
-
-
-def sae_encode(concepts: ConceptSet, x: torch.Tensor) -> torch.Tensor:
-    """The SAE codes (N, n) of ``x`` (N, C) for a concept set of an SAE method."""
-    from convscope.concepts.sae import SAEFit
-
-    s = concepts.state
-    fit = SAEFit(
-        dictionary=concepts.dictionary.float(),
-        pre_bias=s["pre_bias"],
-        encoder_weight=s["encoder_weight"],
-        encoder_bias=s["encoder_bias"],
-        k=int(concepts.settings["k"]),
-        method=concepts.method.removeprefix("sae-"),
-        threshold=concepts.settings.get("threshold"),
-    )
-    with torch.no_grad():
-        return fit.encode(x.float()).cpu()
 
 
 def _result(x, layer, method, n, dictionary, codes, rebuilt, state, settings, curve, seed, model):

@@ -78,8 +78,6 @@ class ConceptSet(Result):
         if self.method in LINEAR:
             return (x - self.state["mean"]) @ self.state["unmixing"].T
         if self.method.startswith("sae-"):
-            from convscope.concepts.dictionary import sae_encode
-
             return sae_encode(self, x)
         raise UserInputError(f"unknown concept method {self.method!r}")
 
@@ -128,6 +126,7 @@ class ConceptSet(Result):
             u = self.usage.numpy()
             top = float(np.abs(u).max()) or 1.0
             axes[1].plot(idx, np.abs(u) / top, "o", color="tab:orange", ms=3, label="|mean code| (scaled)")
+        axes[1].xaxis.set_major_locator(plt.MaxNLocator(integer=True))
         axes[1].set_title("concept usage")
         axes[1].set_xlabel("concept")
         axes[1].legend(fontsize=7)
@@ -159,3 +158,21 @@ def stability(a: ConceptSet, b: ConceptSet) -> float:
         cos = np.abs(cos)
     rows, cols = linear_sum_assignment(cos, maximize=True)
     return float(np.clip(cos[rows, cols], -1.0, 1.0).mean())
+
+
+def sae_encode(concepts: ConceptSet, x: torch.Tensor) -> torch.Tensor:
+    """The SAE codes (N, n) of ``x`` (N, C) for a concept set of an SAE method."""
+    from convscope.concepts.sae import SAEFit
+
+    s = concepts.state
+    fit = SAEFit(
+        dictionary=concepts.dictionary.float(),
+        pre_bias=s["pre_bias"],
+        encoder_weight=s["encoder_weight"],
+        encoder_bias=s["encoder_bias"],
+        k=int(concepts.settings["k"]),
+        method=concepts.method.removeprefix("sae-"),
+        threshold=concepts.settings.get("threshold"),
+    )
+    with torch.no_grad():
+        return fit.encode(x.float()).cpu()
