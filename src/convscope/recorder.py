@@ -140,6 +140,10 @@ class Recorder:
         self._values: dict[str, dict[int, torch.Tensor]] = defaultdict(dict)
         self._pending: set[tuple[str, int]] = set()
         self._image_hw: tuple[int, int] | None = None  # the latest model input (H, W)
+        # per module, the layout of each call, looked up once rather than in every hook call
+        self._layouts = (
+            {m: [i.layout for i in self._table.calls(m)] for m in self._wanted} if self._maps else {}
+        )
 
     # -- context -----------------------------------------------------------------------------
     def __enter__(self) -> Recorder:
@@ -234,8 +238,8 @@ class Recorder:
         table's, its grid fitted to this output (another input size gives another grid)."""
         if not self._maps or not isinstance(t, torch.Tensor):
             return None
-        infos = self._table.calls(module)
-        layout = infos[call].layout if call < len(infos) else None
+        layouts = self._layouts.get(module, ())
+        layout = layouts[call] if call < len(layouts) else None
         if layout is None or layout.kind == "channels_first":
             return None
         # the grid of this input size, which may not be the probe's

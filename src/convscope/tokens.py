@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from convscope.layout import Layout
+
 
 @dataclass(frozen=True)
 class TokenLayout:
@@ -20,13 +22,20 @@ class TokenLayout:
     height: int
     width: int
 
-    def to_map(self, t: torch.Tensor) -> torch.Tensor:
-        """(B, N, C) tokens -> (B, C, height, width); other shapes are returned unchanged."""
+    def layout_for(self, t: torch.Tensor) -> Layout | None:
+        """The :class:`~convscope.layout.Layout` of ``t`` by this rule: (B, prefix + H*W, C) or
+        (B, H*W, C) tokens; None for any other shape."""
         if t.dim() != 3:
-            return t
+            return None
+        grid = (self.height, self.width)
         n = self.height * self.width
         if t.shape[1] == n + self.prefix:
-            t = t[:, self.prefix :]
-        elif t.shape[1] != n:
-            return t
-        return t.transpose(1, 2).reshape(t.shape[0], t.shape[2], self.height, self.width)
+            return Layout("tokens", grid, self.prefix)
+        if t.shape[1] == n:
+            return Layout("tokens", grid, 0)
+        return None
+
+    def to_map(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) tokens -> (B, C, height, width); other shapes are returned unchanged."""
+        layout = self.layout_for(t)
+        return layout.to_map(t) if layout is not None else t

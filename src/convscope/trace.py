@@ -84,13 +84,8 @@ def _layout(mode, t, module, token_layout, layouts) -> Layout | None:
     """The layout of ``t``, the output of ``module``: the user's, else the detected one, else the
     subject's token layout where the tensor fits it and the pass did not follow it at all."""
     detected = mode.layout_of(t)
-    if detected is None and token_layout is not None and t.dim() == 3 and mode.field_of(t) is None:
-        grid = (token_layout.height, token_layout.width)
-        candidate = Layout("tokens", grid, token_layout.prefix)
-        if candidate.fits(t):
-            detected = candidate
-        elif t.shape[1] == grid[0] * grid[1]:
-            detected = Layout("tokens", grid, 0)
+    if detected is None and token_layout is not None and mode.field_of(t) is None:
+        detected = token_layout.layout_for(t)
     wanted = override(layouts, module)
     if wanted == "detect":
         return detected
