@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -57,3 +58,19 @@ class Direction:
 
     def __str__(self) -> str:
         return f"{self.layer}:{self.name or 'direction'}"
+
+
+@runtime_checkable
+class Basis(Protocol):
+    """Units that are not channels: maps (B, C, H, W) float32 -> codes (B, n, H, W) of a layer's
+    ``channels`` C, like a concept set's encoder (:meth:`ConceptSet.basis`). Scans and dissections
+    take ``bases={layer: basis}`` and treat the ``n`` codes as the layer's units; ``fingerprint``
+    tells two bases apart (a resumed or merged scan must use the same one)."""
+
+    n: int
+    channels: int
+    fingerprint: str
+
+    def __call__(self, maps: torch.Tensor) -> torch.Tensor: ...
+
+    def to(self, device) -> Basis: ...

@@ -5,36 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import convscope
 from convscope.concepts import ConceptSet, collect_activations, fit_concepts, fit_dictionary, stability
 from convscope.concepts.activations import Reservoir
 from convscope.errors import UserInputError
-from convscope.testing import tiny_subject
-
-LAYER = "block"  # ends in a ReLU: non-negative, 8 channels on an 8 x 8 grid at 32 px
-
-
-@pytest.fixture(scope="module")
-def subject():
-    return tiny_subject(size=32)
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    out = tmp_path_factory.mktemp("concept-images")
-    rng = np.random.default_rng(0)
-    for i in range(12):
-        pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-        pixels[: 4 * (i % 8)] //= 3  # not all alike
-        Image.fromarray(pixels).save(out / f"im{i:02d}.png")
-    return out
-
-
-@pytest.fixture(scope="module")
-def acts(subject, folder):
-    return collect_activations(subject, folder, LAYER, per_image=16, max_samples=150, seed=0, workers=0)
+from tests.concepts.conftest import LAYER
 
 
 def test_the_reservoir_is_bounded_seeded_and_true_to_the_layer(subject, folder):

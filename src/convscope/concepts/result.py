@@ -60,26 +60,14 @@ class ConceptSet(Result):
                 f"encode takes (N, {self.dictionary.shape[1]}) activations of {self.layer}, "
                 f"not {tuple(x.shape)}"
             )
-        if self.method == "nmf":
-            from sklearn.decomposition import non_negative_factorization
+        return self.basis().rows(x).cpu()
 
-            s = {k: self.settings[k] for k in NMF_ENCODE if k in self.settings}
-            # NMF.transform: solve for the codes with the fitted components held fixed
-            w, _, _ = non_negative_factorization(
-                x.clamp_min(0).double().numpy() if self.settings.get("clip") else x.double().numpy(),
-                H=self.dictionary.double().numpy(),
-                n_components=self.n,
-                init="custom",
-                update_H=False,
-                random_state=self.seed,
-                **s,
-            )
-            return torch.from_numpy(np.asarray(w, np.float32))
-        if self.method in LINEAR:
-            return (x - self.state["mean"]) @ self.state["unmixing"].T
-        if self.method.startswith("sae-"):
-            return sae_encode(self, x)
-        raise UserInputError(f"unknown concept method {self.method!r}")
+    def basis(self, device=None):
+        """This set's encoder as a :class:`~convscope.concepts.basis.ConceptBasis` on ``device``
+        (maps (B, C, H, W) -> codes (B, n, H, W)): what scans and dissections take as ``bases``."""
+        from convscope.concepts.basis import ConceptBasis
+
+        return ConceptBasis(self, device)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Activations (N, C) rebuilt from concept codes (N, n)."""
@@ -99,9 +87,7 @@ class ConceptSet(Result):
         with torch.inference_mode(), subject.record([self.layer], stop=True) as rec:
             subject(x.to(subject.device))
         maps = as_maps(rec[self.layer], self.layer).float()
-        b, c, h, w = maps.shape
-        codes = self.encode(maps.permute(0, 2, 3, 1).reshape(-1, c).cpu())
-        return codes.reshape(b, h, w, self.n).permute(0, 3, 1, 2).contiguous()
+        return self.basis(maps.device)(maps).cpu().contiguous()
 
     # -- picture --------------------------------------------------------------------------------
     def to_image(self, **options):
@@ -158,21 +144,3 @@ def stability(a: ConceptSet, b: ConceptSet) -> float:
         cos = np.abs(cos)
     rows, cols = linear_sum_assignment(cos, maximize=True)
     return float(np.clip(cos[rows, cols], -1.0, 1.0).mean())
-
-
-def sae_encode(concepts: ConceptSet, x: torch.Tensor) -> torch.Tensor:
-    """The SAE codes (N, n) of ``x`` (N, C) for a concept set of an SAE method."""
-    from convscope.concepts.sae import SAEFit
-
-    s = concepts.state
-    fit = SAEFit(
-        dictionary=concepts.dictionary.float(),
-        pre_bias=s["pre_bias"],
-        encoder_weight=s["encoder_weight"],
-        encoder_bias=s["encoder_bias"],
-        k=int(concepts.settings["k"]),
-        method=concepts.method.removeprefix("sae-"),
-        threshold=concepts.settings.get("threshold"),
-    )
-    with torch.no_grad():
-        return fit.encode(x.float()).cpu()

@@ -28,7 +28,7 @@ import json
 import math
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -44,7 +44,7 @@ from convscope.recorder import Recorder
 from convscope.scan.result import ScanResult
 from convscope.scan.state import CRITERIA, SECONDARY, LayerState, Scratch
 from convscope.subject import Subject
-from convscope.units import Direction
+from convscope.units import Basis, Direction
 
 Progress = Callable[[int, int], None]
 CHECKPOINT_VERSION = 3  # 2: the calibration sample is recorded; 3: top-K keeps the tie-break key
@@ -71,6 +71,7 @@ def scan(
     buffer_bytes: int = 1 << 30,
     progress: Progress | None = None,
     calibration_only: bool = False,
+    bases: Mapping[str, Basis] | None = None,
 ) -> ScanResult:
     """Scan ``data`` through ``subject``: the top-``k`` images of every unit of ``layers`` under
     each criterion (``max``, ``mean``, ``area``), plus ``directions`` seeded random unit-norm
@@ -82,6 +83,10 @@ def scan(
     :mod:`convscope.accel`); ``workers`` decoding processes default to the machine's share.
     ``calibration_only`` stops after the calibration sample (a distributed scan's first step):
     the result holds its images and the thresholds every part then uses.
+    ``bases`` ``{layer: basis}`` scans a basis's codes as the layer's units instead of its
+    channels: a callable (B, C, H, W) -> (B, n, H, W) with attributes ``n`` and ``fingerprint``
+    and a ``to(device)`` method (a concept set's encoder, :meth:`ConceptSet.basis`); the random
+    ``directions`` stay directions of the channels, appended after the basis's units.
     Returns a :class:`ScanResult`.
     """
     criteria = tuple(dict.fromkeys(criteria))
@@ -96,12 +101,21 @@ def scan(
             raise UserInputError(f"layer {info.name} produces no single tensor and cannot be scanned")
     names = [i.name for i in infos]
     device = subject.device
+    bases = {str(subject.layers.select(k)[0]) if k not in names else k: b for k, b in (bases or {}).items()}
+    for name, basis in bases.items():
+        info = subject.layers.get(name)
+        if name not in names:
+            raise UserInputError(f"a basis is given for {name}, which is not scanned")
+        if getattr(basis, "channels", info.units) != info.units:
+            raise UserInputError(
+                f"the basis of {name} encodes {basis.channels} channels; the layer has {info.units}"
+            )
     accel = Accel.of(accel, subject)
     workers = resolve_workers(workers, device, batch_bytes(batch_size, subject.input_size, accel.decode))
     if data.transform is None:
         data = data.with_transform(subject.transform)
 
-    channels = {i.name: i.units for i in infos}
+    channels = {i.name: bases[i.name].n if i.name in bases else i.units for i in infos}
     dirs = {
         i.name: torch.stack(
             [d.vector for d in Direction.random(i.name, i.units, directions, seed=_layer_seed(seed, i.name))]
@@ -135,6 +149,7 @@ def scan(
         "k": k,
         "criteria": list(criteria),
         "directions": directions,
+        "bases": {n: b.fingerprint for n, b in bases.items()},
         "seed": seed,
         "batch_size": batch_size,
         "threshold_sample": n_cal,
@@ -153,7 +168,10 @@ def scan(
                 f"cannot resume: {ckpt} is not a scan checkpoint; it is left as it "
                 "is, start a new scan with --overwrite"
             )
-        if saved.get("version") != CHECKPOINT_VERSION or with_default_settings(saved["config"]) != config:
+        if (
+            saved.get("version") != CHECKPOINT_VERSION
+            or {"bases": {}, **with_default_settings(saved["config"])} != config
+        ):
             raise ConvscopeError(
                 f"the checkpoint {ckpt} belongs to a scan with other settings; "
                 "start a new scan instead of resuming"
@@ -210,7 +228,7 @@ def scan(
                 good += len(batch.indices)
                 yield batch
 
-    with _Engine(subject, names, dirs, accel) as engine:
+    with _Engine(subject, names, dirs, accel, bases) as engine:
         # 1. calibration sample: `area` thresholds from the top values of each unit
         if sample is None:
             t0 = time.perf_counter()
@@ -329,10 +347,16 @@ class _Engine:
     One Recorder stays attached for the whole scan (its hooks go when the engine exits)."""
 
     def __init__(
-        self, subject: Subject, layers: list[str], dirs: dict[str, torch.Tensor], accel: Accel | None = None
+        self,
+        subject: Subject,
+        layers: list[str],
+        dirs: dict[str, torch.Tensor],
+        accel: Accel | None = None,
+        bases: Mapping[str, Basis] | None = None,
     ):
         self.subject = subject
         self.dirs = dirs
+        self.bases = {n: b.to(subject.device) for n, b in (bases or {}).items()}
         self.device = subject.device
         self.accel = Accel.of(accel, subject)
         self.scratch = Scratch()  # one work buffer for every layer, freed with the engine
@@ -353,9 +377,10 @@ class _Engine:
         if t.dim() == 2:
             t = t[:, :, None, None]
         t = t.float()
+        units = self.bases[name](t) if name in self.bases else t
         if name in self.dirs:
-            t = torch.cat([t, torch.einsum("bchw,nc->bnhw", t, self.dirs[name])], dim=1)
-        return t
+            units = torch.cat([units, torch.einsum("bchw,nc->bnhw", t, self.dirs[name])], dim=1)
+        return units
 
     def _callback(self, address: str, call: int, output) -> None:
         # Reduce inside the hook, before any later in-place op can overwrite the output; in
