@@ -14,6 +14,7 @@
       render/LAYER/unit0001_stimuli.png      manufactured-stimulus test
       render/rf_sizes.json, rf_sizes.png     empirical vs theoretical RF sizes per layer
       render/dissect/SET/...                 dissection report of the concept set SET
+      render/dictionaries/NAME/concept0001.png   picture (feature visualisation) of a learned concept
       render/neighbors/LAYER/QUERY.png       nearest-neighbour grids
       render/probe/probe_POOLING_CLASSIFIER.png
       render/project/LAYER/METHOD.png, METHOD_thumbnails.png
@@ -129,6 +130,15 @@ class AtlasPaths:
     def dissection_unit_render(self, concepts: str, layer: str, unit: int) -> Path:
         """The figure of one labelled unit (``SET/LAYER/unit0001.png``)."""
         return self.dissection_dir(concepts) / component(safe_name(layer), "layer") / f"unit{unit:04d}.png"
+
+    # -- learned concept sets (dictionaries) ---------------------------------------------------
+    def dictionary_dir(self, name: str) -> Path:
+        """``ATLAS/render/dictionaries/NAME``: the pictures of the dictionary ``name``."""
+        return self.render_dir / "dictionaries" / component(name, "dictionary")
+
+    def dictionary_picture(self, name: str, concept: int) -> Path:
+        """The picture (feature visualisation) of one concept (``NAME/concept0001.png``)."""
+        return self.dictionary_dir(name) / f"concept{int(concept):04d}.png"
 
     # -- representation figures ---------------------------------------------------------------
     def neighbors_render(self, layer: str, query: str) -> Path:

@@ -18,8 +18,9 @@ from pathlib import Path
 
 from convscope.inputs.fileio import is_text, name_bytes, name_from_bytes
 
-# 2: empirical receptive fields; 3: dissections; 4: lossless names (raw), topk_image index
-SCHEMA_VERSION = 4
+# 2: empirical receptive fields; 3: dissections; 4: lossless names (raw), topk_image index;
+# 5: learned concept sets (dictionaries)
+SCHEMA_VERSION = 5
 
 SCANS = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -68,7 +69,30 @@ CREATE TABLE IF NOT EXISTS unit_labels(
     detector INTEGER, coverage REAL, PRIMARY KEY(dataset, layer, unit));
 """
 
-DDL = SCANS + INDEXES + EMPIRICAL + DISSECTIONS
+# learned concept sets (convscope.atlas.dictionaries): the ConceptSet's npz bytes, its concept
+# scan (tables of their own: a new scan replaces topk/units whole), importance and labels
+DICTIONARIES = """
+CREATE TABLE IF NOT EXISTS dictionaries(
+    name TEXT PRIMARY KEY, layer TEXT NOT NULL, method TEXT, n INTEGER, channels INTEGER, error REAL,
+    sparsity REAL, dead INTEGER, samples INTEGER, seed INTEGER, model TEXT, created REAL, data BLOB);
+CREATE TABLE IF NOT EXISTS dictionary_scans(
+    name TEXT PRIMARY KEY, layer TEXT, k INTEGER, criteria TEXT, height INTEGER, width INTEGER,
+    images INTEGER, finished REAL);
+CREATE TABLE IF NOT EXISTS dictionary_units(
+    name TEXT, concept INTEGER, mean REAL, std REAL, max REAL, frac_pos REAL, threshold REAL,
+    PRIMARY KEY(name, concept));
+CREATE TABLE IF NOT EXISTS dictionary_topk(
+    name TEXT, concept INTEGER, criterion TEXT, rank INTEGER, image INTEGER, image_name TEXT,
+    raw BLOB, score REAL, y INTEGER, x INTEGER, PRIMARY KEY(name, concept, criterion, rank));
+CREATE INDEX IF NOT EXISTS dictionary_topk_image ON dictionary_topk(image);
+CREATE TABLE IF NOT EXISTS dictionary_importance(
+    name TEXT PRIMARY KEY, method TEXT, classes TEXT, rows INTEGER, counts BLOB, matrix BLOB);
+CREATE TABLE IF NOT EXISTS dictionary_labels(
+    name TEXT, concept INTEGER, dataset TEXT, label TEXT, category TEXT, iou REAL, detector INTEGER,
+    coverage REAL, PRIMARY KEY(name, concept));
+"""
+
+DDL = SCANS + INDEXES + EMPIRICAL + DISSECTIONS + DICTIONARIES
 
 
 def _statements(script: str) -> list[str]:

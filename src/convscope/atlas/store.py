@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convscope.atlas import dissections, empirical, scans, schema
+from convscope.atlas import dictionaries, dissections, empirical, scans, schema
 from convscope.atlas.paths import AtlasPaths, is_private_file  # noqa: F401 (is_private_file: re-exported)
 from convscope.atlas.schema import SCHEMA_VERSION
 from convscope.errors import ConvscopeError, LayerNotFoundError, UserInputError
@@ -438,6 +438,98 @@ class Atlas(AtlasPaths):
         (layer,) = names
         with self._read() as con:
             return dissections.unit_labels(con, layer, dataset)
+
+    # -- learned concept sets (dictionaries) ----------------------------------------------------
+    def write_dictionary(self, name: str, concepts) -> None:
+        """Store the :class:`~convscope.concepts.ConceptSet` ``concepts`` under ``name`` (letters,
+        digits and ``. _ @ + = -``; :func:`~convscope.atlas.dictionaries.default_name` makes one),
+        in one transaction. Re-writing a name replaces it and drops what was stored for it: its
+        scan, importance, labels and pictures."""
+        name = dictionaries.check_name(name)
+        with self.lock():
+            folder = self.dictionary_dir(name)
+            # the old pictures leave only once the new set is in: set aside, then removed
+            aside = folder.with_name(f".{name}.old{os.getpid()}")
+            if folder.exists():
+                shutil.rmtree(aside, ignore_errors=True)
+                folder.rename(aside)
+            try:
+                with self._write() as con:
+                    dictionaries.write(con, name, concepts)
+            except BaseException:
+                if aside.exists():
+                    aside.rename(folder)
+                raise
+            shutil.rmtree(aside, ignore_errors=True)
+
+    def write_dictionary_scan(self, name: str, scan: ScanResult) -> None:
+        """Store the concept scan of dictionary ``name`` (:func:`convscope.concepts.scan_concepts`:
+        concept ``i`` is unit ``i`` of the set's layer): per-concept statistics and top-K under
+        every criterion, replacing an earlier scan of it."""
+        with self._write() as con:
+            dictionaries.write_scan(con, dictionaries.check_name(name), scan)
+
+    def write_dictionary_importance(self, name: str, importance) -> None:
+        """Store the importance of each concept of ``name`` for each class (any object with
+        ``.matrix`` (classes, n), ``.classes`` (names), ``.counts`` (classes,) and ``.method``),
+        replacing an earlier one."""
+        with self._write() as con:
+            dictionaries.write_importance(con, dictionaries.check_name(name), importance)
+
+    def write_dictionary_labels(self, name: str, dissection, dataset: str) -> None:
+        """Store the labels of ``name``'s concepts from ``dissection`` (a
+        :class:`~convscope.dissect.Dissection` whose units at the set's layer are its concepts:
+        :func:`convscope.concepts.label_concepts`) on the concept dataset ``dataset``."""
+        with self._write() as con:
+            dictionaries.write_labels(con, dictionaries.check_name(name), dissection, dataset)
+
+    def write_dictionary_picture(self, name: str, concept: int, image) -> Path:
+        """Store the picture (a PIL image, e.g. its feature visualisation) of one concept of
+        ``name`` as :meth:`dictionary_picture` (PNG, written atomically); returns its path."""
+        from convscope.inputs.fileio import save_image
+
+        name = dictionaries.check_name(name)
+        with self.lock():
+            with self._read() as con:
+                concept = dictionaries.check_concept(con, name, concept)
+            return save_image(image, self.dictionary_picture(name, concept))
+
+    def dictionaries(self) -> list[dict]:
+        """Every stored dictionary, by name: ``name``, ``layer``, ``method``, ``n``, ``channels``,
+        ``error``, ``sparsity``, ``dead``, ``samples``, ``seed``, ``model`` and whether its
+        ``scanned``, ``importance`` and ``labels`` are stored."""
+        with self._read() as con:
+            return dictionaries.summaries(con)
+
+    def dictionary(self, name: str):
+        """The stored :class:`~convscope.concepts.ConceptSet` ``name`` (unknown names:
+        :class:`~convscope.errors.NameNotFoundError` with close matches)."""
+        with self._read() as con:
+            return dictionaries.read(con, name)
+
+    def dictionary_topk(self, name: str, concept: int, criterion: str = "max") -> UnitTopK:
+        """Top-K images of one concept of ``name`` under ``criterion``, best first (``unit``: the
+        concept; image indices are those of the concept scan's source)."""
+        with self._read() as con:
+            rows = dictionaries.topk(con, name, concept, criterion)
+            layer = dictionaries.summary(con, name)["layer"]
+        return dictionaries.unit_topk(rows, layer, int(concept), criterion)
+
+    def dictionary_stats(self, name: str) -> list[dict]:
+        """Per-concept statistics of ``name``'s concept scan (``[]``: not scanned)."""
+        with self._read() as con:
+            return dictionaries.stats(con, name)
+
+    def dictionary_importance(self, name: str) -> dict | None:
+        """The stored importance of ``name`` (``method``, ``classes``, ``counts``, ``matrix``
+        (classes, n)), or None."""
+        with self._read() as con:
+            return dictionaries.importance(con, name)
+
+    def dictionary_labels(self, name: str) -> list[dict]:
+        """The stored labels of ``name``'s concepts, by concept (``[]``: none)."""
+        with self._read() as con:
+            return dictionaries.labels(con, name)
 
 
 class _AtlasLock:
