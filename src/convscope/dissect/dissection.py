@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +36,7 @@ from convscope.inputs.workers import batch_bytes, resolve_workers
 from convscope.quantiles import TopValues, rank
 from convscope.recorder import Recorder
 from convscope.subject import Subject
+from convscope.units import Basis
 
 # Elements of one (images x units x pixels) block in pass 2; bounds its memory.
 _BLOCK = 1 << 23  # also keeps float32 counts per block exact (< 2**24)
@@ -58,8 +59,16 @@ class _Forward:
     """Recorded forward passes over ``names`` with one run's speed settings (model layout for
     the duration, autocast, pinned batches, decoding workers sized to the machine)."""
 
-    def __init__(self, subject: Subject, names: Sequence[str], accel: Accel | None, workers: int | None):
+    def __init__(
+        self,
+        subject: Subject,
+        names: Sequence[str],
+        accel: Accel | None,
+        workers: int | None,
+        bases: Mapping[str, Basis] | None = None,
+    ):
         self.subject, self.names = subject, list(names)
+        self.bases = {n: b.to(subject.device) for n, b in (bases or {}).items()}
         self.accel = Accel.of(accel, subject)
         if self.accel.decode != "cpu":
             from convscope.errors import UserInputError
@@ -99,22 +108,31 @@ class _Forward:
             yield x, good
 
     def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Activations (B, U, h, w) in float32 per layer."""
+        """Activations (B, U, h, w) in float32 per layer; a layer with a basis gives its codes
+        (B, n, h, w), encoded in float32 outside autocast (as the scan does)."""
         with torch.inference_mode(), self.accel.autocast(self.device):
             self.subject(self.accel.inputs(x, self.device))
         out = {}
         for n in self.names:
             a = self.rec[n].float()
-            out[n] = a[:, :, None, None] if a.dim() == 2 else a
+            a = a[:, :, None, None] if a.dim() == 2 else a
+            if n in self.bases:
+                with torch.inference_mode(), torch.autocast(self.device.type, enabled=False):
+                    a = self.bases[n](a).float()
+            out[n] = a
         return out
 
 
 class _Plan:
     """What both passes need: layers, map sizes, the label -> column table, categories."""
 
-    def __init__(self, subject: Subject, data, layers: Sequence[str]):
+    def __init__(
+        self, subject: Subject, data, layers: Sequence[str], bases: Mapping[str, Basis] | None = None
+    ):
         self.infos = [subject.layer(n) for n in layers]
         self.names = [i.name for i in self.infos]
+        self.bases = resolve_bases(subject, self.names, bases)
+        self.units = {i.name: self.bases[i.name].n if i.name in self.bases else i.units for i in self.infos}
         self.maps = {i.name: tuple(i.shape[1:]) if len(i.shape) == 3 else (1, 1) for i in self.infos}
         self.numbers = sorted(data.concepts)
         self.n_c = len(self.numbers)
@@ -138,7 +156,28 @@ class _Plan:
         return _labels(items, self.lut, self.cats, self.n_c, self.s, self.device)
 
     def per_image_bytes(self) -> int:
-        return sum(i.units * self.maps[i.name][0] * self.maps[i.name][1] * 4 for i in self.infos) + 8 * self.s
+        maps = self.maps
+        return sum(self.units[n] * maps[n][0] * maps[n][1] * 4 for n in self.names) + 8 * self.s
+
+
+def resolve_bases(subject: Subject, names: Sequence[str], bases: Mapping[str, Basis] | None) -> dict:
+    """``bases`` keyed by the exact names of the dissected ``names`` (a key may be any name or
+    selector of a layer, as in the scan); a basis for a layer not dissected, or of another width
+    than the layer's channels, is refused before anything runs."""
+    from convscope.errors import UserInputError
+
+    out = {}
+    for key, basis in (bases or {}).items():
+        name = key if key in names else str(subject.layers.select(key)[0])
+        if name not in names:
+            raise UserInputError(f"a basis is given for {name}, which is not dissected")
+        units = subject.layers.get(name).units
+        if getattr(basis, "channels", units) != units:
+            raise UserInputError(
+                f"the basis of {name} encodes {basis.channels} channels; the layer has {units}"
+            )
+        out[name] = basis
+    return out
 
 
 def _threshold_pass(
@@ -201,15 +240,16 @@ def threshold_state(
     batch_size: int = 4,
     workers: int | None = 0,
     accel: Accel | None = None,
+    bases: Mapping[str, Basis] | None = None,
 ):
     """Pass 1 on part of the data (``indices``): per layer the largest activations needed for
     the exact quantile over the *whole* dataset, and the images skipped. Merge the states of
-    disjoint parts with :func:`merge_threshold_states`."""
+    disjoint parts with :func:`merge_threshold_states`. ``bases``: as in :func:`dissect`."""
     data = with_dissection_transform(data, subject)
-    plan = _Plan(subject, data, layers)
+    plan = _Plan(subject, data, layers, bases)
     tops = TopValues(len(data), plan.maps, quantile=1 - quantile)
     skipped = SkipReport()
-    with _Forward(subject, plan.names, accel, workers) as fwd:
+    with _Forward(subject, plan.names, accel, workers, plan.bases) as fwd:
         _threshold_pass(fwd, plan, data, tops, batch_size, skipped, indices)
     return {
         "values": {n: v.cpu() for n, v in tops.values.items()},
@@ -247,13 +287,14 @@ def count_state(
     batch_size: int = 4,
     workers: int | None = 0,
     accel: Accel | None = None,
+    bases: Mapping[str, Basis] | None = None,
 ) -> dict:
     """Pass 2 on part of the data: per layer the IoU counts (mergeable by addition) and the
-    part's top images."""
+    part's top images. ``bases``: as in :func:`dissect`."""
     data = with_dissection_transform(data, subject)
-    plan = _Plan(subject, data, layers)
+    plan = _Plan(subject, data, layers, bases)
     counts = _new_counts(plan, thresholds, top)
-    with _Forward(subject, plan.names, accel, workers) as fwd:
+    with _Forward(subject, plan.names, accel, workers, plan.bases) as fwd:
         _count_pass(fwd, plan, data, counts, batch_size, indices)
     return {n: c.to_dict() for n, c in counts.items()}
 
@@ -272,6 +313,7 @@ def dissect(
     cache_bytes: int = 2 << 30,
     accel: Accel | None = None,
     progress: Callable[[int, int], None] | None = None,
+    bases: Mapping[str, Basis] | None = None,
 ) -> Dissection:
     """Dissect ``layers`` of ``subject`` against the concepts of ``data`` (a
     :class:`BrodenDataset` or :class:`ColorConcepts`). ``quantile``: fraction of each unit's
@@ -283,11 +325,14 @@ def dissect(
     once; otherwise it is read twice. ``accel``: precision and memory layout
     (:mod:`convscope.accel`).
     ``batch_size`` defaults to 4 on a CPU (where small batches stay in cache and run fastest)
-    and 64 on an accelerator. Unreadable images are skipped and listed in the result."""
+    and 64 on an accelerator. Unreadable images are skipped and listed in the result.
+    ``bases`` ``{layer: basis}`` dissects a basis's ``n`` codes as the layer's units instead of
+    its channels (thresholds, IoU, detectors and top images per code), as the scan does
+    (:class:`convscope.units.Basis`, e.g. a concept set's encoder)."""
     if batch_size is None:
         batch_size = 4 if subject.device.type == "cpu" else 64
     data = with_dissection_transform(data, subject)  # the caller's data keeps its transform (None)
-    plan = _Plan(subject, data, layers)
+    plan = _Plan(subject, data, layers, bases)
     cache = len(data) * plan.per_image_bytes() <= cache_bytes
     report = progress or (lambda d, t: None)
     skipped = SkipReport()
@@ -302,7 +347,7 @@ def dissect(
         report(done, total)
 
     t0 = time.perf_counter()
-    with _Forward(subject, plan.names, accel, workers) as fwd:
+    with _Forward(subject, plan.names, accel, workers, plan.bases) as fwd:
         _threshold_pass(fwd, plan, data, tops, batch_size, skipped, keep=stored, tick=tick)
         done, limit = len(data), total
         thr = {n: tops.thresholds(n, separate=True) for n in plan.names}
@@ -470,11 +515,12 @@ class _Counts:
                 self.inter += torch.bincount(keys, minlength=self.inter.numel()).view_as(self.inter)
 
 
-def dissection_plan(subject: Subject, data, layers: Sequence[str]):
+def dissection_plan(subject: Subject, data, layers: Sequence[str], bases: Mapping[str, Basis] | None = None):
     """What a sharded dissection's driver needs of ``layers`` (exact names) on ``data``:
-    ``names``, ``maps`` (layer -> activation map size) for :func:`merge_threshold_states`, and
-    the concept tables :func:`merge_count_states` and :func:`finish` use."""
-    return _Plan(subject, data, layers)
+    ``names``, ``maps`` (layer -> activation map size) for :func:`merge_threshold_states`, the
+    concept tables :func:`merge_count_states` and :func:`finish` use, and ``bases`` (checked,
+    by exact layer name)."""
+    return _Plan(subject, data, layers, bases)
 
 
 def merge_count_states(plan, thresholds: dict, top: int, states: list[dict]) -> dict:

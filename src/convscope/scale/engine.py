@@ -375,6 +375,7 @@ class RayEngine:
         top: int = 8,
         batch_size: int | None = None,
         accel=None,
+        bases=None,
         **options,
     ):
         """The dissection over the actors: pass 1 (top activations) on each shard, merged into
@@ -397,8 +398,8 @@ class RayEngine:
         self.check(subject, data)
         model_spec = dict(subject.spec)
         spec = dict(getattr(data, "spec", {}))
-        plan = dissection_plan(subject, data, subject.layers.select(layers))  # before Ray starts
-        names = plan.names
+        plan = dissection_plan(subject, data, subject.layers.select(layers), bases)  # before Ray starts
+        names, bases = plan.names, plan.bases
         ray = self._start(subject)
         device = self._device(subject)
         bs = batch_size or (4 if device == "cpu" else 64)
@@ -424,6 +425,7 @@ class RayEngine:
                     "top": top,
                     "batch_size": bs,
                     **Accel.of(accel).config(),
+                    **({"bases": {n: b.fingerprint for n, b in bases.items()}} if bases else {}),
                 },
             )
 
@@ -440,14 +442,16 @@ class RayEngine:
             )
 
         state1 = run_pass(
-            1, lambda a, i: a.dissect_thresholds.remote(spec, parts[i], names, quantile, bs, accel), 0
+            1, lambda a, i: a.dissect_thresholds.remote(spec, parts[i], names, quantile, bs, accel, bases), 0
         )
         pass1 = [state1[i] for i in range(len(parts))]
         tops, skipped = merge_threshold_states(data, plan.maps, quantile, pass1)
         thr = {n: tops.thresholds(n, separate=True).cpu() for n in names}
         check_finite(Accel.of(accel), thr)
         state2 = run_pass(
-            2, lambda a, i: a.dissect_counts.remote(spec, parts[i], names, thr, top, bs, accel), len(data)
+            2,
+            lambda a, i: a.dissect_counts.remote(spec, parts[i], names, thr, top, bs, accel, bases),
+            len(data),
         )
         counts = merge_count_states(plan, thr, top, [state2[i] for i in range(len(parts))])
         result = finish(plan, data, thr, counts, iou_threshold, quantile, max_coverage, skipped, subject.name)

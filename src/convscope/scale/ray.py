@@ -122,7 +122,14 @@ class Worker:
         return self.opened[key]
 
     def dissect_thresholds(
-        self, spec: dict, indices: list[int], layers: list[str], quantile: float, batch_size: int, accel=None
+        self,
+        spec: dict,
+        indices: list[int],
+        layers: list[str],
+        quantile: float,
+        batch_size: int,
+        accel=None,
+        bases=None,
     ):
         from convscope.dissect.dissection import loader_batch_bytes, threshold_state
 
@@ -135,6 +142,7 @@ class Worker:
             batch_size=batch_size,
             workers=self._workers(loader_batch_bytes(self.subject, batch_size)),
             accel=accel,
+            bases=bases,
         )
 
     def dissect_counts(
@@ -146,6 +154,7 @@ class Worker:
         top: int,
         batch_size: int,
         accel=None,
+        bases=None,
     ):
         from convscope.dissect.dissection import count_state, loader_batch_bytes
 
@@ -159,6 +168,7 @@ class Worker:
             batch_size=batch_size,
             workers=self._workers(loader_batch_bytes(self.subject, batch_size)),
             accel=accel,
+            bases=bases,
         )
 
     def scan(
