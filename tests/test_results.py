@@ -173,6 +173,17 @@ def build(kind: str, subject, samples, x, tmp: Path):
         from convscope.concepts import fit_concepts
 
         return fit_concepts(subject, samples, "block", "nmf", 4, per_image=4, max_samples=200, workers=0)
+    if kind == "BasisComparison":
+        from convscope.concepts.compare import BasisComparison
+
+        rng = np.random.default_rng(0)
+        pur = {"units": np.r_[np.nan, rng.random(7)], "random": rng.random(3), "concepts": rng.random(4)}
+        det = {f: rng.random(len(p)) < 0.5 for f, p in pur.items()}
+        maj = {f: rng.integers(-1, 3, len(p)) for f, p in pur.items()}
+        labels = {f: ["red"] * len(p) for f, p in pur.items()}
+        iou = {f: rng.random(len(p)) for f, p in pur.items()}
+        dirs = torch.nn.functional.normalize(torch.randn(3, 8), dim=1)
+        return BasisComparison("block", 4, "max", ["a", "b", "c"], 21, pur, maj, dirs, det, iou, labels, 0.04)
     raise AssertionError(kind)
 
 
@@ -201,6 +212,7 @@ KINDS = [
     "Curve",
     "TrainResult",
     "ConceptSet",
+    "BasisComparison",
 ]
 
 
