@@ -37,6 +37,9 @@ def fit_concepts(
     batch_size: int = 32,
     workers: int | None = None,
     accel=None,
+    checkpoint=None,
+    checkpoint_every: float = 30.0,
+    resume: bool = False,
     **options,
 ) -> ConceptSet:
     """Learn ``n`` concepts of ``layer`` from the images of ``data``: activations sampled by
@@ -44,7 +47,9 @@ def fit_concepts(
     image, a uniform reservoir of at most ``max_samples``, seeded), then factorised by ``method``
     (see :func:`fit_dictionary` for ``options``). ``device``: where the images run and the SAE
     trains (None: the subject's device; the model is moved there for the call and back after).
-    ``progress(done, total)`` counts images. Returns a :class:`ConceptSet`."""
+    ``progress(done, total)`` counts images. ``checkpoint``, ``checkpoint_every``, ``resume``:
+    the collection's checkpoint (see :func:`~convscope.concepts.activations.collect_activations`;
+    the fit itself is not checkpointed). Returns a :class:`ConceptSet`."""
     check_method(method, n)
     old = subject.device
     if device is not None:
@@ -61,6 +66,9 @@ def fit_concepts(
             workers=workers,
             accel=accel,
             progress=progress,
+            checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every,
+            resume=resume,
         )
         run_on = subject.device
     finally:
