@@ -173,6 +173,15 @@ def build(kind: str, subject, samples, x, tmp: Path):
         from convscope.concepts import fit_concepts
 
         return fit_concepts(subject, samples, "block", "nmf", 4, per_image=4, max_samples=200, workers=0)
+    if kind in ("ConceptImportance", "ConceptExplanation"):
+        from convscope.concepts import fit_concepts
+        from convscope.concepts.explain import explain_concepts
+        from convscope.concepts.importance import concept_importance
+
+        cs = fit_concepts(subject, samples, "block", "nmf", 4, per_image=4, max_samples=200, workers=0)
+        if kind == "ConceptExplanation":
+            return explain_concepts(subject, cs, x[0], top=3, names={1: "stripes"})
+        return concept_importance(subject, samples.subset(range(0, len(samples), 9)), cs, workers=0)
     if kind == "BasisComparison":
         from convscope.concepts.compare import BasisComparison
 
@@ -212,6 +221,8 @@ KINDS = [
     "Curve",
     "TrainResult",
     "ConceptSet",
+    "ConceptImportance",
+    "ConceptExplanation",
     "BasisComparison",
 ]
 
