@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convscope.atlas import dissections, empirical, scans
+from convscope.atlas import dictionaries, dissections, empirical, scans
 from convscope.atlas.schema import has_table
 from convscope.atlas.store import Atlas
 from convscope.errors import NameNotFoundError, UserInputError
@@ -220,3 +220,61 @@ class AtlasReader:
     def empirical_rf(self, layer: str, unit: int) -> dict | None:
         """The unit's stored empirical receptive field (``average`` as an array), or None."""
         return empirical.read_one(self.con(), layer, unit)
+
+    # -- learned concept sets (dictionaries) ----------------------------------------------------
+    def dictionaries(self) -> list[dict]:
+        """Every stored dictionary (name, layer, method, n, error, sparsity, dead, samples...), by
+        name (``[]`` in an atlas older than dictionaries)."""
+        return dictionaries.summaries(self.con())
+
+    def dictionary(self, name: str) -> dict:
+        """One dictionary's summary row; :class:`NameNotFoundError` (close matches) otherwise."""
+        return dictionaries.summary(self.con(), name)
+
+    def dictionary_set(self, name: str):
+        """The stored :class:`~convscope.concepts.ConceptSet` ``name`` (for heat maps)."""
+        return dictionaries.read(self.con(), name)
+
+    def dictionary_scan(self, name: str) -> dict | None:
+        """The concept scan's settings (k, criteria, map size, images), or None."""
+        return dictionaries.scan_info(self.con(), name)
+
+    def dictionary_stats(self, name: str) -> list[dict]:
+        """Per-concept statistics of the concept scan, by concept (``[]``: not scanned)."""
+        return dictionaries.stats(self.con(), name)
+
+    def dictionary_topk(self, name: str, concept: int, criterion: str = "max") -> list[dict]:
+        """Top-K rows of one concept with printable image names, and ``atlas_image``: the index
+        of the same image in the atlas's scan (same index and name), or None when the concept
+        scan ran on other images."""
+        rows = dictionaries.topk(self.con(), name, concept, criterion, original=False)
+        for r in rows:
+            found = self.image(r["image"])
+            r["atlas_image"] = r["image"] if found and found["name"] == r["name"] else None
+        return rows
+
+    def dictionary_unit_topk(self, name: str, concept: int, criterion: str = "max"):
+        """The concept's top-K as a :class:`~convscope.scan.result.UnitTopK` (``unit``: the
+        concept), for pictures."""
+        rows = dictionaries.topk(self.con(), name, concept, criterion)
+        return dictionaries.unit_topk(rows, self.dictionary(name)["layer"], int(concept), criterion)
+
+    def dictionary_importance(self, name: str) -> dict | None:
+        """The stored importance (method, classes, counts, matrix (classes, n)), or None."""
+        return dictionaries.importance(self.con(), name)
+
+    def dictionary_labels(self, name: str) -> list[dict]:
+        """The stored dissection labels of the concepts, by concept (``[]``: none)."""
+        return dictionaries.labels(self.con(), name)
+
+    def dictionary_picture(self, name: str, concept: int) -> Path | None:
+        """The stored picture (feature visualisation) of one concept, or None."""
+        dictionaries.check_concept(self.con(), name, concept)
+        path = self.atlas.dictionary_picture(name, concept)
+        return path if path.is_file() else None
+
+    def image_concepts(self, idx: int, limit: int = 24) -> list[dict]:
+        """Concepts whose top-K list the atlas image ``idx`` (``dictionary``, ``concept``,
+        ``criterion``, ``rank``, ``score``), best rank first; units are not among them."""
+        row = self.image(idx)
+        return [] if row is None else dictionaries.image_concepts(self.con(), idx, row["name"], limit)

@@ -147,6 +147,8 @@ def render_topk(
     direction: np.ndarray | torch.Tensor | None = None,
     cell: int = 112,
     empirical: float | None = None,
+    maps: torch.Tensor | None = None,
+    title: str | None = None,
 ) -> Image.Image:
     """Grid for one unit and criterion: row 1, the part of each hit's image that matters, cut
     from the original image (:func:`choose_patch`: the theoretical receptive field around the
@@ -154,13 +156,17 @@ def render_topk(
     image, the effective field, from the ``empirical`` RF size in px if given, else the half-max
     region of the unit's map; the whole image when the field covers it), with a line saying
     which; row 2, the unit's activation map upsampled over the image the model saw (shared
-    colour scale, with its colour bar), left out for layers whose map is a single value."""
+    colour scale, with its colour bar), left out for layers whose map is a single value.
+    ``maps``: the hits' maps (N, H, W) when the "unit" is no channel or direction (a learned
+    concept's codes); ``title``: the grid's title instead of the unit's."""
     info = subject.layer(top.layer)
     originals = [source.read(int(i)) for i in top.images]
     if not originals:
         raise ValueError(f"no images in the top-K of {top.layer}:{top.unit}")
     x = torch.stack([subject.transform(img) for img in originals])
-    maps = unit_maps(subject, x, top.layer, top.unit, direction).cpu()
+    if maps is None:
+        maps = unit_maps(subject, x, top.layer, top.unit, direction)
+    maps = torch.as_tensor(maps).float().cpu()
     spatial = info.is_map and maps.dim() == 3 and tuple(maps.shape[-2:]) != (1, 1)
     vmax = float(maps.max()) if maps.numel() else 1.0
     patches, overlays, modes = [], [], []
@@ -180,7 +186,7 @@ def render_topk(
     kind = "direction" if top.direction else "unit"
     name = None if top.direction else subject.unit_name(top.layer, int(top.unit))
     named = f' "{name}"' if name else ""  # a classifier's unit is its class
-    title = f"{top.layer} {kind} {top.unit}{named} - top {len(top)} by {top.criterion}"
+    title = title or f"{top.layer} {kind} {top.unit}{named} - top {len(top)} by {top.criterion}"
     captions = [f"{s:.3g}" for s in top.scores]
     counts = Counter(c.label for c in modes)
     if len(counts) > 1:

@@ -34,7 +34,7 @@ from convscope.atlas.queries import SORTS
 from convscope.errors import NameNotFoundError, UserInputError, close_matches
 from convscope.viewer import pages
 from convscope.viewer.analysis import analyse_image
-from convscope.viewer.pictures import encode, rf_picture, thumbnail, unit_patch
+from convscope.viewer.pictures import concept_topk, encode, rf_picture, thumbnail, unit_patch
 from convscope.viewer.security import (
     SecurityHeaders,
     announced_too_large,
@@ -222,6 +222,46 @@ def _picture(data: bytes, media: str = "image/png") -> Response:
     return Response(data, media_type=media, headers={"Cache-Control": "max-age=3600"})
 
 
+def _concept_or_404(st: ViewerState, name: str, concept: int) -> dict:
+    """The summary of dictionary ``name`` when it has ``concept`` (unknown names: 404 with the
+    close ones, through NameNotFoundError)."""
+    info = st.reader.dictionary(name)
+    if not 0 <= concept < info["n"]:
+        raise HTTPException(404, f"concept set {name!r} has no concept {concept} (0..{info['n'] - 1})")
+    return info
+
+
+def _concept_cells(st: ViewerState, info: dict) -> list[dict]:
+    """Per concept of a dictionary, what its cell on the dictionary page shows."""
+    name, n = info["name"], info["n"]
+    stats = {s["concept"]: s for s in st.reader.dictionary_stats(name)}
+    labels = {lab["concept"]: lab for lab in st.reader.dictionary_labels(name)}
+    importance = st.reader.dictionary_importance(name)
+    cells = []
+    for i in range(n):
+        cell = {"concept": i, "picture": st.reader.dictionary_picture(name, i) is not None}
+        if i in stats:
+            cell["max"] = stats[i]["max"]
+            top = st.reader.dictionary_topk(name, i, "max") if info["scanned"] else []
+            cell["image"] = top[0]["atlas_image"] if top else None
+        if i in labels:
+            cell.update(label=labels[i]["label"], detector=labels[i]["detector"], iou=labels[i]["iou"])
+        if importance is not None and len(importance["classes"]):
+            cell["top_class"] = importance["classes"][int(np.argmax(importance["matrix"][:, i]))]
+        cells.append(cell)
+    return cells
+
+
+def _live(st: ViewerState) -> bool:
+    """Whether the viewer has (or can load) the atlas's model and images, for pictures that
+    need them; a model that cannot be loaded again leaves them out."""
+    try:
+        st.model_and_images()
+    except Exception:
+        return False
+    return True
+
+
 def _upload_or_404(st: ViewerState, token: str) -> Path:
     try:
         return st.upload_path(token)
@@ -253,6 +293,7 @@ def page_routes(st: ViewerState, links: pages.Links) -> APIRouter:
             st.reader.empirical_summary(),
             st.reader.n_images(),
             links,
+            st.reader.dictionaries(),
         )
 
     @r.get("/layer/{layer}", response_class=HTMLResponse)
@@ -277,6 +318,38 @@ def page_routes(st: ViewerState, links: pages.Links) -> APIRouter:
         neighbors = _weight_neighbors(st, layer, unit)
         return pages.unit_page(st.meta, info, row, crits, tops, concepts, rf, links, neighbors)
 
+    @r.get("/concepts", response_class=HTMLResponse)
+    def dictionaries():
+        return pages.dictionaries_page(st.meta, st.reader.dictionaries(), links)
+
+    @r.get("/concepts/{name}", response_class=HTMLResponse)
+    def dictionary(name: str):
+        info = st.reader.dictionary(name)  # unknown: NameNotFoundError, a 404 with close names
+        return pages.dictionary_page(st.meta, info, _concept_cells(st, info), links)
+
+    @r.get("/concepts/{name}/{concept}", response_class=HTMLResponse)
+    def concept(name: str, concept: int):
+        info = _concept_or_404(st, name, concept)
+        stats = {s["concept"]: s for s in st.reader.dictionary_stats(name)}.get(concept)
+        labels = {lab["concept"]: lab for lab in st.reader.dictionary_labels(name)}
+        scanned = st.reader.dictionary_scan(name)
+        crits = sorted(scanned["criteria"], key=lambda c: (c != "max", c)) if scanned else []
+        tops = {c: st.reader.dictionary_topk(name, concept, c) for c in crits}
+        # the grid reads the hits from the atlas's images and needs the model: only then shown
+        live = _live(st) and all(r["atlas_image"] is not None for rows in tops.values() for r in rows)
+        return pages.concept_page(
+            st.meta,
+            info,
+            concept,
+            stats,
+            labels.get(concept),
+            st.reader.dictionary_importance(name),
+            tops,
+            links,
+            picture=st.reader.dictionary_picture(name, concept) is not None,
+            live=live,
+        )
+
     return r
 
 
@@ -297,7 +370,10 @@ def analysis_routes(st: ViewerState, links: pages.Links) -> APIRouter:
         _, source = st.model_and_images()
         found = analyse(source.read(idx))
         big, attr = links.source_image(idx, 448), f"/img/attr/image/{idx}"
-        return pages.image_page(st.meta, row["name"], big, found.predictions, attr, found.units, links)
+        concepts = st.reader.image_concepts(idx)
+        return pages.image_page(
+            st.meta, row["name"], big, found.predictions, attr, found.units, links, concepts
+        )
 
     @r.post("/upload")
     async def upload(request: Request):
@@ -405,6 +481,35 @@ def image_routes(st: ViewerState) -> APIRouter:
 
         return _picture(st.cache.get(("fv", layer, unit), make))
 
+    @r.get("/img/concept/picture/{name}/{concept}")
+    def concept_picture(name: str, concept: int):
+        _concept_or_404(st, name, concept)
+        path = st.reader.dictionary_picture(name, concept)
+        if path is None:
+            raise HTTPException(404, "no picture stored for this concept")
+        return _picture(path.read_bytes())
+
+    @r.get("/img/concept/topk/{name}/{concept}/{criterion}")
+    def concept_topk_grid(name: str, concept: int, criterion: str):
+        _concept_or_404(st, name, concept)
+        scanned = st.reader.dictionary_scan(name)
+        if scanned is None or criterion not in scanned["criteria"]:
+            raise HTTPException(404, "no such criterion")
+        rows = st.reader.dictionary_topk(name, concept, criterion)
+        if not rows or any(r["atlas_image"] is None for r in rows):
+            raise HTTPException(404, "the concept's top images are not the atlas's images")
+        if not _live(st):
+            raise HTTPException(404, "the viewer cannot load the atlas's model for heat maps")
+
+        def make():
+            subject, source = st.model_and_images()
+            cs = st.cache.get(("dictionary", name), lambda: st.reader.dictionary_set(name))
+            top = st.reader.dictionary_unit_topk(name, concept, criterion)
+            with st.compute:
+                return encode(concept_topk(subject, source, cs, top))
+
+        return _picture(st.cache.get(("concept-topk", name, concept, criterion), make))
+
     @r.get("/img/rf/{layer}/{unit}")
     def rf(layer: str, unit: int):
         row = st.reader.empirical_rf(layer, _check_index(unit, "unit"))
@@ -455,5 +560,35 @@ def api_routes(st: ViewerState) -> APIRouter:
         row = _unit_or_404(st, layer, unit)
         topk = {c: st.reader.topk(layer, unit, c) for c in st.reader.criteria(layer)}
         return _clean({"unit": row, "topk": topk, "concepts": st.reader.concepts(layer, unit)})
+
+    @r.get("/concepts")
+    def api_dictionaries():
+        return _clean({"dictionaries": st.reader.dictionaries()})
+
+    @r.get("/concepts/{name}/{concept}")
+    def api_concept(name: str, concept: int):
+        info = _concept_or_404(st, name, concept)
+        scanned = st.reader.dictionary_scan(name)
+        topk = {c: st.reader.dictionary_topk(name, concept, c) for c in (scanned or {}).get("criteria", [])}
+        labels = [lab for lab in st.reader.dictionary_labels(name) if lab["concept"] == concept]
+        imp = st.reader.dictionary_importance(name)
+        importance = (
+            None
+            if imp is None
+            else {
+                "method": imp["method"],
+                "classes": imp["classes"],
+                "values": imp["matrix"][:, concept].tolist(),
+            }
+        )
+        return _clean(
+            {
+                "dictionary": info,
+                "concept": concept,
+                "topk": topk,
+                "label": labels[0] if labels else None,
+                "importance": importance,
+            }
+        )
 
     return r

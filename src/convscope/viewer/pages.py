@@ -56,6 +56,22 @@ class Links:
     def rf(self, layer: str, unit: int) -> str:
         return f"/img/rf/{quote(layer, safe='')}/{unit}"
 
+    # learned concept sets (dictionaries)
+    def dictionaries(self) -> str:
+        return "/concepts"
+
+    def dictionary(self, name: str) -> str:
+        return f"/concepts/{quote(name, safe='')}"
+
+    def concept(self, name: str, concept: int) -> str:
+        return f"/concepts/{quote(name, safe='')}/{concept}"
+
+    def concept_topk(self, name: str, concept: int, criterion: str) -> str:
+        return f"/img/concept/topk/{quote(name, safe='')}/{concept}/{quote(criterion, safe='')}"
+
+    def concept_picture(self, name: str, concept: int) -> str:
+        return f"/img/concept/picture/{quote(name, safe='')}/{concept}"
+
 
 def safe_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
@@ -95,6 +111,21 @@ class StaticLinks(Links):
 
     def rf(self, layer: str, unit: int) -> str:
         return f"img/rf_{safe_name(layer)}_{unit}.png"
+
+    def dictionaries(self) -> str:
+        return "concepts.html"
+
+    def dictionary(self, name: str) -> str:
+        return f"concepts_{safe_name(name)}.html"
+
+    def concept(self, name: str, concept: int) -> str:
+        return f"concept_{safe_name(name)}_{concept}.html"
+
+    def concept_topk(self, name: str, concept: int, criterion: str) -> str:
+        return f"img/concept_topk_{safe_name(name)}_{concept}_{safe_name(criterion)}.png"
+
+    def concept_picture(self, name: str, concept: int) -> str:
+        return f"img/concept_picture_{safe_name(name)}_{concept}.png"
 
 
 def page(title: str, body: str, links: Links, model: str = "") -> str:
@@ -139,8 +170,15 @@ def _rf(row: dict) -> str:
 
 
 def model_page(
-    meta: dict, layers: list[dict], dissection: dict, empirical: dict, n_images: int, links: Links
+    meta: dict,
+    layers: list[dict],
+    dissection: dict,
+    empirical: dict,
+    n_images: int,
+    links: Links,
+    dictionaries: list[dict] | None = None,
 ) -> str:
+    """The home page: the scanned layers, and the learned concept sets (``dictionaries``) if any."""
     rows = []
     for r in layers:
         d = dissection.get(r["name"], {})
@@ -163,7 +201,169 @@ def model_page(
         "<table><tr><th>layer</th><th>type</th><th>units</th><th>map</th><th>theoretical RF</th>"
         "<th>empirical RF</th><th>dissection</th></tr>" + "".join(rows) + "</table>"
     )
+    if dictionaries:
+        body += (
+            f"<h2 id='concepts'><a href='{links.dictionaries()}'>learned concepts</a></h2>"
+            + _dictionary_table(dictionaries, links)
+        )
     return page(meta["model"].get("name", "model"), body, links, meta["model"].get("name", ""))
+
+
+def _number(value, fmt: str = ".3f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _dictionary_table(rows: list[dict], links: Links) -> str:
+    return (
+        "<table id='dictionaries'><tr><th>concept set</th><th>layer</th><th>method</th><th>concepts</th>"
+        "<th>error</th><th>nonzero</th><th>dead</th><th>positions</th><th>stored</th></tr>"
+        + "".join(
+            f"<tr><td><a href='{links.dictionary(d['name'])}'>{escape(d['name'])}</a></td>"
+            f"<td>{escape(str(d['layer']))}</td><td>{escape(str(d['method']))}</td><td>{d['n']}</td>"
+            f"<td>{_number(d['error'])}</td><td>{_number(d['sparsity'], '.1%')}</td><td>{d['dead']}</td>"
+            f"<td>{d['samples']}</td><td>"
+            + escape(", ".join(k for k in ("scanned", "importance", "labels") if d.get(k)) or "-")
+            + "</td></tr>"
+            for d in rows
+        )
+        + "</table>"
+    )
+
+
+def dictionaries_page(meta: dict, rows: list[dict], links: Links) -> str:
+    """The index of the learned concept sets (name, layer, method, n, error, sparsity, dead)."""
+    body = (
+        _dictionary_table(rows, links)
+        if rows
+        else "<p>This atlas holds no learned concepts yet (<code>convscope concepts</code> makes them).</p>"
+    )
+    return page("learned concepts", body, links, meta["model"].get("name", ""))
+
+
+def dictionary_page(meta: dict, info: dict, cells: list[dict], links: Links) -> str:
+    """One concept set: a cell per concept (``cells``: ``concept``, and when stored ``picture``
+    (bool), ``image`` (an atlas image index for a thumbnail), ``max``, ``label``, ``detector``,
+    ``iou``, ``top_class``)."""
+    name = info["name"]
+    out = []
+    for c in cells:
+        i = c["concept"]
+        if c.get("picture"):
+            img = f"<img loading='lazy' src='{links.concept_picture(name, i)}' alt=''>"
+        elif c.get("image") is not None:
+            img = f"<img loading='lazy' src='{links.source_image(c['image'])}' alt=''>"
+        else:
+            img = "<div style='height:112px'></div>"
+        extra = f"<br><span class='tag'>max {c['max']:.3g}</span>" if c.get("max") is not None else ""
+        if c.get("label"):
+            cls = "det" if c.get("detector") else "tag"
+            extra += f"<br><span class='{cls}'>{escape(c['label'])} {c['iou']:.2f}</span>"
+        if c.get("top_class"):
+            extra += f"<br><span class='tag'>class {escape(c['top_class'])}</span>"
+        out.append(
+            f"<div class='cell'><a href='{links.concept(name, i)}'>{img}<br>concept {i}</a>{extra}</div>"
+        )
+    body = (
+        f"<p>{info['n']} {escape(str(info['method']))} concepts of {escape(str(info['layer']))} "
+        f"({info['channels']} channels) from {info['samples']} positions: reconstruction error "
+        f"{_number(info['error'])}, {_number(info['sparsity'], '.1%')} of codes nonzero, "
+        f"{info['dead']} dead · <a href='{links.dictionaries()}'>all concept sets</a></p>"
+        f"<div class='grid'>{''.join(out)}</div>"
+    )
+    return page(f"concepts {name}", body, links, meta["model"].get("name", ""))
+
+
+def importance_bars(importance: dict, concept: int, top: int = 20) -> str:
+    """The concept's importance for each class as a sorted bar list (the ``top`` largest by
+    magnitude), bars scaled to the largest magnitude; negative values drawn in red."""
+    values = [float(v) for v in importance["matrix"][:, concept]]
+    counts = list(importance["counts"])
+    order = sorted(range(len(values)), key=lambda j: -abs(values[j]))[:top]
+    order.sort(key=lambda j: -values[j])
+    peak = max((abs(values[j]) for j in order), default=0.0) or 1.0
+    rows = "".join(
+        f"<tr><td>{escape(str(importance['classes'][j]))}</td><td><div style='width:"
+        f"{max(1, round(240 * abs(values[j]) / peak))}px;height:10px;background:"
+        f"{'#3a78c2' if values[j] >= 0 else '#c23a3a'}'></div></td><td>{values[j]:.4g}</td>"
+        f"<td class='tag'>{int(counts[j])} images</td></tr>"
+        for j in order
+    )
+    return (
+        f"<h2>importance per class</h2><p class='tag'>{escape(str(importance['method']))}</p>"
+        f"<table id='importance'>{rows}</table>"
+    )
+
+
+def concept_page(
+    meta: dict,
+    info: dict,
+    concept: int,
+    stats: dict | None,
+    label: dict | None,
+    importance: dict | None,
+    tops: dict[str, list[dict]],
+    links: Links,
+    picture: bool = False,
+    live: bool = False,
+) -> str:
+    """One learned concept, like a unit's page: its statistics, dissection label, stored
+    picture, importance per class, and per criterion its top-K images (``tops``: rows with
+    ``atlas_image``, None for an image the atlas's scan does not hold) with, when ``live`` (the
+    viewer has the model), the grid of their best patches and heat maps."""
+    name, n = info["name"], info["n"]
+    parts = []
+    if stats:
+        parts.append(
+            f"<p>max {stats['max']:.4g}, mean {stats['mean']:.4g}, std {stats['std']:.4g}, fraction "
+            f"positive {stats['frac_pos']:.3f}</p>"
+        )
+    nav = []
+    if concept > 0:
+        nav.append(f"<a href='{links.concept(name, concept - 1)}'>← concept {concept - 1}</a>")
+    if concept + 1 < n:
+        nav.append(f"<a href='{links.concept(name, concept + 1)}'>concept {concept + 1} →</a>")
+    nav.append(f"<a href='{links.dictionary(name)}'>all concepts of {escape(name)}</a>")
+    parts.append("<p>" + " · ".join(nav) + "</p>")
+    if label:
+        cls = "det" if label["detector"] else ""
+        parts.append(
+            f"<h2>dissection</h2><p id='label'><span class='{cls}'>{escape(str(label['label']))}</span> "
+            f"({escape(str(label['category']))}), IoU {label['iou']:.3f}"
+            f"{' — a detector' if label['detector'] else ''} on {escape(str(label['dataset']))}</p>"
+        )
+    if picture:
+        parts.append(
+            f"<h2>feature visualization</h2><img src='{links.concept_picture(name, concept)}' "
+            "id='picture' alt='feature visualization'>"
+        )
+    if importance is not None:
+        parts.append(importance_bars(importance, concept))
+    if not tops:
+        parts.append("<p class='tag'>no concept scan stored: no top images</p>")
+    for crit, rows in tops.items():
+        parts.append(f"<h2>top images by {escape(crit)}</h2>")
+        if live and rows:
+            parts.append(
+                f"<div class='wide'><img src='{links.concept_topk(name, concept, crit)}' "
+                "alt='top-k grid with heat maps'></div>"
+            )
+        cells = []
+        for r in rows:
+            caption = (
+                f"<span class='name' title='{escape(r['name'])}'>{escape(r['name'])}</span>"
+                f"<br><span class='tag'>{r['score']:.3g} at ({r['y']}, {r['x']})</span>"
+            )
+            if r.get("atlas_image") is None:
+                cells.append(f"<div class='cell'>{caption}</div>")
+            else:
+                i = r["atlas_image"]
+                cells.append(
+                    f"<div class='cell'><a href='{links.image(i)}'><img loading='lazy' "
+                    f"src='{links.source_image(i)}' alt=''><br>{caption}</a></div>"
+                )
+        parts.append(f"<div class='grid'>{''.join(cells)}</div>")
+    title = f"{name} concept {concept}" + (f" ({label['label']})" if label else "")
+    return page(title, "".join(parts), links, meta["model"].get("name", ""))
 
 
 def layer_page(
@@ -333,7 +533,10 @@ def image_page(
     attribution_url: str | None,
     units: list[dict],
     links: Links,
+    concepts: list[dict] | None = None,
 ) -> str:
+    """``concepts``: learned concepts whose top-K list the image (``dictionary``, ``concept``,
+    ``criterion``, ``rank``, ``score``), shown apart from the units."""
     parts = [f"<img class='big' src='{image_url}' alt='image' id='the-image'>"]
     if attribution_url:
         parts.append(f" <img class='big' src='{attribution_url}' alt='Grad-CAM' id='attribution'>")
@@ -352,6 +555,18 @@ def image_page(
                 f"{_named(meta, r['layer'], r['unit'])}</a></td><td>{r['score']:.3g}</td>"
                 f"<td>{r.get('relative', float('nan')):.2f}</td></tr>"
                 for r in units
+            )
+            + "</table>"
+        )
+    if concepts:
+        parts.append(
+            "<h2>learned concepts that list this image</h2><table id='image-concepts'><tr><th>concept"
+            "</th><th>criterion</th><th>rank</th><th>score</th></tr>"
+            + "".join(
+                f"<tr><td><a href='{links.concept(c['dictionary'], c['concept'])}'>"
+                f"{escape(c['dictionary'])}:{c['concept']}</a></td><td>{escape(c['criterion'])}</td>"
+                f"<td>{c['rank'] + 1}</td><td>{c['score']:.3g}</td></tr>"
+                for c in concepts
             )
             + "</table>"
         )

@@ -46,3 +46,17 @@ def rf_picture(row: dict) -> Image.Image:
     avg = row["average"] / max(float(row["average"].max()), 1e-12)
     grey = np.full((*avg.shape, 3), 128, np.uint8)
     return heat_overlay(grey, avg, alpha=1.0).resize((RF_SIZE, RF_SIZE), Image.NEAREST)
+
+
+def concept_topk(subject, source, concepts, top, cell: int = 96) -> Image.Image:
+    """The top-K grid of one learned concept (``concepts``: its
+    :class:`~convscope.concepts.ConceptSet`; ``top``: the concept's
+    :class:`~convscope.scan.result.UnitTopK`, ``unit`` being the concept): each hit's best patch
+    and the concept's heat map (its codes on the layer's grid) over the image the model saw."""
+    from convscope.scan.patches import render_topk
+
+    subject.layer(concepts.layer)  # traces a fresh model's layers outside heatmaps' inference mode
+    images = [source.read(int(i)) for i in top.images]
+    maps = concepts.heatmaps(subject, images)[:, top.unit]
+    title = f"{concepts.layer} {concepts.method} concept {top.unit} - top {len(top)} by {top.criterion}"
+    return render_topk(subject, source, top, cell=cell, maps=maps, title=title)

@@ -1,0 +1,189 @@
+"""Learned concept sets in the viewer: the index, a concept set's page, a concept's page (top-K,
+picture, importance, label, heat-map grid with the model), the image page's concepts apart from
+its units, and clean 404/400 pages for hostile requests."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+fastapi = pytest.importorskip("fastapi", reason="the viewer needs the web extra")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from convscope.atlas import Atlas, reopen  # noqa: E402
+from convscope.concepts import collect_activations, fit_dictionary, scan_concepts  # noqa: E402
+from convscope.dissect.result import UnitLabel  # noqa: E402
+from convscope.viewer.app import create_app  # noqa: E402
+
+LAYER = "blocks.2"
+N = 4
+
+
+@dataclass
+class Importance:  # the contract's attributes of a ConceptImportance
+    matrix: torch.Tensor
+    classes: list
+    counts: torch.Tensor
+    method: str = "gradient x concept activation"
+
+
+class Labels:  # the surface of a Dissection the atlas reads
+    def __init__(self, n):
+        self.layers = {LAYER: None}
+        self._labels = [
+            UnitLabel(LAYER, u, u, f"stripes{u}", "texture", 0.2 + u / 10, u == 2) for u in range(n)
+        ]
+
+    def labels(self, layer):
+        return self._labels
+
+
+@pytest.fixture(scope="module")
+def concept_atlas(viewer_atlas, tmp_path_factory):
+    """A copy of the viewer's atlas with two dictionaries: ``nmf`` (scanned on the atlas's own
+    images, with importance, labels and a picture of concept 1) and ``other`` (scanned on three
+    images the atlas does not hold)."""
+    out = tmp_path_factory.mktemp("concept-viewer") / "atlas"
+    shutil.copytree(viewer_atlas, out)
+    atlas = Atlas.open(out)
+    subject, source = reopen(atlas)
+    acts = collect_activations(subject, source, LAYER, per_image=8, max_samples=200, seed=0, workers=0)
+    nmf = fit_dictionary(acts.x, "nmf", N, layer=LAYER, seed=0, clip=True)
+    scan = scan_concepts(subject, source, nmf, k=4, batch_size=12, workers=0, threshold_sample=100)
+    atlas.write_dictionary("nmf", nmf)
+    atlas.write_dictionary_scan("nmf", scan)
+    matrix = torch.tensor([[0.5, -0.2, 0.1, 0.0], [0.1, 0.9, -0.3, 0.2], [-0.4, 0.3, 0.0, 0.1]])
+    atlas.write_dictionary_importance(
+        "nmf", Importance(matrix, ["cat", "dog", "car"], torch.tensor([3, 2, 4]))
+    )
+    atlas.write_dictionary_labels("nmf", Labels(N), "synthetic")
+    atlas.write_dictionary_picture("nmf", 1, Image.new("RGB", (64, 64), (10, 200, 30)))
+    other = tmp_path_factory.mktemp("other-images")
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(other / f"x{i}.png")
+    atlas.write_dictionary("other", nmf)
+    atlas.write_dictionary_scan(
+        "other", scan_concepts(subject, other, nmf, k=2, workers=0, threshold_sample=10)
+    )
+    return out, scan
+
+
+@pytest.fixture(scope="module")
+def client(concept_atlas):
+    out, _ = concept_atlas
+    return TestClient(create_app(out), base_url="http://127.0.0.1")
+
+
+def test_index_and_home_list_the_dictionaries(client):
+    home = client.get("/")
+    assert home.status_code == 200 and "learned concepts" in home.text and "/concepts/nmf" in home.text
+    index = client.get("/concepts")
+    assert index.status_code == 200 and index.text.count("<tr>") == 3  # header + two sets
+    assert ">nmf<" in index.text and ">other<" in index.text and "scanned, importance, labels" in index.text
+    page = client.get("/concepts/nmf")
+    assert page.status_code == 200 and page.text.count("class='cell'") == N
+    assert "/img/concept/picture/nmf/1" in page.text and "stripes2" in page.text and "class dog" in page.text
+
+
+def test_concept_page(client, concept_atlas):
+    _, scan = concept_atlas
+    r = client.get("/concepts/nmf/1")
+    assert r.status_code == 200 and "nmf concept 1 (stripes1)" in r.text
+    top = scan.topk(LAYER, 1, "max")
+    for i in top.images:  # the top images link to the atlas's image pages
+        assert f"/image/{i}'" in r.text
+    assert "/img/concept/topk/nmf/1/max" in r.text  # the model loads here: the heat-map grid
+    assert "id='picture'" in r.text and "id='importance'" in r.text
+    # importance per class, sorted: dog 0.9, car 0.3, cat -0.2
+    bars = r.text[r.text.index("id='importance'") :]
+    assert bars.index("dog") < bars.index("car") < bars.index("cat") and "#c23a3a" in bars
+    assert "concept 0" in r.text and "concept 2 →" in r.text
+    assert "a detector" not in r.text and "a detector" in client.get("/concepts/nmf/2").text
+    assert "id='picture'" not in client.get("/concepts/nmf/0").text  # no picture stored for it
+
+
+def test_concept_scanned_elsewhere_shows_names_without_links_or_grid(client):
+    r = client.get("/concepts/other/0")
+    assert r.status_code == 200 and any(f"x{i}.png" in r.text for i in range(3))
+    assert "/img/concept/topk/" not in r.text and "/image/" not in r.text
+    assert client.get("/img/concept/topk/other/0/max").status_code == 404
+
+
+def test_pictures(client):
+    grid = client.get("/img/concept/topk/nmf/1/max")
+    assert grid.status_code == 200 and grid.headers["content-type"] == "image/png"
+    img = Image.open(io.BytesIO(grid.content))
+    assert img.width >= 4 * 96 and img.height > 2 * 96  # patches and heat maps of 4 hits
+    pic = client.get("/img/concept/picture/nmf/1")
+    assert pic.status_code == 200 and Image.open(io.BytesIO(pic.content)).getpixel((5, 5)) == (10, 200, 30)
+    assert client.get("/img/concept/picture/nmf/0").status_code == 404
+
+
+def test_image_page_lists_concepts_apart_from_units(client, concept_atlas):
+    _, scan = concept_atlas
+    idx = int(scan.topk(LAYER, 1, "max").images[0])
+    r = client.get(f"/image/{idx}")
+    assert r.status_code == 200 and "learned concepts that list this image" in r.text
+    table = r.text[r.text.index("id='image-concepts'") :]
+    assert "/concepts/nmf/1" in table and "units that respond most" in r.text
+    assert "/concepts/other/" not in table  # scanned on other images: not this one
+    before = r.text[: r.text.index("id='image-concepts'")]
+    assert "/concepts/" not in before  # the unit table holds units only
+
+
+def test_hostile_requests_get_clean_pages(client):
+    for url, status in (
+        ("/concepts/nope", 404),
+        ("/concepts/nmx/0", 404),
+        ("/concepts/nmf/4", 404),
+        ("/concepts/nmf/-1", 404),
+        ("/concepts/nmf/99999999999999999999999", 404),
+        ("/concepts/nmf/abc", 422),
+        ("/concepts/..%2F..%2Fetc", 404),
+        ("/concepts/%2E%2E/0", 404),
+        ("/img/concept/picture/..%2Fnmf/1", 404),
+        ("/img/concept/topk/nmf/1/bogus", 404),
+        ("/img/concept/topk/nmf/9/max", 404),
+        ("/api/concepts/nope/0", 404),
+    ):
+        r = client.get(url)
+        assert r.status_code == status, url
+        assert "Traceback" not in r.text
+        if not url.startswith("/api/"):
+            assert "id='error'" in r.text, url
+    assert "did you mean nmf" in client.get("/concepts/nmx").text
+
+
+def test_api(client):
+    assert [d["name"] for d in client.get("/api/concepts").json()["dictionaries"]] == ["nmf", "other"]
+    one = client.get("/api/concepts/nmf/1").json()
+    assert one["label"]["label"] == "stripes1" and one["importance"]["values"] == pytest.approx(
+        [-0.2, 0.9, 0.3]
+    )
+    assert len(one["topk"]["max"]) == 4
+
+
+def test_a_wrapped_model_atlas_skips_the_heat_maps(tmp_path, concept_atlas):
+    """An atlas of a model the viewer cannot load again: the concept page still shows, without
+    the grid, and the grid's URL is a clean 404."""
+    out, _ = concept_atlas
+    from convscope.atlas.schema import connect_write
+
+    copy = tmp_path / "atlas"
+    shutil.copytree(out, copy)
+    con = connect_write(copy / "atlas.db")
+    con.execute("""UPDATE meta SET value = '{"name": "wrapped"}' WHERE key = 'model'""")
+    con.commit()
+    con.close()
+    c = TestClient(create_app(copy), base_url="http://127.0.0.1")
+    r = c.get("/concepts/nmf/1")
+    assert r.status_code == 200 and "/img/concept/topk/" not in r.text and "/img/source/" in r.text
+    g = c.get("/img/concept/topk/nmf/1/max")
+    assert g.status_code == 404 and "cannot load" in g.text
