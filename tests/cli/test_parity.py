@@ -670,6 +670,40 @@ def test_dissect_compare(dissected, tmp_path):
         assert (s.units, s.detectors, s.unique) == (ours.units, ours.detectors, ours.unique)
 
 
+def test_concepts(photos, tmp_path):
+    """``convscope concepts`` is concepts_to_atlas: the same dictionary, top-K, importance and
+    pictures stored."""
+    import torch
+
+    from convscope.atlas import Atlas
+    from convscope.atlas.concepts_build import concepts_to_atlas
+
+    args = ("--n", 3, "--k", 2, "--steps", 2, "--batch-size", 4, "--workers", 0, "--seed", 1)
+    text = cli("concepts", "tiny", "--data", photos, "--layers", "block", *args, "--out", tmp_path / "c")
+    ours = concepts_to_atlas(
+        tmp_path / "p",
+        tiny(),
+        open_images(photos),
+        "block",
+        n=3,
+        k=2,
+        seed=1,
+        visualize={"steps": 2},
+        batch_size=4,
+        workers=0,
+    )
+    assert ours.headline() in text.replace("\n", "")
+    a, b = Atlas.open(tmp_path / "c", readonly=True), ours.atlas
+    assert a.dictionaries() == b.dictionaries()
+    assert torch.equal(a.dictionary(ours.name).dictionary, b.dictionary(ours.name).dictionary)
+    for c in range(3):
+        ta, tb = a.dictionary_topk(ours.name, c), b.dictionary_topk(ours.name, c)
+        assert list(ta.names) == list(tb.names) and np.allclose(ta.scores, tb.scores)
+        same_picture(a.dictionary_picture(ours.name, c), Image.open(b.dictionary_picture(ours.name, c)))
+    ia, ib = a.dictionary_importance(ours.name), b.dictionary_importance(ours.name)
+    assert ia["classes"] == ib["classes"] and np.allclose(ia["matrix"], ib["matrix"])
+
+
 # ---------------------------------------------------------------------------------------------
 # the training lab
 

@@ -11,6 +11,7 @@ from rich.console import Console
 
 from convscope.cli import (
     adversarial,
+    concepts,
     demo,
     dissect,
     empirical,
@@ -106,6 +107,7 @@ _add("rf", empirical.rf)
 _add("stimuli", empirical.stimuli)
 _add("dissect", dissect.dissect)
 _add("dissect-compare", dissect.dissect_compare)
+_add("concepts", concepts.concepts)
 _add("features", represent.features)
 _add("neighbors", represent.neighbors)
 _add("probe", represent.probe)

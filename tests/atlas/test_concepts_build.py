@@ -1,0 +1,166 @@
+"""concepts_to_atlas: a concept set fitted, scanned, weighed, labelled and drawn into an atlas."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from convscope.atlas import Atlas
+from convscope.atlas.concepts_build import checkpoint_path, concept_set_name, concepts_to_atlas
+from convscope.atlas.store import AtlasConflictError
+from convscope.dissect import BrodenDataset, make_synthetic_broden
+from convscope.errors import LayerNotFoundError, UserInputError
+from convscope.inputs.sources import open_images
+from tests.concepts.conftest import LAYER, folder, subject  # noqa: F401 (fixtures)
+
+FAST = {"visualize": {"steps": 2, "size": 32, "batch": 3}, "workers": 0, "batch_size": 4}
+
+
+@pytest.fixture(scope="module")
+def broden(tmp_path_factory):
+    root = make_synthetic_broden(tmp_path_factory.mktemp("broden"), n=8, size=32, seg=16, seed=0)
+    return BrodenDataset(root)
+
+
+@pytest.fixture(scope="module")
+def built(subject, folder, broden, tmp_path_factory):  # noqa: F811
+    notes = []
+    out = tmp_path_factory.mktemp("atlas") / "a"
+    done = concepts_to_atlas(
+        out,
+        subject,
+        folder,
+        LAYER,
+        n=4,
+        k=3,
+        concept_data=(broden, "synthetic"),
+        progress=lambda done, total, note=None: notes.append(note),
+        **FAST,
+    )
+    return done, notes
+
+
+def test_everything_is_stored(built, subject, folder):  # noqa: F811
+    done, _ = built
+    atlas = Atlas.open(done.atlas.path, readonly=True)
+    assert done.name == "nmf4-block" and not done.skipped
+    (row,) = atlas.dictionaries()
+    assert (row["name"], row["layer"], row["method"], row["n"]) == ("nmf4-block", LAYER, "nmf", 4)
+    assert row["scanned"] and row["importance"] and row["labels"]
+    assert torch.equal(atlas.dictionary(done.name).dictionary, done.concepts.dictionary)
+    imp = atlas.dictionary_importance(done.name)
+    assert imp["matrix"].shape == (len(imp["classes"]), 4) and imp["counts"].sum() == 12
+    assert [lab["concept"] for lab in atlas.dictionary_labels(done.name)] == [0, 1, 2, 3]
+    assert {lab["dataset"] for lab in atlas.dictionary_labels(done.name)} == {"synthetic"}
+    assert done.pictures == 4
+    for i in range(4):
+        picture = Image.open(atlas.dictionary_picture(done.name, i))
+        assert picture.size == (32, 32)
+    assert not list(atlas.path.glob(".concepts-*"))  # the checkpoints go once their results are stored
+
+
+def test_the_stored_top_images_are_the_brute_force_ones(built, subject, folder):  # noqa: F811
+    done, _ = built
+    atlas = Atlas.open(done.atlas.path, readonly=True)
+    source = open_images(folder, transform=subject.transform)
+    x = torch.stack([source[i][0] for i in range(len(source))])
+    best = done.concepts.heatmaps(subject, x).amax(dim=(2, 3))  # (images, concepts)
+    for c in range(4):
+        top = atlas.dictionary_topk(done.name, c)
+        assert len(top) == 3
+        assert list(top.images) == best[:, c].argsort(descending=True)[:3].tolist()
+        assert top.scores[0] == pytest.approx(float(best[:, c].max()), rel=1e-4)
+
+
+def test_progress_names_every_stage_in_order(built):
+    _, notes = built
+    stages = list(dict.fromkeys(n.split(":")[0] for n in notes))
+    assert stages == ["collecting", "scanning", "importance", "labels", "pictures"]
+
+
+def test_a_second_run_is_refused_resumed_or_replaces(built, subject, folder):  # noqa: F811
+    done, _ = built
+    out = done.atlas.path
+    stored = Atlas.open(out, readonly=True).dictionary(done.name).dictionary
+    with pytest.raises(AtlasConflictError, match="--resume"):
+        concepts_to_atlas(out, subject, folder, LAYER, n=4, **FAST)
+    again = concepts_to_atlas(out, subject, folder, LAYER, n=4, resume=True, **{**FAST, "visualize": False})
+    assert again.reused == ["dictionary", "scan"] and again.scan is None
+    assert torch.equal(again.concepts.dictionary, stored)
+    with pytest.raises(AtlasConflictError, match="4 nmf concepts of block, not 3"):
+        concepts_to_atlas(out, subject, folder, LAYER, n=3, name=done.name, resume=True, **FAST)
+    other = concepts_to_atlas(
+        out,
+        subject,
+        folder,
+        LAYER,
+        n=3,
+        name=done.name,
+        overwrite=True,
+        seed=1,
+        **{**FAST, "visualize": False},
+    )
+    atlas = Atlas.open(out, readonly=True)
+    (row,) = atlas.dictionaries()
+    assert row["n"] == 3 and other.reused == [] and row["scanned"]
+    assert not row["labels"]  # replaced with what this run stored
+
+
+def test_unknown_layer_and_bad_input_fail_before_anything_is_written(subject, folder, tmp_path):  # noqa: F811
+    out = tmp_path / "a"
+    with pytest.raises(LayerNotFoundError, match="block"):
+        concepts_to_atlas(out, subject, folder, "blok", **FAST)
+    with pytest.raises(UserInputError, match="one layer"):
+        concepts_to_atlas(out, subject, folder, "block,conv2", **FAST)
+    with pytest.raises(UserInputError, match="nmf"):
+        concepts_to_atlas(out, subject, folder, LAYER, method="nfm", **FAST)
+    with pytest.raises(UserInputError, match="not a Broden directory"):
+        concepts_to_atlas(out, subject, folder, LAYER, concept_data=str(tmp_path / "none"), **FAST)
+    assert not out.exists()
+
+
+def test_default_names_are_valid_dictionary_names():
+    assert concept_set_name("sae-topk", 64, "layer1.0.relu#1") == "sae-topk64-layer1.0.relu@1"
+    assert concept_set_name("nmf", 8, "blocks/3") == "nmf8-blocks_3"
+    assert checkpoint_path(Atlas("x"), "nmf8-bn2", "fit").name.startswith(".")
+
+
+class Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stage", ["collecting", "scanning"])
+def test_an_interrupted_run_resumes_to_the_same_result(built, subject, folder, tmp_path, stage):  # noqa: F811
+    done, _ = built
+    out = tmp_path / "a"
+
+    def stop(n, total, note=None):
+        if note.startswith(stage) and n >= 8:  # after the scan's calibration sample
+            raise Stop
+
+    options = {**FAST, "visualize": False, "checkpoint_every": 0.0, "scan_options": {"threshold_sample": 4}}
+    with pytest.raises(Stop):
+        concepts_to_atlas(out, subject, folder, LAYER, n=4, k=3, progress=stop, **options)
+    assert checkpoint_path(Atlas(out), done.name, "fit" if stage == "collecting" else "scan").exists()
+    seen = []
+    again = concepts_to_atlas(
+        out,
+        subject,
+        folder,
+        LAYER,
+        n=4,
+        k=3,
+        resume=True,
+        progress=lambda n, t, note=None: seen.append((note, n)),
+        **options,
+    )
+    assert again.reused == ([] if stage == "collecting" else ["dictionary"])
+    counts = [n for note, n in seen if note.startswith(stage) and n]
+    assert counts[0] > 4, counts  # continued from the checkpoint, not from the first batch
+    assert torch.equal(again.concepts.dictionary, done.concepts.dictionary)
+    atlas = Atlas.open(out, readonly=True)
+    for c in range(4):
+        # the first run's own scan (its atlas was replaced by the test above)
+        assert list(atlas.dictionary_topk(done.name, c).images) == list(done.scan.topk(LAYER, c).images)
+    assert not list(out.glob(".concepts-*"))
