@@ -255,3 +255,30 @@ def test_ray_scan_with_broken_files_equals_one_process_without_them(cluster, sub
     merged = RayEngine(workers=2, n_shards=3).scan(subject, open_images(dirty), LAYERS, **OPTIONS)
     assert merged.processed == single.processed == 24 and len(merged.skipped) > 10
     assert_same_scan(single, merged, LAYERS)
+
+
+def test_ray_dissect_of_a_basis_equals_one_process(cluster, subject, tmp_path):
+    """bases= reaches both of the workers' passes: the codes, not the channels, are dissected."""
+    from convscope.concepts import ConceptSet
+    from convscope.dissect import BrodenDataset, dissect, make_synthetic_broden
+
+    root = make_synthetic_broden(tmp_path / "b", n=8, size=96, seg=48)
+    c = subject.layers.get(LAYERS[0]).units
+    unmixing = torch.nn.functional.normalize(
+        torch.randn(3, c, generator=torch.Generator().manual_seed(0)), dim=1
+    )
+    cs = ConceptSet(LAYERS[0], "pca", 3, unmixing, state={"mean": torch.zeros(c), "unmixing": unmixing})
+    bases = {LAYERS[0]: cs.basis()}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each Ray worker computes
+    try:
+        single = dissect(subject, BrodenDataset(root), LAYERS[:1], batch_size=4, bases=bases)
+    finally:
+        torch.set_num_threads(threads)
+    merged = RayEngine(workers=2, n_shards=2).dissect(
+        subject, BrodenDataset(root), LAYERS[:1], batch_size=4, bases=bases
+    )
+    a, b = single.layers[LAYERS[0]], merged.layers[LAYERS[0]]
+    assert a.units == b.units == 3
+    assert np.array_equal(a.thresholds, b.thresholds) and np.array_equal(a.iou, b.iou)
+    assert np.array_equal(a.top_images, b.top_images)
