@@ -187,3 +187,21 @@ def test_a_wrapped_model_atlas_skips_the_heat_maps(tmp_path, concept_atlas):
     assert r.status_code == 200 and "/img/concept/topk/" not in r.text and "/img/source/" in r.text
     g = c.get("/img/concept/topk/nmf/1/max")
     assert g.status_code == 404 and "cannot load" in g.text
+
+
+def test_static_export_has_the_concept_pages(concept_atlas, tmp_path):
+    from convscope.viewer.export import export_html
+
+    out, scan = concept_atlas
+    site = tmp_path / "site"
+    home = export_html(out, site, units_per_layer=1).read_text()
+    assert "concepts_nmf.html" in home and (site / "concepts.html").exists()
+    assert (site / "concepts_nmf.html").read_text().count("class='cell'") == N
+    page = (site / "concept_nmf_1.html").read_text()
+    assert "img/concept_topk_nmf_1_max.png" in page and "img/concept_picture_nmf_1.png" in page
+    assert "/concepts/" not in page and "/img/" not in page  # relative files only
+    assert Image.open(site / "img/concept_topk_nmf_1_max.png").width >= 4 * 96
+    assert Image.open(site / "img/concept_picture_nmf_1.png").getpixel((1, 1)) == (10, 200, 30)
+    assert not list(site.glob("img/concept_topk_other_*"))  # its hits are not the atlas's images
+    best = int(scan.topk(LAYER, 1, "max").images[0])
+    assert f"image_{best}.html" in page and "concept_nmf_1.html" in (site / f"image_{best}.html").read_text()

@@ -34,6 +34,7 @@ from convscope.atlas.queries import SORTS
 from convscope.errors import NameNotFoundError, UserInputError, close_matches
 from convscope.viewer import pages
 from convscope.viewer.analysis import analyse_image
+from convscope.viewer.concepts import concept_cells, concept_view
 from convscope.viewer.pictures import concept_topk, encode, rf_picture, thumbnail, unit_patch
 from convscope.viewer.security import (
     SecurityHeaders,
@@ -231,27 +232,6 @@ def _concept_or_404(st: ViewerState, name: str, concept: int) -> dict:
     return info
 
 
-def _concept_cells(st: ViewerState, info: dict) -> list[dict]:
-    """Per concept of a dictionary, what its cell on the dictionary page shows."""
-    name, n = info["name"], info["n"]
-    stats = {s["concept"]: s for s in st.reader.dictionary_stats(name)}
-    labels = {lab["concept"]: lab for lab in st.reader.dictionary_labels(name)}
-    importance = st.reader.dictionary_importance(name)
-    cells = []
-    for i in range(n):
-        cell = {"concept": i, "picture": st.reader.dictionary_picture(name, i) is not None}
-        if i in stats:
-            cell["max"] = stats[i]["max"]
-            top = st.reader.dictionary_topk(name, i, "max") if info["scanned"] else []
-            cell["image"] = top[0]["atlas_image"] if top else None
-        if i in labels:
-            cell.update(label=labels[i]["label"], detector=labels[i]["detector"], iou=labels[i]["iou"])
-        if importance is not None and len(importance["classes"]):
-            cell["top_class"] = importance["classes"][int(np.argmax(importance["matrix"][:, i]))]
-        cells.append(cell)
-    return cells
-
-
 def _live(st: ViewerState) -> bool:
     """Whether the viewer has (or can load) the atlas's model and images, for pictures that
     need them; a model that cannot be loaded again leaves them out."""
@@ -325,28 +305,24 @@ def page_routes(st: ViewerState, links: pages.Links) -> APIRouter:
     @r.get("/concepts/{name}", response_class=HTMLResponse)
     def dictionary(name: str):
         info = st.reader.dictionary(name)  # unknown: NameNotFoundError, a 404 with close names
-        return pages.dictionary_page(st.meta, info, _concept_cells(st, info), links)
+        return pages.dictionary_page(st.meta, info, concept_cells(st.reader, info), links)
 
     @r.get("/concepts/{name}/{concept}", response_class=HTMLResponse)
     def concept(name: str, concept: int):
         info = _concept_or_404(st, name, concept)
-        stats = {s["concept"]: s for s in st.reader.dictionary_stats(name)}.get(concept)
-        labels = {lab["concept"]: lab for lab in st.reader.dictionary_labels(name)}
-        scanned = st.reader.dictionary_scan(name)
-        crits = sorted(scanned["criteria"], key=lambda c: (c != "max", c)) if scanned else []
-        tops = {c: st.reader.dictionary_topk(name, concept, c) for c in crits}
+        v = concept_view(st.reader, name, concept)
         # the grid reads the hits from the atlas's images and needs the model: only then shown
-        live = _live(st) and all(r["atlas_image"] is not None for rows in tops.values() for r in rows)
+        live = v["atlas_hits"] and _live(st)
         return pages.concept_page(
             st.meta,
             info,
             concept,
-            stats,
-            labels.get(concept),
-            st.reader.dictionary_importance(name),
-            tops,
+            v["stats"],
+            v["label"],
+            v["importance"],
+            v["tops"],
             links,
-            picture=st.reader.dictionary_picture(name, concept) is not None,
+            picture=v["picture"],
             live=live,
         )
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from convscope.inputs.fileio import save_image, write_text
 from convscope.viewer import pages
-from convscope.viewer.pictures import rf_picture, thumbnail, unit_patch
+from convscope.viewer.concepts import concept_cells, concept_view
+from convscope.viewer.pictures import concept_topk, rf_picture, thumbnail, unit_patch
 from convscope.viewer.state import open_reader, reopen_atlas
 from convscope.viewer.weights import weight_neighbors
 
@@ -25,8 +26,9 @@ def export_html(
     progress: Callable[[int, int], None] | None = None,
 ) -> Path:
     """Write ``index.html``, paginated layer pages, unit pages for the first
-    ``units_per_layer`` units of each layer (with their patches and top-K grids), and a page for
-    every image those units show. Returns ``out/index.html``."""
+    ``units_per_layer`` units of each layer (with their patches and top-K grids), the pages of
+    the learned concept sets (:func:`export_concepts`), and a page for every image those units
+    and concepts show. Returns ``out/index.html``."""
     from convscope.scan.patches import render_topk
 
     out = Path(out)
@@ -38,7 +40,13 @@ def export_html(
     write_text(
         out / links.home(),
         pages.model_page(
-            meta, layers, reader.dissection_summary(), reader.empirical_summary(), reader.n_images(), links
+            meta,
+            layers,
+            reader.dissection_summary(),
+            reader.empirical_summary(),
+            reader.n_images(),
+            links,
+            reader.dictionaries(),
         ),
     )
     images: set[int] = set()
@@ -90,6 +98,7 @@ def export_html(
             )
             done += 1
             report(done, total)
+    images |= export_concepts(reader, subject, source, out, meta, links)
     for idx in sorted(images):
         row = reader.image(idx)
         img = source.read(idx)
@@ -98,6 +107,60 @@ def export_html(
         units = [r for r in reader.image_units(idx) if r["unit"] < units_per_layer]
         write_text(
             out / links.image(idx),
-            pages.image_page(meta, row["name"], links.source_image(idx, 448), None, None, units, links),
+            pages.image_page(
+                meta,
+                row["name"],
+                links.source_image(idx, 448),
+                None,
+                None,
+                units,
+                links,
+                reader.image_concepts(idx),
+            ),
         )
     return out / links.home()
+
+
+def export_concepts(reader, subject, source, out: Path, meta: dict, links: pages.StaticLinks) -> set[int]:
+    """The pages of the atlas's learned concept sets (index, one page per set and per concept,
+    stored pictures copied, top-K grids with heat maps where the hits are the atlas's images);
+    returns the atlas images those pages show."""
+    rows = reader.dictionaries()
+    if not rows:
+        return set()
+    write_text(out / links.dictionaries(), pages.dictionaries_page(meta, rows, links))
+    images: set[int] = set()
+    for info in rows:
+        name = info["name"]
+        cells = concept_cells(reader, info)
+        write_text(out / links.dictionary(name), pages.dictionary_page(meta, info, cells, links))
+        concepts = None
+        for c in range(info["n"]):
+            v = concept_view(reader, name, c)
+            picture = reader.dictionary_picture(name, c)
+            if picture is not None:
+                _write(picture.read_bytes(), out / links.concept_picture(name, c))
+            for crit, tops in v["tops"].items():
+                images.update(r["atlas_image"] for r in tops if r["atlas_image"] is not None)
+                if tops and v["atlas_hits"]:
+                    concepts = concepts or reader.dictionary_set(name)
+                    top = reader.dictionary_unit_topk(name, c, crit)
+                    save_image(
+                        concept_topk(subject, source, concepts, top), out / links.concept_topk(name, c, crit)
+                    )
+            write_text(
+                out / links.concept(name, c),
+                pages.concept_page(
+                    meta,
+                    info,
+                    c,
+                    v["stats"],
+                    v["label"],
+                    v["importance"],
+                    v["tops"],
+                    links,
+                    picture=v["picture"],
+                    live=v["atlas_hits"],
+                ),
+            )
+    return images
