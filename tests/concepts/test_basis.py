@@ -57,3 +57,12 @@ def test_fingerprint_tells_dictionaries_apart(acts):
     assert fingerprint(a) == fingerprint(fit_dictionary(acts.x, "pca", 3)) != fingerprint(b)
     with pytest.raises(Exception, match="encode"):
         a.basis()(torch.zeros(2, 3))
+
+
+def test_heatmaps_work_on_a_fresh_subject(acts, folder):
+    from convscope.testing import tiny_subject
+
+    cs = fit_dictionary(acts.x, "nmf", 3, layer="block")
+    fresh = tiny_subject(size=32)  # layers not traced yet: the recorder traces them first
+    maps = cs.heatmaps(fresh, sorted(folder.iterdir())[:2])
+    assert maps.shape == (2, 3, 8, 8) and (maps >= 0).all()

@@ -84,7 +84,8 @@ class ConceptSet(Result):
         from convscope.concepts.activations import as_maps
 
         x = images if isinstance(images, torch.Tensor) else subject.load_images(images)
-        with torch.inference_mode(), subject.record([self.layer], stop=True) as rec:
+        # the recorder first: on a fresh subject it traces the layers, which inference mode forbids
+        with subject.record([self.layer], stop=True) as rec, torch.inference_mode():
             subject(x.to(subject.device))
         maps = as_maps(rec[self.layer], self.layer).float()
         return self.basis(maps.device)(maps).cpu().contiguous()
