@@ -146,3 +146,12 @@ def test_fit_concepts_passes_the_checkpoint_through(subject, folder, tmp_path):
     resumed = fit_concepts(subject, folder, LAYER, "nmf", 3, checkpoint=ckpt, resume=True, **options)
     whole = fit_concepts(subject, folder, LAYER, "nmf", 3, **options)
     assert torch.equal(resumed.dictionary, whole.dictionary)
+
+
+def test_the_concept_set_counts_the_skipped_images(subject, folder, tmp_path):
+    data = tmp_path / "with-broken"
+    shutil.copytree(folder, data)
+    (data / "zz.jpg").write_bytes(b"not an image")
+    cs = fit_concepts(subject, data, LAYER, "pca", 2, per_image=4, workers=0)
+    assert (cs.images, cs.skipped) == (12, 1)
+    assert "1 unreadable images skipped" in cs.headline()

@@ -73,9 +73,11 @@ def fit_concepts(
         run_on = subject.device
     finally:
         subject.to(old)
-    return fit_dictionary(
+    out = fit_dictionary(
         acts.x, method, n, layer=acts.layer, seed=seed, device=run_on, model=subject.name, **options
     )
+    out.images, out.skipped = acts.images, len(acts.skipped)
+    return out
 
 
 def check_method(method: str, n: int) -> None:

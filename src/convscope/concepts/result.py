@@ -27,6 +27,8 @@ class ConceptSet(Result):
     ``samples`` fitted rows; ``sparsity``: mean fraction of nonzero codes; ``dead``: atoms that
     never fire on the fitted rows (the SAE's own count for the SAE methods); ``usage`` (n,) and
     ``active`` (n,): each concept's mean code and fraction of rows where it is nonzero.
+    ``images`` / ``skipped``: the images read and the unreadable ones skipped while collecting
+    the activations (0 when fitted on given rows).
     """
 
     layer: str
@@ -44,11 +46,14 @@ class ConceptSet(Result):
     samples: int = 0
     seed: int = 0
     model: str = "model"
+    images: int = 0
+    skipped: int = 0
 
     def headline(self) -> str:
         return (
             f"{self.model} {self.layer}: {self.n} {self.method} concepts from {self.samples} positions, "
             f"error {self.error:.3f}, {100 * self.sparsity:.0f}% nonzero, {self.dead} dead"
+            + (f", {self.skipped} unreadable images skipped" if self.skipped else "")
         )
 
     # -- encoding -----------------------------------------------------------------------------
