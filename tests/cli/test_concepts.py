@@ -45,18 +45,28 @@ BASE = ("concepts", "tiny", "--n", 3, "--k", 2, "--steps", 2, "--workers", 0, "-
 def test_help(capsys):
     assert main(["concepts", "--help"]) == 0
     text = capsys.readouterr().out
-    for option in ("--layers", "--method", "--n", "--out", "--resume", "--device", "--seed", "--no-visualize"):
+    for option in (
+        "--layers",
+        "--method",
+        "--n",
+        "--out",
+        "--resume",
+        "--device",
+        "--seed",
+        "--no-visualize",
+    ):
         assert option in text
 
 
 def test_concepts_into_an_atlas_and_resume(tiny_model, images, tmp_path, capsys):
     out = tmp_path / "atlas"
-    assert run(*BASE, "--data", images, "--layer", "block", "--out", out) == 0
+    assert run(*BASE, "--data", images, "--layer", "block", "--out", out, "--concept-data", "auto-color") == 0
     text = capsys.readouterr().out
     assert "3 nmf concepts" in text and "'nmf3-block'" in text and str(out / "atlas.db") in text
     atlas = Atlas.open(out, readonly=True)
     (row,) = atlas.dictionaries()
-    assert (row["name"], row["n"], row["scanned"]) == ("nmf3-block", 3, True)
+    assert (row["name"], row["n"], row["scanned"], row["labels"]) == ("nmf3-block", 3, True, True)
+    assert {lab["dataset"] for lab in atlas.dictionary_labels("nmf3-block")} == {"auto-color"}
     assert all(atlas.dictionary_picture("nmf3-block", i).exists() for i in range(3))
     first = atlas.dictionary("nmf3-block").dictionary
     # the same command again is refused; with --resume it reuses what is stored

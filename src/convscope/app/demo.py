@@ -26,6 +26,7 @@ from convscope.render import (
 from convscope.subject import Subject
 
 Progress = Callable[[str], None]
+DEMO_CONCEPT_STEPS = 12  # optimisation steps of each concept's picture: seconds on a CPU
 
 
 @dataclass
@@ -102,6 +103,9 @@ def run_demo(
 
     step("network dissection")
     _demo_dissect(subject, out / "atlas", seed, result)
+
+    step("learned concepts")
+    demo_concepts(subject, out / "atlas", seed, result, step)
 
     step("representations")
     _demo_represent(subject, out / "atlas", seed, result)
@@ -181,6 +185,51 @@ def _demo_represent(subject: Subject, where: Path, seed: int, result: DemoResult
     result.files["linear CKA between stages"] = save_image(
         figure_to_image(similarity_figure(m, layers, layers, "linear CKA")), atlas.comparison_render("cka")
     )
+
+
+def demo_concepts(
+    subject: Subject, where: Path, seed: int, result: DemoResult, step: Progress, source=None
+) -> None:
+    """Eight NMF concepts of the last stage (``bn2`` of EfficientNet-Lite0) over the bundled
+    photos and their crops (the atlas's own images, so that the viewer's image pages list their
+    concepts): their top images, importance per class and short feature visualisations, in the
+    demo atlas (``source``: other images instead). A stage that goes below zero is clipped at 0
+    (NMF factorises max(x, 0))."""
+    from convscope.atlas.concepts_build import concepts_to_atlas
+    from convscope.inputs.sources import open_images
+
+    if source is None:
+        source = open_images("convscope:samples", transform=subject.transform)
+    layer = subject.layers.stages()[-1].name
+    stages: list[str] = []
+
+    def stage(done, total, note=None) -> None:  # each stage once, as a step of the demo
+        if note and note.split(":")[0] not in stages:
+            stages.append(note.split(":")[0])
+            step(f"learned concepts: {stages[-1]}")
+
+    built = concepts_to_atlas(
+        where,
+        subject,
+        source,
+        layer,
+        n=8,
+        k=8,
+        seed=seed,
+        overwrite=True,  # the demo's own set, redone with the demo
+        visualize={"steps": DEMO_CONCEPT_STEPS, "size": 96},
+        per_image=4,
+        max_samples=1000,  # 432 positions: a reservoir (and its checkpoint) of that size, not 100k rows
+        clip=True,
+        batch_size=16,
+        scan_options={"threshold_sample": 32},
+        progress=stage,
+    )
+    result.files[f"concept set {built.name} in the atlas ({built.concepts.headline()})"] = built.atlas.db_path
+    for i in range(built.pictures):
+        result.files[f"feature visualisation of concept {i} of {built.name}"] = (
+            built.atlas.dictionary_picture(built.name, i)
+        )
 
 
 def _demo_dissect(subject: Subject, where: Path, seed: int, result: DemoResult) -> None:
