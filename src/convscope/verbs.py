@@ -116,7 +116,9 @@ def scan(
     images and patches of every unit of ``layers``, per criterion, and per-unit statistics.
     ``state``: where a killed scan is resumed from with ``resume=True`` (a checkpoint file on
     the local engine, a folder of shards on Ray). ``options``: the keywords of
-    :func:`convscope.scan.scanner.scan` (k, criteria, directions, seed, batch_size, accel...).
+    :func:`convscope.scan.scanner.scan` (k, criteria, directions, seed, batch_size, accel, and
+    ``bases={layer: basis}`` to scan a basis's codes, such as a concept set's encoder
+    :meth:`ConceptSet.basis`, as the layer's units).
     To store the scan in an atlas, use :func:`convscope.atlas.scan_to_atlas`."""
     run = resolve_engine(engine)
     names = image_layers(subject, layers, "scan")
@@ -163,7 +165,8 @@ def dissect(
     (:func:`convscope.dissect.open_concept_data`, a Broden folder, auto-colour or synthetic):
     every unit's IoU with every concept, as a :class:`~convscope.dissect.result.Dissection`.
     ``state`` (Ray): a folder for the finished shards, reused with ``resume=True``.
-    ``options``: quantile, iou_threshold, max_coverage, top, batch_size, workers, accel."""
+    ``options``: quantile, iou_threshold, max_coverage, top, batch_size, workers, accel, and
+    ``bases={layer: basis}`` to dissect a basis's codes (a concept set's encoder) as its units."""
     run = resolve_engine(engine)
     names = image_layers(subject, layers, "dissect")
     run.check(subject, data)
