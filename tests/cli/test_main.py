@@ -83,6 +83,15 @@ def test_demo_writes_results(tmp_path, capsys):
     assert atlas.topk("classifier", 967).names[0].startswith("coffee")
     assert (out / "atlas" / "render" / "classifier" / "unit0285_max.png").exists()
     assert len(list((out / "atlas" / "render").rglob("direction*_max.png"))) == 6
+    # eight NMF concepts of the last stage, scanned, weighed and drawn
+    (concepts,) = atlas.dictionaries()
+    assert (concepts["name"], concepts["n"], concepts["scanned"], concepts["importance"]) == (
+        "nmf8-bn2",
+        8,
+        True,
+        True,
+    )
+    assert all(atlas.dictionary_picture("nmf8-bn2", c).exists() for c in range(8))
     # the deepest convolution before its ReLU6 (bn2 saturates at 6.0): top scores do not tie
     for unit in (0, 1, 2):
         assert len(set(atlas.topk("conv_head", unit).scores.tolist())) > 1
