@@ -104,7 +104,7 @@ def test_a_second_run_is_refused_resumed_or_replaces(built, subject, folder):  #
     atlas = Atlas.open(out, readonly=True)
     (row,) = atlas.dictionaries()
     assert row["n"] == 3 and other.reused == [] and row["scanned"]
-    assert not row["labels"]  # replaced with what this run stored
+    assert not row["labels"] and not atlas.dictionary_picture(done.name, 0).exists()  # all replaced
 
 
 def test_unknown_layer_and_bad_input_fail_before_anything_is_written(subject, folder, tmp_path):  # noqa: F811
