@@ -45,6 +45,7 @@ NEW = {  # command: spellings its --help shows
     "scan": ["--data", "--layers", "--batch-size", "--resume", "[model]"],
     "features": ["--data", "--layers", "--batch-size", "--resume", "[model]"],
     "dissect": ["--data", "--layers", "--batch-size", "--resume", "[model]"],
+    "concepts": ["--data", "--layers", "--batch-size", "--resume", "[model]"],
     "explain": ["--data", "--layers", "--target", "[model]"],
     "attack": ["--data", "--target", "[model]"],
     "fool": ["--classes", "[model]"],
@@ -117,6 +118,7 @@ OLD_SPELLINGS = [  # command, old args, parameter, value it must give
     ("demo", ["--out", "d", "--model", "torchvision:resnet18"], "model", "torchvision:resnet18"),
     ("demo", ["--model=timm:resnet18"], "model", "timm:resnet18"),
     ("scan", ["--layer", "blocks.2"], "layers", "blocks.2"),
+    ("concepts", ["--layer", "bn2", "--batch", "8"], "layers", "bn2"),
 ]
 
 
