@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 
 from convscope.atlas import Atlas
-from convscope.atlas.concepts_build import checkpoint_path, concept_set_name, concepts_to_atlas
+from convscope.atlas.concepts_build import checkpoint_path, concepts_to_atlas
+from convscope.atlas.dictionaries import default_name
 from convscope.atlas.store import AtlasConflictError
 from convscope.dissect import BrodenDataset, make_synthetic_broden
 from convscope.errors import LayerNotFoundError, UserInputError
@@ -121,8 +122,8 @@ def test_unknown_layer_and_bad_input_fail_before_anything_is_written(subject, fo
 
 
 def test_default_names_are_valid_dictionary_names():
-    assert concept_set_name("sae-topk", 64, "layer1.0.relu#1") == "sae-topk64-layer1.0.relu@1"
-    assert concept_set_name("nmf", 8, "blocks/3") == "nmf8-blocks_3"
+    assert default_name("layer1.0.relu#1", "sae-topk", 64) == "sae-topk64-layer1.0.relu@1"
+    assert default_name("blocks/3", "nmf", 8) == "nmf8-blocks_3"
     assert checkpoint_path(Atlas("x"), "nmf8-bn2", "fit").name.startswith(".")
 
 

@@ -150,8 +150,8 @@ def test_bad_names_and_mismatches(made, tmp_path):
         with pytest.raises(UserInputError, match="dictionary name"):
             atlas.write_dictionary(bad, nmf)
     assert atlas.dictionaries() == []
-    assert check_name(default_name("blocks.0#tokens", "sae-topk", 32)) == "blocks.0@tokens-sae-topk-32"
-    assert default_name("features/3 x", "nmf", 8) == "features_3_x-nmf-8"
+    assert check_name(default_name("blocks.0#tokens", "sae-topk", 32)) == "sae-topk32-blocks.0@tokens"
+    assert default_name("features/3 x", "nmf", 8) == "nmf8-features_3_x"
     atlas.write_dictionary("pca", pca)
     with pytest.raises(UserInputError, match="3 concepts"):
         atlas.write_dictionary_scan("pca", scan)  # a scan of the 4-concept set

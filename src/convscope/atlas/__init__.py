@@ -2,7 +2,8 @@
 fields and feature folders in SQLite plus renders; this package alone knows its SQL and layout.
 
 Writers that compute and store in one call: :func:`scan_to_atlas`, :func:`features_to_atlas`,
-:func:`dissect_to_atlas` (local or Ray ``engine``); readers: :meth:`Atlas.open` (``readonly=True``
+:func:`dissect_to_atlas` (local or Ray ``engine``), :func:`concepts_to_atlas` (learned concept
+sets: fit, scan, importance, labels, pictures); readers: :meth:`Atlas.open` (``readonly=True``
 for a shared or read-only atlas), :mod:`convscope.atlas.queries` (the viewer's paginated queries).
 """
 
@@ -17,6 +18,7 @@ from convscope.atlas.build import (
     scan_to_atlas,
     stored_dissection,
 )
+from convscope.atlas.concepts_build import ConceptsBuilt, concepts_to_atlas
 from convscope.atlas.paths import AtlasPaths, is_private_file, safe_name
 from convscope.atlas.store import (
     SCHEMA_VERSION,
@@ -33,9 +35,11 @@ __all__ = [
     "AtlasConflictError",
     "AtlasLockedError",
     "AtlasReadOnlyError",
+    "ConceptsBuilt",
     "DissectedAtlas",
     "compare_dissections",
     "compare_scans",
+    "concepts_to_atlas",
     "dissect_to_atlas",
     "features_to_atlas",
     "is_private_file",

@@ -4,13 +4,12 @@ each stored in the atlas as it is done (``convscope concepts``)."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from convscope.atlas.build import model_spec, open_concepts
-from convscope.atlas.dictionaries import check_name
+from convscope.atlas.dictionaries import check_name, default_name
 from convscope.atlas.store import Atlas, AtlasConflictError
 from convscope.errors import UserInputError
 from convscope.layers import LayerSpec
@@ -51,13 +50,6 @@ class ConceptsBuilt:
         return f"{self.concepts.headline()}; stored as {self.name!r}: {', '.join(done)}"
 
 
-def concept_set_name(method: str, n: int, layer: str) -> str:
-    """The default name of ``n`` ``method`` concepts of ``layer`` in an atlas (``nmf32-bn2``):
-    characters a dictionary name may not hold become ``_``."""
-    raw = f"{method}{n}-{layer}".replace("#", "@")
-    return check_name(re.sub(r"[^A-Za-z0-9._@+=-]", "_", raw)[:100])
-
-
 def concepts_to_atlas(
     atlas: str | Path | Atlas,
     subject: Subject,
@@ -80,8 +72,9 @@ def concepts_to_atlas(
     """Learn ``n`` concepts of one layer (``layers``: any layer spec naming exactly one) of
     ``subject`` from the images ``data`` by ``method`` and store them in the atlas ``atlas``
     (created for this model and data, or one of this model's) under ``name`` (default
-    :func:`concept_set_name`), holding the atlas's writer lock throughout. Then, each stored as
-    it is done: the concept scan (the top-``k`` images and patches of each concept,
+    :func:`~convscope.atlas.dictionaries.default_name`, ``nmf32-bn2``), holding the atlas's
+    writer lock throughout. Then, each stored as it is done: the concept scan (the top-``k``
+    images and patches of each concept,
     :func:`~convscope.concepts.topk.scan_concepts`), each concept's importance per class
     (:func:`~convscope.concepts.importance.concept_importance`), labels by dissection on
     ``concept_data`` (a Broden-format folder, ``"auto-color"`` (the colour names of ``data``),
@@ -113,7 +106,7 @@ def concepts_to_atlas(
     layer = names[0]
     subject.layers.get(layer)  # a module that runs several times must say which call
     check_method(method, n)
-    name = check_name(name) if name is not None else concept_set_name(method, n, layer)
+    name = check_name(name) if name is not None else default_name(layer, method, n)
     source = as_source(subject, data)
     shared = {key: options[key] for key in SHARED if key in options}
     out = atlas.path if isinstance(atlas, Atlas) else Path(atlas)

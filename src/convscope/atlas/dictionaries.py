@@ -54,9 +54,9 @@ def check_name(name: str) -> str:
 
 
 def default_name(layer: str, method: str, n: int) -> str:
-    """A valid dictionary name for ``n`` ``method`` concepts of ``layer`` (``block.3-nmf-32``):
+    """A valid dictionary name for ``n`` ``method`` concepts of ``layer`` (``nmf32-bn2``):
     characters a name may not hold become ``_``."""
-    raw = f"{layer}-{method}-{n}"
+    raw = f"{method}{n}-{layer}"
     cleaned = re.sub(r"[^A-Za-z0-9._@+=-]", "_", raw.replace("#", "@")).lstrip("._@+=-")
     return check_name((cleaned or "concepts")[:100])
 
