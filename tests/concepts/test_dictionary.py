@@ -183,3 +183,13 @@ def test_the_verb(subject, folder):
         convscope.concepts(subject, folder, "block,conv2", n=3)
     with pytest.raises(UserInputError, match="did you mean 'nmf'"):
         convscope.concepts(subject, folder, LAYER, method="nnmf", n=3)
+
+
+def test_the_reservoir_grows_only_as_rows_come():
+    res = Reservoir(100_000, 4, torch.Generator().manual_seed(0))
+    res.add(torch.ones(10, 4), torch.zeros(10, 3, dtype=torch.int64))
+    assert res.x.shape[0] <= 4096  # not the whole capacity for ten rows
+    big = torch.arange(20_000 * 4, dtype=torch.float32).reshape(20_000, 4)
+    res.add(big, torch.zeros(20_000, 3, dtype=torch.int64))
+    x, _ = res.rows()
+    assert len(x) == 20_010 and torch.equal(x[10:], big) and res.x.shape[0] <= 100_000

@@ -55,23 +55,37 @@ class Activations:
 
 class Reservoir:
     """At most ``capacity`` rows of width ``dim``: a uniform sample (algorithm R) of every row
-    offered by :meth:`add`, in O(capacity x dim) memory. The rows live on ``device`` (``where``
-    and the random draws, from the CPU ``generator``, on the CPU)."""
+    offered by :meth:`add`, in O(min(rows offered, capacity) x dim) memory (the buffers grow by
+    doubling up to ``capacity``). The rows live on ``device`` (``where`` and the random draws, from
+    the CPU ``generator``, on the CPU)."""
 
     def __init__(self, capacity: int, dim: int, generator: torch.Generator, device=None):
         if capacity < 1:
             raise UserInputError(f"max_samples must be >= 1, not {capacity}")
         self.capacity = capacity
-        self.x = torch.zeros(capacity, dim, dtype=torch.float32, device=device)
-        self.where = torch.zeros(capacity, 3, dtype=torch.int64)
+        start = min(capacity, 4096)
+        self.x = torch.zeros(start, dim, dtype=torch.float32, device=device)
+        self.where = torch.zeros(start, 3, dtype=torch.int64)
         self.seen = 0
         self.generator = generator
+
+    def _reserve(self, rows: int) -> None:
+        # a small dataset never pays for the whole capacity (100k x 1280 floats is 0.5 GB)
+        if rows <= len(self.x):
+            return
+        size = min(self.capacity, max(rows, 2 * len(self.x)))
+        x = torch.zeros(size, self.x.shape[1], dtype=torch.float32, device=self.x.device)
+        where = torch.zeros(size, 3, dtype=torch.int64)
+        x[: len(self.x)] = self.x
+        where[: len(self.where)] = self.where
+        self.x, self.where = x, where
 
     def add(self, x: torch.Tensor, where: torch.Tensor) -> None:
         """Offer the rows ``x`` (m, dim) (on any device) from ``where`` (m, 3), in order."""
         m = len(x)
         if m == 0:
             return
+        self._reserve(min(self.capacity, self.seen + m))
         t = torch.arange(self.seen, self.seen + m)  # each row's position in the stream
         fill = t < self.capacity
         slots = t.clone()
@@ -110,6 +124,7 @@ class Reservoir:
     def from_dict(cls, d: dict, capacity: int, generator: torch.Generator, device=None) -> Reservoir:
         out = cls(capacity, int(d["dim"]), generator, device)
         n = len(d["x"])
+        out._reserve(n)
         out.x[:n] = d["x"].to(out.x.device)
         out.where[:n] = d["where"]
         out.seen = int(d["seen"])
