@@ -66,3 +66,12 @@ def test_heatmaps_work_on_a_fresh_subject(acts, folder):
     fresh = tiny_subject(size=32)  # layers not traced yet: the recorder traces them first
     maps = cs.heatmaps(fresh, sorted(folder.iterdir())[:2])
     assert maps.shape == (2, 3, 8, 8) and (maps >= 0).all()
+
+
+def test_directions_are_the_normalised_dictionary_rows(acts):
+    cs = fit_dictionary(acts.x, "nmf", 3, layer="block")
+    d = cs.directions([2, 0])
+    assert [x.name for x in d] == ["concept2", "concept0"] and d[0].layer == "block"
+    assert torch.allclose(d[0].vector * cs.dictionary[2].norm(), cs.dictionary[2], atol=1e-6)
+    with pytest.raises(Exception, match="0..2"):
+        cs.directions([3])

@@ -269,16 +269,12 @@ def _pictures(subject, concepts, seed, settings, shared, report):
 
     from convscope.render import to_uint8
     from convscope.synthesis.visualize import visualize_directions
-    from convscope.units import Direction
-
     settings = dict(settings)
     batch = max(1, int(settings.pop("batch")))
-    rows = concepts.dictionary.float()
-    rows = rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)
     tick = report("pictures")
     for start in range(0, concepts.n, batch):
         chunk = range(start, min(start + batch, concepts.n))
-        directions = [Direction(concepts.layer, rows[i], name=f"concept{i}") for i in chunk]
+        directions = concepts.directions(chunk)
         found = visualize_directions(
             subject, directions, seed=seed + start, accel=shared.get("accel"), **settings
         )

@@ -74,6 +74,20 @@ class ConceptSet(Result):
 
         return ConceptBasis(self, device)
 
+    def directions(self, concepts=None) -> list:
+        """The concepts ``concepts`` (default: all) as unit-norm
+        :class:`~convscope.units.Direction` objects of the layer (the dictionary rows, named
+        ``concept<i>``): what the direction objective of feature visualisation takes
+        (``convscope.visualize(subject, cs.layer, directions=cs.directions())``)."""
+        from convscope.units import Direction
+
+        ids = range(self.n) if concepts is None else [int(i) for i in concepts]
+        rows = torch.nn.functional.normalize(self.dictionary.float(), dim=1)
+        for i in ids:
+            if not 0 <= i < self.n:
+                raise UserInputError(f"{self.layer} has concepts 0..{self.n - 1}, not {i}")
+        return [Direction(self.layer, rows[i], name=f"concept{i}") for i in ids]
+
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Activations (N, C) rebuilt from concept codes (N, n)."""
         x = torch.as_tensor(codes).float() @ self.dictionary
