@@ -213,7 +213,9 @@ def test_average_drop_and_increase_match_pytorch_grad_cam(tiny, batch):
 def test_localisation_matches_quantus(tiny, batch):
     x, maps, y = batch
     boxes = [(0, 0, 8, 8), (4, 2, 16, 10), (10, 10, 16, 16)]
-    masks = M._regions(None, boxes, x.to(tiny.device)).numpy()
+    masks = np.zeros((3, 16, 16), dtype=bool)
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        masks[i, y0:y1, x0:x1] = True
     signed = maps - 0.4
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -308,3 +310,29 @@ def test_randomisation_check_fails_an_edge_detector_and_passes_saliency():
         )
         s = M.model_randomisation(subject, x, sal, y, similarity=similarity, reduce="last")
         assert torch.allclose(e, torch.ones_like(e)) and (s < 0.5).all(), similarity
+
+
+def test_trust_sanity_check_takes_ssim_and_averages_tied_ranks():
+    from scipy.stats import spearmanr
+
+    from convscope.attribution import sanity_check
+
+    subject = tiny_subject(size=32)
+    subject.model.eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+
+    def saliency(s):
+        return convscope.explain(s, x, "saliency", target=Target("class", (0, 1))).maps
+
+    def flat_edges(s):  # ignores the model; mostly tied values
+        return np.clip(np.abs(np.diff(x.mean(1).numpy(), axis=-1, append=0)) - 0.8, 0, None)
+
+    for similarity in ("spearman", "ssim"):
+        real = sanity_check(saliency, subject, ["fc", "conv2"], similarity=similarity)
+        fake = sanity_check(flat_edges, subject, ["fc", "conv2"], similarity=similarity)
+        assert np.allclose(fake.correlations, 1.0) and real.correlations[-1] < 0.5, similarity
+        assert real.similarity == similarity
+    tied, other = flat_edges(subject), saliency(subject)
+    swap = sanity_check(lambda s: tied if s is subject else other, subject, ["fc"])
+    ref = np.mean([spearmanr(a.ravel(), b.ravel())[0] for a, b in zip(tied, other)])
+    assert close(swap.correlations[0], ref)

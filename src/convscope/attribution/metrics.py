@@ -141,7 +141,7 @@ def pixel_flipping(
     maps,
     targets=None,
     *,
-    step: int = 1,
+    step: int | None = None,
     baseline="black",
     softmax: bool = True,
     curve: bool = False,
@@ -149,14 +149,15 @@ def pixel_flipping(
     seed: int = 0,
 ) -> torch.Tensor:
     """Pixel flipping (Bach et al. 2015): replace the pixels (all channels) by ``baseline`` in
-    order of decreasing map value, ``step`` pixels at a time, and track the target's score
-    (softmax probability with ``softmax``). Returns the curve (B, ceil(HW/step)) with ``curve``,
-    else its mean per image (lower is better). Quantus' PixelFlipping with
-    ``features_in_step = 3 * step``."""
+    order of decreasing map value, ``step`` pixels at a time (default: H * W / 64, 64 steps),
+    and track the target's score (softmax probability with ``softmax``). Returns the curve
+    (B, ceil(HW/step)) with ``curve``, else its mean per image (lower is better). Quantus'
+    PixelFlipping with ``features_in_step = 3 * step``."""
     x = _images(subject, images)
     m = _maps(maps, x)
     cls = _classes(subject, x, targets)
     b, _, h, w = x.shape
+    step = step or max(1, h * w // 64)
     base = _baseline(x, baseline)
     order = torch.argsort(-m.flatten(1), dim=1, stable=True)
     rank = torch.empty_like(order)
@@ -409,10 +410,10 @@ def faithfulness_correlation(
     cls = _classes(subject, x, targets)
     b, c, h, w = x.shape
     nf = c * h * w
-    if subsets is None:
+    if subsets is None:  # uniform subsets without replacement: the top-k of random keys
         g = _generator(seed, "cpu")
         subsets = torch.stack(
-            [torch.stack([torch.randperm(nf, generator=g)[:subset] for _ in range(runs)]) for _ in range(b)]
+            [torch.rand(runs, nf, generator=g).topk(subset, dim=1).indices for _ in range(b)]
         )
     subsets = torch.as_tensor(subsets, dtype=torch.long).to(x.device)
     runs = subsets.shape[1]
@@ -506,16 +507,25 @@ def max_sensitivity(
     m = _maps(maps, x)
     cls = _classes(subject, x, targets)
     b = len(x)
-    if noise is None:
-        g = _generator(seed, "cpu")
-        noise = (torch.rand((samples, *x.shape), generator=g, dtype=torch.float64) * 2 - 1) * radius
-    noise = torch.as_tensor(noise).to(x.device)
-    xs = (x[None].double() + noise).float().reshape(-1, *x.shape[1:])  # sample-major
-    cs = cls.repeat(len(noise))
-    maps_noisy = torch.cat(
-        [run(subject, xs[s : s + batch], cs[s : s + batch]) for s in range(0, len(xs), batch)]
-    )
-    diff = (maps_noisy.view(len(noise), b, -1) - m.view(1, b, -1)).norm(dim=-1)
+    given = noise is not None
+    n_samples = len(noise) if given else samples
+    g = _generator(seed, "cpu")
+    per = max(1, batch // b)  # samples per model batch: the noise is drawn chunk by chunk
+    norm = m.view(1, b, -1).norm(dim=-1).clamp_min(1e-300)
+    worst = torch.zeros(b, dtype=torch.float64, device=x.device)
+    for s in range(0, n_samples, per):
+        k = min(per, n_samples - s)
+        if given:
+            eps = torch.as_tensor(noise[s : s + k]).to(x.device, torch.float64)
+        else:
+            eps = ((torch.rand((k, *x.shape), generator=g, dtype=torch.float64) * 2 - 1) * radius).to(
+                x.device
+            )
+        xs = (x[None].double() + eps).float().reshape(-1, *x.shape[1:])  # sample-major
+        a = run(subject, xs, cls.repeat(k))
+        diff = (a.view(k, b, -1) - m.view(1, b, -1)).norm(dim=-1) / norm
+        worst = torch.maximum(worst, diff.amax(0))
+    return worst.cpu()
     return (diff / m.view(1, b, -1).norm(dim=-1).clamp_min(1e-300)).amax(0).cpu()
 
 

@@ -15,26 +15,33 @@ from convscope.results import Result
 from convscope.subject import Subject
 
 
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    ra = np.argsort(np.argsort(a.ravel())).astype(np.float64)
-    rb = np.argsort(np.argsort(b.ravel())).astype(np.float64)
-    ra -= ra.mean()
-    rb -= rb.mean()
-    den = np.sqrt((ra * ra).sum() * (rb * rb).sum())
-    return float((ra * rb).sum() / den) if den > 0 else 0.0
+def _similarity(name: str) -> Callable[[np.ndarray, np.ndarray], float]:
+    """Spearman rank correlation (ties given their average rank, as scipy) or SSIM (as
+    scikit-image's, Quantus' data range) of two maps, from :mod:`convscope.attribution.metrics`."""
+    from convscope.attribution.metrics import spearman, ssim
+
+    fns = {"spearman": spearman, "ssim": ssim}
+    if name not in fns:
+        from convscope.errors import UserInputError
+
+        raise UserInputError(f"similarity {name!r}: use spearman or ssim")
+    fn = fns[name]
+    return lambda a, b: float(fn(torch.as_tensor(a)[None], torch.as_tensor(b)[None])[0])
 
 
 @dataclass
 class SanityCheck(Result):
-    """Rank correlation between the map of the trained model and the maps after cumulatively
-    re-initialising its layers from the top: ``correlations[i]`` (images averaged) after
-    randomising ``layers[: i + 1]``. A method that explains the model should lose correlation
-    quickly; one that mostly reflects the image (an edge detector) keeps it."""
+    """Rank correlation (or SSIM, see ``similarity``) between the map of the trained model and
+    the maps after cumulatively re-initialising its layers from the top: ``correlations[i]``
+    (images averaged) after randomising ``layers[: i + 1]``. A method that explains the model
+    should lose correlation quickly; one that mostly reflects the image (an edge detector)
+    keeps it."""
 
     method: str
     layers: list[str]
     correlations: np.ndarray  # (L,)
     abs_correlations: np.ndarray  # (L,), on |map|
+    similarity: str = "spearman"
 
     def to_image(self):
         """The rank correlations against the number of randomised layers."""
@@ -54,11 +61,15 @@ def sanity_check(
     subject: Subject,
     layers: list[str] | None = None,
     seed: int = 0,
+    similarity: str = "spearman",
 ) -> SanityCheck:
     """Cascading parameter randomisation. ``explain_fn(subject) -> maps (N, H, W)`` computes the
     method's maps; it is called on the trained subject, then on copies whose parametrised
     layers (default: every leaf module with weights, from the output backwards) are re-initialised
-    one more at a time with their own ``reset_parameters``, seeded."""
+    one more at a time with their own ``reset_parameters``, seeded. ``similarity`` is
+    "spearman" or "ssim". Per image, per layer and with Quantus' layer order and seeding:
+    :func:`convscope.attribution.metrics.model_randomisation`."""
+    sim = _similarity(similarity)
     base = explain_fn(subject)
     model = copy.deepcopy(subject.model)
     modules = dict(model.named_modules())
@@ -80,9 +91,9 @@ def sanity_check(
     for name in layers:
         modules[name].reset_parameters()
         maps = explain_fn(shadow)
-        corr.append(np.mean([_spearman(a, b) for a, b in zip(base, maps)]))
-        corr_abs.append(np.mean([_spearman(np.abs(a), np.abs(b)) for a, b in zip(base, maps)]))
-    return SanityCheck("", layers, np.array(corr), np.array(corr_abs))
+        corr.append(np.mean([sim(a, b) for a, b in zip(base, maps)]))
+        corr_abs.append(np.mean([sim(np.abs(a), np.abs(b)) for a, b in zip(base, maps)]))
+    return SanityCheck("", layers, np.array(corr), np.array(corr_abs), similarity)
 
 
 @dataclass
