@@ -75,3 +75,23 @@ def test_directions_are_the_normalised_dictionary_rows(acts):
     assert torch.allclose(d[0].vector * cs.dictionary[2].norm(), cs.dictionary[2], atol=1e-6)
     with pytest.raises(Exception, match="0..2"):
         cs.directions([3])
+
+
+def test_a_rows_nmf_codes_do_not_depend_on_its_batch(acts):
+    cs = fit_dictionary(acts.x, "nmf", 5, seed=0)
+    basis = cs.basis()
+    together = basis(acts.x)
+    alone = torch.cat([basis(acts.x[i : i + 1]) for i in range(0, 40)])
+    scale = float(together.abs().max())
+    assert (together[:40] - alone).abs().max() <= 1e-6 * scale  # 6.5e-6 with one start per batch
+
+
+def test_the_fingerprint_covers_the_encoder_not_just_the_dictionary(acts):
+    a = fit_dictionary(acts.x, "sae-topk", 4, seed=0, steps=20, batch_size=64)
+    b = fit_dictionary(acts.x, "sae-topk", 4, seed=0, steps=20, batch_size=64)
+    assert fingerprint(a) == fingerprint(b)
+    b.state["encoder_bias"] = b.state["encoder_bias"] + 1  # same decoder, other codes
+    assert fingerprint(a) != fingerprint(b)
+    c = fit_dictionary(acts.x, "sae-topk", 4, seed=0, steps=20, batch_size=64)
+    c.settings["k"] = 2  # the default for 4 atoms is 1
+    assert fingerprint(a) != fingerprint(c)

@@ -20,6 +20,8 @@ import torch
 
 from convscope.errors import UserInputError
 
+LINEAR = ("pca", "ica")  # codes = (x - mean) @ unmixing.T
+
 
 class ConceptBasis:
     """Encoder of a :class:`~convscope.concepts.result.ConceptSet` on ``device``: call it on maps
@@ -82,7 +84,7 @@ class ConceptBasis:
         x = x.to(self.device, torch.float32)
         if self.method == "nmf":
             return self._nnls(x.clamp_min(0) if self.settings.get("clip") else x)
-        if self.method in ("pca", "ica"):
+        if self.method in LINEAR:
             return (x - self.state["mean"]) @ self.state["unmixing"].T
         if self.method.startswith("sae-"):
             pre = torch.relu(
@@ -103,22 +105,35 @@ class ConceptBasis:
         g = self.gram + self.l2 * torch.eye(self.n, device=self.device)
         xh = x @ self.dictionary.T - self.l1  # (N, n)
         diag = g.diagonal().clamp_min(1e-12)
-        # scikit-learn's start for a transform: every code sqrt(mean(x) / n)
-        w = torch.full_like(xh, float(x.mean().clamp_min(0) / self.n) ** 0.5)
-        for _ in range(self.max_iter):
+        # scikit-learn's start, sqrt(mean(x) / n), taken per row so that a row's codes do not
+        # depend on the other rows of its batch (the problem is convex: any start converges)
+        w = (x.mean(dim=1, keepdim=True).clamp_min(0) / self.n).sqrt().expand_as(xh).contiguous()
+        tol = min(self.tol, 1e-6)  # tighter than the fit's: scan and heat maps batch differently
+        for sweep in range(self.max_iter):
             biggest = x.new_zeros(())
             for j in range(self.n):
                 grad = w @ g[:, j] - xh[:, j]
                 new = (w[:, j] - grad / diag[j]).clamp_min(0)
                 biggest = torch.maximum(biggest, (new - w[:, j]).abs().max())
                 w[:, j] = new
-            if float(biggest) <= self.tol * max(float(w.max()), 1e-12):
+            # one host sync every 8 sweeps, not every sweep (the scan calls this in its hooks)
+            if sweep % 8 == 7 and bool(biggest <= tol * w.max().clamp_min(1e-12)):
                 break
         return w
 
 
+ENCODING = ("clip", "alpha_W", "l1_ratio", "k", "threshold", "beta_loss")  # settings codes depend on
+
+
 def fingerprint(concepts) -> str:
-    """A short hash of a concept set's dictionary and method: scans of other concepts never merge."""
+    """A short hash of what a concept set's codes depend on (method, dictionary, the encoder's
+    state and settings): scans and dissections of other encoders are never resumed or merged."""
     h = hashlib.sha1(concepts.method.encode())
-    h.update(concepts.dictionary.detach().float().cpu().contiguous().numpy().tobytes())
+    tensors = [("dictionary", concepts.dictionary)] + sorted(concepts.state.items())
+    for key, t in tensors:
+        if isinstance(t, torch.Tensor):
+            h.update(key.encode())
+            h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    settings = {k: concepts.settings.get(k) for k in ENCODING if concepts.settings.get(k) is not None}
+    h.update(repr(sorted(settings.items())).encode())
     return h.hexdigest()[:16]

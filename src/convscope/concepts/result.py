@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from convscope.concepts.basis import LINEAR
 from convscope.errors import UserInputError
 from convscope.results import Result
 
-LINEAR = ("pca", "ica")  # codes = (x - mean) @ unmixing.T
 NMF_ENCODE = ("beta_loss", "tol", "max_iter", "alpha_W", "alpha_H", "l1_ratio", "solver")
 
 
