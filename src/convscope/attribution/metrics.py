@@ -96,7 +96,26 @@ def _baseline(x: torch.Tensor, baseline) -> torch.Tensor:
         return kinds[baseline].view(-1, 1, 1, 1)
     if isinstance(baseline, (int, float)):
         return torch.full((1, 1, 1, 1), float(baseline), device=x.device, dtype=x.dtype)
-    return torch.as_tensor(baseline, device=x.device, dtype=x.dtype)
+    t = torch.as_tensor(baseline, device=x.device, dtype=x.dtype)
+    return t.view(*[1] * (4 - t.dim()), *t.shape) if t.dim() < 4 else t
+
+
+def _sweep(subject, x, cls, base, n_per: int, removed: Callable, softmax: bool, batch: int, extra=None):
+    """Target scores (B, n_per) of the perturbed copies ``where(removed(img, j), base, x[img])``
+    for every image ``img`` and perturbation ``j``, in batches of ``batch`` copies mixing images
+    (and ``extra(img, x_perturbed)`` per copy, when given)."""
+    b = len(x)
+    total = b * n_per
+    scores = torch.zeros(total, dtype=torch.float64, device=x.device)
+    extras = torch.zeros(total, dtype=torch.float64, device=x.device) if extra else None
+    for s in range(0, total, batch):
+        p = torch.arange(s, min(s + batch, total), device=x.device)
+        img, j = p // n_per, p % n_per
+        xp = torch.where(removed(img, j), base[img] if base.shape[0] > 1 else base, x[img])
+        scores[p] = _model_scores(subject, xp, cls[img], softmax, batch)
+        if extra:
+            extras[p] = extra(img, xp)
+    return scores.view(b, n_per), (extras.view(b, n_per) if extra else None)
 
 
 def _generator(seed: int, device) -> torch.Generator:
@@ -164,15 +183,10 @@ def pixel_flipping(
     rank.scatter_(1, order, torch.arange(h * w, device=x.device).expand(b, -1))
     n_steps = math.ceil(h * w / step)
     cuts = torch.arange(1, n_steps + 1, device=x.device) * step
-    out = torch.zeros(b, n_steps, dtype=torch.float64, device=x.device)
-    chunk = max(1, batch)
-    for i in range(b):
-        r = rank[i].view(1, 1, h, w)
-        for s in range(0, n_steps, chunk):
-            c = cuts[s : s + chunk].view(-1, 1, 1, 1)
-            gone = r < c
-            xp = torch.where(gone, base[i : i + 1] if base.shape[0] > 1 else base, x[i : i + 1])
-            out[i, s : s + chunk] = _model_scores(subject, xp, cls[i].repeat(len(c)), softmax, batch)
+    rank = rank.view(b, 1, h, w)
+    out, _ = _sweep(
+        subject, x, cls, base, n_steps, lambda i, j: rank[i] < cuts[j].view(-1, 1, 1, 1), softmax, batch
+    )
     return (out if curve else out.mean(1)).cpu()
 
 
@@ -230,13 +244,11 @@ def region_perturbation(
     r_count = min(regions, n_patches)
     base = _baseline(x, baseline)
     y0 = _model_scores(subject, x, cls, softmax, batch)
-    out = torch.zeros(b, r_count, dtype=torch.float64, device=x.device)
-    for i in range(b):
-        pr = prank[i][ids].view(1, 1, h, w)  # the rank of each pixel's region
-        for s in range(0, r_count, batch):
-            c = torch.arange(s + 1, min(s + batch, r_count) + 1, device=x.device).view(-1, 1, 1, 1)
-            xp = torch.where(pr < c, base[i : i + 1] if base.shape[0] > 1 else base, x[i : i + 1])
-            out[i, s : s + len(c)] = y0[i] - _model_scores(subject, xp, cls[i].repeat(len(c)), softmax, batch)
+    pr = prank[:, ids].view(b, 1, h, w)  # the rank of each pixel's region
+    after, _ = _sweep(
+        subject, x, cls, base, r_count, lambda i, j: pr[i] <= j.view(-1, 1, 1, 1), softmax, batch
+    )
+    out = y0[:, None] - after
     return (out if curve else out.mean(1)).cpu()
 
 
@@ -421,17 +433,13 @@ def faithfulness_correlation(
     att = torch.gather(a_flat[:, None].expand(b, runs, nf), 2, subsets).sum(-1)  # (B, runs)
     base = _baseline(x, baseline)
     y0 = _model_scores(subject, x, cls, softmax, batch)
-    drops = torch.zeros(b, runs, dtype=torch.float64, device=x.device)
-    for i in range(b):
-        for s in range(0, runs, batch):
-            idx = subsets[i, s : s + batch]
-            hit = torch.zeros(len(idx), nf, dtype=torch.bool, device=x.device)
-            hit.scatter_(1, idx, True)
-            bi = base[i : i + 1] if base.shape[0] > 1 else base
-            xp = torch.where(hit.view(-1, c, h, w), bi, x[i : i + 1])
-            drops[i, s : s + len(idx)] = y0[i] - _model_scores(
-                subject, xp, cls[i].repeat(len(idx)), softmax, batch
-            )
+
+    def hit(i, j):
+        out = torch.zeros(len(i), nf, dtype=torch.bool, device=x.device)
+        return out.scatter_(1, subsets[i, j], True).view(-1, c, h, w)
+
+    after, _ = _sweep(subject, x, cls, base, runs, hit, softmax, batch)
+    drops = y0[:, None] - after
     return _pearson(att, drops).cpu()
 
 
@@ -465,16 +473,19 @@ def infidelity(
             raise UserInputError(f"infidelity: patch size {p} does not divide the input size {h}x{w}")
         ids, gh, gw = _patch_ids(h, w, p, x.device)
         n = gh * gw
-        errs = torch.zeros(b, n, dtype=torch.float64, device=x.device)
-        for i in range(b):
-            bi = base[i : i + 1] if base.shape[0] > 1 else base
-            for s in range(0, n, batch):
-                k = torch.arange(s + 1, min(s + batch, n) + 1, device=x.device).view(-1, 1, 1, 1)
-                xp = torch.where(ids.view(1, 1, h, w) < k, bi, x[i : i + 1])
-                pred = ((x[i : i + 1] - xp).double() * m[i]).flatten(1).sum(1)
-                drop = y0[i] - _model_scores(subject, xp, cls[i].repeat(len(k)), softmax, batch)
-                errs[i, s : s + len(k)] = (drop - pred) ** 2
-        result += errs.mean(1)
+        grid = ids.view(1, 1, h, w)
+        after, pred = _sweep(
+            subject,
+            x,
+            cls,
+            base,
+            n,
+            lambda i, j, grid=grid: grid <= j.view(-1, 1, 1, 1),
+            softmax,
+            batch,
+            extra=lambda i, xp: ((x[i] - xp).double() * m[i][:, None]).flatten(1).sum(1),
+        )
+        result += ((y0[:, None] - after - pred) ** 2).mean(1)
     return (result / len(patch_sizes)).cpu()
 
 
