@@ -180,7 +180,7 @@ def build(kind: str, subject, samples, x, tmp: Path):
 
         cs = fit_concepts(subject, samples, "block", "nmf", 4, per_image=4, max_samples=200, workers=0)
         if kind == "ConceptExplanation":
-            return explain_concepts(subject, cs, x[0], top=3, names={1: "stripes"})
+            return explain_concepts(subject, x[0], cs, top=3, names={1: "stripes"})
         return concept_importance(subject, samples.subset(range(0, len(samples), 9)), cs, workers=0)
     if kind == "BasisComparison":
         from convscope.concepts.compare import BasisComparison

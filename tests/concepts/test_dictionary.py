@@ -193,3 +193,8 @@ def test_the_reservoir_grows_only_as_rows_come():
     res.add(big, torch.zeros(20_000, 3, dtype=torch.int64))
     x, _ = res.rows()
     assert len(x) == 20_010 and torch.equal(x[10:], big) and res.x.shape[0] <= 100_000
+
+
+def test_nmf_with_another_loss_is_refused_before_the_fit(acts):
+    with pytest.raises(UserInputError, match="Frobenius"):
+        fit_dictionary(acts.x, "nmf", 3, beta_loss="kullback-leibler", solver="mu")

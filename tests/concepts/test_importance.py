@@ -167,3 +167,20 @@ def test_the_picture_shows_the_classes_with_most_images(tmp_path):
     res.to_png(tmp_path / "imp.png")
     back = ConceptImportance.load(res.save(tmp_path / "imp.npz"))
     assert torch.equal(back.matrix, res.matrix) and back.classes == res.classes
+
+
+def test_numbered_folders_are_class_indices_only_when_asked(linear, labelled, tmp_path):
+    import shutil
+
+    numbered = tmp_path / "numbered"
+    for src, dst in (("c1", "1"), ("c3", "3")):
+        shutil.copytree(labelled / src, numbered / dst)
+    x = _batch(linear, labelled)
+    _, rows = _rows(linear, x, "relu")
+    cs = fit_dictionary(rows, "nmf", 3, layer="relu", seed=0)
+    # "1" and "3" could be read as class indices: guessing so would make CIFAR's numbered
+    # folders ImageNet classes, so by="auto" groups by prediction...
+    assert concept_importance(linear, numbered, cs, workers=0).grouping == "predicted"
+    # ...and by="label" takes them at their word
+    res = concept_importance(linear, numbered, cs, workers=0, by="label")
+    assert res.grouping == "label" and res.class_indices == [1, 3]

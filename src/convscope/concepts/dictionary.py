@@ -76,7 +76,7 @@ def fit_concepts(
     out = fit_dictionary(
         acts.x, method, n, layer=acts.layer, seed=seed, device=run_on, model=subject.name, **options
     )
-    out.images, out.skipped = acts.images, len(acts.skipped)
+    out.images, out.skipped = acts.images, list(acts.skipped)
     return out
 
 
@@ -136,6 +136,12 @@ def _nmf(x, n, layer, seed, model, *, clip: bool = False, **options) -> ConceptS
     if unknown:
         raise UserInputError(f"unknown NMF options {sorted(unknown)}; have {', '.join(settings)}, clip")
     settings.update(options)
+    if settings["beta_loss"] not in ("frobenius", 2, 2.0):
+        # the encoder (concepts/basis.py) solves the Frobenius problem: refused before the fit
+        raise UserInputError(
+            f"NMF concepts use the Frobenius loss (their codes are least squares), not beta_loss="
+            f"{settings['beta_loss']!r}"
+        )
     data = (x.clamp_min(0) if clip else x).double().numpy()
     nmf = NMF(n_components=n, random_state=seed, **settings)
     with warnings.catch_warnings():

@@ -160,8 +160,8 @@ def _names(names, n: int) -> list[str]:
 
 def explain_concepts(
     subject: Subject,
-    concepts: ConceptSet,
     image,
+    concepts: ConceptSet,
     target=None,
     *,
     top: int = 5,
@@ -169,10 +169,12 @@ def explain_concepts(
 ) -> ConceptExplanation:
     """Explain one ``image`` (a path, PIL image, uint8 array, or preprocessed tensor (3, H, W) /
     (1, 3, H, W)) with ``concepts``: its concept heat maps (n, h, w) on the layer's grid and each
-    concept's contribution to logit ``target`` (a class index or name; None: the predicted
-    class) by gradient x concept activation (:mod:`convscope.concepts.importance`). ``names``
+    concept's contribution to logit ``target`` (a class index or name; None or ``"top"``: the
+    predicted class) by gradient x concept activation (:mod:`convscope.concepts.importance`). ``names``
     (a dict or list, concept -> label, e.g. from a dissection) titles the concepts; ``top``
     concepts are drawn. Returns a :class:`ConceptExplanation` whose picture is the figure."""
+    if isinstance(image, ConceptSet) or not isinstance(concepts, ConceptSet):
+        raise UserInputError("explain_concepts takes (subject, image, concepts, target), the image first")
     if top < 0:
         raise UserInputError(f"top must be >= 0, not {top}")
     x = _as_batch(subject, image)

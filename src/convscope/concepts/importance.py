@@ -203,16 +203,20 @@ def ablation_importance(subject: Subject, images, concepts: ConceptSet, target) 
 
 
 # -- the dataset level ---------------------------------------------------------------------------
-def _label_map(subject: Subject, source) -> list[int] | None:
+def _label_map(subject: Subject, source, numbers: bool = False) -> list[int] | None:
     """The model class of each of the source's classes, or None when some class name is not
-    one of the model's (then images are grouped by predicted class)."""
+    one of the model's (then images are grouped by predicted class). Folders named by numbers
+    ("0", "1"...) are taken as class indices only when ``numbers`` (``by="label"``): guessed,
+    they would make CIFAR-style numbered folders ImageNet's tench and goldfish."""
     if not source.classes or any(r.label is None for r in source.records):
         return None
     out = []
     for name in source.classes:
+        if str(name).strip().lstrip("-").isdigit() and not numbers:
+            return None
         try:
             out.append(subject.class_index(name))
-        except Exception:  # a CIFAR-10 "cat" is no ImageNet class (and "crane" names two)
+        except UserInputError:  # a CIFAR-10 "cat" is no ImageNet class (and "crane" names two)
             return None
     return out
 
@@ -246,7 +250,7 @@ def concept_importance(
         raise UserInputError(f"batch_size must be >= 1, not {batch_size}")
     wanted = [subject.class_index(c) for c in classes] if classes is not None else None
     source = as_source(subject, data)
-    mapping = _label_map(subject, source) if by != "predicted" else None
+    mapping = _label_map(subject, source, numbers=by == "label") if by != "predicted" else None
     if by == "label" and mapping is None:
         raise UserInputError(
             f"by='label': the classes of {source.description} ({', '.join(source.classes[:5]) or 'none'}) "

@@ -28,7 +28,7 @@ class ConceptSet(Result):
     never fire on the fitted rows (the SAE's own count for the SAE methods); ``usage`` (n,) and
     ``active`` (n,): each concept's mean code and fraction of rows where it is nonzero.
     ``images`` / ``skipped``: the images read and the unreadable ones skipped while collecting
-    the activations (0 when fitted on given rows).
+    the activations, ``(source index, reason)`` (0 and none when fitted on given rows).
     """
 
     layer: str
@@ -47,13 +47,13 @@ class ConceptSet(Result):
     seed: int = 0
     model: str = "model"
     images: int = 0
-    skipped: int = 0
+    skipped: list = field(default_factory=list)
 
     def headline(self) -> str:
         return (
             f"{self.model} {self.layer}: {self.n} {self.method} concepts from {self.samples} positions, "
             f"error {self.error:.3f}, {100 * self.sparsity:.0f}% nonzero, {self.dead} dead"
-            + (f", {self.skipped} unreadable images skipped" if self.skipped else "")
+            + (f", {len(self.skipped)} unreadable images skipped" if self.skipped else "")
         )
 
     # -- encoding -----------------------------------------------------------------------------
@@ -76,16 +76,25 @@ class ConceptSet(Result):
 
     def directions(self, concepts=None) -> list:
         """The concepts ``concepts`` (default: all) as unit-norm
-        :class:`~convscope.units.Direction` objects of the layer (the dictionary rows, named
-        ``concept<i>``): what the direction objective of feature visualisation takes
-        (``convscope.visualize(subject, cs.layer, directions=cs.directions())``)."""
+        :class:`~convscope.units.Direction` objects of the layer, named ``concept<i>``: what the
+        direction objective of feature visualisation takes
+        (``convscope.visualize(subject, cs.layer, directions=cs.directions())``). Each is the
+        direction the concept's code reads: PCA / ICA's unmixing row, the SAE's encoder column;
+        NMF's codes are non-negative least squares, not linear, and its direction is the
+        dictionary row (CRAFT's choice)."""
         from convscope.units import Direction
 
         ids = range(self.n) if concepts is None else [int(i) for i in concepts]
-        rows = torch.nn.functional.normalize(self.dictionary.float(), dim=1)
         for i in ids:
             if not 0 <= i < self.n:
                 raise UserInputError(f"{self.layer} has concepts 0..{self.n - 1}, not {i}")
+        if self.method in LINEAR:
+            rows = self.state["unmixing"]
+        elif self.method.startswith("sae-"):
+            rows = self.state["encoder_weight"].T
+        else:
+            rows = self.dictionary
+        rows = torch.nn.functional.normalize(rows.float(), dim=1)
         return [Direction(self.layer, rows[i], name=f"concept{i}") for i in ids]
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
