@@ -161,14 +161,17 @@ def test_noisy_linear_imputation_matches_quantus_and_pytorch_grad_cam():
     img = torch.rand(3, 12, 14, generator=g)
     removed = torch.rand(12, 14, generator=g) > 0.4
     removed[0, :5] = True  # a border run
-    ours = M.noisy_linear_imputation(img[None], removed[None], noise=0)[0]
     gc = NoisyLinearImputer(noise=0)(img, (~removed).float())
     q = q_impute(img.numpy(), np.flatnonzero(removed.numpy()), noise=0)
-    assert close(ours, gc, 1e-5) and close(ours, q, 1e-5)
-    assert torch.equal(ours[:, ~removed], img[:, ~removed])
-    noisy = M.noisy_linear_imputation(img[None], removed[None], noise=0.05, generator=torch.Generator())[0]
-    spread = (noisy - ours)[:, removed].std()
-    assert 0.04 < spread < 0.06 and torch.equal(noisy[:, ~removed], img[:, ~removed])
+    for solver in ("cg", "direct"):
+        ours = M.noisy_linear_imputation(img[None], removed[None], noise=0, solver=solver)[0]
+        assert close(ours, gc, 1e-5) and close(ours, q, 1e-5), solver
+        assert torch.equal(ours[:, ~removed], img[:, ~removed])
+        noisy = M.noisy_linear_imputation(
+            img[None], removed[None], noise=0.05, generator=torch.Generator(), solver=solver
+        )[0]
+        spread = (noisy - ours)[:, removed].std()
+        assert 0.04 < spread < 0.06 and torch.equal(noisy[:, ~removed], img[:, ~removed])
 
 
 def test_road_matches_pytorch_grad_cam(tiny, batch):
