@@ -122,6 +122,13 @@ for _name in (
     "gradcam++",
     "scorecam",
     "guided_gradcam",
+    "layercam",
+    "hirescam",
+    "xgradcam",
+    "eigencam",
+    "eigengradcam",
+    "ablationcam",
+    "fullgrad",
     "occlusion",
 ):
     METHODS[f"explain:{_name}"] = _explain(_name)

@@ -1,4 +1,5 @@
-"""Class activation maps: Grad-CAM, Grad-CAM++, Score-CAM and Guided Grad-CAM.
+"""Class activation maps: Grad-CAM, Grad-CAM++, Score-CAM and Guided Grad-CAM (the rest of the
+family is in :mod:`.cam_family`).
 
 All take ``layer=`` (any layer with a spatial map; default: the last stage whose positions reach
 the output, see :func:`default_cam_layer`) and
@@ -172,7 +173,9 @@ def default_cam_layer(subject, target_layer: str | None = None) -> str:
     return chosen[-1]
 
 
-class _CamMethod(Method):
+class CamMethod(Method):
+    """A CAM: a method that weighs one map layer (``layer=``); the CAM family builds on it."""
+
     takes = ("layer",)
 
     def layer(self, target: Target | None = None) -> str:
@@ -230,7 +233,7 @@ class _CamMethod(Method):
 
 
 @register
-class GradCAM(_CamMethod):
+class GradCAM(CamMethod):
     """Grad-CAM (Selvaraju et al. 2017): ReLU(sum_k w_k A_k), w_k = spatial mean of dS/dA_k."""
 
     name = "gradcam"
@@ -243,7 +246,7 @@ class GradCAM(_CamMethod):
 
 
 @register
-class GradCAMPlusPlus(_CamMethod):
+class GradCAMPlusPlus(CamMethod):
     """Grad-CAM++ (Chattopadhay et al. 2018), with the closed-form alphas of the paper's
     exponential-score derivation (eq. 19): a = g^2 / (2 g^2 + sum(A) g^3), w_k = sum a ReLU(g).
 
@@ -264,7 +267,7 @@ class GradCAMPlusPlus(_CamMethod):
 
 
 @register
-class ScoreCAM(_CamMethod):
+class ScoreCAM(CamMethod):
     """Score-CAM (Wang et al. 2020): each channel, upsampled and scaled to [0, 1], masks the
     input; its weight is the target score of the masked input (the softmax probability for
     class targets, as the authors' code). ``batch=32`` masked inputs per forward pass."""
@@ -300,7 +303,7 @@ class ScoreCAM(_CamMethod):
 
 
 @register
-class GuidedGradCAM(_CamMethod):
+class GuidedGradCAM(CamMethod):
     """Guided Grad-CAM (Selvaraju et al. 2017): guided backpropagation times the upsampled
     Grad-CAM, per channel; the map is the channel-wise max of |.|."""
 

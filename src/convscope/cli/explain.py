@@ -37,6 +37,7 @@ def explain(
             "--method",
             help="comma-separated: saliency, input_x_gradient, smoothgrad, "
             "integrated_gradients, guided, deconvnet, gradcam, gradcam++, scorecam, guided_gradcam, "
+            "layercam, hirescam, xgradcam, eigencam, eigengradcam, ablationcam, fullgrad, "
             "occlusion, zeiler_fergus",
         ),
     ] = "saliency,guided,gradcam,occlusion",
