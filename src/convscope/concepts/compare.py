@@ -15,6 +15,7 @@ pass whatever the families.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -40,8 +41,14 @@ class StackedBasis:
         self.directions = directions
         n_dirs = 0 if directions is None else int(directions.shape[0])
         self.n = self.channels + int(concepts_basis.n) + n_dirs
-        tag = "" if directions is None else f"+{n_dirs}dirs"
+        tag = ""
+        if directions is not None:
+            digest = hashlib.sha1(directions.detach().float().cpu().contiguous().numpy().tobytes())
+            tag = f"+{n_dirs}dirs-{digest.hexdigest()[:8]}"
         self.fingerprint = f"channels+{concepts_basis.fingerprint}{tag}"
+
+    def __repr__(self) -> str:  # stable: Ray's shard manifest records it
+        return f"StackedBasis({self.fingerprint}, n={self.n})"
 
     def to(self, device) -> StackedBasis:
         dirs = None if self.directions is None else self.directions.to(device)
@@ -89,8 +96,8 @@ class BasisComparison(Result):
 
     def rows(self) -> list[dict]:
         """One dict per family: ``family``, ``n``, ``silent``, ``mean_purity``, ``median_purity``,
-        ``chance`` (the purity of a class-blind top-K: the largest class's share), and with
-        concept data ``detectors`` (count) and ``detector_fraction``."""
+        and with concept data ``detectors`` (count) and ``detector_fraction``. (The plot's dotted
+        line is 1 / classes, the purity floor of a top-K spread evenly over the classes.)"""
         out = []
         for f in FAMILIES:
             p = self.purity[f]
