@@ -165,3 +165,16 @@ def test_an_interrupted_run_resumes_to_the_same_result(built, subject, folder, t
         # the first run's own scan (its atlas was replaced by the test above)
         assert list(atlas.dictionary_topk(done.name, c).images) == list(done.scan.topk(LAYER, c).images)
     assert not list(out.glob(".concepts-*"))
+
+
+def test_the_unit_writers_refuse_a_basis(subject, folder, tmp_path):  # noqa: F811
+    from convscope.atlas import dissect_to_atlas, scan_to_atlas
+    from convscope.concepts import fit_dictionary
+
+    cs = fit_dictionary(torch.rand(40, 8), "pca", 3, layer=LAYER)
+    src = open_images(folder, transform=subject.transform)
+    with pytest.raises(UserInputError, match="concepts_to_atlas"):
+        scan_to_atlas(subject, src, tmp_path / "a", LAYER, bases={LAYER: cs.basis()})
+    with pytest.raises(UserInputError, match="concepts_to_atlas"):
+        dissect_to_atlas(subject, "auto-color", tmp_path / "a", LAYER, bases={LAYER: cs.basis()})
+    assert not (tmp_path / "a").exists()

@@ -29,6 +29,15 @@ def model_spec(subject: Subject) -> dict:
     return dict(subject.spec) if subject.spec else {"name": subject.name}
 
 
+def refuse_bases(options: dict, writer: str) -> None:
+    """The atlas's unit tables hold channels: a basis's codes stored there would pass for the
+    layer's units. Concept sets have tables of their own (:func:`concepts_to_atlas`)."""
+    if options.get("bases"):
+        raise UserInputError(
+            f"{writer} stores a layer's units; store concept codes with convscope.atlas.concepts_to_atlas"
+        )
+
+
 def scan_to_atlas(
     subject: Subject,
     source: ImageSource,
@@ -53,6 +62,7 @@ def scan_to_atlas(
     weights, images not from a path, Ray missing) fail before the atlas is created, replaced
     (``overwrite``) or locked."""
     run = resolve_engine(engine)
+    refuse_bases(options, "scan_to_atlas")
     names = image_layers(subject, layers, "scan")
     for name in names:  # a module that runs several times must say which call, also before
         subject.layers.get(name)
@@ -297,6 +307,7 @@ def dissect_to_atlas(
     Unknown layers, an unknown engine, unusable concepts and an engine that cannot run them fail
     before the atlas is written (the synthetic concepts are generated after the engine is
     known)."""
+    refuse_bases(options, "dissect_to_atlas")
     names = image_layers(subject, layers, "dissect")
     run = resolve_engine(engine)
     data, set_name = open_concepts(
