@@ -86,3 +86,16 @@ def test_unknown_layer_is_one_line_and_writes_nothing(tiny_model, images, tmp_pa
     assert run(*BASE, "--data", images, "--out", out) == 2  # no layer named
     assert "--layers" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_nmf_of_a_negative_layer_names_the_clip_flag_and_clip_works(tiny_model, images, tmp_path, capsys):
+    out = tmp_path / "atlas"
+    assert run(*BASE, "--data", images, "--layers", "conv1", "--out", out, "--no-visualize") != 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "--clip" in err and len(err.splitlines()) == 1
+    assert run(*BASE, "--data", images, "--layers", "conv1", "--out", out, "--no-visualize", "--clip") == 0
+    text = capsys.readouterr().out
+    assert "3 nmf concepts" in text
+    # the last line is not broken inside the path, whatever the terminal's width
+    assert f"atlas: {out / 'atlas.db'}" in text.splitlines()[-1]
+    assert Atlas.open(out, readonly=True).dictionary("nmf3-conv1").settings["clip"] is True

@@ -61,6 +61,10 @@ def concepts(
         bool, typer.Option("--visualize/--no-visualize", help="a feature visualisation per concept")
     ] = True,
     steps: Annotated[int, typer.Option("--steps", min=1, help="optimisation steps per visualisation")] = 64,
+    clip: Annotated[
+        bool,
+        typer.Option("--clip", help="nmf of a layer with negative activations: factorise max(x, 0)"),
+    ] = False,
     resume: ResumeOpt = False,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="replace a concept set of that name")
@@ -107,6 +111,7 @@ def concepts(
             batch_size=batch_size,
             workers=workers,
             accel=make_accel(precision),
+            **({"clip": True} if clip else {}),
         )
     except KeyboardInterrupt:
         bar.stop()
@@ -121,4 +126,4 @@ def concepts(
     for what in built.skipped:
         o.print(f"not done: {what}", soft_wrap=True)
     pictures = f"; pictures in {built.atlas.dictionary_dir(built.name)}/" if built.pictures else ""
-    o.print(f"atlas: {built.atlas.db_path}{pictures}")
+    o.print(f"atlas: {built.atlas.db_path}{pictures}", soft_wrap=True)

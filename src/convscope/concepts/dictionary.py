@@ -128,7 +128,7 @@ def _nmf(x, n, layer, seed, model, *, clip: bool = False, **options) -> ConceptS
     if low < 0 and not clip:
         raise UserInputError(
             f"NMF needs non-negative activations, {layer} goes down to {low:.3g}: choose a post-activation "
-            "layer (after a ReLU) or pass clip=True to factorise max(x, 0)"
+            "layer (after a ReLU) or pass clip=True (convscope concepts: --clip) to factorise max(x, 0)"
         )
     settings = {"init": None, "solver": "cd", "beta_loss": "frobenius", "max_iter": 400, "tol": 1e-4}
     settings.update(alpha_W=0.0, alpha_H="same", l1_ratio=0.0)
