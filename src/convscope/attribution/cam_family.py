@@ -276,12 +276,16 @@ class FullGrad(Method):
             outs = [o for o, _ in mode.found]
             grads = torch.autograd.grad(score.sum(), [x, *outs], allow_unused=True)
         size = tuple(x.shape[2:])
-        total = _rescale((x * grads[0]).abs().float(), dims).sum(dim=1)
+        by_size: dict[tuple[int, int], torch.Tensor] = {}  # upsampling is linear: once per map size
+        by_size[size] = _rescale((x * grads[0]).abs().float(), dims).sum(dim=1)
         for (_, bias), g in zip(mode.found, grads[1:]):
             if g is None:  # after a unit target's layer: the pass stopped before it mattered
                 continue
             term = _rescale((bias.view(1, -1, 1, 1) * g).abs().float(), dims).sum(dim=1)
-            if term.shape[1:] != size:
-                term = F.interpolate(term[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-            total = total + term
+            key = tuple(term.shape[1:])
+            by_size[key] = by_size[key] + term if key in by_size else term
+        total = by_size.pop(size)
+        for term in by_size.values():
+            up = F.interpolate(term[:, None], size=size, mode="bilinear", align_corners=False)
+            total = total + up[:, 0]
         return total.detach(), None
