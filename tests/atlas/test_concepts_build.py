@@ -77,7 +77,7 @@ def test_the_stored_top_images_are_the_brute_force_ones(built, subject, folder):
 def test_progress_names_every_stage_in_order(built):
     _, notes = built
     stages = list(dict.fromkeys(n.split(":")[0] for n in notes))
-    assert stages == ["collecting", "scanning", "importance", "labels", "pictures"]
+    assert stages == ["collecting", "fitting", "scanning", "importance", "labels", "pictures"]
 
 
 def test_a_second_run_is_refused_resumed_or_replaces(built, subject, folder):  # noqa: F811

@@ -198,3 +198,18 @@ def test_the_reservoir_grows_only_as_rows_come():
 def test_nmf_with_another_loss_is_refused_before_the_fit(acts):
     with pytest.raises(UserInputError, match="Frobenius"):
         fit_dictionary(acts.x, "nmf", 3, beta_loss="kullback-leibler", solver="mu")
+
+
+def test_fit_progress_counts_the_sae_steps_and_one_step_otherwise(subject, folder):
+    sae_calls, pca_calls = [], []
+    options = dict(per_image=4, workers=0)
+    sae = fit_concepts(
+        subject, folder, LAYER, "sae-topk", 2, steps=7, sae_batch_size=16, **options,
+        fit_progress=lambda d, t: sae_calls.append((d, t)),
+    )  # fmt: skip
+    pca = fit_concepts(
+        subject, folder, LAYER, "pca", 2, fit_progress=lambda d, t: pca_calls.append((d, t)), **options
+    )
+    assert sae_calls == [(i, 7) for i in range(1, 8)]
+    assert pca_calls == [(0, 1), (1, 1)]
+    assert "progress" not in sae.settings and "progress" not in pca.settings

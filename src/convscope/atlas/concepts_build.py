@@ -144,6 +144,7 @@ def concepts_to_atlas(
                 n,
                 seed=seed,
                 progress=report("collecting"),
+                fit_progress=_when_called(report, "fitting"),
                 checkpoint=fit_ckpt,
                 resume=resume,
                 **options,
@@ -214,6 +215,20 @@ def _stages(progress: Callable[..., None] | None):
     return report
 
 
+def _when_called(report, stage: str):
+    """A progress callback that opens ``stage`` on its first call (not when it is made: the fit's
+    callback is made before the collection starts)."""
+    tick = None
+
+    def call(done, total):
+        nonlocal tick
+        if tick is None:
+            tick = report(stage) or (lambda done, total: None)
+        tick(done, total)
+
+    return call
+
+
 def _concept_data(concept_data, subject: Subject, out: Path, source, seed: int):
     """``(dataset, name)`` of the concept data: a string as ``convscope dissect --concepts``
     takes it (auto-color names the colours of the concept images ``source``), or a dataset."""
@@ -269,6 +284,7 @@ def _pictures(subject, concepts, seed, settings, shared, report):
 
     from convscope.render import to_uint8
     from convscope.synthesis.visualize import visualize_directions
+
     settings = dict(settings)
     batch = max(1, int(settings.pop("batch")))
     tick = report("pictures")

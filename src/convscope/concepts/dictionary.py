@@ -40,6 +40,7 @@ def fit_concepts(
     checkpoint=None,
     checkpoint_every: float = 30.0,
     resume: bool = False,
+    fit_progress: Progress | None = None,
     **options,
 ) -> ConceptSet:
     """Learn ``n`` concepts of ``layer`` from the images of ``data``: activations sampled by
@@ -47,9 +48,11 @@ def fit_concepts(
     image, a uniform reservoir of at most ``max_samples``, seeded), then factorised by ``method``
     (see :func:`fit_dictionary` for ``options``). ``device``: where the images run and the SAE
     trains (None: the subject's device; the model is moved there for the call and back after).
-    ``progress(done, total)`` counts images. ``checkpoint``, ``checkpoint_every``, ``resume``:
-    the collection's checkpoint (see :func:`~convscope.concepts.activations.collect_activations`;
-    the fit itself is not checkpointed). Returns a :class:`ConceptSet`."""
+    ``progress(done, total)`` counts images, ``fit_progress(done, total)`` the fit's steps (the
+    SAE's training steps; one step for the scikit-learn methods). ``checkpoint``,
+    ``checkpoint_every``, ``resume``: the collection's checkpoint (see
+    :func:`~convscope.concepts.activations.collect_activations`; the fit itself is not
+    checkpointed). Returns a :class:`ConceptSet`."""
     check_method(method, n)
     old = subject.device
     if device is not None:
@@ -73,9 +76,16 @@ def fit_concepts(
         run_on = subject.device
     finally:
         subject.to(old)
+    tick = fit_progress or (lambda done, total: None)
+    if method.startswith("sae-"):
+        options["progress"] = tick
+    else:
+        tick(0, 1)
     out = fit_dictionary(
         acts.x, method, n, layer=acts.layer, seed=seed, device=run_on, model=subject.name, **options
     )
+    if not method.startswith("sae-"):
+        tick(1, 1)
     out.images, out.skipped = acts.images, list(acts.skipped)
     return out
 
@@ -210,15 +220,15 @@ def _linear(x, method, n, layer, seed, model, **options) -> ConceptSet:
     )
 
 
-def _sae(x, method, n, layer, seed, device, model, **options) -> ConceptSet:
-    try:
-        from convscope.concepts.sae import train_sae
-    except ImportError as e:  # the SAE module is a separate piece of work
-        raise UserInputError(f"{method} needs convscope.concepts.sae, which is not available ({e})") from None
+def _sae(x, method, n, layer, seed, device, model, *, progress=None, **options) -> ConceptSet:
+    from convscope.concepts.sae import train_sae
+
     if "sae_batch_size" in options:  # fit_concepts' own batch_size is the image batch
         options["batch_size"] = options.pop("sae_batch_size")
     settings = {"k": max(1, n // 8), "steps": 2000, "lr": 1e-3, "batch_size": 1024} | options
-    fit = train_sae(x, n, method=method.removeprefix("sae-"), seed=seed, device=device, **settings)
+    fit = train_sae(
+        x, n, method=method.removeprefix("sae-"), seed=seed, device=device, progress=progress, **settings
+    )
     with torch.no_grad():
         codes = torch.cat([fit.encode(x[i : i + 8192]).cpu() for i in range(0, len(x), 8192)])
         rebuilt = fit.decode(codes.to(fit.dictionary.device)).cpu().double().numpy()
