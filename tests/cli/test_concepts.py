@@ -99,3 +99,20 @@ def test_nmf_of_a_negative_layer_names_the_clip_flag_and_clip_works(tiny_model, 
     # the last line is not broken inside the path, whatever the terminal's width
     assert f"atlas: {out / 'atlas.db'}" in text.splitlines()[-1]
     assert Atlas.open(out, readonly=True).dictionary("nmf3-conv1").settings["clip"] is True
+
+
+def test_sae_settings_and_early_errors(tiny_model, images, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "atlas"
+    base = ("concepts", "tiny", "--n", 4, "--k", 2, "--workers", 0, "--batch-size", 4, "--no-visualize")
+    args = (*base, "--data", images, "--layers", "block", "--out", out, "--method", "sae-topk")
+    assert run(*args, "--sae-k", 2, "--sae-steps", 5) == 0
+    cs = Atlas.open(out, readonly=True).dictionary("sae-topk4-block")
+    assert (cs.settings["k"], cs.settings["steps"], len(cs.curve)) == (2, 5, 5)
+    capsys.readouterr()
+    # a wrong method or an SAE option for NMF fail before the model is loaded
+    loads = []
+    monkeypatch.setattr(convscope.zoo, "load", lambda *a, **k: loads.append(a) or tiny_subject(size=32))
+    assert run(*base, "--data", images, "--layers", "block", "--out", tmp_path / "b", "--method", "nfm") == 2
+    assert "did you mean 'nmf'" in capsys.readouterr().err
+    assert run(*base, "--data", images, "--layers", "block", "--out", tmp_path / "b", "--sae-k", 2) == 2
+    assert "--sae-k" in capsys.readouterr().err and loads == []

@@ -213,3 +213,12 @@ def test_fit_progress_counts_the_sae_steps_and_one_step_otherwise(subject, folde
     assert sae_calls == [(i, 7) for i in range(1, 8)]
     assert pca_calls == [(0, 1), (1, 1)]
     assert "progress" not in sae.settings and "progress" not in pca.settings
+
+
+def test_nmf_refuses_more_concepts_than_channels_and_the_repr_is_one_line(acts):
+    with pytest.raises(UserInputError, match="at most 8 concepts"):
+        fit_dictionary(acts.x, "nmf", 9)
+    wide = fit_dictionary(acts.x, "sae-topk", 12, steps=5, sae_k=2, sae_batch_size=32)  # overcomplete is fine
+    assert wide.dictionary.shape == (12, 8) and wide.settings["k"] == 2
+    text = repr(fit_dictionary(acts.x, "pca", 3))
+    assert text.startswith("ConceptSet(") and "\n" not in text and "tensor" not in text

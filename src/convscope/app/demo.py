@@ -219,7 +219,7 @@ def demo_concepts(
         overwrite=True,  # the demo's own set, redone with the demo
         visualize={"steps": DEMO_CONCEPT_STEPS, "size": 96},
         per_image=4,
-        max_samples=1000,  # 432 positions; the reservoir is allocated whole (100k x 1280 floats: 512 MB)
+        max_samples=1000,  # 432 positions: all of them
         clip=True,
         batch_size=16,
         scan_options={"threshold_sample": 32},

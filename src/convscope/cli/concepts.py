@@ -61,6 +61,12 @@ def concepts(
         bool, typer.Option("--visualize/--no-visualize", help="a feature visualisation per concept")
     ] = True,
     steps: Annotated[int, typer.Option("--steps", min=1, help="optimisation steps per visualisation")] = 64,
+    sae_k: Annotated[
+        int | None, typer.Option("--sae-k", min=1, help="sae-*: active codes per position [default: n // 8]")
+    ] = None,
+    sae_steps: Annotated[
+        int | None, typer.Option("--sae-steps", min=1, help="sae-*: training steps [default: 2000]")
+    ] = None,
     clip: Annotated[
         bool,
         typer.Option("--clip", help="nmf of a layer with negative activations: factorise max(x, 0)"),
@@ -81,11 +87,16 @@ def concepts(
     store it in an atlas with each concept's top-K images, importance per class, labels and
     feature visualisation."""
     from convscope.atlas.concepts_build import concepts_to_atlas
+    from convscope.concepts.dictionary import check_method
     from convscope.errors import UserInputError
 
     if not layers.strip():
         raise UserInputError("name the layer to learn concepts at with --layers (see convscope layers MODEL)")
     layer = one_layer(layers, "--layers")
+    check_method(method, n)  # before the model loads
+    sae = {k: v for k, v in {"sae_k": sae_k, "sae_steps": sae_steps}.items() if v is not None}
+    if sae and not method.startswith("sae-"):
+        raise UserInputError(f"--sae-k and --sae-steps are options of the sae methods, not of {method}")
     console = Console(stderr=True)
     subject = load_subject(model, weights, arch, device)
     source = open_data(data, subject.transform)
@@ -112,6 +123,7 @@ def concepts(
             workers=workers,
             accel=make_accel(precision),
             **({"clip": True} if clip else {}),
+            **sae,
         )
     except KeyboardInterrupt:
         bar.stop()

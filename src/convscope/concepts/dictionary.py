@@ -118,13 +118,19 @@ def fit_dictionary(
     ("cd"), ``beta_loss``, ``max_iter`` (400), ``tol`` (1e-4), ``alpha_W``, ``alpha_H``,
     ``l1_ratio``, ``clip`` (False: see the module docs); pca: ``whiten``; ica: ``max_iter``,
     ``tol``; sae-*: ``k`` (default max(1, n // 8)), ``steps`` (2000), ``lr`` (1e-3),
-    ``batch_size`` (1024 rows; ``sae_batch_size`` through :func:`fit_concepts`, whose
-    ``batch_size`` is the image batch), trained on ``device``."""
+    ``batch_size`` (1024 rows; also spelled ``sae_batch_size``, ``sae_k``, ``sae_steps``, as
+    through :func:`fit_concepts`, whose ``batch_size`` is the image batch), trained on ``device``."""
     check_method(method, n)
     x = torch.as_tensor(x).detach().float().cpu()
     if x.dim() != 2 or len(x) < 2:
         raise UserInputError(f"need (N, C) activations with N >= 2, not {tuple(x.shape)}")
     if method == "nmf":
+        if n > x.shape[1]:
+            # more atoms than channels: the codes are not unique and the encoder never settles
+            raise UserInputError(
+                f"NMF finds at most {x.shape[1]} concepts of the {x.shape[1]} channels of {layer}, not {n}; "
+                "an overcomplete dictionary is the sparse autoencoders' (sae-topk, sae-batchtopk)"
+            )
         return _nmf(x, n, layer, seed, model, **options)
     if method in ("pca", "ica"):
         return _linear(x, method, n, layer, seed, model, **options)
@@ -223,8 +229,11 @@ def _linear(x, method, n, layer, seed, model, **options) -> ConceptSet:
 def _sae(x, method, n, layer, seed, device, model, *, progress=None, **options) -> ConceptSet:
     from convscope.concepts.sae import train_sae
 
-    if "sae_batch_size" in options:  # fit_concepts' own batch_size is the image batch
-        options["batch_size"] = options.pop("sae_batch_size")
+    # fit_concepts' batch_size is the image batch, and an atlas build's k its top-K: the SAE's
+    # own may be spelled sae_batch_size, sae_k, sae_steps
+    for key in ("batch_size", "k", "steps"):
+        if f"sae_{key}" in options:
+            options[key] = options.pop(f"sae_{key}")
     settings = {"k": max(1, n // 8), "steps": 2000, "lr": 1e-3, "batch_size": 1024} | options
     fit = train_sae(
         x, n, method=method.removeprefix("sae-"), seed=seed, device=device, progress=progress, **settings

@@ -49,6 +49,9 @@ class ConceptSet(Result):
     images: int = 0
     skipped: list = field(default_factory=list)
 
+    def __repr__(self) -> str:  # the dataclass's would print every tensor
+        return f"ConceptSet({self.headline()})"
+
     def headline(self) -> str:
         return (
             f"{self.model} {self.layer}: {self.n} {self.method} concepts from {self.samples} positions, "
