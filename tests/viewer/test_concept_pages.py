@@ -205,3 +205,31 @@ def test_static_export_has_the_concept_pages(concept_atlas, tmp_path):
     assert not list(site.glob("img/concept_topk_other_*"))  # its hits are not the atlas's images
     best = int(scan.topk(LAYER, 1, "max").images[0])
     assert f"image_{best}.html" in page and "concept_nmf_1.html" in (site / f"image_{best}.html").read_text()
+
+
+def test_a_symlinked_picture_is_neither_served_nor_exported(concept_atlas, tmp_path):
+    """A picture file that is a symlink (here to a text file outside the atlas) is no picture:
+    404 from the server, not copied by the export."""
+    from convscope.viewer.export import export_html
+
+    out, _ = concept_atlas
+    copy = tmp_path / "atlas"
+    shutil.copytree(out, copy, symlinks=True)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not yours")
+    pic = Atlas.open(copy).dictionary_picture("nmf", 0)
+    pic.parent.mkdir(parents=True, exist_ok=True)
+    pic.symlink_to(secret)
+    inside = Atlas.open(copy).dictionary_picture("nmf", 2)
+    inside.symlink_to(Atlas.open(copy).dictionary_picture("nmf", 1))  # a link inside: refused too
+    c = TestClient(create_app(copy), base_url="http://127.0.0.1")
+    for concept in (0, 2):
+        r = c.get(f"/img/concept/picture/nmf/{concept}")
+        assert r.status_code == 404 and "not yours" not in r.text
+        assert "id='picture'" not in c.get(f"/concepts/nmf/{concept}").text
+    assert c.get("/img/concept/picture/nmf/1").status_code == 200  # the real one still is
+    site = tmp_path / "site"
+    export_html(copy, site, units_per_layer=1)
+    assert not (site / "img/concept_picture_nmf_0.png").exists()
+    assert not (site / "img/concept_picture_nmf_2.png").exists()
+    assert (site / "img/concept_picture_nmf_1.png").exists()

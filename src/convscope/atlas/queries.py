@@ -268,10 +268,17 @@ class AtlasReader:
         return dictionaries.labels(self.con(), name)
 
     def dictionary_picture(self, name: str, concept: int) -> Path | None:
-        """The stored picture (feature visualisation) of one concept, or None."""
+        """The stored picture (feature visualisation) of one concept, or None; a symlink, or a
+        path that resolves outside the atlas, is none (the server and the export must never
+        serve or copy what a link points to)."""
         dictionaries.check_concept(self.con(), name, concept)
         path = self.atlas.dictionary_picture(name, concept)
-        return path if path.is_file() else None
+        try:
+            if path.is_symlink() or not path.resolve().is_relative_to(self.path.resolve()):
+                return None
+            return path if path.is_file() else None
+        except (OSError, ValueError):
+            return None
 
     def image_concepts(self, idx: int, limit: int = 24) -> list[dict]:
         """Concepts whose top-K list the atlas image ``idx`` (``dictionary``, ``concept``,
