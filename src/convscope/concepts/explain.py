@@ -104,6 +104,9 @@ class ConceptExplanation(Result):
         ax.set_xticklabels([str(int(k)) for k in order], fontsize=7)
         ax.set_xlabel("concept", fontsize=8)
         ax.set_ylabel("contribution (logit)", fontsize=8)
+        # the axis on the right: on the left its label ran into the combined map's panel
+        ax.yaxis.tick_right()
+        ax.yaxis.set_label_position("right")
         shown = f"{len(order)} of {n}" if len(order) < n else f"all {n}"
         ax.set_title(
             f"gradient x concept activation ({shown} concepts, sum {contrib.sum():+.3g})", fontsize=8
