@@ -173,6 +173,29 @@ def test_bad_names_and_mismatches(made, tmp_path):
         atlas.dictionary_topk("nmf", -1)
 
 
+def test_only_a_scan_of_the_stored_set_is_its_concept_scan(made, tmp_path):
+    """A scan of the right width is not enough: a plain unit scan, or the scan of another set
+    with as many concepts, is refused (the basis fingerprint in the scan's config)."""
+    subject, folder, acts, nmf, _, scan = made
+    from convscope.concepts.activations import as_source
+    from convscope.scan.scanner import scan as scan_units
+
+    atlas = fresh(tmp_path)
+    units = scan_units(subject, as_source(subject, folder), [LAYER], k=3, workers=0, threshold_sample=100)
+    assert units.channels[LAYER] == 8
+    eight = fit_dictionary(acts.x, "nmf", 8, layer=LAYER, seed=0)
+    atlas.write_dictionary("eight", eight)
+    with pytest.raises(UserInputError, match="a scan of its units"):
+        atlas.write_dictionary_scan("eight", units)
+    other = fit_dictionary(acts.x, "pca", 4, layer=LAYER, seed=0)
+    atlas.write_dictionary("other", other)
+    with pytest.raises(UserInputError, match="another basis"):
+        atlas.write_dictionary_scan("other", scan)  # the scan of `nmf`, also 4 concepts
+    assert atlas.dictionaries()[1]["scanned"] is False
+    atlas.write_dictionary("nmf", nmf)
+    atlas.write_dictionary_scan("nmf", scan)  # its own scan is taken
+
+
 def test_an_old_atlas_upgrades(made, tmp_path):
     _, _, _, nmf, _, scan = made
     atlas = fresh(tmp_path)

@@ -193,6 +193,16 @@ def write_scan(con: sqlite3.Connection, name: str, scan) -> None:
             f"the scan has {scan.channels[layer]} units at {layer}; dictionary {name!r} has {n} "
             "concepts (scan it with scan_concepts)"
         )
+    from convscope.concepts.basis import fingerprint
+
+    # the width alone would take a unit scan, or another set's, for this set's concepts
+    want, got = fingerprint(read(con, name)), (scan.config.get("bases") or {}).get(layer)
+    if got != want:
+        what = "a scan of its units" if got is None else f"of another basis ({got})"
+        raise UserInputError(
+            f"the scan of {layer} is {what}, not of dictionary {name!r}'s concepts ({want}); "
+            "scan them with scan_concepts"
+        )
     for table in ("dictionary_scans", "dictionary_units", "dictionary_topk"):
         con.execute(f"DELETE FROM {table} WHERE name = ?", (name,))
     state = scan.states[layer]
