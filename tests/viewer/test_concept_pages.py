@@ -233,3 +233,41 @@ def test_a_symlinked_picture_is_neither_served_nor_exported(concept_atlas, tmp_p
     assert not (site / "img/concept_picture_nmf_0.png").exists()
     assert not (site / "img/concept_picture_nmf_2.png").exists()
     assert (site / "img/concept_picture_nmf_1.png").exists()
+
+
+def test_a_set_scanned_without_max_has_its_pages(concept_atlas, tmp_path, monkeypatch):
+    """A concept scan without the ``max`` criterion: the set's page (thumbnails from the first
+    stored criterion) and the export work; the set's page reads one best row per concept (no
+    per-concept top-K query)."""
+    from convscope.atlas.queries import AtlasReader
+    from convscope.viewer.concepts import concept_cells
+    from convscope.viewer.export import export_html
+
+    out, _ = concept_atlas
+    copy = tmp_path / "atlas"
+    shutil.copytree(out, copy)
+    atlas = Atlas.open(copy)
+    subject, source = reopen(atlas)
+    nmf = atlas.dictionary("nmf")
+    scan = scan_concepts(subject, source, nmf, k=3, workers=0, threshold_sample=50, criteria=("mean",))
+    atlas.write_dictionary("meanonly", nmf)
+    atlas.write_dictionary_scan("meanonly", scan)
+    c = TestClient(create_app(copy), base_url="http://127.0.0.1")
+    page = c.get("/concepts/meanonly")
+    assert page.status_code == 200 and page.text.count("class='cell'") == N
+    best = int(scan.topk(LAYER, 0, "mean").images[0])
+    assert f"/img/source/{best}" in page.text  # concept 0's thumbnail: its best image by mean
+    assert c.get("/concepts/meanonly/0").status_code == 200
+    reader = AtlasReader(copy)
+
+    def per_concept(*a, **k):
+        raise AssertionError("the set's page asked for a concept's whole top-K")
+
+    monkeypatch.setattr(AtlasReader, "dictionary_topk", per_concept)
+    cells = concept_cells(reader, reader.dictionary("nmf"))
+    assert [cell["image"] for cell in cells] == [
+        int(atlas.dictionary_topk("nmf", i).images[0]) for i in range(N)
+    ]
+    monkeypatch.undo()
+    export_html(copy, tmp_path / "site", units_per_layer=1)
+    assert (tmp_path / "site" / "concepts_meanonly.html").read_text().count("class='cell'") == N

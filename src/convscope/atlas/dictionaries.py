@@ -285,6 +285,18 @@ def topk(
     ]
 
 
+def best(con: sqlite3.Connection, name: str, criterion: str) -> dict[int, dict]:
+    """The best hit (rank 0: ``image``, ``name`` printable, ``score``, ``y``, ``x``) of every
+    concept of ``name`` under ``criterion``, by concept, in one query (``{}``: not scanned)."""
+    require(con, name)
+    rows = con.execute(
+        "SELECT concept, image, image_name, score, y, x FROM dictionary_topk WHERE name = ? "
+        "AND criterion = ? AND rank = 0",
+        (name, criterion),
+    )
+    return {c: {"image": i, "name": n, "score": s, "y": y, "x": x} for c, i, n, s, y, x in rows}
+
+
 def unit_topk(rows: list[dict], layer: str, concept: int, criterion: str):
     """:func:`topk`'s rows as a :class:`~convscope.scan.result.UnitTopK` (``unit``: the concept)."""
     from convscope.atlas.scans import unit_topk as as_topk

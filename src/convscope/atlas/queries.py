@@ -253,6 +253,15 @@ class AtlasReader:
             r["atlas_image"] = r["image"] if found and found["name"] == r["name"] else None
         return rows
 
+    def dictionary_best(self, name: str, criterion: str) -> dict[int, dict]:
+        """The best hit of every concept under ``criterion`` (``image``, ``name``, ``score``,
+        ``y``, ``x``, ``atlas_image`` as in :meth:`dictionary_topk`), by concept, one query."""
+        rows = dictionaries.best(self.con(), name, criterion)
+        for r in rows.values():
+            found = self.image(r["image"])
+            r["atlas_image"] = r["image"] if found and found["name"] == r["name"] else None
+        return rows
+
     def dictionary_unit_topk(self, name: str, concept: int, criterion: str = "max"):
         """The concept's top-K as a :class:`~convscope.scan.result.UnitTopK` (``unit``: the
         concept), for pictures."""

@@ -15,13 +15,16 @@ def concept_cells(reader, info: dict) -> list[dict]:
     stats = {s["concept"]: s for s in reader.dictionary_stats(name)}
     labels = {lab["concept"]: lab for lab in reader.dictionary_labels(name)}
     importance = reader.dictionary_importance(name)
+    scanned = reader.dictionary_scan(name) if info["scanned"] else None
+    # the thumbnail is the best hit by max when it was scanned, else by the first criterion stored
+    crit = None if not scanned else "max" if "max" in scanned["criteria"] else scanned["criteria"][0]
+    best = reader.dictionary_best(name, crit) if crit else {}  # one row per concept, one query
     cells = []
     for i in range(n):
         cell = {"concept": i, "picture": reader.dictionary_picture(name, i) is not None}
         if i in stats:
             cell["max"] = stats[i]["max"]
-            top = reader.dictionary_topk(name, i, "max") if info["scanned"] else []
-            cell["image"] = top[0]["atlas_image"] if top else None
+            cell["image"] = best[i]["atlas_image"] if i in best else None
         if i in labels:
             cell.update(label=labels[i]["label"], detector=labels[i]["detector"], iou=labels[i]["iou"])
         if importance is not None and len(importance["classes"]):
