@@ -271,3 +271,22 @@ def test_a_set_scanned_without_max_has_its_pages(concept_atlas, tmp_path, monkey
     monkeypatch.undo()
     export_html(copy, tmp_path / "site", units_per_layer=1)
     assert (tmp_path / "site" / "concepts_meanonly.html").read_text().count("class='cell'") == N
+
+
+def test_nan_importance_rows_are_left_out():
+    """A class without images has a NaN row (ConceptImportance): the bars leave it out, it is
+    never the top class, and a concept with NaN only has none."""
+    from convscope.viewer.concepts import top_class
+    from convscope.viewer.pages import importance_bars
+
+    nan = float("nan")
+    imp = {
+        "method": "m",
+        "classes": ["empty", "dog", "cat"],
+        "counts": np.array([0, 2, 3]),
+        "matrix": np.array([[nan, nan], [0.2, nan], [-0.5, nan]], np.float32),
+    }
+    bars = importance_bars(imp, 0)
+    assert "empty" not in bars and "dog" in bars and "cat" in bars
+    assert top_class(imp, 0) == "dog"  # np.argmax took the NaN row
+    assert top_class(imp, 1) is None and "<tr>" not in importance_bars(imp, 1)

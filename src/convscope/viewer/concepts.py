@@ -27,10 +27,23 @@ def concept_cells(reader, info: dict) -> list[dict]:
             cell["image"] = best[i]["atlas_image"] if i in best else None
         if i in labels:
             cell.update(label=labels[i]["label"], detector=labels[i]["detector"], iou=labels[i]["iou"])
-        if importance is not None and len(importance["classes"]):
-            cell["top_class"] = importance["classes"][int(np.argmax(importance["matrix"][:, i]))]
+        top = top_class(importance, i)
+        if top is not None:
+            cell["top_class"] = top
         cells.append(cell)
     return cells
+
+
+def top_class(importance: dict | None, concept: int) -> str | None:
+    """The class the concept matters most for, or None: NaN rows (a class without images) are
+    never it, and a concept with no finite value has none."""
+    if importance is None or not len(importance["classes"]):
+        return None
+    column = np.asarray(importance["matrix"][:, concept], dtype=np.float64)
+    finite = np.isfinite(column)
+    if not finite.any():
+        return None
+    return importance["classes"][int(np.argmax(np.where(finite, column, -np.inf)))]
 
 
 def concept_view(reader, name: str, concept: int) -> dict:

@@ -3,6 +3,7 @@ escaped; links come from a :class:`Links` object (server URLs or relative file n
 
 from __future__ import annotations
 
+import math
 from html import escape
 from urllib.parse import quote
 
@@ -275,10 +276,12 @@ def dictionary_page(meta: dict, info: dict, cells: list[dict], links: Links) -> 
 
 def importance_bars(importance: dict, concept: int, top: int = 20) -> str:
     """The concept's importance for each class as a sorted bar list (the ``top`` largest by
-    magnitude), bars scaled to the largest magnitude; negative values drawn in red."""
+    magnitude), bars scaled to the largest magnitude; negative values drawn in red. Classes
+    without a finite value (NaN: no image of the class) are left out."""
     values = [float(v) for v in importance["matrix"][:, concept]]
     counts = list(importance["counts"])
-    order = sorted(range(len(values)), key=lambda j: -abs(values[j]))[:top]
+    kept = [j for j in range(len(values)) if math.isfinite(values[j])]
+    order = sorted(kept, key=lambda j: -abs(values[j]))[:top]
     order.sort(key=lambda j: -values[j])
     peak = max((abs(values[j]) for j in order), default=0.0) or 1.0
     rows = "".join(
