@@ -290,3 +290,22 @@ def test_nan_importance_rows_are_left_out():
     assert "empty" not in bars and "dog" in bars and "cat" in bars
     assert top_class(imp, 0) == "dog"  # np.argmax took the NaN row
     assert top_class(imp, 1) is None and "<tr>" not in importance_bars(imp, 1)
+
+
+def test_a_concept_without_a_scan_never_loads_the_model(concept_atlas, tmp_path, monkeypatch):
+    """No concept scan stored: the concept page shows without asking for the model (an empty
+    top-K is no list of atlas hits)."""
+    import convscope.viewer.app as app
+
+    out, _ = concept_atlas
+    copy = tmp_path / "atlas"
+    shutil.copytree(out, copy)
+    Atlas.open(copy).write_dictionary("bare", Atlas.open(copy).dictionary("nmf"))
+
+    def no_model(st):
+        raise AssertionError("the page loaded the model")
+
+    monkeypatch.setattr(app, "_live", no_model)
+    c = TestClient(create_app(copy), base_url="http://127.0.0.1")
+    r = c.get("/concepts/bare/0")
+    assert r.status_code == 200 and "no concept scan stored" in r.text

@@ -49,7 +49,7 @@ def top_class(importance: dict | None, concept: int) -> str | None:
 def concept_view(reader, name: str, concept: int) -> dict:
     """What one concept's page shows: ``stats`` (or None), ``label`` (or None), ``importance``
     (or None), ``tops`` (criterion -> top-K rows, ``max`` first; empty when not scanned),
-    ``picture`` (bool) and ``atlas_hits``: whether every hit is an image of the atlas's scan
+    ``picture`` (bool) and ``atlas_hits``: whether there are hits and every one is an image of the atlas's scan
     (so that the top-K grid can read them from its source)."""
     stats = {s["concept"]: s for s in reader.dictionary_stats(name)}.get(concept)
     labels = {lab["concept"]: lab for lab in reader.dictionary_labels(name)}
@@ -62,5 +62,7 @@ def concept_view(reader, name: str, concept: int) -> dict:
         "importance": reader.dictionary_importance(name),
         "tops": tops,
         "picture": reader.dictionary_picture(name, concept) is not None,
-        "atlas_hits": all(r["atlas_image"] is not None for rows in tops.values() for r in rows),
+        # no hits at all (no scan, or empty lists) is no reason to load the model for a grid
+        "atlas_hits": any(tops.values())
+        and all(r["atlas_image"] is not None for rows in tops.values() for r in rows),
     }
