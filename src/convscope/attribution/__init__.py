@@ -2,7 +2,7 @@
 map is (:mod:`convscope.attribution.metrics`: pixel flipping, ROAD, faithfulness correlation,
 infidelity, max-sensitivity, model randomisation, localisation...)."""
 
-from convscope.attribution import cam, cam_family, gradients, occlusion, zeiler_fergus  # noqa: F401  (registry)
+from convscope.attribution import cam, cam_family, gradients, lrp, occlusion, zeiler_fergus  # noqa: F401  (registry)
 from convscope.attribution.api import explain, get_method, method_names, method_options, options_for
 from convscope.attribution.metrics import METRICS, get_metric, metric_names
 from convscope.attribution.result import AttributionMap
