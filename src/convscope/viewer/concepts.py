@@ -49,8 +49,8 @@ def top_class(importance: dict | None, concept: int) -> str | None:
 def concept_view(reader, name: str, concept: int) -> dict:
     """What one concept's page shows: ``stats`` (or None), ``label`` (or None), ``importance``
     (or None), ``tops`` (criterion -> top-K rows, ``max`` first; empty when not scanned),
-    ``picture`` (bool) and ``atlas_hits``: whether there are hits and every one is an image of the atlas's scan
-    (so that the top-K grid can read them from its source)."""
+    ``picture`` (bool) and ``atlas_hits``: whether there are hits and every one is an image of
+    the atlas's scan (so that the top-K grid can read them from its source)."""
     stats = {s["concept"]: s for s in reader.dictionary_stats(name)}.get(concept)
     labels = {lab["concept"]: lab for lab in reader.dictionary_labels(name)}
     scanned = reader.dictionary_scan(name)
