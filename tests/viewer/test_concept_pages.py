@@ -309,3 +309,33 @@ def test_a_concept_without_a_scan_never_loads_the_model(concept_atlas, tmp_path,
     c = TestClient(create_app(copy), base_url="http://127.0.0.1")
     r = c.get("/concepts/bare/0")
     assert r.status_code == 200 and "no concept scan stored" in r.text
+
+
+def test_importance_grouping_and_logits_are_stored_and_shown(tmp_path):
+    """ConceptImportance.grouping and .logits survive the atlas and the page says how the images
+    were grouped; one image is "1 image"."""
+    from convscope.viewer.pages import importance_bars
+
+    atlas = Atlas.create(tmp_path / "atlas", {"name": "tiny"}, {"description": "x"})
+    acts = torch.rand(64, 8, generator=torch.Generator().manual_seed(0))
+    cs = fit_dictionary(acts, "nmf", 2, layer="block", seed=0)
+    atlas.write_dictionary("d", cs)
+
+    @dataclass
+    class Grouped(Importance):
+        grouping: str = "label"
+        logits: torch.Tensor = None
+
+    atlas.write_dictionary_importance(
+        "d", Grouped(torch.ones(2, 2), ["a", "b"], torch.tensor([1, 4]), logits=torch.tensor([2.5, -1.0]))
+    )
+    got = atlas.dictionary_importance("d")
+    assert got["grouping"] == "label" and got["logits"].tolist() == [2.5, -1.0]
+    bars = importance_bars(got, 0)
+    assert "grouped by their labels" in bars and "mean logit 2.5" in bars
+    assert ">1 image<" in bars and ">4 images<" in bars
+    atlas.write_dictionary_importance(
+        "d", Grouped(torch.ones(2, 2), ["a", "b"], torch.ones(2), "m", "predicted")
+    )
+    got = atlas.dictionary_importance("d")
+    assert got["logits"] is None and "by the model&#x27;s prediction" in importance_bars(got, 1)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convscope.atlas.schema import has_table, original_name, stored_name
+from convscope.atlas.schema import columns, has_table, original_name, stored_name
 from convscope.errors import NameNotFoundError, UserInputError
 
 # one URL path segment and one file name: no separators, no dot-files, nothing to escape
@@ -342,9 +342,25 @@ def write_importance(con: sqlite3.Connection, name: str, importance) -> None:
         )
     if len(counts) != len(classes):
         raise UserInputError(f"importance has {len(counts)} counts for {len(classes)} classes")
+    grouping = getattr(importance, "grouping", None)
+    logits = getattr(importance, "logits", None)
+    if logits is not None:
+        logits = np.asarray(_numpy(logits), dtype=np.float32).reshape(-1)
+        if len(logits) != len(classes):
+            raise UserInputError(f"importance has {len(logits)} logits for {len(classes)} classes")
     con.execute(
-        "INSERT OR REPLACE INTO dictionary_importance VALUES (?, ?, ?, ?, ?, ?)",
-        (name, str(importance.method), json.dumps(classes), len(classes), counts.tobytes(), matrix.tobytes()),
+        "INSERT OR REPLACE INTO dictionary_importance(name, method, classes, rows, counts, matrix, "
+        "grouping, logits) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            name,
+            str(importance.method),
+            json.dumps(classes),
+            len(classes),
+            counts.tobytes(),
+            matrix.tobytes(),
+            None if grouping is None else str(grouping),
+            None if logits is None else logits.tobytes(),
+        ),
     )
 
 
@@ -354,19 +370,26 @@ def _numpy(x):
 
 def importance(con: sqlite3.Connection, name: str) -> dict | None:
     """The stored importance of ``name``: ``method``, ``classes`` (names), ``counts`` (classes,)
-    int64 and ``matrix`` (classes, n) float32; None when none is stored."""
+    int64, ``matrix`` (classes, n) float32, ``grouping`` (``"label"``: images grouped by their
+    labels, ``"predicted"``: by the model's top class; None when not recorded) and ``logits``
+    (classes,) float32 or None; None when none is stored."""
     n = _n(con, name)
+    have = columns(con, "dictionary_importance")
+    extra = ", ".join(c if c in have else "NULL" for c in ("grouping", "logits"))
     row = con.execute(
-        "SELECT method, classes, rows, counts, matrix FROM dictionary_importance WHERE name = ?", (name,)
+        f"SELECT method, classes, rows, counts, matrix, {extra} FROM dictionary_importance WHERE name = ?",
+        (name,),
     ).fetchone()
     if row is None:
         return None
-    method, classes, rows, counts, matrix = row
+    method, classes, rows, counts, matrix, grouping, logits = row
     return {
         "method": method,
         "classes": json.loads(classes),
         "counts": np.frombuffer(counts, np.int64).copy(),
         "matrix": np.frombuffer(matrix, np.float32).reshape(rows, n).copy(),
+        "grouping": grouping,
+        "logits": None if logits is None else np.frombuffer(logits, np.float32).copy(),
     }
 
 

@@ -74,7 +74,8 @@ CREATE TABLE IF NOT EXISTS unit_labels(
 DICTIONARIES = """
 CREATE TABLE IF NOT EXISTS dictionaries(
     name TEXT PRIMARY KEY, layer TEXT NOT NULL, method TEXT, n INTEGER, channels INTEGER, error REAL,
-    sparsity REAL, dead INTEGER, samples INTEGER, seed INTEGER, model TEXT, created REAL, data BLOB);
+    sparsity REAL, dead INTEGER, samples INTEGER, seed INTEGER, model TEXT, created REAL, data BLOB,
+    settings TEXT);
 CREATE TABLE IF NOT EXISTS dictionary_scans(
     name TEXT PRIMARY KEY, layer TEXT, k INTEGER, criteria TEXT, height INTEGER, width INTEGER,
     images INTEGER, finished REAL);
@@ -86,11 +87,19 @@ CREATE TABLE IF NOT EXISTS dictionary_topk(
     raw BLOB, score REAL, y INTEGER, x INTEGER, PRIMARY KEY(name, concept, criterion, rank));
 CREATE INDEX IF NOT EXISTS dictionary_topk_image ON dictionary_topk(image);
 CREATE TABLE IF NOT EXISTS dictionary_importance(
-    name TEXT PRIMARY KEY, method TEXT, classes TEXT, rows INTEGER, counts BLOB, matrix BLOB);
+    name TEXT PRIMARY KEY, method TEXT, classes TEXT, rows INTEGER, counts BLOB, matrix BLOB,
+    grouping TEXT, logits BLOB);
 CREATE TABLE IF NOT EXISTS dictionary_labels(
     name TEXT, concept INTEGER, dataset TEXT, label TEXT, category TEXT, iou REAL, detector INTEGER,
     coverage REAL, PRIMARY KEY(name, concept));
 """
+
+# columns a schema-5 table got after its first release (added empty by migrate)
+LATER_COLUMNS = (
+    ("dictionary_importance", "grouping", "TEXT"),
+    ("dictionary_importance", "logits", "BLOB"),
+    ("dictionaries", "settings", "TEXT"),
+)
 
 DDL = SCANS + INDEXES + EMPIRICAL + DISSECTIONS + DICTIONARIES
 
@@ -140,6 +149,9 @@ def migrate(con: sqlite3.Connection) -> None:
     for table in ("images", "classes"):
         if "raw" not in columns(con, table):
             con.execute(f"ALTER TABLE {table} ADD COLUMN raw BLOB")
+    for table, column, kind in LATER_COLUMNS:  # columns added to a table of schema 5
+        if column not in columns(con, table):
+            con.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
     con.execute(
         "UPDATE meta SET value = ? WHERE key = 'schema_version' AND CAST(value AS INTEGER) < ?",
         (str(SCHEMA_VERSION), SCHEMA_VERSION),

@@ -284,17 +284,33 @@ def importance_bars(importance: dict, concept: int, top: int = 20) -> str:
     order = sorted(kept, key=lambda j: -abs(values[j]))[:top]
     order.sort(key=lambda j: -values[j])
     peak = max((abs(values[j]) for j in order), default=0.0) or 1.0
+    logits = importance.get("logits")
     rows = "".join(
         f"<tr><td>{escape(str(importance['classes'][j]))}</td><td><div style='width:"
         f"{max(1, round(240 * abs(values[j]) / peak))}px;height:10px;background:"
         f"{'#3a78c2' if values[j] >= 0 else '#c23a3a'}'></div></td><td>{values[j]:.4g}</td>"
-        f"<td class='tag'>{int(counts[j])} images</td></tr>"
+        f"<td class='tag'>{int(counts[j])} image{'' if int(counts[j]) == 1 else 's'}</td>"
+        + (
+            f"<td class='tag'>mean logit {float(logits[j]):.3g}</td>"
+            if logits is not None and math.isfinite(float(logits[j]))
+            else ""
+        )
+        + "</tr>"
         for j in order
     )
+    grouping = GROUPING.get(importance.get("grouping"), "")
     return (
-        f"<h2>importance per class</h2><p class='tag'>{escape(str(importance['method']))}</p>"
+        f"<h2>importance per class</h2><p class='tag' id='grouping'>"
+        f"{escape(str(importance['method']))}{escape(grouping)}</p>"
         f"<table id='importance'>{rows}</table>"
     )
+
+
+# how the images behind each class's row were chosen (ConceptImportance.grouping)
+GROUPING = {
+    "label": "; images grouped by their labels",
+    "predicted": "; images grouped by the model's prediction (its top class)",
+}
 
 
 def concept_page(
