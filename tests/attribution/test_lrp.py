@@ -226,3 +226,35 @@ def test_missing_zennit_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "zennit", None)
     with pytest.raises(UserInputError, match=r"convscope\[lrp\]"):
         convscope.explain(wrap(bn_cnn()), images(1), "lrp")
+
+
+def test_hooks_and_weights_are_restored_when_the_forward_fails():
+    """A forward that breaks inside Zennit's context leaves no hook and the batch norms unmerged."""
+    from tests.conftest import hook_count
+
+    subject = wrap(bn_cnn())
+    before = {k: v.clone() for k, v in subject.model.state_dict().items()}
+    calls = []
+
+    def fail_second(module, args):
+        calls.append(1)
+        if len(calls) == 2:  # the first forward gives the target's value, the second runs in Zennit's context
+            raise RuntimeError("boom")
+
+    handle = subject.model[4].register_forward_pre_hook(fail_second)
+    with pytest.raises(RuntimeError, match="boom"):
+        convscope.explain(subject, images(1), "lrp", target=1)
+    handle.remove()
+    assert hook_count(subject.model) == 0
+    after = subject.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_tiny_cnn_with_a_reused_inplace_relu_and_residual_add(tiny):
+    """convscope.testing's TinyCNN (one in-place ReLU called twice, ``out += x``) runs with no hook
+    left; its unmatched residual add copies relevance into both branches, so no conservation."""
+    from tests.conftest import hook_count
+
+    amap = convscope.explain(tiny, torch.randn(2, 3, 32, 32), "lrp", target=3, composite="epsilon_plus")
+    assert np.isfinite(amap.maps).all() and amap.maps.shape == (2, 32, 32)
+    assert hook_count(tiny.model) == 0
