@@ -339,3 +339,46 @@ def test_importance_grouping_and_logits_are_stored_and_shown(tmp_path):
     )
     got = atlas.dictionary_importance("d")
     assert got["logits"] is None and "by the model&#x27;s prediction" in importance_bars(got, 1)
+
+
+def test_html_in_labels_classes_and_image_names_is_escaped(concept_atlas, tmp_path):
+    """A ``<script>`` class name, label, category, dataset and image name shows as text on the
+    concept-set page and the concept page, never as markup."""
+    out, _ = concept_atlas
+    copy = tmp_path / "atlas"
+    shutil.copytree(out, copy)
+    atlas = Atlas.open(copy)
+    subject, _ = reopen(atlas)
+    nmf = atlas.dictionary("nmf")
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(3):
+        pixels = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(evil / f"<script>alert({i}).png")  # no / in a file name
+    atlas.write_dictionary("evil", nmf)
+    atlas.write_dictionary_scan(
+        "evil", scan_concepts(subject, evil, nmf, k=3, workers=0, threshold_sample=10)
+    )
+    atlas.write_dictionary_importance(
+        "evil", Importance(torch.ones(2, N), ["<script>cls</script>", "ok"], torch.tensor([1, 1]))
+    )
+
+    class Evil(Labels):
+        def __init__(self, n):
+            super().__init__(n)
+            self._labels = [
+                UnitLabel(LAYER, u, u, "<script>lab</script>", "<b>cat</b>", 0.5, True) for u in range(n)
+            ]
+
+    atlas.write_dictionary_labels("evil", Evil(N), "<i>set</i>")
+    c = TestClient(create_app(copy), base_url="http://127.0.0.1")
+    for url in ("/concepts/evil", "/concepts/evil/0"):
+        r = c.get(url)
+        assert r.status_code == 200, url
+        for raw in ("<script>", "<b>cat", "<i>set"):
+            assert raw not in r.text, (url, raw)
+        assert "&lt;script&gt;lab&lt;/script&gt;" in r.text
+        assert "&lt;script&gt;cls&lt;/script&gt;" in r.text
+    page = c.get("/concepts/evil/0").text
+    assert "&lt;script&gt;alert(" in page and "&lt;b&gt;cat&lt;/b&gt;" in page and "&lt;i&gt;set" in page
