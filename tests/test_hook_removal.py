@@ -129,6 +129,7 @@ for _name in (
     "eigengradcam",
     "ablationcam",
     "fullgrad",
+    "lrp",
     "occlusion",
 ):
     METHODS[f"explain:{_name}"] = _explain(_name)
