@@ -178,3 +178,25 @@ def test_the_unit_writers_refuse_a_basis(subject, folder, tmp_path):  # noqa: F8
     with pytest.raises(UserInputError, match="concepts_to_atlas"):
         dissect_to_atlas(subject, "auto-color", tmp_path / "a", LAYER, bases={LAYER: cs.basis()})
     assert not (tmp_path / "a").exists()
+
+
+def test_a_refused_fit_leaves_no_atlas_and_an_existing_one_as_it_was(subject, folder, tmp_path):  # noqa: F811
+    """NMF refuses a layer with negative activations after the collection: the new atlas (and
+    its folder) is gone again; in an empty folder the folder stays empty; an existing atlas is
+    left with exactly the files it had."""
+    out = tmp_path / "a"
+    with pytest.raises(UserInputError, match="non-negative"):
+        concepts_to_atlas(out, subject, folder, "conv1", n=3, **FAST)
+    assert not out.exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UserInputError, match="non-negative"):
+        concepts_to_atlas(empty, subject, folder, "conv1", n=3, **FAST)
+    assert list(empty.iterdir()) == []
+    have = tmp_path / "have"
+    concepts_to_atlas(have, subject, folder, LAYER, n=3, **{**FAST, "visualize": False})
+    files = sorted(p.relative_to(have) for p in have.rglob("*"))
+    with pytest.raises(UserInputError, match="non-negative"):
+        concepts_to_atlas(have, subject, folder, "conv1", n=3, **FAST)
+    assert sorted(p.relative_to(have) for p in have.rglob("*")) == files
+    assert [d["layer"] for d in Atlas.open(have, readonly=True).dictionaries()] == [LAYER]
