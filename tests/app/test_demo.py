@@ -41,4 +41,5 @@ def test_the_demo_stores_a_concept_set_the_viewer_can_show(tmp_path, monkeypatch
     assert all(len(atlas.dictionary_topk(row["name"], c)) == 8 for c in range(8))
     pictures = [p for what, p in result.files.items() if what.startswith("feature visualisation of concept")]
     assert len(pictures) == 8 and all(p.exists() for p in pictures)
-    assert steps == [f"learned concepts: {s}" for s in ("collecting", "scanning", "importance", "pictures")]
+    stages = ("collecting", "fitting", "scanning", "importance", "pictures")
+    assert steps == [f"learned concepts: {s}" for s in stages]
