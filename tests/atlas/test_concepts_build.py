@@ -86,7 +86,9 @@ def test_a_second_run_is_refused_resumed_or_replaces(built, subject, folder):  #
     stored = Atlas.open(out, readonly=True).dictionary(done.name).dictionary
     with pytest.raises(AtlasConflictError, match="--resume"):
         concepts_to_atlas(out, subject, folder, LAYER, n=4, **FAST)
-    again = concepts_to_atlas(out, subject, folder, LAYER, n=4, resume=True, **{**FAST, "visualize": False})
+    again = concepts_to_atlas(
+        out, subject, folder, LAYER, n=4, k=3, resume=True, **{**FAST, "visualize": False}
+    )
     assert again.reused == ["dictionary", "scan"] and again.scan is None
     assert torch.equal(again.concepts.dictionary, stored)
     with pytest.raises(AtlasConflictError, match="4 nmf concepts of block, not 3"):
@@ -200,3 +202,27 @@ def test_a_refused_fit_leaves_no_atlas_and_an_existing_one_as_it_was(subject, fo
         concepts_to_atlas(have, subject, folder, "conv1", n=3, **FAST)
     assert sorted(p.relative_to(have) for p in have.rglob("*")) == files
     assert [d["layer"] for d in Atlas.open(have, readonly=True).dictionaries()] == [LAYER]
+
+
+def test_a_resume_with_other_settings_is_refused(subject, folder, tmp_path):  # noqa: F811
+    """The build settings are stored with the set; a --resume that asks for another seed, k,
+    per_image, max_samples, method option or scan option is refused, naming them; --overwrite
+    replaces."""
+    out = tmp_path / "a"
+    fast = {**FAST, "visualize": False}
+    first = concepts_to_atlas(out, subject, folder, LAYER, n=3, k=2, per_image=4, **fast)
+    stored = Atlas.open(out, readonly=True).dictionary_settings(first.name)
+    assert stored["k"] == 2 and stored["seed"] == 0 and stored["per_image"] == 4
+    with pytest.raises(AtlasConflictError, match=r"k 2 \(now 5\).*per_image 4 \(now 2\).*seed 0 \(now 7\)"):
+        concepts_to_atlas(out, subject, folder, LAYER, n=3, k=5, seed=7, per_image=2, resume=True, **fast)
+    with pytest.raises(AtlasConflictError, match="max_iter"):
+        concepts_to_atlas(out, subject, folder, LAYER, n=3, k=2, per_image=4, max_iter=5, resume=True, **fast)
+    with pytest.raises(AtlasConflictError, match="scan_options"):
+        concepts_to_atlas(
+            out, subject, folder, LAYER, n=3, k=2, per_image=4, resume=True,
+            scan_options={"criteria": ("mean",)}, **fast,
+        )  # fmt: skip
+    again = concepts_to_atlas(out, subject, folder, LAYER, n=3, k=2, per_image=4, resume=True, **fast)
+    assert again.reused == ["dictionary", "scan"]
+    concepts_to_atlas(out, subject, folder, LAYER, n=3, k=5, per_image=2, overwrite=True, **fast)
+    assert Atlas.open(out, readonly=True).dictionary_settings(first.name)["k"] == 5

@@ -4,6 +4,7 @@ each stored in the atlas as it is done (``convscope concepts``)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -171,9 +172,11 @@ def _build(
                 path.unlink(missing_ok=True)
         built = ConceptsBuilt(store, name, None)
 
+        wanted = build_settings(seed, k, options, scan_options)
         if stored is not None and resume and not overwrite:
             concepts = store.dictionary(name)
             _check_same(concepts, name, layer, method, n)
+            _check_settings(store.dictionary_settings(name), wanted, name)
             built.reused.append("dictionary")
         else:
             from convscope.concepts.dictionary import fit_concepts
@@ -191,7 +194,7 @@ def _build(
                 resume=resume,
                 **options,
             )
-            store.write_dictionary(name, concepts)
+            store.write_dictionary(name, concepts, wanted)
             stored = None  # nothing stored for the old set survives its replacement
         fit_ckpt.unlink(missing_ok=True)
         built.concepts = concepts
@@ -269,6 +272,39 @@ def _when_called(report, stage: str):
         tick(done, total)
 
     return call
+
+
+# fit_concepts keywords that change where the work runs or how it is reported, not what it finds
+NOT_SETTINGS = (*SHARED, "device", "checkpoint_every")
+
+
+def build_settings(seed: int, k: int, options: Mapping, scan_options: Mapping | None) -> dict:
+    """What a stored concept set was built with, as JSON: ``seed``, ``k``, ``per_image`` and
+    ``max_samples`` (fit_concepts' defaults filled in), the method's ``options`` and the scan's
+    ``scan_options``; a ``--resume`` must ask for the same."""
+    import inspect
+
+    from convscope.concepts.dictionary import fit_concepts
+
+    defaults = inspect.signature(fit_concepts).parameters
+    fit = {key: options.get(key, defaults[key].default) for key in ("per_image", "max_samples")}
+    method = {key: v for key, v in options.items() if key not in (*NOT_SETTINGS, *fit)}
+    plain = json.loads(
+        json.dumps({"method_options": method, "scan_options": dict(scan_options or {})}, default=repr)
+    )
+    return {"seed": int(seed), "k": int(k), **fit, **plain}
+
+
+def _check_settings(stored: dict | None, wanted: dict, name: str) -> None:
+    if stored is None:  # built before settings were stored: nothing to compare with
+        return
+    differ = [key for key in sorted({*stored, *wanted}) if stored.get(key) != wanted.get(key)]
+    if differ:
+        said = ", ".join(f"{key} {stored.get(key)!r} (now {wanted.get(key)!r})" for key in differ)
+        raise AtlasConflictError(
+            f"the atlas's concept set {name!r} was built with {said}; resume it with those settings, "
+            "pass --overwrite to replace it or choose another --name"
+        )
 
 
 def _concept_data(concept_data, subject: Subject, out: Path, source, seed: int):

@@ -94,13 +94,14 @@ def require(con: sqlite3.Connection, name: str) -> str:
     return name
 
 
-def write(con: sqlite3.Connection, name: str, concepts) -> None:
-    """Store ``concepts`` under ``name``, replacing a dictionary of that name and every row
-    stored for it (scan, importance, labels)."""
+def write(con: sqlite3.Connection, name: str, concepts, settings: dict | None = None) -> None:
+    """Store ``concepts`` under ``name`` with the ``settings`` it was built with (JSON-able, or
+    None), replacing a dictionary of that name and every row stored for it (scan, importance,
+    labels)."""
     delete(con, name)
     con.execute(
-        f"INSERT INTO dictionaries({', '.join(COLUMNS)}, created, data) VALUES "
-        f"({', '.join('?' * (len(COLUMNS) + 2))})",
+        f"INSERT INTO dictionaries({', '.join(COLUMNS)}, created, data, settings) VALUES "
+        f"({', '.join('?' * (len(COLUMNS) + 3))})",
         (
             name,
             concepts.layer,
@@ -115,8 +116,18 @@ def write(con: sqlite3.Connection, name: str, concepts) -> None:
             str(concepts.model),
             time.time(),
             _to_bytes(concepts),
+            None if settings is None else json.dumps(settings, sort_keys=True),
         ),
     )
+
+
+def settings(con: sqlite3.Connection, name: str) -> dict | None:
+    """The build settings stored with dictionary ``name`` (None: none recorded)."""
+    require(con, name)
+    if "settings" not in columns(con, "dictionaries"):
+        return None
+    (raw,) = con.execute("SELECT settings FROM dictionaries WHERE name = ?", (name,)).fetchone()
+    return None if raw is None else json.loads(raw)
 
 
 def delete(con: sqlite3.Connection, name: str) -> None:

@@ -440,11 +440,12 @@ class Atlas(AtlasPaths):
             return dissections.unit_labels(con, layer, dataset)
 
     # -- learned concept sets (dictionaries) ----------------------------------------------------
-    def write_dictionary(self, name: str, concepts) -> None:
+    def write_dictionary(self, name: str, concepts, settings: dict | None = None) -> None:
         """Store the :class:`~convscope.concepts.ConceptSet` ``concepts`` under ``name`` (letters,
         digits and ``. _ @ + = -``; :func:`~convscope.atlas.dictionaries.default_name` makes one),
-        in one transaction. Re-writing a name replaces it and drops what was stored for it: its
-        scan, importance, labels and pictures."""
+        in one transaction, with the JSON-able ``settings`` it was built with (what a resumed
+        build must match; :meth:`dictionary_settings`). Re-writing a name replaces it and drops
+        what was stored for it: its scan, importance, labels and pictures."""
         name = dictionaries.check_name(name)
         with self.lock():
             folder = self.dictionary_dir(name)
@@ -455,7 +456,7 @@ class Atlas(AtlasPaths):
                 folder.rename(aside)
             try:
                 with self._write() as con:
-                    dictionaries.write(con, name, concepts)
+                    dictionaries.write(con, name, concepts, settings)
             except BaseException:
                 if aside.exists():
                     aside.rename(folder)
@@ -506,6 +507,11 @@ class Atlas(AtlasPaths):
         :class:`~convscope.errors.NameNotFoundError` with close matches)."""
         with self._read() as con:
             return dictionaries.read(con, name)
+
+    def dictionary_settings(self, name: str) -> dict | None:
+        """The build settings stored with ``name`` (:meth:`write_dictionary`), or None."""
+        with self._read() as con:
+            return dictionaries.settings(con, name)
 
     def dictionary_topk(self, name: str, concept: int, criterion: str = "max") -> UnitTopK:
         """Top-K images of one concept of ``name`` under ``criterion``, best first (``unit``: the
