@@ -382,3 +382,30 @@ def test_html_in_labels_classes_and_image_names_is_escaped(concept_atlas, tmp_pa
         assert "&lt;script&gt;cls&lt;/script&gt;" in r.text
     page = c.get("/concepts/evil/0").text
     assert "&lt;script&gt;alert(" in page and "&lt;b&gt;cat&lt;/b&gt;" in page and "&lt;i&gt;set" in page
+
+
+def test_an_atlas_made_by_concepts_alone_shows_the_top_images(viewer_atlas, tmp_path):
+    """``convscope concepts`` then ``convscope serve``: the atlas holds the data's images, so the
+    concept page has thumbnails linking image pages and the heat-map grid is a PNG."""
+    from convscope.atlas.concepts_build import concepts_to_atlas
+
+    subject, source = reopen(Atlas.open(viewer_atlas, readonly=True))
+    out = tmp_path / "atlas"
+    built = concepts_to_atlas(
+        out, subject, source, LAYER, method="pca", n=3, k=3, visualize=False, workers=0,
+        batch_size=12, per_image=4, max_samples=200, scan_options={"threshold_sample": 8},
+    )  # fmt: skip
+    atlas = Atlas.open(out, readonly=True)
+    assert atlas.run() == {} and len(atlas.image_names()) == len(source)  # no unit scan, its images
+    c = TestClient(create_app(out), base_url="http://127.0.0.1")
+    r = c.get(f"/concepts/{built.name}/0")
+    assert r.status_code == 200
+    best = int(built.scan.topk(LAYER, 0, "max").images[0])
+    assert f"<img loading='lazy' src='/img/source/{best}?size=112'" in r.text and f"/image/{best}'" in r.text
+    assert f"/img/concept/topk/{built.name}/0/max" in r.text
+    assert c.get(f"/img/source/{best}").status_code == 200
+    grid = c.get(f"/img/concept/topk/{built.name}/0/max")
+    assert grid.status_code == 200 and grid.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(grid.content)).width >= 3 * 96
+    assert c.get(f"/image/{best}").status_code == 200
+    assert f"/img/source/{best}" in c.get(f"/concepts/{built.name}").text  # the set's thumbnails

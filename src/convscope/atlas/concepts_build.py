@@ -217,6 +217,8 @@ def _build(
                 **{**shared, **(scan_options or {})},
             )
             store.write_dictionary_scan(name, built.scan)
+            if store.source_spec == json.loads(json.dumps(source.spec, sort_keys=True)):  # its own images
+                store.register_images(built.scan)
         scan_ckpt.unlink(missing_ok=True)
 
         built.importance = _importance(subject, source, concepts, shared, report, built)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convscope.atlas.schema import columns, has_table, original_name, stored_name
+from convscope.atlas.schema import columns, has_table, original_name, stored_name, stored_text
 from convscope.errors import NameNotFoundError, UserInputError
 
 # one URL path segment and one file name: no separators, no dot-files, nothing to escape
@@ -249,6 +249,31 @@ def write_scan(con: sqlite3.Connection, name: str, scan) -> None:
                 text, raw = stored_name(img_name)
                 rows.append((name, i, crit, rank, int(img), text, raw, float(score), int(y), int(x)))
     con.executemany("INSERT INTO dictionary_topk VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+
+def register_images(con: sqlite3.Connection, scan) -> bool:
+    """Store the images ``scan`` (a concept scan of the atlas's own source) ran on as the
+    atlas's images and classes, when it holds none (an atlas made by ``convscope concepts``
+    alone), so that every hit is an atlas image with its page and thumbnail; True when written.
+    A unit scan replaces them later with the same images."""
+    if con.execute("SELECT 1 FROM images LIMIT 1").fetchone() is not None:
+        return False
+    skipped = dict(scan.skipped)
+    if con.execute("SELECT 1 FROM classes LIMIT 1").fetchone() is None:
+        con.executemany(
+            "INSERT INTO classes(idx, name, raw) VALUES (?, ?, ?)",
+            [(i, *stored_name(c)) for i, c in enumerate(scan.classes)],
+        )
+    con.executemany(
+        "INSERT INTO images(idx, name, label, status, reason, raw) VALUES (?, ?, ?, ?, ?, ?)",
+        [
+            (i, text, label, "skipped" if i in skipped else "ok", stored_text(skipped.get(i)), raw)
+            for i, (text, raw, label) in enumerate(
+                (*stored_name(n), lab) for n, lab in zip(scan.image_names, scan.image_labels)
+            )
+        ],
+    )
+    return True
 
 
 def scan_info(con: sqlite3.Connection, name: str) -> dict | None:

@@ -470,6 +470,12 @@ class Atlas(AtlasPaths):
         with self._write() as con:
             dictionaries.write_scan(con, dictionaries.check_name(name), scan)
 
+    def register_images(self, scan: ScanResult) -> bool:
+        """Store the images a concept scan of this atlas's own source ran on as the atlas's
+        images (names, labels, classes), when it holds none yet; True when it wrote them."""
+        with self._write() as con:
+            return dictionaries.register_images(con, scan)
+
     def write_dictionary_importance(self, name: str, importance) -> None:
         """Store the importance of each concept of ``name`` for each class (any object with
         ``.matrix`` (classes, n), ``.classes`` (names), ``.counts`` (classes,) and ``.method``),

@@ -50,6 +50,8 @@ def most_active_units(
     dataset maximum: the best ``per_layer`` of each layer, then the best ``limit`` of those,
     as ``{"layer", "unit", "score", "relative"}`` (score: the unit's peak activation)."""
     layers = reader.layers()
+    if not layers:  # an atlas of learned concepts only (convscope concepts): no scanned units
+        return []
     names = [r["name"] for r in layers]
     x = _batch(subject, image)
     with subject.record(names, stop=True) as rec, torch.inference_mode():
