@@ -74,3 +74,28 @@ class Basis(Protocol):
     def __call__(self, maps: torch.Tensor) -> torch.Tensor: ...
 
     def to(self, device) -> Basis: ...
+
+
+def resolve_bases(table, names, bases, verb: str = "scanned") -> dict:
+    """``bases`` keyed by the exact layer names among ``names`` (the layers a run covers; a key
+    may be any name or selector of one layer of the :class:`~convscope.layers.LayerTable`
+    ``table``). A key naming several layers, a basis for a layer the run does not cover, or one
+    of another width than the layer's channels is a one-line error, before anything runs."""
+    out = {}
+    for key, basis in (bases or {}).items():
+        if key in names:
+            name = key
+        else:
+            found = [str(a) for a in table.select(key)]
+            if len(found) != 1:
+                raise UserInputError(f"a basis is given for {key!r}, which names {len(found)} layers")
+            name = found[0]
+        if name not in names:
+            raise UserInputError(f"a basis is given for {name}, which is not {verb}")
+        units = table.get(name).units
+        if getattr(basis, "channels", units) != units:
+            raise UserInputError(
+                f"the basis of {name} encodes {basis.channels} channels; the layer has {units}"
+            )
+        out[name] = basis
+    return out

@@ -57,3 +57,12 @@ def test_a_basis_of_the_wrong_width_is_refused(subject, folder, acts):
     src = open_images(folder, transform=subject.transform)
     with pytest.raises(UserInputError, match="4 channels"):
         scan(subject, src, [LAYER], bases={LAYER: cs.basis()})
+
+
+def test_a_basis_key_naming_several_layers_is_refused(subject, folder, acts):
+    from convscope.scan.scanner import scan
+
+    cs = fit_dictionary(acts.x, "pca", 2, layer=LAYER)
+    src = open_images(folder, transform=subject.transform)
+    with pytest.raises(UserInputError, match=r"names \d+ layers"):
+        scan(subject, src, [LAYER], bases={"*": cs.basis()})

@@ -37,6 +37,7 @@ from convscope.quantiles import TopValues, rank
 from convscope.recorder import Recorder
 from convscope.subject import Subject
 from convscope.units import Basis
+from convscope.units import resolve_bases as resolve_units_bases
 
 # Elements of one (images x units x pixels) block in pass 2; bounds its memory.
 _BLOCK = 1 << 23  # also keeps float32 counts per block exact (< 2**24)
@@ -161,23 +162,9 @@ class _Plan:
 
 
 def resolve_bases(subject: Subject, names: Sequence[str], bases: Mapping[str, Basis] | None) -> dict:
-    """``bases`` keyed by the exact names of the dissected ``names`` (a key may be any name or
-    selector of a layer, as in the scan); a basis for a layer not dissected, or of another width
-    than the layer's channels, is refused before anything runs."""
-    from convscope.errors import UserInputError
-
-    out = {}
-    for key, basis in (bases or {}).items():
-        name = key if key in names else str(subject.layers.select(key)[0])
-        if name not in names:
-            raise UserInputError(f"a basis is given for {name}, which is not dissected")
-        units = subject.layers.get(name).units
-        if getattr(basis, "channels", units) != units:
-            raise UserInputError(
-                f"the basis of {name} encodes {basis.channels} channels; the layer has {units}"
-            )
-        out[name] = basis
-    return out
+    """``bases`` keyed by the exact names of the dissected ``names``
+    (:func:`convscope.units.resolve_bases`, the scan's rule)."""
+    return resolve_units_bases(subject.layers, names, bases, "dissected")
 
 
 def _threshold_pass(

@@ -44,7 +44,7 @@ from convscope.recorder import Recorder
 from convscope.scan.result import ScanResult
 from convscope.scan.state import CRITERIA, SECONDARY, LayerState, Scratch
 from convscope.subject import Subject
-from convscope.units import Basis, Direction
+from convscope.units import Basis, Direction, resolve_bases
 
 Progress = Callable[[int, int], None]
 CHECKPOINT_VERSION = 3  # 2: the calibration sample is recorded; 3: top-K keeps the tie-break key
@@ -101,15 +101,7 @@ def scan(
             raise UserInputError(f"layer {info.name} produces no single tensor and cannot be scanned")
     names = [i.name for i in infos]
     device = subject.device
-    bases = {str(subject.layers.select(k)[0]) if k not in names else k: b for k, b in (bases or {}).items()}
-    for name, basis in bases.items():
-        info = subject.layers.get(name)
-        if name not in names:
-            raise UserInputError(f"a basis is given for {name}, which is not scanned")
-        if getattr(basis, "channels", info.units) != info.units:
-            raise UserInputError(
-                f"the basis of {name} encodes {basis.channels} channels; the layer has {info.units}"
-            )
+    bases = resolve_bases(subject.layers, names, bases, "scanned")
     accel = Accel.of(accel, subject)
     workers = resolve_workers(workers, device, batch_bytes(batch_size, subject.input_size, accel.decode))
     if data.transform is None:
