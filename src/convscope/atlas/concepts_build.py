@@ -30,7 +30,7 @@ class ConceptsBuilt:
     ``scan`` (the concept scan's :class:`~convscope.scan.result.ScanResult`, None when reused),
     ``importance``, ``labels`` (a :class:`~convscope.dissect.Dissection`) on ``label_set``,
     ``pictures`` (feature visualisations written). ``reused``: stages taken from the atlas
-    (``resume``); ``skipped``: stages asked for that could not run, each with its reason."""
+    (``resume``)."""
 
     atlas: Atlas
     name: str
@@ -41,7 +41,6 @@ class ConceptsBuilt:
     label_set: str | None = None
     pictures: int = 0
     reused: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
 
     def headline(self) -> str:
         done = ["dictionary"]
@@ -221,14 +220,12 @@ def _build(
                 store.register_images(built.scan)
         scan_ckpt.unlink(missing_ok=True)
 
-        built.importance = _importance(subject, source, concepts, shared, report, built)
-        if built.importance is not None:
-            store.write_dictionary_importance(name, built.importance)
+        built.importance = _importance(subject, source, concepts, shared, report)
+        store.write_dictionary_importance(name, built.importance)
 
         if labelled is not None:
-            built.labels, built.label_set = _labels(subject, labelled, concepts, shared, report, built)
-            if built.labels is not None:
-                store.write_dictionary_labels(name, built.labels, built.label_set)
+            built.labels, built.label_set = _labels(subject, labelled, concepts, shared, report)
+            store.write_dictionary_labels(name, built.labels, built.label_set)
 
         if visualize:
             settings = {**PICTURES, **(dict(visualize) if isinstance(visualize, Mapping) else {})}
@@ -329,13 +326,10 @@ def _check_same(concepts, name: str, layer: str, method: str, n: int) -> None:
         )
 
 
-def _importance(subject, source, concepts, shared, report, built):
-    """Each concept's importance per class, or None (with the reason in ``built.skipped``)."""
-    try:
-        from convscope.concepts.importance import concept_importance
-    except ImportError:
-        built.skipped.append("importance (convscope.concepts.importance is not available)")
-        return None
+def _importance(subject, source, concepts, shared, report):
+    """Each concept's importance per class."""
+    from convscope.concepts.importance import concept_importance
+
     return concept_importance(
         subject,
         source,
@@ -346,20 +340,18 @@ def _importance(subject, source, concepts, shared, report, built):
     )
 
 
-def _labels(subject, labelled, concepts, shared, report, built):
-    """The dissection of the concepts on ``labelled`` (dataset, name), or (None, None)."""
-    try:
-        from convscope.concepts.labels import label_concepts
-    except ImportError:
-        built.skipped.append("labels (convscope.concepts.labels is not available)")
-        return None, None
+def _labels(subject, labelled, concepts, shared, report):
+    """``(dissection, name)``: the dissection of the concepts on ``labelled`` (dataset, name)."""
+    from convscope.concepts.labels import label_concepts
+
     data, set_name = labelled
     return label_concepts(subject, data, concepts, progress=report("labels"), **shared), set_name
 
 
 def _pictures(subject, concepts, seed, settings, shared, report):
     """``(concept, PIL image)`` of each concept's feature visualisation: the direction objective
-    along its dictionary row, normalised, ``settings["batch"]`` concepts per optimisation."""
+    along the direction its code reads (:meth:`ConceptSet.directions`), ``settings["batch"]``
+    concepts per optimisation."""
     from PIL import Image
 
     from convscope.render import to_uint8

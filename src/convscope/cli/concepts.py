@@ -135,7 +135,5 @@ def concepts(
     o.print(built.headline(), soft_wrap=True)
     if built.reused:
         o.print(f"reused from the atlas: {', '.join(built.reused)}")
-    for what in built.skipped:
-        o.print(f"not done: {what}", soft_wrap=True)
     pictures = f"; pictures in {built.atlas.dictionary_dir(built.name)}/" if built.pictures else ""
     o.print(f"atlas: {built.atlas.db_path}{pictures}", soft_wrap=True)

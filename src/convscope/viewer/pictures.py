@@ -55,7 +55,6 @@ def concept_topk(subject, source, concepts, top, cell: int = 96) -> Image.Image:
     and the concept's heat map (its codes on the layer's grid) over the image the model saw."""
     from convscope.scan.patches import render_topk
 
-    subject.layer(concepts.layer)  # traces a fresh model's layers outside heatmaps' inference mode
     images = [source.read(int(i)) for i in top.images]
     maps = concepts.heatmaps(subject, images)[:, top.unit]
     title = f"{concepts.layer} {concepts.method} concept {top.unit} - top {len(top)} by {top.criterion}"
