@@ -190,3 +190,34 @@ def rf_sizes_figure(rows):
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def evaluation_figure(rows: Sequence[dict], metrics: Sequence[str]):
+    """One panel per metric of an evaluation table (rows of :meth:`Evaluation.table`): methods
+    ranked best first from the top, mean as a dot and the confidence interval as a bar."""
+    plt = pyplot()
+    metrics = list(metrics)
+    cols = min(3, max(1, len(metrics)))
+    nrows = -(-len(metrics) // cols) if metrics else 1
+    per = max((sum(1 for r in rows if r["metric"] == m) for m in metrics), default=1)
+    size = (4.2 * cols, 0.6 + (0.32 * per + 0.9) * nrows)
+    fig, axes = plt.subplots(nrows, cols, figsize=size, squeeze=False)
+    for ax in axes.flat[len(metrics) :]:
+        ax.axis("off")
+    for ax, metric in zip(axes.flat, metrics):
+        group = sorted((r for r in rows if r["metric"] == metric), key=lambda r: r["rank"])
+        ys = np.arange(len(group))[::-1]
+        mean = np.array([r["mean"] for r in group], dtype=float)
+        low = np.array([r["low"] for r in group], dtype=float)
+        high = np.array([r["high"] for r in group], dtype=float)
+        ax.errorbar(
+            mean, ys, xerr=[np.nan_to_num(mean - low), np.nan_to_num(high - mean)], fmt="o", ms=4, capsize=2
+        )
+        ax.set_yticks(ys)
+        ax.set_yticklabels([r["method"] for r in group], fontsize=8)
+        up = group[0]["higher_is_better"] if group else True
+        ax.set_title(f"{metric} ({'higher' if up else 'lower'} is better)", fontsize=9)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.grid(axis="x", lw=0.3)
+    fig.tight_layout()
+    return fig
