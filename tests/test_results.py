@@ -193,6 +193,16 @@ def build(kind: str, subject, samples, x, tmp: Path):
         iou = {f: rng.random(len(p)) for f, p in pur.items()}
         dirs = torch.nn.functional.normalize(torch.randn(3, 8), dim=1)
         return BasisComparison("block", 4, "max", ["a", "b", "c"], 21, pur, maj, dirs, det, iou, labels, 0.04)
+    if kind == "Evaluation":
+        from convscope.attribution.evaluation import Evaluation
+
+        rng = np.random.default_rng(0)
+        scores = rng.random((2, 3, 5))
+        scores[1, 2, 0] = np.nan
+        up = {"road": False, "pixel_flipping": False, "faithfulness_correlation": True}
+        return Evaluation(
+            ["saliency", "edge"], list(up), [f"i{i}" for i in range(5)], scores, up, model="tiny"
+        )
     raise AssertionError(kind)
 
 
@@ -224,6 +234,7 @@ KINDS = [
     "ConceptImportance",
     "ConceptExplanation",
     "BasisComparison",
+    "Evaluation",
 ]
 
 
