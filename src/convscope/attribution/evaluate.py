@@ -206,6 +206,10 @@ def _metric_specs(metrics, metric_options, masks, boxes) -> list[tuple[str, Call
                 close = difflib.get_close_matches(key, takes, n=1)
                 hint = f"did you mean {close[0]!r}?" if close else f"it takes {', '.join(takes)}"
                 raise UserInputError(f"metric {name} has no option {key!r}; {hint}")
+        if opts.get("curve") or opts.get("reduce", "mean") not in ("mean", "last"):
+            raise UserInputError(
+                f"metric {name}: evaluate takes one score per image (no curve, reduce mean or last)"
+            )
         if name in NEEDS_REGIONS and masks is None and boxes is None:
             raise UserInputError(f"metric {name} needs masks= or boxes= (the objects' regions)")
         specs.append((name, fn, opts))

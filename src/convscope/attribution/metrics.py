@@ -656,6 +656,7 @@ def model_randomisation(
     method: str | Callable | None = None,
     options: dict | None = None,
     order: str = "top_down",
+    layers: int | Sequence[str] | None = None,
     similarity: str = "spearman",
     abs: bool = True,
     normalise: bool = True,
@@ -671,7 +672,24 @@ def model_randomisation(
     ("spearman" rank correlation or "ssim") to ``maps`` (both made ``abs`` and divided by their
     largest |value| with ``normalise``) is taken. Returns (B, L) with ``reduce="none"``, else
     the mean over layers per image ("mean") or the last layer's ("last"); lower means the map
-    depends on the model, as it should. The global torch RNG is restored afterwards."""
+    depends on the model, as it should. The global torch RNG is restored afterwards.
+    ``layers`` limits the test (each re-initialisation costs one re-explanation): None, all
+    of them (Quantus'); an int k, the first k of the order; or a list of module names (taken
+    in the order's order)."""
+    order_names = randomisation_layers(subject, order)
+    if layers is not None:
+        if isinstance(layers, int) and not isinstance(layers, bool):
+            if layers < 1:
+                raise UserInputError(f"layers must be >= 1, a list of module names or None, not {layers}")
+            order_names = order_names[:layers]
+        else:
+            wanted = [layers] if isinstance(layers, str) else list(layers)
+            for name in wanted:
+                if name not in order_names:
+                    from convscope.errors import NameNotFoundError
+
+                    raise NameNotFoundError(name, order_names, what="module with parameters to randomise")
+            order_names = [n for n in order_names if n in set(wanted)]
     run = _explain_fn(subject, method, options, maps)
     x = _images(subject, images)
     m = _norm_abs(_maps(maps, x), abs, normalise)
@@ -690,7 +708,7 @@ def model_randomisation(
     shadow.layers = subject.layers
     scores = []
     with torch.random.fork_rng(devices=[]):
-        for name in randomisation_layers(subject, order):
+        for name in order_names:
             if order == "independent":
                 model.load_state_dict(original)
             torch.manual_seed(seed + 1)
