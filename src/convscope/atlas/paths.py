@@ -9,6 +9,9 @@
       ray_shards/                   kept shards of a Ray scan (``--resume``)
       ray_dissect_shards/           kept shards of a Ray dissection
       features/POOLING/             a feature folder (``convscope features``)
+      evaluations/NAME/             an evaluation of attribution methods (``convscope evaluate``):
+                                    evaluation.npz, table.csv, table.json, ranked.png
+      .evaluate-NAME.ckpt           the checkpoint of a running evaluation (and its settings, .json)
       render/LAYER/unit0001_max.png          top-K grid of a unit (``direction0001_max.png``)
       render/LAYER/unit0001_rf.png           empirical receptive field panel
       render/LAYER/unit0001_stimuli.png      manufactured-stimulus test
@@ -89,6 +92,24 @@ class AtlasPaths:
     def features_dir(self, pooling: str) -> Path:
         """``ATLAS/features/POOLING``, the feature folder of one pooling (gap, mac, spoc, gem)."""
         return self.path / "features" / component(pooling, "pooling")
+
+    # -- evaluations of attribution methods ----------------------------------------------------
+    def evaluation_dir(self, name: str) -> Path:
+        """``ATLAS/evaluations/NAME``: the files of the evaluation ``name``."""
+        return self.path / "evaluations" / component(name, "evaluation")
+
+    def evaluation_file(self, name: str, kind: str) -> Path:
+        """One file of the evaluation ``name``: ``kind`` is ``result`` (``evaluation.npz``, the
+        :class:`~convscope.attribution.evaluation.Evaluation`), ``csv`` (``table.csv``), ``json``
+        (``table.json``) or ``plot`` (``ranked.png``)."""
+        from convscope.atlas.evaluations import FILES
+
+        return self.evaluation_dir(name) / FILES[kind]
+
+    def evaluation_checkpoint(self, name: str) -> Path:
+        """``ATLAS/.evaluate-NAME.ckpt``: the checkpoint of a running evaluation (a dot-file:
+        private to convscope, never served), removed once it is stored."""
+        return self.path / f".evaluate-{component(name, 'evaluation')}.ckpt"
 
     # -- renders of units ---------------------------------------------------------------------
     @property

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convscope.atlas import dictionaries, dissections, empirical, scans
+from convscope.atlas import dictionaries, dissections, empirical, evaluations, scans
 from convscope.atlas.schema import has_table
 from convscope.atlas.store import Atlas
 from convscope.errors import NameNotFoundError, UserInputError
@@ -288,6 +288,44 @@ class AtlasReader:
             return path if path.is_file() else None
         except (OSError, ValueError):
             return None
+
+    # -- evaluations of attribution methods ----------------------------------------------------
+    def evaluations(self) -> list[dict]:
+        """Every stored evaluation (name, model, methods, metrics, images, skipped, created), by
+        name (``[]`` in an atlas older than evaluations)."""
+        return evaluations.summaries(self.con())
+
+    def evaluation(self, name: str) -> dict:
+        """One evaluation's summary row; :class:`NameNotFoundError` (close matches) otherwise."""
+        return evaluations.summary(self.con(), name)
+
+    def evaluation_file(self, name: str, kind: str) -> Path | None:
+        """A stored file of evaluation ``name`` (``kind``: ``result``, ``csv``, ``json``,
+        ``plot``), or None when missing; a symlink, or a path that resolves outside the atlas, is
+        none (the server and the export never serve or copy what a link points to)."""
+        evaluations.require(self.con(), name)
+        path = self.atlas.evaluation_file(name, kind)
+        try:
+            inside = path.resolve().is_relative_to(self.path.resolve())
+            if path.is_symlink() or path.parent.is_symlink() or not inside:
+                return None
+            return path if path.is_file() else None
+        except (OSError, ValueError):
+            return None
+
+    def evaluation_report(self, name: str) -> dict | None:
+        """What ``table.json`` of evaluation ``name`` holds (``table``: the ranked rows with
+        their intervals, ``settings``, ``methods``, ``metrics``, ``images``, ``skipped``,
+        ``higher_is_better``), read as stored (nothing computed), or None when it is missing or
+        unreadable."""
+        path = self.evaluation_file(name, "json")
+        if path is None:
+            return None
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return doc if isinstance(doc, dict) and isinstance(doc.get("table"), list) else None
 
     def image_concepts(self, idx: int, limit: int = 24) -> list[dict]:
         """Concepts whose top-K list the atlas image ``idx`` (``dictionary``, ``concept``,

@@ -19,8 +19,8 @@ from pathlib import Path
 from convscope.inputs.fileio import is_text, name_bytes, name_from_bytes
 
 # 2: empirical receptive fields; 3: dissections; 4: lossless names (raw), topk_image index;
-# 5: learned concept sets (dictionaries)
-SCHEMA_VERSION = 5
+# 5: learned concept sets (dictionaries); 6: evaluations of attribution methods
+SCHEMA_VERSION = 6
 
 SCANS = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -94,6 +94,14 @@ CREATE TABLE IF NOT EXISTS dictionary_labels(
     coverage REAL, PRIMARY KEY(name, concept));
 """
 
+# evaluations of attribution methods (convscope.atlas.evaluations): an index of what each
+# compared and the settings a resumed run must match; the results are files of the folder
+EVALUATIONS = """
+CREATE TABLE IF NOT EXISTS evaluations(
+    name TEXT PRIMARY KEY, model TEXT, methods TEXT, metrics TEXT, images INTEGER, skipped INTEGER,
+    created REAL, settings TEXT);
+"""
+
 # columns a schema-5 table got after its first release (added empty by migrate)
 LATER_COLUMNS = (
     ("dictionary_importance", "grouping", "TEXT"),
@@ -101,7 +109,7 @@ LATER_COLUMNS = (
     ("dictionaries", "settings", "TEXT"),
 )
 
-DDL = SCANS + INDEXES + EMPIRICAL + DISSECTIONS + DICTIONARIES
+DDL = SCANS + INDEXES + EMPIRICAL + DISSECTIONS + DICTIONARIES + EVALUATIONS
 
 
 def _statements(script: str) -> list[str]:

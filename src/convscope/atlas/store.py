@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convscope.atlas import dictionaries, dissections, empirical, scans, schema
+from convscope.atlas import dictionaries, dissections, empirical, evaluations, scans, schema
 from convscope.atlas.paths import AtlasPaths, is_private_file  # noqa: F401 (is_private_file: re-exported)
 from convscope.atlas.schema import SCHEMA_VERSION
 from convscope.errors import ConvscopeError, LayerNotFoundError, UserInputError
@@ -542,6 +542,67 @@ class Atlas(AtlasPaths):
         """The stored labels of ``name``'s concepts, by concept (``[]``: none)."""
         with self._read() as con:
             return dictionaries.labels(con, name)
+
+
+    # -- evaluations of attribution methods ----------------------------------------------------
+    def write_evaluation(self, name: str, evaluation, settings: dict | None = None) -> dict[str, Path]:
+        """Store the :class:`~convscope.attribution.evaluation.Evaluation` ``evaluation`` under
+        ``name`` (letters, digits and ``. _ @ + = -``) with the JSON-able ``settings`` it was run
+        with: the result (``.npz``), its ranked table as CSV and JSON and its ranked plot in
+        :meth:`evaluation_dir`, indexed in the database. A reader sees the old evaluation or the
+        new one, whole; re-writing a name replaces it. Returns the paths written, by kind
+        (``result``, ``csv``, ``json``, ``plot``)."""
+        name = evaluations.check_name(name)
+        with self.lock():
+            folder = self.evaluation_dir(name)
+            new = folder.with_name(f".{name}.new{os.getpid()}")
+            aside = folder.with_name(f".{name}.old{os.getpid()}")
+            shutil.rmtree(new, ignore_errors=True)
+            new.mkdir(parents=True)
+            try:
+                evaluation.save(new / evaluations.FILES["result"])
+                evaluation.to_csv(new / evaluations.FILES["csv"])
+                evaluation.to_json(new / evaluations.FILES["json"])
+                evaluation.to_png(new / evaluations.FILES["plot"])
+                if folder.exists():
+                    shutil.rmtree(aside, ignore_errors=True)
+                    folder.rename(aside)
+                new.rename(folder)
+                try:
+                    with self._write() as con:
+                        evaluations.write(con, name, evaluation, settings)
+                except BaseException:
+                    shutil.rmtree(folder, ignore_errors=True)
+                    if aside.exists():
+                        aside.rename(folder)
+                    raise
+            finally:
+                shutil.rmtree(new, ignore_errors=True)
+            shutil.rmtree(aside, ignore_errors=True)
+        return {kind: self.evaluation_file(name, kind) for kind in evaluations.FILES}
+
+    def evaluations(self) -> list[dict]:
+        """Every stored evaluation, by name: ``name``, ``model``, ``methods``, ``metrics``,
+        ``images``, ``skipped``, ``created`` (``[]`` in an atlas older than evaluations)."""
+        with self._read() as con:
+            return evaluations.summaries(con)
+
+    def evaluation(self, name: str):
+        """The stored :class:`~convscope.attribution.evaluation.Evaluation` ``name`` (unknown
+        names: :class:`~convscope.errors.NameNotFoundError` with close matches)."""
+        from convscope.attribution.evaluation import Evaluation
+
+        with self._read() as con:
+            evaluations.require(con, name)
+        path = self.evaluation_file(name, "result")
+        if path.is_symlink() or not path.is_file():
+            raise UserInputError(f"the evaluation {name!r} of {self.path} has no {path.name}")
+        return Evaluation.load(path)
+
+    def evaluation_settings(self, name: str) -> dict | None:
+        """The settings stored with evaluation ``name`` (:meth:`write_evaluation`), or None."""
+        with self._read() as con:
+            return evaluations.settings(con, name)
 
 
 class _AtlasLock:
