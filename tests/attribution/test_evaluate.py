@@ -155,6 +155,16 @@ def test_unreadable_files_are_skipped_and_counted(subject, tmp_path):
     assert ev.scores.shape == (1, 1, 3) and np.isfinite(ev.scores).all()
     folder = evaluate(subject, tmp_path, ["saliency"], ["pixel_flipping"], chunk=2)  # a folder too
     assert len(folder.images) == 3 and len(folder.skipped) == 1
+    assert folder.images == ["img0.png", "img1.png", "img2.png"]  # the source's relative names
+    import tarfile
+
+    with tarfile.open(tmp_path / "data.tar", "w") as tf:
+        for p in [*paths, bad]:
+            tf.add(p, arcname=f"sub/{p.name}")
+    packed = evaluate(subject, tmp_path / "data.tar", ["saliency"], ["pixel_flipping"], chunk=2)
+    np.testing.assert_array_equal(packed.scores, folder.scores)
+    with pytest.raises(UserInputError, match="no readable image"):
+        evaluate(subject, [bad], ["saliency"], ["pixel_flipping"])
 
 
 def test_callables_are_methods_and_an_edge_map_fails_the_randomisation_check(subject, x):

@@ -69,9 +69,7 @@ class _Images:
                 raise UserInputError(f"expected images (N, 3, H, W), got {tuple(images.shape)}")
             self.batch = images
             default = [f"image {i}" for i in range(len(images))]
-        elif isinstance(images, ImageSource) or (
-            isinstance(images, (str, os.PathLike)) and Path(images).is_dir()
-        ):
+        elif isinstance(images, ImageSource) or _is_collection(images):
             self.source = images if isinstance(images, ImageSource) else open_images(images)
             default = [r.name for r in self.source.records]
         else:
@@ -117,6 +115,17 @@ class _Images:
             good.append(i)
             tensors.append(t.to(dev, torch.float32))
         return good, (torch.cat(tensors) if tensors else None), bad
+
+
+def _is_collection(images) -> bool:
+    """A folder, an archive or the bundled samples: many images behind one name."""
+    if not isinstance(images, (str, os.PathLike)):
+        return False
+    text = os.fspath(images)
+    return text == "convscope:samples" or Path(text).is_dir() or text.lower().endswith(_ARCHIVES)
+
+
+_ARCHIVES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 
 
 def _unique(names: list[str]) -> list[str]:
@@ -393,6 +402,8 @@ def evaluate(
                 subject, settings, done, skipped,
             )  # fmt: skip
     keep = [i for i in range(n) if i not in skipped]
+    if not keep:
+        raise UserInputError(f"no readable image among the {n} given ({next(iter(skipped.values()))}, ...)")
     final = dict(settings)
     return Evaluation(
         methods=method_names,
