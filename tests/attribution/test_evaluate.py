@@ -58,6 +58,7 @@ def test_table_has_every_pair_and_scores_equal_the_metric_called_directly(subjec
         ({"metrics": ["pixel_flip"]}, "pixel_flipping"),
         ({"metric_options": {"pixel_flipping": {"stpe": 3}}}, "step"),
         ({"metric_options": {"road": {}}}, "not among"),
+        ({"metric_options": {"pixel_flipping": {"seed": 3}}}, "sets 'seed' itself"),
         ({"metric_options": {"pixel_flipping": {"curve": True}}}, "one score per image"),
         ({"options": {"layr": "x"}}, "layr"),
         ({"options": {"saliency": {"layer": "x"}, "random": {}}}, "layer"),

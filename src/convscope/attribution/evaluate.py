@@ -211,6 +211,11 @@ def _metric_specs(metrics, metric_options, masks, boxes) -> list[tuple[str, Call
             if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in _GIVEN
         ]
         for key in opts:
+            if key in _GIVEN:
+                raise UserInputError(
+                    f"metric {name}: evaluate sets {key!r} itself (seed: derived from evaluate's seed; "
+                    "method/options: the method judged; masks/boxes: evaluate's own)"
+                )
             if key not in takes:
                 close = difflib.get_close_matches(key, takes, n=1)
                 hint = f"did you mean {close[0]!r}?" if close else f"it takes {', '.join(takes)}"
