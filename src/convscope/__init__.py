@@ -1,7 +1,7 @@
 """convscope: see what a convolutional network has learned.
 
 One verb per family (:mod:`convscope.verbs`): ``convscope.scan``, ``features``, ``dissect``
-(each on a local or a Ray ``engine``), ``explain``, ``visualize``, ``class_model``, ``invert``,
+(each on a local or a Ray ``engine``), ``explain``, ``evaluate``, ``visualize``, ``class_model``, ``invert``,
 ``dream``, ``attack``, ``fool``, ``empirical_rf``, ``stimuli``, ``probe``, ``neighbors``,
 ``project``, ``compare``, ``train``, ``concepts``. ``convscope.scan``, ``convscope.dissect``,
 ``convscope.train`` and ``convscope.concepts`` are both the verb and the family's subpackage
@@ -15,7 +15,7 @@ import sys as _sys
 import types as _types
 
 from convscope.accel import Accel
-from convscope.attribution import AttributionMap
+from convscope.attribution import AttributionMap, Evaluation
 from convscope.errors import (
     AmbiguousLayerError,
     ConvscopeError,
@@ -35,6 +35,7 @@ from convscope.verbs import (
     compare,
     dream,
     empirical_rf,
+    evaluate,
     explain,
     features,
     fool,
@@ -52,6 +53,7 @@ __all__ = [
     "Accel",
     "AmbiguousLayerError",
     "AttributionMap",
+    "Evaluation",
     "ConvscopeError",
     "Direction",
     "LayerInfo",
@@ -72,6 +74,7 @@ __all__ = [
     "dissect",
     "dream",
     "empirical_rf",
+    "evaluate",
     "explain",
     "features",
     "fool",

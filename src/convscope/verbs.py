@@ -13,7 +13,7 @@ Each verb is a thin, documented entry point over its family's own function, of o
 - ``progress``: None or a callable ``(done, total)``; compute never prints.
 
 Where a family's function has that shape already it is exported as it is (:func:`explain`,
-:func:`class_model`, :func:`fool`, :func:`train`).
+:func:`evaluate`, :func:`class_model`, :func:`fool`, :func:`train`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from convscope.adversarial import Adversarial, fgsm, fool, minimal, pgd
-from convscope.attribution import explain
+from convscope.attribution import evaluate, explain
 from convscope.concepts.result import ConceptSet
 from convscope.dissect.result import Dissection
 from convscope.empirical import EmpiricalRF, Stimuli
@@ -52,6 +52,7 @@ __all__ = [
     "dissect",
     "dream",
     "empirical_rf",
+    "evaluate",
     "explain",
     "features",
     "fool",

@@ -2,8 +2,18 @@
 map is (:mod:`convscope.attribution.metrics`: pixel flipping, ROAD, faithfulness correlation,
 infidelity, max-sensitivity, model randomisation, localisation...)."""
 
-from convscope.attribution import cam, cam_family, gradients, lrp, occlusion, zeiler_fergus  # noqa: F401  (registry)
+from convscope.attribution import (  # noqa: F401  (registry)
+    baselines,
+    cam,
+    cam_family,
+    gradients,
+    lrp,
+    occlusion,
+    zeiler_fergus,
+)
 from convscope.attribution.api import explain, get_method, method_names, method_options, options_for
+from convscope.attribution.evaluate import evaluate
+from convscope.attribution.evaluation import Evaluation
 from convscope.attribution.metrics import METRICS, get_metric, metric_names
 from convscope.attribution.result import AttributionMap
 from convscope.attribution.targets import Target, resolve_target
@@ -13,9 +23,11 @@ __all__ = [
     "METRICS",
     "AttributionMap",
     "Curve",
+    "Evaluation",
     "SanityCheck",
     "Target",
     "deletion_insertion",
+    "evaluate",
     "explain",
     "get_method",
     "get_metric",
