@@ -31,6 +31,9 @@ from convscope.cli.common import (
 StepsOpt = Annotated[int, typer.Option("--steps", min=1, help="optimisation steps")]
 SizeOpt = Annotated[int, typer.Option("--size", min=8, help="image size, px")]
 ParamOpt = Annotated[str, typer.Option("--param", help="fft or pixel")]
+VizParamOpt = Annotated[
+    str, typer.Option("--param", help="fft, pixel or maco (phase only, natural magnitude, transparency)")
+]
 OutOpt = Annotated[Path, typer.Option("--out", help="output folder")]
 
 
@@ -44,8 +47,10 @@ def visualize(
     neuron: Annotated[bool, typer.Option("--neuron", help="centre neuron, not the channel")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="units optimised together")] = 32,
     steps: StepsOpt = 256,
-    size: SizeOpt = 128,
-    param: ParamOpt = "fft",
+    size: Annotated[
+        int | None, typer.Option("--size", min=8, help="canvas size, px (default 128; maco 512)")
+    ] = None,
+    param: VizParamOpt = "fft",
     out: OutOpt = Path("visualize-out"),
     precision: PrecisionOpt = "fp32",
     channels_last: ChannelsLastOpt = None,

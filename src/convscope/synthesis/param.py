@@ -92,11 +92,17 @@ def from_image(image: torch.Tensor, decorrelate: bool = False):
 
 
 def make_param(kind: str, shape, generator=None, device=None, decorrelate: bool = True, **kw):
-    """``kind`` is ``"fft"`` or ``"pixel"``."""
+    """``kind`` is ``"fft"``, ``"pixel"`` or ``"maco"`` (:func:`convscope.synthesis.maco.maco_image`:
+    phase only, fixed natural-image magnitude, always decorrelated; takes ``keys`` and ``seed``
+    instead of ``generator``)."""
+    if kind == "maco":
+        from convscope.synthesis.maco import maco_image
+
+        return maco_image(shape, device=device, **kw)
     if kind == "fft":
         return fft_image(shape, decorrelate=decorrelate, generator=generator, device=device, **kw)
     if kind == "pixel":
         return pixel_image(shape, decorrelate=decorrelate, generator=generator, device=device, **kw)
     from convscope.errors import UserInputError
 
-    raise UserInputError(f"unknown parametrisation {kind!r}: use 'fft' or 'pixel'")
+    raise UserInputError(f"unknown parametrisation {kind!r}: use 'fft', 'pixel' or 'maco'")

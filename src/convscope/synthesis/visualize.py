@@ -19,7 +19,8 @@ def visualize_units(
 ) -> Synthesis:
     """One image per unit of ``layer`` that maximises its mean activation (``neuron=True``: the
     centre neuron), optimised ``batch`` units at a time in one run each. ``options`` go to
-    :func:`~convscope.synthesis.engine.optimize` (``steps``, ``size``, ``param``, ``seed``...)."""
+    :func:`~convscope.synthesis.engine.optimize` (``steps``, ``size``, ``param``, ``seed``...);
+    with ``param="maco"`` a unit's image is the same whatever ``batch`` (seeded by its label)."""
     info = subject.layer(layer)
     units = list(units)
     bad = [u for u in units if not 0 <= u < (info.units or 0)]
@@ -89,4 +90,7 @@ def _concat(parts: list[Synthesis]) -> Synthesis:
         labels=[lab for p in parts for lab in p.labels],
         frames=None,
         info=parts[0].info,
+        transparency=None
+        if parts[0].transparency is None
+        else np.concatenate([p.transparency for p in parts]),
     )
