@@ -55,10 +55,18 @@ class SmoothGrad(Method):
         gen = torch.Generator(device=x.device).manual_seed(int(self.options.get("seed", 0)))
         span = x.amax(dim=(1, 2, 3), keepdim=True) - x.amin(dim=(1, 2, 3), keepdim=True)
         total = torch.zeros_like(x)
-        for _ in range(samples):
-            noisy = x + torch.randn(x.shape, generator=gen, device=x.device) * noise * span
-            g = input_gradient(self.subject, noisy, target)
-            total += g.abs() if magnitude else g
+        # several noisy copies per forward pass (16 inputs, as integrated gradients' default
+        # batch): the noise is drawn and the gradients summed in the same order as one at a time
+        n = x.shape[0]
+        per = max(1, 16 // max(n, 1))
+        for s in range(0, samples, per):
+            k = min(per, samples - s)
+            noisy = torch.cat(
+                [x + torch.randn(x.shape, generator=gen, device=x.device) * noise * span for _ in range(k)]
+            )
+            grads = input_gradient(self.subject, noisy, target.repeated(k)).view(k, *x.shape)
+            for g in grads:
+                total += g.abs() if magnitude else g
         raw = total / samples
         return raw.abs().amax(dim=1), raw
 

@@ -46,13 +46,15 @@ class _Rectify(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
-        out = grad.clamp_min(0)
-        if ctx.rule == "guided":
-            mask = x > ctx.lo
-            if ctx.hi is not None:
-                mask &= x < ctx.hi
-            out = out * mask
-        return out, None, None, None
+        if ctx.rule != "guided":
+            return grad.clamp_min(0), None, None, None
+        # the forward mask by the fused kernels of relu / hardtanh's own backward (one pass, not
+        # three comparisons and a multiply): 0 unless lo < x (< hi)
+        if ctx.hi is None:
+            out = torch.ops.aten.threshold_backward(grad, x, ctx.lo)
+        else:
+            out = torch.ops.aten.hardtanh_backward(grad, x, ctx.lo, ctx.hi)
+        return out.clamp_min_(0), None, None, None
 
 
 class ReluRule(TorchFunctionMode):
