@@ -165,8 +165,25 @@ class Subject:
     @property
     def num_outputs(self) -> int:
         """Size of the model's output (the number of classes for a classifier)."""
-        last = max((i for i in self.layers if i.shape is not None), key=lambda i: i.order)
+        from convscope.errors import RecordingError
+
+        try:
+            infos = [i for i in self.layers if i.shape is not None]
+        except RecordingError:  # TorchScript takes no hooks: the output of one forward pass
+            return self._probed_outputs
+        last = max(infos, key=lambda i: i.order)
         return last.units or 0
+
+    @cached_property
+    def _probed_outputs(self) -> int:
+        from convscope.recorder import select_tensor
+
+        h, w = self.input_size
+        with torch.no_grad():
+            out = self.model(torch.zeros(1, 3, h, w, device=self.device))
+        if not isinstance(out, torch.Tensor):
+            out = select_tensor(out, "logits" if isinstance(out, dict) else None, "output")
+        return int(out.shape[-1])
 
     def layer(self, name: str) -> LayerInfo:
         """The layer at address or alias ``name``; unknown names list the closest ones."""

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-from convscope.attribution.base import METHODS
+from convscope.attribution.base import METHODS, no_gradient_error
 from convscope.attribution.result import AttributionMap
 from convscope.attribution.targets import Target, resolve_target
 from convscope.errors import UserInputError
@@ -99,7 +99,12 @@ def explain(
     impl.progress = progress
     n = x.shape[0]
     impl.report(0, n)
-    maps, raw = impl.attribute(x, tgt)
+    try:
+        maps, raw = impl.attribute(x, tgt)
+    except RuntimeError as e:  # a gradient method on a model without gradients (CAMs, FullGrad)
+        if "does not require grad" in str(e):
+            raise no_gradient_error() from None
+        raise
     impl.report(n, n)
     seen = subject.preprocess.denormalize(x.detach()).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
     return AttributionMap(

@@ -63,5 +63,20 @@ def input_gradient(
                 score = target.score(subject, x)
             if on_rule is not None:
                 on_rule(mode)
+        if not score.requires_grad:
+            raise no_gradient_error()
         (grad,) = torch.autograd.grad(score.sum(), x)
     return grad
+
+
+BLACKBOX = "occlusion, rise, kernel_shap, lime"
+
+
+def no_gradient_error() -> Exception:
+    """The one-line error of a gradient method on a model whose score has no gradient."""
+    from convscope.errors import UserInputError
+
+    return UserInputError(
+        "the model's score has no gradient with respect to its input (a model run under no_grad "
+        f"or returning detached tensors): use a black-box method ({BLACKBOX})"
+    )

@@ -37,8 +37,9 @@ def explain(
             "--method",
             help="comma-separated: saliency, input_x_gradient, smoothgrad, "
             "integrated_gradients, guided, deconvnet, gradcam, gradcam++, scorecam, guided_gradcam, "
-            "layercam, hirescam, xgradcam, eigencam, eigengradcam, ablationcam, fullgrad, "
-            "occlusion, zeiler_fergus",
+            "layercam, hirescam, xgradcam, eigencam, eigengradcam, ablationcam, fullgrad, lrp, "
+            "occlusion, zeiler_fergus; black-box (forward passes only: TorchScript, wrapped APIs): "
+            "occlusion, rise, kernel_shap, lime",
         ),
     ] = "saliency,guided,gradcam,occlusion",
     target: TargetOpt = "top",
@@ -48,8 +49,34 @@ def explain(
     ] = None,
     window: Annotated[int, typer.Option("--window", help="occlusion window, px")] = 32,
     stride: Annotated[int, typer.Option("--stride", help="occlusion stride, px")] = 16,
-    fill: Annotated[str, typer.Option("--fill", help="occluder: gray zero mean blur noise")] = "gray",
-    samples: Annotated[int, typer.Option("--samples", help="SmoothGrad samples")] = 50,
+    fill: Annotated[
+        str | None,
+        typer.Option(
+            "--fill",
+            help="what hidden pixels become: occlusion gray zero mean blur noise; rise, kernel_shap, "
+            "lime zero gray mean blur [default: each method's own: occlusion gray, the others zero]",
+        ),
+    ] = None,
+    samples: Annotated[
+        int | None,
+        typer.Option(
+            "--samples",
+            help="SmoothGrad noisy copies; kernel_shap, lime perturbations [default: 50; 500]",
+        ),
+    ] = None,
+    masks: Annotated[int, typer.Option("--masks", help="RISE random masks")] = 4000,
+    cells: Annotated[int, typer.Option("--cells", help="RISE mask grid, cells per side")] = 7,
+    segments: Annotated[
+        int, typer.Option("--segments", help="kernel_shap, lime: SLIC superpixels per image")
+    ] = 50,
+    composite: Annotated[
+        str,
+        typer.Option(
+            "--composite",
+            help="LRP composite: epsilon_plus epsilon_gamma_box epsilon_alpha2_beta1 epsilon_plus_flat "
+            "epsilon_alpha2_beta1_flat epsilon gamma alpha_beta zplus",
+        ),
+    ] = "epsilon_plus",
     steps: Annotated[int, typer.Option("--steps", help="integrated-gradients steps")] = 50,
     even_overlap: Annotated[
         bool, typer.Option("--even-overlap", help="Zeiler-Fergus: remove the checkerboard of strided layers")
@@ -80,12 +107,16 @@ def explain(
         "layer": layer,
         "window": window,
         "stride": stride,
-        "fill": fill,
         "seed": seed,
-        "samples": samples,
         "steps": steps,
         "even_overlap": even_overlap,
+        "masks": masks,
+        "cells": cells,
+        "segments": segments,
+        "composite": composite,
     }
+    # unset: each method keeps its own default (occlusion's grey fill, RISE's zero)
+    settings.update({k: v for k, v in {"fill": fill, "samples": samples}.items() if v is not None})
     bar, progress = progress_bar("explaining", len(methods) * len(pics), unit="maps")
     try:
         summary, written = write_explain_report(
