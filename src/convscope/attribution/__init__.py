@@ -4,6 +4,7 @@ infidelity, max-sensitivity, model randomisation, localisation...)."""
 
 from convscope.attribution import (  # noqa: F401  (registry)
     baselines,
+    blackbox,
     cam,
     cam_family,
     gradients,
