@@ -203,6 +203,13 @@ def build(kind: str, subject, samples, x, tmp: Path):
         return Evaluation(
             ["saliency", "edge"], list(up), [f"i{i}" for i in range(5)], scores, up, model="tiny"
         )
+    if kind == "ActivationAtlas":
+        from convscope.synthesis.activation_atlas import activation_atlas
+
+        return activation_atlas(
+            subject, samples.subset(list(range(0, len(samples), 12))), "block", samples_per_image=4,
+            layout="pca", grid=3, min_count=1, steps=2, size=16, workers=0,
+        )  # fmt: skip
     raise AssertionError(kind)
 
 
@@ -235,6 +242,7 @@ KINDS = [
     "ConceptExplanation",
     "BasisComparison",
     "Evaluation",
+    "ActivationAtlas",
 ]
 
 
