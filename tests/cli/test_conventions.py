@@ -47,6 +47,7 @@ NEW = {  # command: spellings its --help shows
     "dissect": ["--data", "--layers", "--batch-size", "--resume", "[model]"],
     "concepts": ["--data", "--layers", "--batch-size", "--resume", "[model]"],
     "explain": ["--data", "--layers", "--target", "[model]"],
+    "evaluate": ["--data", "--layers", "--target", "--resume", "[model]"],
     "attack": ["--data", "--target", "[model]"],
     "fool": ["--classes", "[model]"],
     "classviz": ["--classes", "[model]"],

@@ -931,6 +931,35 @@ def test_engine_choice(photos, tmp_path, capsys):
     assert not (tmp_path / "a").exists()
 
 
+def test_evaluate(photos, tmp_path):
+    """``convscope evaluate`` is convscope.evaluate on evaluate_to_atlas's seeded sample: the same
+    scores and the same ranked table stored."""
+    from convscope.atlas import Atlas
+    from convscope.atlas.evaluate_build import pick_images
+
+    args = ("--methods", "saliency,gradcam,edge", "--metrics", "average_drop,pixel_flipping", "--n", 6)
+    args += ("--layers", "conv2", "--chunk", 4, "--seed", 2, "--metric-option", "pixel_flipping.step=128")
+    text = cli("evaluate", "tiny", "--data", photos, *args, "--out", tmp_path / "e")
+    subject = tiny()
+    ours = convscope.evaluate(
+        subject,
+        pick_images(open_images(photos, transform=subject.transform), 6, 2),
+        ["saliency", "gradcam", "edge"],
+        ["average_drop", "pixel_flipping"],
+        options={"layer": "conv2"},
+        metric_options={"pixel_flipping": {"step": 128}},
+        seed=2,
+        chunk=4,
+    )
+    stored = Atlas.open(tmp_path / "e").evaluation("default")
+    assert stored.images == ours.images and len(ours.images) == 6
+    np.testing.assert_array_equal(stored.scores, ours.scores)
+    table = (tmp_path / "e" / "evaluations" / "default" / "table.csv").read_text()
+    drop_seconds = lambda t: [row.rsplit(",", 1)[0] for row in t.splitlines()]  # noqa: E731
+    assert drop_seconds(table) == drop_seconds(ours.to_csv())
+    assert ours.headline() in text
+
+
 def test_every_command_has_a_parity_test():
     """A new command comes with its test here (named test_<command>, dashes as underscores)."""
     import typer

@@ -15,6 +15,7 @@ from convscope.cli import (
     demo,
     dissect,
     empirical,
+    evaluate,
     explain,
     layers,
     represent,
@@ -97,6 +98,7 @@ _add("demo", demo.demo)
 _add("scan", scan.scan)
 _add("topk", topk.topk)
 _add("explain", explain.explain)
+_add("evaluate", evaluate.evaluate)
 _add("visualize", synthesis.visualize)
 _add("classviz", synthesis.classviz)
 _add("invert", synthesis.invert)

@@ -35,6 +35,7 @@ from convscope.errors import NameNotFoundError, UserInputError, close_matches
 from convscope.viewer import pages
 from convscope.viewer.analysis import analyse_image
 from convscope.viewer.concepts import concept_cells, concept_view
+from convscope.viewer.evaluations import FILE_KINDS, evaluation_page, evaluation_view, evaluations_page
 from convscope.viewer.pictures import concept_topk, encode, rf_picture, thumbnail, unit_patch
 from convscope.viewer.security import (
     SecurityHeaders,
@@ -274,6 +275,7 @@ def page_routes(st: ViewerState, links: pages.Links) -> APIRouter:
             st.reader.n_images(),
             links,
             st.reader.dictionaries(),
+            st.reader.evaluations(),
         )
 
     @r.get("/layer/{layer}", response_class=HTMLResponse)
@@ -325,6 +327,25 @@ def page_routes(st: ViewerState, links: pages.Links) -> APIRouter:
             picture=v["picture"],
             live=live,
         )
+
+    @r.get("/evaluations", response_class=HTMLResponse)
+    def evaluations():
+        return evaluations_page(st.meta, st.reader.evaluations(), links)
+
+    @r.get("/evaluations/{name}", response_class=HTMLResponse)
+    def evaluation(name: str):
+        info, report, files = evaluation_view(st.reader, name)  # unknown: a 404 with close names
+        return evaluation_page(st.meta, info, report, files, links)
+
+    @r.get("/evaluations/{name}/files/{kind}")
+    def evaluation_file(name: str, kind: str):
+        if kind not in FILE_KINDS:
+            raise HTTPException(404, "no such file")
+        path = st.reader.evaluation_file(name, kind)  # a symlink or a missing file: None
+        if path is None:
+            raise HTTPException(404, f"the evaluation {name!r} has no stored {kind} file")
+        media = MEDIA.get(path.suffix.lower(), "application/octet-stream")
+        return Response(path.read_bytes(), media_type=media)
 
     return r
 
@@ -536,6 +557,15 @@ def api_routes(st: ViewerState) -> APIRouter:
         row = _unit_or_404(st, layer, unit)
         topk = {c: st.reader.topk(layer, unit, c) for c in st.reader.criteria(layer)}
         return _clean({"unit": row, "topk": topk, "concepts": st.reader.concepts(layer, unit)})
+
+    @r.get("/evaluations")
+    def api_evaluations():
+        return _clean({"evaluations": st.reader.evaluations()})
+
+    @r.get("/evaluations/{name}")
+    def api_evaluation(name: str):
+        info, report, _ = evaluation_view(st.reader, name)
+        return _clean({"evaluation": info, "report": report})
 
     @r.get("/concepts")
     def api_dictionaries():

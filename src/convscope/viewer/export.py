@@ -8,6 +8,7 @@ from pathlib import Path
 from convscope.inputs.fileio import save_image, write_text
 from convscope.viewer import pages
 from convscope.viewer.concepts import concept_cells, concept_view
+from convscope.viewer.evaluations import evaluation_page, evaluation_view, evaluations_page
 from convscope.viewer.pictures import concept_topk, rf_picture, thumbnail, unit_patch
 from convscope.viewer.state import open_reader, reopen_atlas
 from convscope.viewer.weights import weight_neighbors
@@ -27,8 +28,9 @@ def export_html(
 ) -> Path:
     """Write ``index.html``, paginated layer pages, unit pages for the first
     ``units_per_layer`` units of each layer (with their patches and top-K grids), the pages of
-    the learned concept sets (:func:`export_concepts`), and a page for every image those units
-    and concepts show. Returns ``out/index.html``."""
+    the learned concept sets (:func:`export_concepts`), the evaluations of attribution methods
+    (:func:`export_evaluations`), and a page for every image those units and concepts show.
+    Returns ``out/index.html``."""
     from convscope.scan.patches import render_topk
 
     out = Path(out)
@@ -47,6 +49,7 @@ def export_html(
             reader.n_images(),
             links,
             reader.dictionaries(),
+            reader.evaluations(),
         ),
     )
     images: set[int] = set()
@@ -99,6 +102,7 @@ def export_html(
             done += 1
             report(done, total)
     images |= export_concepts(reader, subject, source, out, meta, links)
+    export_evaluations(reader, out, meta, links)
     for idx in sorted(images):
         row = reader.image(idx)
         img = source.read(idx)
@@ -164,3 +168,21 @@ def export_concepts(reader, subject, source, out: Path, meta: dict, links: pages
                 ),
             )
     return images
+
+
+def export_evaluations(reader, out: Path, meta: dict, links: pages.StaticLinks) -> int:
+    """The pages of the atlas's evaluations of attribution methods (the index and one page per
+    evaluation) with their stored ranked plot and tables copied (symlinks never followed);
+    returns how many evaluations were written."""
+    rows = reader.evaluations()
+    if not rows:
+        return 0
+    write_text(out / links.evaluations(), evaluations_page(meta, rows, links))
+    for row in rows:
+        name = row["name"]
+        info, report, files = evaluation_view(reader, name)
+        for kind, path in files.items():
+            if path is not None:
+                _write(path.read_bytes(), out / links.evaluation_file(name, kind))
+        write_text(out / links.evaluation(name), evaluation_page(meta, info, report, files, links))
+    return len(rows)

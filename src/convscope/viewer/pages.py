@@ -73,6 +73,17 @@ class Links:
     def concept_picture(self, name: str, concept: int) -> str:
         return f"/img/concept/picture/{quote(name, safe='')}/{concept}"
 
+    # evaluations of attribution methods
+    def evaluations(self) -> str:
+        return "/evaluations"
+
+    def evaluation(self, name: str) -> str:
+        return f"/evaluations/{quote(name, safe='')}"
+
+    def evaluation_file(self, name: str, kind: str) -> str:
+        """A stored file of the evaluation: ``kind`` ``plot``, ``csv`` or ``json``."""
+        return f"/evaluations/{quote(name, safe='')}/files/{quote(kind, safe='')}"
+
 
 def safe_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
@@ -128,6 +139,16 @@ class StaticLinks(Links):
     def concept_picture(self, name: str, concept: int) -> str:
         return f"img/concept_picture_{safe_name(name)}_{concept}.png"
 
+    def evaluations(self) -> str:
+        return "evaluations.html"
+
+    def evaluation(self, name: str) -> str:
+        return f"evaluation_{safe_name(name)}.html"
+
+    def evaluation_file(self, name: str, kind: str) -> str:
+        suffix = {"plot": "ranked.png", "csv": "table.csv", "json": "table.json"}[kind]
+        return f"img/evaluation_{safe_name(name)}_{suffix}"
+
 
 def page(title: str, body: str, links: Links, model: str = "") -> str:
     upload = (
@@ -178,8 +199,10 @@ def model_page(
     n_images: int,
     links: Links,
     dictionaries: list[dict] | None = None,
+    evaluations: list[dict] | None = None,
 ) -> str:
-    """The home page: the scanned layers, and the learned concept sets (``dictionaries``) if any."""
+    """The home page: the scanned layers, the learned concept sets (``dictionaries``) and the
+    evaluations of attribution methods (``evaluations``) if any."""
     rows = []
     for r in layers:
         d = dissection.get(r["name"], {})
@@ -206,6 +229,13 @@ def model_page(
         body += (
             f"<h2 id='concepts'><a href='{links.dictionaries()}'>learned concepts</a></h2>"
             + _dictionary_table(dictionaries, links)
+        )
+    if evaluations:
+        from convscope.viewer.evaluations import evaluations_table
+
+        body += (
+            f"<h2 id='evaluations-title'><a href='{links.evaluations()}'>evaluations of attribution "
+            "methods</a></h2>" + evaluations_table(evaluations, links)
         )
     return page(meta["model"].get("name", "model"), body, links, meta["model"].get("name", ""))
 

@@ -1,0 +1,46 @@
+"""Evaluations of attribution methods in the viewer: the index, an evaluation's page (ranked plot,
+table with intervals, settings) and its files, hostile names 404, and the static export."""
+
+from __future__ import annotations
+
+import pytest
+
+fastapi = pytest.importorskip("fastapi", reason="the viewer needs the web extra")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from convscope.atlas import Atlas  # noqa: E402
+from convscope.atlas.queries import AtlasReader  # noqa: E402
+from convscope.viewer import pages  # noqa: E402
+from convscope.viewer.app import create_app  # noqa: E402
+from convscope.viewer.export import export_evaluations  # noqa: E402
+from tests.atlas.test_evaluations import made  # noqa: E402
+
+
+@pytest.fixture()
+def atlas(tmp_path):
+    a = Atlas.create(tmp_path / "atlas", {"name": "tiny"}, {"description": "test images"})
+    a.write_evaluation("run-1", made(methods=("saliency", "<b>x</b>")))
+    return a
+
+
+def test_pages_render_and_hostile_names_404(atlas):
+    c = TestClient(create_app(atlas.path), base_url="http://127.0.0.1")
+    home = c.get("/")
+    assert home.status_code == 200 and "/evaluations/run-1" in home.text
+    assert "run-1" in c.get("/evaluations").text
+    page = c.get("/evaluations/run-1")
+    assert page.status_code == 200 and "ranked-plot" in page.text and "95% interval" in page.text
+    assert "<b>x</b>" not in page.text and "&lt;b&gt;x&lt;/b&gt;" in page.text
+    assert c.get("/evaluations/run-1/files/plot").content[:4] == b"\x89PNG"
+    assert c.get("/evaluations/run-1/files/csv").text == atlas.evaluation("run-1").to_csv()
+    for url in ("/evaluations/run-2", "/evaluations/..%2F..", "/evaluations/run-1/files/result",
+                "/evaluations/run-1/files/%2E%2E", "/evaluations/%3Cscript%3E"):  # fmt: skip
+        assert c.get(url).status_code == 404, url
+
+
+def test_export_includes_them(atlas, tmp_path):
+    out = tmp_path / "site"
+    meta = {"model": {"name": "tiny"}}
+    assert export_evaluations(AtlasReader(atlas.path), out, meta, pages.StaticLinks()) == 1
+    assert (out / "evaluations.html").is_file() and (out / "evaluation_run-1.html").is_file()
+    assert (out / "img" / "evaluation_run-1_ranked.png").is_file()
