@@ -245,11 +245,21 @@ def test_class_targets_on_an_unlabelled_torchscript_model(black_boxes, photos):
     assert amap.targets == ["logit(9)", "logit(9)"]
 
 
-@pytest.mark.parametrize("method", ["saliency", "integrated_gradients", "gradcam", "fullgrad"])
+@pytest.mark.parametrize("method", ["saliency", "integrated_gradients", "gradcam", "fullgrad", "lrp"])
 def test_gradient_methods_refuse_a_model_without_gradients_in_one_line(black_boxes, photos, method):
     opaque = black_boxes[1][1]
     with pytest.raises(UserInputError, match="no gradient.*black-box method") as e:
         convscope.explain(opaque, photos, method)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("method", ["guided", "deconvnet", "lrp", "fullgrad"])
+def test_methods_that_intercept_operations_refuse_torchscript_in_one_line(black_boxes, photos, method):
+    # their rules act on Python-level operations, which a traced graph never shows them: they
+    # would return a plain gradient (guided, deconvnet) or a partial map (fullgrad, lrp)
+    traced = black_boxes[1][0]
+    with pytest.raises(UserInputError, match="TorchScript") as e:
+        convscope.explain(traced, photos, method, target="class:1")
     assert "\n" not in str(e.value)
 
 

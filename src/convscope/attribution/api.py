@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-from convscope.attribution.base import METHODS, no_gradient_error
+from convscope.attribution.base import METHODS, is_scripted, no_gradient_error, scripted_error
 from convscope.attribution.result import AttributionMap
 from convscope.attribution.targets import Target, resolve_target
 from convscope.errors import UserInputError
@@ -90,6 +90,8 @@ def explain(
     """
     cls = get_method(method)
     check_options(cls.name, options)
+    if cls.intercepts and is_scripted(subject.model):
+        raise scripted_error(cls.name)
     x = images if isinstance(images, torch.Tensor) else subject.load_images(images)
     x = x.to(subject.device)
     if x.dim() != 4 or x.shape[1] != 3:

@@ -21,6 +21,9 @@ class Method:
     name = "method"
     signed = False
     takes: tuple[str, ...] = ()  # the options the method reads; explain refuses any other
+    # True where the method changes how the model's operations run (backward rules, Zennit's
+    # module rules, bias capture): a TorchScript model runs them inside its graph, out of reach
+    intercepts = False
     progress: Callable[[float, int], None] | None = None  # set by ``explain(progress=...)``
 
     def __init__(self, subject: Subject, **options):
@@ -70,6 +73,23 @@ def input_gradient(
 
 
 BLACKBOX = "occlusion, rise, kernel_shap, lime"
+
+
+def is_scripted(model: torch.nn.Module) -> bool:
+    """Whether ``model`` (or a module in it) is TorchScript, whose operations run inside its
+    graph where neither hooks nor function modes reach them."""
+    return any(isinstance(m, torch.jit.ScriptModule) for m in model.modules())
+
+
+def scripted_error(method: str) -> Exception:
+    """The one-line error of a method that intercepts operations on a TorchScript model."""
+    from convscope.errors import UserInputError
+
+    return UserInputError(
+        f"{method} changes how the model's operations run, which a TorchScript model does inside its "
+        f"graph: load the model with its architecture, or use saliency, input_x_gradient, smoothgrad, "
+        f"integrated_gradients or a black-box method ({BLACKBOX})"
+    )
 
 
 def no_gradient_error() -> Exception:

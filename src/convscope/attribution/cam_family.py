@@ -262,6 +262,7 @@ class FullGrad(Method):
 
     name = "fullgrad"
     takes = ("normalize",)
+    intercepts = True
 
     def attribute(self, x, target):
         normalize = self.options.get("normalize", "layer")

@@ -117,6 +117,7 @@ class IntegratedGradients(Method):
 
 class _RuleMethod(Method):
     rule = "guided"
+    intercepts = True
 
     def attribute(self, x, target):
         def check(mode: ReluRule) -> None:

@@ -159,6 +159,7 @@ class LRP(Method):
 
     name = "lrp"
     signed = True
+    intercepts = True
     takes = ("composite", "epsilon", "gamma", "alpha", "beta", "canonizer")
 
     def __init__(self, subject, **options):
@@ -187,9 +188,16 @@ class LRP(Method):
             # The output relevance is the target's value in the model as it is: Zennit's merged
             # batch norms keep their eps, so the canonized model's logits differ by ~eps/2 per norm.
             value = target.score(self.subject, x)
-        with torch.enable_grad(), composite.context(self.subject.model):
-            score = target.score(self.subject, x)
-            (relevance,) = torch.autograd.grad(score, x, grad_outputs=value)
+        try:
+            with torch.enable_grad(), composite.context(self.subject.model):
+                score = target.score(self.subject, x)
+                (relevance,) = torch.autograd.grad(score, x, grad_outputs=value)
+        except AttributeError as e:  # Zennit's hooks find no grad_fn on a model run without gradients
+            if "register_hook" in str(e) or "grad_fn" in str(e):
+                from convscope.attribution.base import no_gradient_error
+
+                raise no_gradient_error() from None
+            raise
         return relevance.sum(dim=1), relevance
 
 

@@ -35,7 +35,11 @@ class AttributionMap(Result):
     def normalized(self, i: int, percentile: float = 99.5) -> np.ndarray:
         """Map ``i`` scaled for display to [0, 1] ([-1, 1] if signed) by its ``percentile`` of
         |values| and clipped, so that a few extreme gradients do not wash out the rest."""
+        from convscope.render.attribution import OFFSET_METHODS
+
         m = self.maps[i].astype(np.float64)
+        if self.method in OFFSET_METHODS and not self.signed:
+            m = m - m.min()
         if not self.signed:
             m = np.clip(m, 0, None)
         top = np.percentile(np.abs(m), percentile)
@@ -51,9 +55,14 @@ class AttributionMap(Result):
     def to_image(self, i: int = 0) -> Image.Image:
         """Image, map and overlay side by side for image ``i`` (gradient images such as guided
         backprop's as RGB around grey), with the map's colour bar."""
-        from convscope.render.attribution import RGB_METHODS, attribution_panel
+        from convscope.render.attribution import OFFSET_METHODS, RGB_METHODS, attribution_panel
 
         rgb = self.raw[i] if self.method in RGB_METHODS and self.raw is not None else None
         return attribution_panel(
-            self.images[i], self.maps[i], self.signed, f"{self.method}: {self.targets[i]}", rgb=rgb
+            self.images[i],
+            self.maps[i],
+            self.signed,
+            f"{self.method}: {self.targets[i]}",
+            rgb=rgb,
+            floor=float(self.maps[i].min()) if self.method in OFFSET_METHODS else None,
         )

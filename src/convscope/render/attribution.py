@@ -13,6 +13,9 @@ from convscope.render.grid import colorbar, to_uint8
 # Methods whose result is an image-space signal shown, as in their papers, as an RGB picture
 # around grey (Springenberg et al. 2015, Zeiler & Fergus 2014, Selvaraju et al. 2017).
 RGB_METHODS = frozenset({"guided", "deconvnet", "guided_gradcam", "zeiler_fergus"})
+# Maps whose zero means nothing (RISE's expected score under random masks lies in a narrow band
+# far from 0): drawn from their minimum, as RISE's authors show them
+OFFSET_METHODS = frozenset({"rise"})
 
 
 def display_scale(values: np.ndarray, percentile: float = 98.0) -> float:
@@ -70,15 +73,19 @@ def attribution_panel(
     alpha: float = 0.55,
     rgb: np.ndarray | None = None,
     percentile: float = 98.0,
+    floor: float | None = None,
 ) -> Image.Image:
     """Three tiles (image | map | overlay) with a title line and, under the map, a colour bar
     with the value range it shows.
 
     ``amap`` (H, W) is scaled by :func:`display_scale` and clipped (at 0 unless ``signed``).
     ``rgb`` (3, H, W) or (H, W, 3), when given, is drawn in the map tile instead: the
-    per-channel signal as an RGB image around grey (0 = grey), scaled the same way."""
+    per-channel signal as an RGB image around grey (0 = grey), scaled the same way. ``floor``
+    (unsigned maps): the value drawn black, e.g. the map's minimum (default 0)."""
     img = image.astype(np.float32)
     m = np.asarray(amap, dtype=np.float64)
+    base = float(floor) if floor is not None and not signed else 0.0
+    m = m - base
     if not signed:
         m = np.clip(m, 0, None)
     top = display_scale(m, percentile)
@@ -96,8 +103,8 @@ def attribution_panel(
         tile = heat
         bar = colorbar(
             dark_diverging if signed else "inferno",
-            -top if signed else 0.0,
-            top,
+            -top if signed else base,
+            top + base,
             w,
             "signed" if signed else "",
         )
