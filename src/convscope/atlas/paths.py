@@ -18,6 +18,8 @@
       render/rf_sizes.json, rf_sizes.png     empirical vs theoretical RF sizes per layer
       render/dissect/SET/...                 dissection report of the concept set SET
       render/dictionaries/NAME/concept0001.png   picture (feature visualisation) of a learned concept
+      render/visuals/LAYER/unit0001_positive0.png  stored feature visualisation of a unit
+                                    (kinds positive, negative, diversity; the index in its set)
       render/neighbors/LAYER/QUERY.png       nearest-neighbour grids
       render/probe/probe_POOLING_CLASSIFIER.png
       render/project/LAYER/METHOD.png, METHOD_thumbnails.png
@@ -160,6 +162,18 @@ class AtlasPaths:
     def dictionary_picture(self, name: str, concept: int) -> Path:
         """The picture (feature visualisation) of one concept (``NAME/concept0001.png``)."""
         return self.dictionary_dir(name) / f"concept{int(concept):04d}.png"
+
+    # -- stored feature visualisations ----------------------------------------------------------
+    def visuals_dir(self, layer: str) -> Path:
+        """``ATLAS/render/visuals/LAYER``: the stored feature visualisations of one layer."""
+        return self.render_dir / "visuals" / component(safe_name(layer), "layer")
+
+    def visual_tile(self, layer: str, unit: int, kind: str, index: int = 0) -> Path:
+        """One stored feature visualisation PNG: ``kind`` is ``positive``, ``negative`` or
+        ``diversity`` and ``index`` its number in the unit's set (``unit0001_diversity2.png``)."""
+        from convscope.atlas.visuals import check_kind
+
+        return self.visuals_dir(layer) / f"unit{int(unit):04d}_{check_kind(kind)}{int(index)}.png"
 
     # -- representation figures ---------------------------------------------------------------
     def neighbors_render(self, layer: str, query: str) -> Path:

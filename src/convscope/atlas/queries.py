@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convscope.atlas import dictionaries, dissections, empirical, evaluations, scans
+from convscope.atlas import dictionaries, dissections, empirical, evaluations, scans, visuals
 from convscope.atlas.schema import has_table
 from convscope.atlas.store import Atlas
 from convscope.errors import NameNotFoundError, UserInputError
@@ -326,6 +326,42 @@ class AtlasReader:
         except (OSError, ValueError):
             return None
         return doc if isinstance(doc, dict) and isinstance(doc.get("table"), list) else None
+
+    # -- stored feature visualisations ----------------------------------------------------------
+    def visual_layers(self) -> list[dict]:
+        """Every layer with stored feature visualisations (``layer``, ``slots``, ``settings``,
+        ``units``), by name (``[]`` in an atlas older than stored visuals)."""
+        return visuals.layers(self.con())
+
+    def visual_layer(self, layer: str) -> dict | None:
+        """:meth:`visual_layers`'s dict of ``layer``, or None when it has no stored visuals."""
+        return visuals.layer(self.con(), layer)
+
+    def visual_rows(self, layer: str, unit: int) -> list[dict]:
+        """The stored visuals of one unit (``kind``, ``index``, ``objective``, ``param``,
+        ``steps``, ``size``, ``seed``): positive, negative, then the diversity set."""
+        return visuals.rows(self.con(), layer, unit)
+
+    def visual_objectives(self, layer: str, kind: str = "positive") -> dict[int, float]:
+        """unit -> objective reached by the first stored image of ``kind``, for ``layer``."""
+        return visuals.objectives(self.con(), layer, kind)
+
+    def visual_tile(self, layer: str, unit: int, kind: str, index: int = 0) -> Path | None:
+        """The stored tile of one visual, or None: no row for it (a tile without a row is an
+        unfinished batch), an unknown kind or a name that cannot be a file, a symlink, or a
+        path that resolves outside the atlas."""
+        if kind not in visuals.KINDS or not any(
+            r["kind"] == kind and r["index"] == index for r in visuals.rows(self.con(), layer, unit)
+        ):
+            return None
+        try:
+            path = self.atlas.visual_tile(layer, unit, kind, index)
+            inside = path.resolve().is_relative_to(self.path.resolve())
+            if path.is_symlink() or path.parent.is_symlink() or not inside:
+                return None
+            return path if path.is_file() else None
+        except (OSError, ValueError, UserInputError):
+            return None
 
     def image_concepts(self, idx: int, limit: int = 24) -> list[dict]:
         """Concepts whose top-K list the atlas image ``idx`` (``dictionary``, ``concept``,

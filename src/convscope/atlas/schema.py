@@ -19,8 +19,9 @@ from pathlib import Path
 from convscope.inputs.fileio import is_text, name_bytes, name_from_bytes
 
 # 2: empirical receptive fields; 3: dissections; 4: lossless names (raw), topk_image index;
-# 5: learned concept sets (dictionaries); 6: evaluations of attribution methods
-SCHEMA_VERSION = 6
+# 5: learned concept sets (dictionaries); 6: evaluations of attribution methods;
+# 7: stored feature visualisations (visuals, visual_layers)
+SCHEMA_VERSION = 7
 
 SCANS = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -102,6 +103,15 @@ CREATE TABLE IF NOT EXISTS evaluations(
     created REAL, settings TEXT);
 """
 
+# stored feature visualisations (convscope.atlas.visuals): per layer its slots and the settings
+# a resumed build must match, per image the objective reached; the images are tiles of the folder
+VISUALS = """
+CREATE TABLE IF NOT EXISTS visual_layers(layer TEXT PRIMARY KEY, slots TEXT, settings TEXT, created REAL);
+CREATE TABLE IF NOT EXISTS visuals(
+    layer TEXT, unit INTEGER, kind TEXT, idx INTEGER, objective REAL, param TEXT, steps INTEGER,
+    size TEXT, seed INTEGER, PRIMARY KEY(layer, unit, kind, idx));
+"""
+
 # columns a schema-5 table got after its first release (added empty by migrate)
 LATER_COLUMNS = (
     ("dictionary_importance", "grouping", "TEXT"),
@@ -109,7 +119,7 @@ LATER_COLUMNS = (
     ("dictionaries", "settings", "TEXT"),
 )
 
-DDL = SCANS + INDEXES + EMPIRICAL + DISSECTIONS + DICTIONARIES + EVALUATIONS
+DDL = SCANS + INDEXES + EMPIRICAL + DISSECTIONS + DICTIONARIES + EVALUATIONS + VISUALS
 
 
 def _statements(script: str) -> list[str]:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convscope.atlas import dictionaries, dissections, empirical, evaluations, scans, schema
+from convscope.atlas import dictionaries, dissections, empirical, evaluations, scans, schema, visuals
 from convscope.atlas.paths import AtlasPaths, is_private_file  # noqa: F401 (is_private_file: re-exported)
 from convscope.atlas.schema import SCHEMA_VERSION
 from convscope.errors import ConvscopeError, LayerNotFoundError, UserInputError
@@ -603,6 +603,148 @@ class Atlas(AtlasPaths):
         """The settings stored with evaluation ``name`` (:meth:`write_evaluation`), or None."""
         with self._read() as con:
             return evaluations.settings(con, name)
+
+    # -- stored feature visualisations ----------------------------------------------------------
+    def write_visuals(self, result, settings: dict) -> list[Path]:
+        """Store a :class:`~convscope.synthesis.layer_visuals.LayerVisuals` (one batch of a
+        layer's units): each image as :meth:`visual_tile` (PNG, atomically), then their rows and
+        the layer's ``settings`` (JSON-able: what a resumed build must match) in one
+        transaction; a unit counts as stored only once its rows are in. Returns the tiles."""
+        from PIL import Image
+
+        from convscope.inputs.fileio import save_image
+
+        with self.lock():
+            tiles = []
+            for r, unit in enumerate(result.units):
+                for s, (kind, index) in enumerate(result.slots):
+                    path = self.visual_tile(result.layer, int(unit), kind, index)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    tiles.append(save_image(Image.fromarray(result.images[r, s]), path))
+            with self._write() as con:
+                visuals.write_layer(con, result.layer, result.slots, settings)
+                visuals.write_rows(con, result.layer, result, settings)
+            return tiles
+
+    def delete_visuals(self, layer: str) -> None:
+        """Remove ``layer``'s stored feature visualisations (rows first, then its tiles)."""
+        with self.lock():
+            with self._write() as con:
+                visuals.delete(con, layer)
+            shutil.rmtree(self.visuals_dir(layer), ignore_errors=True)
+
+    def visual_layers(self) -> list[dict]:
+        """Every layer with stored feature visualisations: ``layer``, ``slots`` ((kind, index)
+        tuples), ``settings``, ``units`` (units with every slot stored)."""
+        with self._read() as con:
+            return visuals.layers(con)
+
+    def visual_settings(self, layer: str) -> dict | None:
+        """The settings ``layer``'s visuals were made with, or None when it has none."""
+        with self._read() as con:
+            row = visuals.layer(con, layer)
+        return None if row is None else row["settings"]
+
+    def visual_units(self, layer: str) -> set[int]:
+        """The units of ``layer`` whose every visual is stored."""
+        with self._read() as con:
+            return visuals.done(con, layer)
+
+    def visuals(self, layer: str, unit: int | None = None) -> list[dict]:
+        """The stored rows of ``layer`` (of ``unit``): ``unit``, ``kind``, ``index``,
+        ``objective`` (the channel's mean activation reached), ``param``, ``steps``, ``size``,
+        ``seed``; by unit, kind, index."""
+        with self._read() as con:
+            return visuals.rows(con, layer, unit)
+
+    # -- activation atlases --------------------------------------------------------------------
+    def write_activation_atlas(self, atlas, settings: dict | None = None) -> Path:
+        """Store the :class:`~convscope.synthesis.activation_atlas.ActivationAtlas` ``atlas``
+        of its layer with the JSON-able ``settings`` it was built with: the result (``.npz``),
+        the big picture and one PNG per tile in :meth:`activation_atlas_dir`, its cells in the
+        database. A reader sees the old one or the new one, whole; a layer's atlas is replaced.
+        Returns the folder."""
+        from PIL import Image
+
+        with self.lock():
+            folder = self.activation_atlas_dir(atlas.layer)
+            new = folder.with_name(f".{folder.name}.new{os.getpid()}")
+            aside = folder.with_name(f".{folder.name}.old{os.getpid()}")
+            shutil.rmtree(new, ignore_errors=True)
+            (new / activation_atlases.TILES).mkdir(parents=True)
+            try:
+                atlas.save(new / activation_atlases.FILES["result"])
+                big = (np.clip(atlas.image, 0, 1) * 255).round().astype(np.uint8)
+                Image.fromarray(big).save(new / activation_atlases.FILES["image"])
+                for i, tile in enumerate(atlas.tiles):
+                    pixels = (np.clip(tile, 0, 1) * 255).round().astype(np.uint8)
+                    Image.fromarray(pixels).save(new / activation_atlases.TILES / f"cell{i:04d}.png")
+                if folder.exists():
+                    shutil.rmtree(aside, ignore_errors=True)
+                    folder.rename(aside)
+                new.rename(folder)
+                try:
+                    with self._write() as con:
+                        activation_atlases.write(con, atlas, settings)
+                except BaseException:
+                    shutil.rmtree(folder, ignore_errors=True)
+                    if aside.exists():
+                        aside.rename(folder)
+                    raise
+            finally:
+                shutil.rmtree(new, ignore_errors=True)
+            shutil.rmtree(aside, ignore_errors=True)
+        return folder
+
+    def activation_atlases(self) -> list[dict]:
+        """Every stored activation atlas, by layer: ``layer``, ``grid``, ``cells``, ``samples``,
+        ``images``, ``skipped``, ``tile`` (px), ``layout``, ``created`` (``[]``: none)."""
+        with self._read() as con:
+            return activation_atlases.summaries(con)
+
+    def activation_atlas(self, layer: str):
+        """The stored :class:`~convscope.synthesis.activation_atlas.ActivationAtlas` of ``layer``
+        (none stored: :class:`~convscope.errors.NameNotFoundError` with close matches)."""
+        from convscope.synthesis.activation_atlas import ActivationAtlas
+
+        with self._read() as con:
+            activation_atlases.require(con, layer)
+        path = self.activation_atlas_file(layer, "result")
+        if path.is_symlink() or not path.is_file():
+            raise UserInputError(f"the activation atlas of {layer} in {self.path} has no {path.name}")
+        return ActivationAtlas.load(path)
+
+    def activation_atlas_cells(self, layer: str) -> list[dict]:
+        """The stored cells of ``layer``'s activation atlas (see
+        :func:`convscope.atlas.activation_atlases.cells`)."""
+        with self._read() as con:
+            return activation_atlases.cells(con, layer)
+
+    def activation_atlas_settings(self, layer: str) -> dict | None:
+        """The settings stored with ``layer``'s activation atlas, or None."""
+        with self._read() as con:
+            return activation_atlases.settings(con, layer)
+
+    # -- the microscope's stages ---------------------------------------------------------------
+    def write_stage(
+        self,
+        name: str,
+        status: str,
+        settings: dict | None = None,
+        error: str | None = None,
+        position: int | None = None,
+    ) -> None:
+        """Record a stage of ``convscope microscope``: ``status`` pending, running (stamps the
+        start and the ``settings``, JSON-able), done or failed (stamps the finish, the seconds
+        and, failed, the one-line ``error``)."""
+        with self._write() as con:
+            stages.write(con, name, status, settings, error, position)
+
+    def stages(self) -> list[dict]:
+        """The recorded stages in run order: ``name``, ``status``, ``settings``, ``started``,
+        ``finished``, ``seconds``, ``error`` (none in an atlas older than schema 9)."""
+        with self._read() as con:
+            return stages.read(con)
 
 
 class _AtlasLock:

@@ -1,0 +1,150 @@
+"""Fill an atlas with the feature visualisations of every chosen unit of some layers (the
+microscope's visuals stage): whole layers optimised in batches by
+:func:`~convscope.synthesis.layer_visuals.visualize_layer`, each batch stored as it finishes, so
+that a killed run resumes at the next batch and gives the same tiles as an uninterrupted one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from convscope.atlas.build import model_spec
+from convscope.atlas.store import Atlas, AtlasConflictError
+from convscope.errors import UserInputError
+from convscope.layers import LayerSpec
+from convscope.subject import Subject
+from convscope.verbs import image_layers
+
+# images per stored batch when batch=None: what visualize_layer tries first on a GPU / a CPU
+STORE_BATCH = {"cuda": 256, "cpu": 32}
+NO_SOURCE = {"description": "no images (feature visualisations only)"}
+
+
+@dataclass
+class VisualsBuilt:
+    """What :func:`visuals_to_atlas` did: the ``atlas`` written, per layer the units it
+    visualised now (``made``) and those already stored and kept (``reused``, ``resume``)."""
+
+    atlas: Atlas
+    made: dict[str, int] = field(default_factory=dict)
+    reused: dict[str, int] = field(default_factory=dict)
+
+    def headline(self) -> str:
+        parts = [f"{layer}: {n} made, {self.reused.get(layer, 0)} kept" for layer, n in self.made.items()]
+        return f"feature visualisations in {self.atlas.path}: " + "; ".join(parts)
+
+
+def visuals_to_atlas(
+    subject: Subject,
+    out: str | Path | Atlas,
+    layers: LayerSpec,
+    units: str | int | Sequence[int] = "all",
+    *,
+    kinds: Sequence[str] = ("positive", "negative"),
+    diversity: int = 0,
+    param: str = "fft",
+    steps: int = 256,
+    size: int | None = None,
+    seed: int = 0,
+    batch: int | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    **options,
+) -> VisualsBuilt:
+    """Store feature visualisations of ``units`` (``"all"``, the first N, or a list) of each of
+    ``layers`` (any layer spec) of ``subject`` in the atlas ``out`` (an atlas of this model, or a
+    new one), holding its writer lock throughout: per unit the ``kinds`` and ``diversity``
+    images of :func:`~convscope.synthesis.layer_visuals.visualize_layer` (``param``, ``steps``,
+    ``size``, ``seed``, ``options`` its settings), written batch by batch (``batch`` images per
+    stored batch; None: 256 on a GPU, 32 on a CPU, halved inside on out-of-memory).
+
+    A layer that already has visuals is refused unless ``resume`` (its stored units are kept,
+    the missing ones made; other settings than it was made with are refused, naming each) or
+    ``overwrite`` (removed first). ``progress(done, total)`` counts images over all layers,
+    the kept ones counted done at the start. Unknown layers, kinds or units fail before anything
+    is written."""
+    from convscope.synthesis.layer_visuals import run_settings, slots_for, visualize_layer
+
+    names = image_layers(subject, layers, "visuals")
+    slots = slots_for(kinds, diversity)
+    chosen = {name: _units(subject, name, units) for name in names}
+    wanted = {
+        **run_settings(param, steps, size, seed, options.pop("diversity_weight", 100.0), options),
+        "slots": [list(s) for s in slots],
+    }
+    weight = wanted["diversity_weight"]
+    path = out.path if isinstance(out, Atlas) else Path(out)
+    built = VisualsBuilt(Atlas(path))
+    with Atlas(path).lock():
+        store = Atlas.for_model(path, model_spec(subject), NO_SOURCE)
+        built.atlas = store
+        todo: dict[str, list[int]] = {}
+        for name in names:
+            stored = store.visual_settings(name)
+            if stored is not None and overwrite:
+                store.delete_visuals(name)
+            elif stored is not None and not resume:
+                raise AtlasConflictError(
+                    f"{store.path} already holds feature visualisations of {name}; pass --resume to "
+                    "continue them or --overwrite to make them again"
+                )
+            elif stored is not None:
+                _check_settings(stored, wanted, name)
+            have = store.visual_units(name) if stored is not None and not overwrite else set()
+            todo[name] = [u for u in chosen[name] if u not in have]
+            built.reused[name] = len(chosen[name]) - len(todo[name])
+        total = sum(len(chosen[n]) for n in names) * len(slots)
+        done = sum(built.reused.values()) * len(slots)
+        report = progress or (lambda d, t: None)
+        report(done, total)
+        per = max(1, (batch or STORE_BATCH.get(subject.device.type, STORE_BATCH["cpu"])) // len(slots))
+        for name in names:
+            built.made[name] = 0
+            for start in range(0, len(todo[name]), per):
+                part = todo[name][start : start + per]
+                base = done
+
+                def step(d, t, base=base):
+                    report(base + d, total)
+
+                result = visualize_layer(
+                    subject, name, part, kinds=kinds, diversity=diversity, diversity_weight=weight,
+                    param=param, steps=steps, size=size, batch=batch, seed=seed, progress=step, **options,
+                )  # fmt: skip
+                store.write_visuals(result, wanted)
+                done = base + len(part) * len(slots)
+                built.made[name] += len(part)
+                report(done, total)
+    return built
+
+
+def _units(subject: Subject, layer: str, units) -> list[int]:
+    n = subject.layer(layer).units or 0
+    if isinstance(units, str):
+        if units != "all":
+            raise UserInputError(f"units is 'all', a number or a list of units, not {units!r}")
+        return list(range(n))
+    if isinstance(units, int):
+        if units < 1:
+            raise UserInputError(f"units must be >= 1, not {units}")
+        return list(range(min(units, n)))
+    chosen = sorted({int(u) for u in units})
+    bad = [u for u in chosen if not 0 <= u < n]
+    if bad or not chosen:
+        raise UserInputError(f"{layer} has units 0..{n - 1}; got {bad or 'none'}")
+    return chosen
+
+
+def _check_settings(stored: dict, wanted: dict, layer: str) -> None:
+    differ = [key for key in sorted({*stored, *wanted}) if stored.get(key) != wanted.get(key)]
+    if differ:
+        said = ", ".join(f"{key} {stored.get(key)!r} (now {wanted.get(key)!r})" for key in differ)
+        raise AtlasConflictError(
+            f"the atlas's feature visualisations of {layer} were made with {said}; resume with "
+            "those settings or pass --overwrite to make them again"
+        )
+
+
+__all__ = ["VisualsBuilt", "visuals_to_atlas"]

@@ -1,0 +1,111 @@
+"""Feature visualisations of whole layers: batched equals one at a time, the negative image lowers
+what the positive raises, the diversity term spreads a set, the forward pass stops at the layer,
+out-of-memory halves the batch, and the result saves and draws."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import convscope.synthesis.layer_visuals as LV
+from convscope.errors import UserInputError
+from convscope.synthesis import evaluate
+from convscope.synthesis import objectives as O
+from convscope.synthesis.layer_visuals import LayerVisuals, visualize_layer
+from convscope.testing import tiny_subject
+
+from ..conftest import hook_count
+
+SETTINGS = {"steps": 16, "size": 32, "seed": 3}
+
+
+@pytest.fixture(scope="module")
+def subject():
+    return tiny_subject()
+
+
+@pytest.mark.parametrize("param", ["fft", "maco"])
+def test_batched_equals_one_unit_at_a_time(subject, param):
+    opts = {**SETTINGS, "size": 48, "steps": 6} if param == "maco" else SETTINGS
+    units = [0, 3, 5]
+    together = visualize_layer(subject, "conv2", units, diversity=2, batch=16, param=param, **opts)
+    assert together.images.shape == (3, 4, opts["size"], opts["size"], 3)
+    assert together.images.dtype == np.uint8
+    for r, u in enumerate(units):
+        alone = visualize_layer(subject, "conv2", [u], diversity=2, batch=1, param=param, **opts)
+        assert np.abs(alone.images[0].astype(int) - together.images[r].astype(int)).max() <= 1
+        np.testing.assert_allclose(alone.objectives[0], together.objectives[r], rtol=1e-4, atol=1e-6)
+
+
+def test_negative_is_below_positive_and_values_are_the_channel_mean(subject):
+    vis = visualize_layer(subject, "conv2", range(6), **SETTINGS)
+    assert vis.slots == [("positive", 0), ("negative", 0)]
+    pos, neg = vis.objectives[:, 0], vis.objectives[:, 1]
+    assert np.all(neg < pos), (pos, neg)
+    # the stored value is the plain channel mean on the (unquantised) final image
+    img = torch.as_tensor(vis.image(2, "negative") / 255.0, dtype=torch.float32).permute(2, 0, 1)[None]
+    again = evaluate(subject, O.channel("conv2", 2), img).item()
+    assert again == pytest.approx(vis.objectives[2, 1], abs=2e-3)
+
+
+def test_diversity_term_spreads_the_set(subject):
+    def similarity(weight):
+        vis = visualize_layer(
+            subject, "conv2", [1], kinds=(), diversity=3, diversity_weight=weight, **SETTINGS
+        )
+        imgs = torch.as_tensor(vis.images[0] / 255.0, dtype=torch.float32).permute(0, 3, 1, 2)
+        return -evaluate(subject, O.diversity("conv2"), imgs).mean().item()
+
+    assert similarity(100.0) < similarity(0.0) - 0.01
+
+
+def test_forward_stops_at_the_layer(subject):
+    calls = []
+    handle = subject.model.fc.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        visualize_layer(subject, "conv2", [0, 1], diversity=2, steps=3, size=32)
+    finally:
+        handle.remove()
+    assert calls == [] and hook_count(subject.model) == 0
+
+
+def test_out_of_memory_halves_the_batch_and_gives_the_same_images(subject, monkeypatch):
+    fixed = visualize_layer(subject, "conv2", range(4), batch=2, **SETTINGS)
+    real = LV._run
+    tried = []
+
+    def small_memory(subject, layer, units, slots, chunk, *args):
+        n = sum(len(j) for j in chunk)
+        tried.append(n)
+        if n > 2:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(subject, layer, units, slots, chunk, *args)
+
+    monkeypatch.setattr(LV, "_run", small_memory)
+    auto = visualize_layer(subject, "conv2", range(4), batch=None, **SETTINGS)
+    assert tried[:3] == [8, 4, 2] and auto.settings["batch"] == 2
+    np.testing.assert_array_equal(auto.images, fixed.images)
+    with pytest.raises(RuntimeError, match="out of memory"):  # a fixed batch is the user's choice
+        visualize_layer(subject, "conv2", range(4), batch=8, **SETTINGS)
+
+
+def test_save_load_and_picture(subject, tmp_path):
+    vis = visualize_layer(subject, "conv2", [0, 2], diversity=2, steps=2, size=32)
+    back = LayerVisuals.load(vis.save(tmp_path / "v.npz"))
+    assert back.slots == vis.slots and back.layer == "conv2"
+    np.testing.assert_array_equal(back.images, vis.images)
+    pic = vis.to_image()
+    assert pic.width > 4 * 32 and pic.height > 2 * 32
+    assert "2 unit(s) of conv2" in vis.headline()
+
+
+def test_refusals(subject):
+    with pytest.raises(UserInputError, match="units 0..15"):
+        visualize_layer(subject, "conv2", [16])
+    with pytest.raises(UserInputError, match="unknown kind"):
+        visualize_layer(subject, "conv2", [0], kinds=("max",))
+    with pytest.raises(UserInputError, match="at least 2"):
+        visualize_layer(subject, "conv2", [0], diversity=1)
+    with pytest.raises(UserInputError, match="nothing to visualise"):
+        visualize_layer(subject, "conv2", [0], kinds=())
