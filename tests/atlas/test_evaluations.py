@@ -4,13 +4,13 @@ leaving no new atlas behind when it fails."""
 
 from __future__ import annotations
 
+import importlib
 import sqlite3
 
 import numpy as np
 import pytest
 from PIL import Image
 
-import convscope.attribution.evaluate as evaluate_module
 from convscope.atlas import Atlas
 from convscope.atlas.evaluate_build import evaluate_to_atlas, pick_images
 from convscope.atlas.queries import AtlasReader
@@ -23,6 +23,9 @@ from convscope.testing import tiny_subject
 
 METHODS = ["saliency", "gradcam", "edge"]
 METRICS = ["pixel_flipping", "average_drop"]
+
+# the module (convscope.attribution.evaluate is also the name of its function there)
+evaluate_module = importlib.import_module("convscope.attribution.evaluate")
 
 
 def made(seed: int = 0, methods=("a", "b"), metrics=("m1", "m2"), n: int = 5) -> Evaluation:
