@@ -119,7 +119,7 @@ def test_an_old_atlas_upgrades(atlas):
     old = Atlas.open(atlas.path, readonly=True)  # read as it is
     assert old.schema_version == 5 and old.evaluations() == [] and AtlasReader(atlas.path).evaluations() == []
     upgraded = Atlas.open(atlas.path)
-    assert upgraded.schema_version == SCHEMA_VERSION == 7
+    assert upgraded.schema_version == SCHEMA_VERSION == 8
     upgraded.write_evaluation("e", made())
     assert [e["name"] for e in upgraded.evaluations()] == ["e"]
 

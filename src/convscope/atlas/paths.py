@@ -12,6 +12,8 @@
       evaluations/NAME/             an evaluation of attribution methods (``convscope evaluate``):
                                     evaluation.npz, table.csv, table.json, ranked.png
       .evaluate-NAME.ckpt           the checkpoint of a running evaluation (and its settings, .json)
+      activation_atlases/LAYER/     an activation atlas of a layer: atlas.npz (the ActivationAtlas),
+                                    atlas.png (the big picture), tiles/cell0000.png (one per cell)
       render/LAYER/unit0001_max.png          top-K grid of a unit (``direction0001_max.png``)
       render/LAYER/unit0001_rf.png           empirical receptive field panel
       render/LAYER/unit0001_stimuli.png      manufactured-stimulus test
@@ -112,6 +114,25 @@ class AtlasPaths:
         """``ATLAS/.evaluate-NAME.ckpt``: the checkpoint of a running evaluation (a dot-file:
         private to convscope, never served), removed once it is stored."""
         return self.path / f".evaluate-{component(name, 'evaluation')}.ckpt"
+
+    # -- activation atlases --------------------------------------------------------------------
+    def activation_atlas_dir(self, layer: str) -> Path:
+        """``ATLAS/activation_atlases/LAYER``: the files of one layer's activation atlas."""
+        return self.path / "activation_atlases" / component(safe_name(layer), "layer")
+
+    def activation_atlas_file(self, layer: str, kind: str) -> Path:
+        """One file of a layer's activation atlas: ``kind`` is ``result`` (``atlas.npz``, the
+        :class:`~convscope.synthesis.activation_atlas.ActivationAtlas`) or ``image``
+        (``atlas.png``, the big picture)."""
+        from convscope.atlas.activation_atlases import FILES
+
+        return self.activation_atlas_dir(layer) / FILES[kind]
+
+    def activation_atlas_tile(self, layer: str, cell: int) -> Path:
+        """The tile PNG of one drawn cell (``tiles/cell0000.png``, by cell index)."""
+        from convscope.atlas.activation_atlases import TILES
+
+        return self.activation_atlas_dir(layer) / TILES / f"cell{int(cell):04d}.png"
 
     # -- renders of units ---------------------------------------------------------------------
     @property

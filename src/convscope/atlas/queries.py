@@ -15,7 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from convscope.atlas import dictionaries, dissections, empirical, evaluations, scans, visuals
+from convscope.atlas import (
+    activation_atlases,
+    dictionaries,
+    dissections,
+    empirical,
+    evaluations,
+    scans,
+    visuals,
+)
 from convscope.atlas.schema import has_table
 from convscope.atlas.store import Atlas
 from convscope.errors import NameNotFoundError, UserInputError
@@ -368,3 +376,37 @@ class AtlasReader:
         ``criterion``, ``rank``, ``score``), best rank first; units are not among them."""
         row = self.image(idx)
         return [] if row is None else dictionaries.image_concepts(self.con(), idx, row["name"], limit)
+
+    # -- activation atlases --------------------------------------------------------------------
+    def activation_atlases(self) -> list[dict]:
+        """Every stored activation atlas's summary (layer, grid, cells, samples, images,
+        skipped, tile, layout, created), by layer (``[]``: none)."""
+        return activation_atlases.summaries(self.con())
+
+    def activation_atlas(self, layer: str) -> dict:
+        """One layer's activation-atlas summary with its ``info``; :class:`NameNotFoundError`
+        (close matches) when none is stored."""
+        return activation_atlases.summary(self.con(), layer)
+
+    def activation_atlas_cells(self, layer: str) -> list[dict]:
+        """The drawn cells of ``layer``'s activation atlas (row, col, count, norm, score,
+        top_class, top_label, top_share, typical: (image, y, x) nearest its mean first)."""
+        return activation_atlases.cells(self.con(), layer)
+
+    def activation_atlas_file(self, layer: str, kind: str, cell: int | None = None) -> Path | None:
+        """A stored file of ``layer``'s activation atlas: ``kind`` ``result`` or ``image``, or
+        ``tile`` with its ``cell``; None when missing, a symlink or resolving outside the atlas
+        (never served or copied)."""
+        activation_atlases.require(self.con(), layer)
+        if kind == "tile":
+            path = self.atlas.activation_atlas_tile(layer, int(cell))
+        else:
+            path = self.atlas.activation_atlas_file(layer, kind)
+        try:
+            inside = path.resolve().is_relative_to(self.path.resolve())
+            links = any(p.is_symlink() for p in (path, path.parent, self.atlas.activation_atlas_dir(layer)))
+            if links or not inside:
+                return None
+            return path if path.is_file() else None
+        except (OSError, ValueError):
+            return None

@@ -20,8 +20,8 @@ from convscope.inputs.fileio import is_text, name_bytes, name_from_bytes
 
 # 2: empirical receptive fields; 3: dissections; 4: lossless names (raw), topk_image index;
 # 5: learned concept sets (dictionaries); 6: evaluations of attribution methods;
-# 7: stored feature visualisations (visuals, visual_layers)
-SCHEMA_VERSION = 7
+# 7: stored feature visualisations (visuals, visual_layers); 8: activation atlases
+SCHEMA_VERSION = 8
 
 SCANS = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -112,6 +112,18 @@ CREATE TABLE IF NOT EXISTS visuals(
     size TEXT, seed INTEGER, PRIMARY KEY(layer, unit, kind, idx));
 """
 
+# activation atlases (convscope.atlas.activation_atlases): per layer its grid and the settings a
+# resumed build must match, per drawn cell its count, top class and typical vectors; the result,
+# the big picture and the tiles are files of the folder
+ACTIVATION_ATLASES = """
+CREATE TABLE IF NOT EXISTS activation_atlases(
+    layer TEXT PRIMARY KEY, grid INTEGER, cells INTEGER, samples INTEGER, images INTEGER,
+    skipped INTEGER, tile INTEGER, layout TEXT, created REAL, settings TEXT, info TEXT);
+CREATE TABLE IF NOT EXISTS activation_atlas_cells(
+    layer TEXT, cell INTEGER, row INTEGER, col INTEGER, count INTEGER, norm REAL, score REAL,
+    top_class INTEGER, top_label TEXT, top_share REAL, typical TEXT, PRIMARY KEY(layer, cell));
+"""
+
 # columns a schema-5 table got after its first release (added empty by migrate)
 LATER_COLUMNS = (
     ("dictionary_importance", "grouping", "TEXT"),
@@ -119,7 +131,7 @@ LATER_COLUMNS = (
     ("dictionaries", "settings", "TEXT"),
 )
 
-DDL = SCANS + INDEXES + EMPIRICAL + DISSECTIONS + DICTIONARIES + EVALUATIONS + VISUALS
+DDL = SCANS + INDEXES + EMPIRICAL + DISSECTIONS + DICTIONARIES + EVALUATIONS + VISUALS + ACTIVATION_ATLASES
 
 
 def _statements(script: str) -> list[str]:

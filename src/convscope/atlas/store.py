@@ -27,7 +27,16 @@ from pathlib import Path
 
 import numpy as np
 
-from convscope.atlas import dictionaries, dissections, empirical, evaluations, scans, schema, visuals
+from convscope.atlas import (
+    activation_atlases,
+    dictionaries,
+    dissections,
+    empirical,
+    evaluations,
+    scans,
+    schema,
+    visuals,
+)
 from convscope.atlas.paths import AtlasPaths, is_private_file  # noqa: F401 (is_private_file: re-exported)
 from convscope.atlas.schema import SCHEMA_VERSION
 from convscope.errors import ConvscopeError, LayerNotFoundError, UserInputError
@@ -656,6 +665,74 @@ class Atlas(AtlasPaths):
         ``seed``; by unit, kind, index."""
         with self._read() as con:
             return visuals.rows(con, layer, unit)
+
+    # -- activation atlases --------------------------------------------------------------------
+    def write_activation_atlas(self, atlas, settings: dict | None = None) -> Path:
+        """Store the :class:`~convscope.synthesis.activation_atlas.ActivationAtlas` ``atlas``
+        of its layer with the JSON-able ``settings`` it was built with: the result (``.npz``),
+        the big picture and one PNG per tile in :meth:`activation_atlas_dir`, its cells in the
+        database. A reader sees the old one or the new one, whole; a layer's atlas is replaced.
+        Returns the folder."""
+        from PIL import Image
+
+        with self.lock():
+            folder = self.activation_atlas_dir(atlas.layer)
+            new = folder.with_name(f".{folder.name}.new{os.getpid()}")
+            aside = folder.with_name(f".{folder.name}.old{os.getpid()}")
+            shutil.rmtree(new, ignore_errors=True)
+            (new / activation_atlases.TILES).mkdir(parents=True)
+            try:
+                atlas.save(new / activation_atlases.FILES["result"])
+                big = (np.clip(atlas.image, 0, 1) * 255).round().astype(np.uint8)
+                Image.fromarray(big).save(new / activation_atlases.FILES["image"])
+                for i, tile in enumerate(atlas.tiles):
+                    pixels = (np.clip(tile, 0, 1) * 255).round().astype(np.uint8)
+                    Image.fromarray(pixels).save(new / activation_atlases.TILES / f"cell{i:04d}.png")
+                if folder.exists():
+                    shutil.rmtree(aside, ignore_errors=True)
+                    folder.rename(aside)
+                new.rename(folder)
+                try:
+                    with self._write() as con:
+                        activation_atlases.write(con, atlas, settings)
+                except BaseException:
+                    shutil.rmtree(folder, ignore_errors=True)
+                    if aside.exists():
+                        aside.rename(folder)
+                    raise
+            finally:
+                shutil.rmtree(new, ignore_errors=True)
+            shutil.rmtree(aside, ignore_errors=True)
+        return folder
+
+    def activation_atlases(self) -> list[dict]:
+        """Every stored activation atlas, by layer: ``layer``, ``grid``, ``cells``, ``samples``,
+        ``images``, ``skipped``, ``tile`` (px), ``layout``, ``created`` (``[]``: none)."""
+        with self._read() as con:
+            return activation_atlases.summaries(con)
+
+    def activation_atlas(self, layer: str):
+        """The stored :class:`~convscope.synthesis.activation_atlas.ActivationAtlas` of ``layer``
+        (none stored: :class:`~convscope.errors.NameNotFoundError` with close matches)."""
+        from convscope.synthesis.activation_atlas import ActivationAtlas
+
+        with self._read() as con:
+            activation_atlases.require(con, layer)
+        path = self.activation_atlas_file(layer, "result")
+        if path.is_symlink() or not path.is_file():
+            raise UserInputError(f"the activation atlas of {layer} in {self.path} has no {path.name}")
+        return ActivationAtlas.load(path)
+
+    def activation_atlas_cells(self, layer: str) -> list[dict]:
+        """The stored cells of ``layer``'s activation atlas (see
+        :func:`convscope.atlas.activation_atlases.cells`)."""
+        with self._read() as con:
+            return activation_atlases.cells(con, layer)
+
+    def activation_atlas_settings(self, layer: str) -> dict | None:
+        """The settings stored with ``layer``'s activation atlas, or None."""
+        with self._read() as con:
+            return activation_atlases.settings(con, layer)
 
 
 class _AtlasLock:

@@ -143,24 +143,11 @@ def activation_atlas(
     ``seed``. ``progress(done, total, stage)``, stage one of :data:`STAGES` (images for the first
     two, 1 for the layout, cells for the visualisation)."""
     from convscope.concepts.activations import as_source, collect_activations
-    from convscope.represent.projection import METHODS, project
+    from convscope.represent.projection import project
     from convscope.synthesis.visualize import visualize_directions
     from convscope.units import Direction
 
-    if layout not in METHODS:
-        raise UserInputError(f"layout must be one of {', '.join(METHODS)}, not {layout!r}")
-    if layout == "umap":
-        try:
-            import umap  # noqa: F401
-        except ImportError:
-            raise UserInputError(
-                "the umap layout needs umap-learn: pip install 'convscope[retrieval]'"
-            ) from None
-    for what, value in (("grid", grid), ("min_count", min_count), ("steps", steps), ("batch", batch)):
-        if int(value) < 1:
-            raise UserInputError(f"{what} must be >= 1, not {value}")
-    if top < 0:
-        raise UserInputError(f"top must be >= 0, not {top}")
+    check_settings(layout=layout, grid=grid, min_count=min_count, steps=steps, batch=batch, top=top)
     names = subject.layers.select(layer)
     if len(names) != 1:
         raise UserInputError(f"an activation atlas is of one layer; {layer!r} names {len(names)}")
@@ -279,6 +266,29 @@ def activation_atlas(
     )
 
 
+def check_settings(
+    layout: str = "tsne", grid: int = 20, min_count: int = 3, steps: int = 128, batch: int = 64, top: int = 8
+) -> None:
+    """A one-line :class:`UserInputError` for settings :func:`activation_atlas` cannot run with
+    (checked before any work)."""
+    from convscope.represent.projection import METHODS
+
+    if layout not in METHODS:
+        raise UserInputError(f"layout must be one of {', '.join(METHODS)}, not {layout!r}")
+    if layout == "umap":
+        try:
+            import umap  # noqa: F401
+        except ImportError:
+            raise UserInputError(
+                "the umap layout needs umap-learn: pip install 'convscope[retrieval]'"
+            ) from None
+    for what, value in (("grid", grid), ("min_count", min_count), ("steps", steps), ("batch", batch)):
+        if int(value) < 1:
+            raise UserInputError(f"{what} must be >= 1, not {value}")
+    if top < 0:
+        raise UserInputError(f"top must be >= 0, not {top}")
+
+
 def unit_square(points: np.ndarray) -> np.ndarray:
     """(N, 2) points scaled per axis onto [0, 1] (an axis with no spread: 0.5)."""
     points = np.asarray(points, np.float64)
@@ -327,4 +337,12 @@ def predictions(
     return out
 
 
-__all__ = ["CLASS_RULE", "STAGES", "ActivationAtlas", "activation_atlas", "binning", "unit_square"]
+__all__ = [
+    "CLASS_RULE",
+    "STAGES",
+    "ActivationAtlas",
+    "activation_atlas",
+    "binning",
+    "check_settings",
+    "unit_square",
+]
