@@ -31,10 +31,12 @@ from convscope.cli.common import (
 
 # a few minutes on a CPU for 32 images of efficientnet_lite0 (docs/attribution.md, "convscope
 # evaluate"): a gradient method, a CAM and a baseline that ignores the model, under metrics of
-# a few forward passes per map; pixel flipping, faithfulness correlation and the randomisation
-# check cost 100 to 200 passes per map each, so they are asked for by name
+# a few forward passes per map, and the randomisation check over the top RANDOMISE_LAYERS
+# modules (a few re-explanations per map); pixel flipping and faithfulness correlation cost 100
+# to 200 passes per map each, so they are asked for by name
 DEFAULT_METHODS = "saliency,gradcam,edge"
-DEFAULT_METRICS = "average_drop,increase_in_confidence,road"
+DEFAULT_METRICS = "average_drop,increase_in_confidence,road,model_randomisation"
+RANDOMISE_LAYERS = 3
 
 
 def _metric_options(items: list[str] | None) -> dict[str, dict]:
@@ -105,6 +107,14 @@ def evaluate(
             "pixel_flipping.step=224, model_randomisation.reduce=last",
         ),
     ] = None,
+    randomise_layers: Annotated[
+        int,
+        typer.Option(
+            "--randomise-layers",
+            min=0,
+            help="model_randomisation: re-initialise the top K modules (0: every module, as Quantus)",
+        ),
+    ] = RANDOMISE_LAYERS,
     chunk: Annotated[int, typer.Option("--chunk", min=1, help="images per batch (and per checkpoint)")] = 8,
     resume: ResumeOpt = False,
     overwrite: Annotated[
@@ -127,6 +137,8 @@ def evaluate(
     for m in measured:
         get_metric(m)
     metric_options = _metric_options(metric_option)
+    if "model_randomisation" in measured and randomise_layers:
+        metric_options.setdefault("model_randomisation", {}).setdefault("layers", randomise_layers)
     console = Console(stderr=True)
     subject = load_subject(model, weights, arch, device)
     layer = subject.layer(one_layer(layers)).name if layers else None
