@@ -24,8 +24,8 @@ from convscope.testing import tiny_subject
 METHODS = ["saliency", "gradcam", "edge"]
 METRICS = ["pixel_flipping", "average_drop"]
 
-# the module (convscope.attribution.evaluate is also the name of its function there)
-evaluate_module = importlib.import_module("convscope.attribution.evaluate")
+# the module that holds evaluate (convscope.attribution.evaluate is the function)
+evaluate_module = importlib.import_module("convscope.attribution.evaluator")
 
 
 def made(seed: int = 0, methods=("a", "b"), metrics=("m1", "m2"), n: int = 5) -> Evaluation:
@@ -119,7 +119,7 @@ def test_an_old_atlas_upgrades(atlas):
     old = Atlas.open(atlas.path, readonly=True)  # read as it is
     assert old.schema_version == 5 and old.evaluations() == [] and AtlasReader(atlas.path).evaluations() == []
     upgraded = Atlas.open(atlas.path)
-    assert upgraded.schema_version == SCHEMA_VERSION == 8
+    assert upgraded.schema_version == SCHEMA_VERSION
     upgraded.write_evaluation("e", made())
     assert [e["name"] for e in upgraded.evaluations()] == ["e"]
 

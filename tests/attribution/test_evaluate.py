@@ -10,7 +10,7 @@ from PIL import Image
 
 import convscope
 from convscope.attribution import metrics as M
-from convscope.attribution.evaluate import derived_seed, evaluate
+from convscope.attribution.evaluator import derived_seed, evaluate
 from convscope.errors import NameNotFoundError, UserInputError
 from convscope.testing import tiny_subject
 
@@ -265,3 +265,14 @@ def test_done_when_randomisation_separates_gradients_from_an_edge_detector(defau
     rows = [r for r in ev.table() if r["metric"] == "model_randomisation"]
     assert rows[-1]["method"] == "edge"  # ranked last: randomising the model left it unchanged
     assert len(ev.to_csv().splitlines()) == 1 + 6
+
+
+def test_the_module_and_the_function_have_their_own_names():
+    # `convscope.attribution.evaluate` is the function; its module is `evaluator`, so importing
+    # the module by its dotted name gives the module, not the function
+    import types
+
+    import convscope.attribution.evaluator as module
+
+    assert isinstance(module, types.ModuleType) and module.evaluate is convscope.attribution.evaluate
+    assert convscope.evaluate is convscope.attribution.evaluate and callable(convscope.attribution.evaluate)

@@ -18,8 +18,8 @@ from convscope.testing import tiny_subject
 FAST = ["--methods", "saliency,gradcam,edge", "--metrics", "average_drop,pixel_flipping", "--n", "6"]
 FAST += ["--chunk", "2", "--metric-option", "pixel_flipping.step=64"]
 
-# the module (convscope.attribution.evaluate is also the name of its function there)
-evaluate_module = importlib.import_module("convscope.attribution.evaluate")
+# the module that holds evaluate (convscope.attribution.evaluate is the function)
+evaluate_module = importlib.import_module("convscope.attribution.evaluator")
 
 
 @pytest.fixture()

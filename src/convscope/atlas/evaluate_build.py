@@ -60,7 +60,7 @@ def evaluate_to_atlas(
     **options,
 ) -> EvaluationStored:
     """Score every attribution method of ``methods`` by every metric of ``metrics``
-    (:func:`convscope.attribution.evaluate.evaluate`) on ``n`` images of ``data`` (an image
+    (:func:`convscope.attribution.evaluator.evaluate`) on ``n`` images of ``data`` (an image
     source, or what :func:`~convscope.inputs.open_images` opens: a folder, archive, list file,
     ``convscope:samples``), and store the result in the atlas ``out`` (created for this model
     and data, or one of this model's) under ``name``: the ``.npz``, its ranked table (CSV,
@@ -79,7 +79,7 @@ def evaluate_to_atlas(
     unusable data fail before the atlas is created or written; a failed build of a new atlas
     leaves nothing behind, unless it left a checkpoint to resume."""
     from convscope.attribution.api import get_method
-    from convscope.attribution.evaluate import evaluate  # registers the baselines (edge, random)
+    from convscope.attribution.evaluator import evaluate  # registers the baselines (edge, random)
     from convscope.attribution.metrics import get_metric
     from convscope.concepts.activations import as_source
 

@@ -13,7 +13,7 @@ from convscope.attribution import (  # noqa: F401  (registry)
     zeiler_fergus,
 )
 from convscope.attribution.api import explain, get_method, method_names, method_options, options_for
-from convscope.attribution.evaluate import evaluate
+from convscope.attribution.evaluator import evaluate
 from convscope.attribution.evaluation import Evaluation
 from convscope.attribution.metrics import METRICS, get_metric, metric_names
 from convscope.attribution.result import AttributionMap
