@@ -209,7 +209,7 @@ def test_an_old_atlas_upgrades(made, tmp_path):
     with pytest.raises(NameNotFoundError):
         old.dictionary("x")
     upgraded = Atlas.open(atlas.path)
-    assert upgraded.schema_version == SCHEMA_VERSION == 8
+    assert upgraded.schema_version == SCHEMA_VERSION == 9
     upgraded.write_dictionary("x", nmf)
     upgraded.write_dictionary_scan("x", scan)
     assert len(upgraded.dictionary_topk("x", 0)) == len(scan.topk(LAYER, 0))

@@ -142,7 +142,7 @@ def test_schema_3_atlas_is_read_and_migrated(images, tmp_path):
     data = BrodenDataset(make_synthetic_broden(tmp_path / "b", n=8, size=32, seg=16))
     old.write_dissection(dissect(subject, data, ["block"], batch_size=4), "synthetic")
     with sqlite3.connect(out / "atlas.db") as con:
-        assert con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("8",)
+        assert con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("9",)
         assert "raw" in {r[1] for r in con.execute("PRAGMA table_info(images)")}
     scan_to_atlas(subject, source, out, ["block"], k=2, batch_size=4, threshold_sample=4, resume=True)
     assert "plain/" + os.fsdecode(CAFE) in Atlas.open(out).image_names()

@@ -52,7 +52,7 @@ def test_roundtrip(setup):
     assert layers["block"]["rf_size_y"] == subject.layer("block").rf.size[0]
     assert layers["conv2"]["directions"] == 2
     with sqlite3.connect(atlas.db_path) as con:
-        assert con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("8",)
+        assert con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("9",)
 
 
 def test_bad_queries(setup):
@@ -128,7 +128,7 @@ def test_dissection_round_trip(setup, tmp_path):
     with pytest.raises(UserInputError, match="auto-color"):
         atlas.dissection("auto-color")
     with sqlite3.connect(atlas.db_path) as con:
-        assert con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("8",)
+        assert con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("9",)
 
 
 def test_for_model_refuses_another_model(setup, tmp_path):

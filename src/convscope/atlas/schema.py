@@ -20,8 +20,9 @@ from convscope.inputs.fileio import is_text, name_bytes, name_from_bytes
 
 # 2: empirical receptive fields; 3: dissections; 4: lossless names (raw), topk_image index;
 # 5: learned concept sets (dictionaries); 6: evaluations of attribution methods;
-# 7: stored feature visualisations (visuals, visual_layers); 8: activation atlases
-SCHEMA_VERSION = 8
+# 7: stored feature visualisations (visuals, visual_layers); 8: activation atlases;
+# 9: the microscope's stages (stages)
+SCHEMA_VERSION = 9
 
 SCANS = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -124,6 +125,13 @@ CREATE TABLE IF NOT EXISTS activation_atlas_cells(
     top_class INTEGER, top_label TEXT, top_share REAL, typical TEXT, PRIMARY KEY(layer, cell));
 """
 
+# the stages of `convscope microscope` (convscope.atlas.stages): what each ran with and how it ended
+STAGES = """
+CREATE TABLE IF NOT EXISTS stages(
+    name TEXT PRIMARY KEY, position INTEGER, status TEXT NOT NULL, settings TEXT, started REAL,
+    finished REAL, seconds REAL, error TEXT);
+"""
+
 # columns a schema-5 table got after its first release (added empty by migrate)
 LATER_COLUMNS = (
     ("dictionary_importance", "grouping", "TEXT"),
@@ -131,7 +139,10 @@ LATER_COLUMNS = (
     ("dictionaries", "settings", "TEXT"),
 )
 
-DDL = SCANS + INDEXES + EMPIRICAL + DISSECTIONS + DICTIONARIES + EVALUATIONS + VISUALS + ACTIVATION_ATLASES
+DDL = (
+    SCANS + INDEXES + EMPIRICAL + DISSECTIONS + DICTIONARIES + EVALUATIONS + VISUALS + ACTIVATION_ATLASES
+    + STAGES
+)
 
 
 def _statements(script: str) -> list[str]:

@@ -35,6 +35,7 @@ from convscope.atlas import (
     evaluations,
     scans,
     schema,
+    stages,
     visuals,
 )
 from convscope.atlas.paths import AtlasPaths, is_private_file  # noqa: F401 (is_private_file: re-exported)
@@ -613,6 +614,7 @@ class Atlas(AtlasPaths):
         with self._read() as con:
             return evaluations.settings(con, name)
 
+
     # -- stored feature visualisations ----------------------------------------------------------
     def write_visuals(self, result, settings: dict) -> list[Path]:
         """Store a :class:`~convscope.synthesis.layer_visuals.LayerVisuals` (one batch of a
@@ -733,6 +735,27 @@ class Atlas(AtlasPaths):
         """The settings stored with ``layer``'s activation atlas, or None."""
         with self._read() as con:
             return activation_atlases.settings(con, layer)
+
+    # -- the microscope's stages ---------------------------------------------------------------
+    def write_stage(
+        self,
+        name: str,
+        status: str,
+        settings: dict | None = None,
+        error: str | None = None,
+        position: int | None = None,
+    ) -> None:
+        """Record a stage of ``convscope microscope``: ``status`` pending, running (stamps the
+        start and the ``settings``, JSON-able), done or failed (stamps the finish, the seconds
+        and, failed, the one-line ``error``)."""
+        with self._write() as con:
+            stages.write(con, name, status, settings, error, position)
+
+    def stages(self) -> list[dict]:
+        """The recorded stages in run order: ``name``, ``status``, ``settings``, ``started``,
+        ``finished``, ``seconds``, ``error`` (none in an atlas older than schema 9)."""
+        with self._read() as con:
+            return stages.read(con)
 
 
 class _AtlasLock:
