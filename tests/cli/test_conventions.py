@@ -48,6 +48,7 @@ NEW = {  # command: spellings its --help shows
     "concepts": ["--data", "--layers", "--batch-size", "--resume", "[model]"],
     "explain": ["--data", "--layers", "--target", "[model]"],
     "evaluate": ["--data", "--layers", "--target", "--resume", "[model]"],
+    "microscope": ["--data", "--layers", "--resume", "[model]"],
     "attack": ["--data", "--target", "[model]"],
     "fool": ["--classes", "[model]"],
     "classviz": ["--classes", "[model]"],

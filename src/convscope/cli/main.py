@@ -18,6 +18,7 @@ from convscope.cli import (
     evaluate,
     explain,
     layers,
+    microscope,
     represent,
     scan,
     synthesis,
@@ -110,6 +111,7 @@ _add("stimuli", empirical.stimuli)
 _add("dissect", dissect.dissect)
 _add("dissect-compare", dissect.dissect_compare)
 _add("concepts", concepts.concepts)
+_add("microscope", microscope.microscope)
 _add("features", represent.features)
 _add("neighbors", represent.neighbors)
 _add("probe", represent.probe)
