@@ -32,6 +32,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from convscope.atlas import is_private_file
 from convscope.atlas.queries import SORTS
 from convscope.errors import NameNotFoundError, UserInputError, close_matches
+from convscope.viewer import activation_atlas as aa
 from convscope.viewer import pages
 from convscope.viewer.analysis import analyse_image
 from convscope.viewer.concepts import concept_cells, concept_view
@@ -284,7 +285,11 @@ def page_routes(st: ViewerState, links: pages.Links) -> APIRouter:
         layer = info["name"]  # an alias (conv5) shows the scanned layer
         page, per_page = _paging(page, per_page, sort)
         units, total = st.reader.units(layer, page, per_page, sort, label)
-        return pages.layer_page(st.meta, info, units, total, page, per_page, sort, label, links)
+        stored = {a["layer"] for a in st.reader.activation_atlases()}
+        atlas_link = aa.page_url(links, layer) if layer in stored else None
+        return pages.layer_page(
+            st.meta, info, units, total, page, per_page, sort, label, links, activation_atlas=atlas_link
+        )
 
     @r.get("/unit/{layer}/{unit}", response_class=HTMLResponse)
     def unit(layer: str, unit: int, direction: bool = False):
@@ -299,6 +304,17 @@ def page_routes(st: ViewerState, links: pages.Links) -> APIRouter:
         concepts, rf = st.reader.concepts(layer, unit), st.reader.empirical_rf(layer, unit)
         neighbors = _weight_neighbors(st, layer, unit)
         return pages.unit_page(st.meta, info, row, crits, tops, concepts, rf, links, neighbors)
+
+    @r.get("/activation-atlas/{layer}", response_class=HTMLResponse)
+    def activation_atlas(layer: str):
+        summary = st.reader.activation_atlas(layer)  # none stored: a 404 with close names
+        cells = st.reader.activation_atlas_cells(layer)
+        try:
+            back = links.layer(_layer_or_404(st, layer)["name"])
+        except HTTPException:  # an atlas without a scan of that layer
+            back = None
+        patches = aa.same_images(st.reader, layer)
+        return aa.activation_atlas_page(st.meta, summary, cells, links, patches, back)
 
     @r.get("/concepts", response_class=HTMLResponse)
     def dictionaries():
@@ -506,6 +522,29 @@ def image_routes(st: ViewerState) -> APIRouter:
                 return encode(concept_topk(subject, source, cs, top))
 
         return _picture(st.cache.get(("concept-topk", name, concept, criterion), make))
+
+    @r.get("/img/activation-atlas/{layer}/tile/{cell}")
+    def activation_atlas_tile(layer: str, cell: int):
+        path = st.reader.activation_atlas_file(layer, "tile", _check_index(cell, "cell"))
+        if path is None:
+            raise HTTPException(404, "no such tile")
+        return _picture(path.read_bytes())
+
+    @r.get("/img/activation-atlas/{layer}/patch/{cell}/{k}")
+    def activation_atlas_patch(layer: str, cell: int, k: int):
+        cells = st.reader.activation_atlas_cells(layer)
+        cell, k = _check_index(cell, "cell"), _check_index(k, "patch")
+        if cell >= len(cells) or k >= len(cells[cell]["typical"]) or not aa.same_images(st.reader, layer):
+            raise HTTPException(404, "no such patch")
+        where = cells[cell]["typical"][k]
+
+        def make():
+            subject, source = st.model_and_images()
+            with st.compute:
+                info = subject.layer(layer)
+            return aa.cell_patch(subject, source, info, where)
+
+        return _picture(st.cache.get(("aa-patch", layer, cell, k), make), "image/jpeg")
 
     @r.get("/img/rf/{layer}/{unit}")
     def rf(layer: str, unit: int):

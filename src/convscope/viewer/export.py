@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from convscope.inputs.fileio import save_image, write_text
+from convscope.viewer import activation_atlas as aa
 from convscope.viewer import pages
 from convscope.viewer.concepts import concept_cells, concept_view
 from convscope.viewer.evaluations import evaluation_page, evaluation_view, evaluations_page
@@ -56,8 +57,10 @@ def export_html(
     total = sum(min(units_per_layer, r["channels"]) for r in layers)
     done = 0
     report = progress or (lambda d, t: None)
+    atlases = {a["layer"] for a in reader.activation_atlases()}
     for lay in layers:
         name = lay["name"]
+        link = aa.page_url(links, name) if name in atlases else None  # its activation atlas
         info = subject.layer(name)
         shown = min(units_per_layer, lay["channels"])
         n_pages = (shown + per_page - 1) // per_page
@@ -66,7 +69,9 @@ def export_html(
             rows = [r for r in rows if r["unit"] < shown]
             write_text(
                 out / links.layer(name, page=p),
-                pages.layer_page(meta, lay, rows, shown, p, per_page, "unit", None, links),
+                pages.layer_page(
+                    meta, lay, rows, shown, p, per_page, "unit", None, links, activation_atlas=link
+                ),
             )
         crits = reader.criteria(name)
         for u in range(shown):
@@ -103,6 +108,7 @@ def export_html(
             report(done, total)
     images |= export_concepts(reader, subject, source, out, meta, links)
     export_evaluations(reader, out, meta, links)
+    aa.export_activation_atlases(reader, subject, source, out, meta, links)
     for idx in sorted(images):
         row = reader.image(idx)
         img = source.read(idx)

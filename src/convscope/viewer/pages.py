@@ -425,7 +425,9 @@ def layer_page(
     sort: str,
     label: str | None,
     links: Links,
+    activation_atlas: str | None = None,
 ) -> str:
+    """``activation_atlas``: the link to the layer's stored activation atlas, when it has one."""
     cells = []
     for u in units:
         lab = ""
@@ -477,6 +479,8 @@ def layer_page(
             )
             + "</p>"
         )
+    if activation_atlas:
+        dirs += f"<p><a href='{activation_atlas}'>activation atlas of this layer</a></p>"
     body = dirs + (
         f"<p>{escape(str(layer['type']))}, {layer['channels']} units, map {layer['height']}×"
         f"{layer['width']}, receptive field {_rf(layer)}; {total} units shown</p>{controls}{nav}"
