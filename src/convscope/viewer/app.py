@@ -285,11 +285,13 @@ def page_routes(st: ViewerState, links: pages.Links) -> APIRouter:
         layer = info["name"]  # an alias (conv5) shows the scanned layer
         page, per_page = _paging(page, per_page, sort)
         units, total = st.reader.units(layer, page, per_page, sort, label)
+        visuals = st.reader.visual_objectives(layer)  # stored feature visualisations: {} when none
         stored = {a["layer"] for a in st.reader.activation_atlases()}
         atlas_link = aa.page_url(links, layer) if layer in stored else None
         return pages.layer_page(
-            st.meta, info, units, total, page, per_page, sort, label, links, activation_atlas=atlas_link
-        )
+            st.meta, info, units, total, page, per_page, sort, label, links, visuals,
+            activation_atlas=atlas_link,
+        )  # fmt: skip
 
     @r.get("/unit/{layer}/{unit}", response_class=HTMLResponse)
     def unit(layer: str, unit: int, direction: bool = False):
@@ -303,7 +305,10 @@ def page_routes(st: ViewerState, links: pages.Links) -> APIRouter:
             return pages.unit_page(st.meta, info, row, crits, tops, [], None, links, direction=True)
         concepts, rf = st.reader.concepts(layer, unit), st.reader.empirical_rf(layer, unit)
         neighbors = _weight_neighbors(st, layer, unit)
-        return pages.unit_page(st.meta, info, row, crits, tops, concepts, rf, links, neighbors)
+        visuals = st.reader.visual_rows(layer, unit)
+        return pages.unit_page(
+            st.meta, info, row, crits, tops, concepts, rf, links, neighbors, visuals=visuals
+        )
 
     @r.get("/activation-atlas/{layer}", response_class=HTMLResponse)
     def activation_atlas(layer: str):
@@ -479,10 +484,23 @@ def image_routes(st: ViewerState) -> APIRouter:
 
         return _picture(st.cache.get(("topk", layer, unit, criterion, direction), make))
 
+    @r.get("/img/visual/{layer}/{unit}/{kind}/{index}")
+    def stored_visual(layer: str, unit: int, kind: str, index: int):
+        layer = _layer_or_404(st, layer)["name"]
+        path = st.reader.visual_tile(layer, _check_index(unit, "unit"), kind, _check_index(index, "image"))
+        if path is None:  # also an unknown kind, a symlink or a tile of an unfinished batch
+            raise HTTPException(404, "no stored feature visualisation")
+        return _picture(path.read_bytes())
+
     @r.get("/img/fv/{layer}/{unit}")
     def feature_visualization(layer: str, unit: int):
         layer = _layer_or_404(st, layer)["name"]
         _unit_or_404(st, layer, unit)
+        if st.reader.visual_layers():  # an atlas with stored visuals never optimises on request
+            path = st.reader.visual_tile(layer, unit, "positive", 0)
+            if path is None:
+                raise HTTPException(404, "no stored feature visualisation of this unit")
+            return _picture(path.read_bytes())
 
         def make():
             from convscope.synthesis import visualize_units

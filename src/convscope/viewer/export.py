@@ -64,13 +64,14 @@ def export_html(
         info = subject.layer(name)
         shown = min(units_per_layer, lay["channels"])
         n_pages = (shown + per_page - 1) // per_page
+        visuals = {u: v for u, v in reader.visual_objectives(name).items() if u < shown}
         for p in range(n_pages):
             rows, _ = reader.units(name, p, per_page)
             rows = [r for r in rows if r["unit"] < shown]
             write_text(
                 out / links.layer(name, page=p),
                 pages.layer_page(
-                    meta, lay, rows, shown, p, per_page, "unit", None, links, activation_atlas=link
+                    meta, lay, rows, shown, p, per_page, "unit", None, links, visuals, activation_atlas=link
                 ),
             )
         crits = reader.criteria(name)
@@ -89,6 +90,7 @@ def export_html(
             rf = reader.empirical_rf(name, u)
             if rf is not None:
                 save_image(rf_picture(rf), out / links.rf(name, u))
+            stored = _copy_visuals(reader, name, u, out, links)
             write_text(
                 out / links.unit(name, u),
                 pages.unit_page(
@@ -102,6 +104,7 @@ def export_html(
                     links,
                     weight_neighbors(subject, name, u),
                     shown=shown,
+                    visuals=stored,
                 ),
             )
             done += 1
@@ -129,6 +132,18 @@ def export_html(
             ),
         )
     return out / links.home()
+
+
+def _copy_visuals(reader, layer: str, unit: int, out: Path, links: pages.StaticLinks) -> list[dict]:
+    """Copy the stored feature visualisations of one unit (symlinks never followed); returns the
+    rows whose tile was copied."""
+    rows = []
+    for row in reader.visual_rows(layer, unit):
+        path = reader.visual_tile(layer, unit, row["kind"], row["index"])
+        if path is not None:
+            _write(path.read_bytes(), out / links.stored_visual(layer, unit, row["kind"], row["index"]))
+            rows.append(row)
+    return rows
 
 
 def export_concepts(reader, subject, source, out: Path, meta: dict, links: pages.StaticLinks) -> set[int]:

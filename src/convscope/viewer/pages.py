@@ -18,6 +18,10 @@ td,th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:left}
 .det{color:#0a7d2c;font-weight:600}nav.pages a{margin-right:8px}form.inline{display:inline}
 img.big{max-width:460px}h2{margin:14px 0 6px}
 .name{overflow-wrap:anywhere}.wide{overflow-x:auto;max-width:100%}.wide img{max-width:none}
+.show{margin:6px 0}.show label{margin-right:12px}.visuals .cell{width:auto}
+.visuals .cell img{width:128px;height:128px}
+#show-fv:checked~.grid .pt,#show-patch:checked~.grid .fv,#show-label:checked~.grid .fv,
+#show-label:checked~.grid .pt{display:none}#show-label:checked~.grid .cell{width:auto;min-width:112px}
 """
 
 
@@ -41,6 +45,10 @@ class Links:
 
     def visualization(self, layer: str, unit: int) -> str | None:
         return f"/img/fv/{quote(layer, safe='')}/{unit}"
+
+    def stored_visual(self, layer: str, unit: int, kind: str, index: int = 0) -> str:
+        """A stored feature visualisation tile (kind ``positive``, ``negative``, ``diversity``)."""
+        return f"/img/visual/{quote(layer, safe='')}/{unit}/{quote(kind, safe='')}/{index}"
 
     def image(self, idx: int) -> str:
         return f"/image/{idx}"
@@ -108,6 +116,9 @@ class StaticLinks(Links):
 
     def visualization(self, layer: str, unit: int) -> str | None:
         return None
+
+    def stored_visual(self, layer: str, unit: int, kind: str, index: int = 0) -> str:
+        return f"img/visual_{safe_name(layer)}_{unit}_{safe_name(kind)}{index}.png"
 
     def image(self, idx: int) -> str:
         return f"image_{idx}.html"
@@ -425,9 +436,12 @@ def layer_page(
     sort: str,
     label: str | None,
     links: Links,
+    visuals: dict[int, float] | None = None,
     activation_atlas: str | None = None,
 ) -> str:
-    """``activation_atlas``: the link to the layer's stored activation atlas, when it has one."""
+    """``visuals``: unit -> objective of the stored positive feature visualisation, for the
+    units that have one (then the grid shows them, with a toggle to the best patch or label);
+    ``activation_atlas``: the link to the layer's stored activation atlas, when it has one."""
     cells = []
     for u in units:
         lab = ""
@@ -439,6 +453,16 @@ def layer_page(
             if u.get("image") is not None
             else "<div style='height:112px'></div>"
         )
+        if visuals:
+            img = f"<span class='pt'>{img}</span>"
+            if u["unit"] in visuals:
+                src = links.stored_visual(layer["name"], u["unit"], "positive", 0)
+                img += (
+                    f"<span class='fv'><img loading='lazy' src='{src}' alt='feature visualization' "
+                    f"title='objective {visuals[u['unit']]:.3g}'></span>"
+                )
+            else:
+                img += "<span class='fv'><div style='height:112px'></div></span>"
         cells.append(
             f"<div class='cell'><a href='{links.unit(layer['name'], u['unit'])}'>{img}"
             f"<br>unit {u['unit']}{_named(meta, layer['name'], u['unit'])}</a><br>"
@@ -479,12 +503,22 @@ def layer_page(
             )
             + "</p>"
         )
+    show = ""
+    if visuals:  # radio buttons and CSS alone: the pages run no scripts
+        show = "<div class='show'>show " + "".join(
+            f"<input type='radio' name='show' id='show-{key}'{' checked' if key == 'fv' else ''}>"
+            f"<label for='show-{key}'>{text}</label>"
+            for key, text in (("fv", "feature visualization"), ("patch", "best patch"), ("label", "label"))
+        )
     if activation_atlas:
         dirs += f"<p><a href='{activation_atlas}'>activation atlas of this layer</a></p>"
     body = dirs + (
         f"<p>{escape(str(layer['type']))}, {layer['channels']} units, map {layer['height']}×"
         f"{layer['width']}, receptive field {_rf(layer)}; {total} units shown</p>{controls}{nav}"
-        f"<div class='grid'>{''.join(cells)}</div>{nav}"
+        + show  # the toggle's radio buttons must be siblings of the grid
+        + f"<div class='grid'>{''.join(cells)}</div>"
+        + ("</div>" if show else "")
+        + nav
     )
     return page(f"layer {layer['name']}", body, links, meta["model"].get("name", ""))
 
@@ -501,8 +535,11 @@ def unit_page(
     neighbors: list[tuple[int, float]] | None = None,
     direction: bool = False,
     shown: int | None = None,
+    visuals: list[dict] | None = None,
 ) -> str:
-    """``shown``: units with pages (a static export may hold only the first few)."""
+    """``shown``: units with pages (a static export may hold only the first few); ``visuals``:
+    the unit's stored feature visualisations (rows of ``AtlasReader.visual_rows``), shown
+    instead of the link to one rendered on request."""
     name, u = layer["name"], unit["unit"]
     what = f"direction {u}" if direction else f"unit {u}"
     if not direction and unit_name(meta, name, u):
@@ -521,10 +558,12 @@ def unit_page(
     if not direction and u + 1 < limit:
         nav.append(f"<a href='{links.unit(name, u + 1)}'>unit {u + 1} →</a>")
     nav.append(f"<a href='{links.layer(name)}'>all units of {escape(name)}</a>")
-    fv = links.visualization(name, u) if not direction else None
+    fv = links.visualization(name, u) if not direction and not visuals else None
     if fv:
         nav.append(f"<a href='{fv}' id='fv'>feature visualization (rendered on request, ~10 s on a CPU)</a>")
     parts.append("<p>" + " · ".join(nav) + "</p>")
+    if visuals and not direction:
+        parts.append(_visuals(name, u, visuals, links))
     for crit in criteria:
         rows = tops.get(crit, [])
         parts.append(
@@ -564,6 +603,24 @@ def unit_page(
             f"{rf['images']} images</p><img src='{links.rf(name, u)}' width='160' alt='average discrepancy'>"
         )
     return page(f"{name} {what}", "".join(parts), links, meta["model"].get("name", ""))
+
+
+def _visuals(layer: str, unit: int, rows: list[dict], links: Links) -> str:
+    """The stored feature visualisations of one unit, each with the objective it reached."""
+    what = {"positive": "maximised", "negative": "minimised", "diversity": "diversity"}
+    cells = "".join(
+        f"<div class='cell'><img src='{links.stored_visual(layer, unit, r['kind'], r['index'])}' "
+        f"alt='{escape(r['kind'])} feature visualization'><br>{what.get(r['kind'], escape(r['kind']))}"
+        + (f" {r['index'] + 1}" if r["kind"] == "diversity" else "")
+        + f"<br><span class='tag'>mean activation {r['objective']:.3g}</span></div>"
+        for r in rows
+    )
+    first = rows[0]
+    note = f"{escape(str(first['param']))}, {first['steps']} steps, seed {first['seed']}: stored"
+    return (
+        f"<h2>feature visualization</h2><div class='grid visuals' id='visuals'>{cells}</div>"
+        f"<p class='tag'>{note}</p>"
+    )
 
 
 def error_page(status: int, message: str, meta: dict, links: Links) -> str:
