@@ -216,6 +216,59 @@ def method_pairs(subject, args):
         ),
         "lrp (epsilon_plus)": ("zennit", False, ex("lrp", composite="epsilon_plus"), zennit_lrp),
     }
+    # black-box methods: Captum's KernelShap / Lime on our SLIC superpixels (computed inside both
+    # timed calls), the same seed and samples; TorchRay's rise on the same masks (made inside both)
+    from convscope.attribution.blackbox import rise_masks, rise_upsample, superpixels
+
+    segs, bb_samples, bb_batch = args.segments, args.bb_samples, 16
+
+    def captum_superpixel(cls):
+        def run(x, y):
+            seg = superpixels(subject, x, segs)
+            out = []
+            for i in range(len(x)):
+                torch.manual_seed(0)
+                a = cls(lambda inp, c=int(y[i]): m(inp)[:, c]).attribute(
+                    x[i : i + 1],
+                    baselines=torch.zeros_like(x[i : i + 1]),
+                    feature_mask=seg[i][None, None],
+                    n_samples=bb_samples,
+                    perturbations_per_eval=bb_batch,
+                )
+                out.append(a[0, 0])
+            return torch.stack(out)
+
+        return run
+
+    n_masks, cells = args.masks, 7
+
+    def torchray_rise(x, y):
+        from torchray.attribution.rise import rise
+
+        masks = rise_upsample(*rise_masks(n_masks, tuple(x.shape[2:]), cells, 0.5, 0), tuple(x.shape[2:]))
+        with torch.no_grad():
+            sal = rise(m, x, filter_masks=masks[:, None], num_masks=n_masks, batch_size=32)
+        return sal[torch.arange(len(x)), torch.as_tensor(y)]
+
+    bb = dict(segments=segs, samples=bb_samples, batch=bb_batch, fill="zero", seed=0)
+    pairs[f"kernel_shap ({segs} superpixels, {bb_samples} samples)"] = (
+        C,
+        True,
+        ex("kernel_shap", **bb),
+        captum_superpixel(ca.KernelShap),
+    )
+    pairs[f"lime ({segs} superpixels, {bb_samples} samples)"] = (
+        C,
+        True,
+        ex("lime", **bb),
+        captum_superpixel(ca.Lime),
+    )
+    pairs[f"rise ({n_masks} masks, 7 cells, batch 32)"] = (
+        "torchray",
+        True,
+        ex("rise", masks=n_masks, cells=cells, p=0.5, batch=32, seed=0),
+        torchray_rise,
+    )
     return pairs
 
 
@@ -451,6 +504,9 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=10, help="faithfulness correlation runs")
     ap.add_argument("--subset", type=int, default=224 * 16)
     ap.add_argument("--sens-samples", type=int, default=3)
+    ap.add_argument("--segments", type=int, default=25, help="kernel_shap / lime superpixels")
+    ap.add_argument("--bb-samples", type=int, default=64, help="kernel_shap / lime samples")
+    ap.add_argument("--masks", type=int, default=128, help="rise masks")
     ap.add_argument("--only", default="", help="run only pairs whose name contains this")
     ap.add_argument("--skip", default="", help="comma-separated substrings of pairs to leave out")
     ap.add_argument("--out", default=str(Path(__file__).with_name("attribution.json")))
@@ -459,6 +515,7 @@ def main() -> None:
         args.batches, args.images, args.repeats, args.heavy_images = "1,2", 2, 1, 1
         args.steps, args.samples, args.window, args.stride = 4, 2, 112, 112
         args.runs, args.subset, args.regions, args.patch = 3, 512, 4, 32
+        args.segments, args.bb_samples, args.masks = 9, 16, 32
         args.skip = args.skip or "scorecam,ablationcam,model_randomisation,pixel_flipping,lrp"
     if args.threads:
         torch.set_num_threads(args.threads)

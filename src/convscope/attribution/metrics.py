@@ -6,7 +6,8 @@ taking preprocessed ``images`` (B, 3, H, W), the maps to judge (B, H, W) (an arr
 :class:`AttributionMap`) and the explained classes (``None``: the model's top class; an int; or
 one per image), and returning one score per image, a float64 tensor (B,) on the CPU. The
 perturbed copies of all images go through the model in batches of ``batch``, never one forward
-per perturbation. Randomness comes from a ``torch.Generator`` seeded with ``seed``, so a run
+per perturbation; ``batch=None`` sizes them by the bytes of the model's largest activation (see
+:func:`auto_batch`). Randomness comes from a ``torch.Generator`` seeded with ``seed``, so a run
 repeats. :data:`METRICS` names them all (for ``convscope evaluate``) and :data:`HIGHER_IS_BETTER`
 says which way each points.
 
@@ -54,8 +55,42 @@ def _maps(maps, x: torch.Tensor) -> torch.Tensor:
     return m.detach().to(x.device, torch.float64)
 
 
-def _model_scores(subject: Subject, x: torch.Tensor, classes: torch.Tensor, softmax: bool, batch: int):
+# A CPU runs a batch fastest while its largest activation stays about the size of the last-level
+# cache: efficientnet_lite0 at 224 px (4.6 MiB for its largest output per image) costs 1.6-3x
+# more per image at batch 16-256 than at batch 1-4 on one thread (benchmarks/RESULTS.md), and the
+# perturbation metrics were slower than Quantus' batch-of-images loop for that reason alone. An
+# accelerator wants big batches instead.
+_CPU_BYTES = 16 * 2**20
+_DEVICE_BYTES = 2**30
+_MAX_BATCH = 256
+
+
+def auto_batch(subject: Subject, x: torch.Tensor, batch: int | None = None) -> int:
+    """The number of images per forward pass the metrics use for inputs like ``x`` (N, 3, H, W):
+    ``batch`` when given; else as many as keep the model's largest single layer output (from
+    the subject's layer table, scaled to ``x``'s size) within 16 MiB on the CPU, 1 GiB on an
+    accelerator; between 1 and 256."""
+    if batch is not None:
+        if int(batch) < 1:
+            raise UserInputError(f"batch must be >= 1, not {batch}")
+        return int(batch)
+    from convscope.errors import RecordingError
+
+    h, w = x.shape[-2:]
+    try:
+        sizes = [math.prod(i.shape) for i in subject.layers if i.shape is not None and i.per_image]
+        ih, iw = subject.input_size
+        peak = max(sizes) * (h * w) / (ih * iw) if sizes else 0
+    except RecordingError:  # no hooks (TorchScript): no layer table
+        peak = 0
+    peak = (peak or 32 * x[0].numel()) * x.element_size()  # 32 x the input: a wide CNN's widest
+    budget = _CPU_BYTES if x.device.type == "cpu" else _DEVICE_BYTES
+    return int(max(1, min(_MAX_BATCH, budget // peak)))
+
+
+def _model_scores(subject: Subject, x: torch.Tensor, classes: torch.Tensor, softmax: bool, batch: int | None):
     """Target class scores (N,) of ``x`` (N, 3, H, W), in chunks of ``batch``, float64."""
+    batch = auto_batch(subject, x, batch)
     out = []
     with torch.no_grad():
         for s in range(0, len(x), batch):
@@ -100,10 +135,11 @@ def _baseline(x: torch.Tensor, baseline) -> torch.Tensor:
     return t.view(*[1] * (4 - t.dim()), *t.shape) if t.dim() < 4 else t
 
 
-def _sweep(subject, x, cls, base, n_per: int, removed: Callable, softmax: bool, batch: int, extra=None):
+def _sweep(subject, x, cls, base, n_per: int, removed: Callable, softmax: bool, batch, extra=None):
     """Target scores (B, n_per) of the perturbed copies ``where(removed(img, j), base, x[img])``
-    for every image ``img`` and perturbation ``j``, in batches of ``batch`` copies mixing images
-    (and ``extra(img, x_perturbed)`` per copy, when given)."""
+    for every image ``img`` and perturbation ``j``, built and scored in batches of ``batch``
+    copies mixing images (and ``extra(img, x_perturbed)`` per copy, when given)."""
+    batch = auto_batch(subject, x, batch)
     b = len(x)
     total = b * n_per
     scores = torch.zeros(total, dtype=torch.float64, device=x.device)
@@ -164,7 +200,7 @@ def pixel_flipping(
     baseline="black",
     softmax: bool = True,
     curve: bool = False,
-    batch: int = 256,
+    batch: int | None = None,
     seed: int = 0,
 ) -> torch.Tensor:
     """Pixel flipping (Bach et al. 2015): replace the pixels (all channels) by ``baseline`` in
@@ -214,7 +250,7 @@ def region_perturbation(
     baseline="black",
     softmax: bool = True,
     curve: bool = False,
-    batch: int = 256,
+    batch: int | None = None,
     seed: int = 0,
 ) -> torch.Tensor:
     """Region perturbation (Samek et al. 2016): non-overlapping ``patch`` x ``patch`` regions
@@ -377,7 +413,7 @@ def road(
     noise: float = 0.01,
     softmax: bool = True,
     curve: bool = False,
-    batch: int = 256,
+    batch: int | None = None,
     seed: int = 0,
 ) -> torch.Tensor:
     """ROAD, RemOve And Debias (Rong et al. 2022): remove the pixels whose map value is at or
@@ -401,10 +437,11 @@ def road(
     y0 = _model_scores(subject, x, cls, softmax, batch)
     flat_removed = removed.reshape(b * n_p, h, w)
     xs = x.repeat_interleave(n_p, 0)
+    chunk = batch or 256  # the noise is drawn per chunk: chunks independent of the model's batch
     imputed = torch.cat(
         [
-            noisy_linear_imputation(xs[s : s + batch], flat_removed[s : s + batch], noise, g)
-            for s in range(0, b * n_p, batch)
+            noisy_linear_imputation(xs[s : s + chunk], flat_removed[s : s + chunk], noise, g)
+            for s in range(0, b * n_p, chunk)
         ]
     )
     after = _model_scores(subject, imputed, cls.repeat_interleave(n_p), softmax, batch).view(b, n_p)
@@ -419,7 +456,14 @@ def _scaled(m: torch.Tensor) -> torch.Tensor:
 
 
 def average_drop(
-    subject: Subject, images, maps, targets=None, *, softmax: bool = True, batch: int = 256, seed: int = 0
+    subject: Subject,
+    images,
+    maps,
+    targets=None,
+    *,
+    softmax: bool = True,
+    batch: int | None = None,
+    seed: int = 0,
 ) -> torch.Tensor:
     """Average drop (Chattopadhay et al. 2018), per image: ``max(0, Y - O) / Y`` where ``Y`` is
     the target's score on the image and ``O`` on the image multiplied by the map scaled to
@@ -434,7 +478,14 @@ def average_drop(
 
 
 def increase_in_confidence(
-    subject: Subject, images, maps, targets=None, *, softmax: bool = True, batch: int = 256, seed: int = 0
+    subject: Subject,
+    images,
+    maps,
+    targets=None,
+    *,
+    softmax: bool = True,
+    batch: int | None = None,
+    seed: int = 0,
 ) -> torch.Tensor:
     """Increase in confidence (Chattopadhay et al. 2018), per image: 1 where the target's
     score on the image multiplied by its min-max scaled map exceeds the score on the image,
@@ -465,7 +516,7 @@ def faithfulness_correlation(
     baseline="black",
     softmax: bool = False,
     subsets: torch.Tensor | None = None,
-    batch: int = 256,
+    batch: int | None = None,
     seed: int = 0,
 ) -> torch.Tensor:
     """Faithfulness correlation (Bhatt et al. 2020): Pearson correlation, over ``runs`` random
@@ -509,7 +560,7 @@ def infidelity(
     patch_sizes: Sequence[int] = (4,),
     baseline="black",
     softmax: bool = False,
-    batch: int = 256,
+    batch: int | None = None,
     seed: int = 0,
 ) -> torch.Tensor:
     """Infidelity (Yeh et al. 2019) as Quantus computes it: the ``patch`` x ``patch`` grid
@@ -562,6 +613,7 @@ def max_sensitivity(
     radius: float = 0.2,
     noise: torch.Tensor | None = None,
     batch: int = 64,
+    explain_batch: int | None = None,
     seed: int = 0,
 ) -> torch.Tensor:
     """Max-sensitivity (Yeh et al. 2019): the largest relative change ``||a' - a|| / ||a||``
@@ -569,7 +621,8 @@ def max_sensitivity(
     is an AttributionMap, or a callable ``(subject, x, classes) -> maps``) re-explains the
     images with uniform noise in [-radius, radius] added to every input value, over ``samples``
     draws (lower is better). ``noise`` (samples, B, 3, H, W) replaces the seeded draws.
-    All noisy copies are explained in batches of ``batch``."""
+    The noise is drawn ``batch`` copies at a time (which fixes the seeded draws) and the noisy
+    copies are explained ``explain_batch`` at a time (None: :func:`auto_batch`)."""
     run = _explain_fn(subject, method, options, maps)
     x = _images(subject, images)
     m = _maps(maps, x)
@@ -590,7 +643,8 @@ def max_sensitivity(
                 x.device
             )
         xs = (x[None].double() + eps).float().reshape(-1, *x.shape[1:])  # sample-major
-        a = run(subject, xs, cls.repeat(k))
+        cs, eb = cls.repeat(k), auto_batch(subject, xs, explain_batch)
+        a = torch.cat([run(subject, xs[e : e + eb], cs[e : e + eb]) for e in range(0, len(xs), eb)])
         diff = (a.view(k, b, -1) - m.view(1, b, -1)).norm(dim=-1) / norm
         worst = torch.maximum(worst, diff.amax(0))
     return worst.cpu()
@@ -684,6 +738,8 @@ def model_randomisation(
             order_names = order_names[:layers]
         else:
             wanted = [layers] if isinstance(layers, str) else list(layers)
+            if not wanted:
+                raise UserInputError("layers is empty: give module names, an int k >= 1 or None (all)")
             for name in wanted:
                 if name not in order_names:
                     from convscope.errors import NameNotFoundError
@@ -806,6 +862,21 @@ HIGHER_IS_BETTER: dict[str, bool] = {
     "attribution_localisation": True,
 }
 
+
+
+def higher_is_better(name: str, options: dict | None = None) -> bool:
+    """Which way metric ``name`` points with its ``options``: the direction of
+    :data:`HIGHER_IS_BETTER`, except where ``order`` flips it (ROAD with "lerf": removing the
+    least relevant pixels should change the score little, so higher; region perturbation with
+    "lerf": the drop should stay small, so lower)."""
+    order = dict(options or {}).get("order")
+    if name == "road" and order is not None:
+        return order == "lerf"
+    if name == "region_perturbation" and order is not None:
+        return order != "lerf"
+    return bool(HIGHER_IS_BETTER.get(name, True))
+
+
 NEEDS_METHOD = frozenset({"max_sensitivity", "model_randomisation"})
 NEEDS_REGIONS = frozenset({"pointing_game", "attribution_localisation"})
 
@@ -830,9 +901,11 @@ __all__ = [
     "NEEDS_METHOD",
     "NEEDS_REGIONS",
     "attribution_localisation",
+    "auto_batch",
     "average_drop",
     "faithfulness_correlation",
     "get_metric",
+    "higher_is_better",
     "increase_in_confidence",
     "infidelity",
     "max_sensitivity",
