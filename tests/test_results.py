@@ -203,6 +203,10 @@ def build(kind: str, subject, samples, x, tmp: Path):
         return Evaluation(
             ["saliency", "edge"], list(up), [f"i{i}" for i in range(5)], scores, up, model="tiny"
         )
+    if kind == "LayerVisuals":
+        from convscope.synthesis.layer_visuals import visualize_layer
+
+        return visualize_layer(subject, "conv2", [0, 1], diversity=2, steps=2, size=32)
     if kind == "ActivationAtlas":
         from convscope.synthesis.activation_atlas import activation_atlas
 
@@ -243,6 +247,7 @@ KINDS = [
     "BasisComparison",
     "Evaluation",
     "ActivationAtlas",
+    "LayerVisuals",
 ]
 
 
