@@ -166,8 +166,9 @@ def test_a_failing_stage_is_recorded_and_stops_the_run(subject, folder, tmp_path
 
 def test_concepts_stage(subject, folder, tmp_path):
     out = tmp_path / "a"
+    options = {**FAST, "concepts": {**FAST["concepts"], "layers": "block"}}  # the stage's own layers
     built = microscope_to_atlas(
-        subject, folder, out, layers="block", stages=["concepts"], concepts="nmf:3", options=FAST
+        subject, folder, out, layers="conv2", stages=["concepts"], concepts="nmf:3", options=options
     )
     assert built.ran == ["concepts"]
     (row,) = Atlas.open(out, readonly=True).dictionaries()

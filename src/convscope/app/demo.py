@@ -27,6 +27,11 @@ from convscope.subject import Subject
 
 Progress = Callable[[str], None]
 DEMO_CONCEPT_STEPS = 12  # optimisation steps of each concept's picture: seconds on a CPU
+# the demo's small microscope: stored feature visualisations (positive, 64 px) of the first
+# units of the two middle stages, on a short budget; an activation atlas (two more passes over
+# the 108 images) is left to `convscope microscope`
+DEMO_VISUAL_UNITS = 4
+DEMO_VISUAL_STEPS = 24
 
 
 @dataclass
@@ -374,10 +379,12 @@ def best_labels(labels, n: int = 2) -> list:
 
 
 def _demo_scan(subject: Subject, where: Path, seed: int, result: DemoResult, step: Progress):
-    """Scan the bundled photos and their crops; render a few units, the cat and espresso logits
-    and two random directions."""
-    from convscope.atlas import Atlas, render_units, scan_to_atlas
+    """A small microscope of the bundled photos and their crops (scan and stored feature
+    visualisations, recorded as stages in the atlas); render a few units,
+    the cat and espresso logits and two random directions."""
+    from convscope.atlas import Atlas, render_units
     from convscope.atlas.build import model_spec
+    from convscope.atlas.microscope_build import microscope_to_atlas
     from convscope.inputs.sources import open_images
 
     source = open_images("convscope:samples", transform=subject.transform)
@@ -388,19 +395,34 @@ def _demo_scan(subject: Subject, where: Path, seed: int, result: DemoResult, ste
         and Atlas.open(where, readonly=True).model_spec == model_spec(subject)
         and Atlas.open(where, readonly=True).source_spec == source.spec
     )
-    atlas, scanned = scan_to_atlas(
+    seen: list[str] = []
+
+    def stage(done, total, note=None) -> None:  # each stage once, as a step of the demo
+        if note and note.split(":")[0] not in seen:
+            seen.append(note.split(":")[0])
+            step(f"microscope: {seen[-1]}")
+
+    built = microscope_to_atlas(
         subject,
         source,
         where,
-        layers,
-        overwrite=again,
-        k=8,
-        directions=4,
+        layers=layers,
+        units=DEMO_VISUAL_UNITS,
+        stages=["scan", "visuals"],
+        overwrite=again,  # the demo's own stages, redone with the demo
         seed=seed,
-        batch_size=16,
-        threshold_sample=32,
+        options={
+            "scan": {"k": 8, "directions": 4, "batch_size": 16, "threshold_sample": 32},
+            "visuals": {"layers": layers[:2], "kinds": ["positive"], "steps": DEMO_VISUAL_STEPS, "size": 64},
+        },
+        progress=stage,
     )
+    atlas, scanned = Atlas.open(where), built.results["scan"]
     result.files["atlas (top-8 images per unit)"] = atlas.db_path
+    for layer in layers[:2]:
+        for unit in sorted(atlas.visual_units(layer)):
+            tile = atlas.visual_tile(layer, unit, "positive")
+            result.files[f"feature visualisation, {layer} unit {unit}"] = tile
     step("top-K grids")
     for layer in layers[:-1]:
         for path in render_units(atlas, subject, source, layer, [0, 1, 2], ["max"]):

@@ -79,13 +79,16 @@ class StagePlan:
 class MicroscopeBuilt:
     """What :func:`microscope_to_atlas` did (or, ``plan_only``, would do): the atlas folder
     ``out``, the ``layers``, the ``plan`` (one :class:`StagePlan` per stage), the stages ``ran``
-    now and the ``stages`` table of the atlas after the run (empty for a plan)."""
+    now, the ``stages`` table of the atlas after the run (empty for a plan) and ``results``: per
+    stage run now, what its writer returned (the scan's :class:`~convscope.scan.result.ScanResult`,
+    the visuals' ``VisualsBuilt``...; dissect: a list, one per concept set)."""
 
     out: Path
     layers: list[str]
     plan: list[StagePlan]
     ran: list[str] = field(default_factory=list)
     stages: list[dict] = field(default_factory=list)
+    results: dict = field(default_factory=dict)
 
     def headline(self) -> str:
         kept = [p.name for p in self.plan if p.action == "skip"]
@@ -125,7 +128,8 @@ def microscope_to_atlas(
     the atlas's stages table as it starts, ends or fails. ``units``: ``"all"`` or the first N
     units of each layer for the visualisations (the scan and dissection take every unit, the
     receptive fields a seeded sample); ``broden``: a Broden-format folder dissected beside the
-    colour names; ``options``: per stage, keywords for its writer over :data:`DEFAULTS`.
+    colour names; ``options``: per stage, keywords for its writer over :data:`DEFAULTS`, and
+    ``layers``: that stage's own layer spec instead of ``layers``.
 
     A stage the atlas already records is refused unless ``resume`` (done: skipped, with the
     same settings; killed or failed: continued) or ``overwrite`` (run again, replacing its
@@ -150,6 +154,9 @@ def microscope_to_atlas(
     if stages is not None and missing:
         raise UserInputError(f"stage(s) {', '.join(missing)} not available in this build of convscope")
     settings = _settings(names, units, concepts, broden, seed, options or {}, chosen)
+    for stage, own in (options or {}).items():  # a stage's own layers (a spec, resolved once)
+        if "layers" in own:
+            settings[stage]["layers"] = image_layers(subject, own["layers"], "microscope")
     if broden is not None and not Path(broden).is_dir():
         raise UserInputError(f"--broden {broden} is not a folder")
     out = Path(out)
@@ -179,8 +186,9 @@ def microscope_to_atlas(
             atlas.write_stage(stage.name, "running", settings[stage.name])
             report(0, 0, stage.name)
             try:
-                RUNNERS[stage.name](
-                    atlas, subject, source, names, settings[stage.name], stage.action == "resume",
+                built.results[stage.name] = RUNNERS[stage.name](
+                    atlas, subject, source, settings[stage.name]["layers"], settings[stage.name],
+                    stage.action == "resume",
                     _noted(report, stage.name),
                 )  # fmt: skip
             except Exception as e:
@@ -288,30 +296,38 @@ def _options(s: dict, *drop: str) -> dict:
 
 
 # -- the stages ----------------------------------------------------------------------------------
-def _scan(atlas, subject, source, names, s, resume, progress) -> None:
+def _scan(atlas, subject, source, names, s, resume, progress):
     if not resume:  # a new scan: never the checkpoint of an earlier one
         atlas.checkpoint_path.unlink(missing_ok=True)
-    scan_to_atlas(
+    return scan_to_atlas(
         subject, source, atlas.path, names, resume=True, seed=s["seed"], progress=progress, **_options(s)
-    )
+    )[1]
 
 
-def _visuals(atlas, subject, source, names, s, resume, progress) -> None:
+def _visuals(atlas, subject, source, names, s, resume, progress):
     from convscope.atlas.visuals_build import visuals_to_atlas
 
-    visuals_to_atlas(
+    return visuals_to_atlas(
         subject, atlas.path, names, s["units"], seed=s["seed"], resume=resume, overwrite=not resume,
         progress=progress, **_options(s, "units"),
     )  # fmt: skip
 
 
-def _dissect(atlas, subject, source, names, s, resume, progress) -> None:
+def _dissect(atlas, subject, source, names, s, resume, progress):
     sets = ["auto-color"] + ([s["broden"]] if s["broden"] else [])
-    for concepts in sets:
+    return [
         dissect_to_atlas(
-            subject, concepts, atlas.path, names, images=source, seed=s["seed"], progress=progress,
+            subject,
+            concepts,
+            atlas.path,
+            names,
+            images=source,
+            seed=s["seed"],
+            progress=progress,
             **_options(s, "broden"),
         )  # fmt: skip
+        for concepts in sets
+    ]
 
 
 def rf_units(layer_units: int, n: int, seed: int, layer: str) -> list[int]:
@@ -350,10 +366,10 @@ def _concepts(atlas, subject, source, names, s, resume, progress) -> None:
         )  # fmt: skip
 
 
-def _activation_atlas(atlas, subject, source, names, s, resume, progress) -> None:
+def _activation_atlas(atlas, subject, source, names, s, resume, progress):
     from convscope.atlas.activation_atlas_build import activation_atlas_to_atlas
 
-    activation_atlas_to_atlas(
+    return activation_atlas_to_atlas(
         subject, source, atlas.path, names, resume=resume, overwrite=not resume, progress=progress,
         seed=s["seed"], **_options(s),
     )  # fmt: skip
@@ -386,11 +402,12 @@ def _estimate(subject, source, names, settings, plan) -> None:
     scan(subject, source, names, indices=range(probe), k=min(s["k"], probe), threshold_sample=probe,
          batch_size=min(s["batch_size"], probe))  # fmt: skip
     per_image = (time.perf_counter() - t) / probe
-    per_step = _probe_visuals(subject, names[-1], settings["visuals"]) if _needs_fv(todo) else 0.0
+    deepest = settings["visuals"]["layers"][-1]
+    per_step = _probe_visuals(subject, deepest, settings["visuals"]) if _needs_fv(todo) else 0.0
     side = subject.input_size[0]
     for p in todo:
         p.seconds, p.note = _stage_estimate(
-            p.name, settings[p.name], names, subject, n, per_image, per_step, side
+            p.name, settings[p.name], settings[p.name]["layers"], subject, n, per_image, per_step, side
         )
 
 
