@@ -509,6 +509,7 @@ def main() -> None:
     ap.add_argument("--masks", type=int, default=128, help="rise masks")
     ap.add_argument("--only", default="", help="run only pairs whose name contains this")
     ap.add_argument("--skip", default="", help="comma-separated substrings of pairs to leave out")
+    ap.add_argument("--kind", choices=("all", "methods", "metrics"), default="all")
     ap.add_argument("--out", default=str(Path(__file__).with_name("attribution.json")))
     args = ap.parse_args()
     if args.quick:
@@ -541,11 +542,11 @@ def main() -> None:
         k = args.images if n == 1 else n
         x, y, a = photos[:k], labels[:k], maps[:k]
         for name, (peer, heavy, ours, theirs) in method_pairs(subject, args).items():
-            if args.only in name and not any(s in name for s in skip):
+            if args.kind != "metrics" and args.only in name and not any(s in name for s in skip):
                 bench(name, peer, heavy, ours, theirs, (x, y), n, args, rows)
                 write(args, rows)
         for name, (peer, heavy, ours, theirs, det) in mpairs.items():
-            if args.only in name and not any(s in name for s in skip):
+            if args.kind != "methods" and args.only in name and not any(s in name for s in skip):
                 bench(name, peer, heavy, ours, theirs, (x, y, a), n, args, rows, check=det)
                 write(args, rows)
     write(args, rows)
