@@ -339,3 +339,17 @@ def test_trust_sanity_check_takes_ssim_and_averages_tied_ranks():
     swap = sanity_check(lambda s: tied if s is subject else other, subject, ["fc"])
     ref = np.mean([spearmanr(a.ravel(), b.ravel())[0] for a, b in zip(tied, other)])
     assert close(swap.correlations[0], ref)
+
+
+def test_auto_batch_sizes_chunks_by_the_largest_activation(monkeypatch):
+    from convscope.errors import UserInputError
+
+    subject = tiny_subject(size=32)
+    x = torch.zeros(2, 3, 32, 32)
+    peak = max(np.prod(i.shape) for i in subject.layers if i.shape is not None and i.per_image) * 4
+    monkeypatch.setattr(M, "_CPU_BYTES", int(peak * 5.5))
+    assert M.auto_batch(subject, x) == 5
+    assert M.auto_batch(subject, torch.zeros(2, 3, 64, 64)) == 1  # 4x the pixels, 4x the bytes
+    assert M.auto_batch(subject, x, 7) == 7
+    with pytest.raises(UserInputError):
+        M.auto_batch(subject, x, 0)
