@@ -212,3 +212,12 @@ def test_failures_leave_no_new_atlas(subject, folder, tmp_path, monkeypatch):
         evaluate_to_atlas(subject, folder, existing, METHODS, METRICS)
     assert Atlas.open(existing).evaluations() == []
     assert sorted(p.name for p in existing.iterdir() if not p.name.startswith("atlas.db-")) == ["atlas.db"]
+
+
+def test_the_build_resumes_by_the_evaluations_own_fingerprint(subject, folder, tmp_path):
+    # one guard: the atlas stores the fingerprint evaluate checks its checkpoint against (plus the
+    # data it came from), not settings hashed its own way
+    done = _run(subject, folder, tmp_path / "a", name="e1")
+    stored = done.atlas.evaluation_settings("e1")
+    assert {k: v for k, v in stored.items() if k != "data"} == done.evaluation.settings["fingerprint"]
+    assert stored["data"] and stored["device"] == "cpu" and "preprocess" in stored

@@ -269,3 +269,52 @@ def test_missing_captum_is_a_one_line_error_naming_the_extra(tiny64, photos, mon
     monkeypatch.setitem(sys.modules, "captum.attr", None)
     with pytest.raises(UserInputError, match=r"convscope\[blackbox\]"):
         convscope.explain(tiny64, photos, "kernel_shap", samples=4)
+
+
+@pytest.mark.parametrize(
+    "method, options, said",
+    [("rise", {"fill": "noise"}, "fill"), ("kernel_shap", {"fill": "noise"}, "fill")]
+    + [("occlusion", {"fill": "white"}, "fill"), ("rise", {"p": 0}, "probability")]
+    + [("lime", {"samples": 0}, "samples"), ("lrp", {"composite": "nope"}, "composite")],
+)
+def test_bad_option_values_are_refused_before_any_work(tiny64, photos, method, options, said):
+    from convscope.attribution.api import get_method
+
+    calls = []
+    with pytest.raises(UserInputError, match=said):
+        convscope.explain(tiny64, photos, method, progress=lambda d, t: calls.append(d), **options)
+    assert calls == []  # refused before the first progress report
+    with pytest.raises(UserInputError, match=said):
+        get_method(method).validate(options)  # the cheap hook evaluate calls too
+
+
+class RaisesOnBigBatches(nn.Module):
+    """A model whose own bug reads like a missing gradient (on batches of more than 2)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = TinyCNN().eval()
+
+    def forward(self, x):
+        if len(x) > 2:
+            raise RuntimeError("element 0 of tensors does not require grad and does not have a grad_fn")
+        return self.inner(x)
+
+
+def test_a_models_own_error_is_not_taken_for_a_missing_gradient(photos):
+    # the missing gradient is found where the score is taken, not by the text of an error: a
+    # model's own error comes through as it is, not as advice to use a black-box method
+    subject = Subject.wrap(RaisesOnBigBatches(), input_size=64)
+    with pytest.raises(RuntimeError, match="element 0"):
+        convscope.explain(subject, photos, "rise", target="class:1", masks=8, batch=8)
+
+
+def test_rise_draws_the_same_masks_on_every_device():
+    # drawn by the CPU generator and moved: a device's own generator would draw another stream
+    # (and the meta device, standing in for an accelerator here, has none at all)
+    cpu = rise_masks(16, (32, 32), cells=4, seed=3)
+    moved = rise_masks(16, (32, 32), cells=4, seed=3, device="meta")
+    assert all(m.device.type == "meta" and m.shape == c.shape for m, c in zip(moved, cpu))
+    if torch.cuda.is_available():
+        for c, g in zip(cpu, rise_masks(16, (32, 32), cells=4, seed=3, device="cuda")):
+            assert torch.equal(c, g.cpu())

@@ -10,7 +10,7 @@ from PIL import Image
 
 import convscope
 from convscope.attribution import metrics as M
-from convscope.attribution.evaluator import derived_seed, evaluate
+from convscope.attribution.evaluator import derived_seed, evaluate, fingerprint
 from convscope.errors import NameNotFoundError, UserInputError
 from convscope.testing import tiny_subject
 
@@ -67,6 +67,9 @@ def test_table_has_every_pair_and_scores_equal_the_metric_called_directly(subjec
         ({"target": "class:99"}, ""),
         ({"names": ["a", "b"]}, "names"),
         ({"chunk": 0}, "chunk"),
+        ({"methods": ["rise"], "options": {"fill": "noise"}}, "fill"),  # a value, not a name
+        ({"methods": ["lrp"], "options": {"composite": "nope"}}, "composite"),
+        ({"target": convscope.attribution.Target("class", (0, 1, 2))}, "one per image"),
     ],
 )
 def test_everything_is_checked_before_any_work(subject, x, kw, match):
@@ -242,6 +245,25 @@ def test_model_randomisation_layers_limits_the_modules(subject, x):
         M.model_randomisation(subject, x[:3], maps, method="saliency", layers=["nope"])
     with pytest.raises(UserInputError):
         M.model_randomisation(subject, x[:3], maps, method="saliency", layers=0)
+    with pytest.raises(UserInputError, match="layers is empty"):  # not torch.stack's error
+        M.model_randomisation(subject, x[:3], maps, method="saliency", layers=[])
+
+
+@pytest.mark.parametrize(
+    "metric, order, up",
+    [("road", "morf", False), ("road", "lerf", True), ("region_perturbation", "morf", True)]
+    + [("region_perturbation", "lerf", False), ("pixel_flipping", None, False)],
+)
+def test_the_direction_follows_the_order(subject, x, metric, order, up):
+    opts = {"order": order} if order else {}
+    assert M.higher_is_better(metric, opts) is up
+    if metric == "road":
+        opts["percentiles"] = (50,)
+    ev = run(subject, x[:4], methods=["saliency", "random"], metrics=[metric], metric_options={metric: opts})
+    assert ev.higher_is_better == {metric: up}
+    means = {r["method"]: r["mean"] for r in ev.table()}
+    best = max(means, key=means.get) if up else min(means, key=means.get)
+    assert ev.table()[0]["method"] == best
 
 
 @pytest.mark.slow
@@ -276,3 +298,55 @@ def test_the_module_and_the_function_have_their_own_names():
 
     assert isinstance(module, types.ModuleType) and module.evaluate is convscope.attribution.evaluate
     assert convscope.evaluate is convscope.attribution.evaluate and callable(convscope.attribution.evaluate)
+
+
+def test_the_fingerprint_tells_apart_what_changes_the_scores(subject, x, tmp_path):
+    ckpt = tmp_path / "c.npz"
+    run(subject, x, checkpoint=ckpt)
+    with pytest.raises(UserInputError, match=r"other settings \(images\)"):
+        run(subject, x + 0.1, checkpoint=ckpt)  # another batch of the same size and names
+
+    def fp(images=x, methods=("saliency",), who=subject):
+        return fingerprint(who, images, list(methods), ["average_drop"])
+
+    a, b = (Image.fromarray(np.full((32, 32, 3), v, np.uint8)) for v in (10, 200))
+    assert fp([a])["images"] != fp([b])["images"] and fp([a]) == fp([a.copy()])
+    arrays = [np.asarray(a), np.asarray(b)]
+    assert fp(arrays)["images"] != fp(arrays[::-1])["images"]
+    first, second = (lambda s, i, c: i.sum(1)), (lambda s, i, c: i.abs().sum(1))
+    assert fp(methods=[first])["methods"] != fp(methods=[second])["methods"]  # both "<lambda>"
+    assert fp(methods=[first]) == fp(methods=[first])
+    assert fp()["device"] == "cpu"
+    bigger = tiny_subject(size=40)  # the same weights, another input size
+    assert fp(who=bigger)["weights"] == fp()["weights"] and fp(who=bigger)["preprocess"] != fp()["preprocess"]
+
+
+def test_a_per_image_class_target_is_sliced_per_chunk(subject, x):
+    classes = tuple(i % 3 for i in range(10))
+    ev = run(subject, x, methods=["saliency"], target=convscope.attribution.Target("class", classes))
+    assert np.isfinite(ev.scores).all() and not ev.settings["failures"]
+    assert ev.targets == [f"logit({subject.label(c)})" for c in classes]
+    xs = x[4:8]
+    maps = convscope.explain(
+        subject, xs, "saliency", target=convscope.attribution.Target("class", classes[4:8])
+    )
+    want = M.pixel_flipping(
+        subject, xs, maps, torch.tensor(classes[4:8]), step=64, seed=derived_seed(0, "pixel_flipping", 1)
+    )
+    np.testing.assert_array_equal(ev.score("saliency", "pixel_flipping")[4:8], want.numpy())
+
+
+def test_one_score_has_no_interval():
+    from convscope.attribution.evaluation import Evaluation
+
+    ev = Evaluation(
+        methods=["a"],
+        metrics=["m"],
+        images=["i0", "i1"],
+        scores=[[[0.5, np.nan]]],
+        higher_is_better={"m": True},
+    )
+    mean, low, high = ev.interval("a", "m")
+    assert mean == 0.5 and np.isnan(low) and np.isnan(high)  # not 0.5 .. 0.5, which reads as certain
+    (row,) = ev.table()
+    assert row["n"] == 1 and np.isnan(row["low"]) and '"low": null' in ev.to_json().replace("\n", "")

@@ -120,3 +120,40 @@ def test_errors_are_one_line_before_any_work(tiny_model, images, tmp_path, capsy
         err = capsys.readouterr().err
         assert said in err and len(err.strip().splitlines()) == 1, (bad, err)
         assert not out.exists(), bad
+
+
+def test_each_method_keeps_its_own_defaults_and_takes_the_black_box_options(tiny_model, tmp_path):
+    # nothing set: no fill or samples forced on the black-box methods (KernelSHAP / LIME draw 500
+    # samples and fill zero, RISE fills zero, unless told)
+    blocks = tmp_path / "blocks"  # images with regions, for SLIC (noise is one superpixel)
+    blocks.mkdir()
+    for i in range(2):
+        img = np.zeros((32, 32, 3), np.uint8)
+        img[:, 16:, i] = 255
+        img[20:, :, 2] = 120
+        Image.fromarray(img).save(blocks / f"b{i}.png")
+    out = tmp_path / "a"
+    args = ["--data", blocks, "--metrics", "average_drop", "--n", "2", "--chunk", "2", "--out", out]
+    assert run("evaluate", "tiny", "--methods", "rise,occlusion", "--masks", 8, *args) == 0
+    options = Atlas.open(out).evaluation("default").settings["options"]
+    assert options["rise"] == {"masks": 8} and options["occlusion"] == {}
+    # the explain options are there too: --segments, --cells, --samples, --fill
+    more = ["--segments", 6, "--cells", 4, "--samples", 12, "--fill", "mean", "--name", "b"]
+    assert run("evaluate", "tiny", "--methods", "rise,kernel_shap", "--masks", 8, *more, *args) == 0
+    ev = Atlas.open(out).evaluation("b")
+    assert ev.settings["options"]["kernel_shap"] == {"segments": 6, "samples": 12, "fill": "mean"}
+    assert ev.settings["options"]["rise"] == {"masks": 8, "cells": 4, "fill": "mean"}
+    assert np.isfinite(ev.scores).all()
+
+
+def test_a_method_that_fails_on_every_image_exits_1(tiny_model, images, tmp_path, capsys, monkeypatch):
+    from convscope.attribution import blackbox
+
+    def broken(self, x, target):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(blackbox.Rise, "attribute", broken)
+    args = ["--metrics", "average_drop", "--n", "2", "--chunk", "2", "--out", tmp_path / "a"]
+    assert run("evaluate", "tiny", "--data", images, "--methods", "saliency,rise", "--masks", 4, *args) == 1
+    captured = capsys.readouterr()
+    assert "out of memory" in captured.out and "rise x average_drop" in captured.err

@@ -41,6 +41,33 @@ def test_pages_render_and_hostile_names_404(atlas):
 def test_export_includes_them(atlas, tmp_path):
     out = tmp_path / "site"
     meta = {"model": {"name": "tiny"}}
-    assert export_evaluations(AtlasReader(atlas.path), out, meta, pages.StaticLinks()) == 1
-    assert (out / "evaluations.html").is_file() and (out / "evaluation_run-1.html").is_file()
-    assert (out / "img" / "evaluation_run-1_ranked.png").is_file()
+    links = pages.StaticLinks()
+    assert export_evaluations(AtlasReader(atlas.path), out, meta, links) == 1
+    assert (out / "evaluations.html").is_file() and (out / links.evaluation("run-1")).is_file()
+    assert (out / links.evaluation_file("run-1", "plot")).is_file()
+    assert links.evaluation_file("run-1", "plot").endswith("_ranked.png")
+
+
+def test_export_names_of_names_that_differ_differ(atlas, tmp_path):
+    # safe_name maps . @ + = to _: run.1 and run_1 alike; the export names must not meet
+    atlas.write_evaluation("run.1", made(seed=1))
+    atlas.write_evaluation("run_1", made(seed=2))
+    links = pages.StaticLinks()
+    names = ["run.1", "run_1", "run@1", "run+1", "run=1", "run-1"]
+    assert len({links.evaluation(n) for n in names}) == len(names)
+    assert len({links.evaluation_file(n, "csv") for n in names}) == len(names)
+    out = tmp_path / "site"
+    assert export_evaluations(AtlasReader(atlas.path), out, {"model": {"name": "tiny"}}, links) == 3
+    for name in ("run.1", "run_1"):
+        assert (out / links.evaluation_file(name, "csv")).read_text() == atlas.evaluation(name).to_csv()
+
+
+def test_the_pages_module_does_not_import_the_evaluations_module():
+    # viewer.evaluations imports viewer.pages; pages has the evaluations table itself
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(pages))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert "convscope.viewer.evaluations" not in imported

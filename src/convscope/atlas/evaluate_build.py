@@ -4,10 +4,9 @@ time."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,9 +18,6 @@ from convscope.atlas.store import Atlas, AtlasConflictError
 from convscope.errors import UserInputError
 from convscope.inputs.fileio import write_text
 from convscope.subject import Subject
-
-# evaluate() keywords that change how the work is split or reported, not what it finds
-NOT_SETTINGS = ("progress", "checkpoint", "names")
 
 
 @dataclass
@@ -125,14 +121,13 @@ def _build(
         )
 
     images = pick_images(source, n, seed)
-    names = [r.name for r in images.records]
     if len(images) < len(source):  # regions are given per image of the data: those of the sample
         keep = _sample(len(source), n, seed)
         options = {
             k: (_take(v, keep) if k in ("masks", "boxes") and v is not None else v)
             for k, v in options.items()
         }
-    wanted = run_settings(methods, metrics, target, seed, names, source.spec, options)
+    wanted = run_settings(subject, images, methods, metrics, target, seed, source.spec, options)
     if stored and resume and not overwrite:
         _check_settings(store.evaluation_settings(name), wanted, name)
         ckpt.unlink(missing_ok=True)
@@ -188,34 +183,17 @@ def _take(values, keep: list[int]):
     return [values[i] for i in keep]
 
 
-def run_settings(methods, metrics, target, seed, names, data_spec, options: Mapping) -> dict:
-    """What an evaluation was run with, as JSON: a ``--resume`` must ask for the same. The images
-    are named by their count and a digest of their names; masks and boxes by a digest."""
+def run_settings(
+    subject: Subject, images, methods, metrics, target, seed: int, data_spec: dict, options
+) -> dict:
+    """What an evaluation was run with, as JSON, which a ``--resume`` must ask for again: the
+    fingerprint of the run (:func:`convscope.attribution.evaluator.fingerprint`, the one its
+    checkpoint is checked against: model, weights, device, preprocessing, image names, methods,
+    metrics and their options, target, seed, chunk, masks, boxes) and the data it came from."""
+    from convscope.attribution.evaluator import fingerprint
 
-    def digest(value) -> str | None:
-        if value is None:
-            return None
-        if hasattr(value, "detach"):
-            value = value.detach().cpu().numpy()
-        data = np.asarray(value).tobytes() if not isinstance(value, (list, tuple)) else repr(value).encode()
-        return hashlib.sha256(data).hexdigest()[:16]
-
-    rest = {k: v for k, v in options.items() if k not in (*NOT_SETTINGS, "masks", "boxes")}
-    plain = json.loads(json.dumps(rest, sort_keys=True, default=repr))
-    return {
-        "methods": list(methods),
-        "metrics": list(metrics),
-        "target": str(target),
-        "seed": int(seed),
-        "images": len(names),
-        "image_names": hashlib.sha256("\0".join(names).encode("utf-8", "surrogateescape")).hexdigest()[:16],
-        "data": data_spec.get("source", data_spec.get("description")),
-        "options": plain.get("options"),
-        "metric_options": plain.get("metric_options"),
-        **{k: v for k, v in plain.items() if k not in ("options", "metric_options")},
-        "masks": digest(options.get("masks")),
-        "boxes": digest(options.get("boxes")),
-    }
+    found = fingerprint(subject, images, methods, metrics, target, seed=seed, **options)
+    return {**found, "data": data_spec.get("source", data_spec.get("description"))}
 
 
 def _check_settings(stored: dict | None, wanted: dict, name: str) -> None:

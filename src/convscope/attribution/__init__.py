@@ -13,8 +13,8 @@ from convscope.attribution import (  # noqa: F401  (registry)
     zeiler_fergus,
 )
 from convscope.attribution.api import explain, get_method, method_names, method_options, options_for
-from convscope.attribution.evaluator import evaluate
 from convscope.attribution.evaluation import Evaluation
+from convscope.attribution.evaluator import evaluate
 from convscope.attribution.metrics import METRICS, get_metric, metric_names
 from convscope.attribution.result import AttributionMap
 from convscope.attribution.targets import Target, resolve_target

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-from convscope.attribution.base import METHODS, is_scripted, no_gradient_error, scripted_error
+from convscope.attribution.base import METHODS, is_scripted, scripted_error
 from convscope.attribution.result import AttributionMap
 from convscope.attribution.targets import Target, resolve_target
 from convscope.errors import UserInputError
@@ -90,6 +90,7 @@ def explain(
     """
     cls = get_method(method)
     check_options(cls.name, options)
+    cls.validate(options)  # bad values (a fill it has not, an unknown composite) before any work
     if cls.intercepts and is_scripted(subject.model):
         raise scripted_error(cls.name)
     x = images if isinstance(images, torch.Tensor) else subject.load_images(images)
@@ -101,12 +102,7 @@ def explain(
     impl.progress = progress
     n = x.shape[0]
     impl.report(0, n)
-    try:
-        maps, raw = impl.attribute(x, tgt)
-    except RuntimeError as e:  # a gradient method on a model without gradients (CAMs, FullGrad)
-        if "does not require grad" in str(e):
-            raise no_gradient_error() from None
-        raise
+    maps, raw = impl.attribute(x, tgt)  # a model without gradients: refused where the score is taken
     impl.report(n, n)
     seen = subject.preprocess.denormalize(x.detach()).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
     return AttributionMap(

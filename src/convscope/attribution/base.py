@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -25,10 +25,24 @@ class Method:
     # module rules, bias capture): a TorchScript model runs them inside its graph, out of reach
     intercepts = False
     progress: Callable[[float, int], None] | None = None  # set by ``explain(progress=...)``
+    fills: tuple[str, ...] = ()  # the values of its ``fill`` option, for the method that takes one
 
     def __init__(self, subject: Subject, **options):
+        self.validate(options)
         self.subject = subject
         self.options = options
+
+    @classmethod
+    def validate(cls, options: Mapping[str, object]) -> None:
+        """Refuse a bad option value in one line, before any work (cheap: no model, no images):
+        ``explain`` and ``evaluate`` call it on the options given (their names are checked by
+        :func:`~convscope.attribution.api.check_options`). Here: ``fill`` among :attr:`fills`;
+        methods add their own checks."""
+        fill = options.get("fill")
+        if cls.fills and fill is not None and fill not in cls.fills:
+            from convscope.errors import UserInputError
+
+            raise UserInputError(f"{cls.name}: fill must be one of {', '.join(cls.fills)}, not {fill!r}")
 
     def report(self, done: float, total: int) -> None:
         """Tell ``explain``'s ``progress`` how far :meth:`attribute` is, in images (``done`` may

@@ -30,17 +30,19 @@ def rise_masks(
     seed: int = 0,
     device: str | torch.device = "cpu",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The random draws of ``n`` RISE masks, on ``device`` from a generator seeded ``seed``:
-    binary grids (n, cells, cells) (1 with probability ``p``) and the shifts (n,) (n,) of their
-    crops, in pixels in ``[0, cell)``. :func:`rise_upsample` turns them into masks (the draws are
-    made once so that the masks do not depend on the batch size)."""
+    """The random draws of ``n`` RISE masks from a CPU generator seeded ``seed``, moved to
+    ``device``: binary grids (n, cells, cells) (1 with probability ``p``) and the shifts (n,)
+    (n,) of their crops, in pixels in ``[0, cell)``. :func:`rise_upsample` turns them into masks
+    (the draws are made once so that the masks do not depend on the batch size). Drawn on the
+    CPU (they are small: n * cells^2 numbers) so that one seed gives the same masks on every
+    device; an accelerator's generator draws another stream."""
     H, W = size
     ch, cw = -(-H // cells), -(-W // cells)
-    gen = torch.Generator(device=device).manual_seed(int(seed))
-    grids = (torch.rand(n, cells, cells, generator=gen, device=device) < p).float()
-    dy = torch.randint(0, ch, (n,), generator=gen, device=device)
-    dx = torch.randint(0, cw, (n,), generator=gen, device=device)
-    return grids, dy, dx
+    gen = torch.Generator().manual_seed(int(seed))
+    grids = (torch.rand(n, cells, cells, generator=gen) < p).float()
+    dy = torch.randint(0, ch, (n,), generator=gen)
+    dx = torch.randint(0, cw, (n,), generator=gen)
+    return grids.to(device), dy.to(device), dx.to(device)
 
 
 def rise_upsample(
@@ -81,9 +83,8 @@ def _interp_matrix(n_in: int, n_out: int, like: torch.Tensor) -> torch.Tensor:
 
 
 def _filler(subject, xi: torch.Tensor, fill: str, sigma: float) -> torch.Tensor:
-    """What hidden pixels of ``xi`` (1, 3, H, W) become, in model-input space."""
-    if fill not in FILLS:
-        raise UserInputError(f"fill must be one of {', '.join(FILLS)}, not {fill!r}")
+    """What hidden pixels of ``xi`` (1, 3, H, W) become, in model-input space (``fill`` checked
+    by :meth:`Method.validate`)."""
     if fill == "zero":
         return torch.zeros_like(xi)
     if fill == "gray":
@@ -102,12 +103,25 @@ class Rise(Method):
     Options: ``masks=4000`` (N; the Monte Carlo error falls as 1/sqrt(N)); ``cells=7`` (s);
     ``p=0.5``; ``fill="zero"`` (the paper multiplies the model input by the mask: 0 in
     model-input space), ``"gray"``, ``"mean"`` or ``"blur"`` (sigma = one cell / 2);
-    ``batch=64`` masked copies per forward pass; ``seed=0``. The masks are drawn on the device
-    and the same masks serve every image. The map is the expected score when a pixel is kept,
+    ``batch=64`` masked copies per forward pass; ``seed=0``. The masks' random draws are made on
+    the CPU (the same masks on every device), the masks built on the device, and the same masks
+    serve every image. The map is the expected score when a pixel is kept,
     so it is not signed (it can be negative for a logit target)."""
 
     name = "rise"
     takes = ("masks", "cells", "p", "fill", "batch", "seed")
+    fills = FILLS
+
+    @classmethod
+    def validate(cls, options):
+        super().validate(options)
+        if int(options.get("masks", 4000)) < 1 or int(options.get("batch", 64)) < 1:
+            raise UserInputError("rise needs masks >= 1 and batch >= 1")
+        p = float(options.get("p", 0.5))
+        if not 0 < p <= 1:
+            raise UserInputError(f"rise: p is the probability of keeping a cell, in (0, 1], not {p}")
+        if int(options.get("cells", 7)) < 1:
+            raise UserInputError("rise: cells must be >= 1")
 
     def attribute(self, x, target):
         n_masks = int(self.options.get("masks", 4000))
@@ -116,10 +130,6 @@ class Rise(Method):
         batch = int(self.options.get("batch", 64))
         fill = str(self.options.get("fill", "zero"))
         n, _, H, W = x.shape
-        if n_masks < 1 or batch < 1:
-            raise UserInputError("rise needs masks >= 1 and batch >= 1")
-        if not 0 < p <= 1:
-            raise UserInputError(f"rise: p is the probability of keeping a cell, in (0, 1], not {p}")
         if not 1 <= cells <= min(H, W):
             raise UserInputError(f"rise: cells must be between 1 and {min(H, W)} for a {H}x{W} input")
         sigma = max(-(-H // cells), -(-W // cells)) / 2
@@ -167,16 +177,21 @@ class _Superpixel(Method):
     signed = True
     captum_name = ""
     default_samples = 500
+    fills = FILLS
+
+    @classmethod
+    def validate(cls, options):
+        super().validate(options)
+        if int(options.get("samples", cls.default_samples)) < 1 or int(options.get("batch", 64)) < 1:
+            raise UserInputError(f"{cls.name} needs samples >= 1 and batch >= 1")
+        if int(options.get("segments", 50)) < 1:
+            raise UserInputError(f"{cls.name}: segments must be >= 1")
 
     def attribute(self, x, target):
         samples = int(self.options.get("samples", self.default_samples))
         batch = int(self.options.get("batch", 64))
         fill = str(self.options.get("fill", "zero"))
         seed = int(self.options.get("seed", 0))
-        if samples < 1 or batch < 1:
-            raise UserInputError(f"{self.name} needs samples >= 1 and batch >= 1")
-        if fill not in FILLS:
-            raise UserInputError(f"fill must be one of {', '.join(FILLS)}, not {fill!r}")
         cls = getattr(_captum_attr(), self.captum_name)
         seg = superpixels(
             self.subject, x, int(self.options.get("segments", 50)), float(self.options.get("compactness", 10))

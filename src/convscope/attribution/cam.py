@@ -112,6 +112,10 @@ def maps_and_grads(subject, names: list[str], score, extra: list[str] = (), stop
         Recorder(subject, list(names) + list(extra), detach=False, stop=stop, callback=keep) as rec,
     ):
         value = score(rec)
+        if not value.requires_grad:  # a model run under no_grad or returning detached tensors
+            from convscope.attribution.base import no_gradient_error
+
+            raise no_gradient_error()
         maps = {n: rec[n] for n in names}  # also checks each ran once
         outs = [select_tensor(raw[n], None, n) for n in names]
         grads = torch.autograd.grad(value, outs, allow_unused=True)

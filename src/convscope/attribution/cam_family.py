@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from convscope.attribution.base import Method, register
+from convscope.attribution.base import Method, no_gradient_error, register
 from convscope.attribution.cam import CamMethod
 from convscope.attribution.targets import Target, logits
 from convscope.errors import UserInputError
@@ -274,6 +274,8 @@ class FullGrad(Method):
         with torch.enable_grad():
             with mode:
                 score = target.score(self.subject, x)
+            if not score.requires_grad:  # a model run under no_grad or returning detached tensors
+                raise no_gradient_error()
             outs = [o for o, _ in mode.found]
             grads = torch.autograd.grad(score.sum(), [x, *outs], allow_unused=True)
         size = tuple(x.shape[2:])

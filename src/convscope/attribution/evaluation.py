@@ -59,13 +59,14 @@ class Evaluation(Result):
     ) -> tuple[float, float, float]:
         """(mean, low, high): the mean over the images where the pair has a score and its
         percentile-bootstrap ``confidence`` interval (``resamples`` draws, seeded: the same
-        numbers every time)."""
+        numbers every time). One score has no interval: its bounds are NaN (shown as "-"), not
+        the score itself, which would read as certainty."""
         v = self.score(method, metric)
         v = v[np.isfinite(v)]
         if len(v) == 0:
             return (float("nan"),) * 3
         if len(v) == 1:
-            return float(v[0]), float(v[0]), float(v[0])
+            return float(v[0]), float("nan"), float("nan")
         rng = np.random.default_rng(seed)
         means = v[rng.integers(0, len(v), size=(resamples, len(v)))].mean(1)
         a = (1 - confidence) / 2

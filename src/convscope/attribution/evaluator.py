@@ -2,9 +2,10 @@
 
 The images are worked through in chunks of ``chunk``: each method explains the chunk once (one
 batched call), then every metric scores those maps (batched on the subject's device). The
-numbers depend on everything in the run's *fingerprint* (the model's name and weights, the
-image names, the methods and their options, the metrics and their settings, the target, the
-seed, the chunk size, the masks and boxes), and on nothing else: randomness comes only from
+numbers depend on everything in the run's *fingerprint* (:func:`fingerprint`: the model's name,
+weights, device type and preprocessing, the image names and the pixels of images given in
+memory, the methods (a callable by its code) and their options, the metrics and their settings,
+the target, the seed, the chunk size, the masks and boxes), and on nothing else: randomness comes only from
 seeds derived from ``seed`` (see :func:`derived_seed`), so the same call gives the same table,
 and a run resumed from its checkpoint gives bit for bit the scores of an uninterrupted one.
 """
@@ -26,7 +27,7 @@ import torch
 from convscope.attribution import baselines  # noqa: F401  (registers edge and random)
 from convscope.attribution.api import check_options, get_method, options_for
 from convscope.attribution.evaluation import Evaluation
-from convscope.attribution.metrics import HIGHER_IS_BETTER, METRICS, NEEDS_METHOD, NEEDS_REGIONS, get_metric
+from convscope.attribution.metrics import METRICS, NEEDS_METHOD, NEEDS_REGIONS, get_metric, higher_is_better
 from convscope.attribution.targets import Target, resolve_target
 from convscope.errors import UserInputError
 from convscope.subject import Subject
@@ -69,9 +70,11 @@ class _Images:
                 raise UserInputError(f"expected images (N, 3, H, W), got {tuple(images.shape)}")
             self.batch = images
             default = [f"image {i}" for i in range(len(images))]
+            self.digest = _bytes_digest(images)
         elif isinstance(images, ImageSource) or _is_collection(images):
             self.source = images if isinstance(images, ImageSource) else open_images(images)
             default = [r.name for r in self.source.records]
+            self.digest = ""  # files: identified by their names
         else:
             if isinstance(images, (str, os.PathLike, np.ndarray)) or hasattr(images, "convert"):
                 images = [images]
@@ -80,6 +83,8 @@ class _Images:
                 Path(it).stem if isinstance(it, (str, os.PathLike)) else f"image {i}"
                 for i, it in enumerate(self.items)
             ]
+            # in-memory images (PIL, arrays) by their bytes, files by their names
+            self.digest = hashlib.sha1("".join(_item_digest(it) for it in self.items).encode()).hexdigest()
         self.names = _unique(default) if names is None else [str(n) for n in names]
         if len(self.names) != len(self):
             raise UserInputError(f"got {len(self.names)} names for {len(self)} images")
@@ -115,6 +120,22 @@ class _Images:
             good.append(i)
             tensors.append(t.to(dev, torch.float32))
         return good, (torch.cat(tensors) if tensors else None), bad
+
+
+def _bytes_digest(value) -> str:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    arr = np.ascontiguousarray(value)
+    return hashlib.sha1(f"{arr.shape}{arr.dtype}".encode() + arr.tobytes()).hexdigest()
+
+
+def _item_digest(item) -> str:
+    """An image in memory by its pixels; a file adds nothing (its name is in the fingerprint)."""
+    if isinstance(item, (str, os.PathLike)):
+        return "file;"
+    if hasattr(item, "tobytes") and hasattr(item, "mode") and hasattr(item, "size"):  # PIL
+        return hashlib.sha1(f"{item.mode}{item.size}".encode() + item.tobytes()).hexdigest() + ";"
+    return _bytes_digest(item) + ";"
 
 
 def _is_collection(images) -> bool:
@@ -172,6 +193,8 @@ def _method_specs(methods, options) -> list[tuple[str, object, dict]]:
                 check_options(key, opts)
         else:
             opts = {} if callable(m) else options_for(key, options)
+        if not callable(m):
+            get_method(m).validate(opts)  # bad values (a fill it has not) before any work
         specs.append((key, m, opts))
     if options and not per_method:
         used = {
@@ -260,10 +283,46 @@ def _plain(value):
         if isinstance(v, np.ndarray):
             return f"array{v.shape}:{v.dtype}:{hashlib.sha1(np.ascontiguousarray(v).tobytes()).hexdigest()}"
         if callable(v):
-            return f"callable:{getattr(v, '__module__', '')}.{getattr(v, '__qualname__', repr(v))}"
+            return callable_id(v)
         return repr(v)
 
     return json.loads(json.dumps(value, default=default, sort_keys=True))
+
+
+def callable_id(fn) -> str:
+    """A callable's identity for the fingerprint: its module and qualified name and a digest of
+    its code (bytecode, constants, names; nested functions too) and of the values it closes
+    over and its defaults, so that two lambdas, or one function edited, differ."""
+    import types
+
+    name = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
+    func = fn if hasattr(fn, "__code__") else type(fn).__call__  # an object: its class's method
+    code = getattr(func, "__code__", None)
+    if code is None:
+        return f"callable:{name}:{repr(fn)}"
+    h = hashlib.sha1()
+
+    def feed(c: types.CodeType) -> None:
+        h.update(c.co_code)
+        h.update(repr(c.co_names).encode())
+        for k in c.co_consts:
+            feed(k) if isinstance(k, types.CodeType) else h.update(repr(k).encode())
+
+    feed(code)
+    for cell in getattr(fn, "__closure__", None) or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:  # an empty cell
+            value = "<empty>"
+        # a callable closed over: by its name only (a recursive function's cell holds itself)
+        shown = (
+            f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', '')}"
+            if callable(value)
+            else value
+        )
+        h.update(json.dumps(_plain(shown)).encode())
+    h.update(json.dumps(_plain(list(getattr(fn, "__defaults__", None) or ()))).encode())
+    return f"callable:{name}:{h.hexdigest()[:16]}"
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -274,6 +333,78 @@ def weights_digest(model: torch.nn.Module) -> str:
         if isinstance(v, torch.Tensor):
             h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def _prepare(
+    subject, images, methods, metrics, target, names, options, metric_options, masks, boxes, seed, chunk
+):
+    """Everything checked, and the fingerprint: (chunk, method specs, metric specs, target,
+    images, masks, boxes, fingerprint)."""
+    if int(chunk) < 1:
+        raise UserInputError(f"chunk must be >= 1, not {chunk}")
+    chunk = int(chunk)
+    specs = _method_specs(methods, options)
+    mspecs = _metric_specs(metrics, metric_options, masks, boxes)
+    tgt = _target_spec(subject, target)
+    data = _Images(subject, images, names)
+    n = len(data)
+    if not tgt.top and len(tgt.classes) > 1 and len(tgt.classes) != n:
+        raise UserInputError(f"the target names {len(tgt.classes)} classes, one per image, for {n} images")
+    masks_a = _regions(masks, n, "masks")
+    boxes_a = _regions(boxes, n, "boxes")
+    transform = subject.transform
+    found = _plain(
+        {
+            "model": subject.name,
+            "weights": weights_digest(subject.model),
+            "device": subject.device.type,  # CPU and GPU kernels are not bit-identical
+            "preprocess": repr(subject.preprocess),
+            "transform": "preprocess" if transform is subject.preprocess else transform,
+            "images": hashlib.sha1((json.dumps(data.names) + data.digest).encode()).hexdigest(),
+            "n_images": n,
+            "methods": [[k, m if isinstance(m, str) else m] for k, m, _ in specs],
+            "options": {k: o for k, _, o in specs},
+            "metrics": [k for k, _, _ in mspecs],
+            "metric_options": {k: o for k, _, o in mspecs},
+            "target": f"{tgt.kind}:{'top' if tgt.top else ','.join(map(str, tgt.classes))}",
+            "seed": int(seed),
+            "chunk": chunk,
+            "masks": masks_a,
+            "boxes": boxes_a,
+        }
+    )
+    return chunk, specs, mspecs, tgt, data, masks_a, boxes_a, found
+
+
+def fingerprint(
+    subject: Subject,
+    images,
+    methods,
+    metrics,
+    target="top",
+    *,
+    names: Sequence[str] | None = None,
+    options: Mapping | None = None,
+    metric_options: Mapping[str, Mapping] | None = None,
+    masks=None,
+    boxes=None,
+    seed: int = 0,
+    chunk: int = 8,
+    **ignored,
+) -> dict:
+    """What :func:`evaluate` called with these arguments computes from, as JSON data: the
+    model's name, weights digest, device type and preprocessing, the images (their names, and
+    the pixels of images given in memory), the methods (a callable by its code) and their
+    options, the metrics and theirs, the target, seed, chunk size, masks and boxes. Two calls
+    with equal fingerprints give the same scores; a checkpoint resumes only with its own.
+    Everything is checked as by :func:`evaluate` (``ignored``: its keywords that change
+    nothing found, ``checkpoint`` and ``progress``)."""
+    unknown = set(ignored) - {"checkpoint", "progress"}
+    if unknown:
+        raise UserInputError(f"evaluate takes no option {sorted(unknown)[0]!r}")
+    return _prepare(
+        subject, images, methods, metrics, target, names, options, metric_options, masks, boxes, seed, chunk
+    )[-1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,42 +456,20 @@ def evaluate(
     refused, naming what differs, and left as it is. ``progress(done, total)`` counts
     (method, image) pairs done. Returns an :class:`Evaluation` of the readable images.
     """
-    if int(chunk) < 1:
-        raise UserInputError(f"chunk must be >= 1, not {chunk}")
-    chunk = int(chunk)
-    specs = _method_specs(methods, options)
-    mspecs = _metric_specs(metrics, metric_options, masks, boxes)
-    tgt = _target_spec(subject, target)
-    data = _Images(subject, images, names)
+    chunk, specs, mspecs, tgt, data, masks_a, boxes_a, found = _prepare(
+        subject, images, methods, metrics, target, names, options, metric_options, masks, boxes, seed, chunk
+    )
     n = len(data)
-    masks_a = _regions(masks, n, "masks")
-    boxes_a = _regions(boxes, n, "boxes")
     method_names = [k for k, _, _ in specs]
     metric_names = [k for k, _, _ in mspecs]
-    fingerprint = _plain(
-        {
-            "model": subject.name,
-            "weights": weights_digest(subject.model),
-            "images": hashlib.sha1(json.dumps(data.names).encode()).hexdigest(),
-            "n_images": n,
-            "methods": [[k, m if isinstance(m, str) else m] for k, m, _ in specs],
-            "options": {k: o for k, _, o in specs},
-            "metrics": metric_names,
-            "metric_options": {k: o for k, _, o in mspecs},
-            "target": f"{tgt.kind}:{'top' if tgt.top else ','.join(map(str, tgt.classes))}",
-            "seed": int(seed),
-            "chunk": chunk,
-            "masks": masks_a,
-            "boxes": boxes_a,
-        }
-    )
+    directions = {k: higher_is_better(k, o) for k, _, o in mspecs}  # order="lerf" flips some
     settings = {
         "seed": int(seed),
         "chunk": chunk,
-        "target": fingerprint["target"],
+        "target": found["target"],
         "options": {k: _plain(o) for k, _, o in specs},
         "metric_options": {k: _plain(o) for k, _, o in mspecs},
-        "fingerprint": fingerprint,
+        "fingerprint": found,
         "failures": [],
     }
     m_count, k_count = len(specs), len(mspecs)
@@ -371,7 +480,7 @@ def evaluate(
     done = 0  # images whose chunk is finished
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and ckpt.exists():
-        saved = _load_checkpoint(ckpt, fingerprint)
+        saved = _load_checkpoint(ckpt, found)
         scores = np.array(saved.scores, dtype=np.float64)
         seconds = np.array(saved.seconds, dtype=np.float64)
         targets = list(saved.targets)
@@ -389,7 +498,7 @@ def evaluate(
         good, x, bad = data.load(idx)
         skipped.update(bad)
         if x is not None:
-            t = _resolved(subject, tgt, x)
+            t = _resolved(subject, tgt, x, good)
             classes = torch.as_tensor(t.classes if len(t.classes) > 1 else t.classes * len(good))
             for j, i in enumerate(good):
                 targets[i] = t.for_image(j).describe(0, subject)
@@ -403,7 +512,7 @@ def evaluate(
         done = idx[-1] + 1
         if ckpt is not None:
             _save_checkpoint(
-                ckpt, method_names, metric_names, data.names, scores, seconds, targets,
+                ckpt, method_names, metric_names, directions, data.names, scores, seconds, targets,
                 subject, settings, done, skipped,
             )  # fmt: skip
     keep = [i for i in range(n) if i not in skipped]
@@ -415,7 +524,7 @@ def evaluate(
         metrics=metric_names,
         images=[data.names[i] for i in keep],
         scores=scores[:, :, keep],
-        higher_is_better={k: bool(HIGHER_IS_BETTER.get(k, True)) for k in metric_names},
+        higher_is_better=dict(directions),
         targets=[targets[i] for i in keep],
         seconds=seconds,
         model=subject.name,
@@ -424,9 +533,13 @@ def evaluate(
     )
 
 
-def _resolved(subject: Subject, tgt: Target, x: torch.Tensor) -> Target:
+def _resolved(subject: Subject, tgt: Target, x: torch.Tensor, good: list[int]) -> Target:
+    """The target of the chunk's readable images ``good``: "top" decided on them, per-image
+    classes taken for them."""
     if tgt.top:
         return resolve_target(subject, "top", x)
+    if len(tgt.classes) > 1:
+        return Target(tgt.kind, tuple(tgt.classes[i] for i in good))
     return tgt
 
 
@@ -496,14 +609,14 @@ def _why(e: Exception) -> str:
 
 
 def _save_checkpoint(
-    path, methods, metrics, names, scores, seconds, targets, subject, settings, done, skipped
+    path, methods, metrics, directions, names, scores, seconds, targets, subject, settings, done, skipped
 ):
     partial = Evaluation(
         methods=methods,
         metrics=metrics,
         images=list(names),
         scores=scores,
-        higher_is_better={k: bool(HIGHER_IS_BETTER.get(k, True)) for k in metrics},
+        higher_is_better=dict(directions),
         targets=list(targets),
         seconds=seconds,
         model=subject.name,
@@ -538,4 +651,4 @@ def _load_checkpoint(path: Path, fingerprint: dict) -> Evaluation:
     return saved
 
 
-__all__ = ["derived_seed", "evaluate", "weights_digest"]
+__all__ = ["callable_id", "derived_seed", "evaluate", "fingerprint", "weights_digest"]

@@ -162,17 +162,21 @@ class LRP(Method):
     intercepts = True
     takes = ("composite", "epsilon", "gamma", "alpha", "beta", "canonizer")
 
-    def __init__(self, subject, **options):
-        super().__init__(subject, **options)
-        name = str(options.get("composite", "epsilon_plus")).lower().replace("-", "_")
+    @classmethod
+    def validate(cls, options):
+        super().validate(options)
+        name = _composite_name(options)
         if name not in COMPOSITES:
             import difflib
 
             close = difflib.get_close_matches(name, COMPOSITES, n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(COMPOSITES)}"
             raise UserInputError(f"lrp: unknown composite {name!r}; {hint}")
-        self.composite_name = name
         zennit()  # the missing extra is an error before any work
+
+    def __init__(self, subject, **options):
+        super().__init__(subject, **options)
+        self.composite_name = _composite_name(options)
 
     def attribute(self, x, target):
         if self.subject.token_layout is not None:
@@ -184,21 +188,25 @@ class LRP(Method):
             raise UserInputError("lrp explains logits and units, not probabilities: use class:N")
         composite = composite_for(self.subject, self.composite_name, self.options, x)
         x = x.detach().clone().requires_grad_(True)
-        with torch.no_grad():
+        with torch.enable_grad():
             # The output relevance is the target's value in the model as it is: Zennit's merged
             # batch norms keep their eps, so the canonized model's logits differ by ~eps/2 per norm.
+            # Taken with gradients, so that a model that gives none (run under no_grad, detached
+            # outputs) is told before Zennit's hooks meet tensors without a graph.
             value = target.score(self.subject, x)
-        try:
-            with torch.enable_grad(), composite.context(self.subject.model):
-                score = target.score(self.subject, x)
-                (relevance,) = torch.autograd.grad(score, x, grad_outputs=value)
-        except AttributeError as e:  # Zennit's hooks find no grad_fn on a model run without gradients
-            if "register_hook" in str(e) or "grad_fn" in str(e):
-                from convscope.attribution.base import no_gradient_error
+        if not value.requires_grad:
+            from convscope.attribution.base import no_gradient_error
 
-                raise no_gradient_error() from None
-            raise
+            raise no_gradient_error()
+        value = value.detach()
+        with torch.enable_grad(), composite.context(self.subject.model):
+            score = target.score(self.subject, x)
+            (relevance,) = torch.autograd.grad(score, x, grad_outputs=value)
         return relevance.sum(dim=1), relevance
+
+
+def _composite_name(options) -> str:
+    return str(options.get("composite", "epsilon_plus")).lower().replace("-", "_")
 
 
 __all__ = ["CANONIZERS", "COMPOSITES", "LRP", "box_bounds", "canonizers_for", "composite_for", "zennit"]

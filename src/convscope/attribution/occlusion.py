@@ -36,6 +36,7 @@ class Occlusion(Method):
     name = "occlusion"
     takes = ("window", "stride", "batch", "fill", "seed")
     signed = True
+    fills = FILLS
 
     def attribute(self, x, target):
         wh, ww = _pair(self.options.get("window", 32))

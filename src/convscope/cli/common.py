@@ -63,6 +63,50 @@ DecodeOpt = Annotated[
     str, typer.Option("--decode", help="cpu (PIL, in the workers) or device (JPEGs decoded on --device)")
 ]
 
+# The attribution methods' settings, one block for `convscope explain` and `convscope evaluate`:
+# each unset (None) leaves every method its own default (occlusion fills gray, RISE, KernelSHAP
+# and LIME zero; SmoothGrad draws 50 samples, KernelSHAP and LIME 500), and method_settings
+# passes on only those given.
+WindowOpt = Annotated[int | None, typer.Option("--window", help="occlusion window, px [default: 32]")]
+StrideOpt = Annotated[int | None, typer.Option("--stride", help="occlusion stride, px [default: 16]")]
+FillOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--fill",
+        help="what hidden pixels become: occlusion gray zero mean blur noise; rise, kernel_shap, "
+        "lime zero gray mean blur [default: each method's own: occlusion gray, the others zero]",
+    ),
+]
+SamplesOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--samples", help="SmoothGrad noisy copies; kernel_shap, lime perturbations [default: 50; 500]"
+    ),
+]
+StepsOpt = Annotated[int | None, typer.Option("--steps", help="integrated-gradients steps [default: 50]")]
+MasksOpt = Annotated[int | None, typer.Option("--masks", help="RISE random masks [default: 4000]")]
+CellsOpt = Annotated[int | None, typer.Option("--cells", help="RISE mask grid, cells per side [default: 7]")]
+SegmentsOpt = Annotated[
+    int | None, typer.Option("--segments", help="kernel_shap, lime: SLIC superpixels per image [default: 50]")
+]
+CompositeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--composite",
+        help="LRP composite: epsilon_plus epsilon_gamma_box epsilon_alpha2_beta1 epsilon_plus_flat "
+        "epsilon_alpha2_beta1_flat epsilon gamma alpha_beta zplus [default: epsilon_plus]",
+    ),
+]
+EvenOverlapOpt = Annotated[
+    bool, typer.Option("--even-overlap", help="Zeiler-Fergus: remove the checkerboard of strided layers")
+]
+
+
+def method_settings(**given) -> dict:
+    """The attribution settings of a command line that were given (not None, flags not False):
+    the ones passed on, so that each method keeps its own default for the rest."""
+    return {k: v for k, v in given.items() if v is not None and v is not False}
+
 
 def make_accel(precision: str = "fp32", channels_last: bool | None = None, decode: str = "cpu"):
     """The :class:`~convscope.accel.Accel` the speed options describe."""

@@ -14,14 +14,25 @@ from rich.table import Table
 from convscope.cli.common import (
     DEFAULT_MODEL,
     ArchOpt,
+    CellsOpt,
+    CompositeOpt,
     DatasetOpt,
     DeviceOpt,
+    EvenOverlapOpt,
+    FillOpt,
+    MasksOpt,
     ModelArg,
     ResumeOpt,
+    SamplesOpt,
     SeedOpt,
+    SegmentsOpt,
+    StepsOpt,
+    StrideOpt,
     TargetOpt,
     WeightsOpt,
+    WindowOpt,
     load_subject,
+    method_settings,
     one_layer,
     open_data,
     progress_bar,
@@ -94,11 +105,16 @@ def evaluate(
     layers: Annotated[
         str | None, typer.Option("--layers", help="the layer of CAM methods [default: the last stage]")
     ] = None,
-    window: Annotated[int, typer.Option("--window", help="occlusion window, px")] = 32,
-    stride: Annotated[int, typer.Option("--stride", help="occlusion stride, px")] = 16,
-    fill: Annotated[str, typer.Option("--fill", help="occluder: gray zero mean blur noise")] = "gray",
-    samples: Annotated[int, typer.Option("--samples", help="SmoothGrad samples")] = 50,
-    steps: Annotated[int, typer.Option("--steps", help="integrated-gradients steps")] = 50,
+    window: WindowOpt = None,
+    stride: StrideOpt = None,
+    fill: FillOpt = None,
+    samples: SamplesOpt = None,
+    masks: MasksOpt = None,
+    cells: CellsOpt = None,
+    segments: SegmentsOpt = None,
+    composite: CompositeOpt = None,
+    steps: StepsOpt = None,
+    even_overlap: EvenOverlapOpt = False,
     metric_option: Annotated[
         list[str] | None,
         typer.Option(
@@ -143,18 +159,15 @@ def evaluate(
     subject = load_subject(model, weights, arch, device)
     layer = subject.layer(one_layer(layers)).name if layers else None
     source = open_data(data, subject.transform)
-    # one set of settings; each method gets the ones it takes, and only those some method takes
-    # are passed (evaluate refuses an option no method takes)
-    settings = {
-        "layer": layer,
-        "window": window,
-        "stride": stride,
-        "fill": fill,
-        "samples": samples,
-        "steps": steps,
-    }
+    # one set of settings (as convscope explain's); each method gets the ones it takes, the unset
+    # ones keep each method's own default, and only those some method takes are passed (evaluate
+    # refuses an option no method takes); the methods' seeds derive from --seed
+    settings = method_settings(
+        layer=layer, window=window, stride=stride, steps=steps, even_overlap=even_overlap, masks=masks,
+        cells=cells, segments=segments, composite=composite, fill=fill, samples=samples,
+    )  # fmt: skip
     taken = {k for m in chosen for k in method_options(m)}
-    options = {k: v for k, v in settings.items() if k in taken and v is not None}
+    options = {k: v for k, v in settings.items() if k in taken}
     bar, progress = progress_bar("evaluating", None, console, unit="maps")
     try:
         built = evaluate_to_atlas(
@@ -214,3 +227,7 @@ def evaluate(
         soft_wrap=True,
     )
     o.print(f"see it with: convscope serve {out}  (page /evaluations/{built.name})", soft_wrap=True)
+    empty = [f"{r['method']} x {r['metric']}" for r in ev.table() if r["n"] == 0]
+    if failures and empty:  # stored, but a method or metric that failed on every image is no result
+        console.print(f"no score at all for {', '.join(empty)}: it failed on every image (see above)")
+        raise typer.Exit(1)

@@ -11,13 +11,24 @@ from rich.console import Console
 from convscope.cli.common import (
     DEFAULT_MODEL,
     ArchOpt,
+    CellsOpt,
+    CompositeOpt,
     DataOpt,
     DeviceOpt,
+    EvenOverlapOpt,
+    FillOpt,
+    MasksOpt,
     ModelArg,
+    SamplesOpt,
     SeedOpt,
+    SegmentsOpt,
+    StepsOpt,
+    StrideOpt,
     TargetOpt,
     WeightsOpt,
+    WindowOpt,
     load_subject,
+    method_settings,
     one_layer,
     progress_bar,
     read_images,
@@ -47,40 +58,16 @@ def explain(
     layers: Annotated[
         str | None, typer.Option("--layers", help="the layer of CAM methods [default: the last stage]")
     ] = None,
-    window: Annotated[int, typer.Option("--window", help="occlusion window, px")] = 32,
-    stride: Annotated[int, typer.Option("--stride", help="occlusion stride, px")] = 16,
-    fill: Annotated[
-        str | None,
-        typer.Option(
-            "--fill",
-            help="what hidden pixels become: occlusion gray zero mean blur noise; rise, kernel_shap, "
-            "lime zero gray mean blur [default: each method's own: occlusion gray, the others zero]",
-        ),
-    ] = None,
-    samples: Annotated[
-        int | None,
-        typer.Option(
-            "--samples",
-            help="SmoothGrad noisy copies; kernel_shap, lime perturbations [default: 50; 500]",
-        ),
-    ] = None,
-    masks: Annotated[int, typer.Option("--masks", help="RISE random masks")] = 4000,
-    cells: Annotated[int, typer.Option("--cells", help="RISE mask grid, cells per side")] = 7,
-    segments: Annotated[
-        int, typer.Option("--segments", help="kernel_shap, lime: SLIC superpixels per image")
-    ] = 50,
-    composite: Annotated[
-        str,
-        typer.Option(
-            "--composite",
-            help="LRP composite: epsilon_plus epsilon_gamma_box epsilon_alpha2_beta1 epsilon_plus_flat "
-            "epsilon_alpha2_beta1_flat epsilon gamma alpha_beta zplus",
-        ),
-    ] = "epsilon_plus",
-    steps: Annotated[int, typer.Option("--steps", help="integrated-gradients steps")] = 50,
-    even_overlap: Annotated[
-        bool, typer.Option("--even-overlap", help="Zeiler-Fergus: remove the checkerboard of strided layers")
-    ] = False,
+    window: WindowOpt = None,
+    stride: StrideOpt = None,
+    fill: FillOpt = None,
+    samples: SamplesOpt = None,
+    masks: MasksOpt = None,
+    cells: CellsOpt = None,
+    segments: SegmentsOpt = None,
+    composite: CompositeOpt = None,
+    steps: StepsOpt = None,
+    even_overlap: EvenOverlapOpt = False,
     trust: Annotated[
         bool, typer.Option("--trust", help="also write deletion/insertion curves for each map")
     ] = False,
@@ -102,21 +89,12 @@ def explain(
     pics = read_images([*(images or []), *(data or [])])
     x = subject.load_images([img for _, img in pics])
     tgt = resolve_target(subject, target_spec(target), x)  # checked before any work
-    # one set of settings; each method gets the ones it takes (convscope.attribution.method_options)
-    settings = {
-        "layer": layer,
-        "window": window,
-        "stride": stride,
-        "seed": seed,
-        "steps": steps,
-        "even_overlap": even_overlap,
-        "masks": masks,
-        "cells": cells,
-        "segments": segments,
-        "composite": composite,
-    }
-    # unset: each method keeps its own default (occlusion's grey fill, RISE's zero)
-    settings.update({k: v for k, v in {"fill": fill, "samples": samples}.items() if v is not None})
+    # one set of settings; each method gets the ones it takes (convscope.attribution.method_options),
+    # and the unset ones keep each method's own default (occlusion's gray fill, RISE's zero)
+    settings = method_settings(
+        layer=layer, window=window, stride=stride, seed=seed, steps=steps, even_overlap=even_overlap,
+        masks=masks, cells=cells, segments=segments, composite=composite, fill=fill, samples=samples,
+    )  # fmt: skip
     bar, progress = progress_bar("explaining", len(methods) * len(pics), unit="maps")
     try:
         summary, written = write_explain_report(

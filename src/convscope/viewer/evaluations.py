@@ -10,7 +10,7 @@ import json
 import time
 from html import escape
 
-from convscope.viewer.pages import Links, page
+from convscope.viewer.pages import Links, evaluations_table, page
 
 
 def _number(value, fmt: str = ".4g") -> str:
@@ -19,26 +19,6 @@ def _number(value, fmt: str = ".4g") -> str:
 
 def _when(stamp) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(stamp)) if isinstance(stamp, (int, float)) else "-"
-
-
-def _list(values) -> str:
-    return escape(", ".join(str(v) for v in values or []))
-
-
-def evaluations_table(rows: list[dict], links: Links) -> str:
-    """The table of stored evaluations (``rows``: ``AtlasReader.evaluations()``)."""
-    return (
-        "<table id='evaluations'><tr><th>evaluation</th><th>methods</th><th>metrics</th>"
-        "<th>images</th><th>skipped</th><th>made</th></tr>"
-        + "".join(
-            f"<tr><td><a href='{links.evaluation(e['name'])}'>{escape(e['name'])}</a></td>"
-            f"<td class='name'>{_list(e['methods'])}</td><td class='name'>{_list(e['metrics'])}</td>"
-            f"<td>{int(e['images'] or 0)}</td><td>{int(e['skipped'] or 0)}</td>"
-            f"<td>{_when(e['created'])}</td></tr>"
-            for e in rows
-        )
-        + "</table>"
-    )
 
 
 def evaluations_page(meta: dict, rows: list[dict], links: Links) -> str:

@@ -154,11 +154,20 @@ class StaticLinks(Links):
         return "evaluations.html"
 
     def evaluation(self, name: str) -> str:
-        return f"evaluation_{safe_name(name)}.html"
+        return f"evaluation_{_unique_name(name)}.html"
 
     def evaluation_file(self, name: str, kind: str) -> str:
-        suffix = {"plot": "ranked.png", "csv": "table.csv", "json": "table.json"}[kind]
-        return f"img/evaluation_{safe_name(name)}_{suffix}"
+        from convscope.atlas.evaluations import FILES
+
+        return f"img/evaluation_{_unique_name(name)}_{FILES[kind]}"
+
+
+def _unique_name(name: str) -> str:
+    """``name`` as a file name that no other name gives: :func:`safe_name` maps ``. @ + =`` to
+    ``_`` (``run.1`` and ``run_1`` alike), so a short digest of the name itself follows."""
+    import hashlib
+
+    return f"{safe_name(name)}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
 
 
 def page(title: str, body: str, links: Links, model: str = "") -> str:
@@ -242,13 +251,39 @@ def model_page(
             + _dictionary_table(dictionaries, links)
         )
     if evaluations:
-        from convscope.viewer.evaluations import evaluations_table
-
         body += (
             f"<h2 id='evaluations-title'><a href='{links.evaluations()}'>evaluations of attribution "
             "methods</a></h2>" + evaluations_table(evaluations, links)
         )
     return page(meta["model"].get("name", "model"), body, links, meta["model"].get("name", ""))
+
+
+def evaluations_table(rows: list[dict], links: Links) -> str:
+    """The table of stored evaluations (``rows``: ``AtlasReader.evaluations()``), on the home
+    page and the evaluations' index (here, not in viewer.evaluations: that module imports this
+    one)."""
+    import time
+
+    def listed(values) -> str:
+        return escape(", ".join(str(v) for v in values or []))
+
+    def when(stamp) -> str:
+        if not isinstance(stamp, (int, float)):
+            return "-"
+        return time.strftime("%Y-%m-%d %H:%M", time.localtime(stamp))
+
+    return (
+        "<table id='evaluations'><tr><th>evaluation</th><th>methods</th><th>metrics</th>"
+        "<th>images</th><th>skipped</th><th>made</th></tr>"
+        + "".join(
+            f"<tr><td><a href='{links.evaluation(e['name'])}'>{escape(e['name'])}</a></td>"
+            f"<td class='name'>{listed(e['methods'])}</td><td class='name'>{listed(e['metrics'])}</td>"
+            f"<td>{int(e['images'] or 0)}</td><td>{int(e['skipped'] or 0)}</td>"
+            f"<td>{when(e['created'])}</td></tr>"
+            for e in rows
+        )
+        + "</table>"
+    )
 
 
 def _number(value, fmt: str = ".3f") -> str:
