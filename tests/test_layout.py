@@ -348,3 +348,17 @@ def test_a_conv_head_gives_the_class_scores():
     assert subject.unit_name("classifier", 2) == "c"  # (5, 1, 1) scores, nothing else after
     assert subject.unit_name("features", 2) is None
     assert subject.predict(torch.randn(1, 3, 16, 16), k=2).indices.shape == (1, 2)
+
+
+def test_a_module_with_no_child_modules_gives_its_output_count():
+    class Bare(nn.Module):  # one parameter, no child modules: the layer table has no layers
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(3, 5))
+
+        def forward(self, x):
+            return x.mean((2, 3)) @ self.w
+
+    subject = convscope.Subject.wrap(Bare().eval(), input_size=16)
+    assert subject.num_outputs == 5  # one forward pass, as for TorchScript
+    assert subject.class_index(4) == 4

@@ -165,14 +165,18 @@ class Subject:
     @property
     def num_outputs(self) -> int:
         """Size of the model's output (the number of classes for a classifier)."""
-        from convscope.errors import RecordingError
+        from convscope.errors import ConvscopeError
 
+        # Where the layer table cannot say (TorchScript takes no hooks; a module with no child
+        # modules has no layers; no layer has a shape): the output of one forward pass.
         try:
             infos = [i for i in self.layers if i.shape is not None]
-        except RecordingError:  # TorchScript takes no hooks: the output of one forward pass
+        except ConvscopeError:
+            return self._probed_outputs
+        if not infos:
             return self._probed_outputs
         last = max(infos, key=lambda i: i.order)
-        return last.units or 0
+        return last.units or self._probed_outputs
 
     @cached_property
     def _probed_outputs(self) -> int:
