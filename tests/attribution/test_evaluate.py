@@ -350,3 +350,17 @@ def test_one_score_has_no_interval():
     assert mean == 0.5 and np.isnan(low) and np.isnan(high)  # not 0.5 .. 0.5, which reads as certain
     (row,) = ev.table()
     assert row["n"] == 1 and np.isnan(row["low"]) and '"low": null' in ev.to_json().replace("\n", "")
+
+
+def test_tied_means_share_the_best_rank():
+    from convscope.attribution.evaluation import Evaluation
+
+    ev = Evaluation(
+        methods=["a", "b", "c", "d", "e"],
+        metrics=["m"],
+        images=["i0", "i1"],
+        scores=[[[0.25, 0.35]], [[0.9, 0.9]], [[0.3, 0.3]], [[np.nan, np.nan]], [[0.9, 0.9]]],
+        higher_is_better={"m": True},
+    )
+    ranks = {r["method"]: r["rank"] for r in ev.table()}
+    assert ranks == {"b": 1, "e": 1, "a": 3, "c": 3, "d": 5}  # competition ranking: 1, 1, 3, 3, 5

@@ -99,7 +99,13 @@ class Evaluation(Result):
                     }
                 )
             group.sort(key=lambda r: (not np.isfinite(r["mean"]), -r["mean"] if up else r["mean"]))
-            for rank, r in enumerate(group, 1):
+            # Competition ranking: equal means share the best rank (1, 1, 3); methods with no
+            # score share the rank after the scored ones.
+            rank = 0
+            for pos, r in enumerate(group, 1):
+                prev = group[pos - 2]["mean"] if pos > 1 else None
+                same = prev is not None and (prev == r["mean"] or (np.isnan(prev) and np.isnan(r["mean"])))
+                rank = rank if same else pos
                 rows.append({"metric": r["metric"], "rank": rank, **{c: r[c] for c in TABLE_COLUMNS[2:]}})
         return rows
 
