@@ -14,6 +14,12 @@ from convscope.attribution.evaluator import derived_seed, evaluate, fingerprint
 from convscope.errors import NameNotFoundError, UserInputError
 from convscope.testing import tiny_subject
 
+
+def _one(metric, opts):
+    """evaluate's keywords for one metric with its options."""
+    return {"metrics": [metric], "metric_options": {metric: opts}}
+
+
 FAST = {"faithfulness_correlation": {"runs": 6, "subset": 64}, "pixel_flipping": {"step": 64}}
 
 
@@ -70,6 +76,15 @@ def test_table_has_every_pair_and_scores_equal_the_metric_called_directly(subjec
         ({"methods": ["rise"], "options": {"fill": "noise"}}, "fill"),  # a value, not a name
         ({"methods": ["lrp"], "options": {"composite": "nope"}}, "composite"),
         ({"target": convscope.attribution.Target("class", (0, 1, 2))}, "one per image"),
+        ({"metrics": ["road"], "metric_options": {"road": {"order": 42}}}, "order 42: use morf, lerf"),
+        (_one("region_perturbation", {"order": "x"}), "order"),
+        (_one("pixel_flipping", {"baseline": "gray"}), "baseline"),
+        ({"metrics": ["pixel_flipping"], "metric_options": {"pixel_flipping": {"step": 0}}}, "step"),
+        (_one("faithfulness_correlation", {"runs": 0}), "runs"),
+        ({"metrics": ["road"], "metric_options": {"road": {"percentiles": []}}}, "percentiles"),
+        (_one("model_randomisation", {"similarity": "l2"}), "ssim"),
+        (_one("model_randomisation", {"layers": []}), "layers"),
+        (_one("model_randomisation", {"reduce": "x"}), "reduce"),
     ],
 )
 def test_everything_is_checked_before_any_work(subject, x, kw, match):

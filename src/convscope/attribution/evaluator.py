@@ -27,7 +27,14 @@ import torch
 from convscope.attribution import baselines  # noqa: F401  (registers edge and random)
 from convscope.attribution.api import check_options, get_method, options_for
 from convscope.attribution.evaluation import Evaluation
-from convscope.attribution.metrics import METRICS, NEEDS_METHOD, NEEDS_REGIONS, get_metric, higher_is_better
+from convscope.attribution.metrics import (
+    METRICS,
+    NEEDS_METHOD,
+    NEEDS_REGIONS,
+    check_metric_options,
+    get_metric,
+    higher_is_better,
+)
 from convscope.attribution.targets import Target, resolve_target
 from convscope.errors import UserInputError
 from convscope.subject import Subject
@@ -247,6 +254,7 @@ def _metric_specs(metrics, metric_options, masks, boxes) -> list[tuple[str, Call
             raise UserInputError(
                 f"metric {name}: evaluate takes one score per image (no curve, reduce mean or last)"
             )
+        check_metric_options(name, opts)  # values too, before any work
         if name in NEEDS_REGIONS and masks is None and boxes is None:
             raise UserInputError(f"metric {name} needs masks= or boxes= (the objects' regions)")
         specs.append((name, fn, opts))

@@ -895,6 +895,66 @@ def get_metric(name: str) -> Callable[..., torch.Tensor]:
     return METRICS[name]
 
 
+# The enumerated options of each metric (the values its own checks accept).
+_CHOICES = {
+    ("region_perturbation", "order"): ("morf", "lerf", "random"),
+    ("road", "order"): ("morf", "lerf"),
+    ("model_randomisation", "order"): ("top_down", "independent"),
+    ("model_randomisation", "similarity"): ("spearman", "ssim"),
+    ("model_randomisation", "reduce"): ("mean", "last", "none"),
+}
+_COUNTS = ("patch", "regions", "runs", "subset", "samples")  # ints >= 1
+_OPTIONAL_COUNTS = ("step", "batch", "explain_batch")  # None or an int >= 1
+_FLAGS = ("softmax", "curve", "abs", "normalise")
+
+
+def check_metric_options(name: str, options: dict | None) -> None:
+    """Refuse, in one line, a value metric ``name`` would refuse (or misread) only once it runs:
+    an enumerated option outside its choices (``order``, ``similarity``, ``reduce``), a baseline
+    name other than black/white/mean, a count below 1, a flag that is not a bool, an empty or
+    invalid ``layers``/``percentiles``/``patch_sizes``, a negative ``radius``/``noise``. Names of
+    modules in ``layers`` are checked by the metric itself (it needs the model)."""
+    get_metric(name)
+    for key, value in dict(options or {}).items():
+        what = f"metric {name}: {key}"
+        choices = _CHOICES.get((name, key))
+        if choices is not None:
+            if value not in choices:
+                raise UserInputError(f"{what} {value!r}: use {', '.join(choices)}")
+        elif key == "baseline":
+            if isinstance(value, str) and value not in ("black", "white", "mean"):
+                raise UserInputError(f"{what} {value!r}: use black, white, mean, a number or a tensor")
+            if isinstance(value, bool) or not isinstance(value, (str, int, float, torch.Tensor, np.ndarray)):
+                raise UserInputError(f"{what} {value!r}: use black, white, mean, a number or a tensor")
+        elif key in _COUNTS or (key in _OPTIONAL_COUNTS and value is not None):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise UserInputError(f"{what} must be an int >= 1, not {value!r}")
+        elif key in _FLAGS:
+            if not isinstance(value, (bool, np.bool_)):
+                raise UserInputError(f"{what} must be True or False, not {value!r}")
+        elif key in ("radius", "noise") and not isinstance(value, torch.Tensor):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise UserInputError(f"{what} must be a number >= 0, not {value!r}")
+        elif key == "layers" and value is not None:
+            if isinstance(value, bool) or (isinstance(value, int) and value < 1):
+                raise UserInputError(f"{what} must be >= 1, a list of module names or None, not {value!r}")
+            if not isinstance(value, int):
+                names = [value] if isinstance(value, str) else list(value)
+                if not names or not all(isinstance(n, str) and n for n in names):
+                    raise UserInputError(
+                        f"{what} must be module names, an int k >= 1 or None (all), not {value!r}"
+                    )
+        elif key == "percentiles":
+            ps = [value] if isinstance(value, (int, float)) else list(value)
+            ok = all(isinstance(p, (int, float)) and not isinstance(p, bool) and 0 <= p <= 100 for p in ps)
+            if not ps or not ok:
+                raise UserInputError(f"{what} must be numbers from 0 to 100, not {value!r}")
+        elif key == "patch_sizes":
+            ps = [value] if isinstance(value, int) else list(value)
+            if not ps or not all(isinstance(p, int) and not isinstance(p, bool) and p >= 1 for p in ps):
+                raise UserInputError(f"{what} must be ints >= 1, not {value!r}")
+
+
 __all__ = [
     "HIGHER_IS_BETTER",
     "METRICS",
@@ -903,6 +963,7 @@ __all__ = [
     "attribution_localisation",
     "auto_batch",
     "average_drop",
+    "check_metric_options",
     "faithfulness_correlation",
     "get_metric",
     "higher_is_better",
