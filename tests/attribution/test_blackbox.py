@@ -58,7 +58,9 @@ def _our_masks(n, size, cells, p, seed):
 def test_rise_equals_torchray_at_equal_masks(tiny64, photos):
     rise_ref = pytest.importorskip("torchray.attribution.rise")
     n, cells, p = 96, 5, 0.5
-    ours = convscope.explain(tiny64, photos, "rise", target="prob:3", masks=n, cells=cells, p=p, batch=32)
+    ours = convscope.explain(
+        tiny64, photos, "rise", target="prob:3", masks=n, cells=cells, p=p, batch=32, normalize="paper"
+    )
     masks = _our_masks(n, (64, 64), cells, p, 0)[:, None]
 
     def probs_as_logits(x):  # TorchRay applies a sigmoid to the model's output
@@ -73,6 +75,18 @@ def test_rise_equals_torchray_at_equal_masks(tiny64, photos):
 def test_rise_equals_a_brute_force_sum_one_mask_at_a_time(tiny64, photos, fill):
     n, cells, p = 40, 4, 0.4
     ours = convscope.explain(
+        tiny64,
+        photos,
+        "rise",
+        target="class:2",
+        masks=n,
+        cells=cells,
+        p=p,
+        batch=16,
+        fill=fill,
+        normalize="paper",
+    )
+    coverage = convscope.explain(
         tiny64, photos, "rise", target="class:2", masks=n, cells=cells, p=p, batch=16, fill=fill
     )
     masks = _our_masks(n, (64, 64), cells, p, 0).numpy()
@@ -89,6 +103,29 @@ def test_rise_equals_a_brute_force_sum_one_mask_at_a_time(tiny64, photos, fill):
                 score = float(tiny64.model(torch.as_tensor(f + (xi - f) * m)[None].float())[0, 2])
             total += score * m
         assert rel_err(ours.maps[i], total / (n * p)) < 1e-4
+        assert rel_err(coverage.maps[i], total / masks.sum(0)) < 1e-4
+
+
+class Constant(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.bias = nn.Parameter(torch.tensor([2.5, 0.0]), requires_grad=False)
+
+    def forward(self, x):
+        return self.bias.expand(len(x), 2)
+
+
+def test_rise_divides_by_the_coverage_the_masks_give_so_a_constant_score_gives_a_constant_map():
+    # eq. 6 (N p) leaves the chance coverage of the drawn masks in the map: with a score that
+    # ignores the image it is all there is to see
+    subject = _subject(Constant(), 32)
+    x = torch.rand(1, 3, 32, 32)
+    cov = convscope.explain(subject, x, "rise", target="class:0", masks=64, cells=4).maps[0]
+    paper = convscope.explain(
+        subject, x, "rise", target="class:0", masks=64, cells=4, normalize="paper"
+    ).maps[0]
+    assert np.abs(cov - 2.5).max() < 1e-5
+    assert paper.std() > 0.05  # the coverage pattern
 
 
 class Linear(nn.Module):
@@ -318,3 +355,12 @@ def test_rise_draws_the_same_masks_on_every_device():
     if torch.cuda.is_available():
         for c, g in zip(cpu, rise_masks(16, (32, 32), cells=4, seed=3, device="cuda")):
             assert torch.equal(c, g.cpu())
+
+
+def test_lime_says_when_its_surrogate_is_zero_everywhere():
+    subject = _subject(Constant(), 32)
+    x = torch.zeros(1, 3, 32, 32)
+    x[:, :, :, 16:] = 1  # two flat halves: SLIC finds superpixels
+    with pytest.warns(UserWarning, match="surrogate is 0"):
+        amap = convscope.explain(subject, x, "lime", target="class:0", segments=8, samples=16)
+    assert not amap.maps.any()

@@ -96,9 +96,17 @@ def _filler(subject, xi: torch.Tensor, fill: str, sigma: float) -> torch.Tensor:
 
 @register
 class Rise(Method):
-    """RISE (Petsiuk et al. 2018, eq. 6): saliency = sum_i score(x (.) M_i + fill (.) (1 - M_i)) M_i
-    / (N p), over ``N`` random smooth masks: each an s x s grid of cells kept with probability
-    ``p``, bilinearly upsampled and randomly shifted (:func:`rise_upsample`).
+    """RISE (Petsiuk et al. 2018): the expected score when a pixel is kept, over ``N`` random
+    smooth masks M_i (each an s x s grid of cells kept with probability ``p``, bilinearly
+    upsampled and randomly shifted: :func:`rise_upsample`), S_i = score(x (.) M_i + fill (.)
+    (1 - M_i)).
+
+    ``normalize="coverage"`` (default): sum_i S_i M_i / sum_i M_i, the ratio estimator of
+    E[S | pixel kept]. The paper's eq. 6 (``normalize="paper"``) divides by N p = N E[M] instead,
+    so wherever the drawn masks happen to cover a pixel more (or less) than p, its map is scaled
+    up (down) by that chance coverage; with the same masks for every image, a few hundred masks
+    give maps that mostly show the masks (a constant score gives the coverage pattern). Dividing
+    by the actual coverage removes that term: a constant score gives a constant map.
 
     Options: ``masks=4000`` (N; the Monte Carlo error falls as 1/sqrt(N)); ``cells=7`` (s);
     ``p=0.5``; ``fill="zero"`` (the paper multiplies the model input by the mask: 0 in
@@ -109,8 +117,9 @@ class Rise(Method):
     so it is not signed (it can be negative for a logit target)."""
 
     name = "rise"
-    takes = ("masks", "cells", "p", "fill", "batch", "seed")
+    takes = ("masks", "cells", "p", "fill", "batch", "seed", "normalize")
     fills = FILLS
+    normalizations = ("coverage", "paper")
 
     @classmethod
     def validate(cls, options):
@@ -122,6 +131,8 @@ class Rise(Method):
             raise UserInputError(f"rise: p is the probability of keeping a cell, in (0, 1], not {p}")
         if int(options.get("cells", 7)) < 1:
             raise UserInputError("rise: cells must be >= 1")
+        if options.get("normalize", "coverage") not in cls.normalizations:
+            raise UserInputError(f"rise: normalize must be one of {', '.join(cls.normalizations)}")
 
     def attribute(self, x, target):
         n_masks = int(self.options.get("masks", 4000))
@@ -136,17 +147,24 @@ class Rise(Method):
         fillers = [_filler(self.subject, x[i : i + 1], fill, sigma) for i in range(n)]
         grids, dy, dx = rise_masks(n_masks, (H, W), cells, p, int(self.options.get("seed", 0)), x.device)
         maps = torch.zeros(n, H * W, device=x.device)
+        coverage = torch.zeros(H * W, device=x.device, dtype=torch.float64)
         with torch.inference_mode():
             for s in range(0, n_masks, batch):
                 m = rise_upsample(grids[s : s + batch], dy[s : s + batch], dx[s : s + batch], (H, W))
                 m4 = m[:, None].to(x.dtype)
+                coverage += m.flatten(1).sum(0, dtype=torch.float64)
                 for i in range(n):
                     xi, fi = x[i : i + 1], fillers[i]
                     scores = target.for_image(i).score(self.subject, fi + (xi - fi) * m4).float()
                     maps[i] += scores @ m.flatten(1)
                 self.report(n * min(s + batch, n_masks) / n_masks, n)
-        maps = (maps / (n_masks * p)).view(n, H, W)
-        return maps, None
+        if self.options.get("normalize", "coverage") == "paper":
+            maps = maps / (n_masks * p)
+        else:  # a pixel no mask kept (possible for tiny N) has no estimate: the mean score there
+            kept = coverage > 0
+            mean = maps.sum(1, keepdim=True) / coverage.sum().clamp_min(1e-12).float()
+            maps = torch.where(kept, maps / coverage.clamp_min(1e-12).float(), mean)
+        return maps.view(n, H, W), None
 
 
 def superpixels(subject, x: torch.Tensor, segments: int = 50, compactness: float = 10.0) -> torch.Tensor:
@@ -224,6 +242,16 @@ class _Superpixel(Method):
                     n_samples=samples,
                     perturbations_per_eval=batch,
                 )[0]
+        flat = [i for i in range(n) if not raw[i].any()]
+        if flat and self.name == "lime":
+            import warnings
+
+            warnings.warn(
+                f"lime: the surrogate is 0 for every superpixel of image(s) {flat[:4]} (the Lasso, alpha "
+                "0.01, shrank every weight to 0: score changes too small for it): give more samples, or "
+                "use kernel_shap",
+                stacklevel=2,
+            )
         return raw[:, 0], raw
 
 
