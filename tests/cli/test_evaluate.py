@@ -115,8 +115,10 @@ def test_errors_are_one_line_before_any_work(tiny_model, images, tmp_path, capsy
         (["--metric-option", "road.stepz=3", "--metrics", "road"], "no option 'stepz'"),
         (["--name", "../up"], "evaluation name"),
         (["--target", "conv1:0"], "class scores"),
+        (["--methods", "saliency,gradcam,edge", "--samples", "10"], "no method given takes the option"),
+        (["--metrics", "road", "--metric-option", "road.order=42"], "order"),
     ):
-        assert run("evaluate", "tiny", "--data", images, "--n", "2", *bad, "--out", out) != 0, bad
+        assert run("evaluate", "tiny", "--data", images, "--n", "2", *bad, "--out", out) == 2, bad
         err = capsys.readouterr().err
         assert said in err and len(err.strip().splitlines()) == 1, (bad, err)
         assert not out.exists(), bad

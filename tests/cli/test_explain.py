@@ -45,6 +45,16 @@ def test_black_box_and_lrp_options_reach_their_methods(spied, tmp_path):
     assert spied["rise"]["fill"] == "blur"
 
 
+def test_an_option_no_chosen_method_takes_is_refused(spied, tmp_path, capsys):
+    args = ["explain", "tiny", "--data", "sample:chelsea", "--out", str(tmp_path / "o")]
+    assert main([*args, "--method", "saliency,gradcam", "--samples", "10"]) == 2  # as evaluate
+    err = capsys.readouterr().err
+    assert "no method given takes the option 'samples'" in err and len(err.strip().splitlines()) == 1
+    assert spied == {} and not (tmp_path / "o").exists()
+    assert main([*args, "--method", "saliency,smoothgrad", "--samples", "3"]) == 0  # one takes it
+    assert "samples" not in spied["saliency"] and spied["smoothgrad"]["samples"] == 3
+
+
 def test_explain_help_lists_the_black_box_methods(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "250")
     assert main(["explain", "--help"]) == 0

@@ -37,6 +37,14 @@ def write_explain_report(
 
     out = Path(out)
     settings = dict(settings or {})
+    # as evaluate: each method takes the settings it has, but one that no method takes is a
+    # mistake (the seed is everyone's); refused before any work
+    used = {k for name in methods for k in options_for(name, settings)}
+    unused = sorted(set(settings) - used - {"seed"})
+    if unused:
+        from convscope.errors import UserInputError
+
+        raise UserInputError(f"no method given takes the option {unused[0]!r}")
     tgt = resolve_target(subject, target, x)
     written, summary = [], []
     n = len(stems)

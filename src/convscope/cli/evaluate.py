@@ -145,7 +145,7 @@ def evaluate(
     95% bootstrap intervals (CSV, JSON), a ranked plot and a page in the viewer (convscope serve)."""
     from convscope.atlas.evaluate_build import evaluate_to_atlas
     from convscope.attribution import baselines  # noqa: F401 (registers the edge and random baselines)
-    from convscope.attribution.api import get_method, method_options
+    from convscope.attribution.api import get_method
     from convscope.attribution.metrics import get_metric
 
     chosen = [get_method(m).name for m in _names(methods)]  # unknown names fail before the model loads
@@ -160,14 +160,12 @@ def evaluate(
     layer = subject.layer(one_layer(layers)).name if layers else None
     source = open_data(data, subject.transform)
     # one set of settings (as convscope explain's); each method gets the ones it takes, the unset
-    # ones keep each method's own default, and only those some method takes are passed (evaluate
-    # refuses an option no method takes); the methods' seeds derive from --seed
+    # ones keep each method's own default; all set ones are passed, so that evaluate refuses one
+    # no chosen method takes; the methods' seeds derive from --seed
     settings = method_settings(
         layer=layer, window=window, stride=stride, steps=steps, even_overlap=even_overlap, masks=masks,
         cells=cells, segments=segments, composite=composite, fill=fill, samples=samples,
     )  # fmt: skip
-    taken = {k for m in chosen for k in method_options(m)}
-    options = {k: v for k, v in settings.items() if k in taken}
     bar, progress = progress_bar("evaluating", None, console, unit="maps")
     try:
         built = evaluate_to_atlas(
@@ -183,7 +181,7 @@ def evaluate(
             resume=resume,
             overwrite=overwrite,
             progress=progress,
-            options=options,
+            options=settings,
             metric_options=metric_options,
             chunk=chunk,
         )
