@@ -154,6 +154,11 @@ def test_evaluate_to_atlas_resume_and_overwrite(subject, folder, tmp_path):
         _run(subject, folder, out, name="e1", resume=True, seed=3)
     with pytest.raises(AtlasConflictError, match="chunk"):
         _run(subject, folder, out, name="e1", resume=True, chunk=3)
+    with pytest.raises(AtlasConflictError, match=r"the image sample \(drawn with --seed") as e:
+        _run(subject, folder, out, name="e1", resume=True, seed=3)
+    assert "images '" not in str(e.value)  # no SHA-1 prefixes
+    with pytest.raises(AtlasConflictError, match=rf"methods {', '.join(METHODS)} \(now {METHODS[0]}\)"):
+        evaluate_to_atlas(subject, folder, out, METHODS[:1], METRICS, n=6, chunk=2, name="e1", resume=True)
     replaced = _run(subject, folder, out, name="e1", overwrite=True, n=4)
     assert not replaced.reused and len(Atlas.open(out).evaluation("e1").images) == 4
 

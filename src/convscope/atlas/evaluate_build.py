@@ -201,11 +201,29 @@ def _check_settings(stored: dict | None, wanted: dict, name: str) -> None:
         return
     differ = [key for key in sorted({*stored, *wanted}) if stored.get(key) != wanted.get(key)]
     if differ:
-        said = ", ".join(f"{key} {stored.get(key)!r} (now {wanted.get(key)!r})" for key in differ)
+        said = ", ".join(_said(key, stored.get(key), wanted.get(key), differ) for key in differ)
         raise AtlasConflictError(
             f"the atlas's evaluation {name!r} was run with {said}; resume it with those settings, "
             "pass --overwrite to start again or choose another --name"
         )
+
+
+def _said(key: str, old, new, differ: list[str]) -> str:
+    """One setting that differs, as a user reads it: method names rather than the fingerprint's
+    [key, name] pairs, and the image sample rather than its SHA-1."""
+    if key == "images":  # a digest of the images' names and pixels
+        if "seed" in differ or "n_images" in differ:
+            return "the image sample (drawn with --seed and --n)"
+        return "the images (their names or pixels)"
+
+    def show(value):
+        if key == "methods" and isinstance(value, list):
+            return ", ".join(str(m[0]) if isinstance(m, list) and m else str(m) for m in value)
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return ", ".join(value)
+        return repr(value)
+
+    return f"{key} {show(old)} (now {show(new)})"
 
 
 def _entries(out: Path) -> set[str] | None:
