@@ -308,3 +308,30 @@ def test_bad_options_are_refused(tiny_cnn):
         convscope.explain(tiny_cnn, x, "fullgrad", layer="conv2")
     with pytest.raises(UserInputError, match="batch"):
         convscope.explain(tiny_cnn, x, "ablationcam", batch=0)
+
+
+class _NoGrad(nn.Module):
+    """An ordinary module whose forward runs under no_grad: hooks work, gradients do not."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        with torch.no_grad():
+            return self.model(x)
+
+
+def test_the_gradient_free_cams_run_on_a_model_without_gradients():
+    plain = tiny_subject(size=32)
+    wrapped = Subject.wrap(_NoGrad(plain.model).eval(), input_size=32)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    layer = convscope.attribution.cam.default_cam_layer(plain)
+    for method in ("scorecam", "eigencam", "ablationcam"):
+        want = convscope.attribution.explain(plain, x, method, target=1)
+        got = convscope.attribution.explain(wrapped, x, method, target=1)  # default layer, no gradient
+        torch.testing.assert_close(got.maps, want.maps, rtol=1e-5, atol=1e-6)
+        named = convscope.attribution.explain(wrapped, x, method, target=1, layer="model." + layer)
+        torch.testing.assert_close(named.maps, want.maps, rtol=1e-5, atol=1e-6)
+    with pytest.raises(UserInputError, match="no gradient.*scorecam, eigencam, ablationcam"):
+        convscope.attribution.explain(wrapped, x, "gradcam", target=1)  # a gradient CAM still refuses

@@ -8,6 +8,7 @@ import torch
 
 from convscope.attribution.relu_rules import ReluRule, Rule
 from convscope.attribution.targets import Target
+from convscope.errors import UserInputError
 from convscope.subject import Subject
 
 
@@ -24,6 +25,7 @@ class Method:
     # True where the method changes how the model's operations run (backward rules, Zennit's
     # module rules, bias capture): a TorchScript model runs them inside its graph, out of reach
     intercepts = False
+    reads_model = True  # False for the baselines that ignore the model (their maps say so)
     progress: Callable[[float, int], None] | None = None  # set by ``explain(progress=...)``
     fills: tuple[str, ...] = ()  # the values of its ``fill`` option, for the method that takes one
 
@@ -81,7 +83,7 @@ def input_gradient(
             if on_rule is not None:
                 on_rule(mode)
         if not score.requires_grad:
-            raise no_gradient_error()
+            raise no_gradient_error(subject)
         (grad,) = torch.autograd.grad(score.sum(), x)
     return grad
 
@@ -106,11 +108,20 @@ def scripted_error(method: str) -> Exception:
     )
 
 
-def no_gradient_error() -> Exception:
-    """The one-line error of a gradient method on a model whose score has no gradient."""
-    from convscope.errors import UserInputError
+class NoGradientError(UserInputError):
+    """A gradient method on a model whose score has no gradient (run under no_grad, detached)."""
 
-    return UserInputError(
+
+# The CAMs that read activations and forward passes only: they work where hooks do.
+GRADIENT_FREE_CAMS = "scorecam, eigencam, ablationcam"
+
+
+def no_gradient_error(subject: Subject | None = None) -> NoGradientError:
+    """The one-line error of a gradient method on a model whose score has no gradient; the
+    gradient-free CAMs are suggested too where the model takes hooks (``subject`` not scripted)."""
+    cams = subject is not None and not is_scripted(subject.model)
+    also = f", or a CAM that needs no gradient ({GRADIENT_FREE_CAMS})" if cams else ""
+    return NoGradientError(
         "the model's score has no gradient with respect to its input (a model run under no_grad "
-        f"or returning detached tensors): use a black-box method ({BLACKBOX})"
+        f"or returning detached tensors): use a black-box method ({BLACKBOX}){also}"
     )

@@ -115,7 +115,7 @@ def maps_and_grads(subject, names: list[str], score, extra: list[str] = (), stop
         if not value.requires_grad:  # a model run under no_grad or returning detached tensors
             from convscope.attribution.base import no_gradient_error
 
-            raise no_gradient_error()
+            raise no_gradient_error(subject)
         maps = {n: rec[n] for n in names}  # also checks each ran once
         outs = [select_tensor(raw[n], None, n) for n in names]
         grads = torch.autograd.grad(value, outs, allow_unused=True)
@@ -149,7 +149,7 @@ def default_cam_layer(subject, target_layer: str | None = None) -> str:
     model output (a CNN's last stage; a class-token ViT's last patch-token map before its last
     attention). With ``target_layer`` (a unit target), the last such layer that runs before it
     and reaches it, else that layer itself. Found once per subject by one forward and backward
-    pass (:func:`reaching_layers`)."""
+    pass (:func:`reaching_layers`); where the score has no gradient, the last candidate."""
     cache = _DEFAULTS.setdefault(subject, {})
     if target_layer in cache:
         return cache[target_layer]
@@ -164,7 +164,15 @@ def default_cam_layer(subject, target_layer: str | None = None) -> str:
         raise UserInputError(
             "the model has no spatial layer for a CAM; name one with --layers (layer= in Python)"
         )
-    reached = reaching_layers(subject, [i.name for i in candidates], target_layer)
+    from convscope.attribution.base import NoGradientError
+
+    try:
+        reached = reaching_layers(subject, [i.name for i in candidates], target_layer)
+    except NoGradientError:
+        # No gradient to probe the reach with (a model run under no_grad): the last candidate (a
+        # CNN's last stage). The gradient-free CAMs (Score-CAM, Eigen-CAM, Ablation-CAM) run on it;
+        # a gradient CAM refuses when it takes its own gradient.
+        reached = {candidates[-1].name}
     chosen = [i.name for i in candidates if i.name in reached]
     if not chosen and target_layer is not None:
         chosen = [subject.layer(target_layer).name]

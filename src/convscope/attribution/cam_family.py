@@ -275,7 +275,7 @@ class FullGrad(Method):
             with mode:
                 score = target.score(self.subject, x)
             if not score.requires_grad:  # a model run under no_grad or returning detached tensors
-                raise no_gradient_error()
+                raise no_gradient_error(self.subject)
             outs = [o for o, _ in mode.found]
             grads = torch.autograd.grad(score.sum(), [x, *outs], allow_unused=True)
         size = tuple(x.shape[2:])

@@ -197,7 +197,7 @@ class LRP(Method):
         if not value.requires_grad:
             from convscope.attribution.base import no_gradient_error
 
-            raise no_gradient_error()
+            raise no_gradient_error(self.subject)
         value = value.detach()
         with torch.enable_grad(), composite.context(self.subject.model):
             score = target.score(self.subject, x)
