@@ -32,6 +32,10 @@ def test_edge_is_the_sobel_magnitude_of_the_image_the_model_saw():
     # the model plays no part: the same maps for any target and any weights
     other = tiny_subject(size=32, seed=7)
     np.testing.assert_array_equal(convscope.explain(other, x, "edge", target="class:3").maps, a.maps)
+    # so its maps are not titled by a score (logit(tiger cat)) they do not explain
+    assert a.targets == ["ignores the model"] * 3
+    assert convscope.explain(subject, x, "random").targets[0] == "ignores the model"
+    assert convscope.explain(subject, x, "saliency").targets[0] != "ignores the model"
 
 
 def test_random_is_seeded_uniform_noise():

@@ -299,7 +299,7 @@ def test_scan_takes_a_bundled_photo_in_data(tiny_models, tmp_path, capsys):
 
 
 RATE_ETA = re.compile(
-    r"^(\S[^:]*): (\d+(?:\.\d)?)/(\d+) \(\d+%\), \d+\.\d [\w-]+/s, (ETA \d+:\d\d:\d\d|"
+    r"^(\S[^:]*): (\d+(?:\.\d)?)/(\d+) \(\d+%\), \d+\.\d+ [\w-]+/s, (ETA \d+:\d\d:\d\d|"
     r"ETA unknown|took \d+:\d\d:\d\d)"
 )
 
@@ -416,6 +416,21 @@ def test_progress_lines_interval(monkeypatch):
         "scanning: 80/100 (80%), 3.7 img/s, ETA 0:00:05",
         "scanning: 100/100 (100%), 4.0 img/s, took 0:00:25",
     ]
+
+
+def test_a_slow_rate_is_not_shown_as_zero():
+    import io
+
+    from convscope.cli.common import ProgressLines
+
+    clock = [0.0]
+    buf = io.StringIO()
+    bar = ProgressLines("evaluating", 4, "maps", buf, interval=10)
+    bar.clock = lambda: clock[0]
+    bar.update(0)
+    clock[0] = 50.0  # 1 map in 50 s: 0.02 maps/s
+    bar.update(1)
+    assert buf.getvalue().splitlines()[0] == "evaluating: 1/4 (25%), 0.020 maps/s, ETA 0:02:30"
 
 
 def test_progress_lines_of_a_second_phase():

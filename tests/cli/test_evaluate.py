@@ -124,6 +124,14 @@ def test_errors_are_one_line_before_any_work(tiny_model, images, tmp_path, capsy
         assert not out.exists(), bad
 
 
+def test_evaluate_help_says_what_it_takes(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")
+    assert run("evaluate", "--help") == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "LAYER:UNIT" not in text and "prob:N" in text  # evaluate explains class scores only
+    assert "pointing_game" in text and "attribution_localisation" in text and "Python API only" in text
+
+
 def test_each_method_keeps_its_own_defaults_and_takes_the_black_box_options(tiny_model, tmp_path):
     # nothing set: no fill or samples forced on the black-box methods (KernelSHAP / LIME draw 500
     # samples and fill zero, RISE fills zero, unless told)

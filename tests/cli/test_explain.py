@@ -61,3 +61,4 @@ def test_explain_help_lists_the_black_box_methods(capsys, monkeypatch):
     text = capsys.readouterr().out
     for word in ("rise", "kernel_shap", "lime", "lrp", "--masks", "--segments", "--composite"):
         assert word in text
+    assert "ignore the model: edge, random" in " ".join(text.split())

@@ -109,7 +109,8 @@ def explain(
         method=cls.name,
         maps=maps.detach().float().cpu().numpy(),
         images=seen,
-        targets=[tgt.describe(i, subject) for i in range(x.shape[0])],
+        # a baseline that ignores the model explains no score: its maps are not titled by one
+        targets=[tgt.describe(i, subject) if cls.reads_model else "ignores the model" for i in range(n)],
         raw=raw.detach().float().cpu().numpy() if raw is not None else None,
         signed=cls.signed,
         options=dict(options),

@@ -37,6 +37,7 @@ class Edge(Method):
     the target: a map that passes for an explanation but cannot be one."""
 
     name = "edge"
+    reads_model = False
 
     def attribute(self, x, target):
         pixels = self.subject.preprocess.denormalize(x.detach()).clamp(0, 1)
@@ -50,6 +51,7 @@ class Random(Method):
 
     name = "random"
     takes = ("seed",)
+    reads_model = False
 
     def attribute(self, x, target):
         g = torch.Generator().manual_seed(int(self.options.get("seed", 0)))

@@ -115,6 +115,12 @@ def make_accel(precision: str = "fp32", channels_last: bool | None = None, decod
     return Accel(precision=precision, channels_last=channels_last, decode=decode)
 
 
+def rate_text(rate: float) -> str:
+    """A rate per second with one decimal, or three where it is under 1 (slow work, a few
+    seconds per map, would otherwise read 0.0)."""
+    return f"{rate:.1f}" if rate >= 1 or rate == 0 else f"{rate:.3f}"
+
+
 class _Rate(ProgressColumn):
     """Rich column: done per second, e.g. ``12.3 img/s``."""
 
@@ -124,7 +130,7 @@ class _Rate(ProgressColumn):
 
     def render(self, task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text(f"{speed:6.1f} {self.unit}/s" if speed else f"   ... {self.unit}/s")
+        return Text(f"{rate_text(speed):>6} {self.unit}/s" if speed else f"   ... {self.unit}/s")
 
 
 def progress_interval() -> float:
@@ -177,7 +183,7 @@ class ProgressLines:
         else:
             parts.append(f"{done} done")
         rate = (self.done - self.base) / elapsed if elapsed > 0 else 0.0
-        parts.append(f"{rate:.1f} {self.unit}/s")
+        parts.append(f"{rate_text(rate)} {self.unit}/s")
         if not self.total:
             parts.append(f"elapsed {_duration(elapsed)}")
         elif self.done >= self.total:

@@ -28,7 +28,6 @@ from convscope.cli.common import (
     SegmentsOpt,
     StepsOpt,
     StrideOpt,
-    TargetOpt,
     WeightsOpt,
     WindowOpt,
     load_subject,
@@ -95,13 +94,21 @@ def evaluate(
             "--metrics",
             help="comma-separated: pixel_flipping, region_perturbation, road, average_drop, "
             "increase_in_confidence, faithfulness_correlation, infidelity, max_sensitivity, "
-            "model_randomisation",
+            "model_randomisation (pointing_game and attribution_localisation need object masks or "
+            "boxes: Python API only)",
         ),
     ] = DEFAULT_METRICS,
     n: Annotated[int, typer.Option("--n", min=1, help="images: a seeded sample of --data")] = 32,
     out: Annotated[Path, typer.Option("--out", help="atlas folder (created or added to)")] = Path("atlas"),
     name: Annotated[str, typer.Option("--name", help="the evaluation's name in the atlas")] = "default",
-    target: TargetOpt = "top",
+    target: Annotated[
+        str,
+        typer.Option(
+            "--target",
+            help="top | class:N | class:NAME | prob:N | prob:NAME (class scores only; a bare N means "
+            "class:N)",
+        ),
+    ] = "top",
     layers: Annotated[
         str | None, typer.Option("--layers", help="the layer of CAM methods [default: the last stage]")
     ] = None,

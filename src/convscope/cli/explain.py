@@ -50,7 +50,7 @@ def explain(
             "integrated_gradients, guided, deconvnet, gradcam, gradcam++, scorecam, guided_gradcam, "
             "layercam, hirescam, xgradcam, eigencam, eigengradcam, ablationcam, fullgrad, lrp, "
             "occlusion, zeiler_fergus; black-box (forward passes only: TorchScript, wrapped APIs): "
-            "occlusion, rise, kernel_shap, lime",
+            "occlusion, rise, kernel_shap, lime; baselines that ignore the model: edge, random",
         ),
     ] = "saliency,guided,gradcam,occlusion",
     target: TargetOpt = "top",
