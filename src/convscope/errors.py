@@ -77,6 +77,8 @@ class ModelLoadError(ConvscopeError):
 class RecordingError(ConvscopeError):
     """A layer's output cannot be recorded as asked (tuple outputs, scripted modules...)."""
 
+    exit_code = 2  # an unsupported combination the user chose (a hook method on TorchScript...)
+
 
 class DataError(UserInputError):
     """An image source cannot be opened at all (individual bad files are skipped instead)."""

@@ -112,3 +112,17 @@ def test_demo_writes_results(tmp_path, capsys):
     for name in ("units", "classes", "inversion", "dream"):
         assert Image.open(out / "synthesis" / f"{name}.png").width > 100
     assert main(["demo", "--out", str(out)]) == 0  # the demo may redo its own atlas
+
+
+def test_a_hook_method_on_torchscript_is_bad_input(tmp_path, capsys):
+    import torch
+
+    from convscope.testing import tiny_subject
+
+    path = tmp_path / "tiny.torchscript.pt"
+    torch.jit.script(tiny_subject(size=32).model).save(str(path))
+    args = ["explain", str(path), "--data", "sample:chelsea", "--method", "gradcam"]
+    args += ["--out", str(tmp_path / "o")]
+    assert main(args) == 2  # README: bad input exits 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # torch's deprecation warnings come first
+    assert last.startswith("error:") and "TorchScript" in last
