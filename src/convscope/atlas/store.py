@@ -553,7 +553,6 @@ class Atlas(AtlasPaths):
         with self._read() as con:
             return dictionaries.labels(con, name)
 
-
     # -- evaluations of attribution methods ----------------------------------------------------
     def write_evaluation(self, name: str, evaluation, settings: dict | None = None) -> dict[str, Path]:
         """Store the :class:`~convscope.attribution.evaluation.Evaluation` ``evaluation`` under
@@ -613,7 +612,6 @@ class Atlas(AtlasPaths):
         """The settings stored with evaluation ``name`` (:meth:`write_evaluation`), or None."""
         with self._read() as con:
             return evaluations.settings(con, name)
-
 
     # -- stored feature visualisations ----------------------------------------------------------
     def write_visuals(self, result, settings: dict) -> list[Path]:

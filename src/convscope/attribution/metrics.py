@@ -863,7 +863,6 @@ HIGHER_IS_BETTER: dict[str, bool] = {
 }
 
 
-
 def higher_is_better(name: str, options: dict | None = None) -> bool:
     """Which way metric ``name`` points with its ``options``: the direction of
     :data:`HIGHER_IS_BETTER`, except where ``order`` flips it (ROAD with "lerf": removing the
