@@ -364,3 +364,14 @@ def test_lime_says_when_its_surrogate_is_zero_everywhere():
     with pytest.warns(UserWarning, match="surrogate is 0"):
         amap = convscope.explain(subject, x, "lime", target="class:0", segments=8, samples=16)
     assert not amap.maps.any()
+
+
+def test_a_noise_image_gets_a_regular_grid_of_cells_with_a_warning(tiny64):
+    # SLIC leaves pixel noise as one superpixel, which leaves nothing to attribute
+    x = tiny64.preprocess.normalize(torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
+    with pytest.warns(UserWarning, match="regular grid"):
+        seg = superpixels(tiny64, x, 16)
+    assert seg.max() + 1 == 16 and (seg[0].flatten().bincount() == 256).all()
+    with pytest.warns(UserWarning, match="regular grid"):
+        amap = convscope.explain(tiny64, x, "kernel_shap", segments=16, samples=40)
+    assert len(np.unique(amap.maps[0])) > 1  # one value per cell, not one for the whole image

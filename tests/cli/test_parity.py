@@ -960,6 +960,35 @@ def test_evaluate(photos, tmp_path):
     assert ours.headline() in text
 
 
+def test_microscope(photos, tmp_path):
+    """``convscope microscope`` is microscope_to_atlas: the same stages recorded, the same scan
+    and the same stored feature visualisations (rows and tiles, byte for byte)."""
+    from convscope.atlas import Atlas
+    from convscope.atlas.microscope_build import microscope_to_atlas
+
+    args = ("--layers", "conv2", "--units", 2, "--steps", 2, "--stages", "scan,visuals", "--seed", 1)
+    cli("microscope", "tiny", "--data", photos, *args, "--out", tmp_path / "c")
+    microscope_to_atlas(
+        tiny(),
+        open_images(photos),
+        tmp_path / "p",
+        layers="conv2",
+        units=2,
+        stages=["scan", "visuals"],
+        seed=1,
+        options={"visuals": {"steps": 2}},
+    )
+    a, b = Atlas.open(tmp_path / "c", readonly=True), Atlas.open(tmp_path / "p", readonly=True)
+    assert [(r["name"], r["status"]) for r in a.stages()] == [(r["name"], r["status"]) for r in b.stages()]
+    assert [r["status"] for r in a.stages()] == ["done", "done"]
+    ta, tb = a.topk("conv2", 0, "max"), b.topk("conv2", 0, "max")
+    assert list(ta.names) == list(tb.names) and np.allclose(ta.scores, tb.scores)
+    assert a.visuals("conv2") == b.visuals("conv2") and len(a.visuals("conv2")) >= 2
+    for r in a.visuals("conv2"):
+        tile = (r["unit"], r["kind"], r["index"])
+        assert a.visual_tile("conv2", *tile).read_bytes() == b.visual_tile("conv2", *tile).read_bytes()
+
+
 def test_every_command_has_a_parity_test():
     """A new command comes with its test here (named test_<command>, dashes as underscores)."""
     import typer

@@ -173,11 +173,35 @@ def superpixels(subject, x: torch.Tensor, segments: int = 50, compactness: float
     from skimage.segmentation import slic
 
     seen = subject.preprocess.denormalize(x.detach()).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()
-    out = []
-    for img in seen:
+    out, gridded = [], []
+    for i, img in enumerate(seen):
         labels = slic(img, n_segments=int(segments), compactness=float(compactness), start_label=0)
+        if labels.max() == labels.min():
+            # pixel noise gives SLIC nothing to cut along (one superpixel): a regular grid of about
+            # `segments` cells still lets the method say which region matters
+            labels, _ = grid_segments(img.shape[:2], int(segments))
+            gridded.append(i)
         out.append(np.unique(labels, return_inverse=True)[1].reshape(labels.shape))  # 0..K-1, no gaps
+    if gridded:
+        import warnings
+
+        warnings.warn(
+            f"SLIC found one superpixel in image(s) {gridded[:4]} (noise?): a regular grid of "
+            f"about {int(segments)} cells is used there",
+            stacklevel=2,
+        )
     return torch.as_tensor(np.stack(out), dtype=torch.long, device=x.device)
+
+
+def grid_segments(size: tuple[int, int], segments: int) -> tuple[np.ndarray, int]:
+    """Labels (H, W) of a regular grid of about ``segments`` rectangular cells (round(sqrt) per
+    side, at most one per pixel) and their count."""
+    H, W = size
+    g = max(1, round(segments**0.5))
+    gy, gx = min(g, H), min(g, W)
+    rows = np.arange(H) * gy // H
+    cols = np.arange(W) * gx // W
+    return rows[:, None] * gx + cols[None, :], gy * gx
 
 
 def _captum_attr():
@@ -218,8 +242,8 @@ class _Superpixel(Method):
         for i, k in enumerate((seg.flatten(1).amax(1) + 1).tolist()):
             if k < 2:
                 raise UserInputError(
-                    f"{self.name}: SLIC found {k} superpixel in image {i} (a flat or noise image?); "
-                    "give more segments or a lower compactness"
+                    f"{self.name}: image {i} has {k} region to explain (an image of one pixel, or "
+                    "segments=1?): give more segments"
                 )
         raw = torch.zeros_like(x)
         for i in range(n):
@@ -284,4 +308,13 @@ class Lime(_Superpixel):
     captum_name = "Lime"
 
 
-__all__ = ["FILLS", "KernelShap", "Lime", "Rise", "rise_masks", "rise_upsample", "superpixels"]
+__all__ = [
+    "FILLS",
+    "KernelShap",
+    "Lime",
+    "Rise",
+    "grid_segments",
+    "rise_masks",
+    "rise_upsample",
+    "superpixels",
+]
