@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import inspect
 import json
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from convscope.atlas.build import model_spec
+from convscope.atlas.cleanup import entries, undo_failed_build
 from convscope.atlas.store import Atlas, AtlasConflictError
 from convscope.errors import UserInputError
 from convscope.subject import Subject
@@ -82,12 +82,12 @@ def activation_atlas_to_atlas(
         raise UserInputError(f"{layers!r} names no layer of {subject.name}")
     source = as_source(subject, data)
     out = out.path if isinstance(out, Atlas) else Path(out)
-    before = {p.name for p in out.iterdir()} if out.is_dir() else None
+    before = entries(out)
     try:
         with Atlas(out).lock():
             return _build(activation_atlas, subject, source, out, names, resume, overwrite, progress, options)
     except BaseException as e:
-        _undo(out, before, refused=isinstance(e, UserInputError))
+        undo_failed_build(out, before, refused=isinstance(e, UserInputError))
         raise
 
 
@@ -148,25 +148,6 @@ def _build(activation_atlas, subject, source, out, names, resume, overwrite, pro
         store.write_activation_atlas(result, wanted[layer])
         results[layer] = result
     return ActivationAtlasesBuilt(store, names, reused, results)
-
-
-def _undo(out: Path, before: set[str] | None, refused: bool) -> None:
-    """After a failed build, remove what it created at the top of ``out`` (the whole folder when
-    it made it): always when it created the atlas there, else only on a refusal (a user error).
-    A build into an existing atlas keeps the layers it stored before failing."""
-    created_atlas = before is None or "atlas.db" not in before
-    if not created_atlas and not refused:
-        return
-    if before is None:
-        shutil.rmtree(out, ignore_errors=True)
-        return
-    for path in out.iterdir() if out.is_dir() else ():
-        if path.name in before:
-            continue
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
 
 
 __all__ = ["ActivationAtlasesBuilt", "activation_atlas_to_atlas", "build_settings"]

@@ -5,12 +5,12 @@ each stored in the atlas as it is done (``convscope concepts``)."""
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from convscope.atlas.build import model_spec, open_concepts
+from convscope.atlas.cleanup import entries, undo_failed_build
 from convscope.atlas.dictionaries import check_name, default_name
 from convscope.atlas.store import Atlas, AtlasConflictError
 from convscope.errors import UserInputError
@@ -115,42 +115,15 @@ def concepts_to_atlas(
     if concept_data is not None:  # checked (and the synthetic set generated) before the atlas is written
         labelled = _concept_data(concept_data, subject, out, source, seed)
     report = _stages(progress)
-    before = _entries(out)
+    before = entries(out)
     try:
         return _build(
             out, subject, source, layer, method, n, name, k, seed, labelled, visualize, resume,
             overwrite, scan_options, shared, report, options,
         )  # fmt: skip
     except BaseException as e:
-        _undo(out, before, refused=isinstance(e, UserInputError))
+        undo_failed_build(out, before, refused=isinstance(e, UserInputError), checkpoints=".concepts-*.ckpt")
         raise
-
-
-def _entries(out: Path) -> set[str] | None:
-    """The names in the folder ``out`` before the build (None: no folder)."""
-    return {p.name for p in out.iterdir()} if out.is_dir() else None
-
-
-def _undo(out: Path, before: set[str] | None, refused: bool) -> None:
-    """After a failed build, remove what it created at the top of ``out`` (the whole folder when
-    it made it): always when it created the atlas there, else only on a refusal (a user error:
-    its new checkpoints are of settings that will change). An interrupted build of a new atlas
-    that left a checkpoint keeps it all, for ``--resume``."""
-    created_atlas = before is None or "atlas.db" not in before
-    if not created_atlas and not refused:
-        return
-    if created_atlas and not refused and any(out.glob(".concepts-*.ckpt")):
-        return
-    if before is None:
-        shutil.rmtree(out, ignore_errors=True)
-        return
-    for path in out.iterdir() if out.is_dir() else ():
-        if path.name in before:
-            continue
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
 
 
 def _build(

@@ -5,7 +5,6 @@ time."""
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from convscope.atlas.build import model_spec
+from convscope.atlas.cleanup import entries, undo_failed_build
 from convscope.atlas.evaluations import check_name
 from convscope.atlas.store import Atlas, AtlasConflictError
 from convscope.errors import UserInputError
@@ -90,7 +90,7 @@ def evaluate_to_atlas(
         raise UserInputError(f"an evaluation needs at least one image, not n={n}")
     source = as_source(subject, data)
     out = out.path if isinstance(out, Atlas) else Path(out)
-    before = _entries(out)
+    before = entries(out)
     try:
         with Atlas(out).lock():
             return _build(
@@ -98,7 +98,7 @@ def evaluate_to_atlas(
                 overwrite, progress, options,
             )  # fmt: skip
     except BaseException as e:
-        _undo(out, before, refused=isinstance(e, UserInputError))
+        undo_failed_build(out, before, refused=isinstance(e, UserInputError), checkpoints=".evaluate-*.ckpt")
         raise
 
 
@@ -224,32 +224,6 @@ def _said(key: str, old, new, differ: list[str]) -> str:
         return repr(value)
 
     return f"{key} {show(old)} (now {show(new)})"
-
-
-def _entries(out: Path) -> set[str] | None:
-    """The names in the folder ``out`` before the build (None: no folder)."""
-    return {p.name for p in out.iterdir()} if out.is_dir() else None
-
-
-def _undo(out: Path, before: set[str] | None, refused: bool) -> None:
-    """After a failed build, remove what it created at the top of ``out`` (the whole folder when
-    it made it): always when it created the atlas there, else only on a refusal (a user error).
-    An interrupted build of a new atlas that left a checkpoint keeps it all, for ``--resume``."""
-    created_atlas = before is None or "atlas.db" not in before
-    if not created_atlas and not refused:
-        return
-    if created_atlas and not refused and any(out.glob(".evaluate-*.ckpt")):
-        return
-    if before is None:
-        shutil.rmtree(out, ignore_errors=True)
-        return
-    for path in out.iterdir() if out.is_dir() else ():
-        if path.name in before:
-            continue
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
 
 
 __all__ = ["EvaluationStored", "evaluate_to_atlas", "pick_images", "run_settings"]
