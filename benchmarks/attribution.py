@@ -436,7 +436,7 @@ def metric_pairs(subject, args, maps: torch.Tensor):
         "model_randomisation (MPRT, saliency, all layers)": (
             Q,
             True,
-            lambda x, y, a: M.model_randomisation(subject, x, a, y, reduce="none"),
+            lambda x, y, a: M.model_randomisation(subject, x, a, y, method="saliency", reduce="none"),
             lambda x, y, a: q(quantus.MPRT(disable_warnings=True), x, y, explain=True),
             False,
         ),
