@@ -21,7 +21,7 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -553,6 +553,35 @@ class Atlas(AtlasPaths):
         with self._read() as con:
             return dictionaries.labels(con, name)
 
+    def _replace_folder(
+        self, folder: Path, fill: Callable[[Path], None], index: Callable[[sqlite3.Connection], None]
+    ) -> None:
+        """Replace ``folder`` by a new one that ``fill(path)`` writes beside it, then record it
+        with ``index(con)`` in one write transaction; if that fails, the old folder comes back.
+        Readers see the old folder or the new one, whole (between the two renames, none)."""
+        with self.lock():
+            new = folder.with_name(f".{folder.name}.new{os.getpid()}")
+            aside = folder.with_name(f".{folder.name}.old{os.getpid()}")
+            shutil.rmtree(new, ignore_errors=True)
+            new.mkdir(parents=True)
+            try:
+                fill(new)
+                if folder.exists():
+                    shutil.rmtree(aside, ignore_errors=True)
+                    folder.rename(aside)
+                new.rename(folder)
+                try:
+                    with self._write() as con:
+                        index(con)
+                except BaseException:
+                    shutil.rmtree(folder, ignore_errors=True)
+                    if aside.exists():
+                        aside.rename(folder)
+                    raise
+            finally:
+                shutil.rmtree(new, ignore_errors=True)
+            shutil.rmtree(aside, ignore_errors=True)
+
     # -- evaluations of attribution methods ----------------------------------------------------
     def write_evaluation(self, name: str, evaluation, settings: dict | None = None) -> dict[str, Path]:
         """Store the :class:`~convscope.attribution.evaluation.Evaluation` ``evaluation`` under
@@ -562,32 +591,16 @@ class Atlas(AtlasPaths):
         new one, whole; re-writing a name replaces it. Returns the paths written, by kind
         (``result``, ``csv``, ``json``, ``plot``)."""
         name = evaluations.check_name(name)
-        with self.lock():
-            folder = self.evaluation_dir(name)
-            new = folder.with_name(f".{name}.new{os.getpid()}")
-            aside = folder.with_name(f".{name}.old{os.getpid()}")
-            shutil.rmtree(new, ignore_errors=True)
-            new.mkdir(parents=True)
-            try:
-                evaluation.save(new / evaluations.FILES["result"])
-                evaluation.to_csv(new / evaluations.FILES["csv"])
-                evaluation.to_json(new / evaluations.FILES["json"])
-                evaluation.to_png(new / evaluations.FILES["plot"])
-                if folder.exists():
-                    shutil.rmtree(aside, ignore_errors=True)
-                    folder.rename(aside)
-                new.rename(folder)
-                try:
-                    with self._write() as con:
-                        evaluations.write(con, name, evaluation, settings)
-                except BaseException:
-                    shutil.rmtree(folder, ignore_errors=True)
-                    if aside.exists():
-                        aside.rename(folder)
-                    raise
-            finally:
-                shutil.rmtree(new, ignore_errors=True)
-            shutil.rmtree(aside, ignore_errors=True)
+
+        def fill(new: Path) -> None:
+            evaluation.save(new / evaluations.FILES["result"])
+            evaluation.to_csv(new / evaluations.FILES["csv"])
+            evaluation.to_json(new / evaluations.FILES["json"])
+            evaluation.to_png(new / evaluations.FILES["plot"])
+
+        self._replace_folder(
+            self.evaluation_dir(name), fill, lambda con: evaluations.write(con, name, evaluation, settings)
+        )
         return {kind: self.evaluation_file(name, kind) for kind in evaluations.FILES}
 
     def evaluations(self) -> list[dict]:
@@ -675,34 +688,17 @@ class Atlas(AtlasPaths):
         Returns the folder."""
         from PIL import Image
 
-        with self.lock():
-            folder = self.activation_atlas_dir(atlas.layer)
-            new = folder.with_name(f".{folder.name}.new{os.getpid()}")
-            aside = folder.with_name(f".{folder.name}.old{os.getpid()}")
-            shutil.rmtree(new, ignore_errors=True)
+        def fill(new: Path) -> None:
             (new / activation_atlases.TILES).mkdir(parents=True)
-            try:
-                atlas.save(new / activation_atlases.FILES["result"])
-                big = (np.clip(atlas.image, 0, 1) * 255).round().astype(np.uint8)
-                Image.fromarray(big).save(new / activation_atlases.FILES["image"])
-                for i, tile in enumerate(atlas.tiles):
-                    pixels = (np.clip(tile, 0, 1) * 255).round().astype(np.uint8)
-                    Image.fromarray(pixels).save(new / activation_atlases.TILES / f"cell{i:04d}.png")
-                if folder.exists():
-                    shutil.rmtree(aside, ignore_errors=True)
-                    folder.rename(aside)
-                new.rename(folder)
-                try:
-                    with self._write() as con:
-                        activation_atlases.write(con, atlas, settings)
-                except BaseException:
-                    shutil.rmtree(folder, ignore_errors=True)
-                    if aside.exists():
-                        aside.rename(folder)
-                    raise
-            finally:
-                shutil.rmtree(new, ignore_errors=True)
-            shutil.rmtree(aside, ignore_errors=True)
+            atlas.save(new / activation_atlases.FILES["result"])
+            big = (np.clip(atlas.image, 0, 1) * 255).round().astype(np.uint8)
+            Image.fromarray(big).save(new / activation_atlases.FILES["image"])
+            for i, tile in enumerate(atlas.tiles):
+                pixels = (np.clip(tile, 0, 1) * 255).round().astype(np.uint8)
+                Image.fromarray(pixels).save(new / activation_atlases.TILES / f"cell{i:04d}.png")
+
+        folder = self.activation_atlas_dir(atlas.layer)
+        self._replace_folder(folder, fill, lambda con: activation_atlases.write(con, atlas, settings))
         return folder
 
     def activation_atlases(self) -> list[dict]:
