@@ -347,7 +347,9 @@ def test_auto_batch_sizes_chunks_by_the_largest_activation(monkeypatch):
     subject = tiny_subject(size=32)
     x = torch.zeros(2, 3, 32, 32)
     peak = max(np.prod(i.shape) for i in subject.layers if i.shape is not None and i.per_image) * 4
-    monkeypatch.setattr(M, "_CPU_BYTES", int(peak * 5.5))
+    from convscope.attribution import batching
+
+    monkeypatch.setattr(batching, "_CPU_BYTES", int(peak * 5.5))
     assert M.auto_batch(subject, x) == 5
     assert M.auto_batch(subject, torch.zeros(2, 3, 64, 64)) == 1  # 4x the pixels, 4x the bytes
     assert M.auto_batch(subject, x, 7) == 7

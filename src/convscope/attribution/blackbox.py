@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from convscope.attribution.base import Method, register
+from convscope.attribution.batching import auto_batch
 from convscope.errors import UserInputError
 from convscope.imageops import gaussian_blur
 
@@ -111,9 +112,10 @@ class Rise(Method):
     Options: ``masks=4000`` (N; the Monte Carlo error falls as 1/sqrt(N)); ``cells=7`` (s);
     ``p=0.5``; ``fill="zero"`` (the paper multiplies the model input by the mask: 0 in
     model-input space), ``"gray"``, ``"mean"`` or ``"blur"`` (sigma = one cell / 2);
-    ``batch=64`` masked copies per forward pass; ``seed=0``. The masks' random draws are made on
-    the CPU (the same masks on every device), the masks built on the device, and the same masks
-    serve every image. The map is the expected score when a pixel is kept,
+    ``batch`` masked copies per forward pass (by default sized by memory:
+    :func:`~convscope.attribution.batching.auto_batch`); ``seed=0``. The masks' random draws are
+    made on the CPU (the same masks on every device), the masks built on the device, and the same
+    masks serve every image. The map is the expected score when a pixel is kept,
     so it is not signed (it can be negative for a logit target)."""
 
     name = "rise"
@@ -138,7 +140,7 @@ class Rise(Method):
         n_masks = int(self.options.get("masks", 4000))
         cells = int(self.options.get("cells", 7))
         p = float(self.options.get("p", 0.5))
-        batch = int(self.options.get("batch", 64))
+        batch = auto_batch(self.subject, x, self.options.get("batch"))
         fill = str(self.options.get("fill", "zero"))
         n, _, H, W = x.shape
         if not 1 <= cells <= min(H, W):
@@ -231,7 +233,7 @@ class _Superpixel(Method):
 
     def attribute(self, x, target):
         samples = int(self.options.get("samples", self.default_samples))
-        batch = int(self.options.get("batch", 64))
+        batch = auto_batch(self.subject, x, self.options.get("batch"))
         fill = str(self.options.get("fill", "zero"))
         seed = int(self.options.get("seed", 0))
         cls = getattr(_captum_attr(), self.captum_name)

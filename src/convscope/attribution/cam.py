@@ -289,7 +289,9 @@ class ScoreCAM(CamMethod):
 
     def attribute(self, x, target):
         layer = self.layer(target)
-        batch = int(self.options.get("batch", 32))
+        from convscope.attribution.batching import auto_batch
+
+        batch = auto_batch(self.subject, x, self.options.get("batch"))
         with torch.no_grad(), Recorder(self.subject, [layer], stop=True) as rec:
             self.subject(x)
         acts = rec[layer].float()

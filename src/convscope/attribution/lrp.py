@@ -188,21 +188,34 @@ class LRP(Method):
             raise UserInputError("lrp explains logits and units, not probabilities: use class:N")
         composite = composite_for(self.subject, self.composite_name, self.options, x)
         x = x.detach().clone().requires_grad_(True)
-        with torch.enable_grad():
+        with torch.no_grad():
             # The output relevance is the target's value in the model as it is: Zennit's merged
             # batch norms keep their eps, so the canonized model's logits differ by ~eps/2 per norm.
-            # Taken with gradients, so that a model that gives none (run under no_grad, detached
-            # outputs) is told before Zennit's hooks meet tensors without a graph.
+            # Without a graph: it costs a plain forward, as the value Zennit's users take.
             value = target.score(self.subject, x)
-        if not value.requires_grad:
-            from convscope.attribution.base import no_gradient_error
+        try:
+            with torch.enable_grad(), composite.context(self.subject.model):
+                score = target.score(self.subject, x)
+                if not score.requires_grad:
+                    raise _NoGraph
+                (relevance,) = torch.autograd.grad(score, x, grad_outputs=value)
+        except Exception as err:
+            # A model that gives no gradient (run under no_grad, detached outputs) ends in Zennit's
+            # hooks meeting tensors without a graph; asking the model as it is tells which it was.
+            if isinstance(err, _NoGraph) or not self._has_gradient(x, target):
+                from convscope.attribution.base import no_gradient_error
 
-            raise no_gradient_error(self.subject)
-        value = value.detach()
-        with torch.enable_grad(), composite.context(self.subject.model):
-            score = target.score(self.subject, x)
-            (relevance,) = torch.autograd.grad(score, x, grad_outputs=value)
+                raise no_gradient_error(self.subject) from None
+            raise
         return relevance.sum(dim=1), relevance
+
+    def _has_gradient(self, x, target) -> bool:
+        with torch.enable_grad():
+            return bool(target.score(self.subject, x).requires_grad)
+
+
+class _NoGraph(Exception):
+    """The composite's score has no graph (raised and caught inside :meth:`LRP.attribute`)."""
 
 
 def _composite_name(options) -> str:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from convscope.attribution.batching import auto_batch
 from convscope.attribution.result import AttributionMap
 from convscope.attribution.targets import Target, logits
 from convscope.errors import UserInputError
@@ -53,39 +54,6 @@ def _maps(maps, x: torch.Tensor) -> torch.Tensor:
             f"expected maps {(x.shape[0], *x.shape[2:])} for the images, got {tuple(m.shape)}"
         )
     return m.detach().to(x.device, torch.float64)
-
-
-# A CPU runs a batch fastest while its largest activation stays about the size of the last-level
-# cache: efficientnet_lite0 at 224 px (4.6 MiB for its largest output per image) costs 1.6-3x
-# more per image at batch 16-256 than at batch 1-4 on one thread (benchmarks/RESULTS.md), and the
-# perturbation metrics were slower than Quantus' batch-of-images loop for that reason alone. An
-# accelerator wants big batches instead.
-_CPU_BYTES = 16 * 2**20
-_DEVICE_BYTES = 2**30
-_MAX_BATCH = 256
-
-
-def auto_batch(subject: Subject, x: torch.Tensor, batch: int | None = None) -> int:
-    """The number of images per forward pass the metrics use for inputs like ``x`` (N, 3, H, W):
-    ``batch`` when given; else as many as keep the model's largest single layer output (from
-    the subject's layer table, scaled to ``x``'s size) within 16 MiB on the CPU, 1 GiB on an
-    accelerator; between 1 and 256."""
-    if batch is not None:
-        if int(batch) < 1:
-            raise UserInputError(f"batch must be >= 1, not {batch}")
-        return int(batch)
-    from convscope.errors import RecordingError
-
-    h, w = x.shape[-2:]
-    try:
-        sizes = [math.prod(i.shape) for i in subject.layers if i.shape is not None and i.per_image]
-        ih, iw = subject.input_size
-        peak = max(sizes) * (h * w) / (ih * iw) if sizes else 0
-    except RecordingError:  # no hooks (TorchScript): no layer table
-        peak = 0
-    peak = (peak or 32 * x[0].numel()) * x.element_size()  # 32 x the input: a wide CNN's widest
-    budget = _CPU_BYTES if x.device.type == "cpu" else _DEVICE_BYTES
-    return int(max(1, min(_MAX_BATCH, budget // peak)))
 
 
 def _model_scores(subject: Subject, x: torch.Tensor, classes: torch.Tensor, softmax: bool, batch: int | None):

@@ -18,6 +18,7 @@ import math
 import torch
 
 from convscope.attribution.base import Method, register
+from convscope.attribution.batching import auto_batch
 from convscope.attribution.targets import Target
 from convscope.errors import UserInputError
 from convscope.imageops import gaussian_blur
@@ -30,8 +31,9 @@ class Occlusion(Method):
     """Options: ``window=32`` and ``stride=16`` (px, int or (h, w)); ``fill="gray"`` (mid-grey
     in pixel space, the paper's grey square), ``"zero"`` (0 in model-input space, Captum's
     baseline), ``"mean"`` (the image's mean colour), ``"blur"`` (a Gaussian-blurred copy,
-    sigma = window / 4) or ``"noise"`` (uniform noise, seeded); ``batch=32``. The map is signed:
-    positive where hiding the pixels lowers the score."""
+    sigma = window / 4) or ``"noise"`` (uniform noise, seeded); ``batch`` occluded copies per
+    forward pass (by default sized by memory: :func:`~convscope.attribution.batching.auto_batch`).
+    The map is signed: positive where hiding the pixels lowers the score."""
 
     name = "occlusion"
     takes = ("window", "stride", "batch", "fill", "seed")
@@ -41,7 +43,7 @@ class Occlusion(Method):
     def attribute(self, x, target):
         wh, ww = _pair(self.options.get("window", 32))
         sh, sw = _pair(self.options.get("stride", 16))
-        batch = int(self.options.get("batch", 32))
+        batch = auto_batch(self.subject, x, self.options.get("batch"))
         fill = self.options.get("fill", "gray")
         if fill not in FILLS:
             raise UserInputError(f"fill must be one of {', '.join(FILLS)}")
