@@ -103,6 +103,11 @@ def method_pairs(subject, args):
     cam_module = dict(m.named_modules())[layer]
     steps, samples = args.steps, args.samples
     win, stride = args.window, args.stride
+    # Perturbation methods: ours at its default batch (auto_batch, sized by memory), the peer at
+    # the same batch where it takes one (pytorch-grad-cam's Score-CAM has a fixed 16).
+    from convscope.attribution.batching import auto_batch
+
+    per = auto_batch(subject, torch.zeros(1, 3, *subject.input_size))
 
     def tgt(y):
         return Target("class", tuple(int(c) for c in y))
@@ -186,17 +191,17 @@ def method_pairs(subject, args):
             ex("deconvnet"),
             lambda x, y: ca.Deconvolution(twin).attribute(req(x), target=[int(c) for c in y]),
         ),
-        f"occlusion ({win} px / {stride}, 32 per eval)": (
+        f"occlusion ({win} px / {stride}, {per} per eval)": (
             C,
             True,
-            ex("occlusion", window=win, stride=stride, fill="zero", batch=32),
+            ex("occlusion", window=win, stride=stride, fill="zero"),
             lambda x, y: ca.Occlusion(m).attribute(
                 x,
                 sliding_window_shapes=(3, win, win),
                 strides=(3, stride, stride),
                 baselines=0,
                 target=[int(c) for c in y],
-                perturbations_per_eval=32,
+                perturbations_per_eval=per,
             ),
         ),
         "gradcam": (G, False, ex("gradcam", layer=layer), cam(gc.GradCAM)),
@@ -207,7 +212,7 @@ def method_pairs(subject, args):
         "eigencam": (G, False, ex("eigencam", layer=layer), cam(gc.EigenCAM)),
         "eigengradcam": (G, False, ex("eigengradcam", layer=layer), cam(gc.EigenGradCAM)),
         "fullgrad": (G, False, ex("fullgrad"), fullgrad),
-        "scorecam (batch 32)": (G, True, ex("scorecam", layer=layer, batch=32), cam(gc.ScoreCAM)),
+        f"scorecam ({per} per pass, theirs 16)": (G, True, ex("scorecam", layer=layer), cam(gc.ScoreCAM)),
         "ablationcam (batch 32)": (
             G,
             True,
@@ -220,7 +225,7 @@ def method_pairs(subject, args):
     # timed calls), the same seed and samples; TorchRay's rise on the same masks (made inside both)
     from convscope.attribution.blackbox import rise_masks, rise_upsample, superpixels
 
-    segs, bb_samples, bb_batch = args.segments, args.bb_samples, 16
+    segs, bb_samples, bb_batch = args.segments, args.bb_samples, per
 
     def captum_superpixel(cls):
         def run(x, y):
@@ -247,10 +252,10 @@ def method_pairs(subject, args):
 
         masks = rise_upsample(*rise_masks(n_masks, tuple(x.shape[2:]), cells, 0.5, 0), tuple(x.shape[2:]))
         with torch.no_grad():
-            sal = rise(m, x, filter_masks=masks[:, None], num_masks=n_masks, batch_size=32)
+            sal = rise(m, x, filter_masks=masks[:, None], num_masks=n_masks, batch_size=per)
         return sal[torch.arange(len(x)), torch.as_tensor(y)]
 
-    bb = dict(segments=segs, samples=bb_samples, batch=bb_batch, fill="zero", seed=0)
+    bb = dict(segments=segs, samples=bb_samples, fill="zero", seed=0)
     pairs[f"kernel_shap ({segs} superpixels, {bb_samples} samples)"] = (
         C,
         True,
@@ -263,10 +268,10 @@ def method_pairs(subject, args):
         ex("lime", **bb),
         captum_superpixel(ca.Lime),
     )
-    pairs[f"rise ({n_masks} masks, 7 cells, batch 32)"] = (
+    pairs[f"rise ({n_masks} masks, 7 cells, batch {per})"] = (
         "torchray",
         True,
-        ex("rise", masks=n_masks, cells=cells, p=0.5, batch=32, seed=0),
+        ex("rise", masks=n_masks, cells=cells, p=0.5, seed=0),
         torchray_rise,
     )
     return pairs
