@@ -42,7 +42,9 @@ class Activations:
     (image index in the source, y, x on the layer's grid) for each row, ``seen`` the positions
     offered to the reservoir (after per-image sub-sampling), ``grid`` the layer's (H, W),
     ``images`` the images read, ``skipped`` the (source index, reason) of each image that could
-    not be decoded and gave no rows (``len(skipped)`` of them)."""
+    not be decoded and gave no rows (``len(skipped)`` of them). ``predicted`` (only with
+    ``predict=True``): the model's top-1 class of every image read (source index -> class),
+    from the same forward pass."""
 
     layer: str
     x: torch.Tensor
@@ -51,6 +53,7 @@ class Activations:
     grid: tuple[int, int]
     images: int = 0
     skipped: list[tuple[int, str]] = field(default_factory=list)
+    predicted: dict[int, int] | None = None
 
 
 class Reservoir:
@@ -164,6 +167,7 @@ def collect_activations(
     checkpoint: str | Path | None = None,
     checkpoint_every: float = 30.0,
     resume: bool = False,
+    predict: bool = False,
 ) -> Activations:
     """Stream ``data`` through ``subject`` and keep a seeded uniform sample of ``layer``'s
     activations: each image gives ``per_image`` random positions of its grid (None: all), and
@@ -173,7 +177,9 @@ def collect_activations(
     device (move it with ``subject.to``). ``checkpoint``: a file the state is saved to every
     ``checkpoint_every`` seconds and at the end; ``resume=True`` continues from it (a missing
     file starts afresh; without ``resume`` an existing one is replaced). Images that cannot be
-    decoded are skipped and listed in the result. Returns :class:`Activations`."""
+    decoded are skipped and listed in the result. ``predict=True`` runs the whole forward pass
+    (not stopped at the layer) and keeps each image's top-1 class (``Activations.predicted``;
+    the rows drawn are the same). Returns :class:`Activations`."""
     names = subject.layers.select(layer)
     if len(names) != 1:
         raise UserInputError(f"activations are taken at one layer; {layer!r} names {len(names)}")
@@ -203,11 +209,13 @@ def collect_activations(
         "batch_size": int(batch_size),
         "indices": hashlib.sha1(json.dumps(order).encode()).hexdigest(),
         **accel.config(),
+        **({"predict": True} if predict else {}),  # absent otherwise: older checkpoints still resume
     }
     reservoir: Reservoir | None = None
     grid = (0, 0)
     position, images = 0, 0
     skipped: dict[int, str] = {}
+    predicted: dict[int, int] = {}
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if resume and ckpt is not None and ckpt.exists():
         advice = "start a new collection without resume"
@@ -228,6 +236,7 @@ def collect_activations(
         generator.set_state(saved["generator"])
         position, images = int(saved["position"]), int(saved["images"])
         skipped = {int(i): str(r) for i, r in saved["skipped"]}
+        predicted = {int(i): int(c) for i, c in saved.get("predicted", [])}
         grid = tuple(int(v) for v in saved["grid"])
         if saved["reservoir"] is not None:
             reservoir = Reservoir.from_dict(saved["reservoir"], max_samples, generator, keep_on)
@@ -242,6 +251,7 @@ def collect_activations(
             "position": position,
             "images": images,
             "skipped": [[i, r] for i, r in sorted(skipped.items())],
+            **({"predicted": [[i, c] for i, c in sorted(predicted.items())]} if predict else {}),
             "grid": list(grid),
             "generator": generator.get_state(),
             "reservoir": reservoir.to_dict() if reservoir is not None else None,
@@ -270,12 +280,17 @@ def collect_activations(
             raise UserInputError(f"{name}: non-finite activations (try full precision)")
 
     last_save = time.monotonic()
-    with prepared(subject.model, accel, device), Recorder(subject, [name], stop=True) as rec:
+    with prepared(subject.model, accel, device), Recorder(subject, [name], stop=not predict) as rec:
         for batch in batches:
             skipped.update((int(i), str(r)) for i, r in batch.skipped)
             if len(batch.indices):
                 with torch.inference_mode(), accel.autocast(device):
-                    subject(accel.inputs(batch.images, device))
+                    out = subject(accel.inputs(batch.images, device))
+                if predict:
+                    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+                        raise UserInputError(f"{subject.name}: predict needs (B, classes) logits as output")
+                    top = out.float().argmax(dim=1).cpu().tolist()
+                    predicted.update(zip(batch.indices.cpu().tolist(), top))
                 maps = as_maps(rec[name], name)
                 b, c, h, w = maps.shape
                 grid = (h, w)
@@ -307,4 +322,6 @@ def collect_activations(
     if reservoir is None or reservoir.seen == 0:
         raise UserInputError(f"no readable image in {getattr(source, 'description', 'the data')}")
     x, where = reservoir.rows()
-    return Activations(name, x, where, reservoir.seen, grid, images, sorted(skipped.items()))
+    return Activations(
+        name, x, where, reservoir.seen, grid, images, sorted(skipped.items()), predicted if predict else None
+    )

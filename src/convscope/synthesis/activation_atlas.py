@@ -3,8 +3,10 @@ spatial activation vectors over a dataset, laid out in 2-D and rendered cell by 
 
 1. Activation vectors are sampled at ``samples_per_image`` random positions of each image's
    grid, into a seeded reservoir of at most ``max_samples`` rows
-   (:func:`convscope.concepts.activations.collect_activations`, stopped at the layer).
-2. They are laid out in 2-D (:func:`convscope.represent.projection.project`: UMAP, t-SNE or PCA),
+   (:func:`convscope.concepts.activations.collect_activations`); the same forward pass gives
+   each image's top-1 class (one pass over the data in all).
+2. They are laid out in 2-D (:func:`convscope.represent.projection.project`: UMAP, t-SNE or PCA;
+   t-SNE's perplexity is min(30, (N - 1) / 3) for N vectors, so that a few vectors still lay out),
    the layout scaled to the unit square, and binned into a ``grid`` x ``grid`` grid: a point at
    (u, v) falls in column ``min(floor(u * grid), grid - 1)`` and row ``min(floor(v * grid), grid - 1)``.
 3. Each cell holding at least ``min_count`` vectors is drawn by feature visualisation of its mean
@@ -16,8 +18,8 @@ The top class of a cell: every vector is attributed to the class the model predi
 logit) for the whole image it was sampled from, and the cell's top class is the most frequent
 of its vectors' classes (ties: the smaller class index), with its share of the cell. This is a
 simplification of the paper, which attributes each vector to classes by the gradient of the
-logits with respect to it; the image's prediction needs one forward pass per image instead of a
-backward pass per class.
+logits with respect to it; the image's prediction comes free with the forward pass that samples
+the vectors instead of a backward pass per class.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from convscope.results import Result
 from convscope.subject import Subject
 
 Progress = Callable[[int, int, str], None]
-STAGES = ("activations", "predictions", "layout", "visualisation")
+STAGES = ("activations", "layout", "visualisation")
 CLASS_RULE = "predicted class of the image the vector came from"
 
 
@@ -140,8 +142,8 @@ def activation_atlas(
     ``min_count`` vectors are drawn as ``size`` px tiles optimised for ``steps`` steps, ``batch``
     cells per run (``options``: :func:`~convscope.synthesis.engine.optimize`'s other keywords,
     e.g. ``param``, ``lr``); ``top`` typical vectors are kept per cell. Everything is seeded by
-    ``seed``. ``progress(done, total, stage)``, stage one of :data:`STAGES` (images for the first
-    two, 1 for the layout, cells for the visualisation)."""
+    ``seed``. ``progress(done, total, stage)``, stage one of :data:`STAGES` (images for the
+    first, 1 for the layout, cells for the visualisation)."""
     from convscope.concepts.activations import as_source, collect_activations
     from convscope.represent.projection import project
     from convscope.synthesis.visualize import visualize_directions
@@ -171,14 +173,13 @@ def activation_atlas(
         workers=workers,
         accel=accel,
         progress=stage("activations"),
+        predict=True,  # the top classes from the same forward pass
     )
     x = acts.x.numpy().astype(np.float32)
     where = acts.where.numpy().astype(np.int64)
     if len(x) < 3:
         raise UserInputError(f"an activation atlas needs at least 3 vectors; {len(x)} were sampled")
-    image_class = predictions(
-        subject, source, np.unique(where[:, 0]), batch_size, workers, accel, stage("predictions")
-    )
+    image_class = acts.predicted or {}
     predicted = np.array([image_class.get(int(i), -1) for i in where[:, 0]], np.int64)
 
     tick = stage("layout")
@@ -304,37 +305,6 @@ def binning(points: np.ndarray, grid: int) -> np.ndarray:
     col = np.minimum(np.floor(points[:, 0] * grid), grid - 1).astype(np.int64)
     row = np.minimum(np.floor(points[:, 1] * grid), grid - 1).astype(np.int64)
     return np.stack([row, col], axis=1)
-
-
-def predictions(
-    subject: Subject, source, indices, batch_size: int, workers, accel, progress
-) -> dict[int, int]:
-    """The model's top-1 class of each image ``indices`` of ``source`` (index -> class); an
-    image that cannot be read now is left out."""
-    from convscope.accel import Accel, prepared
-    from convscope.inputs.batches import Batches
-    from convscope.inputs.workers import batch_bytes, resolve_workers
-
-    accel = Accel.of(accel, subject)
-    device = subject.device
-    workers = resolve_workers(workers, device, batch_bytes(batch_size, subject.input_size, accel.decode))
-    order = [int(i) for i in indices]
-    batches = Batches(
-        source, batch_size=batch_size, workers=workers, indices=order, decode=accel.decode, device=device
-    )
-    out: dict[int, int] = {}
-    done = 0
-    with prepared(subject.model, accel, device), torch.inference_mode():
-        for b in batches:
-            if len(b.indices):
-                with accel.autocast(device):
-                    logits = subject(accel.inputs(b.images, device))
-                top = logits.float().argmax(dim=1).cpu().tolist()
-                out.update(zip(b.indices.tolist(), top))
-            done = min(done + batch_size, len(order))
-            if progress:
-                progress(done, len(order))
-    return out
 
 
 __all__ = [
