@@ -22,6 +22,7 @@ from convscope.atlas import (
     empirical,
     evaluations,
     scans,
+    search,
     visuals,
 )
 from convscope.atlas.schema import has_table
@@ -410,3 +411,28 @@ class AtlasReader:
             return path if path.is_file() else None
         except (OSError, ValueError):
             return None
+
+    # -- search by label -----------------------------------------------------------------------
+    def search_units(self, query: str, page: int = 0, per_page: int = 50) -> tuple[list[dict], int]:
+        """One page of the units whose labels contain ``query`` (case-insensitive), best IoU
+        first, and the number of matches (:func:`convscope.atlas.search.search_units`)."""
+        return search.search_units(self.con(), query, page, per_page)
+
+    def search_unit_names(self, query: str, page: int = 0, per_page: int = 50) -> tuple[list[dict], int]:
+        """One page of the units whose name in the model contains ``query``, and the number of
+        matches (:func:`convscope.atlas.search.search_unit_names`)."""
+        return search.search_unit_names(self.con(), query, page, per_page)
+
+    def search_concepts(self, query: str, page: int = 0, per_page: int = 50) -> tuple[list[dict], int]:
+        """One page of the learned concepts whose label contains ``query``, best IoU first, and
+        the number of matches (:func:`convscope.atlas.search.search_concepts`); ``atlas_image``
+        as in :meth:`dictionary_topk`."""
+        rows, total = search.search_concepts(self.con(), query, page, per_page)
+        for r in rows:
+            found = None if r["image"] is None else self.image(r["image"])
+            r["atlas_image"] = r["image"] if found and found["name"] == r["image_name"] else None
+        return rows, total
+
+    def all_labels(self) -> list[dict]:
+        """Every stored label of units and concepts, alphabetically (for the static index)."""
+        return search.all_labels(self.con())

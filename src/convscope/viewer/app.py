@@ -38,6 +38,7 @@ from convscope.viewer.analysis import analyse_image
 from convscope.viewer.concepts import concept_cells, concept_view
 from convscope.viewer.evaluations import FILE_KINDS, evaluation_page, evaluation_view, evaluations_page
 from convscope.viewer.pictures import concept_topk, encode, rf_picture, thumbnail, unit_patch
+from convscope.viewer.search import search_page
 from convscope.viewer.security import (
     SecurityHeaders,
     announced_too_large,
@@ -348,6 +349,12 @@ def page_routes(st: ViewerState, links: pages.Links) -> APIRouter:
             picture=v["picture"],
             live=live,
         )
+
+    @r.get("/search", response_class=HTMLResponse)
+    def search(q: str | None = None, page: int = 0):
+        if page > MAX_PAGE:
+            raise HTTPException(400, f"page must be at most {MAX_PAGE}")
+        return search_page(st.reader, st.meta, q, page, links)
 
     @r.get("/evaluations", response_class=HTMLResponse)
     def evaluations():

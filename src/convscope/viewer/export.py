@@ -7,7 +7,7 @@ from pathlib import Path
 
 from convscope.inputs.fileio import save_image, write_text
 from convscope.viewer import activation_atlas as aa
-from convscope.viewer import pages
+from convscope.viewer import pages, search
 from convscope.viewer.concepts import concept_cells, concept_view
 from convscope.viewer.evaluations import evaluation_page, evaluation_view, evaluations_page
 from convscope.viewer.pictures import concept_topk, rf_picture, thumbnail, unit_patch
@@ -109,6 +109,9 @@ def export_html(
             )
             done += 1
             report(done, total)
+    exported = {(r["name"], u) for r in layers for u in range(min(units_per_layer, r["channels"]))}
+    labels = search.labels_page(meta, reader.all_labels(), links, lambda lay, u: (lay, u) in exported)
+    write_text(out / links.search(), labels)
     images |= export_concepts(reader, subject, source, out, meta, links)
     export_evaluations(reader, out, meta, links)
     aa.export_activation_atlases(reader, subject, source, out, meta, links)

@@ -81,6 +81,10 @@ class Links:
     def concept_picture(self, name: str, concept: int) -> str:
         return f"/img/concept/picture/{quote(name, safe='')}/{concept}"
 
+    def search(self) -> str:
+        """The search by label (the static site: its index of every label)."""
+        return "/search"
+
     # evaluations of attribution methods
     def evaluations(self) -> str:
         return "/evaluations"
@@ -150,6 +154,9 @@ class StaticLinks(Links):
     def concept_picture(self, name: str, concept: int) -> str:
         return f"img/concept_picture_{safe_name(name)}_{concept}.png"
 
+    def search(self) -> str:
+        return "labels.html"
+
     def evaluations(self) -> str:
         return "evaluations.html"
 
@@ -180,10 +187,20 @@ def page(title: str, body: str, links: Links, model: str = "") -> str:
             "<button>look at my image</button></form>"
         )
     )
+    # a GET form (the CSP forbids scripts); the static site cannot search: a link to its index
+    search = (
+        f"<a href='{links.search()}' id='labels-link'>labels</a>"
+        if links.static
+        else (
+            f"<form class='inline' method='get' action='{links.search()}' role='search'>"
+            "<input type='search' name='q' maxlength='100' size='16' placeholder='search labels' "
+            "aria-label='search labels' id='search-q'> <button>search</button></form> "
+        )
+    )
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)} - convscope"
         f"</title><style>{CSS}</style></head><body><header><a href='{links.home()}'>"
-        f"convscope</a> <span>{escape(model)}</span> {upload}</header><main><h1>{escape(title)}"
+        f"convscope</a> <span>{escape(model)}</span> {search}{upload}</header><main><h1>{escape(title)}"
         f"</h1>{body}</main></body></html>"
     )
 
