@@ -362,7 +362,7 @@ def test_explain_reports_progress_within_a_method(tiny_models, tmp_path, capsys,
                 "--window",
                 "8",
                 "--stride",
-                "2",
+                "1",  # 625 positions: more than one batch even at the tiny model's auto batch
                 "--out",
                 str(tmp_path / "e"),
             ]
@@ -385,7 +385,7 @@ def test_attribution_progress_callback(tiny_models):
     subject = tiny_subject(size=32)
     x = torch.rand(2, 3, 32, 32)
     for method, options in (
-        ("occlusion", {"window": 8, "stride": 2}),
+        ("occlusion", {"window": 8, "stride": 2, "batch": 16}),
         ("scorecam", {"batch": 4}),
         ("saliency", {}),
     ):
