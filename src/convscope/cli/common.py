@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Annotated
@@ -457,3 +458,29 @@ def writes_atlas(param: str):
         return run
 
     return wrap
+
+
+INTERRUPTED = 130  # the exit code of a command stopped by Ctrl-C (128 + SIGINT)
+
+
+@contextlib.contextmanager
+def resumable(out, *bars):
+    """Run a resumable command's work: the progress ``bars`` (anything with ``stop()``) are
+    stopped at the end; on Ctrl-C one line says how to continue the work in ``out`` and the
+    command exits with code 130."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        for bar in bars:  # first, so that no bar redraws over the line
+            bar.stop()
+        from rich.console import Console
+
+        Console(stderr=True).print(
+            f"interrupted; continue with the same command and --resume ({out})",
+            soft_wrap=True,
+            highlight=False,
+        )
+        raise typer.Exit(INTERRUPTED) from None
+    finally:
+        for bar in bars:
+            bar.stop()

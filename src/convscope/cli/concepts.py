@@ -24,6 +24,7 @@ from convscope.cli.common import (
     one_layer,
     open_data,
     progress_bar,
+    resumable,
     writes_atlas,
 )
 
@@ -101,7 +102,7 @@ def concepts(
     subject = load_subject(model, weights, arch, device)
     source = open_data(data, subject.transform)
     bar, progress = progress_bar("concepts", None, console, unit="img")
-    try:
+    with resumable(out, bar):
         built = concepts_to_atlas(
             out,
             subject,
@@ -125,12 +126,6 @@ def concepts(
             **({"clip": True} if clip else {}),
             **sae,
         )
-    except KeyboardInterrupt:
-        bar.stop()
-        console.print(f"interrupted; continue with the same command and --resume (atlas {out})")
-        raise typer.Exit(130) from None
-    finally:
-        bar.stop()
     o = Console()
     o.print(built.headline(), soft_wrap=True)
     if built.reused:

@@ -35,6 +35,7 @@ from convscope.cli.common import (
     one_layer,
     open_data,
     progress_bar,
+    resumable,
     target_spec,
     writes_atlas,
 )
@@ -174,7 +175,7 @@ def evaluate(
         cells=cells, segments=segments, composite=composite, fill=fill, samples=samples,
     )  # fmt: skip
     bar, progress = progress_bar("evaluating", None, console, unit="maps")
-    try:
+    with resumable(out, bar):
         built = evaluate_to_atlas(
             subject,
             source,
@@ -192,12 +193,6 @@ def evaluate(
             metric_options=metric_options,
             chunk=chunk,
         )
-    except KeyboardInterrupt:
-        bar.stop()
-        console.print(f"interrupted; continue with the same command and --resume (atlas {out})")
-        raise typer.Exit(130) from None
-    finally:
-        bar.stop()
     o = Console()
     ev = built.evaluation
     table = Table(title=ev.headline(), title_justify="left")

@@ -23,6 +23,7 @@ from convscope.cli.common import (
     load_subject,
     open_data,
     progress_bar,
+    resumable,
 )
 
 
@@ -79,7 +80,7 @@ def microscope(
     subject = load_subject(model, weights, arch, device)
     source = open_data(data, subject.transform)
     bars = _StageBars(console)
-    try:
+    with resumable(out, bars):
         built = microscope_to_atlas(
             subject,
             source,
@@ -96,12 +97,6 @@ def microscope(
             options={"visuals": {"steps": steps}},
             progress=bars.update,
         )
-    except KeyboardInterrupt:
-        bars.stop()
-        console.print(f"interrupted; continue with the same command and --resume (atlas {out})")
-        raise typer.Exit(130) from None
-    finally:
-        bars.stop()
     o = Console()
     if plan:
         table = Table(

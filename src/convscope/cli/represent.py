@@ -29,6 +29,7 @@ from convscope.cli.common import (
     one_layer,
     open_data,
     progress_bar,
+    resumable,
     writes_atlas,
 )
 
@@ -80,7 +81,7 @@ def features(
     source = open_data(data, subject.transform)
     run = resolve_engine(engine, address=address, workers=ray_workers, device=device)
     bar, progress = progress_bar("features", len(source), console, unit="img")
-    try:
+    with resumable(out, bar):
         fs = features_to_atlas(
             subject,
             source,
@@ -95,12 +96,6 @@ def features(
             workers=workers,
             accel=accel,
         )
-    except KeyboardInterrupt:
-        bar.stop()
-        console.print(f"interrupted; continue with the same command and --resume ({out})")
-        raise typer.Exit(130) from None
-    finally:
-        bar.stop()
     o = Console()
     for n in fs.layers:
         o.print(f"{n}: {fs.features[n].shape[1]}-d {pooling} features of {int(fs.valid.sum())} images")

@@ -29,6 +29,7 @@ from convscope.cli.common import (
     make_accel,
     open_data,
     progress_bar,
+    resumable,
     writes_atlas,
 )
 from convscope.scan.result import SaturationWarning
@@ -90,31 +91,27 @@ def scan(
     quiet.__enter__()
     warnings.simplefilter("ignore", SaturationWarning)
     try:
-        atlas, result = scan_to_atlas(
-            subject,
-            source,
-            out,
-            layers,
-            engine=run,
-            resume=resume,
-            overwrite=overwrite,
-            progress=progress,
-            k=k,
-            criteria=crits,
-            directions=directions,
-            seed=seed,
-            batch_size=batch_size,
-            threshold_sample=threshold_sample,
-            accel=accel,
-            workers=workers,
-            checkpoint_every=checkpoint_every,
-        )
-    except KeyboardInterrupt:
-        bar.stop()
-        console.print(f"interrupted; continue with the same command and --resume (atlas {out})")
-        raise typer.Exit(130) from None
+        with resumable(out, bar):
+            atlas, result = scan_to_atlas(
+                subject,
+                source,
+                out,
+                layers,
+                engine=run,
+                resume=resume,
+                overwrite=overwrite,
+                progress=progress,
+                k=k,
+                criteria=crits,
+                directions=directions,
+                seed=seed,
+                batch_size=batch_size,
+                threshold_sample=threshold_sample,
+                accel=accel,
+                workers=workers,
+                checkpoint_every=checkpoint_every,
+            )
     finally:
-        bar.stop()
         quiet.__exit__(None, None, None)
     rendered = render_layers(atlas, subject, source, result, render)
     o = Console()

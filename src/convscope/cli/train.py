@@ -19,6 +19,7 @@ from convscope.cli.common import (
     WeightsOpt,
     load_subject,
     progress_bar,
+    resumable,
 )
 
 TRAIN_DATA = "../shared/data/cifar10-jpg.tar.gz"
@@ -75,7 +76,7 @@ def train(
     from convscope.train.workflow import train_run
 
     bar, progress = _bar("training")
-    try:
+    with resumable(out, bar):
         done = train_run(
             data_arg or data,
             out,
@@ -100,12 +101,6 @@ def train(
             seed=seed,
             progress=progress,
         )
-    except KeyboardInterrupt:
-        bar.stop()
-        Console(stderr=True).print(f"interrupted; continue with the same command and --resume ({out})")
-        raise typer.Exit(130) from None
-    finally:
-        bar.stop()
     f = done.result.final
     Console().print(
         f"{done.train_images} train / {done.test_images} test images, {epochs} epochs: test accuracy "
