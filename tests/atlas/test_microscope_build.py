@@ -97,6 +97,7 @@ def test_every_stage_runs_and_is_recorded(whole):
     assert rows["visuals"]["settings"]["units"] == 4 and rows["scan"]["settings"]["k"] == 3
     for stage in NO_CONCEPTS:  # each stage's bar starts with (0, 0, stage)
         assert stage in notes
+    assert "visuals: conv2" in notes and "rf: conv2" in notes  # the layer being worked on
     atlas = Atlas.open(out, readonly=True)
     assert atlas.visual_units("conv2") == {0, 1, 2, 3}
     assert {r["unit"] for r in atlas.empirical_rfs("conv2")} == set(rf_units(16, 2, 0, "conv2"))
@@ -111,7 +112,7 @@ def test_a_killed_run_resumes_to_the_same_atlas(whole, subject, folder, tmp_path
     out = tmp_path / "a"
 
     def kill(done, total, note=None):
-        if note == "visuals" and done > 4:  # inside the second stored batch of the visuals
+        if note == "visuals: conv2" and done > 4:  # inside the second stored batch of the visuals
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
@@ -162,6 +163,33 @@ def test_a_failing_stage_is_recorded_and_stops_the_run(subject, folder, tmp_path
     assert rows["rf"]["status"] == "failed" and "fill must be one of" in rows["rf"]["error"]
     assert "\n" not in rows["rf"]["error"]
     assert rows["activation_atlas"]["status"] == "pending"  # never started
+
+
+def test_units_per_layer_for_the_visuals(subject, folder, tmp_path):
+    out = tmp_path / "a"
+    units = {"conv1": [6, 1], "conv2": rf_units(16, 3, 5, "conv2")}  # a seeded sample, unsorted
+    kw = {"layers": ["conv1", "conv2"], "stages": ["visuals"], "options": FAST, "units": units}
+    built = microscope_to_atlas(subject, folder, out, plan_only=True, **kw)
+    assert next(p for p in built.plan if p.name == "visuals").note == "10 images x 3 steps"
+    built = microscope_to_atlas(subject, folder, out, **kw)
+    atlas = Atlas.open(out, readonly=True)
+    assert atlas.visual_units("conv1") == {1, 6} and atlas.visual_units("conv2") == set(units["conv2"])
+    (row,) = atlas.stages()
+    assert row["settings"]["units"] == {"conv1": [1, 6], "conv2": sorted(units["conv2"])}
+    again = microscope_to_atlas(subject, folder, out, resume=True, **kw)  # the same dict: done
+    assert [p.action for p in again.plan] == ["skip"] and again.ran == []
+    with pytest.raises(AtlasConflictError, match="units"):  # another sample: refused by name
+        other = {"conv1": [1], "conv2": [0]}
+        microscope_to_atlas(subject, folder, out, resume=True, **{**kw, "units": other})
+    for bad, message in (
+        ({"conv2": [0]}, "missing: conv1"),
+        ({"conv1": [0], "conv2": [0], "fc": [1]}, "not chosen: fc"),
+        ({"conv1": [0], "conv2": [16]}, "units 0..15"),
+        ({"conv1": ["x"], "conv2": [0]}, "lists of unit numbers"),
+    ):
+        with pytest.raises(UserInputError, match=message):
+            microscope_to_atlas(subject, folder, tmp_path / "b", **{**kw, "units": bad})
+    assert not (tmp_path / "b").exists()
 
 
 def test_concepts_stage(subject, folder, tmp_path):

@@ -33,7 +33,7 @@ def tiles(atlas: Atlas, layer: str = "conv2") -> dict[str, bytes]:
 def test_stored_and_read_back(subject, tmp_path):
     seen = []
     built = visuals_to_atlas(
-        subject, tmp_path / "a", "conv2", 3, progress=lambda d, t: seen.append((d, t)), **OPTS
+        subject, tmp_path / "a", "conv2", 3, progress=lambda d, t, note=None: seen.append((d, t)), **OPTS
     )
     atlas = built.atlas
     assert built.made == {"conv2": 3} and seen[-1] == (12, 12)
@@ -91,6 +91,28 @@ def test_resume_with_other_settings_is_refused_by_name_and_overwrite_replaces(su
         visuals_to_atlas(subject, atlas.path, "conv2", 2, resume=True, **{**OPTS, "diversity": 0})
     visuals_to_atlas(subject, atlas.path, "conv2", 1, overwrite=True, **{**OPTS, "diversity": 0})
     assert atlas.visual_units("conv2") == {0} and len(tiles(atlas)) == 2
+
+
+def test_units_per_layer_and_progress_names_the_layer(subject, tmp_path):
+    notes = []
+    built = visuals_to_atlas(
+        subject, tmp_path / "a", ["conv1", "conv2"], {"conv1": [5, 2], "conv2": [7]},
+        progress=lambda d, t, note=None: notes.append((d, t, note)), **{**OPTS, "diversity": 0},
+    )  # fmt: skip
+    atlas = built.atlas
+    assert atlas.visual_units("conv1") == {2, 5} and atlas.visual_units("conv2") == {7}
+    assert built.made == {"conv1": 2, "conv2": 1}
+    assert notes[0] == (0, 6, None) and notes[-1] == (6, 6, "conv2")
+    named = [note for _, _, note in notes[1:]]
+    assert set(named) == {"conv1", "conv2"} and named == sorted(named)  # conv1's images first
+    for units, message in (
+        ({"conv2": [7]}, "missing: conv1"),
+        ({"conv1": [1], "conv2": [7], "fc": [0]}, "not chosen: fc"),
+        ({"conv1": [8], "conv2": [7]}, "units 0..7"),
+    ):
+        with pytest.raises(UserInputError, match=message):
+            visuals_to_atlas(subject, tmp_path / "b", ["conv1", "conv2"], units, **OPTS)
+    assert not (tmp_path / "b").exists()
 
 
 def test_refused_before_writing(subject, tmp_path):

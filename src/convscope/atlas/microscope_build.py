@@ -110,7 +110,7 @@ def microscope_to_atlas(
     out: str | Path,
     *,
     layers: LayerSpec = "stages",
-    units: str | int = "all",
+    units: str | int | Mapping[str, Sequence[int]] = "all",
     stages: Sequence[str] | None = None,
     concepts: str | None = None,
     broden: str | Path | None = None,
@@ -125,17 +125,20 @@ def microscope_to_atlas(
     """Build the microscope of ``layers`` (any layer spec) of ``subject`` over the images
     ``data`` (an image source, folder, archive...) in the atlas ``out``: the ``stages`` (None:
     every one this build has; ``concepts`` only with ``concepts="METHOD:N"``), each recorded in
-    the atlas's stages table as it starts, ends or fails. ``units``: ``"all"`` or the first N
-    units of each layer for the visualisations (the scan and dissection take every unit, the
-    receptive fields a seeded sample); ``broden``: a Broden-format folder dissected beside the
-    colour names; ``options``: per stage, keywords for its writer over :data:`DEFAULTS`, and
-    ``layers``: that stage's own layer spec instead of ``layers``.
+    the atlas's stages table as it starts, ends or fails. ``units``: the units of each layer
+    the visualisations are made of: ``"all"``, the first N, or a dict ``{layer: [units]}`` naming
+    every layer of the visuals stage (e.g. a seeded sample, :func:`rf_units`); the scan and
+    dissection take every unit, the receptive fields a seeded sample; ``broden``: a
+    Broden-format folder dissected beside the colour names; ``options``: per stage, keywords
+    for its writer over :data:`DEFAULTS`, and ``layers``: that stage's own layer spec instead of
+    ``layers``.
 
     A stage the atlas already records is refused unless ``resume`` (done: skipped, with the
     same settings; killed or failed: continued) or ``overwrite`` (run again, replacing its
     output). ``plan_only``: measure a short probe (a scan of a few images, a few optimisation
     steps of a batch of units) and return the plan with an estimate per stage, writing nothing.
-    ``progress(done, total, note)``: ``note`` starts with the stage's name; each stage starts with
+    ``progress(done, total, note)``: ``note`` starts with the stage's name, then the layer being
+    worked on where the stage tells it (``"visuals: blocks.4"``); each stage starts with
     ``(0, 0, stage)``. A failing stage is recorded (failed, its one-line error) and raises
     :class:`MicroscopeStageError`; the stages done stay. Unknown stages, layers, options and a
     stage that needs a missing one fail before anything is written."""
@@ -157,6 +160,10 @@ def microscope_to_atlas(
     for stage, own in (options or {}).items():  # a stage's own layers (a spec, resolved once)
         if "layers" in own:
             settings[stage]["layers"] = image_layers(subject, own["layers"], "microscope")
+    if "visuals" in chosen:  # a units dict naming other layers or units fails here, not mid-run
+        from convscope.atlas.visuals_build import chosen_units
+
+        chosen_units(subject, settings["visuals"]["layers"], settings["visuals"]["units"])
     if broden is not None and not Path(broden).is_dir():
         raise UserInputError(f"--broden {broden} is not a folder")
     out = Path(out)
@@ -221,8 +228,13 @@ def _settings(names, units, concepts, broden, seed, options, chosen) -> dict[str
     unknown = sorted(set(options) - set(STAGES))
     if unknown:
         raise UserInputError(f"options for unknown stage(s) {unknown}; the stages are {', '.join(STAGES)}")
-    if not (units == "all" or (isinstance(units, int) and units >= 1)):
-        raise UserInputError(f"units is 'all' or a number >= 1, not {units!r}")
+    if isinstance(units, Mapping):  # JSON-able and the same on every run: sorted, distinct
+        try:
+            units = {str(k): sorted({int(u) for u in v}) for k, v in units.items()}
+        except (TypeError, ValueError):
+            raise UserInputError(f"units per layer are lists of unit numbers, not {units!r}") from None
+    elif isinstance(units, bool) or not (units == "all" or (isinstance(units, int) and units >= 1)):
+        raise UserInputError(f"units is 'all', a number >= 1 or a dict {{layer: [units]}}, not {units!r}")
     out = {}
     for stage in STAGES:
         s = {"layers": list(names), "seed": seed, **DEFAULTS[stage], **dict(options.get(stage, {}))}
@@ -455,6 +467,8 @@ def _stage_estimate(stage, s, names, subject, n, per_image, per_step, side):
 
 def _layer_units(subject, name: str, units) -> int:
     n = subject.layer(name).units or 0
+    if isinstance(units, dict):
+        return len(units.get(name, ()))
     return n if units == "all" else min(int(units), n)
 
 

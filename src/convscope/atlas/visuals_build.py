@@ -5,7 +5,7 @@ that a killed run resumes at the next batch and gives the same tiles as an unint
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +39,7 @@ def visuals_to_atlas(
     subject: Subject,
     out: str | Path | Atlas,
     layers: LayerSpec,
-    units: str | int | Sequence[int] = "all",
+    units: str | int | Sequence[int] | Mapping[str, Sequence[int]] = "all",
     *,
     kinds: Sequence[str] = ("positive", "negative"),
     diversity: int = 0,
@@ -50,29 +50,32 @@ def visuals_to_atlas(
     batch: int | None = None,
     resume: bool = False,
     overwrite: bool = False,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[..., None] | None = None,
     **options,
 ) -> VisualsBuilt:
-    """Store feature visualisations of ``units`` (``"all"``, the first N, or a list) of each of
-    ``layers`` (any layer spec) of ``subject`` in the atlas ``out`` (an atlas of this model, or a
-    new one), holding its writer lock throughout: per unit the ``kinds`` and ``diversity``
-    images of :func:`~convscope.synthesis.layer_visuals.visualize_layer` (``param``, ``steps``,
-    ``size``, ``seed``, ``options`` its settings), written batch by batch (``batch`` images per
-    stored batch; None: 256 on a GPU, 32 on a CPU, halved inside on out-of-memory).
+    """Store feature visualisations of ``units`` (``"all"``, the first N, a list, or a dict
+    ``{layer: [units]}`` naming every chosen layer) of each of ``layers`` (any layer spec) of
+    ``subject`` in the atlas ``out`` (an atlas of this model, or a new one), holding its writer
+    lock throughout: per unit the ``kinds`` and ``diversity`` images of
+    :func:`~convscope.synthesis.layer_visuals.visualize_layer` (``param``, ``steps``, ``size``,
+    ``seed``, ``options`` its settings), written batch by batch (``batch`` images per stored
+    batch; None: 256 on a GPU, 32 on a CPU, halved inside on out-of-memory).
 
     A layer that already has visuals is refused unless ``resume`` (its stored units are kept,
     the missing ones made; other settings than it was made with are refused, naming each) or
-    ``overwrite`` (removed first). ``progress(done, total)`` counts images over all layers,
-    the kept ones counted done at the start. Unknown layers, kinds or units fail before anything
-    is written."""
+    ``overwrite`` (removed first). ``progress(done, total, layer)`` counts images over all layers,
+    the kept ones counted done at the start (that first call without a layer); ``layer`` names the
+    layer being made. Unknown layers, kinds or units fail before anything is written."""
     from convscope.synthesis.layer_visuals import run_settings, slots_for, visualize_layer
 
     names = image_layers(subject, layers, "visuals")
     slots = slots_for(kinds, diversity)
-    chosen = {name: _units(subject, name, units) for name in names}
+    chosen = chosen_units(subject, names, units)
     wanted = {
         **run_settings(param, steps, size, seed, options.pop("diversity_weight", 100.0), options),
         "slots": [list(s) for s in slots],
+        # MaCo's tiles carry its transparency map as their alpha channel (RGBA PNGs)
+        **({"alpha": True} if param == "maco" else {}),
     }
     weight = wanted["diversity_weight"]
     path = out.path if isinstance(out, Atlas) else Path(out)
@@ -97,7 +100,7 @@ def visuals_to_atlas(
             built.reused[name] = len(chosen[name]) - len(todo[name])
         total = sum(len(chosen[n]) for n in names) * len(slots)
         done = sum(built.reused.values()) * len(slots)
-        report = progress or (lambda d, t: None)
+        report = progress or (lambda d, t, note=None: None)
         report(done, total)
         per = max(1, (batch or STORE_BATCH.get(subject.device.type, STORE_BATCH["cpu"])) // len(slots))
         for name in names:
@@ -106,8 +109,8 @@ def visuals_to_atlas(
                 part = todo[name][start : start + per]
                 base = done
 
-                def step(d, t, base=base):
-                    report(base + d, total)
+                def step(d, t, base=base, name=name):
+                    report(base + d, total, name)
 
                 result = visualize_layer(
                     subject, name, part, kinds=kinds, diversity=diversity, diversity_weight=weight,
@@ -116,8 +119,25 @@ def visuals_to_atlas(
                 store.write_visuals(result, wanted)
                 done = base + len(part) * len(slots)
                 built.made[name] += len(part)
-                report(done, total)
+                report(done, total, name)
     return built
+
+
+def chosen_units(subject: Subject, names: Sequence[str], units) -> dict[str, list[int]]:
+    """The sorted units to visualise of each layer of ``names`` (resolved layer names):
+    ``units`` is ``"all"``, the first N, a list (the same for every layer) or a dict
+    ``{layer: "all" | N | [units]}`` naming exactly ``names``. UserInputError otherwise."""
+    if isinstance(units, Mapping):
+        extra = sorted(set(units) - set(names))
+        lacking = [name for name in names if name not in units]
+        if extra or lacking:
+            raise UserInputError(
+                f"units per layer must name exactly the layers {', '.join(names)}"
+                + (f"; not chosen: {', '.join(extra)}" if extra else "")
+                + (f"; missing: {', '.join(lacking)}" if lacking else "")
+            )
+        return {name: _units(subject, name, units[name]) for name in names}
+    return {name: _units(subject, name, units) for name in names}
 
 
 def _units(subject: Subject, layer: str, units) -> list[int]:
@@ -147,4 +167,4 @@ def _check_settings(stored: dict, wanted: dict, layer: str) -> None:
         )
 
 
-__all__ = ["VisualsBuilt", "visuals_to_atlas"]
+__all__ = ["VisualsBuilt", "chosen_units", "visuals_to_atlas"]
