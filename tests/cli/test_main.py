@@ -83,6 +83,15 @@ def test_demo_writes_results(tmp_path, capsys):
     assert atlas.topk("classifier", 967).names[0].startswith("coffee")
     assert (out / "atlas" / "render" / "classifier" / "unit0285_max.png").exists()
     assert len(list((out / "atlas" / "render").rglob("direction*_max.png"))) == 6
+    # the small microscope: its stages recorded, and the activation atlas of blocks.4 stored
+    assert [(s["name"], s["status"]) for s in atlas.stages()] == [
+        ("scan", "done"),
+        ("visuals", "done"),
+        ("activation_atlas", "done"),
+    ]
+    (aa,) = atlas.activation_atlases()
+    assert (aa["layer"], aa["grid"], aa["samples"]) == ("blocks.4", 6, 4 * 108) and aa["cells"] >= 10
+    assert Image.open(atlas.activation_atlas_file("blocks.4", "image")).width == 6 * 48
     # eight NMF concepts of the last stage, scanned, weighed and drawn
     (concepts,) = atlas.dictionaries()
     assert (concepts["name"], concepts["n"], concepts["scanned"], concepts["importance"]) == (

@@ -28,10 +28,11 @@ from convscope.subject import Subject
 Progress = Callable[[str], None]
 DEMO_CONCEPT_STEPS = 12  # optimisation steps of each concept's picture: seconds on a CPU
 # the demo's small microscope: stored feature visualisations (positive, 64 px) of the first
-# units of the two middle stages, on a short budget; an activation atlas (two more passes over
-# the 108 images) is left to `convscope microscope`
+# units of the two middle stages, on a short budget, and the activation atlas of the second
+# (one more pass over the 108 images; a 6 x 6 grid of 48 px cells, 24 steps each)
 DEMO_VISUAL_UNITS = 4
 DEMO_VISUAL_STEPS = 24
+DEMO_ATLAS = {"grid": 6, "samples_per_image": 4, "steps": 24, "size": 48, "layout": "tsne"}
 
 
 @dataclass
@@ -379,8 +380,8 @@ def best_labels(labels, n: int = 2) -> list:
 
 
 def _demo_scan(subject: Subject, where: Path, seed: int, result: DemoResult, step: Progress):
-    """A small microscope of the bundled photos and their crops (scan and stored feature
-    visualisations, recorded as stages in the atlas); render a few units,
+    """A small microscope of the bundled photos and their crops (scan, stored feature
+    visualisations and an activation atlas, recorded as stages in the atlas); render a few units,
     the cat and espresso logits and two random directions."""
     from convscope.atlas import Atlas, render_units
     from convscope.atlas.build import model_spec
@@ -408,12 +409,13 @@ def _demo_scan(subject: Subject, where: Path, seed: int, result: DemoResult, ste
         where,
         layers=layers,
         units=DEMO_VISUAL_UNITS,
-        stages=["scan", "visuals"],
+        stages=["scan", "visuals", "activation_atlas"],
         overwrite=again,  # the demo's own stages, redone with the demo
         seed=seed,
         options={
             "scan": {"k": 8, "directions": 4, "batch_size": 16, "threshold_sample": 32},
             "visuals": {"layers": layers[:2], "kinds": ["positive"], "steps": DEMO_VISUAL_STEPS, "size": 64},
+            "activation_atlas": {"layers": layers[1:2], **DEMO_ATLAS},
         },
         progress=stage,
     )
@@ -423,6 +425,7 @@ def _demo_scan(subject: Subject, where: Path, seed: int, result: DemoResult, ste
         for unit in sorted(atlas.visual_units(layer)):
             tile = atlas.visual_tile(layer, unit, "positive")
             result.files[f"feature visualisation, {layer} unit {unit}"] = tile
+    result.files[f"activation atlas, {layers[1]}"] = atlas.activation_atlas_file(layers[1], "image")
     step("top-K grids")
     for layer in layers[:-1]:
         for path in render_units(atlas, subject, source, layer, [0, 1, 2], ["max"]):
