@@ -109,3 +109,22 @@ def test_refusals(subject):
         visualize_layer(subject, "conv2", [0], diversity=1)
     with pytest.raises(UserInputError, match="nothing to visualise"):
         visualize_layer(subject, "conv2", [0], kinds=())
+
+
+def test_maco_keeps_each_images_transparency_and_saves_it(subject, tmp_path):
+    opts = {"size": 48, "steps": 4, "seed": 1}
+    vis = visualize_layer(subject, "conv2", [1, 4], param="maco", **opts)
+    assert vis.alpha.shape == (2, 2, 48, 48) and vis.alpha.dtype == np.float32
+    assert vis.alpha.min() >= 0 and vis.alpha.max() == 1 and vis.alpha.std() > 0.05
+    # each image's own map: the same whatever batch it ran in
+    alone = visualize_layer(subject, "conv2", [4], kinds=("negative",), param="maco", batch=1, **opts)
+    np.testing.assert_allclose(alone.alpha[0, 0], vis.alpha[1, 1], atol=1e-3)
+    assert not np.allclose(vis.alpha[0, 0], vis.alpha[1, 0], atol=0.05)
+    back = LayerVisuals.load(vis.save(tmp_path / "maco.npz"))
+    np.testing.assert_array_equal(back.alpha, vis.alpha)
+    # the picture: each image followed by itself through its transparency, on white
+    pic = np.asarray(vis.to_image(cell=48).convert("RGB"))
+    assert pic.shape[1] > 4 * 48
+    fft = visualize_layer(subject, "conv2", [1], steps=2, size=32)
+    assert fft.alpha is None and LayerVisuals.load(fft.save(tmp_path / "fft.npz")).alpha is None
+    assert fft.to_image(cell=48).width < vis.to_image(cell=48).width

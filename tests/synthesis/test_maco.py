@@ -139,3 +139,22 @@ def test_batch_equals_one_at_a_time_and_seeds_repeat(subject, tmp_path):
     assert pic.width > 3 * CANVAS  # each image beside its transparency-weighted copy
     back = Synthesis.load(together.save(tmp_path / "maco.npz"))
     np.testing.assert_array_equal(back.transparency, together.transparency)
+
+
+def test_transparency_normalised_per_map_by_its_percentile():
+    from convscope.synthesis.maco import ALPHA_PERCENTILE, normalize_transparency
+
+    rng = np.random.default_rng(0)
+    raw = rng.exponential(1.0, (2, 3, 16, 16)) * np.array([1.0, 1e-6, 1e4])[None, :, None, None]
+    alpha = normalize_transparency(raw)
+    assert alpha.shape == raw.shape and alpha.dtype == np.float32
+    assert alpha.min() >= 0 and alpha.max() == 1
+    for i in range(2):
+        for j in range(3):  # each map on its own scale: the top fifth opaque, the rest in proportion
+            high = np.percentile(raw[i, j], ALPHA_PERCENTILE)
+            np.testing.assert_allclose(alpha[i, j], np.minimum(raw[i, j] / high, 1), rtol=1e-5)
+            assert np.mean(alpha[i, j] == 1) == pytest.approx(1 - ALPHA_PERCENTILE / 100, abs=0.01)
+    sparse = np.zeros((8, 8))
+    sparse[3, 4], sparse[5, 5] = 2.0, 1.0  # zero at the percentile: scaled by its maximum
+    np.testing.assert_allclose(normalize_transparency(sparse), sparse / 2)
+    assert not normalize_transparency(np.zeros((4, 4))).any()

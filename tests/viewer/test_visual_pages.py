@@ -125,3 +125,58 @@ def test_static_export_holds_the_visuals(stored, tmp_path):
     assert tile.read_bytes() == Atlas(stored).visual_tile(LAYER, 1, "diversity", 1).read_bytes()
     layer = (site / "layer_blocks_4_0.html").read_text()
     assert "id='show-fv'" in layer and layer.count("src='img/visual_blocks_4_") == 2  # units 0, 1 exported
+
+
+@pytest.fixture(scope="module")
+def maco(viewer_atlas, tmp_path_factory):
+    """A copy of the viewer's atlas with MaCo visuals of units 0-2 of blocks.4: RGBA tiles whose
+    alpha is a made-up transparency map (a bright centre fading out)."""
+    path = tmp_path_factory.mktemp("maco") / "atlas"
+    shutil.copytree(viewer_atlas, path)
+    slots = slots_for(("positive",), 0)
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (len(UNITS), 1, 24, 24, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[:24, :24]
+    alpha = np.broadcast_to(np.exp(-((yy - 12) ** 2 + (xx - 12) ** 2) / 40.0), (len(UNITS), 1, 24, 24))
+    objectives = np.array([[1.0 + u] for u in UNITS], np.float32)
+    settings = {"param": "maco", "steps": 64, "size": 24, "seed": 0, "alpha": True}
+    visuals = LayerVisuals(LAYER, np.array(UNITS), slots, images, objectives, alpha=alpha.astype(np.float32))
+    Atlas.open(path).write_visuals(visuals, settings)
+    return path
+
+
+def test_maco_tiles_shown_through_their_transparency_and_opaque(maco, stored, no_optimising):
+    import io
+
+    from PIL import Image
+
+    c = TestClient(create_app(maco), base_url="http://127.0.0.1")
+    html = c.get(f"/unit/{LAYER}/1").text
+    assert f"class='alpha' src='/img/visual/{LAYER}/1/positive/0'" in html
+    assert f"class='opaque' src='/img/visual/{LAYER}/1/positive/0?opaque=1'" in html
+    assert "id='fv-alpha' checked" in html and "id='fv-opaque'" in html and "<script" not in html
+    assert "repeating-conic-gradient" in html  # the checkerboard behind the transparent tiles
+    tile = Image.open(io.BytesIO(c.get(f"/img/visual/{LAYER}/1/positive/0").content))
+    flat = Image.open(io.BytesIO(c.get(f"/img/visual/{LAYER}/1/positive/0?opaque=1").content))
+    assert tile.mode == "RGBA" and flat.mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(flat), np.asarray(tile)[..., :3])
+    assert np.ptp(np.asarray(tile)[..., 3]) > 200  # the transparency came through
+    # RGB tiles (fft): one image per cell, no toggle
+    plain = TestClient(create_app(stored), base_url="http://127.0.0.1").get(f"/unit/{LAYER}/1").text
+    assert "id='fv-alpha'" not in plain and "class='alpha'" not in plain
+
+
+def test_static_export_holds_the_opaque_maco_tiles(maco, tmp_path):
+    from PIL import Image
+
+    from convscope.viewer.export import export_html
+
+    export_html(maco, tmp_path / "site", units_per_layer=2)
+    site = tmp_path / "site"
+    unit = (site / "unit_blocks_4_1.html").read_text()
+    assert "src='img/visual_blocks_4_1_positive0.png'" in unit
+    assert "src='img/visual_blocks_4_1_positive0_opaque.png'" in unit
+    tile = Image.open(site / "img" / "visual_blocks_4_1_positive0.png")
+    flat = Image.open(site / "img" / "visual_blocks_4_1_positive0_opaque.png")
+    assert tile.mode == "RGBA" and flat.mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(flat), np.asarray(tile)[..., :3])

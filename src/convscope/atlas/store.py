@@ -629,20 +629,26 @@ class Atlas(AtlasPaths):
     # -- stored feature visualisations ----------------------------------------------------------
     def write_visuals(self, result, settings: dict) -> list[Path]:
         """Store a :class:`~convscope.synthesis.layer_visuals.LayerVisuals` (one batch of a
-        layer's units): each image as :meth:`visual_tile` (PNG, atomically), then their rows and
-        the layer's ``settings`` (JSON-able: what a resumed build must match) in one
+        layer's units): each image as :meth:`visual_tile` (PNG, atomically; RGBA when the
+        result has a transparency map, ``alpha`` rounded to 8 bits, else RGB), then their rows
+        and the layer's ``settings`` (JSON-able: what a resumed build must match) in one
         transaction; a unit counts as stored only once its rows are in. Returns the tiles."""
         from PIL import Image
 
         from convscope.inputs.fileio import save_image
 
+        alpha = getattr(result, "alpha", None)
         with self.lock():
             tiles = []
             for r, unit in enumerate(result.units):
                 for s, (kind, index) in enumerate(result.slots):
                     path = self.visual_tile(result.layer, int(unit), kind, index)
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    tiles.append(save_image(Image.fromarray(result.images[r, s]), path))
+                    pixels = result.images[r, s]
+                    if alpha is not None:
+                        a = np.round(np.clip(alpha[r, s], 0.0, 1.0) * 255).astype(np.uint8)
+                        pixels = np.dstack([pixels, a])
+                    tiles.append(save_image(Image.fromarray(pixels), path))
             with self._write() as con:
                 visuals.write_layer(con, result.layer, result.slots, settings)
                 visuals.write_rows(con, result.layer, result, settings)

@@ -92,9 +92,12 @@ def done(con: sqlite3.Connection, layer: str) -> set[int]:
 
 
 def rows(con: sqlite3.Connection, layer: str, unit: int | None = None) -> list[dict]:
-    """The stored rows of ``layer`` (of one ``unit``), by unit, kind and index; ``size`` decoded."""
+    """The stored rows of ``layer`` (of one ``unit``), by unit, kind and index; ``size`` decoded;
+    ``alpha``: whether the tile is RGBA (MaCo's transparency as its alpha channel)."""
     if not has_table(con, "visuals"):
         return []
+    stored = con.execute("SELECT settings FROM visual_layers WHERE layer = ?", (layer,)).fetchone()
+    alpha = bool(stored is not None and json.loads(stored[0]).get("alpha"))
     sql = f"SELECT {', '.join(COLUMNS)} FROM visuals WHERE layer = ?"
     args: tuple = (layer,)
     if unit is not None:
@@ -105,6 +108,7 @@ def rows(con: sqlite3.Connection, layer: str, unit: int | None = None) -> list[d
         d = dict(zip(COLUMNS, r))
         d["index"] = d.pop("idx")
         d["size"] = None if d["size"] is None else json.loads(d["size"])
+        d["alpha"] = alpha
         out.append(d)
     return out
 

@@ -178,9 +178,29 @@ def crops(
     return t
 
 
-def transparency_picture(image: np.ndarray, alpha: np.ndarray, percentile: float = 80.0) -> np.ndarray:
+# MaCo's accumulated gradient is heavy-tailed: a few pixels hold most of it, so scaled by its
+# maximum nearly the whole picture would vanish. horama's plot_maco clips at the 80th
+# percentile: the most attributed fifth of the pixels is opaque and the rest fades in proportion.
+ALPHA_PERCENTILE = 80.0
+
+
+def normalize_transparency(alpha: np.ndarray, percentile: float = ALPHA_PERCENTILE) -> np.ndarray:
+    """MaCo transparency maps (..., H, W) (accumulated |gradient|, any scale) as alphas in
+    [0, 1], float32: each map divided by its own ``percentile`` and clipped at 1 (a map that is
+    zero at that percentile: divided by its maximum; an all-zero map stays 0)."""
+    a = np.asarray(alpha, np.float64)
+    flat = a.reshape(-1, a.shape[-2] * a.shape[-1]) if a.ndim >= 2 else a.reshape(1, -1)
+    high = np.percentile(flat, percentile, axis=1)
+    # mostly zero (the crops never reached most of the canvas): the largest value sets the scale
+    high = np.where(high > 0, high, flat.max(axis=1))
+    out = flat / np.maximum(high, 1e-30)[:, None]
+    return np.clip(out, 0.0, 1.0).reshape(a.shape).astype(np.float32)
+
+
+def transparency_picture(
+    image: np.ndarray, alpha: np.ndarray, percentile: float = ALPHA_PERCENTILE
+) -> np.ndarray:
     """``image`` (H, W, 3) in [0, 1] shown through its transparency ``alpha`` (H, W), on white,
     as horama's ``plot_maco``: alpha clipped at its ``percentile`` and scaled to max 1."""
-    a = np.clip(alpha, None, np.percentile(alpha, percentile))
-    a = (a / max(float(a.max()), 1e-12))[..., None]
+    a = normalize_transparency(alpha, percentile)[..., None]
     return image * a + (1.0 - a)

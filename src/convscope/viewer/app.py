@@ -38,6 +38,7 @@ from convscope.viewer.analysis import analyse_image
 from convscope.viewer.concepts import concept_cells, concept_view
 from convscope.viewer.evaluations import FILE_KINDS, evaluation_page, evaluation_view, evaluations_page
 from convscope.viewer.pictures import concept_topk, encode, rf_picture, thumbnail, unit_patch
+from convscope.viewer.pictures import opaque as opaque_png
 from convscope.viewer.search import search_page
 from convscope.viewer.security import (
     SecurityHeaders,
@@ -492,12 +493,12 @@ def image_routes(st: ViewerState) -> APIRouter:
         return _picture(st.cache.get(("topk", layer, unit, criterion, direction), make))
 
     @r.get("/img/visual/{layer}/{unit}/{kind}/{index}")
-    def stored_visual(layer: str, unit: int, kind: str, index: int):
+    def stored_visual(layer: str, unit: int, kind: str, index: int, opaque: bool = False):
         layer = _layer_or_404(st, layer)["name"]
         path = st.reader.visual_tile(layer, _check_index(unit, "unit"), kind, _check_index(index, "image"))
         if path is None:  # also an unknown kind, a symlink or a tile of an unfinished batch
             raise HTTPException(404, "no stored feature visualisation")
-        return _picture(path.read_bytes())
+        return _picture(opaque_png(path.read_bytes()) if opaque else path.read_bytes())
 
     @r.get("/img/fv/{layer}/{unit}")
     def feature_visualization(layer: str, unit: int):

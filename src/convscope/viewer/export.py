@@ -10,7 +10,7 @@ from convscope.viewer import activation_atlas as aa
 from convscope.viewer import pages, search
 from convscope.viewer.concepts import concept_cells, concept_view
 from convscope.viewer.evaluations import evaluation_page, evaluation_view, evaluations_page
-from convscope.viewer.pictures import concept_topk, rf_picture, thumbnail, unit_patch
+from convscope.viewer.pictures import concept_topk, opaque, rf_picture, thumbnail, unit_patch
 from convscope.viewer.state import open_reader, reopen_atlas
 from convscope.viewer.weights import weight_neighbors
 
@@ -144,7 +144,10 @@ def _copy_visuals(reader, layer: str, unit: int, out: Path, links: pages.StaticL
     for row in reader.visual_rows(layer, unit):
         path = reader.visual_tile(layer, unit, row["kind"], row["index"])
         if path is not None:
-            _write(path.read_bytes(), out / links.stored_visual(layer, unit, row["kind"], row["index"]))
+            data = path.read_bytes()
+            _write(data, out / links.stored_visual(layer, unit, row["kind"], row["index"]))
+            if row.get("alpha"):  # the unit page offers the opaque image too
+                _write(opaque(data), out / links.stored_visual(layer, unit, row["kind"], row["index"], True))
             rows.append(row)
     return rows
 

@@ -20,6 +20,8 @@ img.big{max-width:460px}h2{margin:14px 0 6px}
 .name{overflow-wrap:anywhere}.wide{overflow-x:auto;max-width:100%}.wide img{max-width:none}
 .show{margin:6px 0}.show label{margin-right:12px}.visuals .cell{width:auto}
 .visuals .cell img{width:128px;height:128px}
+.visuals .cell img.alpha{background:repeating-conic-gradient(#bbb 0 25%,#fff 0 50%) 0 0/16px 16px}
+#fv-alpha:checked~.grid img.opaque,#fv-opaque:checked~.grid img.alpha{display:none}
 #show-fv:checked~.grid .pt,#show-patch:checked~.grid .fv,#show-label:checked~.grid .fv,
 #show-label:checked~.grid .pt{display:none}#show-label:checked~.grid .cell{width:auto;min-width:112px}
 """
@@ -46,9 +48,11 @@ class Links:
     def visualization(self, layer: str, unit: int) -> str | None:
         return f"/img/fv/{quote(layer, safe='')}/{unit}"
 
-    def stored_visual(self, layer: str, unit: int, kind: str, index: int = 0) -> str:
-        """A stored feature visualisation tile (kind ``positive``, ``negative``, ``diversity``)."""
-        return f"/img/visual/{quote(layer, safe='')}/{unit}/{quote(kind, safe='')}/{index}"
+    def stored_visual(self, layer: str, unit: int, kind: str, index: int = 0, opaque: bool = False) -> str:
+        """A stored feature visualisation tile (kind ``positive``, ``negative``, ``diversity``);
+        ``opaque``: without its alpha channel (a MaCo tile's transparency)."""
+        url = f"/img/visual/{quote(layer, safe='')}/{unit}/{quote(kind, safe='')}/{index}"
+        return url + ("?opaque=1" if opaque else "")
 
     def image(self, idx: int) -> str:
         return f"/image/{idx}"
@@ -121,8 +125,9 @@ class StaticLinks(Links):
     def visualization(self, layer: str, unit: int) -> str | None:
         return None
 
-    def stored_visual(self, layer: str, unit: int, kind: str, index: int = 0) -> str:
-        return f"img/visual_{safe_name(layer)}_{unit}_{safe_name(kind)}{index}.png"
+    def stored_visual(self, layer: str, unit: int, kind: str, index: int = 0, opaque: bool = False) -> str:
+        flat = "_opaque" if opaque else ""
+        return f"img/visual_{safe_name(layer)}_{unit}_{safe_name(kind)}{index}{flat}.png"
 
     def image(self, idx: int) -> str:
         return f"image_{idx}.html"
@@ -658,21 +663,40 @@ def unit_page(
 
 
 def _visuals(layer: str, unit: int, rows: list[dict], links: Links) -> str:
-    """The stored feature visualisations of one unit, each with the objective it reached."""
+    """The stored feature visualisations of one unit, each with the objective it reached. RGBA
+    tiles (MaCo's transparency as alpha) are shown over a checkerboard, where what fades out is
+    what mattered least to the unit, with the opaque image a radio button away (CSS alone)."""
     what = {"positive": "maximised", "negative": "minimised", "diversity": "diversity"}
+
+    def img(r: dict) -> str:
+        alt = f"{escape(r['kind'])} feature visualization"
+        src = links.stored_visual(layer, unit, r["kind"], r["index"])
+        if not r.get("alpha"):
+            return f"<img src='{src}' alt='{alt}'>"
+        flat = links.stored_visual(layer, unit, r["kind"], r["index"], opaque=True)
+        return (
+            f"<img class='alpha' src='{src}' alt='{alt} with its transparency'>"
+            f"<img class='opaque' src='{flat}' alt='{alt}, opaque'>"
+        )
+
     cells = "".join(
-        f"<div class='cell'><img src='{links.stored_visual(layer, unit, r['kind'], r['index'])}' "
-        f"alt='{escape(r['kind'])} feature visualization'><br>{what.get(r['kind'], escape(r['kind']))}"
+        f"<div class='cell'>{img(r)}<br>{what.get(r['kind'], escape(r['kind']))}"
         + (f" {r['index'] + 1}" if r["kind"] == "diversity" else "")
         + f"<br><span class='tag'>mean activation {r['objective']:.3g}</span></div>"
         for r in rows
     )
     first = rows[0]
     note = f"{escape(str(first['param']))}, {first['steps']} steps, seed {first['seed']}: stored"
-    return (
-        f"<h2>feature visualization</h2><div class='grid visuals' id='visuals'>{cells}</div>"
-        f"<p class='tag'>{note}</p>"
-    )
+    grid = f"<div class='grid visuals' id='visuals'>{cells}</div>"
+    if any(r.get("alpha") for r in rows):  # the radio buttons must be siblings of the grid
+        note += "; transparency: the accumulated gradient of the objective (MaCo), faded where it is low"
+        grid = (
+            "<div class='show'>show <input type='radio' name='fvshow' id='fv-alpha' checked>"
+            "<label for='fv-alpha'>with transparency</label>"
+            "<input type='radio' name='fvshow' id='fv-opaque'><label for='fv-opaque'>opaque</label>"
+            f"{grid}</div>"
+        )
+    return f"<h2>feature visualization</h2>{grid}<p class='tag'>{note}</p>"
 
 
 def error_page(status: int, message: str, meta: dict, links: Links) -> str:

@@ -19,6 +19,13 @@ def encode(img: Image.Image, fmt: str = "PNG") -> bytes:
     return buf.getvalue()
 
 
+def opaque(data: bytes) -> bytes:
+    """A PNG's bytes without its alpha channel: the colours as they are, fully opaque (an RGB
+    PNG comes back re-encoded the same)."""
+    with Image.open(io.BytesIO(data)) as img:
+        return encode(img.convert("RGB"))
+
+
 def thumbnail(img: Image.Image, size: int, fmt: str = "JPEG") -> bytes:
     """``img`` shrunk to fit ``size`` x ``size`` px (aspect kept, never enlarged), encoded."""
     img = img.convert("RGB")
