@@ -11,7 +11,13 @@ import pytest
 from PIL import Image
 
 from convscope.atlas import Atlas
-from convscope.atlas.microscope_build import STAGES, MicroscopeStageError, microscope_to_atlas, rf_units
+from convscope.atlas.microscope_build import (
+    STAGES,
+    MicroscopeStageError,
+    microscope_to_atlas,
+    rf_grid,
+    rf_units,
+)
 from convscope.atlas.store import AtlasConflictError
 from convscope.errors import UserInputError
 from convscope.testing import tiny_subject
@@ -101,6 +107,8 @@ def test_every_stage_runs_and_is_recorded(whole):
     atlas = Atlas.open(out, readonly=True)
     assert atlas.visual_units("conv2") == {0, 1, 2, 3}
     assert {r["unit"] for r in atlas.empirical_rfs("conv2")} == set(rf_units(16, 2, 0, "conv2"))
+    # FAST's stride 16 kept, the patch "auto": conv2 of the 32 px model sees 31 px -> 11 px
+    assert {(r["occluder"], r["stride"]) for r in atlas.empirical_rfs("conv2")} == {(11, 16)}
     assert (
         len(atlas.topk("conv2", 0, "area")) == 3 and len(atlas.topk("conv2", 1, "max", direction=True)) == 3
     )
@@ -190,6 +198,26 @@ def test_units_per_layer_for_the_visuals(subject, folder, tmp_path):
         with pytest.raises(UserInputError, match=message):
             microscope_to_atlas(subject, folder, tmp_path / "b", **{**kw, "units": bad})
     assert not (tmp_path / "b").exists()
+
+
+def test_rf_grid_scales_with_what_a_unit_sees():
+    from types import SimpleNamespace
+
+    from convscope.receptive import ReceptiveField
+
+    def fake(size, is_global=False):
+        rf = ReceptiveField((size, size), (1.0, 1.0), (0.0, 0.0), is_global=is_global)
+        return SimpleNamespace(input_size=(224, 224), layer=lambda name: SimpleNamespace(rf=rf))
+
+    assert rf_grid(fake(7.0), "a") == (11, 3)  # the old fixed grid on shallow layers
+    assert rf_grid(fake(67.0), "a") == (11, 4)
+    assert rf_grid(fake(339.0), "a") == (29, 14)  # larger than the image: the image side counts
+    assert rf_grid(fake(1.0, is_global=True), "a") == (29, 14)
+    assert rf_grid(fake(339.0), "a", patch=11, stride=3) == (11, 3)  # numbers are kept
+    assert rf_grid(fake(339.0), "a", stride=5) == (29, 5)
+    for bad in ({"patch": 0}, {"stride": "fine"}, {"stride": True}):
+        with pytest.raises(UserInputError, match="'auto' or a number"):
+            rf_grid(fake(7.0), "a", **bad)
 
 
 def test_concepts_stage(subject, folder, tmp_path):

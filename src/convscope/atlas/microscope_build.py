@@ -51,10 +51,17 @@ DEFAULTS: dict[str, dict] = {
     "scan": {"k": 16, "criteria": ["max", "mean", "area"], "directions": 8, "batch_size": 32},
     "visuals": {"kinds": ["positive", "negative"], "diversity": 0, "param": "fft", "steps": 256},
     "dissect": {"batch_size": 32},
-    "rf": {"units": 8, "top": 4, "patch": 11, "stride": 3, "fill": "noise"},
+    # patch/stride "auto": per layer, see rf_grid (a fixed 11 px / 3 px grid costs ~5,000
+    # whole-image forwards per top image of a layer that sees the whole image, about an hour per
+    # unit of efficientnet_lite0's blocks.4 on a 2-core CPU; rf_grid: ~200, a minute or two)
+    "rf": {"units": 8, "top": 4, "patch": "auto", "stride": "auto", "fill": "noise"},
     "concepts": {"k": 16, "visualize": {"steps": 64, "size": 96}},
     "activation_atlas": {"grid": 20, "steps": 128, "size": 64, "layout": "tsne"},
 }
+# rf_grid: the occluder's stride is the part of the image a unit sees over this (at least 3 px,
+# the patch at least 11 px and about twice the stride), so the map has about as many cells
+# across the receptive field at every depth
+RF_GRID_CELLS = 16
 PROBE_IMAGES = 16  # images of the plan's probe scan
 PROBE_STEPS = 4  # optimisation steps of the plan's probe visualisation
 
@@ -351,18 +358,38 @@ def rf_units(layer_units: int, n: int, seed: int, layer: str) -> list[int]:
     return sorted(int(u) for u in rng.choice(layer_units, size=min(n, layer_units), replace=False))
 
 
+def rf_grid(
+    subject: Subject, layer: str, patch: int | str = "auto", stride: int | str = "auto"
+) -> tuple[int, int]:
+    """The occluder ``(patch, stride)`` in px the rf stage uses on ``layer``: a number is kept;
+    ``"auto"`` scales with what a unit of the layer sees, ``min(theoretical RF, image side)``:
+    stride = that / :data:`RF_GRID_CELLS` (at least 3), patch = 2 x stride + 1 (at least 11).
+    efficientnet_lite0 at 224 px: 11 / 3 up to ``blocks.2``, 29 / 14 for ``blocks.4`` and ``bn2``."""
+    for name, value in (("patch", patch), ("stride", stride)):
+        if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UserInputError(f"the rf stage's {name} is 'auto' or a number of px >= 1, not {value!r}")
+    rf = subject.layer(layer).rf
+    side = min(subject.input_size)
+    seen = side if rf is None or rf.is_global else min(float(rf.size[0]), side)
+    auto = max(3, round(seen / RF_GRID_CELLS))
+    stride = auto if stride == "auto" else stride
+    return (max(11, 2 * auto + 1) if patch == "auto" else patch), stride
+
+
 def _rf(atlas, subject, source, names, s, resume, progress) -> None:
     from convscope.empirical.report import write_rf_report, write_rf_sizes
 
     todo = []
+    grids = {name: rf_grid(subject, name, s["patch"], s["stride"]) for name in names}
     for name in names:
         done = {r["unit"] for r in atlas.empirical_rfs(name)} if resume else set()
         sample = rf_units(subject.layer(name).units or 0, s["units"], s["seed"], name)
         todo += [(name, u) for u in sample if u not in done]
-    options = _options(s, "units")
+    options = _options(s, "units", "patch", "stride")
     for i, (name, unit) in enumerate(todo):
         progress(i, len(todo), name)
-        write_rf_report(atlas, subject, source, name, [unit], **options)
+        patch, stride = grids[name]
+        write_rf_report(atlas, subject, source, name, [unit], patch=patch, stride=stride, **options)
     progress(len(todo), len(todo), None)
     if atlas.empirical_rfs():
         write_rf_sizes(atlas)
@@ -448,12 +475,17 @@ def _stage_estimate(stage, s, names, subject, n, per_image, per_step, side):
     if stage == "dissect":
         sets = 1 + bool(s["broden"])
         return 2 * sets * n * per_image, f"{sets} concept set(s), 2 passes"
-    if stage == "rf":
-        units = sum(min(s["units"], subject.layer(name).units or 0) for name in names)
-        positions = (side // s["stride"] + 1) ** 2
-        return units * s[
-            "top"
-        ] * positions * per_image, f"{units} units x {s['top']} images x {positions} occlusions"
+    if stage == "rf":  # occlusions within reach of a unit (an upper bound: shallow ones see crops)
+        units = occlusions = 0
+        for name in names:
+            patch, stride = rf_grid(subject, name, s["patch"], s["stride"])
+            rf = subject.layer(name).rf
+            # the occluder positions that overlap the unit's theoretical RF (all on a deep layer)
+            span = side - patch if rf is None or rf.is_global else min(side - patch, rf.size[0] + patch - 2)
+            n_units = min(s["units"], subject.layer(name).units or 0)
+            units += n_units
+            occlusions += n_units * s["top"] * (int(span) // stride + 1) ** 2
+        return occlusions * per_image, f"{units} units x {s['top']} images: {occlusions} occlusions"
     if stage == "concepts":
         steps = (s.get("visualize") or {}).get("steps", 64) if s.get("visualize") else 0
         per_layer = 3 * n * per_image + s["n"] * steps * per_step
@@ -478,5 +510,6 @@ __all__ = [
     "MicroscopeStageError",
     "StagePlan",
     "microscope_to_atlas",
+    "rf_grid",
     "rf_units",
 ]
