@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from convscope.atlas.build import model_spec
+from convscope.atlas.build import check_counts, check_option_names, model_spec
 from convscope.atlas.cleanup import entries, undo_failed_build
 from convscope.atlas.store import Atlas, AtlasConflictError
 from convscope.errors import UserInputError
@@ -65,14 +65,9 @@ def activation_atlas_to_atlas(
     Unknown options, layers and settings fail before the atlas is created or written; a failed
     build of a new atlas leaves nothing behind."""
     from convscope.concepts.activations import as_source
-    from convscope.synthesis.activation_atlas import activation_atlas, check_settings
+    from convscope.synthesis.activation_atlas import activation_atlas
 
-    allowed = set(inspect.signature(activation_atlas).parameters) - {"subject", "data", "layer", "progress"}
-    known = {"steps", "size", "param", "lr", "decorrelate", "transform"}  # optimize()'s, passed through
-    unknown = sorted(set(options) - allowed - known)
-    if unknown:
-        raise UserInputError(f"unknown activation-atlas option(s): {', '.join(unknown)}")
-    check_settings(**{k: v for k, v in options.items() if k in inspect.signature(check_settings).parameters})
+    check_options(options)
     if isinstance(layers, str):
         names = [str(n) for n in subject.layers.select(layers)]
     else:
@@ -89,6 +84,26 @@ def activation_atlas_to_atlas(
     except BaseException as e:
         undo_failed_build(out, before, refused=isinstance(e, UserInputError))
         raise
+
+
+def check_options(options: Mapping) -> None:
+    """Refuse (one-line :class:`UserInputError`, before any work) an option
+    :func:`activation_atlas_to_atlas` does not take (``options``: its keywords less the subject,
+    data, atlas, layers, resume and overwrite; the unknown name with its close match and the
+    valid names) and settings :func:`~convscope.synthesis.activation_atlas.activation_atlas`
+    cannot run with (:func:`~convscope.synthesis.activation_atlas.check_settings`)."""
+    from convscope.synthesis.activation_atlas import activation_atlas, check_settings
+
+    allowed = set(inspect.signature(activation_atlas).parameters) - {"subject", "data", "layer", "progress"}
+    known = {"steps", "size", "param", "lr", "decorrelate", "transform"}  # optimize()'s, passed through
+    check_option_names("activation_atlas", options, allowed | known)
+    sizes = ("grid", "min_count", "steps", "batch", "size", "samples_per_image", "max_samples", "batch_size")
+    check_counts("activation_atlas", options, {**dict.fromkeys(sizes, 1), "top": 0, "workers": 0})
+    check_settings(**{k: v for k, v in options.items() if k in inspect.signature(check_settings).parameters})
+    if "param" in options:
+        from convscope.synthesis.param import check_param
+
+        check_param(options["param"])
 
 
 def build_settings(subject: Subject, source, layer: str, options: dict) -> dict:

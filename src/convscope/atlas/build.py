@@ -4,10 +4,13 @@ atlases (dissected layers, a unit's top images before and after)."""
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from numbers import Integral
 from pathlib import Path
 
 from convscope.atlas.store import Atlas
@@ -36,6 +39,70 @@ def refuse_bases(options: dict, writer: str) -> None:
         raise UserInputError(
             f"{writer} stores a layer's units; store concept codes with convscope.atlas.concepts_to_atlas"
         )
+
+
+def check_option_names(stage: str, given: Iterable[str], allowed: Iterable[str]) -> None:
+    """A one-line :class:`UserInputError` for the first name of ``given`` that ``stage`` does
+    not take: its close match among ``allowed`` (difflib) and every valid name."""
+    allowed = sorted(set(allowed))
+    for key in given:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UserInputError(
+                f"the {stage} stage has no option {key!r}{hint}; its options: {', '.join(allowed)}"
+            )
+
+
+def check_counts(stage: str, options: Mapping, lowest: Mapping[str, int]) -> None:
+    """A one-line :class:`UserInputError` when an option of ``options`` named in ``lowest`` is
+    not a whole number >= its lowest value (None is left to the stage: its default)."""
+    for key, low in lowest.items():
+        value = options.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
+            raise UserInputError(f"the {stage} stage's {key} must be a whole number >= {low}, not {value!r}")
+
+
+def takes(fn: Callable, *drop: str) -> set[str]:
+    """The keyword names ``fn`` takes, less ``drop`` (those its caller sets itself)."""
+    params = inspect.signature(fn).parameters.values()
+    return {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)} - set(drop)
+
+
+def check_scan_options(options: Mapping) -> None:
+    """Refuse (one-line :class:`UserInputError`) what :func:`scan_to_atlas` would only refuse
+    once it runs: an option it does not take (``options`` are its keywords, without the subject,
+    images, atlas, layers, seed and resume) and values :func:`~convscope.scan.scanner.scan`
+    cannot run with."""
+    from convscope.scan.scanner import check_settings, scan
+
+    own = takes(scan, "subject", "data", "layers", "seed", "checkpoint", "resume", "progress", "bases")
+    own -= {"indices", "thresholds", "calibration_only"}  # a part of a scan, not a whole atlas
+    check_option_names("scan", options, own | {"engine"})
+    keys = ("k", "criteria", "batch_size", "directions")
+    check_settings(**{key: options[key] for key in keys if key in options})
+    check_counts("scan", options, {"threshold_sample": 1, "workers": 0, "buffer_bytes": 1})
+
+
+def check_dissect_options(options: Mapping) -> None:
+    """Refuse (one-line :class:`UserInputError`) an option :func:`dissect_to_atlas` does not take
+    (``options`` are its keywords, without the subject, concepts, atlas, layers, images and seed)
+    and counts that cannot be."""
+    from convscope.dissect import dissect
+
+    own = takes(
+        dissect_to_atlas, "subject", "concepts", "out", "layers", "images", "seed", "progress", "resume"
+    )
+    own |= takes(dissect, "subject", "data", "layers", "progress", "bases")
+    check_option_names("dissect", options, own)
+    check_counts("dissect", options, {"batch_size": 1, "workers": 0, "units": 0, "top": 1, "limit": 1})
+    check_counts("dissect", options, {"synthetic_images": 1})
+    for key in ("quantile", "max_coverage"):
+        value = options.get(key)
+        if value is not None and not (isinstance(value, int | float) and 0 < value <= 1):
+            raise UserInputError(f"the dissect stage's {key} is a fraction in (0, 1], not {value!r}")
 
 
 def scan_to_atlas(

@@ -208,6 +208,38 @@ def _build(
     return built
 
 
+def check_options(method: str, n: int, options: Mapping) -> None:
+    """Refuse (one-line :class:`UserInputError`, before any work) an unknown ``method``, ``n``
+    < 1, an option :func:`concepts_to_atlas` does not take (``options``: its keywords less the
+    atlas, subject, data, layers, method, n, seed, resume and overwrite; ``fit_concepts``' and
+    the method's settings pass through), a ``k`` < 1 and ``visualize`` settings that are not
+    :func:`~convscope.synthesis.engine.optimize`'s (or steps, size, batch < 1)."""
+    from convscope.atlas.build import check_counts, check_option_names, takes
+    from convscope.concepts.dictionary import check_method, fit_concepts, method_options
+    from convscope.synthesis.engine import optimize
+
+    check_method(method, n)
+    own = takes(concepts_to_atlas, "atlas", "subject", "data", "layers", "method", "n", "seed", "resume")
+    own -= {"overwrite", "progress"}
+    fit = takes(fit_concepts, "subject", "data", "layer", "method", "n", "seed", "progress", "fit_progress")
+    fit -= {"checkpoint", "resume"}
+    check_option_names("concepts", options, own | fit | method_options(method))
+    check_counts(
+        "concepts", options, {"k": 1, "per_image": 1, "max_samples": 1, "batch_size": 1, "workers": 0}
+    )
+    pictures = options.get("visualize", True)
+    if isinstance(pictures, Mapping):
+        drop = ("subject", "objective", "labels", "init", "progress", "seed", "accel")
+        check_option_names("concepts", [f"visualize.{key}" for key in pictures],
+                           {f"visualize.{key}" for key in takes(optimize, *drop)})  # fmt: skip
+        check_counts("concepts", {f"visualize.{k}": v for k, v in pictures.items()},
+                     {"visualize.steps": 1, "visualize.size": 1, "visualize.batch": 1})  # fmt: skip
+    elif not isinstance(pictures, bool | None):
+        raise UserInputError(
+            f"the concepts stage's visualize is true, false or optimize settings, not {pictures!r}"
+        )
+
+
 def checkpoint_path(atlas: Atlas, name: str, stage: str) -> Path:
     """``ATLAS/.concepts-NAME-STAGE.ckpt``: the checkpoint of the activation collection
     (``fit``) or the concept scan (``scan``) of the dictionary ``name``, removed once its result

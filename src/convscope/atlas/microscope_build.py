@@ -173,6 +173,7 @@ def microscope_to_atlas(
         chosen_units(subject, settings["visuals"]["layers"], settings["visuals"]["units"])
     if broden is not None and not Path(broden).is_dir():
         raise UserInputError(f"--broden {broden} is not a folder")
+    check_options(subject, settings, chosen)  # every stage's, before the first one starts
     out = Path(out)
     spec = model_spec(subject)
     if plan_only:
@@ -376,6 +377,32 @@ def rf_grid(
     return (max(11, 2 * auto + 1) if patch == "auto" else patch), stride
 
 
+def check_rf_options(subject: Subject, layers: Sequence[str], options: Mapping) -> None:
+    """Refuse (one-line :class:`UserInputError`) an option the rf stage does not take
+    (``units``, the sample per layer, and :func:`~convscope.empirical.report.write_rf_report`'s
+    settings) and values it cannot run with on ``layers``: counts < 1, an unknown criterion or
+    fill, a patch or stride :func:`rf_grid` refuses, an occluder larger than the model's input."""
+    from convscope.atlas.build import check_counts, check_option_names, takes
+    from convscope.empirical.discrepancy import FILLS
+    from convscope.empirical.report import write_rf_report
+    from convscope.scan.state import CRITERIA
+
+    own = takes(write_rf_report, "atlas", "subject", "source", "layer", "units") | {"units"}
+    check_option_names("rf", options, own)
+    check_counts("rf", options, {"units": 1, "top": 1})
+    if options.get("fill", "noise") not in FILLS:
+        raise UserInputError(f"the rf stage's fill is one of {', '.join(FILLS)}, not {options['fill']!r}")
+    if options.get("criterion", "max") not in CRITERIA:
+        raise UserInputError(
+            f"the rf stage's criterion is one of {', '.join(CRITERIA)}, not {options['criterion']!r}"
+        )
+    side = min(subject.input_size)
+    for layer in layers:
+        patch, _ = rf_grid(subject, layer, options.get("patch", "auto"), options.get("stride", "auto"))
+        if patch > side:
+            raise UserInputError(f"the rf stage's patch ({patch} px) is larger than the {side} px input")
+
+
 def _rf(atlas, subject, source, names, s, resume, progress) -> None:
     from convscope.empirical.report import write_rf_report, write_rf_sizes
 
@@ -412,6 +439,35 @@ def _activation_atlas(atlas, subject, source, names, s, resume, progress):
         subject, source, atlas.path, names, resume=resume, overwrite=not resume, progress=progress,
         seed=s["seed"], **_options(s),
     )  # fmt: skip
+
+
+def check_options(subject: Subject, settings: Mapping[str, dict], chosen: Sequence[str]) -> None:
+    """Refuse, before any stage starts (and for the plan), what a chosen stage would refuse only
+    once it runs: an option its writer does not take (named with its close match and the valid
+    names) or a value it cannot run with; each stage's own check, given the keywords its runner
+    passes (``settings``: :func:`microscope_to_atlas`'s per stage)."""
+    from convscope.atlas.build import check_dissect_options, check_scan_options
+
+    for stage in chosen:
+        s = settings[stage]
+        if stage == "scan":
+            check_scan_options(_options(s))
+        elif stage == "visuals":
+            from convscope.atlas.visuals_build import check_options as check_visuals
+
+            check_visuals(_options(s, "units"))
+        elif stage == "dissect":
+            check_dissect_options(_options(s, "broden"))
+        elif stage == "rf":
+            check_rf_options(subject, s["layers"], _options(s))
+        elif stage == "concepts":
+            from convscope.atlas.concepts_build import check_options as check_concepts
+
+            check_concepts(s["method"], s["n"], _options(s, "method", "n"))
+        elif stage == "activation_atlas" and available(stage):
+            from convscope.atlas.activation_atlas_build import check_options as check_atlas
+
+            check_atlas(_options(s))
 
 
 RUNNERS = {

@@ -68,6 +68,8 @@ def visuals_to_atlas(
     layer being made. Unknown layers, kinds or units fail before anything is written."""
     from convscope.synthesis.layer_visuals import run_settings, slots_for, visualize_layer
 
+    check_options({"kinds": kinds, "diversity": diversity, "param": param, "steps": steps, "size": size,
+                   "batch": batch, **options})  # fmt: skip
     names = image_layers(subject, layers, "visuals")
     slots = slots_for(kinds, diversity)
     chosen = chosen_units(subject, names, units)
@@ -165,6 +167,33 @@ def _check_settings(stored: dict, wanted: dict, layer: str) -> None:
             f"the atlas's feature visualisations of {layer} were made with {said}; resume with "
             "those settings or pass --overwrite to make them again"
         )
+
+
+def check_options(options: Mapping) -> None:
+    """Refuse (one-line :class:`UserInputError`, before any work) an option
+    :func:`visuals_to_atlas` does not take (``options``: its keywords less the subject, atlas,
+    layers, units, seed, resume and overwrite; ``diversity_weight`` and
+    :func:`~convscope.synthesis.engine.optimize`'s settings pass through) and values it cannot
+    run with: unknown kinds or parametrisation, a diversity of 1, steps, size or batch < 1."""
+    from convscope.atlas.build import check_counts, check_option_names, takes
+    from convscope.synthesis.engine import optimize
+    from convscope.synthesis.layer_visuals import slots_for
+    from convscope.synthesis.param import check_param
+
+    own = takes(visuals_to_atlas, "subject", "out", "layers", "units", "seed", "resume", "overwrite")
+    own -= {"progress"}
+    set_here = ("subject", "objective", "batch", "size", "param", "steps", "seed", "labels", "init")
+    passed = takes(optimize, *set_here, "final_scores", "progress")
+    check_option_names("visuals", options, own | passed | {"diversity_weight"})
+    check_counts("visuals", options, {"steps": 1, "batch": 1, "diversity": 0})
+    slots_for(options.get("kinds", ("positive", "negative")), options.get("diversity", 0))
+    check_param(options.get("param", "fft"))
+    size = options.get("size")
+    sides = size if isinstance(size, (list, tuple)) else [size]
+    if size is not None and (
+        len(sides) not in (1, 2) or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in sides)
+    ):
+        raise UserInputError(f"the visuals stage's size is a side or (height, width) >= 1 px, not {size!r}")
 
 
 __all__ = ["VisualsBuilt", "chosen_units", "visuals_to_atlas"]

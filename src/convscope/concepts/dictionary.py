@@ -20,6 +20,11 @@ from convscope.errors import UserInputError
 from convscope.subject import Subject
 
 METHODS = ("nmf", "pca", "ica", "sae-topk", "sae-batchtopk")
+# NMF's settings (scikit-learn's names) and their defaults here
+NMF_SETTINGS = {
+    "init": None, "solver": "cd", "beta_loss": "frobenius", "max_iter": 400, "tol": 1e-4,
+    "alpha_W": 0.0, "alpha_H": "same", "l1_ratio": 0.0,
+}  # fmt: skip
 
 
 def fit_concepts(
@@ -101,6 +106,28 @@ def check_method(method: str, n: int) -> None:
         raise UserInputError(f"n (the number of concepts) must be >= 1, not {n}")
 
 
+def method_options(method: str) -> set[str]:
+    """The option names :func:`fit_dictionary` takes for ``method`` (its ``options``): NMF's
+    settings and ``clip``, scikit-learn's PCA / FastICA keywords, the SAE trainer's (also
+    spelled ``sae_k``, ``sae_steps``, ``sae_batch_size``)."""
+    import inspect
+
+    def keywords(fn, *drop) -> set[str]:
+        return set(inspect.signature(fn).parameters) - {"self", *drop}
+
+    check_method(method, 1)
+    if method == "nmf":
+        return {*NMF_SETTINGS, "clip"}
+    if method in ("pca", "ica"):
+        from sklearn.decomposition import PCA, FastICA
+
+        return keywords(PCA if method == "pca" else FastICA, "n_components", "random_state")
+    from convscope.concepts.sae import train_sae
+
+    own = keywords(train_sae, "x", "n_atoms", "method", "seed", "device", "progress")
+    return own | {f"sae_{key}" for key in ("batch_size", "k", "steps")}
+
+
 def fit_dictionary(
     x: torch.Tensor,
     method: str = "nmf",
@@ -146,8 +173,7 @@ def _nmf(x, n, layer, seed, model, *, clip: bool = False, **options) -> ConceptS
             f"NMF needs non-negative activations, {layer} goes down to {low:.3g}: choose a post-activation "
             "layer (after a ReLU) or pass clip=True (convscope concepts: --clip) to factorise max(x, 0)"
         )
-    settings = {"init": None, "solver": "cd", "beta_loss": "frobenius", "max_iter": 400, "tol": 1e-4}
-    settings.update(alpha_W=0.0, alpha_H="same", l1_ratio=0.0)
+    settings = dict(NMF_SETTINGS)
     unknown = set(options) - set(settings)
     if unknown:
         raise UserInputError(f"unknown NMF options {sorted(unknown)}; have {', '.join(settings)}, clip")

@@ -29,6 +29,7 @@ import math
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
+from numbers import Integral
 from pathlib import Path
 
 import torch
@@ -89,12 +90,7 @@ def scan(
     ``directions`` stay directions of the channels, appended after the basis's units.
     Returns a :class:`ScanResult`.
     """
-    criteria = tuple(dict.fromkeys(criteria))
-    unknown = [c for c in criteria if c not in CRITERIA]
-    if unknown or not criteria:
-        raise UserInputError(f"unknown criteria {unknown}; choose from {', '.join(CRITERIA)}")
-    if k < 1 or batch_size < 1 or directions < 0:
-        raise UserInputError("k and batch size must be >= 1 and directions >= 0")
+    criteria = check_settings(k, criteria, batch_size, directions)
     infos = [subject.layers.get(a) for a in subject.layers.select(layers)]
     for info in infos:
         if info.shape is None:
@@ -398,4 +394,25 @@ class _Engine:
         self._run(images)
 
 
-__all__ = ["scan"]
+def check_settings(
+    k: int = 16, criteria: Sequence[str] = CRITERIA, batch_size: int = 32, directions: int = 0
+) -> tuple[str, ...]:
+    """The distinct ``criteria`` when :func:`scan` can run with these settings, else a one-line
+    :class:`UserInputError` (checked before any work)."""
+    criteria = (criteria,) if isinstance(criteria, str) else tuple(dict.fromkeys(criteria))
+    unknown = [c for c in criteria if c not in CRITERIA]
+    if unknown or not criteria:
+        raise UserInputError(f"unknown criteria {unknown}; choose from {', '.join(CRITERIA)}")
+
+    def whole(v, low: int) -> bool:
+        return isinstance(v, Integral) and not isinstance(v, bool) and v >= low
+
+    if not (whole(k, 1) and whole(batch_size, 1) and whole(directions, 0)):
+        raise UserInputError(
+            f"k and batch size must be whole numbers >= 1 and directions >= 0, not k={k!r}, "
+            f"batch_size={batch_size!r}, directions={directions!r}"
+        )
+    return criteria
+
+
+__all__ = ["check_settings", "scan"]

@@ -91,6 +91,19 @@ def from_image(image: torch.Tensor, decorrelate: bool = False):
     return [p], image_fn
 
 
+PARAMS = ("fft", "pixel", "maco")
+
+
+def check_param(kind: str) -> str:
+    """``kind`` when it names a parametrisation of :func:`make_param`, else a one-line
+    :class:`~convscope.errors.UserInputError`."""
+    if kind not in PARAMS:
+        from convscope.errors import UserInputError
+
+        raise UserInputError(f"unknown parametrisation {kind!r}: use 'fft', 'pixel' or 'maco'")
+    return kind
+
+
 def make_param(kind: str, shape, generator=None, device=None, decorrelate: bool = True, **kw):
     """``kind`` is ``"fft"``, ``"pixel"`` or ``"maco"`` (:func:`convscope.synthesis.maco.maco_image`:
     phase only, fixed natural-image magnitude, always decorrelated; takes ``keys`` and ``seed``
