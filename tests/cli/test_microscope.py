@@ -76,3 +76,13 @@ def test_refusals_before_the_model_loads(tiny_model, images, tmp_path, capsys):
     assert run(*args, "--units", "some") == 2
     assert "--units is 'all' or a number" in capsys.readouterr().err
     assert tiny_model == [] and not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("plan", [(), ("--plan",)], ids=["run", "plan"])
+def test_bad_stage_options_refused_before_the_scan(tiny_model, images, tmp_path, capsys, plan):
+    args = ("microscope", "tiny", "--data", images, "--out", tmp_path / "a", "--layers", "conv2", *plan)
+    assert run(*args, "--concepts", "nmff:4") == 2
+    assert "unknown concept method 'nmff' (did you mean 'nmf'?)" in capsys.readouterr().err
+    assert run(*args, "--stages", "scan,concepts", "--concepts", "sea-topk:4") == 2
+    assert "did you mean 'sae-topk'?" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
