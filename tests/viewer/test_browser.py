@@ -3,50 +3,16 @@ image and uploads an image. Screenshots go to test-artifacts/viewer/."""
 
 from __future__ import annotations
 
-import shutil
-import socket
-import threading
-import time
-from pathlib import Path
-
 import pytest
 from PIL import Image
 
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "viewer"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+from tests.viewer.conftest import ARTIFACTS, serving
 
 
 @pytest.fixture(scope="module")
 def server(viewer_atlas):
-    uvicorn = pytest.importorskip("uvicorn", reason="the viewer needs the web extra")
-    from convscope.viewer.app import create_app
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(
-        uvicorn.Config(create_app(viewer_atlas), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(10)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if CHROMIUM is None:
-        pytest.skip("Chromium is not installed (apt-get install chromium); browser tests skipped")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        yield b
-        b.close()
+    with serving(viewer_atlas) as url:
+        yield url
 
 
 def test_navigate_and_upload(server, browser, tmp_path):

@@ -54,7 +54,8 @@ def cell_patch(subject, source, info, where) -> bytes:
 
 STYLE = """
 .aa-zoom{margin:6px 0}.aa-zoom label{margin-right:10px}
-.aa-view{overflow:auto;max-width:100%;max-height:78vh;border:1px solid #ccc;background:#fff}
+.aa-view{overflow:auto;width:fit-content;max-width:100%;max-height:78vh;border:1px solid #ccc;
+background:#fff}
 .aa-canvas{position:relative}
 .aa-canvas a{position:absolute;display:block;box-sizing:border-box}
 .aa-canvas a img{width:100%;height:100%;display:block;image-rendering:auto}
@@ -132,13 +133,13 @@ def activation_atlas_page(
     return page(f"activation atlas of {layer}", body, links, meta["model"].get("name", ""))
 
 
-def export_activation_atlases(reader, subject, source, out, meta: dict, links) -> int:
+def export_activation_atlases(reader, subject, source, out, meta: dict, links) -> set[int]:
     """The static export's activation-atlas pages (one per stored layer) with their tiles
-    copied (symlinks never followed) and their typical vectors' patches cropped; returns how
-    many pages were written."""
+    copied (symlinks never followed) and their typical vectors' patches cropped; returns the
+    atlas images those patches link to (the export writes their pages)."""
     from convscope.inputs.fileio import write_text
 
-    n = 0
+    images: set[int] = set()
     for row in reader.activation_atlases():
         layer = row["layer"]
         summary, cells = reader.activation_atlas(layer), reader.activation_atlas_cells(layer)
@@ -156,10 +157,10 @@ def export_activation_atlases(reader, subject, source, out, meta: dict, links) -
                     target = out / patch_url(links, layer, c["cell"], k)
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_bytes(cell_patch(subject, source, info, where))
+                    images.add(int(where[0]))
         layers = {r["name"] for r in reader.layers()}
         back = links.layer(layer) if layer in layers else None
         write_text(
             out / page_url(links, layer), activation_atlas_page(meta, summary, cells, links, patches, back)
         )
-        n += 1
-    return n
+    return images

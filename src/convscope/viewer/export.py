@@ -30,7 +30,8 @@ def export_html(
     """Write ``index.html``, paginated layer pages, unit pages for the first
     ``units_per_layer`` units of each layer (with their patches and top-K grids), the pages of
     the learned concept sets (:func:`export_concepts`), the evaluations of attribution methods
-    (:func:`export_evaluations`), and a page for every image those units and concepts show.
+    (:func:`export_evaluations`), the activation atlases, and a page for every image those
+    units, concepts and activation-atlas cells show.
     Returns ``out/index.html``."""
     from convscope.scan.patches import render_topk
 
@@ -114,7 +115,7 @@ def export_html(
     write_text(out / links.search(), labels)
     images |= export_concepts(reader, subject, source, out, meta, links)
     export_evaluations(reader, out, meta, links)
-    aa.export_activation_atlases(reader, subject, source, out, meta, links)
+    images |= aa.export_activation_atlases(reader, subject, source, out, meta, links)
     for idx in sorted(images):
         row = reader.image(idx)
         img = source.read(idx)

@@ -202,11 +202,12 @@ def page(title: str, body: str, links: Links, model: str = "") -> str:
             "aria-label='search labels' id='search-q'> <button>search</button></form> "
         )
     )
+    # an empty icon: otherwise every page asks for a /favicon.ico that is not there (a 404)
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)} - convscope"
-        f"</title><style>{CSS}</style></head><body><header><a href='{links.home()}'>"
-        f"convscope</a> <span>{escape(model)}</span> {search}{upload}</header><main><h1>{escape(title)}"
-        f"</h1>{body}</main></body></html>"
+        f"</title><link rel='icon' href='data:,'><style>{CSS}</style></head><body><header>"
+        f"<a href='{links.home()}'>convscope</a> <span>{escape(model)}</span> {search}{upload}</header>"
+        f"<main><h1>{escape(title)}</h1>{body}</main></body></html>"
     )
 
 
