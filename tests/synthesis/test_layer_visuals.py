@@ -75,19 +75,83 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_images(subject, monke
     real = LV._run
     tried = []
 
-    def small_memory(subject, layer, units, slots, chunk, *args):
+    def small_memory(subject, layer, units, slots, chunk, param, steps, *args, **kwargs):
         n = sum(len(j) for j in chunk)
-        tried.append(n)
+        tried.append((n, steps))
         if n > 2:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(subject, layer, units, slots, chunk, *args)
+        return real(subject, layer, units, slots, chunk, param, steps, *args, **kwargs)
 
     monkeypatch.setattr(LV, "_run", small_memory)
+    monkeypatch.setattr(LV, "memory_budget", lambda device: 1e12)  # the probe allows all 8
     auto = visualize_layer(subject, "conv2", range(4), batch=None, **SETTINGS)
-    assert tried[:3] == [8, 4, 2] and auto.settings["batch"] == 2
+    optimised = [n for n, steps in tried if steps == SETTINGS["steps"]]  # not the 1-step probes
+    assert optimised[:3] == [8, 4, 2] and auto.settings["batch"] == 2
     np.testing.assert_array_equal(auto.images, fixed.images)
     with pytest.raises(RuntimeError, match="out of memory"):  # a fixed batch is the user's choice
         visualize_layer(subject, "conv2", range(4), batch=8, **SETTINGS)
+
+
+def test_auto_batch_fits_the_budget_and_the_jobs(subject, monkeypatch):
+    per = LV.image_bytes(subject, "conv2", size=32)
+    bigger = LV.image_bytes(subject, "conv2", size=64)
+    assert per > 0 and 3 * per < bigger < 5 * per  # activations grow with the canvas area
+    monkeypatch.setattr(LV, "CPU_MAX_BATCH", 1000)
+    sizes = []
+    for share in (40.5, 9.5, 3.5, 1.5, 0.2):
+        monkeypatch.setattr(LV, "memory_budget", lambda device, share=share: share * per)
+        sizes.append(LV.auto_batch(subject, "conv2", size=32, images=30))
+    assert sizes == [30, 9, 3, 1, 1]  # at most the jobs, then budget // bytes per image, at least 1
+    monkeypatch.setattr(LV, "memory_budget", lambda device: 1e15)
+    monkeypatch.setattr(LV, "CPU_MAX_BATCH", 5)
+    assert LV.auto_batch(subject, "conv2", size=32) == 5  # where a CPU stops gaining
+
+
+def test_auto_batch_gives_the_images_of_batch_one(subject, monkeypatch):
+    per = LV.image_bytes(subject, "conv2", size=32)
+    monkeypatch.setattr(LV, "memory_budget", lambda device: 3.5 * per)
+    seen = []
+    auto = visualize_layer(
+        subject, "conv2", [1, 4], diversity=2, progress=lambda d, t: seen.append(d), **SETTINGS
+    )
+    assert auto.settings["batch"] == 3  # the 2 single images, then the set of 2 (never split)
+    one = visualize_layer(subject, "conv2", [1, 4], diversity=2, batch=1, **SETTINGS)
+    assert np.abs(one.images.astype(int) - auto.images.astype(int)).max() <= 1
+    assert seen[0] == 0 and seen[-1] == 8 and seen == sorted(seen)
+    assert any(d != int(d) for d in seen)  # the images advance within a batch, step by step
+
+
+def test_precision_and_layout_reach_the_optimisation_and_the_scores(subject, monkeypatch):
+    from convscope.accel import Accel
+
+    got = []
+    for name in ("optimize", "evaluate"):
+        real = getattr(LV, name)
+        monkeypatch.setattr(
+            LV,
+            name,
+            lambda *a, real=real, name=name, **k: got.append((name, k.get("accel"))) or real(*a, **k),
+        )
+    accel = Accel(precision="bf16", channels_last=True)
+    vis = visualize_layer(subject, "conv2", [0, 2], steps=3, size=32, batch=4, accel=accel)
+    assert {name for name, a in got if a is accel} == {"optimize", "evaluate"}
+    assert vis.images.shape == (2, 2, 32, 32, 3) and np.isfinite(vis.objectives).all()
+    assert vis.settings["precision"] == "bf16" and vis.settings["channels_last"] is True
+    assert "accel" not in vis.settings.get("other", [])
+    plain = visualize_layer(subject, "conv2", [0], steps=3, size=32)
+    assert plain.settings["precision"] == "fp32" and plain.settings["channels_last"] is False
+    wanted = LV.run_settings("fft", 3, 32, 0, 100.0, {"accel": accel})
+    assert wanted["precision"] == "bf16"
+    assert "precision" not in LV.run_settings("fft", 3, 32, 0, 100.0, {"accel": Accel(channels_last=True)})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_auto_batch_on_cuda_measures_the_allocator(subject):
+    cuda = tiny_subject().to("cuda")
+    per = LV.image_bytes(cuda, "conv2", size=64)
+    assert per > 0
+    n = LV.auto_batch(cuda, "conv2", size=64, budget=10.5 * per)
+    assert n == 10
 
 
 def test_save_load_and_picture(subject, tmp_path):

@@ -11,6 +11,7 @@ same whatever batch it ran in, to float rounding."""
 
 from __future__ import annotations
 
+import weakref
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 import convscope.synthesis.objectives as O
+from convscope.accel import Accel
 from convscope.errors import UserInputError
 from convscope.results import Result
 from convscope.subject import Subject
@@ -29,8 +31,18 @@ KINDS = ("positive", "negative", "diversity")
 # Lucid's ``channel(...) - 1e2 * diversity(...)`` (its diversity: the summed cosine similarity
 # of each image's Gram matrix to the others'); see _objective for the scaling to ours
 DIVERSITY_WEIGHT = 100.0
-# first batch tried by batch=None (images per optimisation), halved on out-of-memory
-AUTO_BATCH = {"cuda": 256, "cpu": 32}
+# batch=None: the share of the device's free memory (a GPU) or available RAM (a CPU) that one
+# optimisation may take, the most images it runs, and on a CPU the batch beyond which more
+# images stop raising image-steps/s (measured, see auto_batch); halved on out-of-memory
+MEMORY_SHARE = {"cuda": 0.8, "cpu": 0.25}
+MAX_BATCH = 1024
+CPU_MAX_BATCH = 16
+# a CPU has no allocator statistics: the peak of one step per image is what autograd saves for
+# the backward (measured by saved-tensor hooks) times this factor (the gradients and the
+# transient buffers beside it); measured from the peak RSS of efficientnet_lite0 steps
+CPU_BACKWARD_FACTOR = 2.0
+# bytes per image measured by image_bytes, per model (dropped with it) and probe settings
+_PROBED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -125,8 +137,11 @@ def visualize_layer(
     ``accel``...) go to :func:`~convscope.synthesis.engine.optimize`.
 
     ``batch``: images per optimisation (a diversity set is never split); None: as many as fit,
-    starting at 256 on a GPU (32 on a CPU) and halving after an out-of-memory error until a
-    batch runs (a rerun batch gives the same images). ``progress(done, total)`` counts images."""
+    :func:`auto_batch` (measured by a probe step of 1 and 2 images, within a share of the free
+    memory, on a CPU at most where throughput stops rising), halving after an out-of-memory
+    error until a batch runs (a rerun batch gives the same images); ``settings["batch"]``
+    records it. ``progress(done, total)`` counts images, fractionally within a batch (a batch's
+    images advance together, step by step)."""
     info = subject.layer(layer)
     n = info.units or 0
     units = list(range(n)) if units is None else [int(u) for u in units]
@@ -136,21 +151,35 @@ def visualize_layer(
     if batch is not None and batch < 1:
         raise UserInputError(f"batch must be >= 1, not {batch}")
     slots = slots_for(kinds, diversity)
-    settings = run_settings(param, steps, size, seed, diversity_weight, options)
+    accel = Accel.of(options.get("accel"), subject)
+    settings = {
+        **run_settings(param, steps, size, seed, diversity_weight, options),
+        "precision": accel.precision,
+        "channels_last": accel.layout(subject.device),
+    }
     images = objectives = None
     jobs = _jobs(units, slots)
     total = len(units) * len(slots)
     done = 0
     report = progress or (lambda d, t: None)
     report(0, total)
-    limit = batch or AUTO_BATCH.get(subject.device.type, AUTO_BATCH["cpu"])
+    if batch is None:
+        limit = auto_batch(subject, info.name, param=param, size=size, images=total, **options)
+    else:
+        limit = min(batch, total)
     pos = 0
     while pos < len(jobs):
         chunk = _take(jobs, pos, limit)
+        count = sum(len(j) for j in chunk)
+
+        def step(d, t, base=done, count=count):  # images done within the batch, fractionally
+            report(base + count * d / t, total)
+
         try:
             imgs, objs = _run(
-                subject, info.name, units, slots, chunk, param, steps, size, seed, diversity_weight, options
-            )
+                subject, info.name, units, slots, chunk, param, steps, size, seed, diversity_weight, options,
+                progress=step,
+            )  # fmt: skip
         except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
             if batch is not None or not _out_of_memory(e) or sum(len(j) for j in chunk) <= 1:
                 raise
@@ -175,8 +204,16 @@ def visualize_layer(
 
 def run_settings(param: str, steps: int, size, seed: int, diversity_weight: float, options: dict) -> dict:
     """The settings that decide the images (what a resumed atlas build must match)."""
-    plain = {k: v for k, v in options.items() if isinstance(v, (int, float, str, bool, type(None)))}
-    other = sorted(k for k in options if k not in plain)
+    speed = options.get("accel")
+    plain = {
+        k: v
+        for k, v in options.items()
+        if k != "accel" and isinstance(v, (int, float, str, bool, type(None)))
+    }
+    other = sorted(k for k in options if k not in plain and k != "accel")
+    # a reduced precision changes the images, the memory layout does not (only to float
+    # rounding); fp32 records nothing, as the builds made before precision was recorded
+    precision = getattr(speed, "precision", "fp32")
     return {
         "param": param,
         "steps": int(steps),
@@ -184,8 +221,130 @@ def run_settings(param: str, steps: int, size, seed: int, diversity_weight: floa
         "seed": int(seed),
         "diversity_weight": float(diversity_weight),
         **plain,
+        **({"precision": precision} if precision != "fp32" else {}),
         **({"other": other} if other else {}),
     }
+
+
+def auto_batch(
+    subject: Subject,
+    layer: str,
+    *,
+    param: str = "fft",
+    size: int | tuple[int, int] | None = None,
+    images: int | None = None,
+    budget: float | None = None,
+    **options,
+) -> int:
+    """Images per optimisation that ``batch=None`` runs for ``layer`` at canvas ``size`` with
+    ``param`` and ``options`` (``accel``, ``transform``...): the memory ``budget`` in bytes
+    (default :func:`memory_budget`) over the measured bytes per image of one step
+    (:func:`image_bytes`), at most :data:`MAX_BATCH`, on a CPU at most :data:`CPU_MAX_BATCH`
+    (where throughput stops rising), at most ``images`` (the job count), at least 1."""
+    per = image_bytes(subject, subject.layer(layer).name, param=param, size=size, **options)
+    room = memory_budget(subject.device) if budget is None else budget
+    n = min(MAX_BATCH, int(room // per))
+    if subject.device.type == "cpu":
+        n = min(n, CPU_MAX_BATCH)
+    if images is not None:
+        n = min(n, int(images))
+    return max(1, n)
+
+
+def memory_budget(device: torch.device) -> float:
+    """Bytes one optimisation may take on ``device``: :data:`MEMORY_SHARE` of a GPU's free
+    memory (what the driver reports free plus what PyTorch holds cached but unused), or of the
+    RAM available to a CPU (Linux's MemAvailable, else the free pages)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return MEMORY_SHARE["cuda"] * (free + cached)
+    return MEMORY_SHARE["cpu"] * _available_ram()
+
+
+def image_bytes(
+    subject: Subject, layer: str, *, param: str = "fft", size: int | tuple[int, int] | None = None, **options
+) -> float:
+    """The memory in bytes that one more image adds to one optimisation step of ``layer``
+    (forward stopped at the layer, backward, optimiser): the difference between probe steps of
+    1 and 2 images, which leaves out what does not grow with the batch (weights, workspaces).
+    On CUDA the peak allocated memory (``torch.cuda.max_memory_allocated``) of each probe; on
+    other devices, which keep no allocator statistics, the bytes autograd saves for the
+    backward times :data:`CPU_BACKWARD_FACTOR`."""
+    options = {k: v for k, v in options.items() if k not in ("steps", "frames", "progress")}
+    # the same probe gives the same bytes: measured once per model, layer and settings, so that
+    # a build calling this per stored batch probes each layer once
+    key = (layer, param, repr(size), str(subject.device), *sorted((k, repr(v)) for k, v in options.items()))
+    known = _PROBED.setdefault(subject.model, {})
+    if key not in known:
+        known[key] = _probe(subject, layer, param, size, options)
+    return known[key]
+
+
+def _probe(subject: Subject, layer: str, param: str, size, options: dict) -> float:
+    units = [0]
+    slots = [("positive", 0), ("negative", 0)]
+    args = (param, 1, size, 0, 0.0, options)
+    if subject.device.type == "cuda":
+        peaks = []
+        for n in (1, 2):
+            torch.cuda.synchronize(subject.device)
+            torch.cuda.reset_peak_memory_stats(subject.device)
+            _run(subject, layer, units, slots, [[(0, s)] for s in range(n)], *args)
+            peaks.append(torch.cuda.max_memory_allocated(subject.device))
+        per = peaks[1] - peaks[0]
+        return float(per if per > 0 else peaks[1] / 2)
+    saved = []
+    for n in (1, 2):
+        with _SavedBytes() as count:
+            _run(subject, layer, units, slots, [[(0, s)] for s in range(n)], *args)
+        saved.append(count.bytes)
+    per = saved[1] - saved[0]
+    return float(CPU_BACKWARD_FACTOR * (per if per > 0 else saved[1] / 2))
+
+
+class _SavedBytes(torch.autograd.graph.saved_tensors_hooks):
+    """Counts the bytes of the distinct storages autograd saves for the backward meanwhile."""
+
+    def __init__(self):
+        self.bytes = 0
+        seen, self.held = set(), []  # held: no storage freed meanwhile can pass its address on
+
+        def pack(t):
+            storage = t.untyped_storage()
+            key = (t.device, storage.data_ptr())
+            if key not in seen:
+                seen.add(key)
+                self.held.append(t)
+                self.bytes += storage.nbytes()
+            return t
+
+        super().__init__(pack, lambda t: t)
+
+    def __enter__(self):
+        super().__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.held.clear()
+        return super().__exit__(*exc)
+
+
+def _available_ram() -> float:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+
+    try:
+        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 8.0 * 2**30  # an unknown system: assume a small machine
 
 
 def _jobs(units: list[int], slots: list[tuple[str, int]]) -> list[list[tuple[int, int]]]:
@@ -216,7 +375,7 @@ def _out_of_memory(e: BaseException) -> bool:
     return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in text or "can't allocate" in text
 
 
-def _run(subject, layer, units, slots, chunk, param, steps, size, seed, weight, options):
+def _run(subject, layer, units, slots, chunk, param, steps, size, seed, weight, options, progress=None):
     """Optimise one batch of jobs; the images (N, H, W, 3) uint8 and the channel values (N,)."""
     from convscope.synthesis.maco import crops as maco_crops
     from convscope.synthesis.param import make_param
@@ -249,7 +408,7 @@ def _run(subject, layer, units, slots, chunk, param, steps, size, seed, weight, 
     obj = _objective(layer, chans, signs, groups, weight)
     syn = optimize(
         subject, obj, batch=len(flat), size=size, param=param, steps=steps, seed=seed, labels=labels,
-        init=init, final_scores=False, **options,
+        init=init, final_scores=False, progress=progress, **options,
     )  # fmt: skip
     final = torch.as_tensor(syn.images).permute(0, 3, 1, 2).to(subject.device)
     if param == "maco":  # as the engine scores MaCo: a fixed draw of its crops
