@@ -159,16 +159,21 @@ def test_a_stage_rerun_alone_replaces_its_output(whole, subject, folder, tmp_pat
         )  # fmt: skip
 
 
-def test_a_failing_stage_is_recorded_and_stops_the_run(subject, folder, tmp_path):
+def test_a_failing_stage_is_recorded_and_stops_the_run(subject, folder, tmp_path, monkeypatch):
+    import convscope.empirical.discrepancy as discrepancy
+
+    def fails(*args, **kwargs):  # what only the run finds (bad options are refused before it)
+        raise RuntimeError("the occluder broke\non two lines")
+
+    monkeypatch.setattr(discrepancy, "empirical_rf", fails)
     out = tmp_path / "a"
-    options = {**FAST, "rf": {**FAST["rf"], "fill": "purple"}}
-    with pytest.raises(MicroscopeStageError, match="stage rf failed: fill must be one of"):
+    with pytest.raises(MicroscopeStageError, match="stage rf failed: the occluder broke on two lines"):
         microscope_to_atlas(
-            subject, folder, out, layers="conv2", stages=["scan", "rf", "activation_atlas"], options=options
+            subject, folder, out, layers="conv2", stages=["scan", "rf", "activation_atlas"], options=FAST
         )
     rows = {r["name"]: r for r in Atlas.open(out, readonly=True).stages()}
     assert rows["scan"]["status"] == "done"
-    assert rows["rf"]["status"] == "failed" and "fill must be one of" in rows["rf"]["error"]
+    assert rows["rf"]["status"] == "failed" and "the occluder broke" in rows["rf"]["error"]
     assert "\n" not in rows["rf"]["error"]
     assert rows["activation_atlas"]["status"] == "pending"  # never started
 

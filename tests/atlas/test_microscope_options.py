@@ -20,7 +20,7 @@ FAST = {
 ALL = [s for s in STAGES if M.available(s)]
 BAD = [
     ({"activation_atlas": {"grid": 0}}, None, "grid must be"),
-    ({"rf": {"pach": 11}}, None, r"no option 'pach' \(did you mean 'patch'\?\); its options: criterion"),
+    ({"rf": {"pach": 11}}, None, r"unknown rf option 'pach' \(did you mean 'patch'\?\); its options: crit"),
     ({"rf": {"fill": "blur"}}, None, "fill is one of noise"),
     ({"rf": {"patch": 33}}, None, "larger than the 32 px input"),
     ({"rf": {"units": 0}}, None, "units must be a whole number >= 1"),

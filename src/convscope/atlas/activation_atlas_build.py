@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from convscope.atlas.build import check_counts, check_option_names, model_spec
+from convscope.atlas.build import check_counts, check_option_names, model_spec, takes
 from convscope.atlas.cleanup import entries, undo_failed_build
 from convscope.atlas.store import Atlas, AtlasConflictError
 from convscope.errors import UserInputError
@@ -94,7 +94,7 @@ def check_options(options: Mapping) -> None:
     cannot run with (:func:`~convscope.synthesis.activation_atlas.check_settings`)."""
     from convscope.synthesis.activation_atlas import activation_atlas, check_settings
 
-    allowed = set(inspect.signature(activation_atlas).parameters) - {"subject", "data", "layer", "progress"}
+    allowed = takes(activation_atlas, "subject", "data", "layer", "progress")
     known = {"steps", "size", "param", "lr", "decorrelate", "transform"}  # optimize()'s, passed through
     check_option_names("activation_atlas", options, allowed | known)
     sizes = ("grid", "min_count", "steps", "batch", "size", "samples_per_image", "max_samples", "batch_size")

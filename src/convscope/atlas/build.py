@@ -49,9 +49,7 @@ def check_option_names(stage: str, given: Iterable[str], allowed: Iterable[str])
         if key not in allowed:
             close = difflib.get_close_matches(str(key), allowed, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise UserInputError(
-                f"the {stage} stage has no option {key!r}{hint}; its options: {', '.join(allowed)}"
-            )
+            raise UserInputError(f"unknown {stage} option {key!r}{hint}; its options: {', '.join(allowed)}")
 
 
 def check_counts(stage: str, options: Mapping, lowest: Mapping[str, int]) -> None:
