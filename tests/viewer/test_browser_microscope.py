@@ -28,11 +28,11 @@ STAGES = ["scan", "visuals", "dissect", "rf", "activation_atlas"]
 GRID = 4  # activation-atlas cells a side
 FAST = {
     "scan": {"k": 6, "batch_size": 12, "threshold_sample": 8, "directions": 0, "workers": 0},
-    "visuals": {"steps": 4, "size": 48, "diversity": 2},
+    "visuals": {"steps": 3, "size": 32, "diversity": 2},
     "dissect": {"batch_size": 12, "workers": 0, "units": 1},
     "rf": {"units": 1, "top": 1, "patch": 11, "stride": 8},
     "activation_atlas": {
-        "grid": GRID, "steps": 2, "size": 64, "layout": "pca", "samples_per_image": 4,
+        "grid": GRID, "steps": 2, "size": 48, "layout": "pca", "samples_per_image": 4,
         "min_count": 1, "workers": 0, "batch_size": 12, "top": 3,
     },
 }  # fmt: skip
