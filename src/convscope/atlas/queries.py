@@ -348,7 +348,8 @@ class AtlasReader:
 
     def visual_rows(self, layer: str, unit: int) -> list[dict]:
         """The stored visuals of one unit (``kind``, ``index``, ``objective``, ``param``,
-        ``steps``, ``size``, ``seed``): positive, negative, then the diversity set."""
+        ``steps``, ``size``, ``seed``, ``alpha``: an RGBA tile, MaCo's transparency as its alpha
+        channel): positive, negative, then the diversity set."""
         return visuals.rows(self.con(), layer, unit)
 
     def visual_objectives(self, layer: str, kind: str = "positive") -> dict[int, float]:
