@@ -51,7 +51,10 @@ class LayerVisuals(Result):
     slot per ``slots`` entry (``(kind, index)``: ``("positive", 0)``, ``("negative", 0)``,
     ``("diversity", 0..D-1)``), ``objectives`` (U, S): the channel's mean activation over the map
     on each final image (the negative image's is the value it pushed down; MaCo: the mean over a
-    fixed draw of its crops), and the ``settings`` they were made with."""
+    fixed draw of its crops), the ``settings`` they were made with and, for MaCo, ``alpha``
+    (U, S, H, W) float32 in [0, 1]: each image's transparency map
+    (:func:`~convscope.synthesis.maco.normalize_transparency` of its accumulated gradient; None
+    for the other parametrisations)."""
 
     layer: str
     units: np.ndarray
@@ -59,6 +62,7 @@ class LayerVisuals(Result):
     images: np.ndarray
     objectives: np.ndarray
     settings: dict = field(default_factory=dict)
+    alpha: np.ndarray | None = None
 
     def slot(self, kind: str, index: int = 0) -> int:
         """The slot number of ``(kind, index)`` (UserInputError when it was not made)."""
@@ -76,7 +80,8 @@ class LayerVisuals(Result):
         return self.images[rows[0], self.slot(kind, index)]
 
     def to_image(self, ncols: int | None = None, cell: int | None = None):
-        """One row per unit, one column per slot, each captioned with its objective value."""
+        """One row per unit, one column per slot, each captioned with its objective value; with
+        a transparency map, each image is followed by itself seen through it (on white)."""
         from convscope.render.grid import image_grid
 
         cells, caps = [], []
@@ -85,7 +90,12 @@ class LayerVisuals(Result):
                 cells.append(self.images[r, s])
                 tag = kind[:3] + (str(index) if kind == "diversity" else "")
                 caps.append(f"{int(unit)} {tag} {self.objectives[r, s]:.3g}")
-        return image_grid(cells, ncols=ncols or len(self.slots), cell=cell, pad=3, captions=caps)
+                if self.alpha is not None:
+                    a = self.alpha[r, s][..., None]
+                    cells.append(self.images[r, s] / 255.0 * a + (1.0 - a))
+                    caps.append("transparency")
+        per = len(self.slots) * (1 if self.alpha is None else 2)
+        return image_grid(cells, ncols=ncols or per, cell=cell, pad=3, captions=caps)
 
     def headline(self) -> str:
         kinds = ", ".join(dict.fromkeys(k for k, _ in self.slots))
@@ -157,7 +167,7 @@ def visualize_layer(
         "precision": accel.precision,
         "channels_last": accel.layout(subject.device),
     }
-    images = objectives = None
+    images = objectives = alpha = None
     jobs = _jobs(units, slots)
     total = len(units) * len(slots)
     done = 0
@@ -176,7 +186,7 @@ def visualize_layer(
             report(base + count * d / t, total)
 
         try:
-            imgs, objs = _run(
+            imgs, objs, alphas = _run(
                 subject, info.name, units, slots, chunk, param, steps, size, seed, diversity_weight, options,
                 progress=step,
             )  # fmt: skip
@@ -190,16 +200,21 @@ def visualize_layer(
         if images is None:
             images = np.zeros((len(units), len(slots), *imgs.shape[1:]), np.uint8)
             objectives = np.zeros((len(units), len(slots)), np.float32)
+        if alphas is not None and alpha is None:
+            alpha = np.zeros((len(units), len(slots), *alphas.shape[1:]), np.float32)
         k = 0
         for job in chunk:
             for row, s in job:
                 images[row, s] = imgs[k]
                 objectives[row, s] = objs[k]
+                if alpha is not None:
+                    alpha[row, s] = alphas[k]
                 k += 1
         pos += len(chunk)
         done += k
         report(done, total)
-    return LayerVisuals(info.name, np.array(units), slots, images, objectives, {**settings, "batch": limit})
+    settings = {**settings, "batch": limit}
+    return LayerVisuals(info.name, np.array(units), slots, images, objectives, settings, alpha)
 
 
 def run_settings(param: str, steps: int, size, seed: int, diversity_weight: float, options: dict) -> dict:
@@ -376,8 +391,10 @@ def _out_of_memory(e: BaseException) -> bool:
 
 
 def _run(subject, layer, units, slots, chunk, param, steps, size, seed, weight, options, progress=None):
-    """Optimise one batch of jobs; the images (N, H, W, 3) uint8 and the channel values (N,)."""
+    """Optimise one batch of jobs; the images (N, H, W, 3) uint8, the channel values (N,) and,
+    for MaCo, the normalised transparency maps (N, H, W) (else None)."""
     from convscope.synthesis.maco import crops as maco_crops
+    from convscope.synthesis.maco import normalize_transparency
     from convscope.synthesis.param import make_param
 
     flat = [(row, s) for job in chunk for row, s in job]
@@ -417,7 +434,8 @@ def _run(subject, layer, units, slots, chunk, param, steps, size, seed, weight, 
         fixed = (None, None)
     values = evaluate(subject, O.channel(layer, chans), final, *fixed, accel=options.get("accel"))
     images = np.round(np.clip(syn.images, 0, 1) * 255).astype(np.uint8)
-    return images, values.detach().cpu().numpy()
+    alpha = None if syn.transparency is None else normalize_transparency(syn.transparency)
+    return images, values.detach().cpu().numpy(), alpha
 
 
 def _objective(layer: str, units: list[int], signs: list[float], groups: list[tuple[int, int]], weight):
