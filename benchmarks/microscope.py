@@ -128,19 +128,25 @@ class Clock:
         return out
 
 
-def run_stages(subject, folder, out, args, layers, visual_units, one_layer) -> tuple[dict, dict]:
-    """Every stage once, in order, on one atlas; per stage its wall seconds, the stages table's
-    seconds and the per-layer / per-phase split."""
+def stage_options(args) -> dict:
+    """The microscope options of the run (over its DEFAULTS)."""
     options = {
         "visuals": {"steps": args.steps, "size": args.size},
         "rf": {"units": args.rf_units, "top": args.rf_top},
-        "concepts": {"layers": [one_layer]},
-        "activation_atlas": {"layers": [one_layer], "grid": args.grid, "steps": args.aa_steps},
+        "concepts": {"layers": [args.one_layer]},
+        "activation_atlas": {"layers": [args.one_layer], "grid": args.grid, "steps": args.aa_steps},
     }
     if args.quick:  # a smoke run: small top-K lists and pictures
         options["scan"] = {"k": 4, "directions": 2}
         options["concepts"].update({"k": 4, "visualize": {"steps": args.steps, "size": 64}})
         options["activation_atlas"].update({"size": 48, "layout": "pca"})
+    return options
+
+
+def run_stages(subject, folder, out, args, layers, visual_units) -> tuple[dict, dict]:
+    """Every stage once, in order, on one atlas; per stage its wall seconds, the stages table's
+    seconds and the per-layer / per-phase split."""
+    options = stage_options(args)
     kw = dict(layers=layers, units=visual_units, concepts=f"nmf:{args.concepts_n}", options=options)
     warm_up(subject, folder, layers, visual_units, args)
     times = {}
@@ -152,7 +158,7 @@ def run_stages(subject, folder, out, args, layers, visual_units, one_layer) -> t
         built = microscope_to_atlas(subject, folder, out, stages=[stage], progress=clock, **kw)
         end = time.perf_counter()
         row = next(r for r in built.stages if r["name"] == stage)
-        split = clock.charged(end, 1)
+        split = clock.charged(end, 2 if stage == "activation_atlas" else 1)  # its notes: layer: phase
         times[stage] = {"wall_s": end - t0, "table_s": row["seconds"], "split_s": split}
         print(f"  {stage:<17} {end - t0:8.1f} s", flush=True)
     return times, kw
@@ -309,25 +315,29 @@ def main() -> None:
     ap.add_argument("--rf-units", type=int, default=None, help="units per layer of the rf stage [4; quick 1]")
     ap.add_argument("--rf-top", type=int, default=None, help="top images per rf unit [2; quick 1]")
     ap.add_argument("--concepts-n", type=int, default=None, help="NMF concepts [8; quick 3]")
-    ap.add_argument("--grid", type=int, default=None, help="activation atlas grid side [10; quick 3]")
+    ap.add_argument("--grid", type=int, default=None, help="activation atlas grid side [8; quick 3]")
     ap.add_argument("--aa-steps", type=int, default=None, help="steps per atlas cell [64; quick 4]")
     ap.add_argument("--fv-layers", default=None, help="layers of the Lucent pair [blocks.2,blocks.4,bn2]")
     ap.add_argument("--fv-units", type=int, default=None, help="units of our batch in the pair [8; quick 2]")
     ap.add_argument("--lucent-units", type=int, default=None, help="units Lucent renders [2; quick 1]")
     ap.add_argument("--sweep-layer", default="blocks.4")
     ap.add_argument("--sweep-batches", default=None, help="[1,4,8,16,32,64; quick 1,4,8]")
-    ap.add_argument("--sweep-steps", type=int, default=None, help="[16; quick 2]")
+    ap.add_argument("--sweep-steps", type=int, default=None, help="[8; quick 2]")
     ap.add_argument("--repeats", type=int, default=None, help="interleaved repeats [2; quick 1]")
     ap.add_argument("--skip", default="", help="comma-separated stages or 'lucent', 'sweep', 'plan'")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (Lucent then runs there too)")
+    ap.add_argument(
+        "--plan-only", action="store_true", help="print the plan's estimate for these settings; run nothing"
+    )
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     q = args.quick
     for key, full, quick in (
         ("images", 1000, 40), ("visual_units", 8, 2), ("steps", 64, 4), ("rf_units", 4, 1),
-        ("rf_top", 2, 1), ("concepts_n", 8, 3), ("grid", 10, 3), ("aa_steps", 64, 4), ("fv_units", 8, 2),
+        ("rf_top", 2, 1), ("concepts_n", 8, 3), ("grid", 8, 3), ("aa_steps", 64, 4), ("fv_units", 8, 2),
         ("lucent_units", 2, 1),
-        ("sweep_batches", "1,4,8,16,32,64", "1,4,8"), ("sweep_steps", 16, 2), ("repeats", 2, 1),
+        ("sweep_batches", "1,4,8,16,32,64", "1,4,8"), ("sweep_steps", 8, 2), ("repeats", 2, 1),
         ("fv_layers", "blocks.2,blocks.4,bn2", "blocks.4"), ("one_layer", "blocks.4", "blocks.4"),
         ("layers", "stages", "blocks.1,bn2"),
     ):  # fmt: skip
@@ -340,14 +350,25 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     folder = cifar_folder(args.archive, args.images)
-    subject = convscope.load("efficientnet_lite0")
+    subject = convscope.load("efficientnet_lite0", device=args.device)
     layers = subject.layers.select(args.layers.split(",") if "," in args.layers else args.layers)
     visual_units = {name: rf_units(subject.layer(name).units, args.visual_units, 0, name) for name in layers}
     print(f"{args.images} CIFAR-10 test photos in {folder}; layers {', '.join(layers)}; "
           f"{torch.get_num_threads()} threads", flush=True)  # fmt: skip
+    if args.plan_only:
+        kw = dict(
+            layers=layers, units=visual_units, concepts=f"nmf:{args.concepts_n}", options=stage_options(args)
+        )
+        stages = [s for s in STAGE_ORDER if s not in args.skip]
+        tmp = Path(tempfile.mkdtemp(prefix="convscope-bench-plan-")) / "atlas"
+        plan = microscope_to_atlas(subject, folder, tmp, stages=stages, plan_only=True, **kw).plan
+        for p in plan:
+            print(f"  {p.name:<17} {fmt(p.seconds):>9}  {p.note}")
+        print(f"  {'total':<17} {fmt(sum(p.seconds or 0 for p in plan)):>9}")
+        return
     atlas = Path(tempfile.mkdtemp(prefix="convscope-bench-microscope-")) / "atlas"
     t0 = time.perf_counter()
-    times, kw = run_stages(subject, folder, atlas, args, layers, visual_units, args.one_layer)
+    times, kw = run_stages(subject, folder, atlas, args, layers, visual_units)
     total = time.perf_counter() - t0
     projected = project(subject, times, args, layers, visual_units, args.one_layer, args.images)
     planned = {} if "plan" in args.skip else plans(subject, folder, kw, args, layers)
