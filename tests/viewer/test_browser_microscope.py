@@ -199,7 +199,8 @@ def test_served_microscope_walk(server, microscope, browser, no_optimising):
     assert [v.get_attribute("alt").rsplit(" ", 1)[0] for v in visuals.all()] == VISUALS
     assert all(v.is_visible() for v in visuals.all())
     criteria = reader.criteria(LAYER)
-    assert page.locator("img[alt='top-k grid']").count() == len(criteria)
+    grids = page.locator("img[alt='top-k grid']")  # the top-K patches with their heat maps
+    assert grids.count() == len(criteria) and all(g.is_visible() for g in grids.all())
     assert page.locator(".grid:not(.visuals) .cell img").count() == sum(
         len(reader.topk(LAYER, unit, c)) for c in criteria
     )
