@@ -144,3 +144,28 @@ def test_older_atlas_is_read_as_it_is_and_upgraded(subject, tmp_path):
     visuals_to_atlas(subject, atlas.path, "conv2", 1, **OPTS)
     assert upgraded.visual_units("conv2") == {0}
     assert np.asarray(Image.open(upgraded.visual_tile("conv2", 0, "positive", 0))).shape == (32, 32, 3)
+
+
+def test_automatic_batch_stores_one_batch_per_optimisation(subject, tmp_path, monkeypatch):
+    import convscope.synthesis.layer_visuals as LV
+
+    opts = {**OPTS, "diversity": 0, "batch": None}  # positive and negative: 2 images a unit
+    per = LV.image_bytes(subject, "conv2", size=opts["size"])
+    monkeypatch.setattr(LV, "memory_budget", lambda device: 4.5 * per)  # 4 images fit
+    written = []
+    real = Atlas.write_visuals
+    monkeypatch.setattr(
+        Atlas,
+        "write_visuals",
+        lambda self, result, s: written.append(result.settings["batch"]) or real(self, result, s),
+    )
+    built = visuals_to_atlas(subject, tmp_path / "a", "conv2", 5, **opts)
+    assert built.made == {"conv2": 5} and written == [4, 4, 2]  # 2 + 2 + 1 units
+    fixed = visuals_to_atlas(subject, tmp_path / "b", "conv2", 5, **{**opts, "batch": 10})
+    for unit in range(5):  # the batch does not change the images (to float rounding)
+        for kind in ("positive", "negative"):
+            a, b = (
+                np.asarray(Image.open(x.atlas.visual_tile("conv2", unit, kind, 0)), int)
+                for x in (built, fixed)
+            )
+            assert np.abs(a - b).max() <= 1

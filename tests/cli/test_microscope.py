@@ -86,3 +86,30 @@ def test_bad_stage_options_refused_before_the_scan(tiny_model, images, tmp_path,
     assert run(*args, "--stages", "scan,concepts", "--concepts", "sea-topk:4") == 2
     assert "did you mean 'sae-topk'?" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()
+
+
+def test_precision_and_layout_reach_the_visuals_stage(tiny_model, images, tmp_path, capsys, monkeypatch):
+    import convscope.synthesis.layer_visuals as LV
+
+    got = []
+    real = LV.optimize
+    monkeypatch.setattr(LV, "optimize", lambda *a, **k: got.append(k.get("accel")) or real(*a, **k))
+    monkeypatch.setenv("CONVSCOPE_PROGRESS_INTERVAL", "0")  # a progress line at every update
+    out = tmp_path / "a"
+    args = ("microscope", "tiny", "--data", images, "--out", out, "--layers", "conv2", "--units", 2)
+    args += ("--steps", 2, "--stages", "visuals")
+    assert run(*args, "--precision", "bf16", "--channels-last") == 0
+    assert got and all(a.precision == "bf16" and a.channels_last is True for a in got)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("visuals:")]
+    assert lines and "/4 (" in lines[0] and all(" img/s" in line for line in lines)  # 2 units x 2 kinds
+    assert any("ETA" in line for line in lines) and "took" in lines[-1]
+    atlas = Atlas.open(out, readonly=True)
+    (row,) = atlas.stages()
+    assert row["settings"]["accel"] == {"precision": "bf16", "channels_last": True, "decode": "cpu"}
+    assert atlas.visual_layers()[0]["settings"]["precision"] == "bf16"
+    assert run(*args, "--resume") == 2  # made in bf16: an fp32 resume is refused, by name
+    assert "accel" in capsys.readouterr().err
+    loads = len(tiny_model)
+    assert run(*args, "--precision", "fp8", "--overwrite") == 2
+    assert "precision must be one of" in capsys.readouterr().err and len(tiny_model) == loads

@@ -28,11 +28,12 @@ import importlib.util
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from convscope.accel import Accel
 from convscope.atlas.build import dissect_to_atlas, model_spec, scan_to_atlas
 from convscope.atlas.store import Atlas, AtlasConflictError
 from convscope.errors import ConvscopeError, UserInputError
@@ -254,6 +255,8 @@ def _settings(names, units, concepts, broden, seed, options, chosen) -> dict[str
             s["method"], s["n"] = _concept_spec(concepts) if concepts else (None, None)
             if s["method"] == "nmf":  # any layer: a stage output need not end in a ReLU
                 s.setdefault("clip", True)
+        if isinstance(s.get("accel"), Accel):  # recorded as JSON, an Accel again for the writer
+            s["accel"] = asdict(s["accel"])
         out[stage] = s
     return {k: json.loads(json.dumps(v, default=repr)) for k, v in out.items()}
 
@@ -312,7 +315,17 @@ def _noted(report, stage: str):
 
 
 def _options(s: dict, *drop: str) -> dict:
-    return {k: v for k, v in s.items() if k not in ("layers", "seed", *drop)}
+    """A stage's settings as its writer's keywords: the stage's ``accel``, JSON in the
+    settings (``{"precision": "bf16", "channels_last": true}``), as an :class:`Accel`."""
+    out = {k: v for k, v in s.items() if k not in ("layers", "seed", *drop)}
+    if isinstance(out.get("accel"), Mapping):
+        try:
+            out["accel"] = Accel(**out["accel"])
+        except TypeError:
+            raise UserInputError(
+                f"accel takes precision, channels_last and decode, not {sorted(out['accel'])}"
+            ) from None
+    return out
 
 
 # -- the stages ----------------------------------------------------------------------------------
@@ -515,8 +528,12 @@ def _probe_visuals(subject, layer: str, s: dict) -> float:
 
     units = list(range(min(4, subject.layer(layer).units or 1)))
     kinds = s.get("kinds", ["positive"])
+    speed = {"accel": _options(s)["accel"]} if "accel" in s else {}
     t = time.perf_counter()
-    visualize_layer(subject, layer, units, kinds=kinds, steps=PROBE_STEPS, size=s.get("size"), seed=0)
+    visualize_layer(  # a fixed batch: no memory probe in the time
+        subject, layer, units, kinds=kinds, steps=PROBE_STEPS, size=s.get("size"), seed=0,
+        batch=len(units) * len(kinds), **speed,
+    )  # fmt: skip
     return (time.perf_counter() - t) / (len(units) * len(kinds) * PROBE_STEPS)
 
 

@@ -16,8 +16,6 @@ from convscope.layers import LayerSpec
 from convscope.subject import Subject
 from convscope.verbs import image_layers
 
-# images per stored batch when batch=None: what visualize_layer tries first on a GPU / a CPU
-STORE_BATCH = {"cuda": 256, "cpu": 32}
 NO_SOURCE = {"description": "no images (feature visualisations only)"}
 
 
@@ -59,14 +57,15 @@ def visuals_to_atlas(
     lock throughout: per unit the ``kinds`` and ``diversity`` images of
     :func:`~convscope.synthesis.layer_visuals.visualize_layer` (``param``, ``steps``, ``size``,
     ``seed``, ``options`` its settings), written batch by batch (``batch`` images per stored
-    batch; None: 256 on a GPU, 32 on a CPU, halved inside on out-of-memory).
+    batch; None: :func:`~convscope.synthesis.layer_visuals.auto_batch`'s, the images that fit
+    in memory, measured per layer, halved inside on out-of-memory).
 
     A layer that already has visuals is refused unless ``resume`` (its stored units are kept,
     the missing ones made; other settings than it was made with are refused, naming each) or
     ``overwrite`` (removed first). ``progress(done, total, layer)`` counts images over all layers,
     the kept ones counted done at the start (that first call without a layer); ``layer`` names the
     layer being made. Unknown layers, kinds or units fail before anything is written."""
-    from convscope.synthesis.layer_visuals import run_settings, slots_for, visualize_layer
+    from convscope.synthesis.layer_visuals import auto_batch, run_settings, slots_for, visualize_layer
 
     check_options({"kinds": kinds, "diversity": diversity, "param": param, "steps": steps, "size": size,
                    "batch": batch, **options})  # fmt: skip
@@ -104,9 +103,15 @@ def visuals_to_atlas(
         done = sum(built.reused.values()) * len(slots)
         report = progress or (lambda d, t, note=None: None)
         report(done, total)
-        per = max(1, (batch or STORE_BATCH.get(subject.device.type, STORE_BATCH["cpu"])) // len(slots))
         for name in names:
             built.made[name] = 0
+            if not todo[name]:
+                continue
+            # batch=None: one stored batch per optimisation, as many images as fit (measured)
+            images = batch or auto_batch(
+                subject, name, param=param, size=size, images=len(todo[name]) * len(slots), **options
+            )
+            per = max(1, images // len(slots))
             for start in range(0, len(todo[name]), per):
                 part = todo[name][start : start + per]
                 base = done

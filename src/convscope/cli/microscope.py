@@ -21,6 +21,7 @@ from convscope.cli.common import (
     SeedOpt,
     WeightsOpt,
     load_subject,
+    make_accel,
     open_data,
     progress_bar,
     resumable,
@@ -63,6 +64,16 @@ def microscope(
     weights: WeightsOpt = "default",
     arch: ArchOpt = None,
     device: DeviceOpt = "cpu",
+    precision: Annotated[
+        str, typer.Option("--precision", help="feature visualisations: fp32, bf16 or fp16 (autocast)")
+    ] = "fp32",
+    channels_last: Annotated[
+        bool | None,
+        typer.Option(
+            "--channels-last/--no-channels-last",
+            help="feature visualisations in NHWC memory layout [default: on CUDA only]",
+        ),
+    ] = None,
     seed: SeedOpt = 0,
 ) -> None:
     """Build the microscope of a model: everything about every chosen unit, stored in one atlas
@@ -76,6 +87,9 @@ def microscope(
         raise UserInputError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
     if units != "all" and not (units.isdigit() and int(units) >= 1):
         raise UserInputError(f"--units is 'all' or a number >= 1, not {units!r}")
+    visuals = {"steps": steps}
+    if precision != "fp32" or channels_last is not None:  # as before when not asked for
+        visuals["accel"] = make_accel(precision, channels_last)  # a wrong precision fails here
     console = Console(stderr=True)
     subject = load_subject(model, weights, arch, device)
     source = open_data(data, subject.transform)
@@ -94,7 +108,7 @@ def microscope(
             resume=resume,
             overwrite=overwrite,
             seed=seed,
-            options={"visuals": {"steps": steps}},
+            options={"visuals": visuals},
             progress=bars.update,
         )
     o = Console()
@@ -129,7 +143,8 @@ class _StageBars:
         if stage != self.stage:
             self.stop()
             self.stage = stage
-            self.bar, self.call = progress_bar(stage, None, self.console, unit="it")
+            unit = "img" if stage == "visuals" else "it"  # the visuals stage counts images
+            self.bar, self.call = progress_bar(stage, None, self.console, unit=unit)
         if total:
             self.call(done, total, note)
 
