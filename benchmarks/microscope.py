@@ -32,7 +32,8 @@ units, u_l the units measured on it and t_l its measured seconds, L the chosen l
   visualisations), t_data the rest; deeper or shallower layers than the one measured may differ.
 
 The plan (``microscope_to_atlas(plan_only=True)``, its short probe) is asked for the measured
-settings and for the every-unit settings, on the same images, and printed beside both.
+settings on the images run and for the every-unit settings on ``--project-images`` images, and
+printed beside both.
 
 Feature visualisation against Lucent (``--fv-layers``): our ``visualize_layer`` of ``--fv-units``
 units (positive images only) in one optimisation against Lucent's ``render.render_vis`` of
@@ -218,8 +219,9 @@ def plans(subject, folder, kw, args, layers) -> dict:
     }
     for stage in ("concepts", "activation_atlas"):
         every[stage] = {**every[stage], "layers": layers}
+    projected = cifar_folder(args.archive, args.project_images)  # the plan counts the images it is given
     full = microscope_to_atlas(
-        subject, folder, tmp, stages=stages, plan_only=True, **{**kw, "units": "all", "options": every}
+        subject, projected, tmp, stages=stages, plan_only=True, **{**kw, "units": "all", "options": every}
     )
     return {
         "measured_settings": {p.name: {"seconds": p.seconds, "note": p.note} for p in measured.plan},
