@@ -32,15 +32,20 @@ KINDS = ("positive", "negative", "diversity")
 # of each image's Gram matrix to the others'); see _objective for the scaling to ours
 DIVERSITY_WEIGHT = 100.0
 # batch=None: the share of the device's free memory (a GPU) or available RAM (a CPU) that one
-# optimisation may take, the most images it runs, and on a CPU the batch beyond which more
-# images stop raising image-steps/s (measured, see auto_batch); halved on out-of-memory
+# optimisation may take and the most images it runs; halved on out-of-memory
 MEMORY_SHARE = {"cuda": 0.8, "cpu": 0.25}
 MAX_BATCH = 1024
+# On a CPU more images per optimisation stop paying long before memory runs out: on a shared
+# 2-core VM (efficientnet_lite0, 128 px, benchmarks/visuals_batch.py, docs/microscope.md)
+# image-steps/s rose up to batch 4-16 and were flat or lower at 32 and 64 at blocks.1, blocks.4
+# and bn2 (a largest activation beyond the last-level cache, as in attribution/batching.py)
 CPU_MAX_BATCH = 16
-# a CPU has no allocator statistics: the peak of one step per image is what autograd saves for
-# the backward (measured by saved-tensor hooks) times this factor (the gradients and the
-# transient buffers beside it); measured from the peak RSS of efficientnet_lite0 steps
-CPU_BACKWARD_FACTOR = 2.0
+# A CPU keeps no allocator statistics: one step's peak per image is taken as the bytes autograd
+# saves for the backward (counted by saved-tensor hooks) times this factor, for the gradients
+# and transient buffers beside them. Measured from the peak RSS of a 32-image step of
+# efficientnet_lite0 at 128 px over the saved bytes: 1.50 (blocks.1), 1.47 (blocks.2), 1.51
+# (blocks.4), 1.34 (bn2; 1.10 at 8 images)
+CPU_BACKWARD_FACTOR = 1.5
 # bytes per image measured by image_bytes, per model (dropped with it) and probe settings
 _PROBED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
