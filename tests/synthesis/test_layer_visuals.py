@@ -34,8 +34,12 @@ def test_batched_equals_one_unit_at_a_time(subject, param):
     assert together.images.dtype == np.uint8
     for r, u in enumerate(units):
         alone = visualize_layer(subject, "conv2", [u], diversity=2, batch=1, param=param, **opts)
-        assert np.abs(alone.images[0].astype(int) - together.images[r].astype(int)).max() <= 1
-        np.testing.assert_allclose(alone.objectives[0], together.objectives[r], rtol=1e-4, atol=1e-6)
+        diff = np.abs(alone.images[0].astype(int) - together.images[r].astype(int))
+        # float rounding only: a batched convolution sums in another order. On some CPUs (seen
+        # on one VM kind, not on another) MaCo's amplitude rescaling moves a few pixels by 3/255
+        assert diff.max() <= 3 and (diff > 1).mean() < 1e-3, (diff.max(), (diff > 1).mean())
+        rtol = 1e-3 if param == "maco" else 1e-4  # maco: 4.5e-4 seen on that VM kind
+        np.testing.assert_allclose(alone.objectives[0], together.objectives[r], rtol=rtol, atol=1e-6)
 
 
 def test_negative_is_below_positive_and_values_are_the_channel_mean(subject):
