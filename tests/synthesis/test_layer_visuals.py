@@ -110,6 +110,12 @@ def test_auto_batch_fits_the_budget_and_the_jobs(subject, monkeypatch):
     monkeypatch.setattr(LV, "CPU_MAX_BATCH", 5)
     assert LV.auto_batch(subject, "conv2", size=32) == 5  # where a CPU stops gaining
 
+    def no_room(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(LV, "_run", no_room)  # even the probe of 1 and 2 images does not fit
+    assert LV.auto_batch(subject, "conv2", size=48) == 1
+
 
 def test_auto_batch_gives_the_images_of_batch_one(subject, monkeypatch):
     per = LV.image_bytes(subject, "conv2", size=32)

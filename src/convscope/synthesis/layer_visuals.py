@@ -260,8 +260,16 @@ def auto_batch(
     ``param`` and ``options`` (``accel``, ``transform``...): the memory ``budget`` in bytes
     (default :func:`memory_budget`) over the measured bytes per image of one step
     (:func:`image_bytes`), at most :data:`MAX_BATCH`, on a CPU at most :data:`CPU_MAX_BATCH`
-    (where throughput stops rising), at most ``images`` (the job count), at least 1."""
-    per = image_bytes(subject, subject.layer(layer).name, param=param, size=size, **options)
+    (where throughput stops rising), at most ``images`` (the job count), at least 1 (also when
+    the probe itself runs out of memory)."""
+    try:
+        per = image_bytes(subject, subject.layer(layer).name, param=param, size=size, **options)
+    except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
+        if not _out_of_memory(e):
+            raise
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return 1
     room = memory_budget(subject.device) if budget is None else budget
     n = min(MAX_BATCH, int(room // per))
     if subject.device.type == "cpu":
