@@ -263,7 +263,11 @@ def lucent_pair(subject, layer, units, lucent_units, args) -> dict:
         images = [lucent(u, args.steps) for u in units[:lucent_units]]
         t_lucent.append(time.perf_counter() - t0)
         lucent_obj = [
-            float(evaluate(subject, O.channel(layer, u), torch.as_tensor(img).permute(0, 3, 1, 2))[0])
+            float(
+                evaluate(
+                    subject, O.channel(layer, u), torch.as_tensor(img).permute(0, 3, 1, 2).to(subject.device)
+                )[0]
+            )
             for u, img in zip(units, images)
         ]
     ours_rate = len(units) * args.steps / statistics.median(t_ours)
