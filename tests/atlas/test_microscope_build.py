@@ -159,6 +159,32 @@ def test_a_stage_rerun_alone_replaces_its_output(whole, subject, folder, tmp_pat
         )  # fmt: skip
 
 
+def test_a_resume_keeps_the_recorded_defaults_of_an_older_atlas(whole, subject, folder, tmp_path):
+    import shutil
+
+    out = tmp_path / "a"
+    shutil.copytree(whole[0], out)
+    atlas = Atlas(out)
+    rf = {r["name"]: r for r in atlas.stages()}["rf"]["settings"]
+    # an atlas made when the rf stage's occluder defaulted to 11 px / 3 px
+    atlas.write_stage("rf", "running", {**rf, "patch": 11, "fill": "noise"})
+    atlas.write_stage("rf", "done")
+    built = build(subject, folder, out, resume=True)
+    assert [p.action for p in built.plan] == ["skip"] * len(NO_CONCEPTS) and built.ran == []
+
+    def again(options):
+        return microscope_to_atlas(
+            subject, folder, out, layers="conv2", units=4, stages=NO_CONCEPTS, resume=True, options=options
+        )
+
+    # what the caller asks for must still match
+    with pytest.raises(AtlasConflictError, match="fill 'noise' \\(now 'gray'\\)"):
+        again(options={**FAST, "rf": {**FAST["rf"], "fill": "gray"}})
+    # an accel that says the default (fp32, the CPU's layout) records nothing, so it resumes too
+    fp32 = {**FAST, "visuals": {**FAST["visuals"], "accel": {"precision": "fp32", "channels_last": False}}}
+    assert again(options=fp32).ran == []
+
+
 def test_a_failing_stage_is_recorded_and_stops_the_run(subject, folder, tmp_path, monkeypatch):
     import convscope.empirical.discrepancy as discrepancy
 

@@ -75,3 +75,38 @@ def test_a_resumed_maco_build_keeps_the_alpha(subject, tmp_path, monkeypatch):
         kept, full = pixels(again.atlas, unit), pixels(whole, unit)
         assert kept.shape == (40, 40, 4)
         assert np.abs(kept.astype(int) - full.astype(int)).max() <= 1
+
+
+def older(path, drop: str, add: dict | None = None) -> None:
+    """Make the stored settings of conv2 look like a build from before ``drop`` was recorded."""
+    import json
+    import sqlite3
+
+    con = sqlite3.connect(path / "atlas.db")
+    (text,) = con.execute("SELECT settings FROM visual_layers WHERE layer = 'conv2'").fetchone()
+    settings = {k: v for k, v in json.loads(text).items() if k != drop} | (add or {})
+    con.execute("UPDATE visual_layers SET settings = ? WHERE layer = 'conv2'", (json.dumps(settings),))
+    con.commit()
+    con.close()
+
+
+def test_a_maco_build_from_before_the_alpha_is_refused_with_the_way_out(subject, tmp_path):
+    from convscope.atlas.store import AtlasConflictError
+
+    out = tmp_path / "a"
+    visuals_to_atlas(subject, out, "conv2", 2, **MACO)
+    older(out, "alpha")
+    with pytest.raises(AtlasConflictError, match="before their transparency was stored; pass --overwrite"):
+        visuals_to_atlas(subject, out, "conv2", 3, resume=True, **MACO)
+    assert visuals_to_atlas(subject, out, "conv2", 3, overwrite=True, **MACO).atlas.visual_settings("conv2")[
+        "alpha"
+    ]
+
+
+def test_a_build_that_named_its_accel_in_other_resumes(subject, tmp_path):
+    fft = {**MACO, "param": "fft"}
+    out = tmp_path / "a"
+    visuals_to_atlas(subject, out, "conv2", 2, **fft)
+    older(out, "", {"other": ["accel"]})  # how an fp32 accel was recorded before its precision
+    atlas = visuals_to_atlas(subject, out, "conv2", 3, resume=True, **fft).atlas
+    assert atlas.visual_units("conv2") == {0, 1, 2}

@@ -37,7 +37,7 @@ def test_batched_equals_one_unit_at_a_time(subject, param):
         diff = np.abs(alone.images[0].astype(int) - together.images[r].astype(int))
         # float rounding only: a batched convolution sums in another order. On some CPUs (seen
         # on one VM kind, not on another) MaCo's amplitude rescaling moves a few pixels by 3/255
-        assert diff.max() <= 3 and (diff > 1).mean() < 1e-3, (diff.max(), (diff > 1).mean())
+        assert diff.max() <= (3 if param == "maco" else 1) and (diff > 1).mean() < 1e-3, diff.max()
         rtol = 1e-3 if param == "maco" else 1e-4  # maco: 4.5e-4 seen on that VM kind
         np.testing.assert_allclose(alone.objectives[0], together.objectives[r], rtol=rtol, atol=1e-6)
 

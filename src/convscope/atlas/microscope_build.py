@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from convscope.accel import Accel
 from convscope.atlas.build import dissect_to_atlas, model_spec, scan_to_atlas
@@ -175,10 +176,13 @@ def microscope_to_atlas(
     if broden is not None and not Path(broden).is_dir():
         raise UserInputError(f"--broden {broden} is not a folder")
     check_options(subject, settings, chosen)  # every stage's, before the first one starts
+    for stage in settings.values():
+        _record_accel(stage, subject.device)
     out = Path(out)
     spec = model_spec(subject)
     if plan_only:
         rows = _recorded(out, spec, source)
+        _adopt_recorded(settings, rows, options or {}, resume and not overwrite)
         plan = _plan(chosen, rows, settings, resume, overwrite, missing)
         _estimate(subject, source, names, settings, plan)
         return MicroscopeBuilt(out, names, plan)
@@ -189,6 +193,7 @@ def microscope_to_atlas(
     with Atlas(out).lock():
         atlas = Atlas.create(out, spec, source.spec, resume=True)
         rows = {r["name"]: r for r in atlas.stages()}
+        _adopt_recorded(settings, rows, options or {}, resume and not overwrite)
         plan = _plan(chosen, rows, settings, resume, overwrite, missing)
         built = MicroscopeBuilt(out, names, plan)
         for stage in plan:  # the whole run in the table before its first stage starts
@@ -276,6 +281,37 @@ def _recorded(out: Path, spec: dict, source) -> dict[str, dict]:
     if atlas.model_spec != spec or atlas.source_spec != source.spec:
         raise AtlasConflictError(f"{out} is an atlas of another model or dataset; choose another --out")
     return {r["name"]: r for r in atlas.stages()}
+
+
+def _record_accel(s: dict, device) -> None:
+    """A stage's ``accel`` as recorded: every field, the memory layout resolved for ``device``,
+    so that a dict, an :class:`Accel` and the CLI's flags saying the same thing record the same;
+    left out when it is the default (fp32, the device's usual layout)."""
+    if s.get("accel") is None:
+        s.pop("accel", None)
+        return
+    a = _options({"accel": s["accel"]})["accel"]
+    recorded = {**asdict(a), "channels_last": a.layout(torch.device(device))}
+    default = Accel()
+    if recorded == {**asdict(default), "channels_last": default.layout(torch.device(device))}:
+        s.pop("accel")
+    else:
+        s["accel"] = recorded
+
+
+def _adopt_recorded(settings: dict, rows: dict, options: Mapping, resume: bool) -> None:
+    """On a resume, each default of :data:`DEFAULTS` that ``options`` does not set is the value
+    the atlas recorded for that stage: an atlas made before a default changed (the rf stage's
+    occluder, say) continues as it was made; only what the caller asks for must match."""
+    if not resume:
+        return
+    for stage, row in rows.items():
+        recorded, own = row.get("settings") or {}, options.get(stage, {})
+        if stage not in settings:
+            continue
+        for key in DEFAULTS.get(stage, {}):
+            if key not in own and key in recorded:
+                settings[stage][key] = recorded[key]
 
 
 def _plan(chosen, rows, settings, resume, overwrite, missing) -> list[StagePlan]:
@@ -377,8 +413,9 @@ def rf_grid(
 ) -> tuple[int, int]:
     """The occluder ``(patch, stride)`` in px the rf stage uses on ``layer``: a number is kept;
     ``"auto"`` scales with what a unit of the layer sees, ``min(theoretical RF, image side)``:
-    stride = that / :data:`RF_GRID_CELLS` (at least 3), patch = 2 x stride + 1 (at least 11).
-    efficientnet_lite0 at 224 px: 11 / 3 up to ``blocks.2``, 29 / 14 for ``blocks.4`` and ``bn2``."""
+    stride = that / :data:`RF_GRID_CELLS` (at least 3), patch = 2 x that automatic stride + 1
+    (at least 11), also when the stride is given. efficientnet_lite0 at 224 px: 11 / 3 up to
+    ``blocks.1``, 11 / 4 at ``blocks.2``, 19 / 9 at ``blocks.3``, 29 / 14 from ``blocks.4``."""
     for name, value in (("patch", patch), ("stride", stride)):
         if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise UserInputError(f"the rf stage's {name} is 'auto' or a number of px >= 1, not {value!r}")

@@ -638,6 +638,8 @@ class Atlas(AtlasPaths):
         from convscope.inputs.fileio import save_image
 
         alpha = getattr(result, "alpha", None)
+        if alpha is not None:  # the rows say RGBA exactly when the tiles are
+            settings = {**settings, "alpha": True}
         with self.lock():
             tiles = []
             for r, unit in enumerate(result.units):

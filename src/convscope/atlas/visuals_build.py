@@ -165,6 +165,16 @@ def _units(subject: Subject, layer: str, units) -> list[int]:
 
 
 def _check_settings(stored: dict, wanted: dict, layer: str) -> None:
+    stored = dict(stored)
+    # before the precision was recorded, an accel (any, fp32 too) was only named in "other"
+    other = [k for k in stored.pop("other", []) if k != "accel"]
+    if other:
+        stored["other"] = other
+    if wanted.get("alpha") and "alpha" not in stored:
+        raise AtlasConflictError(
+            f"the atlas's MaCo feature visualisations of {layer} were made before their "
+            "transparency was stored; pass --overwrite to make them again"
+        )
     differ = [key for key in sorted({*stored, *wanted}) if stored.get(key) != wanted.get(key)]
     if differ:
         said = ", ".join(f"{key} {stored.get(key)!r} (now {wanted.get(key)!r})" for key in differ)

@@ -178,17 +178,20 @@ def visualize_layer(
     done = 0
     report = progress or (lambda d, t: None)
     report(0, total)
-    if batch is None:
+    if batch is None and total > 1:
         limit = auto_batch(subject, info.name, param=param, size=size, images=total, **options)
+    elif batch is None:  # one image needs no probe
+        limit = 1
     else:
         limit = min(batch, total)
-    pos = 0
+    pos, shown = 0, [0.0]
     while pos < len(jobs):
         chunk = _take(jobs, pos, limit)
         count = sum(len(j) for j in chunk)
 
         def step(d, t, base=done, count=count):  # images done within the batch, fractionally
-            report(base + count * d / t, total)
+            shown[0] = max(shown[0], base + count * d / t)  # never back after an out-of-memory retry
+            report(shown[0], total)
 
         try:
             imgs, objs, alphas = _run(
