@@ -7,8 +7,8 @@ paying is where ``batch=None`` caps the batch on a CPU).
         [--steps 6] [--size 128] [--repeats 2] [--device cpu]
 
 Each point: positive images of ``batch`` units in one optimisation (fft, the stage's default
-transforms, the forward pass stopped at the layer), the best of ``repeats`` runs after one
-warm-up, so that a busy machine's slow runs count less.
+transforms, the forward pass stopped at the layer), the best of ``repeats`` rounds over all the
+batches after one warm-up, so that a busy machine's slow spells count less and hit every batch.
 """
 
 from __future__ import annotations
@@ -50,11 +50,14 @@ def main() -> None:
 
     for layer in args.layers.split(","):
         run(layer, 2)  # warm-up
+        best = {}
+        for _ in range(args.repeats):  # rounds over every batch: a load swing hits them all alike
+            for b in batches:
+                best[b] = min(best.get(b, float("inf")), run(layer, b))
         for b in batches:
-            best = min(run(layer, b) for _ in range(args.repeats))
-            rate = b * args.steps / best
-            rows.append({"layer": layer, "batch": b, "seconds": best, "image_steps_per_s": rate})
-            print(f"{layer:10s} batch {b:4d}: {rows[-1]['image_steps_per_s']:7.1f} image-steps/s", flush=True)
+            rate = b * args.steps / best[b]
+            rows.append({"layer": layer, "batch": b, "seconds": best[b], "image_steps_per_s": rate})
+            print(f"{layer:10s} batch {b:4d}: {rate:7.1f} image-steps/s", flush=True)
     info = {
         "machine": platform.platform(),
         "threads": torch.get_num_threads(),

@@ -35,10 +35,11 @@ DIVERSITY_WEIGHT = 100.0
 # optimisation may take and the most images it runs; halved on out-of-memory
 MEMORY_SHARE = {"cuda": 0.8, "cpu": 0.25}
 MAX_BATCH = 1024
-# On a CPU more images per optimisation stop paying long before memory runs out: on a shared
-# 2-core VM (efficientnet_lite0, 128 px, benchmarks/visuals_batch.py, docs/microscope.md)
-# image-steps/s rose up to batch 4-16 and were flat or lower at 32 and 64 at blocks.1, blocks.4
-# and bn2 (a largest activation beyond the last-level cache, as in attribution/batching.py)
+# On a CPU more images per optimisation stop paying long before memory runs out: on a busy
+# shared 2-core VM (efficientnet_lite0, 128 px, benchmarks/visuals_batch.py, three runs in
+# docs/microscope.md) image-steps/s stopped rising at batch 8 (blocks.4) and 2 (bn2) in the
+# quietest run, and were flat from 4 (blocks.1) and 16 (bn2) to 32 in another; only under the
+# heaviest contention did larger batches still gain
 CPU_MAX_BATCH = 16
 # A CPU keeps no allocator statistics: one step's peak per image is taken as the bytes autograd
 # saves for the backward (counted by saved-tensor hooks) times this factor, for the gradients
