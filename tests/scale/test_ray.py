@@ -254,7 +254,9 @@ def test_ray_scan_with_broken_files_equals_one_process_without_them(cluster, sub
     single = scan(subject, open_images(clean, transform=subject.transform), LAYERS, **OPTIONS)
     merged = RayEngine(workers=2, n_shards=3).scan(subject, open_images(dirty), LAYERS, **OPTIONS)
     assert merged.processed == single.processed == 24 and len(merged.skipped) > 10
-    assert_same_scan(single, merged, LAYERS)
+    # the shards' batches hold other images than the one process's: on some CPUs (seen on one
+    # VM kind, at one thread too) a convolution then rounds differently in the last bits
+    assert_same_scan(single, merged, LAYERS, exact=False)
 
 
 def test_ray_dissect_of_a_basis_equals_one_process(cluster, subject, tmp_path):
