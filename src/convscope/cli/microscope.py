@@ -14,9 +14,11 @@ from rich.table import Table
 
 from convscope.cli.common import (
     ArchOpt,
+    ChannelsLastOpt,
     DatasetOpt,
     DeviceOpt,
     ModelArg,
+    PrecisionOpt,
     ResumeOpt,
     SeedOpt,
     WeightsOpt,
@@ -64,20 +66,13 @@ def microscope(
     weights: WeightsOpt = "default",
     arch: ArchOpt = None,
     device: DeviceOpt = "cpu",
-    precision: Annotated[
-        str, typer.Option("--precision", help="feature visualisations: fp32, bf16 or fp16 (autocast)")
-    ] = "fp32",
-    channels_last: Annotated[
-        bool | None,
-        typer.Option(
-            "--channels-last/--no-channels-last",
-            help="feature visualisations in NHWC memory layout [default: on CUDA only]",
-        ),
-    ] = None,
+    precision: PrecisionOpt = "fp32",
+    channels_last: ChannelsLastOpt = None,
     seed: SeedOpt = 0,
 ) -> None:
     """Build the microscope of a model: everything about every chosen unit, stored in one atlas
-    that `convscope serve` browses without computing."""
+    that `convscope serve` browses without computing. --precision and --channels-last apply to
+    the feature visualisations."""
     from convscope.atlas.microscope_build import STAGES, microscope_to_atlas
     from convscope.errors import UserInputError
 
